@@ -1,0 +1,79 @@
+/**
+ * Every subject, stream, bucket, header and durable name of the mesh, in one place.
+ * Wire names stay as the original agents had them (`rep.kv.ops`, `<bucket>_meta`).
+ */
+
+/** Hand-made op ingress: anyone may `nats pub rep.kv.ops '<op>'` at any site. */
+export const OPS_INGRESS = "rep.kv.ops";
+
+/** A site's own ops; peers source them store-and-forward from the site's outbound stream. */
+export function opsSubject(site: string): string {
+  return `${OPS_INGRESS}.${site}`;
+}
+
+/** The four services, by their micro names. */
+export const ServiceName = {
+  clock: "syncd-clock",
+  watcher: "syncd-watcher",
+  merger: "syncd-merger",
+  reconciler: "syncd-reconciler",
+} as const;
+export type ServiceKind = keyof typeof ServiceName;
+
+/** Endpoint subject: `syncd.<site>.<service>.<endpoint>` (service without the `syncd-` prefix). */
+export function endpointSubject(site: string, service: ServiceKind, endpoint: string): string {
+  return `syncd.${site}.${service}.${endpoint}`;
+}
+
+/** Dead-letter subject of a site: bad ops are kept here with their reason. */
+export function dlqSubject(site: string): string {
+  return `syncd.${site}.dlq`;
+}
+
+/** Streams of a site. Names are unique per site (FINDINGS pitfall 3). */
+export const Streams = {
+  /** own ops, subject `rep.kv.ops.<site>`: what the peers source */
+  out: (site: string) => `SYNCD_OUT_${site}`,
+  /** what the merger consumes: the hand-made ingress plus every peer's OUT stream, sourced */
+  in: (site: string) => `SYNCD_IN_${site}`,
+  /** bad ops with their reason */
+  dlq: (site: string) => `SYNCD_DLQ_${site}`,
+} as const;
+
+/** The KV stream behind a bucket, and the subject of a key in it. */
+export function kvStream(bucket: string): string {
+  return `KV_${bucket}`;
+}
+export function kvSubject(bucket: string, key: string): string {
+  return `$KV.${bucket}.${key}`;
+}
+
+/** The version (LWW metadata) bucket of a data bucket: the commit point. */
+export function metaBucket(bucket: string): string {
+  return `${bucket}_meta`;
+}
+
+/** The persisted site clock: bucket and key. */
+export const CLOCK_BUCKET = "syncd_clock";
+export const CLOCK_KEY = "hw";
+
+/** Durable consumer names, shared by every instance of a service at a site. */
+export const Durables = {
+  watcher: (bucket: string) => `syncd-watcher-${bucket}`,
+  merger: "syncd-merger",
+} as const;
+
+/** Queue group of every syncd endpoint: instances of a service at a site share requests. */
+export const QUEUE_GROUP = "syncd";
+
+/** Headers a merger-written bucket entry carries: its LWW version, atomically with the value. */
+export const Headers = {
+  ts: "Syncd-Ts",
+  node: "Syncd-Node",
+  /** the reason a dead-lettered op was refused */
+  reason: "Syncd-Reason",
+  /** the error code of a dead-lettered op */
+  code: "Syncd-Code",
+  /** the stream and sequence a dead-lettered op came from */
+  origin: "Syncd-Origin",
+} as const;
