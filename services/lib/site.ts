@@ -40,9 +40,17 @@ function isNotFound(err: unknown): boolean {
   return /not found|does not exist|10059/i.test(m);
 }
 
-async function openOrCreateKv(kvm: Kvm, name: string, log: Logger, opts: { history: number }): Promise<KV> {
+/** Open a KV bucket, creating it when it does not exist yet. */
+export async function openOrCreateKv(
+  kvm: Kvm,
+  name: string,
+  log: Logger,
+  opts: { history: number },
+): Promise<KV> {
   try {
-    return await kvm.open(name);
+    const kv = await kvm.open(name);
+    await kv.status();
+    return kv;
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }

@@ -1,0 +1,99 @@
+/**
+ * syncd-clock: the site clock. One persisted high-water mark (`syncd_clock`/`hw`) that every
+ * instance moves forward with compare-and-set, so timestamps are unique and increasing per site
+ * whatever the number of instances, and never go back across restarts.
+ */
+import type { KV } from "@nats-io/kv";
+import { type ClockMode, observe, reserve, skewMs } from "../lib/clock-rules.ts";
+import { SyncdError } from "../lib/errors.ts";
+import type { ClockNowResponse, ClockObserveResponse, ClockTickResponse } from "../lib/schemas.gen.ts";
+import { isCasConflict } from "../lib/stores.ts";
+import { CLOCK_KEY } from "../lib/subjects.ts";
+
+/** What the clock handlers need. */
+export type ClockDeps = {
+  kv: KV;
+  mode: ClockMode;
+  maxSkewMs: number;
+  now: () => number;
+  /** this instance's last known state of the persisted mark (a hint; the CAS decides) */
+  cache: { hw: number; revision: number } | null;
+  counts: { ticks: number; observed: number; conflicts: number; skew_refused: number };
+  onSkew?: (ts: number, aheadMs: number) => void;
+};
+
+const MAX_ATTEMPTS = 50;
+
+async function load(deps: ClockDeps): Promise<{ hw: number; revision: number } | null> {
+  const e = await deps.kv.get(CLOCK_KEY);
+  deps.cache = e && e.operation === "PUT" ? { hw: Number(e.string()), revision: e.revision } : null;
+  return deps.cache;
+}
+
+/** Move the persisted mark with `next(hw)`; retries on lost races. Returns the value written and the old mark. */
+async function advance(
+  deps: ClockDeps,
+  next: (hw: number) => number | null,
+): Promise<{ hw: number; before: number }> {
+  let cur = deps.cache ?? (await load(deps));
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const before = cur?.hw ?? 0;
+    const hw = next(before);
+    if (hw === null) return { hw: before, before };
+    try {
+      const data = new TextEncoder().encode(String(hw));
+      const revision = cur
+        ? await deps.kv.update(CLOCK_KEY, data, cur.revision)
+        : await deps.kv.create(CLOCK_KEY, data);
+      deps.cache = { hw, revision };
+      return { hw, before };
+    } catch (err) {
+      if (!isCasConflict(err)) throw err;
+      deps.counts.conflicts++;
+      cur = await load(deps);
+    }
+  }
+  throw new SyncdError("SYNCD_ERR_CONFLICT", "clock update lost too many races");
+}
+
+/** Reserve `count` timestamps: start .. start+count-1, above everything handed out or observed. */
+export async function tick(deps: ClockDeps, count: number): Promise<ClockTickResponse> {
+  let start = 0;
+  await advance(deps, (hw) => {
+    const r = reserve(deps.mode, hw, count, deps.now());
+    start = r.start;
+    return r.hw;
+  });
+  deps.counts.ticks += count;
+  return { start, count, mode: deps.mode };
+}
+
+/** Refuse a ts too far ahead of physical time (HLC). */
+export function checkSkew(
+  deps: Pick<ClockDeps, "mode" | "maxSkewMs" | "now" | "counts" | "onSkew">,
+  ts: number,
+): void {
+  const ahead = skewMs(deps.mode, ts, deps.now());
+  if (ahead > deps.maxSkewMs) {
+    deps.counts.skew_refused++;
+    deps.onSkew?.(ts, ahead);
+    throw new SyncdError(
+      "SYNCD_ERR_CLOCK_SKEW",
+      `ts ${ts} is ${ahead} ms ahead (limit ${deps.maxSkewMs} ms)`,
+    );
+  }
+}
+
+/** Advance the clock past a received ts. */
+export async function observeTs(deps: ClockDeps, ts: number): Promise<ClockObserveResponse> {
+  checkSkew(deps, ts);
+  const { hw } = await advance(deps, (cur) => (observe(cur, ts) === cur ? null : ts));
+  deps.counts.observed++;
+  return { ts: hw, mode: deps.mode };
+}
+
+/** The persisted mark: every timestamp handed out so far is <= ts. */
+export async function now(deps: ClockDeps): Promise<ClockNowResponse> {
+  const cur = await load(deps);
+  return { ts: cur?.hw ?? 0, mode: deps.mode, physical_ms: deps.now() };
+}

@@ -1,0 +1,34 @@
+/**
+ * JSON request/reply to a syncd endpoint, turning micro error replies into exceptions.
+ */
+import type { NatsConnection } from "@nats-io/nats-core";
+
+/** A micro error reply (`Nats-Service-Error-Code` / `Nats-Service-Error`). */
+export class ServiceReplyError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly subject: string,
+  ) {
+    super(message);
+    this.name = "ServiceReplyError";
+  }
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Send `body` as JSON and parse the JSON reply; throws ServiceReplyError for an error reply. */
+export async function requestJson<T>(
+  nc: NatsConnection,
+  subject: string,
+  body: unknown,
+  opts: { timeout?: number } = {},
+): Promise<{ value: T; bytes: number }> {
+  const payload = enc.encode(JSON.stringify(body ?? {}));
+  const m = await nc.request(subject, payload, { timeout: opts.timeout ?? 5000 });
+  const code = m.headers?.get("Nats-Service-Error-Code");
+  if (code)
+    throw new ServiceReplyError(Number(code), m.headers?.get("Nats-Service-Error") ?? "error", subject);
+  return { value: JSON.parse(dec.decode(m.data)) as T, bytes: payload.length + m.data.length };
+}

@@ -1,0 +1,121 @@
+/**
+ * Typed access to a site's per-bucket state: the `_meta` commit point (compare-and-set) and the
+ * bucket's latest entry with the version headers a merger write carries.
+ */
+import { JetStreamApiError, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
+import type { Versioned } from "./lww.ts";
+import type { Version } from "./schemas.gen.ts";
+import { Headers, kvStream, kvSubject } from "./subjects.ts";
+
+export type { Version };
+
+/** JetStream's "wrong last sequence": a compare-and-set lost a race. */
+export function isCasConflict(err: unknown): boolean {
+  if (err instanceof JetStreamApiError) return err.code === 10071 || err.code === 10164;
+  return /wrong last sequence/i.test(String((err as Error)?.message ?? ""));
+}
+
+/** A `_meta` entry: the key's version and the meta revision to compare-and-set against. */
+export type MetaEntry = { version: Version; revision: number };
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** `<bucket>_meta`: read and compare-and-set versions. */
+export class MetaStore {
+  constructor(readonly kv: KV) {}
+
+  /** The version of a key, or null when the site never versioned it. */
+  async get(key: string): Promise<MetaEntry | null> {
+    const e = await this.kv.get(key);
+    if (!e || e.operation !== "PUT" || e.value.length === 0) return null;
+    return { version: JSON.parse(dec.decode(e.value)) as Version, revision: e.revision };
+  }
+
+  /**
+   * Replace the version iff the entry is still at `expected` (null: the key has no version yet).
+   * Throws a CAS conflict (see isCasConflict) when it lost a race. Returns the new meta revision.
+   */
+  async cas(key: string, version: Version, expected: MetaEntry | null): Promise<number> {
+    const data = enc.encode(JSON.stringify(version));
+    return expected ? this.kv.update(key, data, expected.revision) : this.kv.create(key, data);
+  }
+}
+
+/** The latest entry of a key in a data bucket, with the version a merger write carries. */
+export type BucketEntry = {
+  rev: number;
+  deleted: boolean;
+  value: Uint8Array;
+  /** present iff a merger wrote the entry */
+  version: { ts: number; node_id: string } | null;
+};
+
+/** Read the version headers of a bucket entry (null: a user's own write). */
+export function versionFromHeaders(h: MsgHdrs | undefined): { ts: number; node_id: string } | null {
+  if (!h) return null;
+  const ts = h.get(Headers.ts);
+  const node = h.get(Headers.node);
+  if (!ts || !node) return null;
+  const n = Number(ts);
+  return Number.isSafeInteger(n) ? { ts: n, node_id: node } : null;
+}
+
+/** True when a KV message is a delete or purge marker. */
+export function isDeleteMarker(h: MsgHdrs | undefined): boolean {
+  const op = h?.get("KV-Operation");
+  return op === "DEL" || op === "PURGE";
+}
+
+/** A data bucket read through its stream (for the headers), written with version headers. */
+export class BucketStore {
+  constructor(
+    readonly bucket: string,
+    private readonly jsm: JetStreamManager,
+    private readonly js: JetStreamClient,
+    private readonly direct: boolean,
+  ) {}
+
+  /** The latest entry of a key (delete markers included), or null when the subject is empty. */
+  async latest(key: string): Promise<BucketEntry | null> {
+    const q = { last_by_subj: kvSubject(this.bucket, key) };
+    let sm: Awaited<ReturnType<JetStreamManager["streams"]["getMessage"]>>;
+    try {
+      sm = this.direct
+        ? await this.jsm.direct.getMessage(kvStream(this.bucket), q)
+        : await this.jsm.streams.getMessage(kvStream(this.bucket), q);
+    } catch (err) {
+      if (err instanceof JetStreamApiError && err.code === 10037) return null;
+      throw err;
+    }
+    if (!sm) return null;
+    return {
+      rev: sm.seq,
+      deleted: isDeleteMarker(sm.header),
+      value: sm.data,
+      version: versionFromHeaders(sm.header),
+    };
+  }
+
+  /**
+   * Write a replicated value (or tombstone) with its version headers, iff the key's latest
+   * entry is still `expectedRev` (0: no entry). Throws a CAS conflict when a write slipped in.
+   */
+  async write(key: string, v: Versioned, expectedRev: number): Promise<number> {
+    const h = natsHeaders();
+    h.set(Headers.ts, String(v.ts));
+    h.set(Headers.node, v.node_id);
+    if (v.deleted) h.set("KV-Operation", "DEL");
+    const pa = await this.js.publish(
+      kvSubject(this.bucket, key),
+      v.deleted ? new Uint8Array() : (v.value ?? new Uint8Array()),
+      {
+        headers: h,
+        expect: { lastSubjectSequence: expectedRev },
+      },
+    );
+    return pa.seq;
+  }
+}

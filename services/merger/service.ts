@@ -1,0 +1,209 @@
+/**
+ * Wiring of syncd-merger: the shared durable consumer on the site's IN stream (hand-made ingress +
+ * every peer's ops, sourced), dead-lettering of bad ops, forwarding of hand-made ops to the site's
+ * OUT stream (store-and-forward to the peers), and the merge / get / status endpoints.
+ */
+import { type JsMsg, jetstream } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/nats-core";
+import { addEndpoint } from "../lib/adapter.ts";
+import { Observer } from "../lib/clock-client.ts";
+import { skewMs } from "../lib/clock-rules.ts";
+import { ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
+import { type Op, encodeValue, parseOp } from "../lib/op.ts";
+import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type {
+  EmptyRequest,
+  MergerGetRequest,
+  MergerGetResponse,
+  MergerStatusResponse,
+} from "../lib/schemas.gen.ts";
+import { BucketStore, MetaStore } from "../lib/stores.ts";
+import {
+  Durables,
+  Headers,
+  OPS_INGRESS,
+  Streams,
+  dlqSubject,
+  endpointSubject,
+  opsSubject,
+} from "../lib/subjects.ts";
+import { type BucketState, type MergeDeps, admit, applyOp } from "./handlers.ts";
+
+/** Counters of this instance, shown in status and STATS data. */
+export const counts = { applied: 0, stale: 0, duplicate: 0, forwarded: 0, dead_lettered: 0, errors: 0 };
+/** Dead-lettered ops by error code. */
+export const deadByCode: Record<string, number> = {};
+let lastError: string | undefined;
+
+type Parsed = { op: Op } | { error: SyncdError };
+
+/** Wire syncd-merger. */
+export async function wireMerger(ctx: ServiceContext): Promise<Running> {
+  const { config, log, service, site, nc } = ctx;
+  const buckets = new Map<string, BucketState>();
+  for (const b of config.buckets) {
+    const info = await site.jsm.streams.info(`KV_${b}`);
+    buckets.set(b, {
+      meta: new MetaStore(site.metas.get(b)!),
+      data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
+      maxValueSize: site.maxValueSize.get(b) ?? -1,
+    });
+  }
+  const observer = new Observer(nc, config.site);
+  const deps: MergeDeps = {
+    buckets,
+    observe: (ts) => observer.observe(ts),
+    checkSkew: (ts) => {
+      const ahead = skewMs(config.clock, ts, Date.now());
+      if (ahead > config.maxClockSkewMs) {
+        throw new SyncdError(
+          "SYNCD_ERR_CLOCK_SKEW",
+          `ts ${ts} is ${ahead} ms ahead (limit ${config.maxClockSkewMs} ms)`,
+        );
+      }
+    },
+  };
+  const js = jetstream(nc);
+  const parsed = new WeakMap<JsMsg, Parsed>();
+  const parse = (m: JsMsg): Parsed => {
+    let p = parsed.get(m);
+    if (!p) {
+      try {
+        const op = parseOp(m.data);
+        admit(deps, op);
+        p = { op };
+      } catch (err) {
+        p = { error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)) };
+      }
+      parsed.set(m, p);
+    }
+    return p;
+  };
+
+  const deadLetter = async (m: JsMsg, err: SyncdError): Promise<{ term: string }> => {
+    const h = natsHeaders();
+    h.set(Headers.code, err.code);
+    h.set(Headers.reason, err.message);
+    h.set(Headers.origin, `${m.info.stream}:${m.seq}:${m.subject}`);
+    await js.publish(dlqSubject(config.site), m.data, { headers: h });
+    counts.dead_lettered++;
+    deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
+    const fields = {
+      code: err.code,
+      reason: err.message,
+      stream: m.info.stream,
+      seq: m.seq,
+      subject: m.subject,
+    };
+    if (err.code === ("SYNCD_ERR_CLOCK_SKEW" satisfies ErrorCodeName)) {
+      log.error(
+        fields,
+        "CLOCK SKEW: refused an op stamped far in the future; check the clock of the site that sent it",
+      );
+    } else log.warn(fields, "bad op dead-lettered");
+    return { term: `${err.code}: ${err.message}` };
+  };
+
+  const durable = Durables.merger;
+  const stream = Streams.in(config.site);
+  await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+  const loop = await runConsumer({
+    js: site.js,
+    stream,
+    durable,
+    concurrency: 64,
+    log,
+    keyOf: (m) => {
+      const p = parse(m);
+      return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;
+    },
+    handle: async (m) => {
+      const p = parse(m);
+      if ("error" in p) return deadLetter(m, p.error);
+      if (m.subject === OPS_INGRESS) {
+        await js.publish(opsSubject(config.site), m.data, { msgID: `${config.site}.in.${m.seq}` });
+        counts.forwarded++;
+      }
+      try {
+        const r = await applyOp(deps, p.op);
+        counts[r.result]++;
+        return { ack: true };
+      } catch (err) {
+        if (isSyncdError(err) && err.status < 500) return deadLetter(m, err);
+        counts.errors++;
+        lastError = (err as Error).message;
+        throw err;
+      }
+    },
+  });
+
+  const subject = (e: string) => endpointSubject(config.site, "merger", e);
+  const d = { log, counters: ctx.counters };
+  addEndpoint<Op, unknown>(
+    service,
+    {
+      name: "merge",
+      subject: subject("merge"),
+      request: "op.json",
+      response: "merger/merge.response.json",
+      description: "apply one op by LWW: applied, stale or duplicate",
+      handler: async (op) => {
+        const r = await applyOp(deps, op);
+        counts[r.result]++;
+        return r;
+      },
+    },
+    d,
+  );
+  addEndpoint<MergerGetRequest, MergerGetResponse>(
+    service,
+    {
+      name: "get",
+      subject: subject("get"),
+      request: "merger/get.request.json",
+      response: "merger/get.response.json",
+      description: "a key's value and LWW version at this site",
+      handler: async (req) => {
+        const b = buckets.get(req.bucket);
+        if (!b) throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${req.bucket}"`);
+        const [m, l] = await Promise.all([b.meta.get(req.key), b.data.latest(req.key)]);
+        if (!m && (!l || l.deleted))
+          throw new SyncdError("SYNCD_ERR_NOT_FOUND", `"${req.key}" in "${req.bucket}"`);
+        const res: MergerGetResponse = {
+          bucket: req.bucket,
+          key: req.key,
+          ts: m?.version.ts ?? 0,
+          node_id: m?.version.node_id ?? "",
+          deleted: l ? l.deleted : (m?.version.deleted ?? true),
+          rev: l?.rev ?? 0,
+        };
+        return l && !l.deleted ? { ...res, ...encodeValue(l.value) } : res;
+      },
+    },
+    d,
+  );
+  addEndpoint<EmptyRequest, MergerStatusResponse>(
+    service,
+    {
+      name: "status",
+      subject: subject("status"),
+      request: "empty.request.json",
+      response: "merger/status.response.json",
+      description: "counts of this instance and the backlog of the site's inbound op stream",
+      handler: async () => {
+        const ci = await site.jsm.consumers.info(stream, durable);
+        return {
+          site: config.site,
+          node_id: config.nodeId,
+          instance: config.instance,
+          counts: { ...counts, ...deadByCode },
+          pending: ci.num_pending,
+          ...(lastError ? { last_error: lastError } : {}),
+        };
+      },
+    },
+    d,
+  );
+  return { stop: () => loop.stop() };
+}

@@ -1,0 +1,97 @@
+/**
+ * syncd-watcher: turns local writes into ops (DESIGN §4, watcher steps 1-2).
+ *
+ * For each entry of the bucket's stream: an entry with syncd headers is a replicated write (skip:
+ * no echo, I2). Otherwise it is a local write at revision r: if `_meta` already describes a newer
+ * entry, skip; else stamp it above both the clock and the version it replaces (I4), commit that
+ * version to `_meta` (compare-and-set), and publish the op with a message id that makes a
+ * re-publish a duplicate (I3, I6).
+ */
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { makeOp } from "../lib/op.ts";
+import { type MetaStore, type Version, isCasConflict } from "../lib/stores.ts";
+import { opsSubject } from "../lib/subjects.ts";
+
+/** One entry of the bucket's stream, as the watcher sees it. */
+export type LocalEntry = {
+  key: string;
+  rev: number;
+  deleted: boolean;
+  value: Uint8Array;
+  /** true when the entry carries syncd version headers (a merger wrote it) */
+  replicated: boolean;
+};
+
+/** What the watcher's handlers need. */
+export type WatcherDeps = {
+  site: string;
+  nodeId: string;
+  bucket: string;
+  meta: MetaStore;
+  js: Pick<JetStreamClient, "publish">;
+  tick: () => Promise<number>;
+};
+
+/** What happened to an entry. */
+export const Outcome = {
+  echo: "skipped_echo",
+  superseded: "skipped_superseded",
+  published: "published",
+  republished: "republished",
+} as const;
+export type Outcome = (typeof Outcome)[keyof typeof Outcome];
+
+const MAX_ATTEMPTS = 100;
+const enc = new TextEncoder();
+
+/** The message id of the op of local write `rev`: a re-publish is dropped as a duplicate. */
+export function opMsgId(site: string, bucket: string, rev: number): string {
+  return `${site}.${bucket}.${rev}`;
+}
+
+async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<void> {
+  const op = makeOp({
+    bucket: deps.bucket,
+    key: e.key,
+    ts: v.ts,
+    nodeId: v.node_id,
+    deleted: e.deleted,
+    value: e.value,
+  });
+  await deps.js.publish(opsSubject(deps.site), enc.encode(JSON.stringify(op)), {
+    msgID: opMsgId(deps.site, deps.bucket, e.rev),
+  });
+}
+
+/** Stamp and publish one local write (idempotent: safe to run again after a crash). */
+export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outcome> {
+  if (e.replicated) return Outcome.echo;
+  let ts = 0;
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const cur = await deps.meta.get(e.key);
+    if (cur) {
+      if (cur.version.rev > e.rev) return Outcome.superseded;
+      if (cur.version.rev === e.rev) {
+        if (cur.version.node_id !== deps.nodeId) return Outcome.superseded;
+        await publish(deps, e, cur.version);
+        return Outcome.republished;
+      }
+    }
+    if (ts === 0) ts = await deps.tick();
+    const v: Version = {
+      ts: Math.max(ts, (cur?.version.ts ?? 0) + 1),
+      node_id: deps.nodeId,
+      deleted: e.deleted,
+      rev: e.rev,
+    };
+    try {
+      await deps.meta.cas(e.key, v, cur);
+    } catch (err) {
+      if (isCasConflict(err)) continue;
+      throw err;
+    }
+    await publish(deps, e, v);
+    return Outcome.published;
+  }
+  throw new Error(`key ${e.key}: _meta kept changing, gave up after ${MAX_ATTEMPTS} attempts`);
+}

@@ -1,0 +1,113 @@
+/**
+ * Wiring of syncd-watcher: one shared durable consumer per bucket on the bucket's stream, the
+ * stamping handler, and the status endpoint.
+ */
+import type { JsMsg } from "@nats-io/jetstream";
+import { addEndpoint } from "../lib/adapter.ts";
+import { Ticker } from "../lib/clock-client.ts";
+import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
+import { MetaStore, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
+import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
+
+/** Counters per bucket, shown in status and STATS data. */
+export const counts = new Map<string, Record<Outcome | "errors", number>>();
+let lastError: string | undefined;
+
+function keyOf(bucket: string, m: JsMsg): string {
+  return m.subject.slice(`$KV.${bucket}.`.length);
+}
+
+/** Start one consumer loop per bucket and add the status endpoint. */
+export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
+  const { config, log, service, site, nc } = ctx;
+  const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
+  const loops: ConsumerLoop[] = [];
+  for (const bucket of config.buckets) {
+    const c: Record<Outcome | "errors", number> = {
+      skipped_echo: 0,
+      skipped_superseded: 0,
+      published: 0,
+      republished: 0,
+      errors: 0,
+    };
+    counts.set(bucket, c);
+    const meta = new MetaStore(site.metas.get(bucket)!);
+    const deps = {
+      site: config.site,
+      nodeId: config.nodeId,
+      bucket,
+      meta,
+      js: site.js,
+      tick: () => ticker.tick(),
+    };
+    const durable = Durables.watcher(bucket);
+    await ensureConsumer(site.jsm, kvStream(bucket), durable, {
+      filter: `$KV.${bucket}.>`,
+      deliver: "last_per_subject",
+    });
+    const blog = log.child({ bucket });
+    loops.push(
+      await runConsumer({
+        js: site.js,
+        stream: kvStream(bucket),
+        durable,
+        concurrency: 64,
+        keyOf: (m) => keyOf(bucket, m),
+        log: blog,
+        handle: async (m) => {
+          const e: LocalEntry = {
+            key: keyOf(bucket, m),
+            rev: m.seq,
+            deleted: isDeleteMarker(m.headers),
+            value: m.data,
+            replicated: versionFromHeaders(m.headers) !== null,
+          };
+          try {
+            const outcome = await stampEntry(deps, e);
+            c[outcome]++;
+            if (outcome === Outcome.published)
+              blog.debug({ key: e.key, rev: e.rev }, "published local write");
+            return { ack: true };
+          } catch (err) {
+            c.errors++;
+            lastError = (err as Error).message;
+            throw err;
+          }
+        },
+      }),
+    );
+    blog.info({ durable }, "watching bucket");
+  }
+  addEndpoint<EmptyRequest, WatcherStatusResponse>(
+    service,
+    {
+      name: "status",
+      subject: endpointSubject(config.site, "watcher", "status"),
+      request: "empty.request.json",
+      response: "watcher/status.response.json",
+      description: "position, lag and counts of the watcher per bucket",
+      handler: async () => ({
+        site: config.site,
+        node_id: config.nodeId,
+        instance: config.instance,
+        buckets: await Promise.all(
+          config.buckets.map(async (bucket) => {
+            const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(bucket));
+            return {
+              bucket,
+              position: ci.delivered.stream_seq,
+              lag: ci.num_pending,
+              counts: { ...counts.get(bucket) },
+            };
+          }),
+        ),
+        ...(lastError ? { last_error: lastError } : {}),
+      }),
+    },
+    { log, counters: ctx.counters },
+  );
+  return { stop: async () => void (await Promise.all(loops.map((l) => l.stop()))) };
+}
