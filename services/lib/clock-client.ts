@@ -39,7 +39,10 @@ export class Ticker {
     for (;;) {
       if (this.usable()) return this.next++;
       this.waiting++;
-      if (!this.pending) this.pending = this.refill().finally(() => (this.pending = null));
+      if (!this.pending)
+        this.pending = this.refill().finally(() => {
+          this.pending = null;
+        });
       try {
         await this.pending;
       } finally {
@@ -79,7 +82,10 @@ export class Observer {
     if (ts <= this.known) return;
     if (ts > this.want) this.want = ts;
     while (ts > this.known) {
-      if (!this.inflight) this.inflight = this.flush().finally(() => (this.inflight = null));
+      if (!this.inflight)
+        this.inflight = this.flush().finally(() => {
+          this.inflight = null;
+        });
       await this.inflight;
     }
   }
