@@ -1,0 +1,77 @@
+/** The clock rules: never back, HLC tracks physical time, Lamport counts, skew is measured. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { ClockMode, HLC_TICKS_PER_MS, observe, reserve, skewMs } from "../../services/lib/clock-rules.ts";
+import { fcParams } from "../fc.ts";
+
+describe("clock rules", () => {
+  it("HLC: ts = physical_ms * 1000 + logical, at least the physical time", () => {
+    const r = reserve(ClockMode.hlc, 0, 1, 1_700_000_000_000);
+    assert.equal(r.start, 1_700_000_000_000 * HLC_TICKS_PER_MS);
+    assert.equal(r.hw, r.start);
+    assert.ok(Number.isSafeInteger(r.start));
+  });
+
+  it("HLC: logical part advances when physical time stands still or goes back", () => {
+    const a = reserve(ClockMode.hlc, 0, 1, 1000);
+    const b = reserve(ClockMode.hlc, a.hw, 1, 1000);
+    const c = reserve(ClockMode.hlc, b.hw, 1, 900);
+    assert.equal(b.start, a.start + 1);
+    assert.equal(c.start, b.start + 1);
+  });
+
+  it("Lamport: a plain counter", () => {
+    const a = reserve(ClockMode.lamport, 0, 1, 123456);
+    const b = reserve(ClockMode.lamport, a.hw, 3, 123456);
+    assert.deepEqual([a.start, b.start, b.hw], [1, 2, 4]);
+  });
+
+  it("blocks never overlap and never go back, whatever physical time does (both modes)", () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(ClockMode.hlc, ClockMode.lamport),
+        fc.array(
+          fc.tuple(
+            fc.integer({ min: 1, max: 50 }),
+            fc.integer({ min: 1_000, max: 2_000 }),
+            fc.option(fc.nat()),
+          ),
+          {
+            maxLength: 40,
+          },
+        ),
+        (mode, steps) => {
+          let hw = 0;
+          let last = -1;
+          for (const [count, now, seen] of steps) {
+            if (seen !== null) hw = observe(hw, seen);
+            const r = reserve(mode, hw, count, now);
+            if (r.start <= hw || r.start <= last) return false;
+            if (r.hw !== r.start + count - 1) return false;
+            last = r.hw;
+            hw = r.hw;
+          }
+          return true;
+        },
+      ),
+      fcParams(),
+    );
+  });
+
+  it("observe only moves forward", () => {
+    assert.equal(observe(10, 5), 10);
+    assert.equal(observe(10, 15), 15);
+  });
+
+  it("skew: how far a ts is ahead of physical time (HLC only)", () => {
+    const now = 1_700_000_000_000;
+    assert.equal(skewMs(ClockMode.hlc, (now + 90_000) * HLC_TICKS_PER_MS + 7, now), 90_000);
+    assert.ok(skewMs(ClockMode.hlc, now * HLC_TICKS_PER_MS - 5, now) <= 0);
+    assert.equal(skewMs(ClockMode.lamport, Number.MAX_SAFE_INTEGER, now), 0);
+  });
+
+  it("refuses to leave the safe integer range", () => {
+    assert.throws(() => reserve(ClockMode.lamport, Number.MAX_SAFE_INTEGER - 1, 5, 0), RangeError);
+  });
+});
