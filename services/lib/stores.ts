@@ -13,6 +13,7 @@ export type { Version };
 
 /** JetStream's "wrong last sequence": a compare-and-set lost a race. */
 export function isCasConflict(err: unknown): boolean {
+  if (err instanceof CasConflictError) return true;
   if (err instanceof JetStreamApiError) return err.code === 10071 || err.code === 10164;
   return /wrong last sequence/i.test(String((err as Error)?.message ?? ""));
 }
@@ -23,8 +24,28 @@ export type MetaEntry = { version: Version; revision: number };
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** The `_meta` operations the protocol uses (a KV-backed store here, an in-memory one in simulations). */
+export interface MetaStoreLike {
+  get(key: string): Promise<MetaEntry | null>;
+  cas(key: string, version: Version, expected: MetaEntry | null): Promise<number>;
+}
+
+/** The data-bucket operations the protocol uses. */
+export interface BucketStoreLike {
+  latest(key: string): Promise<BucketEntry | null>;
+  write(key: string, v: Versioned, expectedRev: number): Promise<number>;
+}
+
+/** The error a store throws when a compare-and-set loses (what JetStream reports as wrong last sequence). */
+export class CasConflictError extends Error {
+  constructor(key: string) {
+    super(`wrong last sequence for ${key}`);
+    this.name = "CasConflictError";
+  }
+}
+
 /** `<bucket>_meta`: read and compare-and-set versions. */
-export class MetaStore {
+export class MetaStore implements MetaStoreLike {
   constructor(readonly kv: KV) {}
 
   /** The version of a key, or null when the site never versioned it. */
@@ -70,7 +91,7 @@ export function isDeleteMarker(h: MsgHdrs | undefined): boolean {
 }
 
 /** A data bucket read through its stream (for the headers), written with version headers. */
-export class BucketStore {
+export class BucketStore implements BucketStoreLike {
   constructor(
     readonly bucket: string,
     private readonly jsm: JetStreamManager,

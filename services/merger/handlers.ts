@@ -20,7 +20,7 @@ import {
 } from "../lib/stores.ts";
 
 /** The stores of one bucket. */
-export type BucketState = { meta: MetaStore; data: BucketStore; maxValueSize: number };
+export type BucketState = { meta: MetaStoreLike; data: BucketStoreLike; maxValueSize: number };
 
 /** What applying an op needs. */
 export type MergeDeps = {

@@ -9,7 +9,7 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { makeOp } from "../lib/op.ts";
-import { type MetaStore, type Version, isCasConflict } from "../lib/stores.ts";
+import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
 import { opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
@@ -27,7 +27,7 @@ export type WatcherDeps = {
   site: string;
   nodeId: string;
   bucket: string;
-  meta: MetaStore;
+  meta: MetaStoreLike;
   js: Pick<JetStreamClient, "publish">;
   tick: () => Promise<number>;
 };
