@@ -13,9 +13,9 @@ import { type Op, opValue, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
-  type BucketStore,
+  type BucketStoreLike,
   type MetaEntry,
-  type MetaStore,
+  type MetaStoreLike,
   isCasConflict,
 } from "../lib/stores.ts";
 
