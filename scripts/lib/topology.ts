@@ -1,0 +1,596 @@
+/**
+ * The NATS topology of a mesh: a hub (no JetStream) plus N sites, each `site-<x>` a nats-server with
+ * JetStream domain `<x>` and a leaf remote to the hub. A TypeScript port of
+ * /work/shared/reference/topology/start-topology.mjs (measured against nats-server 2.9.10), with:
+ * - configs rendered from deploy/nats/hub.conf and deploy/nats/site.conf.template (the site's leaf
+ *   remote denies the exact subject `rep.kv.ops` both ways: hand-made ops stay in their site);
+ * - explicit or OS-allocated ports;
+ * - a detached mode (own process group, pid files, outlives the launcher) for ./scripts/up.sh, and
+ *   `Topology.attach(state)` to drive such a mesh from another process;
+ * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite.
+ *
+ * Layout of the working dir: `hub/{hub.conf,hub.log,hub.pid}`,
+ * `site-<x>/{server.conf,server.log,server.pid,store/}`.
+ */
+import { constants, accessSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { connect } from "@nats-io/transport-node";
+import {
+  type Proc,
+  assertPortFree,
+  describeExit,
+  freePort,
+  getJson,
+  isAlive,
+  procAlive,
+  readPidFile,
+  removeFile,
+  sleep,
+  spawnLogged,
+  stopProc,
+  tail,
+} from "./proc.ts";
+
+/** The repository root (scripts/lib/../..). */
+export const REPO_ROOT: string = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const HUB_CONF_FILE: string = path.join(REPO_ROOT, "deploy/nats/hub.conf");
+export const SITE_CONF_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site.conf.template");
+
+/** The addresses deploy/nats/hub.conf is written with; rendering replaces exactly these. */
+const HUB_CONF_DEFAULTS = { client: "127.0.0.1:7222", http: "127.0.0.1:7223", leaf: "127.0.0.1:7422" };
+
+const SITE_NAME = /^[A-Za-z0-9_-]+$/;
+
+/** One nats-server of the topology, as recorded in the mesh state (JSON-serialisable). */
+export type ServerState = {
+  /** server_name: "hub" or "site-<x>" */
+  name: string;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  url: string;
+  httpUrl: string;
+  dir: string;
+  confFile: string;
+  logFile: string;
+  pidFile: string;
+  /** pid of the running server; undefined while stopped */
+  pid?: number;
+};
+export type HubState = ServerState & { leafPort: number; leafUrl: string };
+export type SiteState = ServerState & { site: string; domain: string; storeDir: string };
+export type TopologyState = { dir: string; host: string; hub: HubState; sites: Record<string, SiteState> };
+
+export type PortSpec = { client?: number; http?: number };
+
+export type TopologyOptions = {
+  /** site names; each becomes server `site-<name>` with JetStream domain `<name>` (default a, b) */
+  sites?: string[];
+  /** working dir; default: a fresh temp dir, removed by stop() unless keepDir */
+  dir?: string;
+  keepDir?: boolean;
+  host?: string;
+  /** hub ports; a missing one is allocated free */
+  hubPorts?: { client?: number; http?: number; leaf?: number };
+  /** ports of a site (index = position in `sites`, then order of addSite); missing → free */
+  sitePorts?: (site: string, index: number) => PortSpec | undefined;
+  /** spawn servers detached (own process group, outlive this process); default false */
+  detached?: boolean;
+  /** nats-server binary; default $NATS_SERVER, nats-server on PATH, /usr/sbin/nats-server */
+  natsServer?: string;
+  /** max wait for servers / leaf connections / the probe, ms (default 20000) */
+  timeoutMs?: number;
+  /** also check request/reply between every pair of sites (default true) */
+  probe?: boolean;
+};
+
+/** `$NATS_SERVER`, else `nats-server` on PATH, else /usr/sbin/nats-server (throws if none). */
+export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NATS_SERVER) return env.NATS_SERVER;
+  const dirs = [...(env.PATH ?? "").split(path.delimiter).filter(Boolean), "/usr/sbin", "/usr/local/bin"];
+  for (const d of dirs) {
+    const p = path.join(d, "nats-server");
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  throw new Error(
+    "nats-server not found (set NATS_SERVER, put it on PATH, or run ./scripts/ensure-deps.sh to install it)",
+  );
+}
+
+function replaceOnce(text: string, from: string, to: string, file: string): string {
+  const parts = text.split(from);
+  if (parts.length !== 2)
+    throw new Error(`${file}: expected "${from}" exactly once, found ${parts.length - 1}`);
+  return parts.join(to);
+}
+
+/** deploy/nats/hub.conf with the given address and ports. */
+export function renderHubConf(o: {
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  leafPort: number;
+}): string {
+  let t = readFileSync(HUB_CONF_FILE, "utf8");
+  t = replaceOnce(t, HUB_CONF_DEFAULTS.client, `${o.host}:${o.clientPort}`, HUB_CONF_FILE);
+  t = replaceOnce(t, HUB_CONF_DEFAULTS.http, `${o.host}:${o.httpPort}`, HUB_CONF_FILE);
+  t = replaceOnce(t, HUB_CONF_DEFAULTS.leaf, `${o.host}:${o.leafPort}`, HUB_CONF_FILE);
+  return t;
+}
+
+/** deploy/nats/site.conf.template with its placeholders filled. */
+export function renderSiteConf(o: {
+  site: string;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  storeDir: string;
+  hubLeafUrl: string;
+}): string {
+  const values: Record<string, string> = {
+    SITE: o.site,
+    HOST: o.host,
+    CLIENT_PORT: String(o.clientPort),
+    HTTP_PORT: String(o.httpPort),
+    STORE_DIR: o.storeDir,
+    HUB_LEAF_URL: o.hubLeafUrl,
+  };
+  return readFileSync(SITE_CONF_TEMPLATE, "utf8").replace(/\{\{([A-Z_]+)\}\}/g, (m, k: string) => {
+    const v = values[k];
+    if (v === undefined) throw new Error(`${SITE_CONF_TEMPLATE}: unknown placeholder ${m}`);
+    return v;
+  });
+}
+
+type Server = {
+  state: HubState | SiteState;
+  kind: "hub" | "site";
+  proc?: Proc;
+  /** ports that were allocated here (may be re-allocated if taken before the first start) */
+  autoPorts: Set<"client" | "http" | "leaf">;
+  startedOnce: boolean;
+};
+
+/** A running (or partly stopped) hub + sites topology. */
+export class Topology {
+  readonly dir: string;
+  readonly host: string;
+  readonly natsServer: string;
+  readonly detached: boolean;
+  readonly timeoutMs: number;
+  readonly probe: boolean;
+  private readonly ownDir: boolean;
+  private readonly keepDir: boolean;
+  private readonly sitePorts: TopologyOptions["sitePorts"];
+  private readonly hubServer: Server;
+  private readonly siteServers = new Map<string, Server>();
+
+  private constructor(o: {
+    dir: string;
+    ownDir: boolean;
+    keepDir: boolean;
+    host: string;
+    natsServer: string;
+    detached: boolean;
+    timeoutMs: number;
+    probe: boolean;
+    sitePorts: TopologyOptions["sitePorts"];
+    hub: Server;
+  }) {
+    this.dir = o.dir;
+    this.ownDir = o.ownDir;
+    this.keepDir = o.keepDir;
+    this.host = o.host;
+    this.natsServer = o.natsServer;
+    this.detached = o.detached;
+    this.timeoutMs = o.timeoutMs;
+    this.probe = o.probe;
+    this.sitePorts = o.sitePorts;
+    this.hubServer = o.hub;
+  }
+
+  /** Start the hub, then the sites; resolves when every leaf connection is up (and the probe passed). */
+  static async start(opts: TopologyOptions = {}): Promise<Topology> {
+    const host = opts.host ?? "127.0.0.1";
+    const ownDir = !opts.dir;
+    const dir = opts.dir ? path.resolve(opts.dir) : mkdtempSync(path.join(os.tmpdir(), "syncd-mesh-"));
+    mkdirSync(dir, { recursive: true });
+    const hp = opts.hubPorts ?? {};
+    const autoPorts = new Set<"client" | "http" | "leaf">();
+    const port = async (v: number | undefined, k: "client" | "http" | "leaf") => {
+      if (v !== undefined) return v;
+      autoPorts.add(k);
+      return freePort(host);
+    };
+    const clientPort = await port(hp.client, "client");
+    const httpPort = await port(hp.http, "http");
+    const leafPort = await port(hp.leaf, "leaf");
+    const hubDir = path.join(dir, "hub");
+    const hub: Server = {
+      kind: "hub",
+      autoPorts,
+      startedOnce: false,
+      state: {
+        name: "hub",
+        host,
+        clientPort,
+        httpPort,
+        leafPort,
+        url: `nats://${host}:${clientPort}`,
+        httpUrl: `http://${host}:${httpPort}`,
+        leafUrl: `nats-leaf://${host}:${leafPort}`,
+        dir: hubDir,
+        confFile: path.join(hubDir, "hub.conf"),
+        logFile: path.join(hubDir, "hub.log"),
+        pidFile: path.join(hubDir, "hub.pid"),
+      },
+    };
+    const topo = new Topology({
+      dir,
+      ownDir,
+      keepDir: opts.keepDir ?? false,
+      host,
+      natsServer: opts.natsServer ?? findNatsServer(),
+      detached: opts.detached ?? false,
+      timeoutMs: opts.timeoutMs ?? 20000,
+      probe: opts.probe ?? true,
+      sitePorts: opts.sitePorts,
+      hub,
+    });
+    try {
+      for (const s of opts.sites ?? ["a", "b"]) await topo.defineSite(s);
+      // The hub first, healthy, so the sites' first leaf connect succeeds (a failed attempt costs
+      // one reconnect interval).
+      await topo.spawn(hub);
+      await topo.waitHealthy(hub);
+      for (const s of topo.siteServers.values()) await topo.spawn(s);
+      await topo.waitReady();
+    } catch (err) {
+      await topo.stop().catch(() => {});
+      throw err;
+    }
+    return topo;
+  }
+
+  /**
+   * Drive a topology started elsewhere (e.g. detached by ./scripts/up.sh) from its recorded state.
+   * Servers started through it are detached too.
+   */
+  static attach(
+    state: TopologyState,
+    opts: { natsServer?: string; timeoutMs?: number; probe?: boolean } = {},
+  ): Topology {
+    const hub: Server = { kind: "hub", state: { ...state.hub }, autoPorts: new Set(), startedOnce: true };
+    const topo = new Topology({
+      dir: state.dir,
+      ownDir: false,
+      keepDir: true,
+      host: state.host,
+      natsServer: opts.natsServer ?? findNatsServer(),
+      detached: true,
+      timeoutMs: opts.timeoutMs ?? 20000,
+      probe: opts.probe ?? true,
+      sitePorts: undefined,
+      hub,
+    });
+    topo.adopt(hub);
+    for (const [name, s] of Object.entries(state.sites)) {
+      const srv: Server = { kind: "site", state: { ...s }, autoPorts: new Set(), startedOnce: true };
+      topo.adopt(srv);
+      topo.siteServers.set(name, srv);
+    }
+    return topo;
+  }
+
+  /** A recorded server whose pid is alive becomes a Proc again (no child handle). */
+  private adopt(s: Server): void {
+    const pid = s.state.pid ?? readPidFile(s.state.pidFile);
+    if (pid && isAlive(pid, s.state.confFile)) {
+      s.proc = { pid, marker: s.state.confFile, logFile: s.state.logFile };
+      s.state.pid = pid;
+    } else {
+      s.state.pid = undefined;
+    }
+  }
+
+  get hub(): HubState {
+    return this.hubServer.state as HubState;
+  }
+
+  get sites(): Record<string, SiteState> {
+    return Object.fromEntries([...this.siteServers].map(([k, s]) => [k, s.state as SiteState]));
+  }
+
+  site(name: string): SiteState {
+    return this.server(name).state as SiteState;
+  }
+
+  private server(site: string): Server {
+    const s = this.siteServers.get(site);
+    if (!s) throw new Error(`unknown site ${JSON.stringify(site)}`);
+    return s;
+  }
+
+  /** Everything needed to attach() later (JSON-serialisable). */
+  state(): TopologyState {
+    return { dir: this.dir, host: this.host, hub: { ...this.hub }, sites: structuredClone(this.sites) };
+  }
+
+  hubRunning(): boolean {
+    return this.running(this.hubServer);
+  }
+
+  serverRunning(site: string): boolean {
+    return this.running(this.server(site));
+  }
+
+  private running(s: Server): boolean {
+    return s.proc !== undefined && procAlive(s.proc);
+  }
+
+  private async defineSite(site: string, ports?: PortSpec): Promise<Server> {
+    // The name is the JetStream domain and a subject token: keep it simple.
+    if (!SITE_NAME.test(site)) throw new Error(`invalid site name ${JSON.stringify(site)}`);
+    if (this.siteServers.has(site)) throw new Error(`site ${site} already exists`);
+    const p = ports ?? this.sitePorts?.(site, this.siteServers.size) ?? {};
+    const autoPorts = new Set<"client" | "http" | "leaf">();
+    if (p.client === undefined) autoPorts.add("client");
+    if (p.http === undefined) autoPorts.add("http");
+    const clientPort = p.client ?? (await freePort(this.host));
+    const httpPort = p.http ?? (await freePort(this.host));
+    const dir = path.join(this.dir, `site-${site}`);
+    const srv: Server = {
+      kind: "site",
+      autoPorts,
+      startedOnce: false,
+      state: {
+        name: `site-${site}`,
+        site,
+        domain: site,
+        host: this.host,
+        clientPort,
+        httpPort,
+        url: `nats://${this.host}:${clientPort}`,
+        httpUrl: `http://${this.host}:${httpPort}`,
+        dir,
+        confFile: path.join(dir, "server.conf"),
+        logFile: path.join(dir, "server.log"),
+        pidFile: path.join(dir, "server.pid"),
+        storeDir: path.join(dir, "store"),
+      },
+    };
+    this.siteServers.set(site, srv);
+    return srv;
+  }
+
+  private setPort(s: Server, k: "client" | "http" | "leaf", port: number): void {
+    const st = s.state;
+    if (k === "client") {
+      st.clientPort = port;
+      st.url = `nats://${st.host}:${port}`;
+    } else if (k === "http") {
+      st.httpPort = port;
+      st.httpUrl = `http://${st.host}:${port}`;
+    } else {
+      const h = st as HubState;
+      h.leafPort = port;
+      h.leafUrl = `nats-leaf://${st.host}:${port}`;
+    }
+  }
+
+  private portOf(s: Server, k: "client" | "http" | "leaf"): number {
+    return k === "client"
+      ? s.state.clientPort
+      : k === "http"
+        ? s.state.httpPort
+        : (s.state as HubState).leafPort;
+  }
+
+  private writeConf(s: Server): void {
+    mkdirSync(s.state.dir, { recursive: true });
+    if (s.kind === "hub") {
+      const h = s.state as HubState;
+      writeFileSync(
+        h.confFile,
+        renderHubConf({ host: h.host, clientPort: h.clientPort, httpPort: h.httpPort, leafPort: h.leafPort }),
+      );
+    } else {
+      const st = s.state as SiteState;
+      writeFileSync(
+        st.confFile,
+        renderSiteConf({
+          site: st.site,
+          host: st.host,
+          clientPort: st.clientPort,
+          httpPort: st.httpPort,
+          storeDir: st.storeDir,
+          hubLeafUrl: this.hub.leafUrl,
+        }),
+      );
+    }
+  }
+
+  private async spawn(s: Server): Promise<void> {
+    if (this.running(s)) throw new Error(`${s.state.name} is already running (pid ${s.proc?.pid})`);
+    const keys = s.kind === "hub" ? (["client", "http", "leaf"] as const) : (["client", "http"] as const);
+    for (const k of keys) {
+      const port = this.portOf(s, k);
+      try {
+        await assertPortFree(s.state.host, port);
+      } catch (err) {
+        // An allocated port taken by someone else before the first start: take another one.
+        // (The hub's leaf port only while no site knows it yet.)
+        const sitesKnowLeaf = [...this.siteServers.values()].some((x) => x.startedOnce);
+        const canMove = s.autoPorts.has(k) && !s.startedOnce && !(k === "leaf" && sitesKnowLeaf);
+        if (!canMove) throw new Error(`${s.state.name}: ${(err as Error).message}`);
+        this.setPort(s, k, await freePort(s.state.host));
+      }
+    }
+    this.writeConf(s);
+    s.proc = spawnLogged({
+      cmd: this.natsServer,
+      args: ["-c", s.state.confFile],
+      cwd: s.state.dir,
+      logFile: s.state.logFile,
+      pidFile: s.state.pidFile,
+      detached: this.detached,
+      marker: s.state.confFile,
+    });
+    s.state.pid = s.proc.pid;
+    s.startedOnce = true;
+  }
+
+  private assertAlive(s: Server): void {
+    const p = s.proc;
+    if (!p) return;
+    if (p.exitInfo?.error)
+      throw new Error(`${s.state.name}: cannot start ${this.natsServer}: ${p.exitInfo.error}`);
+    if (!procAlive(p))
+      throw new Error(`${s.state.name} ${describeExit(p)}; log tail:\n${tail(s.state.logFile, 15)}`);
+  }
+
+  private async waitHealthy(s: Server): Promise<void> {
+    const t0 = Date.now();
+    for (;;) {
+      this.assertAlive(s);
+      if ((await getJson(`${s.state.httpUrl}/healthz`))?.status === "ok") return;
+      if (Date.now() - t0 > this.timeoutMs)
+        throw new Error(
+          `${s.state.name} not healthy within ${this.timeoutMs} ms; log tail:\n${tail(s.state.logFile, 15)}`,
+        );
+      await sleep(25);
+    }
+  }
+
+  /**
+   * Resolves when every running server is healthy and, if the hub runs, the hub sees every running
+   * site as a leaf and every running site sees the hub. Throws if a started server has exited.
+   */
+  async waitForLeafs(limitMs = this.timeoutMs): Promise<number> {
+    const t0 = Date.now();
+    let last = "";
+    while (Date.now() - t0 < limitMs) {
+      const sites = [...this.siteServers.values()].filter((s) => s.proc);
+      for (const s of [this.hubServer, ...sites]) if (s.proc) this.assertAlive(s);
+      const hubUp = this.hubServer.proc !== undefined;
+      const checks = await Promise.all(
+        sites.map(async (s) => {
+          const [lz, hz] = await Promise.all([
+            getJson(`${s.state.httpUrl}/leafz`),
+            getJson(`${s.state.httpUrl}/healthz`),
+          ]);
+          return hz?.status === "ok" && (!hubUp || lz?.leafnodes === 1);
+        }),
+      );
+      let hubOk = true;
+      if (hubUp) {
+        const hz = await getJson(`${this.hub.httpUrl}/leafz`);
+        hubOk = hz?.leafnodes === sites.length;
+        last = `hub /leafz leafnodes=${JSON.stringify(hz?.leafnodes)}, want ${sites.length}`;
+      }
+      if (hubOk && checks.every(Boolean)) return Date.now() - t0;
+      await sleep(50);
+    }
+    throw new Error(`leaf connections not up within ${limitMs} ms (${last})`);
+  }
+
+  /** Request/reply from every running site to every other running site (needs the hub up). */
+  async waitForMesh(limitMs = this.timeoutMs): Promise<void> {
+    if (!this.hubServer.proc) return;
+    const sites = [...this.siteServers.values()].filter((s) => s.proc).map((s) => s.state as SiteState);
+    if (sites.length < 2) return;
+    const ncs = new Map<string, NatsConnection>();
+    const t0 = Date.now();
+    try {
+      for (const s of sites) {
+        const nc = await connect({ servers: s.url, name: `topology-probe-${s.site}` });
+        ncs.set(s.site, nc);
+        nc.subscribe(`_topology.probe.${s.site}`, { callback: (_e, m) => void m.respond(s.site) });
+        await nc.flush();
+      }
+      for (const [from, nc] of ncs) {
+        for (const to of ncs.keys()) {
+          if (from === to) continue;
+          for (;;) {
+            try {
+              await nc.request(`_topology.probe.${to}`, "", { timeout: 250 });
+              break;
+            } catch {
+              /* not yet */
+            }
+            if (Date.now() - t0 > limitMs)
+              throw new Error(`no route from site ${from} to site ${to} within ${limitMs} ms`);
+            await sleep(25);
+          }
+        }
+      }
+    } finally {
+      await Promise.all([...ncs.values()].map((nc) => nc.close().catch(() => {})));
+    }
+  }
+
+  async waitReady(): Promise<void> {
+    await this.waitForLeafs();
+    if (this.probe) await this.waitForMesh();
+  }
+
+  /** Stops the hub: every site keeps working locally but is cut off from the others. */
+  async stopHub(): Promise<void> {
+    await this.stopServerOf(this.hubServer);
+  }
+
+  /** (Re)starts the hub; by default waits until every running site is connected again. */
+  async startHub(o: { wait?: boolean } = {}): Promise<void> {
+    await this.spawn(this.hubServer);
+    if (o.wait ?? true) {
+      await this.waitHealthy(this.hubServer);
+      await this.waitReady();
+    }
+  }
+
+  /** Stops one site's nats-server (its services keep running and reconnect later). */
+  async stopServer(site: string): Promise<void> {
+    await this.stopServerOf(this.server(site));
+  }
+
+  /** (Re)starts one site's nats-server with its data; by default waits for its leaf connection. */
+  async startServer(site: string, o: { wait?: boolean } = {}): Promise<void> {
+    await this.spawn(this.server(site));
+    if (o.wait ?? true) await this.waitReady();
+  }
+
+  /** Adds and starts one more site; by default waits until it is connected. */
+  async addSite(site: string, o: { ports?: PortSpec; wait?: boolean } = {}): Promise<SiteState> {
+    const srv = await this.defineSite(site, o.ports);
+    await this.spawn(srv);
+    if (o.wait ?? true) await this.waitReady();
+    return srv.state as SiteState;
+  }
+
+  private async stopServerOf(s: Server): Promise<void> {
+    if (s.proc) await stopProc(s.proc);
+    s.proc = undefined;
+    s.state.pid = undefined;
+    removeFile(s.state.pidFile);
+  }
+
+  /** Stops every server (sites first, then the hub); removes an own temp dir unless keepDir. */
+  async stop(): Promise<void> {
+    await Promise.all([...this.siteServers.values()].map((s) => this.stopServerOf(s)));
+    await this.stopServerOf(this.hubServer);
+    if (this.ownDir && !this.keepDir) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Shorthand for {@link Topology.start}. */
+export function startTopology(opts: TopologyOptions = {}): Promise<Topology> {
+  return Topology.start(opts);
+}
