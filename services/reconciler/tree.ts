@@ -1,0 +1,341 @@
+/**
+ * The version tree of one bucket: a fixed-depth hash tree over the `<bucket>_meta` versions.
+ *
+ * A key lives in the leaf named by the first `depth` hex chars of sha256(key); a node is a hex prefix
+ * (the root is ""), fan-out 16 per level. A node's digest is the XOR of
+ * sha256(`key\0ts\0node_id\0deleted`) over the keys below it, and their count. XOR makes every
+ * change O(depth): XOR out the old entry hash, XOR in the new one, on the leaf and its ancestors.
+ *
+ * Two sites compare roots, descend only into children whose digests differ, and list the keys of
+ * small or leaf nodes: the cost follows the difference, not the bucket.
+ */
+import { createHash } from "node:crypto";
+import { compareVersions } from "../lib/lww.ts";
+
+/** Default tree depth: 4 hex chars → 65 536 leaves. */
+export const TREE_DEPTH = 4;
+const HASH_BYTES = 32;
+const ZERO_HEX = "0".repeat(HASH_BYTES * 2);
+
+/** The part of a meta entry the tree keeps. */
+export type VersionInfo = { ts: number; node_id: string; deleted: boolean };
+
+/** A node's digest as exchanged on the wire. */
+export type NodeDigest = { prefix: string; hash: string; count: number };
+
+/** A key with its version, as listed by `entries`. */
+export type KeyVersion = VersionInfo & { key: string };
+
+class Rec {
+  constructor(
+    readonly key: string,
+    public ts: number,
+    public node_id: string,
+    public deleted: boolean,
+    readonly leaf: number,
+  ) {}
+}
+
+/** The leaf of a key: the first `depth` hex chars of sha256(key), as an integer. */
+export function leafOf(key: string, depth: number = TREE_DEPTH): number {
+  const d = createHash("sha256").update(key).digest();
+  let v = 0;
+  for (let i = 0; i < depth; i++) {
+    const byte = d[i >> 1]!;
+    v = v * 16 + (i % 2 === 0 ? byte >> 4 : byte & 15);
+  }
+  return v;
+}
+
+/** The hash of one versioned key: sha256(`key\0ts\0node_id\0deleted`). */
+export function entryHash(key: string, v: VersionInfo): Buffer {
+  return createHash("sha256").update(`${key}\0${v.ts}\0${v.node_id}\0${v.deleted}`).digest();
+}
+
+/** True when a prefix is a valid node of a tree of this depth. */
+export function isPrefix(p: string, depth: number = TREE_DEPTH): boolean {
+  return p.length <= depth && /^[0-9a-f]*$/.test(p);
+}
+
+/** An in-memory version tree of one bucket. */
+export class VersionTree {
+  readonly depth: number;
+  private readonly offsets: number[];
+  private readonly hashes: Uint8Array;
+  private readonly counts: Uint32Array;
+  private readonly keys = new Map<string, Rec>();
+  private readonly leaves: (Rec[] | undefined)[];
+  private readonly nodeIds = new Map<string, string>();
+
+  constructor(depth: number = TREE_DEPTH) {
+    if (!Number.isInteger(depth) || depth < 1 || depth > 6)
+      throw new Error(`tree depth ${depth} not in 1..6`);
+    this.depth = depth;
+    this.offsets = [];
+    let total = 0;
+    for (let l = 0; l <= depth; l++) {
+      this.offsets.push(total);
+      total += 16 ** l;
+    }
+    this.hashes = new Uint8Array(total * HASH_BYTES);
+    this.counts = new Uint32Array(total);
+    this.leaves = new Array(16 ** depth);
+  }
+
+  /** Number of keys (tombstones included). */
+  get size(): number {
+    return this.keys.size;
+  }
+
+  /** The version of a key, if indexed. */
+  get(key: string): VersionInfo | undefined {
+    const r = this.keys.get(key);
+    return r ? { ts: r.ts, node_id: r.node_id, deleted: r.deleted } : undefined;
+  }
+
+  /** Insert or update a key's version. Returns false when the version was already there. */
+  set(key: string, v: VersionInfo): boolean {
+    const old = this.keys.get(key);
+    if (old) {
+      if (old.ts === v.ts && old.node_id === v.node_id && old.deleted === v.deleted) return false;
+      this.apply(old.leaf, entryHash(key, old), 0);
+      old.ts = v.ts;
+      old.node_id = this.intern(v.node_id);
+      old.deleted = v.deleted;
+      this.apply(old.leaf, entryHash(key, old), 0);
+      return true;
+    }
+    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, leafOf(key, this.depth));
+    this.keys.set(key, rec);
+    const bucket = this.leaves[rec.leaf];
+    if (bucket) bucket.push(rec);
+    else this.leaves[rec.leaf] = [rec];
+    this.apply(rec.leaf, entryHash(key, rec), 1);
+    return true;
+  }
+
+  /** Remove a key. Returns false when it was not indexed. */
+  delete(key: string): boolean {
+    const rec = this.keys.get(key);
+    if (!rec) return false;
+    this.keys.delete(key);
+    const bucket = this.leaves[rec.leaf]!;
+    const i = bucket.indexOf(rec);
+    bucket[i] = bucket[bucket.length - 1]!;
+    bucket.pop();
+    if (bucket.length === 0) this.leaves[rec.leaf] = undefined;
+    this.apply(rec.leaf, entryHash(key, rec), -1);
+    return true;
+  }
+
+  /** The digest of one node (count 0 and a zero hash when empty). */
+  node(prefix: string): NodeDigest {
+    const i = this.nodeIndex(prefix);
+    if (this.counts[i] === 0) return { prefix, hash: ZERO_HEX, count: 0 };
+    return { prefix, hash: this.hashHex(i), count: this.counts[i]! };
+  }
+
+  /** The root's digest. */
+  root(): NodeDigest {
+    return this.node("");
+  }
+
+  /** The non-empty children of a node, in prefix order; none for a leaf. */
+  children(prefix: string): NodeDigest[] {
+    if (prefix.length >= this.depth) return [];
+    const base = this.offsets[prefix.length + 1]! + this.prefixValue(prefix) * 16;
+    const out: NodeDigest[] = [];
+    for (let h = 0; h < 16; h++) {
+      const i = base + h;
+      if (this.counts[i] === 0) continue;
+      out.push({ prefix: prefix + h.toString(16), hash: this.hashHex(i), count: this.counts[i]! });
+    }
+    return out;
+  }
+
+  /**
+   * The keys under some prefixes, each once, in (leaf, key) order, optionally resuming after a key
+   * (a cursor from an earlier page: the key need not exist any more).
+   */
+  *entries(prefixes: string[], after?: string): Generator<KeyVersion> {
+    const ranges = this.leafRanges(prefixes);
+    const startLeaf = after === undefined ? -1 : leafOf(after, this.depth);
+    for (const [lo, hi] of ranges) {
+      for (let leaf = Math.max(lo, startLeaf); leaf < hi; leaf++) {
+        const bucket = this.leaves[leaf];
+        if (!bucket) continue;
+        const recs = bucket.length > 1 ? [...bucket].sort((a, b) => cmpStr(a.key, b.key)) : bucket;
+        for (const r of recs) {
+          if (leaf === startLeaf && after !== undefined && cmpStr(r.key, after) <= 0) continue;
+          yield { key: r.key, ts: r.ts, node_id: r.node_id, deleted: r.deleted };
+        }
+      }
+    }
+  }
+
+  /** Every key with its version, in no particular order. */
+  *all(): Generator<KeyVersion> {
+    for (const r of this.keys.values())
+      yield { key: r.key, ts: r.ts, node_id: r.node_id, deleted: r.deleted };
+  }
+
+  /** Leaf ranges [lo, hi) covered by some prefixes, sorted and merged. */
+  private leafRanges(prefixes: string[]): [number, number][] {
+    const raw = prefixes.map((p): [number, number] => {
+      const shift = 16 ** (this.depth - p.length);
+      const v = this.prefixValue(p);
+      return [v * shift, (v + 1) * shift];
+    });
+    raw.sort((a, b) => a[0] - b[0]);
+    const out: [number, number][] = [];
+    for (const r of raw) {
+      const last = out[out.length - 1];
+      if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+      else out.push([r[0], r[1]]);
+    }
+    return out;
+  }
+
+  private prefixValue(prefix: string): number {
+    if (!isPrefix(prefix, this.depth)) throw new Error(`invalid tree prefix "${prefix}"`);
+    return prefix === "" ? 0 : Number.parseInt(prefix, 16);
+  }
+
+  private nodeIndex(prefix: string): number {
+    return this.offsets[prefix.length]! + this.prefixValue(prefix);
+  }
+
+  private hashHex(i: number): string {
+    return Buffer.from(this.hashes.buffer, i * HASH_BYTES, HASH_BYTES).toString("hex");
+  }
+
+  /** XOR a hash into the leaf and every ancestor, and move their counts by `delta`. */
+  private apply(leaf: number, h: Uint8Array, delta: number): void {
+    let v = leaf;
+    for (let l = this.depth; l >= 0; l--) {
+      const i = this.offsets[l]! + v;
+      const o = i * HASH_BYTES;
+      for (let b = 0; b < HASH_BYTES; b++) this.hashes[o + b] = this.hashes[o + b]! ^ h[b]!;
+      this.counts[i] = this.counts[i]! + delta;
+      v = Math.floor(v / 16);
+    }
+  }
+
+  private intern(s: string): string {
+    const have = this.nodeIds.get(s);
+    if (have !== undefined) return have;
+    this.nodeIds.set(s, s);
+    return s;
+  }
+}
+
+function cmpStr(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Where the other side's digests come from: a peer over NATS, or another tree in tests. */
+export type DigestSource = {
+  root(): Promise<NodeDigest>;
+  /** the non-empty children of every given prefix */
+  children(prefixes: string[]): Promise<NodeDigest[]>;
+};
+
+/** What a descent found. */
+export type Descent = {
+  /** nodes whose keys must be listed and compared one by one */
+  list: string[];
+  /** differing nodes visited (the root included) */
+  ranges: number;
+};
+
+/** A DigestSource over a local tree (tests, and a peer's view in-process). */
+export function treeSource(tree: VersionTree): DigestSource {
+  return {
+    root: async () => tree.root(),
+    children: async (prefixes) => prefixes.flatMap((p) => tree.children(p)),
+  };
+}
+
+function same(a: NodeDigest | undefined, b: NodeDigest | undefined): boolean {
+  const ac = a?.count ?? 0;
+  const bc = b?.count ?? 0;
+  if (ac !== bc) return false;
+  return ac === 0 || a!.hash === b!.hash;
+}
+
+/**
+ * Compare two trees level by level: descend only into nodes whose digests differ; stop at the leaves
+ * or where both sides hold at most `smallCount` keys, and return those nodes to list.
+ */
+export async function descend(
+  local: VersionTree,
+  remote: DigestSource,
+  opts: { smallCount?: number } = {},
+): Promise<Descent> {
+  const small = opts.smallCount ?? 16;
+  const out: Descent = { list: [], ranges: 0 };
+  const lr = local.root();
+  const rr = await remote.root();
+  if (same(lr, rr)) return out;
+  out.ranges++;
+  if (lr.count <= small && rr.count <= small) {
+    out.list.push("");
+    return out;
+  }
+  let frontier = [""];
+  while (frontier.length > 0) {
+    const theirs = new Map((await remote.children(frontier)).map((n) => [n.prefix, n]));
+    const next: string[] = [];
+    for (const p of frontier) {
+      const mine = new Map(local.children(p).map((n) => [n.prefix, n]));
+      for (let h = 0; h < 16; h++) {
+        const c = p + h.toString(16);
+        const a = mine.get(c);
+        const b = theirs.get(c);
+        if (same(a, b)) continue;
+        out.ranges++;
+        if (c.length >= local.depth || ((a?.count ?? 0) <= small && (b?.count ?? 0) <= small))
+          out.list.push(c);
+        else next.push(c);
+      }
+    }
+    frontier = next;
+  }
+  return out;
+}
+
+/** Which side must move which key after comparing versions key by key. */
+export type Plan = {
+  /** keys the other side has newer (or only it has): fetch and merge here */
+  pull: string[];
+  /** keys this side has newer (or only it has): send to the other side */
+  push: string[];
+  /** distinct keys compared */
+  compared: number;
+};
+
+/**
+ * Compare two listings of versions by LWW. Equal `(ts, node_id)` with a different deleted flag:
+ * the tombstone wins.
+ */
+export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>): Plan {
+  const mine = new Map<string, KeyVersion>();
+  for (const e of local) mine.set(e.key, e);
+  const out: Plan = { pull: [], push: [], compared: mine.size };
+  const seen = new Set<string>();
+  for (const r of remote) {
+    if (seen.has(r.key)) continue;
+    seen.add(r.key);
+    const l = mine.get(r.key);
+    if (!l) {
+      out.compared++;
+      out.pull.push(r.key);
+      continue;
+    }
+    const c = compareVersions(r, l) || (r.deleted === l.deleted ? 0 : r.deleted ? 1 : -1);
+    if (c > 0) out.pull.push(r.key);
+    else if (c < 0) out.push.push(r.key);
+  }
+  for (const k of mine.keys()) if (!seen.has(k)) out.push.push(k);
+  return out;
+}

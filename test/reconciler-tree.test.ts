@@ -1,0 +1,254 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  type KeyVersion,
+  VersionTree,
+  descend,
+  entryHash,
+  leafOf,
+  plan,
+  treeSource,
+} from "../services/reconciler/tree.ts";
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function version(r: () => number): { ts: number; node_id: string; deleted: boolean } {
+  return {
+    ts: 1_000_000 + Math.floor(r() * 1000),
+    node_id: `site-${"abc"[Math.floor(r() * 3)]}`,
+    deleted: r() < 0.2,
+  };
+}
+
+function build(entries: Iterable<KeyVersion>, depth?: number): VersionTree {
+  const t = new VersionTree(depth);
+  for (const e of entries) t.set(e.key, e);
+  return t;
+}
+
+/** Every node digest of a tree, level by level. */
+function dump(t: VersionTree): string[] {
+  const out: string[] = [];
+  let frontier = [""];
+  out.push(JSON.stringify(t.root()));
+  while (frontier.length > 0) {
+    const next: string[] = [];
+    for (const p of frontier)
+      for (const c of t.children(p)) {
+        out.push(JSON.stringify(c));
+        next.push(c.prefix);
+      }
+    frontier = next;
+  }
+  return out;
+}
+
+/** Expected root hash by definition: XOR of every entry hash. */
+function xorAll(entries: KeyVersion[]): string {
+  const acc = Buffer.alloc(32);
+  for (const e of entries) {
+    const h = entryHash(e.key, e);
+    for (let i = 0; i < 32; i++) acc[i] = acc[i]! ^ h[i]!;
+  }
+  return acc.toString("hex");
+}
+
+describe("reconciler version tree", () => {
+  it("an empty tree has a zero root and no children", () => {
+    const t = new VersionTree();
+    assert.deepEqual(t.root(), { prefix: "", hash: "0".repeat(64), count: 0 });
+    assert.deepEqual(t.children(""), []);
+    assert.equal(t.size, 0);
+  });
+
+  it("the root is the XOR of sha256(key\\0ts\\0node_id\\0deleted) over the keys", () => {
+    const r = rng(1);
+    const entries = Array.from({ length: 500 }, (_, i) => ({ key: `k.${i}`, ...version(r) }));
+    const t = build(entries);
+    assert.equal(t.root().hash, xorAll(entries));
+    assert.equal(t.root().count, 500);
+  });
+
+  it("incremental updates and deletes equal a rebuild", () => {
+    const r = rng(2);
+    const t = new VersionTree();
+    const truth = new Map<string, KeyVersion>();
+    for (let step = 0; step < 20_000; step++) {
+      const key = `app/${Math.floor(r() * 2000)}`;
+      if (r() < 0.15) {
+        assert.equal(t.delete(key), truth.delete(key));
+      } else {
+        const v = { key, ...version(r) };
+        t.set(key, v);
+        truth.set(key, v);
+      }
+    }
+    const rebuilt = build(truth.values());
+    assert.deepEqual(dump(t), dump(rebuilt));
+    assert.equal(t.size, truth.size);
+    for (const [k, v] of truth)
+      assert.deepEqual(t.get(k), { ts: v.ts, node_id: v.node_id, deleted: v.deleted });
+  });
+
+  it("is independent of insertion order", () => {
+    const r = rng(3);
+    const entries = Array.from({ length: 3000 }, (_, i) => ({ key: `x${i}`, ...version(r) }));
+    const shuffled = [...entries];
+    for (let i = shuffled.length - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+    }
+    assert.deepEqual(dump(build(entries)), dump(build(shuffled)));
+    // an intermediate version overwritten later leaves no trace
+    const t = build(shuffled);
+    for (const e of entries.slice(0, 100)) t.set(e.key, { ...e, ts: e.ts + 7 });
+    for (const e of entries.slice(0, 100)) t.set(e.key, e);
+    assert.deepEqual(dump(t), dump(build(entries)));
+  });
+
+  it("a leaf is the first hex chars of sha256(key)", async () => {
+    const { createHash } = await import("node:crypto");
+    for (const k of ["a", "app/theme", "ключ", "x.y.z"]) {
+      const hex = createHash("sha256").update(k).digest("hex");
+      assert.equal(leafOf(k, 4), Number.parseInt(hex.slice(0, 4), 16));
+      assert.equal(leafOf(k, 3), Number.parseInt(hex.slice(0, 3), 16));
+    }
+  });
+
+  it("entries lists each key under overlapping prefixes once, and pages with a cursor", () => {
+    const r = rng(4);
+    const entries = Array.from({ length: 5000 }, (_, i) => ({ key: `p${i}`, ...version(r) }));
+    const t = build(entries);
+    const all = [...t.entries(["", "a", "0f"])];
+    assert.equal(all.length, 5000);
+    assert.equal(new Set(all.map((e) => e.key)).size, 5000);
+    const pages: KeyVersion[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page: KeyVersion[] = [];
+      for (const e of t.entries(["", "a"], after)) {
+        page.push(e);
+        if (page.length === 333) break;
+      }
+      if (page.length === 0) break;
+      pages.push(...page);
+      after = page[page.length - 1]!.key;
+    }
+    assert.deepEqual(pages, all);
+    const underA = [...t.entries(["a"])];
+    for (const e of underA) assert.equal(leafOf(e.key) >> 12, 10);
+    // a deleted cursor key still resumes at the right place
+    const mid = all[2500]!;
+    t.delete(mid.key);
+    assert.deepEqual([...t.entries([""], mid.key)], all.slice(2501));
+  });
+});
+
+describe("reconciler descent", () => {
+  async function diff(a: VersionTree, b: VersionTree, smallCount?: number) {
+    const d = await descend(a, treeSource(b), smallCount === undefined ? {} : { smallCount });
+    const p = plan(a.entries(d.list), b.entries(d.list));
+    return { d, p, moved: new Set([...p.pull, ...p.push]) };
+  }
+
+  it("equal trees: one root comparison, nothing to list", async () => {
+    const r = rng(5);
+    const entries = Array.from({ length: 2000 }, (_, i) => ({ key: `k${i}`, ...version(r) }));
+    const { d, p } = await diff(build(entries), build([...entries].reverse()));
+    assert.deepEqual(d, { list: [], ranges: 0 });
+    assert.deepEqual(p, { pull: [], push: [], compared: 0 });
+  });
+
+  for (const [n, k] of [
+    [10, 1],
+    [5000, 1],
+    [5000, 7],
+    [20_000, 40],
+    [3000, 3000],
+  ] as const) {
+    it(`two trees of ${n} keys differing in ${k} keys: the descent finds exactly those`, async () => {
+      const r = rng(n + k);
+      const base = Array.from({ length: n }, (_, i) => ({ key: `cfg/${i}`, ...version(r) }));
+      const a = build(base);
+      const b = build(base);
+      const differing = new Set<string>();
+      const pull = new Set<string>();
+      const push = new Set<string>();
+      while (differing.size < k) {
+        const i = Math.floor(r() * n * 1.1);
+        const key = `cfg/${i}`;
+        if (differing.has(key)) continue;
+        differing.add(key);
+        const cur = a.get(key);
+        const kind = r();
+        if (!cur) {
+          // only one side has it
+          const v = version(r);
+          if (kind < 0.5) {
+            a.set(key, v);
+            push.add(key);
+          } else {
+            b.set(key, v);
+            pull.add(key);
+          }
+        } else if (kind < 0.4) {
+          b.set(key, { ...cur, ts: cur.ts + 1 });
+          pull.add(key);
+        } else if (kind < 0.7) {
+          a.set(key, { ...cur, ts: cur.ts + 5, node_id: "site-z" });
+          push.add(key);
+        } else if (kind < 0.85) {
+          // same (ts, node_id), different deleted flag: the tombstone wins
+          b.set(key, { ...cur, deleted: !cur.deleted });
+          (cur.deleted ? push : pull).add(key);
+        } else {
+          b.delete(key);
+          push.add(key);
+        }
+      }
+      const { d, p, moved } = await diff(a, b);
+      assert.deepEqual(moved, differing);
+      assert.deepEqual(new Set(p.pull), pull);
+      assert.deepEqual(new Set(p.push), push);
+      assert.equal(p.pull.length + p.push.length, k);
+      if (k <= 40) {
+        // cost follows the difference: per differing key at most one path of nodes and one leaf's keys
+        assert.ok(d.ranges <= k * (4 + 1) + 1, `ranges ${d.ranges}`);
+        assert.ok(p.compared <= k * 16 * 2, `compared ${p.compared}`);
+      }
+      // and the reverse direction sees the mirror image
+      const back = await diff(b, a);
+      assert.deepEqual(new Set(back.p.pull), push);
+      assert.deepEqual(new Set(back.p.push), pull);
+    });
+  }
+
+  it("a tree against an empty one lists everything", async () => {
+    const r = rng(9);
+    const entries = Array.from({ length: 1000 }, (_, i) => ({ key: `z${i}`, ...version(r) }));
+    const { p } = await diff(build(entries), new VersionTree());
+    assert.equal(p.push.length, 1000);
+    assert.equal(p.pull.length, 0);
+  });
+
+  it("stops descending at small nodes when asked to", async () => {
+    const r = rng(10);
+    const entries = Array.from({ length: 40 }, (_, i) => ({ key: `s${i}`, ...version(r) }));
+    const a = build(entries);
+    const b = build(entries);
+    b.set("s3", { ...a.get("s3")!, ts: a.get("s3")!.ts + 1 });
+    const deep = await diff(a, b, 0);
+    assert.equal(deep.d.list[0]!.length, 4);
+    assert.equal(deep.p.compared, 1);
+    const shallow = await diff(a, b, 64);
+    assert.deepEqual(shallow.d.list, [""]);
+    assert.equal(shallow.p.compared, 40);
+    assert.deepEqual(shallow.p.pull, ["s3"]);
+  });
+});
