@@ -1,0 +1,50 @@
+/**
+ * I2 no echo: a write the merger applies is never published again as a new op — the op count of
+ * every stream stops growing, and equals the number of local writes.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { Streams } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { contents, peersLinked, quiet, streamCount } from "./helpers.ts";
+
+describe("I2 no echo", () => {
+  let mesh: Mesh;
+  let nc: Record<string, NatsConnection>;
+  let kv: Record<string, KV>;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a", "b"] });
+    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
+    kv = { a: await mesh.kv("a"), b: await mesh.kv("b") };
+    await peersLinked(nc.a!, "a", ["b"]);
+    await peersLinked(nc.b!, "b", ["a"]);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I2 each local write is published exactly once; applied remote writes are not published again", async () => {
+    const jsm = { a: await jetstreamManager(nc.a!), b: await jetstreamManager(nc.b!) };
+    for (let i = 0; i < 20; i++) await kv.a!.put(`echo.a.${i}`, `v${i}`);
+    for (let i = 0; i < 10; i++) await kv.b!.put(`echo.b.${i}`, `v${i}`);
+    // 5 keys written on both sites at once: a conflict must not ping-pong
+    await Promise.all(Array.from({ length: 5 }, (_, i) => [kv.a!.put(`echo.x.${i}`, "a"), kv.b!.put(`echo.x.${i}`, "b")]).flat());
+    await quiet(nc);
+    assert.equal((await contents(kv.b!)).size, 35);
+    assert.deepEqual(await contents(kv.a!), await contents(kv.b!));
+    const counts = async () => ({
+      outA: await streamCount(jsm.a, Streams.out("a")),
+      outB: await streamCount(jsm.b, Streams.out("b")),
+      inA: await streamCount(jsm.a, Streams.in("a")),
+      inB: await streamCount(jsm.b, Streams.in("b")),
+    });
+    const first = await counts();
+    assert.deepEqual(first, { outA: 25, outB: 15, inA: 15, inB: 25 });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(await counts(), first, "op streams kept growing: an echo");
+  });
+});

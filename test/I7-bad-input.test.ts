@@ -1,0 +1,78 @@
+/**
+ * I7 bad input (first form, DESIGN §6): a request that fails its schema gets a 400 naming the
+ * field and is counted; a bad op in the stream is not applied, is dead-lettered with its reason and
+ * does not block the ops behind it.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { ServiceReplyError } from "../services/lib/request.ts";
+import { Headers, OPS_INGRESS, ServiceName, Streams } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { call, until } from "./helpers.ts";
+
+describe("I7 bad input", () => {
+  let mesh: Mesh;
+  let nc: NatsConnection;
+  let kv: KV;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a"], scale: process.env.NO_RECONCILER ? { reconciler: 0 } : undefined });
+    nc = await mesh.connect("a");
+    kv = await mesh.kv("a");
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I7 a request failing its schema gets 400 naming the field, is counted, and the service keeps serving", async () => {
+    const bad = { op: "put", bucket: "config", key: "k", value: "v", ts: 1.5, node_id: "x" };
+    await assert.rejects(call(nc, "a", "merger", "merge", bad), (err: unknown) => {
+      assert.ok(err instanceof ServiceReplyError);
+      assert.equal(err.status, 400);
+      assert.match(err.message, /"ts"/);
+      return true;
+    });
+    await assert.rejects(call(nc, "a", "merger", "merge", { op: "put" }), /missing field/);
+    const r = await nc.request(`syncd.a.merger.merge`, new TextEncoder().encode("{nope"), { timeout: 5000 });
+    assert.equal(r.headers?.get("Nats-Service-Error-Code"), "400");
+    const stats = (await nc.request(`$SRV.STATS.${ServiceName.merger}`, "", { timeout: 5000 })).json<{
+      endpoints: { name: string; num_errors: number; num_requests: number; last_error: string }[];
+    }>();
+    const merge = stats.endpoints.find((e) => e.name === "merge")!;
+    assert.equal(merge.num_errors, 3);
+    assert.equal(merge.num_requests, 3);
+    assert.match(merge.last_error, /SYNCD_ERR_/);
+    const ok = await call<{ result: string }>(nc, "a", "merger", "merge", { ...bad, ts: 5 });
+    assert.equal(ok.result, "applied");
+  });
+
+  it("I7 bad ops in the stream are dead-lettered with their reason and do not block good ones", async () => {
+    const bads = [
+      "not json at all",
+      JSON.stringify({ op: "put", bucket: "config", key: "k1", value: "v", ts: 1 }),
+      JSON.stringify({ op: "put", bucket: "nope", key: "k1", value: "v", ts: 1, node_id: "x" }),
+      JSON.stringify({ op: "put", bucket: "config", key: "a..b", value: "v", ts: 1, node_id: "x" }),
+    ];
+    for (const b of bads) nc.publish(OPS_INGRESS, b);
+    nc.publish(OPS_INGRESS, JSON.stringify({ op: "put", bucket: "config", key: "after.bad", value: "fine", ts: 10, node_id: "x" }));
+    await until(async () => (await kv.get("after.bad"))?.string() === "fine", { message: "good op behind bad ones" });
+    const jsm = await jetstreamManager(nc);
+    await until(async () => (await jsm.streams.info(Streams.dlq("a"))).state.messages === bads.length, {
+      message: "dead letters",
+    });
+    const reasons: string[] = [];
+    for (let seq = 1; seq <= bads.length; seq++) {
+      const m = await jsm.streams.getMessage(Streams.dlq("a"), { seq });
+      reasons.push(`${m?.header.get(Headers.code)} ${m?.header.get(Headers.reason)}`);
+    }
+    assert.match(reasons[0]!, /SYNCD_ERR_NOT_JSON/);
+    assert.match(reasons[1]!, /SYNCD_ERR_SCHEMA .*node_id/);
+    assert.match(reasons[2]!, /SYNCD_ERR_UNKNOWN_BUCKET/);
+    assert.match(reasons[3]!, /SYNCD_ERR_SCHEMA .*key/);
+    const st = await call<{ counts: Record<string, number> }>(nc, "a", "merger", "status");
+    assert.equal(st.counts.dead_lettered, bads.length);
+  });
+});

@@ -1,0 +1,100 @@
+/**
+ * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
+ * and waiting until a mesh is quiet (every consumer and source caught up).
+ */
+import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { requestJson } from "../services/lib/request.ts";
+import type { Version } from "../services/lib/schemas.gen.ts";
+import { Durables, Streams, endpointSubject, kvStream, metaBucket } from "../services/lib/subjects.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Poll `fn` until it returns a truthy value; throw with `message` and the last value after `timeout` ms. */
+export async function until<T>(fn: () => Promise<T> | T, opts: { timeout?: number; interval?: number; message?: string } = {}): Promise<T> {
+  const deadline = Date.now() + (opts.timeout ?? 15_000);
+  let last: unknown;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last as T;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`${opts.message ?? "condition not met"} (last: ${String(last instanceof Error ? last.message : JSON.stringify(last))})`);
+    await sleep(opts.interval ?? 100);
+  }
+}
+
+/** The contents of a bucket: key → value (text), tombstones and deleted keys absent. */
+export async function contents(kv: KV): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for await (const k of await kv.keys()) {
+    const e = await kv.get(k);
+    if (e?.operation === "PUT") out.set(k, e.string());
+  }
+  return out;
+}
+
+/** The `_meta` versions of a site: key → version. */
+export async function versions(nc: NatsConnection, bucket = "config"): Promise<Map<string, Version>> {
+  const kv = await new Kvm(nc).open(metaBucket(bucket));
+  const out = new Map<string, Version>();
+  for await (const k of await kv.keys()) {
+    const e = await kv.get(k);
+    if (e?.operation === "PUT") out.set(k, e.json<Version>());
+  }
+  return out;
+}
+
+/** Number of messages stored in a stream. */
+export async function streamCount(jsm: JetStreamManager, stream: string): Promise<number> {
+  return (await jsm.streams.info(stream)).state.messages;
+}
+
+/** True when a site has nothing in flight: watcher and merger consumers drained, sources caught up. */
+export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["config"]): Promise<boolean> {
+  const jsm = await jetstreamManager(nc);
+  const consumers: [string, string][] = [
+    [Streams.in(site), Durables.merger],
+    ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(b)]),
+  ];
+  for (const [stream, durable] of consumers) {
+    const ci = await jsm.consumers.info(stream, durable);
+    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+  }
+  const si = await jsm.streams.info(Streams.in(site));
+  return (si.sources ?? []).every((s) => s.lag === 0);
+}
+
+/** Wait until every given site is quiet twice in a row. */
+export async function quiet(ncs: Record<string, NatsConnection>, opts: { timeout?: number } = {}): Promise<void> {
+  let streak = 0;
+  await until(
+    async () => {
+      const all = await Promise.all(Object.entries(ncs).map(([s, nc]) => siteQuiet(nc, s)));
+      streak = all.every(Boolean) ? streak + 1 : 0;
+      return streak >= 2;
+    },
+    { timeout: opts.timeout ?? 20_000, interval: 150, message: "mesh did not become quiet" },
+  );
+}
+
+/** Wait until a site's IN stream sources every given peer (the reconciler adds them on discovery). */
+export async function peersLinked(nc: NatsConnection, site: string, peers: string[], timeout = 20_000): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  await until(
+    async () => {
+      const si = await jsm.streams.info(Streams.in(site));
+      const names = new Set((si.config.sources ?? []).map((s) => s.name));
+      return peers.every((p) => names.has(Streams.out(p)));
+    },
+    { timeout, message: `site ${site} does not source ${peers.join(",")}` },
+  );
+}
+
+/** Call a syncd endpoint of a site. */
+export async function call<T>(nc: NatsConnection, site: string, service: "clock" | "watcher" | "merger" | "reconciler", endpoint: string, body: unknown = {}): Promise<T> {
+  return (await requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout: 10_000 })).value;
+}
