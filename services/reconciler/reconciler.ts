@@ -1,0 +1,322 @@
+/**
+ * The reconciler of one instance: its peers (discovered every few seconds, sourced into the site's
+ * IN stream), its runs (on demand, periodic with jitter, and on a peer's heal), their progress and
+ * counts. Runs are serialized per instance: a run asked for while one is in progress waits for it,
+ * then runs itself, so its answer always describes a reconciliation that started after the request.
+ */
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { SyncdError } from "../lib/errors.ts";
+import type { Logger } from "../lib/logger.ts";
+import type {
+  ReconcilerRunRequest,
+  ReconcilerRunResponse,
+  ReconcilerStatusResponse,
+} from "../lib/schemas.gen.ts";
+import { ensurePeerSources } from "../lib/site.ts";
+import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
+import { type Progress, RateLimiter, type RunRecord, reconcile } from "./run.ts";
+import type { ValueSource } from "./values.ts";
+import type { BucketIndex } from "./versions.ts";
+
+/** Tunables, with the defaults main.ts uses. */
+export type ReconcilerTuning = {
+  /** merges per second during a run, 0 = unlimited (default 2000) */
+  rate: number;
+  /** merges in flight during a run (default 64) */
+  concurrency: number;
+  /** timeout of one request to a peer or a merger, ms (default 10 000) */
+  timeoutMs: number;
+  /** list a differing node's keys when both sides hold at most this many (default 16) */
+  smallCount: number;
+  /** ms between discovery rounds (default 5000) */
+  discoveryMs: number;
+  /** ms to collect PING replies (default 500) */
+  pingWaitMs: number;
+  /** ms between runs, 0 = no periodic runs; each wait is jittered by ±20 % */
+  intervalMs: number;
+  /** a heal triggers at most one run per peer in this many ms (default 15 000) */
+  healMinGapMs: number;
+};
+
+/** Defaults of the tunables (intervalMs comes from the config). */
+export const DEFAULT_TUNING: Omit<ReconcilerTuning, "intervalMs"> = {
+  rate: 2000,
+  concurrency: 64,
+  timeoutMs: 10_000,
+  smallCount: 16,
+  discoveryMs: 5000,
+  pingWaitMs: 500,
+  healMinGapMs: 15_000,
+};
+
+/** What the reconciler needs. */
+export type ReconcilerDeps = {
+  nc: NatsConnection;
+  jsm: JetStreamManager;
+  site: string;
+  nodeId: string;
+  instance: string;
+  buckets: string[];
+  indexes: Map<string, BucketIndex>;
+  values: Map<string, ValueSource>;
+  log: Logger;
+  tuning: ReconcilerTuning;
+};
+
+const PROGRESS_LOG_MS = 5000;
+
+/** Totals of this instance. */
+export type ReconcilerCounts = {
+  runs: number;
+  run_errors: number;
+  pulled: number;
+  pushed: number;
+  skipped: number;
+  bytes: number;
+  peers_added: number;
+  heals: number;
+};
+
+/** Anti-entropy of one instance. */
+export class Reconciler {
+  readonly book: PeerBook;
+  readonly counts: ReconcilerCounts = {
+    runs: 0,
+    run_errors: 0,
+    pulled: 0,
+    pushed: 0,
+    skipped: 0,
+    bytes: 0,
+    peers_added: 0,
+    heals: 0,
+  };
+  lastRun: ReconcilerRunResponse | undefined;
+  lastRunAt: string | undefined;
+  private readonly limiter: RateLimiter;
+  private chain: Promise<unknown> = Promise.resolve();
+  private running = false;
+  private progress: (Progress & { startedMs: number }) | undefined;
+  private discovering: Promise<DiscoveryResult> | undefined;
+  private readonly lastHealRun = new Map<string, number>();
+  private timers: NodeJS.Timeout[] = [];
+  private stopped = false;
+
+  constructor(private readonly deps: ReconcilerDeps) {
+    this.book = new PeerBook(deps.site);
+    this.limiter = new RateLimiter(deps.tuning.rate);
+  }
+
+  /** Reconcile now (serialized with any run in progress). */
+  run(req: ReconcilerRunRequest): Promise<ReconcilerRunResponse> {
+    if (req.bucket !== undefined && !this.deps.buckets.includes(req.bucket))
+      throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${req.bucket}"`);
+    const p = this.chain.then(() => this.runNow(req));
+    this.chain = p.catch(() => {});
+    return p;
+  }
+
+  /** What `status` answers. */
+  status(): ReconcilerStatusResponse {
+    const keys: Record<string, number> = {};
+    for (const [b, ix] of this.deps.indexes) keys[b] = ix.tree.size;
+    const res: ReconcilerStatusResponse = {
+      site: this.deps.site,
+      node_id: this.deps.nodeId,
+      instance: this.deps.instance,
+      keys,
+      peers: this.book.sites(),
+      unreachable: this.book.unreachable(),
+      running: this.running,
+      counts: { ...this.counts },
+    };
+    const p = this.currentProgress();
+    if (p) res.progress = p;
+    if (this.lastRun) res.last_run = this.lastRun;
+    if (this.lastRunAt) res.last_run_at = this.lastRunAt;
+    return res;
+  }
+
+  /** The micro STATS data of every endpoint. */
+  statsData(): Record<string, unknown> {
+    return { ...this.counts, running: this.running, last_run_at: this.lastRunAt ?? null };
+  }
+
+  /** One discovery round (shared when one is in progress), then the peers' sources. */
+  discover(): Promise<DiscoveryResult> {
+    if (!this.discovering) {
+      this.discovering = this.discoverRound().finally(() => {
+        this.discovering = undefined;
+      });
+    }
+    return this.discovering;
+  }
+
+  /** Start discovery and the periodic runs. */
+  start(): void {
+    const loop = async () => {
+      if (this.stopped) return;
+      try {
+        const r = await this.discover();
+        for (const p of r.healed) this.onHeal(p.site);
+      } catch (err) {
+        this.deps.log.warn({ err }, "peer discovery failed");
+      }
+      if (!this.stopped) this.timers.push(setTimeout(loop, this.deps.tuning.discoveryMs));
+    };
+    void loop();
+    this.schedulePeriodic();
+  }
+
+  /** Stop the timers. A run in progress finishes on its own. */
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+  }
+
+  private schedulePeriodic(): void {
+    const every = this.deps.tuning.intervalMs;
+    if (every <= 0 || this.stopped) return;
+    const wait = Math.round(every * (0.8 + 0.4 * Math.random()));
+    this.timers.push(
+      setTimeout(() => {
+        this.run({})
+          .catch((err: unknown) => this.deps.log.warn({ err }, "periodic run failed"))
+          .finally(() => this.schedulePeriodic());
+      }, wait),
+    );
+  }
+
+  private onHeal(site: string): void {
+    this.counts.heals++;
+    const last = this.lastHealRun.get(site) ?? 0;
+    if (Date.now() - last < this.deps.tuning.healMinGapMs) return;
+    this.lastHealRun.set(site, Date.now());
+    this.deps.log.info({ peer: site }, "peer reachable again, reconciling with it");
+    this.run({ peers: [site] }).catch((err: unknown) =>
+      this.deps.log.warn({ err, peer: site }, "heal run failed"),
+    );
+  }
+
+  private async discoverRound(): Promise<DiscoveryResult> {
+    const found = await ping(this.deps.nc, this.deps.site, this.deps.tuning.pingWaitMs);
+    const r = this.book.update(found);
+    for (const p of r.added) {
+      this.counts.peers_added++;
+      this.deps.log.info({ peer: p.site, domain: p.domain, buckets: p.buckets }, "peer added");
+    }
+    for (const p of r.lost) this.deps.log.warn({ peer: p.site }, "peer not answering discovery");
+    if (this.book.peers.size > 0) {
+      try {
+        const peers = [...this.book.peers.values()].map((p) => ({ site: p.site, domain: p.domain }));
+        const sourced = await ensurePeerSources(this.deps.jsm, this.deps.site, peers);
+        if (sourced.length > 0)
+          this.deps.log.info({ peers: sourced }, "inbound op stream now sources these peers");
+      } catch (err) {
+        this.deps.log.warn({ err }, "could not update the inbound op stream's sources; retrying");
+      }
+    }
+    return r;
+  }
+
+  private currentProgress(): Progress | undefined {
+    if (!this.progress) return undefined;
+    const { startedMs, ...p } = this.progress;
+    return { ...p, elapsed_ms: Date.now() - startedMs };
+  }
+
+  private async runNow(req: ReconcilerRunRequest): Promise<ReconcilerRunResponse> {
+    const { log, tuning } = this.deps;
+    this.running = true;
+    const ticker = setInterval(() => {
+      const p = this.currentProgress();
+      if (p) log.info({ progress: p }, "reconcile run in progress");
+    }, PROGRESS_LOG_MS);
+    const runs: RunRecord[] = [];
+    try {
+      try {
+        await this.discover();
+      } catch (err) {
+        log.warn({ err }, "peer discovery failed; using the peers known so far");
+      }
+      const buckets = req.bucket !== undefined ? [req.bucket] : this.deps.buckets;
+      const peers = (req.peers ?? this.book.sites()).filter((s) => s !== this.deps.site);
+      for (const peer of [...new Set(peers)]) {
+        const known = this.book.peers.get(peer);
+        let unavailable: string | undefined;
+        for (const bucket of buckets) {
+          if (known?.buckets && !known.buckets.includes(bucket)) continue;
+          const ix = this.deps.indexes.get(bucket);
+          const values = this.deps.values.get(bucket);
+          if (!ix || !values) continue;
+          if (unavailable) {
+            runs.push(emptyRecord(peer, bucket, unavailable));
+            continue;
+          }
+          this.progress = { peer, bucket, phase: "digest", elapsed_ms: 0, startedMs: Date.now() };
+          const { record: rec, peerUnavailable } = await reconcile(
+            {
+              caller: { nc: this.deps.nc, timeoutMs: tuning.timeoutMs },
+              site: this.deps.site,
+              tree: ix.tree,
+              values,
+              log,
+              limiter: this.limiter,
+              concurrency: tuning.concurrency,
+              smallCount: tuning.smallCount,
+            },
+            peer,
+            bucket,
+            this.progress,
+          );
+          runs.push(rec);
+          this.count(rec);
+          if (peerUnavailable) {
+            unavailable = rec.error;
+            this.book.markUnreachable(peer);
+          }
+          const level = rec.error
+            ? "warn"
+            : rec.entries_moved > 0 || (rec.skipped ?? 0) > 0
+              ? "info"
+              : "debug";
+          log[level]({ run: rec }, "reconcile run finished");
+        }
+      }
+    } finally {
+      clearInterval(ticker);
+      this.running = false;
+      this.progress = undefined;
+    }
+    const res = { runs };
+    this.lastRun = res;
+    this.lastRunAt = new Date().toISOString();
+    return res;
+  }
+
+  private count(rec: RunRecord): void {
+    this.counts.runs++;
+    if (rec.error) this.counts.run_errors++;
+    this.counts.pulled += rec.pulled;
+    this.counts.pushed += rec.pushed;
+    this.counts.skipped += rec.skipped ?? 0;
+    this.counts.bytes += rec.bytes;
+  }
+}
+
+function emptyRecord(peer: string, bucket: string, error: string): RunRecord {
+  return {
+    peer,
+    bucket,
+    keys_compared: 0,
+    ranges_descended: 0,
+    entries_moved: 0,
+    bytes: 0,
+    pulled: 0,
+    pushed: 0,
+    skipped: 0,
+    ms: 0,
+    error,
+  };
+}

@@ -1,0 +1,285 @@
+/**
+ * One anti-entropy run between this site and one peer, for one bucket:
+ * compare root digests; descend level by level only where digests differ (one digest request per
+ * batch of prefixes of a level); list the versions under the differing small or leaf nodes on both
+ * sides; compare them by LWW; fetch the entries the peer wins with their values and merge them
+ * here; send the entries this site wins to the peer's merger. Merges are pipelined (bounded) and
+ * rate-limited so a large repair does not starve live replication.
+ */
+import type { Logger } from "../lib/logger.ts";
+import { type Op, makeOp } from "../lib/op.ts";
+import type {
+  ReconcilerDigestResponse,
+  ReconcilerEntriesRequest,
+  ReconcilerEntriesResponse,
+  ReconcilerRunResponse,
+  ReconcilerStatusResponse,
+} from "../lib/schemas.gen.ts";
+import { endpointSubject } from "../lib/subjects.ts";
+import type { WireEntry } from "./handlers.ts";
+import { type Caller, type Meter, ServiceReplyError, UnavailableError, call } from "./rpc.ts";
+import {
+  type DigestSource,
+  type KeyVersion,
+  type NodeDigest,
+  type VersionTree,
+  descend,
+  plan,
+} from "./tree.ts";
+import { type ValueSource, readVersioned } from "./values.ts";
+
+/** One run's record, as on the wire. */
+export type RunRecord = ReconcilerRunResponse["runs"][number];
+/** The progress of the run in progress, as shown by `status`. */
+export type Progress = NonNullable<ReconcilerStatusResponse["progress"]>;
+
+/** Prefixes per digest request (schema limit 256; 16 children each stay far below 1 MB). */
+export const DIGEST_BATCH = 128;
+/** Prefixes per entries request (schema limit 4096). */
+export const LIST_BATCH = 1024;
+/** Keys per entries-with-values request (the reply is paged anyway). */
+export const FETCH_BATCH = 256;
+
+/** Paces merges: at most `perSecond` (0 = unlimited), with a burst of a tenth of a second. */
+export class RateLimiter {
+  private next = 0;
+  constructor(readonly perSecond: number) {}
+
+  /** Wait for the next slot. */
+  async take(): Promise<void> {
+    if (this.perSecond <= 0) return;
+    const now = performance.now();
+    this.next = Math.max(this.next, now - 100) + 1000 / this.perSecond;
+    const wait = this.next - now;
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+/** Runs tasks with at most `max` in flight; the first fatal error stops it. */
+export class Pump {
+  private readonly inflight = new Set<Promise<void>>();
+  private fatal: Error | undefined;
+  constructor(
+    private readonly max: number,
+    private readonly limiter: RateLimiter,
+  ) {}
+
+  /** Start a task once a slot and a rate token are free. Throws the fatal error, if any. */
+  async submit(task: () => Promise<void>): Promise<void> {
+    while (this.inflight.size >= this.max) await Promise.race(this.inflight);
+    if (this.fatal) throw this.fatal;
+    await this.limiter.take();
+    const p: Promise<void> = task()
+      .catch((err: unknown) => {
+        this.fatal ??= err instanceof Error ? err : new Error(String(err));
+      })
+      .finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
+  }
+
+  /** Wait for every task; throws the fatal error, if any. */
+  async drain(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all(this.inflight);
+    if (this.fatal) throw this.fatal;
+  }
+}
+
+/** What a run needs. */
+export type RunDeps = {
+  caller: Caller;
+  /** this site */
+  site: string;
+  tree: VersionTree;
+  values: ValueSource;
+  log: Logger;
+  limiter: RateLimiter;
+  /** merges in flight */
+  concurrency: number;
+  /** stop descending where both sides hold at most this many keys */
+  smallCount: number;
+};
+
+const MAX_KEY_WARNINGS = 10;
+
+/** The peer's digests, fetched in batches, every byte counted. */
+function remoteDigests(deps: RunDeps, peer: string, bucket: string, meter: Meter): DigestSource {
+  const subject = endpointSubject(peer, "reconciler", "digest");
+  const ask = async (prefixes: string[]) => {
+    const r = await call<ReconcilerDigestResponse>(deps.caller, subject, { bucket, prefixes }, meter);
+    if (r.depth !== deps.tree.depth)
+      throw new Error(`peer ${peer} uses tree depth ${r.depth}, this site ${deps.tree.depth}`);
+    return r;
+  };
+  return {
+    root: async () => (await ask([])).root,
+    children: async (prefixes) => {
+      const out: NodeDigest[] = [];
+      for (let i = 0; i < prefixes.length; i += DIGEST_BATCH)
+        out.push(...(await ask(prefixes.slice(i, i + DIGEST_BATCH))).nodes);
+      return out;
+    },
+  };
+}
+
+/** Page through `entries` at the peer until every key and prefix is answered. */
+async function* remoteEntries(
+  deps: RunDeps,
+  peer: string,
+  req: ReconcilerEntriesRequest,
+  meter: Meter,
+): AsyncGenerator<WireEntry[]> {
+  const subject = endpointSubject(peer, "reconciler", "entries");
+  let keys = req.keys;
+  let after = req.after;
+  for (;;) {
+    const ask: ReconcilerEntriesRequest = { ...req };
+    if (keys) ask.keys = keys;
+    if (after !== undefined) ask.after = after;
+    const r = await call<ReconcilerEntriesResponse>(deps.caller, subject, ask, meter);
+    yield r.entries;
+    if (!r.truncated) return;
+    const done = r.keys_done ?? 0;
+    if (keys) keys = keys.slice(done);
+    if (r.next_after !== undefined) after = r.next_after;
+    if (r.entries.length === 0 && done === 0)
+      throw new Error(`peer ${peer} made no progress listing entries`);
+  }
+}
+
+function opOf(bucket: string, e: WireEntry): Op {
+  const base = { bucket, key: e.key, ts: e.ts, node_id: e.node_id };
+  if (e.deleted) return { op: "delete", ...base };
+  return {
+    op: "put",
+    ...base,
+    value: e.value ?? "",
+    ...(e.encoding === "base64" ? { encoding: "base64" } : {}),
+  };
+}
+
+/** A run's record, and whether it ended because the peer did not answer. */
+export type RunOutcome = { record: RunRecord; peerUnavailable: boolean };
+
+/**
+ * Reconcile one bucket with one peer. Never throws: a failure ends the run early and is recorded
+ * in its `error`.
+ */
+export async function reconcile(
+  deps: RunDeps,
+  peer: string,
+  bucket: string,
+  progress: Progress,
+): Promise<RunOutcome> {
+  const started = Date.now();
+  const meter: Meter = { bytes: 0 };
+  const rec: RunRecord = {
+    peer,
+    bucket,
+    keys_compared: 0,
+    ranges_descended: 0,
+    entries_moved: 0,
+    bytes: 0,
+    pulled: 0,
+    pushed: 0,
+    skipped: 0,
+    ms: 0,
+    started: new Date(started).toISOString(),
+  };
+  const log = deps.log.child({ peer, bucket });
+  let warnings = 0;
+  const skip = (key: string, why: string, err?: unknown) => {
+    rec.skipped = (rec.skipped ?? 0) + 1;
+    progress.skipped = rec.skipped;
+    if (warnings++ < MAX_KEY_WARNINGS)
+      log.warn({ key, reason: why, ...(err ? { err } : {}) }, "key not moved");
+  };
+  const merge = async (site: string, op: Op): Promise<boolean> => {
+    try {
+      await call(deps.caller, endpointSubject(site, "merger", "merge"), op, meter);
+      return true;
+    } catch (err) {
+      if (err instanceof UnavailableError) throw err;
+      skip(op.key, err instanceof ServiceReplyError ? err.message : "merge failed", err);
+      return false;
+    }
+  };
+  const pump = new Pump(deps.concurrency, deps.limiter);
+  let peerUnavailable = false;
+  try {
+    progress.phase = "digest";
+    const d = await descend(deps.tree, remoteDigests(deps, peer, bucket, meter), {
+      smallCount: deps.smallCount,
+    });
+    rec.ranges_descended = d.ranges;
+    progress.ranges_descended = d.ranges;
+    if (d.list.length > 0) {
+      progress.phase = "list";
+      const theirs: KeyVersion[] = [];
+      for (let i = 0; i < d.list.length; i += LIST_BATCH) {
+        const req = { bucket, prefixes: d.list.slice(i, i + LIST_BATCH) };
+        for await (const page of remoteEntries(deps, peer, req, meter)) theirs.push(...page);
+      }
+      const p = plan(deps.tree.entries(d.list), theirs);
+      rec.keys_compared = p.compared;
+      progress.keys_compared = p.compared;
+      progress.to_pull = p.pull.length;
+      progress.to_push = p.push.length;
+      log.debug({ compared: p.compared, pull: p.pull.length, push: p.push.length }, "differences found");
+
+      progress.phase = "pull";
+      for (let i = 0; i < p.pull.length; i += FETCH_BATCH) {
+        const keys = p.pull.slice(i, i + FETCH_BATCH);
+        const seen = new Set<string>();
+        for await (const page of remoteEntries(deps, peer, { bucket, keys, values: true }, meter)) {
+          for (const e of page) {
+            seen.add(e.key);
+            if (e.omitted) {
+              skip(e.key, `value ${e.omitted} at ${peer}`);
+              continue;
+            }
+            await pump.submit(async () => {
+              if (await merge(deps.site, opOf(bucket, e))) {
+                rec.pulled++;
+                progress.pulled = rec.pulled;
+              }
+            });
+          }
+        }
+        for (const k of keys) if (!seen.has(k)) skip(k, `gone at ${peer}`);
+      }
+      progress.phase = "push";
+      for (const key of p.push) {
+        await pump.submit(async () => {
+          const v = await readVersioned(deps.values, key, deps.tree.get(key));
+          if (!v.ok) {
+            skip(key, `value ${v.reason} here`);
+            return;
+          }
+          const op = makeOp({
+            bucket,
+            key,
+            ts: v.version.ts,
+            nodeId: v.version.node_id,
+            deleted: v.version.deleted,
+            ...(v.value ? { value: v.value } : {}),
+          });
+          if (await merge(peer, op)) {
+            rec.pushed++;
+            progress.pushed = rec.pushed;
+          }
+        });
+      }
+      await pump.drain();
+    }
+  } catch (err) {
+    rec.error = (err as Error).message ?? String(err);
+    peerUnavailable = err instanceof UnavailableError && err.subject.startsWith(`syncd.${peer}.`);
+    log.warn({ err }, "reconcile run failed");
+    await pump.drain().catch(() => {});
+  }
+  progress.phase = "done";
+  rec.entries_moved = rec.pulled + rec.pushed;
+  rec.bytes = meter.bytes;
+  rec.ms = Date.now() - started;
+  return { record: rec, peerUnavailable };
+}

@@ -1,0 +1,151 @@
+/**
+ * Wiring of syncd-reconciler: one version index per bucket (ready before any endpoint answers),
+ * the digest / entries / run / status endpoints, peer discovery and the periodic runs.
+ */
+import { addEndpoint } from "../lib/adapter.ts";
+import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type {
+  EmptyRequest,
+  ReconcilerDigestRequest,
+  ReconcilerDigestResponse,
+  ReconcilerEntriesRequest,
+  ReconcilerEntriesResponse,
+  ReconcilerRunRequest,
+  ReconcilerRunResponse,
+  ReconcilerStatusResponse,
+} from "../lib/schemas.gen.ts";
+import { BucketStore, MetaStore } from "../lib/stores.ts";
+import { endpointSubject, kvStream } from "../lib/subjects.ts";
+import { type EntriesDeps, digest, entries } from "./handlers.ts";
+import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
+import type { ValueSource } from "./values.ts";
+import { BucketIndex } from "./versions.ts";
+
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+
+let current: Reconciler | undefined;
+
+/** The STATS data of this process's reconciler (null before it is wired). */
+export function statsData(): unknown {
+  return current?.statsData() ?? null;
+}
+
+function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return def;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new Error(`${name} must be an integer >= ${min}, got ${raw}`);
+  return n;
+}
+
+/**
+ * The tunables: SYNCD_RECONCILE_RATE (merges/s, 0 = unlimited), SYNCD_RECONCILE_CONCURRENCY
+ * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request); the interval from the config.
+ */
+export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): ReconcilerTuning {
+  return {
+    ...DEFAULT_TUNING,
+    rate: envInt(env, "SYNCD_RECONCILE_RATE", DEFAULT_TUNING.rate, 0),
+    concurrency: envInt(env, "SYNCD_RECONCILE_CONCURRENCY", DEFAULT_TUNING.concurrency, 1),
+    timeoutMs: envInt(env, "SYNCD_RECONCILE_TIMEOUT_MS", DEFAULT_TUNING.timeoutMs, 100),
+    intervalMs,
+  };
+}
+
+/** Wire syncd-reconciler. */
+export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
+  const { config, log, service, site, nc } = ctx;
+  const tuning = tuningFrom(process.env, config.reconcileIntervalMs);
+  const indexes = new Map<string, BucketIndex>();
+  const values = new Map<string, ValueSource>();
+  for (const b of config.buckets) {
+    const info = await site.jsm.streams.info(kvStream(b));
+    values.set(b, {
+      meta: new MetaStore(site.metas.get(b)!),
+      data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
+      nodeId: config.nodeId,
+    });
+    const ix = new BucketIndex(b, site.metas.get(b)!, log);
+    indexes.set(b, ix);
+  }
+  await Promise.all([...indexes.values()].map((ix) => ix.start()));
+
+  const reconciler = new Reconciler({
+    nc,
+    jsm: site.jsm,
+    site: config.site,
+    nodeId: config.nodeId,
+    instance: config.instance,
+    buckets: config.buckets,
+    indexes,
+    values,
+    log,
+    tuning,
+  });
+  current = reconciler;
+  const treeOf = (bucket: string) => indexes.get(bucket)?.tree;
+  const entriesDeps: EntriesDeps = {
+    tree: treeOf,
+    values: (bucket) => values.get(bucket),
+    maxPayload: nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD,
+    concurrency: 64,
+  };
+  const subject = (e: string) => endpointSubject(config.site, "reconciler", e);
+  const d = { log, counters: ctx.counters };
+  addEndpoint<ReconcilerDigestRequest, ReconcilerDigestResponse>(
+    service,
+    {
+      name: "digest",
+      subject: subject("digest"),
+      request: "reconciler/digest.request.json",
+      response: "reconciler/digest.response.json",
+      description: "the root digest and the digests of the children of some version-tree nodes",
+      handler: (req) => digest({ tree: treeOf }, req),
+    },
+    d,
+  );
+  addEndpoint<ReconcilerEntriesRequest, ReconcilerEntriesResponse>(
+    service,
+    {
+      name: "entries",
+      subject: subject("entries"),
+      request: "reconciler/entries.request.json",
+      response: "reconciler/entries.response.json",
+      description: "versions (and values) of named keys or of the keys under tree prefixes, paged",
+      handler: (req) => entries(entriesDeps, req),
+    },
+    d,
+  );
+  addEndpoint<ReconcilerRunRequest, ReconcilerRunResponse>(
+    service,
+    {
+      name: "run",
+      subject: subject("run"),
+      request: "reconciler/run.request.json",
+      response: "reconciler/run.response.json",
+      description: "reconcile now with every peer (or the given ones); waits for a run in progress first",
+      handler: (req) => reconciler.run(req),
+    },
+    d,
+  );
+  addEndpoint<EmptyRequest, ReconcilerStatusResponse>(
+    service,
+    {
+      name: "status",
+      subject: subject("status"),
+      request: "empty.request.json",
+      response: "reconciler/status.response.json",
+      description: "index sizes, peers, the run in progress and the last run",
+      handler: async () => reconciler.status(),
+    },
+    d,
+  );
+  reconciler.start();
+  return {
+    stop: async () => {
+      reconciler.stop();
+      for (const ix of indexes.values()) ix.stop();
+    },
+  };
+}
