@@ -76,7 +76,10 @@ export type Mesh = {
   startHub(): Promise<void>;
   /** outage of one site's nats-server (its services keep running and reconnect) */
   stopServer(site: string): Promise<void>;
-  /** restart it; waits for its leaf connection and for its running services to answer PING again */
+  /**
+   * restart it; waits for its leaf connection, for the test's connections to that site to reconnect
+   * and for its running services to answer PING again
+   */
   startServer(site: string): Promise<void>;
   addSite(
     name: string,
@@ -141,11 +144,32 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
       .filter(([s]) => site === undefined || s === site)
       .map(([, ss]) => ss.logs(lines))
       .join("\n");
+  /** connection → the server it talks to and whether it is connected right now */
+  const connState = new Map<NatsConnection, { servers: string; connected: boolean }>();
   const track = async (servers: string, o: Partial<ConnectionOptions> = {}): Promise<NatsConnection> => {
     const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 250, ...o });
     conns.add(nc);
-    void nc.closed().then(() => conns.delete(nc));
+    const st = { servers, connected: true };
+    connState.set(nc, st);
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === "disconnect") st.connected = false;
+        else if (s.type === "reconnect") st.connected = true;
+      }
+    })();
+    void nc.closed().then(() => {
+      conns.delete(nc);
+      connState.delete(nc);
+    });
     return nc;
+  };
+  /** After a server restart: requests made before a client has reconnected can get lost. */
+  const waitReconnected = async (url: string): Promise<void> => {
+    await waitFor(() => [...connState.values()].every((c) => c.servers !== url || c.connected), {
+      timeout: 15000,
+      interval: 20,
+      message: `test connections to ${url} reconnected`,
+    });
   };
 
   let stopped = false;
@@ -182,6 +206,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
     stopServer: (site) => topo().stopServer(site),
     async startServer(site) {
       await topo().startServer(site);
+      await waitReconnected(topo().site(site).url);
       await services.get(site)?.waitReady();
     },
     async addSite(name, o = {}) {

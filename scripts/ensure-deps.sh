@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Make sure the project's dependencies are present:
+#  - node_modules: `npm ci` when it is missing or older than package-lock.json;
+#  - nats-server (unless --no-nats-server): when neither $NATS_SERVER, PATH nor /usr/sbin has it,
+#    `apt-get update && apt-get install -y nats-server` (as root, or with sudo).
+# Prints what it does; exits 1 with a message when something cannot be provided.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_server=1
+for a in "$@"; do
+  case "$a" in
+    --no-nats-server) need_server=0 ;;
+    *) echo "usage: $0 [--no-nats-server]" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "ensure-deps: $*"; }
+
+# --- node and npm -------------------------------------------------------------------------------
+if ! command -v node >/dev/null 2>&1; then
+  say "node is not installed; install Node.js 20 or newer (https://nodejs.org)" >&2
+  exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  say "Node.js $(node --version) is too old; 20 or newer is needed" >&2
+  exit 1
+fi
+if [ ! -f package-lock.json ]; then
+  say "package-lock.json is missing: cannot run npm ci (run npm install once and commit the lock file)" >&2
+  exit 1
+fi
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  say "installing node modules (npm ci)"
+  npm ci --no-audit --no-fund
+  touch node_modules
+fi
+
+# --- nats-server ----------------------------------------------------------------------------------
+if [ "$need_server" = 1 ]; then
+  if [ -n "${NATS_SERVER:-}" ]; then
+    [ -x "$NATS_SERVER" ] || { say "NATS_SERVER=$NATS_SERVER is not an executable file" >&2; exit 1; }
+  elif ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/local/bin/nats-server ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      say "nats-server is not installed and apt-get is not available: install it yourself" >&2
+      say "(https://github.com/nats-io/nats-server/releases) and put it on PATH or set NATS_SERVER" >&2
+      exit 1
+    fi
+    if [ "$(id -u)" = 0 ]; then
+      sudo=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo)
+    else
+      say "nats-server is not installed; installing it needs root: run as root, or with passwordless sudo," >&2
+      say "or install it yourself (sudo apt-get install nats-server) and re-run" >&2
+      exit 1
+    fi
+    say "installing nats-server: ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install -y nats-server"
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y nats-server
+    if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+      say "apt-get installed no nats-server binary" >&2
+      exit 1
+    fi
+  fi
+fi
+
+if [ "$need_server" = 1 ]; then
+  say "ok: node $(node --version), node_modules up to date, nats-server $(${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)} --version 2>/dev/null | sed 's/^nats-server: //')"
+else
+  say "ok: node $(node --version), node_modules up to date"
+fi

@@ -1,0 +1,551 @@
+/**
+ * The local mesh and site launcher behind the shell scripts:
+ *
+ *   node --import tsx scripts/mesh.ts up                      (./scripts/up.sh)
+ *   node --import tsx scripts/mesh.ts down                    (./scripts/down.sh)
+ *   node --import tsx scripts/mesh.ts status
+ *   node --import tsx scripts/mesh.ts hub stop|start          (./scripts/hub.sh)
+ *   node --import tsx scripts/mesh.ts server <site> stop|start (./scripts/server.sh)
+ *   node --import tsx scripts/mesh.ts site <site> start|stop|status [flags]  (./scripts/site.sh)
+ *
+ * State: `$MESH_DIR/mesh.json` (default <repo>/.mesh) plus pid files:
+ * `hub/hub.pid`, `site-<x>/server.pid`, `site-<x>/<kind>-<n>.pid`; logs next to them.
+ */
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { connect } from "@nats-io/transport-node";
+import { ConfigError, loadConfig } from "../services/lib/config.ts";
+import { connectNats } from "../services/lib/connect.ts";
+import { openOrCreateBucket } from "./lib/buckets.ts";
+import { isAlive } from "./lib/proc.ts";
+import {
+  type PingAnswer,
+  SERVICE_KINDS,
+  SiteServices,
+  formatScale,
+  parseScale,
+  pingSite,
+} from "./lib/services.ts";
+import { REPO_ROOT, type SiteState, Topology, type TopologyState } from "./lib/topology.ts";
+
+const env = process.env;
+
+class UsageError extends Error {}
+
+const meshDir = (): string => path.resolve(env.MESH_DIR || path.join(REPO_ROOT, ".mesh"));
+const stateFile = (): string => path.join(meshDir(), "mesh.json");
+
+/** What mesh.json holds. `hub`/`sites` are the documented part; `topology` is for re-attaching. */
+type MeshState = {
+  version: 1;
+  dir: string;
+  started_at: string;
+  buckets: string[];
+  scale: string;
+  hub: { url: string; monitor_url: string; leaf_url: string; pid: number | null; log: string };
+  sites: Record<
+    string,
+    {
+      url: string;
+      domain: string;
+      node_id: string;
+      monitor_url: string;
+      pid: number | null;
+      log: string;
+      services_dir: string;
+      services: { kind: string; n: number; pid: number; log: string }[];
+    }
+  >;
+  topology: TopologyState;
+};
+
+function readState(): MeshState | undefined {
+  const f = stateFile();
+  if (!existsSync(f)) return undefined;
+  try {
+    return JSON.parse(readFileSync(f, "utf8")) as MeshState;
+  } catch (err) {
+    throw new Error(`cannot read ${f}: ${(err as Error).message}`);
+  }
+}
+
+function buildState(
+  topo: Topology,
+  buckets: string[],
+  scale: string,
+  svc: Map<string, SiteServices>,
+  startedAt?: string,
+): MeshState {
+  const t = topo.state();
+  return {
+    version: 1,
+    dir: t.dir,
+    started_at: startedAt ?? new Date().toISOString(),
+    buckets,
+    scale,
+    hub: {
+      url: t.hub.url,
+      monitor_url: t.hub.httpUrl,
+      leaf_url: t.hub.leafUrl,
+      pid: t.hub.pid ?? null,
+      log: t.hub.logFile,
+    },
+    sites: Object.fromEntries(
+      Object.entries(t.sites).map(([k, s]) => [
+        k,
+        {
+          url: s.url,
+          domain: s.domain,
+          node_id: `site-${k}`,
+          monitor_url: s.httpUrl,
+          pid: s.pid ?? null,
+          log: s.logFile,
+          services_dir: s.dir,
+          services: (svc.get(k)?.instances ?? [])
+            .filter((i) => i.alive())
+            .map((i) => ({ kind: i.kind, n: i.n, pid: i.pid, log: i.logFile })),
+        },
+      ]),
+    ),
+    topology: t,
+  };
+}
+
+function writeState(st: MeshState): void {
+  writeFileSync(stateFile(), `${JSON.stringify(st, null, 2)}\n`);
+}
+
+function attachServices(site: string, dir: string, natsUrl: string): SiteServices {
+  return SiteServices.attach({ site, natsUrl, dir, detached: true });
+}
+
+/** Every process recorded in the state: [label, alive]. */
+function recorded(st: MeshState): { label: string; alive: boolean }[] {
+  const out: { label: string; alive: boolean }[] = [];
+  const t = st.topology;
+  if (t.hub.pid) out.push({ label: `hub (pid ${t.hub.pid})`, alive: isAlive(t.hub.pid, t.hub.confFile) });
+  for (const [k, s] of Object.entries(t.sites)) {
+    if (s.pid) out.push({ label: `site-${k} nats-server (pid ${s.pid})`, alive: isAlive(s.pid, s.confFile) });
+    for (const i of attachServices(k, s.dir, s.url).instances)
+      out.push({ label: `site ${k} ${i.name} (${i.pidFile})`, alive: i.alive() });
+  }
+  return out;
+}
+
+function intEnv(name: string, def: number): number {
+  const v = env[name];
+  if (v === undefined || v === "") return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new UsageError(`${name} must be a port number, got ${v}`);
+  return n;
+}
+
+function listEnv(name: string, def: string): string[] {
+  return (env[name] || def)
+    .split(/[\s,]+/)
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+/** Remove what a previous (dead) mesh left in MESH_DIR: only the entries this script creates. */
+function cleanMeshDir(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const f of readdirSync(dir)) {
+    if (f === "mesh.json" || f === "hub" || /^site-[A-Za-z0-9_-]+$/.test(f))
+      rmSync(path.join(dir, f), { recursive: true, force: true });
+  }
+}
+
+function printSummary(st: MeshState, found?: Map<string, PingAnswer[]>): void {
+  console.log(`hub     ${st.hub.url}  (monitor ${st.hub.monitor_url}, leaf ${st.hub.leaf_url})`);
+  for (const [k, s] of Object.entries(st.sites)) {
+    console.log(`site ${k}  ${s.url}  (domain ${s.domain}, node ${s.node_id}, monitor ${s.monitor_url})`);
+    const answers = found?.get(k);
+    if (answers) {
+      const counts = SERVICE_KINDS.map(
+        (kind) => `syncd-${kind}×${answers.filter((a) => a.kind === kind).length}`,
+      );
+      console.log(`        services answering PING: ${counts.join(", ")}`);
+    }
+  }
+  const [a, b] = Object.values(st.sites);
+  const bucket = st.buckets[0] ?? "config";
+  console.log(`\nstate ${stateFile()}; logs in ${st.dir}/hub/ and ${st.dir}/site-<x>/`);
+  console.log("\nTry it (nats CLI: https://github.com/nats-io/natscli):");
+  if (a) console.log(`  nats --server ${a.url} kv put ${bucket} app.theme dark`);
+  if (b) console.log(`  nats --server ${b.url} kv get ${bucket} app.theme`);
+  if (a) console.log(`  nats --server ${a.url} micro ls`);
+  if (a)
+    console.log(
+      `  nats --server ${a.url} pub rep.kv.ops '{"op":"put","bucket":"${bucket}","key":"app.lang","value":"en","ts":1,"node_id":"by-hand"}'`,
+    );
+  console.log("  ./scripts/hub.sh stop|start         partition / heal");
+  console.log("  ./scripts/server.sh <site> stop|start   one site's server down / up");
+  console.log("  ./scripts/site.sh <site> status     one site's services");
+  console.log("  ./scripts/down.sh                   stop everything");
+}
+
+async function pingAll(st: MeshState): Promise<Map<string, PingAnswer[]>> {
+  const out = new Map<string, PingAnswer[]>();
+  for (const [k, s] of Object.entries(st.sites)) {
+    try {
+      const nc = await connect({ servers: s.url, name: "syncd-mesh-status", timeout: 1000 });
+      try {
+        out.set(k, await pingSite(nc, k, 300));
+      } finally {
+        await nc.close();
+      }
+    } catch {
+      out.set(k, []);
+    }
+  }
+  return out;
+}
+
+async function up(): Promise<number> {
+  const dir = meshDir();
+  const old = readState();
+  if (old) {
+    const procs = recorded(old);
+    const alive = procs.filter((p) => p.alive);
+    if (alive.length > 0 && alive.length === procs.length) {
+      console.log(
+        `mesh already running (state ${stateFile()}, ${alive.length} processes); ./scripts/down.sh stops it`,
+      );
+      printSummary(old, await pingAll(old));
+      return 0;
+    }
+    if (alive.length > 0) {
+      console.error(`mesh partly running (state ${stateFile()}); not running:`);
+      for (const p of procs.filter((x) => !x.alive)) console.error(`  ${p.label}`);
+      console.error(
+        "run ./scripts/down.sh, then ./scripts/up.sh again (or ./scripts/hub.sh start / server.sh <site> start)",
+      );
+      return 1;
+    }
+    console.log(`stale mesh state in ${dir} (no recorded process is alive): cleaning up and starting fresh`);
+  }
+  cleanMeshDir(dir);
+
+  const sites = listEnv("SITES", "a b");
+  const buckets = listEnv("BUCKET", "config");
+  const scale = parseScale(env.SCALE || undefined);
+  const hubClient = intEnv("HUB_PORT", 7222);
+  const hubPorts = {
+    client: hubClient,
+    http: intEnv("HUB_HTTP_PORT", hubClient + 1),
+    leaf: intEnv("HUB_LEAF_PORT", 7422),
+  };
+  const base = intEnv("SITE_BASE_PORT", 4222);
+  const step = intEnv("SITE_PORT_STEP", 1000);
+  const sitePorts = (_s: string, i: number) => ({ client: base + step * i, http: base + step * i + 1 });
+  // Refuse a plan where two servers share a port (e.g. a 4th site on the default hub port).
+  const used = new Map<number, string>();
+  const claim = (p: number, who: string) => {
+    const prev = used.get(p);
+    if (prev)
+      throw new UsageError(
+        `port ${p} is planned twice (${prev} and ${who}): set HUB_PORT/SITE_BASE_PORT/SITE_PORT_STEP`,
+      );
+    if (p > 65535) throw new UsageError(`port ${p} of ${who} is out of range`);
+    used.set(p, who);
+  };
+  claim(hubPorts.client, "hub client");
+  claim(hubPorts.http, "hub monitor");
+  claim(hubPorts.leaf, "hub leaf");
+  sites.forEach((s, i) => {
+    const p = sitePorts(s, i);
+    claim(p.client, `site ${s} client`);
+    claim(p.http, `site ${s} monitor`);
+  });
+
+  const t0 = Date.now();
+  console.log(`starting hub + sites ${sites.join(", ")} in ${dir}`);
+  const topo = await Topology.start({ sites, dir, detached: true, hubPorts, sitePorts });
+  const svc = new Map<string, SiteServices>();
+  try {
+    for (const s of sites) {
+      const nc = await connect({ servers: topo.site(s).url, name: "syncd-up" });
+      try {
+        for (const b of buckets) await openOrCreateBucket(nc, b);
+      } finally {
+        await nc.close();
+      }
+    }
+    console.log(
+      `servers up in ${Date.now() - t0} ms; bucket(s) ${buckets.join(", ")} ready; starting services (${formatScale(scale)})`,
+    );
+    await Promise.all(
+      sites.map(async (s) => {
+        const st = topo.site(s);
+        const ss = new SiteServices({
+          site: s,
+          natsUrl: st.url,
+          buckets,
+          nodeId: `site-${s}`,
+          dir: st.dir,
+          detached: true,
+          readyTimeoutMs: 60000,
+        });
+        svc.set(s, ss);
+        await ss.start(scale);
+      }),
+    );
+  } catch (err) {
+    console.error(`up failed, stopping what was started (logs kept in ${dir}):`);
+    await Promise.all([...svc.values()].map((s) => s.stop()));
+    await topo.stop();
+    throw err;
+  }
+  const st = buildState(topo, buckets, formatScale(scale), svc);
+  writeState(st);
+  console.log(`mesh up in ${Date.now() - t0} ms\n`);
+  printSummary(st, await pingAll(st));
+  return 0;
+}
+
+async function down(): Promise<number> {
+  const st = readState();
+  if (!st) {
+    console.log(`no mesh state at ${stateFile()}: nothing to stop`);
+    return 0;
+  }
+  const t = st.topology;
+  // services first, then the site servers, then the hub
+  await Promise.all(
+    Object.entries(t.sites).map(async ([k, s]) => {
+      const ss = attachServices(k, s.dir, s.url);
+      const live = ss.instances.filter((i) => i.alive());
+      if (live.length)
+        console.log(`stopping site ${k} services: ${live.map((i) => `${i.name} (pid ${i.pid})`).join(", ")}`);
+      await ss.stop();
+    }),
+  );
+  const topo = Topology.attach(t);
+  for (const [k, s] of Object.entries(topo.sites))
+    if (s.pid) console.log(`stopping site-${k} nats-server (pid ${s.pid})`);
+  if (topo.hub.pid) console.log(`stopping hub (pid ${topo.hub.pid})`);
+  await topo.stop();
+  for (const s of Object.values(t.sites)) rmSync(s.storeDir, { recursive: true, force: true });
+  rmSync(stateFile(), { force: true });
+  console.log(
+    `mesh stopped; JetStream data and ${stateFile()} removed, logs kept in ${st.dir} (until the next up)`,
+  );
+  return 0;
+}
+
+async function status(): Promise<number> {
+  const st = readState();
+  if (!st) {
+    console.log(`no mesh state at ${stateFile()}: not running`);
+    return 3;
+  }
+  const procs = recorded(st);
+  for (const p of procs) console.log(`${p.alive ? "running" : "DEAD   "}  ${p.label}`);
+  printSummary(st, await pingAll(st));
+  return procs.every((p) => p.alive) ? 0 : 1;
+}
+
+function requireState(): MeshState {
+  const st = readState();
+  if (!st) throw new UsageError(`no mesh state at ${stateFile()}: start the mesh with ./scripts/up.sh`);
+  return st;
+}
+
+/** Rewrite the pids in the state after a server stop/start. */
+function saveTopology(st: MeshState, topo: Topology): void {
+  const svc = new Map<string, SiteServices>();
+  for (const [k, s] of Object.entries(topo.sites)) svc.set(k, attachServices(k, s.dir, s.url));
+  writeState(buildState(topo, st.buckets, st.scale, svc, st.started_at));
+}
+
+async function hubCmd(args: string[]): Promise<number> {
+  const action = args[0];
+  if (action !== "stop" && action !== "start") throw new UsageError("usage: hub.sh stop|start");
+  const st = requireState();
+  const topo = Topology.attach(st.topology);
+  if (action === "stop") {
+    if (!topo.hubRunning()) console.log("hub is not running");
+    else {
+      await topo.stopHub();
+      console.log("hub stopped: every site now works alone (partition)");
+    }
+  } else if (topo.hubRunning()) {
+    console.log(`hub already running (pid ${topo.hub.pid})`);
+  } else {
+    const t0 = Date.now();
+    await topo.startHub();
+    console.log(
+      `hub started (pid ${topo.hub.pid}); every running site connected again after ${Date.now() - t0} ms`,
+    );
+  }
+  saveTopology(st, topo);
+  return 0;
+}
+
+async function serverCmd(args: string[]): Promise<number> {
+  const [site, action] = args;
+  if (!site || (action !== "stop" && action !== "start"))
+    throw new UsageError("usage: server.sh <site> stop|start");
+  const st = requireState();
+  const topo = Topology.attach(st.topology);
+  if (!topo.sites[site])
+    throw new UsageError(`no site ${site} in ${stateFile()} (sites: ${Object.keys(topo.sites).join(", ")})`);
+  if (action === "stop") {
+    if (!topo.serverRunning(site)) console.log(`site-${site} nats-server is not running`);
+    else {
+      await topo.stopServer(site);
+      console.log(
+        `site-${site} nats-server stopped (its services keep running and reconnect when it is back)`,
+      );
+    }
+  } else if (topo.serverRunning(site)) {
+    console.log(`site-${site} nats-server already running (pid ${topo.site(site).pid})`);
+  } else {
+    const t0 = Date.now();
+    await topo.startServer(site);
+    const s = topo.site(site);
+    const ss = attachServices(site, s.dir, s.url);
+    await ss.waitReady();
+    console.log(
+      `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${Date.now() - t0} ms`,
+    );
+  }
+  saveTopology(st, topo);
+  return 0;
+}
+
+/** `site <site> start|stop|status [--nats-url u] [--bucket b] [--node-id n] [--clock c] [--scale s] [...]` */
+async function siteCmd(args: string[]): Promise<number> {
+  const [site, action, ...rest] = args;
+  const usage =
+    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--state-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
+  if (!site || !/^[A-Za-z0-9_-]+$/.test(site) || !["start", "stop", "status"].includes(action ?? ""))
+    throw new UsageError(usage);
+  const opts: Record<string, string> = {};
+  const pass: string[] = [];
+  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "state-dir"];
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i] as string;
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
+    if (m && own.includes(m[1] as string)) {
+      const v = m[2] ?? rest[++i];
+      if (v === undefined) throw new UsageError(`${a} needs a value\n${usage}`);
+      opts[m[1] as string] = v;
+    } else pass.push(a);
+  }
+  const meshSite = readState()?.sites[site];
+  const natsUrl = opts["nats-url"] || env.NATS_URL || meshSite?.url || "nats://127.0.0.1:4222";
+  const buckets = (opts.bucket || env.SYNCD_BUCKETS || "config").split(",").filter(Boolean);
+  const nodeId = opts["node-id"] || env.SYNCD_NODE_ID || undefined;
+  const clock = opts.clock || env.SYNCD_CLOCK || undefined;
+  if (clock !== undefined && clock !== "hlc" && clock !== "lamport")
+    throw new UsageError("--clock must be hlc or lamport");
+  const dir = path.resolve(opts["state-dir"] || env.SYNCD_STATE_DIR || path.join(meshDir(), `site-${site}`));
+  const scale = parseScale(opts.scale || env.SCALE || undefined);
+
+  // The readiness PING uses the services' own config parsing and connection (auth, TLS).
+  const cfgArgs = ["--site", site, "--nats-url", natsUrl, "--bucket", buckets.join(","), ...pass];
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(cfgArgs, env);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(`${err.message}\n${usage}`);
+    throw err;
+  }
+  const ss = SiteServices.attach({
+    site,
+    natsUrl,
+    buckets,
+    ...(nodeId ? { nodeId } : {}),
+    ...(clock ? { clock: clock as "hlc" | "lamport" } : {}),
+    extraArgs: pass,
+    dir,
+    detached: true,
+    readyTimeoutMs: 60000,
+    connect: () => connectNats({ ...config, natsUrl: natsUrl.split(",") }, `syncd-site-sh-${site}`),
+  });
+
+  if (action === "stop") {
+    const live = ss.instances.filter((i) => i.alive());
+    if (live.length === 0) console.log(`no services of site ${site} running (state ${dir})`);
+    else
+      console.log(
+        `stopping site ${site} services: ${live.map((i) => `${i.name} (pid ${i.pid})`).join(", ")}`,
+      );
+    await ss.stop();
+    return 0;
+  }
+  if (action === "status") {
+    const live = ss.instances.filter((i) => i.alive());
+    for (const i of ss.instances)
+      console.log(
+        `${i.alive() ? "running" : "DEAD   "}  ${i.name}  ${i.alive() ? `pid ${i.pid}` : ""}  ${i.logFile}`,
+      );
+    if (ss.instances.length === 0) console.log(`no services of site ${site} recorded in ${dir}`);
+    try {
+      const nc = await connectNats({ ...config, natsUrl: natsUrl.split(",") }, `syncd-site-sh-${site}`);
+      try {
+        const found = await pingSite(nc, site, 500);
+        console.log(`services of site ${site} answering PING at ${natsUrl}:`);
+        for (const a of found)
+          console.log(
+            `  ${a.name}  id ${a.id}  instance ${a.instance ?? "?"}  buckets ${a.metadata.buckets ?? "?"}`,
+          );
+        if (found.length === 0) console.log("  (none)");
+      } finally {
+        await nc.close();
+      }
+    } catch (err) {
+      console.log(`cannot reach ${natsUrl}: ${(err as Error).message}`);
+    }
+    return live.length === 0 ? 3 : live.length === ss.instances.length ? 0 : 1;
+  }
+  // start
+  const before = ss.instances.filter((i) => i.alive()).map((i) => i.name);
+  const started = await ss.start(scale);
+  if (started.length === 0) {
+    console.log(`services of site ${site} already running: ${before.join(", ")}`);
+  } else {
+    console.log(
+      `site ${site}: started ${started.map((i) => `${i.name} (pid ${i.pid})`).join(", ")} against ${natsUrl}; all answer PING`,
+    );
+    console.log(`logs and pid files in ${dir}; stop with ./scripts/site.sh ${site} stop`);
+  }
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...args] = argv;
+  switch (cmd) {
+    case "up":
+      return up();
+    case "down":
+      return down();
+    case "status":
+      return status();
+    case "hub":
+      return hubCmd(args);
+    case "server":
+      return serverCmd(args);
+    case "site":
+      return siteCmd(args);
+    default:
+      throw new UsageError(
+        "usage: mesh.ts up | down | status | hub stop|start | server <site> stop|start | site <site> start|stop|status [flags]",
+      );
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof UsageError) {
+      console.error(err.message);
+      process.exit(2);
+    }
+    console.error(err instanceof Error ? err.message : err);
+    process.exit(1);
+  },
+);

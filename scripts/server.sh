@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Outage rehearsal on the local mesh: ./scripts/server.sh <site> stop|start stops or starts one
+# site's nats-server (its services keep running and reconnect); start waits for the leaf connection
+# and for the site's services to answer again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec node --import tsx scripts/mesh.ts server "$@"

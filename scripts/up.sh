@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Start the local mesh: a hub and one nats-server per site (JetStream domain = site name, leaf node
+# of the hub), bucket "config" on each site, and the four syncd services of every site, all detached.
+# Prints each site's URL and how to try it; state in $MESH_DIR/mesh.json. Running it again while
+# the mesh runs changes nothing. Stop it with ./scripts/down.sh.
+#
+# Environment (defaults):
+#   MESH_DIR=<repo>/.mesh   SITES="a b"   BUCKET=config   SCALE="merger=1,..." (e.g. "merger=3,watcher=2")
+#   HUB_PORT=7222 (monitoring HUB_HTTP_PORT=HUB_PORT+1)   HUB_LEAF_PORT=7422
+#   SITE_BASE_PORT=4222   SITE_PORT_STEP=1000   -> site i: client BASE+STEP*i, monitoring +1
+#   LOG_LEVEL=info   NATS_SERVER=<path of nats-server>   SYNCD_* settings pass through to the services
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/ensure-deps.sh
+exec node --import tsx scripts/mesh.ts up

@@ -1,0 +1,127 @@
+/**
+ * Self-test of the test harness and of the site config it renders: core request/reply crosses the
+ * hub, a stopped hub partitions the sites and a restarted one heals them, `rep.kv.ops` stays in its
+ * site, and no server outlives a crashed test process.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { after, before, describe, test } from "node:test";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { isAlive } from "../scripts/lib/proc.ts";
+import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
+
+describe("harness: startMesh({services: false})", () => {
+  let mesh: Mesh;
+  let a: NatsConnection;
+  let b: NatsConnection;
+
+  before(async () => {
+    mesh = await startMesh({ services: false });
+    a = await mesh.connect("a");
+    b = await mesh.connect("b");
+    b.subscribe("harness.echo", { callback: (_e, m) => void m.respond(`b got ${m.string()}`) });
+    await b.flush();
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  test("shape", () => {
+    assert.deepEqual(Object.keys(mesh.sites), ["a", "b"]);
+    assert.equal(mesh.sites.a?.domain, "a");
+    assert.equal(mesh.sites.b?.nodeId, "site-b");
+    assert.match(mesh.hub.url, /^nats:\/\/127\.0\.0\.1:\d+$/);
+    assert.notEqual(mesh.sites.a?.url, mesh.sites.b?.url);
+  });
+
+  test("a core request from a reaches a responder on b", async () => {
+    const r = await waitFor(() => a.request("harness.echo", "hi", { timeout: 500 }), {
+      message: "a -> b request",
+    });
+    assert.equal(r.string(), "b got hi");
+  });
+
+  test("rep.kv.ops stays in its site; rep.kv.ops.<site> crosses the hub", async () => {
+    const got: string[] = [];
+    b.subscribe("rep.kv.ops", { callback: (_e, m) => void got.push(`ingress ${m.string()}`) });
+    b.subscribe("rep.kv.ops.a", { callback: (_e, m) => void got.push(`own ${m.string()}`) });
+    await b.flush();
+    // interest needs a few ms to reach a: wait until the site-scoped subject arrives
+    await waitFor(
+      async () => {
+        a.publish("rep.kv.ops", "x");
+        a.publish("rep.kv.ops.a", "y");
+        await a.flush();
+        await new Promise((r) => setTimeout(r, 20));
+        return got.includes("own y");
+      },
+      { message: "rep.kv.ops.a from a at b" },
+    );
+    assert.ok(!got.some((g) => g.startsWith("ingress")), `rep.kv.ops crossed the leaf: ${got}`);
+  });
+
+  test("kv(site) opens (creating) the site's own bucket", async () => {
+    const kva = await mesh.kv("a");
+    const kvb = await mesh.kv("b");
+    await kva.put("k", "from-a");
+    assert.equal((await kva.get("k"))?.string(), "from-a");
+    assert.equal(await kvb.get("k"), null);
+  });
+
+  test("stopHub() partitions: no responders; startHub() heals", async () => {
+    await mesh.stopHub();
+    const t0 = Date.now();
+    const err = await waitFor(
+      async () => {
+        try {
+          await a.request("harness.echo", "cut", { timeout: 500 });
+          return undefined;
+        } catch (e) {
+          return /no responders/i.test(String(e)) ? String(e) : undefined;
+        }
+      },
+      { timeout: 5000, message: "no responders while the hub is down" },
+    );
+    assert.match(err, /no responders/i);
+    assert.ok(Date.now() - t0 < 2000, "the partition is noticed at once");
+    await mesh.startHub();
+    await eventually(async () => {
+      const r = await a.request("harness.echo", "healed", { timeout: 500 });
+      assert.equal(r.string(), "b got healed");
+    });
+  });
+
+  test("stopServer()/startServer() restarts a site's server with its data", async () => {
+    await mesh.stopServer("a");
+    await mesh.startServer("a");
+    const kva = await mesh.kv("a");
+    await eventually(async () => assert.equal((await kva.get("k"))?.string(), "from-a"));
+  });
+
+  test("addSite() joins a third site", async () => {
+    const c = await mesh.addSite("c", { services: false });
+    assert.equal(c.domain, "c");
+    const nc = await mesh.connect("c");
+    const r = await waitFor(() => nc.request("harness.echo", "from c", { timeout: 500 }), {
+      message: "c -> b",
+    });
+    assert.equal(r.string(), "b got from c");
+  });
+});
+
+test("no server outlives a crashed test process", () => {
+  const code = `
+    import { startMesh } from "./test/harness/mesh.ts";
+    const mesh = await startMesh({ services: false, sites: ["a"] });
+    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid]));
+    throw new Error("crash");
+  `;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
+    encoding: "utf8",
+    timeout: 30000,
+  });
+  assert.notEqual(r.status, 0);
+  const pids = JSON.parse(r.stdout.trim().split("\n").pop() ?? "[]") as number[];
+  assert.equal(pids.length, 2, r.stdout + r.stderr);
+  for (const pid of pids) assert.equal(isAlive(pid), false, `pid ${pid} still alive`);
+});
