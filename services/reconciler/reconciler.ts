@@ -99,7 +99,8 @@ export class Reconciler {
   private progress: (Progress & { startedMs: number }) | undefined;
   private discovering: Promise<DiscoveryResult> | undefined;
   private readonly lastHealRun = new Map<string, number>();
-  private timers: NodeJS.Timeout[] = [];
+  private discoveryTimer: NodeJS.Timeout | undefined;
+  private periodicTimer: NodeJS.Timeout | undefined;
   private stopped = false;
 
   constructor(private readonly deps: ReconcilerDeps) {
@@ -152,8 +153,9 @@ export class Reconciler {
     return this.discovering;
   }
 
-  /** Start discovery and the periodic runs. */
+  /** Start discovery (every 1, 2, 4, then `discoveryMs` ms) and the periodic runs. */
   start(): void {
+    let gap = Math.min(1000, this.deps.tuning.discoveryMs);
     const loop = async () => {
       if (this.stopped) return;
       try {
@@ -162,7 +164,8 @@ export class Reconciler {
       } catch (err) {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
-      if (!this.stopped) this.timers.push(setTimeout(loop, this.deps.tuning.discoveryMs));
+      if (!this.stopped) this.discoveryTimer = setTimeout(loop, gap);
+      gap = Math.min(gap * 2, this.deps.tuning.discoveryMs);
     };
     void loop();
     this.schedulePeriodic();
@@ -171,21 +174,19 @@ export class Reconciler {
   /** Stop the timers. A run in progress finishes on its own. */
   stop(): void {
     this.stopped = true;
-    for (const t of this.timers) clearTimeout(t);
-    this.timers = [];
+    clearTimeout(this.discoveryTimer);
+    clearTimeout(this.periodicTimer);
   }
 
   private schedulePeriodic(): void {
     const every = this.deps.tuning.intervalMs;
     if (every <= 0 || this.stopped) return;
     const wait = Math.round(every * (0.8 + 0.4 * Math.random()));
-    this.timers.push(
-      setTimeout(() => {
-        this.run({})
-          .catch((err: unknown) => this.deps.log.warn({ err }, "periodic run failed"))
-          .finally(() => this.schedulePeriodic());
-      }, wait),
-    );
+    this.periodicTimer = setTimeout(() => {
+      this.run({})
+        .catch((err: unknown) => this.deps.log.warn({ err }, "periodic run failed"))
+        .finally(() => this.schedulePeriodic());
+    }, wait);
   }
 
   private onHeal(site: string): void {

@@ -1,0 +1,263 @@
+/**
+ * syncd-reconciler on a real hub + two leaf sites with all four services: differences made behind
+ * the services' back (bucket + `_meta` written directly, with version headers, so no op is
+ * published) are found by digest descent and repaired in both directions, tombstones included,
+ * moving exactly the differing entries; equal sites move nothing.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { ServiceReplyError, requestJson } from "../services/lib/request.ts";
+import type {
+  ReconcilerDigestResponse,
+  ReconcilerEntriesResponse,
+  ReconcilerRunResponse,
+  ReconcilerStatusResponse,
+} from "../services/lib/schemas.gen.ts";
+import { Headers, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+
+const BUCKET = "config";
+type Site = "a" | "b";
+type V = { ts: number; node_id: string; deleted: boolean };
+
+describe("reconciler anti-entropy between two leaf sites", () => {
+  let mesh: Mesh;
+  const nc = {} as Record<Site, NatsConnection>;
+  const kv = {} as Record<Site, KV>;
+  const meta = {} as Record<Site, KV>;
+  const js = {} as Record<Site, JetStreamClient>;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+    for (const s of ["a", "b"] as const) {
+      nc[s] = await mesh.connect(s);
+      kv[s] = await mesh.kv(s);
+      meta[s] = await new Kvm(nc[s]).open(metaBucket(BUCKET));
+      js[s] = jetstream(nc[s]);
+    }
+    await peersLinked(nc.a, "a", ["b"]);
+    await peersLinked(nc.b, "b", ["a"]);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  const call = async <T>(site: Site, endpoint: string, body: unknown, timeout = 30_000): Promise<T> =>
+    (await requestJson<T>(nc.a, endpointSubject(site, "reconciler", endpoint), body, { timeout })).value;
+
+  /** Write a version behind the services' back: bucket entry with headers, then `_meta`. */
+  const plant = async (site: Site, key: string, v: V, value = "") => {
+    const h = natsHeaders();
+    h.set(Headers.ts, String(v.ts));
+    h.set(Headers.node, v.node_id);
+    if (v.deleted) h.set("KV-Operation", "DEL");
+    const pa = await js[site].publish(kvSubject(BUCKET, key), v.deleted ? new Uint8Array() : value, {
+      headers: h,
+    });
+    await meta[site].put(key, JSON.stringify({ ...v, rev: pa.seq }));
+  };
+
+  /** The versions a site's reconciler index holds for some keys. */
+  const indexed = async (site: Site, keys: string[]) => {
+    const r = await call<ReconcilerEntriesResponse>(site, "entries", { bucket: BUCKET, keys });
+    return new Map(r.entries.map((e) => [e.key, { ts: e.ts, node_id: e.node_id, deleted: e.deleted }]));
+  };
+
+  const state = async (site: Site, key: string) => {
+    const m = (await versions(nc[site], BUCKET)).get(key);
+    const e = await kv[site].get(key);
+    return {
+      version: m ? { ts: m.ts, node_id: m.node_id, deleted: m.deleted } : null,
+      value: e?.operation === "PUT" ? e.string() : null,
+    };
+  };
+
+  const runAt = async (site: Site, peers?: string[]) => {
+    const r = await call<ReconcilerRunResponse>(site, "run", peers ? { peers } : {}, 60_000);
+    return r.runs;
+  };
+
+  it("status: the index is ready and the peer is known", async () => {
+    const s = await until(async () => {
+      const st = await call<ReconcilerStatusResponse>("a", "status", {});
+      return st.peers.includes("b") ? st : null;
+    });
+    assert.equal(s.site, "a");
+    assert.equal(s.node_id, "site-a");
+    assert.equal(typeof s.keys[BUCKET], "number");
+    assert.equal(s.running, false);
+  });
+
+  it("equal sites: one root comparison, nothing moved", async () => {
+    for (let i = 0; i < 40; i++) await kv.a.put(`seed.${i}`, `v${i}`);
+    await kv.b.put("seed.b", "from-b");
+    await kv.a.delete("seed.39");
+    await until(async () => (await contents(kv.b)).size === 40 && (await contents(kv.a)).size === 40, {
+      message: "seed replicated",
+    });
+    await quiet({ a: nc.a, b: nc.b });
+    const [run] = await runAt("a", ["b"]);
+    assert.ok(run);
+    assert.equal(run.error, undefined);
+    assert.equal(run.entries_moved, 0);
+    assert.equal(run.keys_compared, 0);
+    assert.equal(run.ranges_descended, 0);
+    assert.ok(run.bytes > 0 && run.bytes < 2000, `bytes ${run.bytes}`);
+  });
+
+  it("differences made behind the services' back are repaired both ways, tombstones included", async () => {
+    const now = Date.now() * 1000;
+    const va = await versions(nc.a, BUCKET);
+    const cur = (k: string): V => {
+      const v = va.get(k);
+      assert.ok(v, `no version of ${k} at a`);
+      return { ts: v.ts, node_id: v.node_id, deleted: v.deleted };
+    };
+    // expected winner per key, and where it was planted
+    const want = new Map<string, { v: V; value: string | null }>();
+    const at = async (site: Site, key: string, v: V, value = "") => {
+      await plant(site, key, v, value);
+      want.set(key, { v, value: v.deleted ? null : value });
+    };
+    // the peer wins → pulled to a
+    await at("b", "oob.only-b", { ts: now + 1, node_id: "site-b", deleted: false }, "only at b");
+    await at("b", "seed.1", { ts: now + 2, node_id: "site-b", deleted: false }, "b wins");
+    await at("b", "seed.2", { ts: now + 3, node_id: "site-b", deleted: true });
+    const s5 = cur("seed.5");
+    await at("b", "seed.5", { ...s5, deleted: true }); // same (ts, node_id): the tombstone wins
+    // this site wins → pushed to b
+    await at("a", "oob.only-a", { ts: now + 4, node_id: "site-a", deleted: false }, "only at a");
+    await at("a", "seed.3", { ts: now + 5, node_id: "site-a", deleted: false }, "a wins");
+    await at("a", "seed.4", { ts: now + 6, node_id: "site-a", deleted: true });
+    const s39 = cur("seed.39"); // a tombstone at both; b gets an older put behind the back → a pushes
+    await plant("b", "seed.39", { ts: s39.ts - 1, node_id: s39.node_id, deleted: false }, "stale put");
+    want.set("seed.39", { v: s39, value: null });
+    const keys = [...want.keys()];
+
+    // both indexes have seen the planted versions
+    for (const site of ["a", "b"] as const) {
+      await until(
+        async () => {
+          const ix = await indexed(site, keys);
+          for (const k of keys) {
+            const planted =
+              site === "b"
+                ? ["oob.only-b", "seed.1", "seed.2", "seed.5", "seed.39"]
+                : ["oob.only-a", "seed.3", "seed.4"];
+            if (!planted.includes(k)) continue;
+            const v = ix.get(k);
+            const w =
+              k === "seed.39" ? { ts: s39.ts - 1, node_id: s39.node_id, deleted: false } : want.get(k)!.v;
+            if (!v || v.ts !== w.ts || v.node_id !== w.node_id || v.deleted !== w.deleted) return false;
+          }
+          return true;
+        },
+        { message: `index of ${site} shows the planted versions` },
+      );
+    }
+
+    const runs = await runAt("a", ["b"]);
+    assert.equal(runs.length, 1);
+    const run = runs[0]!;
+    assert.equal(run.error, undefined, run.error);
+    assert.equal(run.peer, "b");
+    assert.equal(run.bucket, BUCKET);
+    assert.equal(run.entries_moved, want.size, JSON.stringify(run));
+    assert.equal(run.pulled, 4);
+    assert.equal(run.pushed, 4);
+    assert.equal(run.skipped ?? 0, 0);
+    assert.ok(
+      run.keys_compared >= want.size && run.keys_compared <= 8 * 16 * 2,
+      `compared ${run.keys_compared}`,
+    );
+    assert.ok(run.ranges_descended >= 1);
+
+    for (const [key, w] of want) {
+      for (const site of ["a", "b"] as const) {
+        const s = await state(site, key);
+        assert.deepEqual(s.version, w.v, `${key} version at ${site}`);
+        assert.equal(s.value, w.value, `${key} value at ${site}`);
+      }
+    }
+    assert.deepEqual(await contents(kv.a), await contents(kv.b));
+
+    // converged: the next run compares roots only
+    await until(async () => {
+      const [again] = await runAt("a", ["b"]);
+      return again && again.entries_moved === 0 && again.ranges_descended === 0 ? again : null;
+    });
+    const st = await call<ReconcilerStatusResponse>("a", "status", {});
+    assert.equal(st.running, false);
+    assert.ok(st.last_run && st.last_run.runs.length === 1);
+  });
+
+  it("a run from the other side repairs the same way (b pulls what a has newer)", async () => {
+    const now = Date.now() * 1000;
+    await plant("a", "oob.x", { ts: now + 10, node_id: "site-a", deleted: false }, "x");
+    await until(async () => (await indexed("a", ["oob.x"])).get("oob.x")?.ts === now + 10);
+    const [run] = await runAt("b", ["a"]);
+    assert.ok(run);
+    assert.equal(run.error, undefined);
+    assert.equal(run.pulled, 1);
+    assert.equal(run.pushed, 0);
+    assert.equal((await state("b", "oob.x")).value, "x");
+  });
+
+  it("a peer that does not answer gets an error; the others still run", async () => {
+    const runs = await runAt("a", ["nosuchsite", "b"]);
+    const bad = runs.find((r) => r.peer === "nosuchsite");
+    const good = runs.find((r) => r.peer === "b");
+    assert.ok(bad?.error, "error recorded for the missing peer");
+    assert.ok(good && good.error === undefined);
+  });
+
+  it("digest and entries refuse an unknown bucket and a too-long prefix", async () => {
+    await assert.rejects(call("a", "digest", { bucket: "nope", prefixes: [] }), (err: unknown) => {
+      assert.ok(err instanceof ServiceReplyError);
+      assert.equal(err.status, 404);
+      return true;
+    });
+    await assert.rejects(call("a", "digest", { bucket: BUCKET, prefixes: ["abcde"] }), (err: unknown) => {
+      assert.ok(err instanceof ServiceReplyError);
+      assert.equal(err.status, 400);
+      return true;
+    });
+    const d = await call<ReconcilerDigestResponse>("a", "digest", { bucket: BUCKET, prefixes: [""] });
+    assert.equal(d.depth, 4);
+    assert.equal(
+      d.nodes.reduce((n, x) => n + x.count, 0),
+      d.root.count,
+    );
+  });
+
+  it("entries pages a listing larger than the max payload", async () => {
+    const big = "x".repeat(100_000);
+    for (let i = 0; i < 25; i++) await kv.a.put(`big.${i}`, big);
+    await until(async () => {
+      const r = await call<ReconcilerEntriesResponse>("a", "entries", { bucket: BUCKET, prefixes: [""] });
+      return r.entries.filter((e) => e.key.startsWith("big.")).length === 25;
+    });
+    const got: string[] = [];
+    let after: string | undefined;
+    let pages = 0;
+    for (;;) {
+      const r: ReconcilerEntriesResponse = await call("a", "entries", {
+        bucket: BUCKET,
+        prefixes: [""],
+        values: true,
+        ...(after ? { after } : {}),
+      });
+      pages++;
+      for (const e of r.entries) if (e.key.startsWith("big.") && e.value === big) got.push(e.key);
+      if (!r.truncated) break;
+      assert.ok(r.next_after);
+      after = r.next_after;
+    }
+    assert.ok(pages >= 3, `pages ${pages}`);
+    assert.equal(new Set(got).size, 25);
+  });
+});
