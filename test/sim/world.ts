@@ -1,0 +1,450 @@
+/**
+ * A simulated mesh: N replicas running the real watcher and merger code, a network that delivers
+ * every published op to every other replica in an order the scheduler draws (some copies twice,
+ * some never), users writing and deleting at every site, hand-made ops, and anti-entropy repair
+ * that mirrors the reconciler (version trees of `_meta`, descend, plan, readVersioned, merge).
+ *
+ * The model is the set of every op ever published; at quiescence each key must hold the greatest
+ * of them by lww.compare (a tombstone: no key) at every replica, in the bucket and in `_meta`.
+ */
+import type { PubAck } from "@nats-io/jetstream";
+import fc from "fast-check";
+import type { ClockMode } from "../../services/lib/clock-rules.ts";
+import { type Versioned, compare, compareBytes, compareVersions } from "../../services/lib/lww.ts";
+import { type Op, makeOp, opVersioned, parseOp } from "../../services/lib/op.ts";
+import { opsSubject } from "../../services/lib/subjects.ts";
+import { applyOp } from "../../services/merger/handlers.ts";
+import { VersionTree, descend, plan, treeSource } from "../../services/reconciler/tree.ts";
+import { readVersioned } from "../../services/reconciler/values.ts";
+import { opMsgId } from "../../services/watcher/handlers.ts";
+import { Replica } from "./replica.ts";
+import { Choices, Sim } from "./sched.ts";
+
+export const BUCKET = "config";
+export const SITES = ["site-a", "site-b", "site-c", "site-d"] as const;
+export const KEYS = ["app/theme", "app.lang", "k"] as const;
+const enc = new TextEncoder();
+/** Values: short text, multi-byte UTF-8, bytes that are not UTF-8 (base64 on the wire), empty. */
+export const VALUES: readonly Uint8Array[] = [
+  enc.encode("dark"),
+  enc.encode("light"),
+  enc.encode("é"),
+  new Uint8Array([0xff, 0x00, 0xfe]),
+  new Uint8Array(),
+];
+/** node_id of hand-made ops: the sites' own ids as well as strangers'. */
+export const HAND_NODES = [...SITES, "hand", "zz"] as const;
+const BASE_MS = 1_700_000_000_000;
+
+/** A user's write at a site. */
+export type Write = { site: number; key: number; del: boolean; value: number };
+/**
+ * A hand-made op injected at a site (`nats pub rep.kv.ops`): either the exact (key, ts, node_id) of
+ * an op published before, with its own contents (equal versions, different contents), or a ts near
+ * the site's clock.
+ */
+export type Inject = {
+  site: number;
+  key: number;
+  del: boolean;
+  value: number;
+  ts: { copy: number } | { delta: number };
+  node: number;
+};
+/** What the network does with one copy of an op for one receiving replica. */
+export type Fate = "once" | "twice" | "drop";
+
+export type Scenario = {
+  sites: number;
+  mode: ClockMode;
+  watchers: number;
+  mergers: number;
+  blockSize: number;
+  /** each site's physical clock offset, in ms (HLC) */
+  skewMs: number[];
+  /** scheduler steps per simulated millisecond */
+  stepsPerMs: number;
+  writes: Write[];
+  injects: Inject[];
+  fates: Fate[];
+  /** which watcher / merger instance gets each message */
+  choices: number[];
+};
+
+/** Scenarios; `drops` lets the network lose copies (then only repair can converge). */
+export function scenario(opts: { drops: boolean }): fc.Arbitrary<Scenario> {
+  const fate: fc.Arbitrary<Fate> = opts.drops
+    ? fc.constantFrom<Fate>("once", "once", "twice", "drop")
+    : fc.constantFrom<Fate>("once", "once", "twice");
+  return fc.record({
+    sites: fc.integer({ min: 3, max: 4 }),
+    mode: fc.constantFrom<ClockMode>("hlc", "lamport"),
+    watchers: fc.integer({ min: 1, max: 2 }),
+    mergers: fc.integer({ min: 1, max: 3 }),
+    blockSize: fc.integer({ min: 1, max: 8 }),
+    skewMs: fc.array(fc.integer({ min: -30, max: 30 }), { minLength: 4, maxLength: 4 }),
+    stepsPerMs: fc.integer({ min: 1, max: 20 }),
+    writes: fc.array(
+      fc.record({
+        site: fc.nat(3),
+        key: fc.nat(KEYS.length - 1),
+        del: fc.constantFrom(false, false, true),
+        value: fc.nat(VALUES.length - 1),
+      }),
+      { minLength: 1, maxLength: 14 },
+    ),
+    injects: fc.array(
+      fc.record({
+        site: fc.nat(3),
+        key: fc.nat(KEYS.length - 1),
+        del: fc.boolean(),
+        value: fc.nat(VALUES.length - 1),
+        ts: fc.oneof(fc.record({ copy: fc.nat(20) }), fc.record({ delta: fc.integer({ min: -3, max: 3 }) })),
+        node: fc.nat(HAND_NODES.length - 1),
+      }),
+      { maxLength: 4 },
+    ),
+    fates: fc.array(fate, { maxLength: 60 }),
+    choices: fc.array(fc.nat(5), { maxLength: 60 }),
+  });
+}
+
+/** One op in the model, with where it came from. */
+export type Published = { op: Op; from: string; origin: "watcher" | "hand"; rev?: number };
+
+/** What a run did, for coverage numbers. */
+export type Stats = {
+  steps: number;
+  published: number;
+  hand: number;
+  dropped: number;
+  duplicated: number;
+  applied: number;
+  stale: number;
+  duplicate: number;
+  superseded: number;
+  /** stamps at exactly held.ts + 1 (mostly: the clock was behind and meta.ts + 1 decided) */
+  heldPlusOne: number;
+  repairRounds: number;
+  repaired: number;
+  inFlux: number;
+};
+
+const show = (v: { ts: number; node_id: string; deleted?: boolean } | null | undefined): string =>
+  v ? `${v.ts}/${v.node_id}${v.deleted ? "/DEL" : ""}` : "none";
+const showBytes = (b: Uint8Array | undefined): string =>
+  b ? JSON.stringify(Buffer.from(b).toString("latin1")) : "absent";
+
+export class World {
+  readonly sim: Sim;
+  readonly replicas: Replica[];
+  readonly published: Published[] = [];
+  readonly violations: string[] = [];
+  private readonly msgIds = new Map<string, number>();
+  private readonly fates: Fate[];
+  private fateIx = 0;
+  private outSeq = 0;
+  readonly stats: Stats = {
+    steps: 0,
+    published: 0,
+    hand: 0,
+    dropped: 0,
+    duplicated: 0,
+    applied: 0,
+    stale: 0,
+    duplicate: 0,
+    superseded: 0,
+    heldPlusOne: 0,
+    repairRounds: 0,
+    repaired: 0,
+    inFlux: 0,
+  };
+
+  constructor(
+    readonly sc: Scenario,
+    s: fc.Scheduler,
+  ) {
+    this.sim = new Sim(s);
+    this.fates = sc.fates;
+    const choices = new Choices(sc.choices);
+    this.replicas = SITES.slice(0, sc.sites).map(
+      (site, i) =>
+        new Replica(
+          this.sim,
+          {
+            site,
+            bucket: BUCKET,
+            mode: sc.mode,
+            blockSize: sc.blockSize,
+            watchers: sc.watchers,
+            mergers: sc.mergers,
+            nowMs: () => BASE_MS + Math.floor(this.sim.steps / sc.stepsPerMs) + (sc.skewMs[i] ?? 0),
+          },
+          choices,
+          {
+            publish: (from, subject, payload, msgID) => this.publish(from, subject, payload, msgID),
+            fail: (where, err) => this.violations.push(`error in ${where}: ${(err as Error)?.stack ?? err}`),
+          },
+        ),
+    );
+  }
+
+  /** Start every user write and hand-made op; they run as the scheduler lets them. */
+  start(): void {
+    const n = this.replicas.length;
+    this.sc.writes.forEach((w, i) => {
+      const r = this.replicas[w.site % n]!;
+      const key = KEYS[w.key]!;
+      const done = w.del ? r.bucket.delete(key) : r.bucket.put(key, VALUES[w.value]!);
+      done.catch((err: unknown) => this.violations.push(`user write #${i} failed: ${err}`));
+    });
+    this.sc.injects.forEach((h, i) => {
+      const r = this.replicas[h.site % n]!;
+      void this.sim.step(`${r.site} hand-made op #${i}`).then(() => this.inject(r, h));
+    });
+  }
+
+  /** Run to quiescence. */
+  async settle(): Promise<void> {
+    await this.sim.drain();
+    this.stats.steps = this.sim.steps;
+  }
+
+  private inject(r: Replica, h: Inject): void {
+    let key: string = KEYS[h.key]!;
+    let ts: number;
+    let node: string = HAND_NODES[h.node]!;
+    const base =
+      "copy" in h.ts && this.published.length > 0 ? this.published[h.ts.copy % this.published.length]! : null;
+    if (base) {
+      key = base.op.key;
+      ts = base.op.ts;
+      node = base.op.node_id;
+    } else {
+      ts = Math.max(0, r.clock.hw + ("delta" in h.ts ? h.ts.delta : 1));
+    }
+    const op = makeOp({ bucket: BUCKET, key, ts, nodeId: node, deleted: h.del, value: VALUES[h.value]! });
+    this.published.push({ op, from: r.site, origin: "hand" });
+    this.stats.hand++;
+    // the merger forwards a hand-made op to its site's OUT stream (the peers source it) and applies it
+    this.broadcast(r, op);
+    r.deliver(op);
+  }
+
+  /** The watcher's js.publish: the I2 check, JetStream's dedupe by msgID, then the network. */
+  private publish(from: Replica, subject: string, payload: Uint8Array, msgID: string | undefined): PubAck {
+    const stream = `SYNCD_OUT_${from.site}`;
+    let op: Op;
+    try {
+      op = parseOp(payload);
+    } catch (err) {
+      this.violations.push(`${from.site} published an invalid op: ${err}`);
+      return { stream, seq: 0, duplicate: false };
+    }
+    if (subject !== opsSubject(from.site)) this.violations.push(`${from.site} published on ${subject}`);
+    if (msgID !== undefined) {
+      const seen = this.msgIds.get(msgID);
+      if (seen !== undefined) return { stream, seq: seen, duplicate: true };
+    }
+    const seq = ++this.outSeq;
+    if (msgID !== undefined) this.msgIds.set(msgID, seq);
+    // I2: only local writes (entries without headers) are published, each as what it is
+    const rev = Number(msgID?.slice(msgID.lastIndexOf(".") + 1));
+    const e = from.bucket.at(rev);
+    if (msgID !== opMsgId(from.site, BUCKET, rev) || !e) {
+      this.violations.push(
+        `I2 ${from.site} published ${JSON.stringify(op)} with msgID ${msgID}: no such entry`,
+      );
+    } else {
+      const v = opVersioned(op);
+      if (e.version !== null)
+        this.violations.push(
+          `I2 ${from.site} re-published the replicated write at rev ${rev} (${show(e.version)}) as ${JSON.stringify(op)}`,
+        );
+      if (
+        e.key !== op.key ||
+        e.deleted !== v.deleted ||
+        (!e.deleted && compareBytes(e.value, v.value!) !== 0)
+      )
+        this.violations.push(
+          `I2 ${from.site} published ${JSON.stringify(op)} for a different entry (rev ${rev})`,
+        );
+      if (op.node_id !== from.nodeId) this.violations.push(`${from.site} stamped with node_id ${op.node_id}`);
+    }
+    this.published.push({ op, from: from.site, origin: "watcher", rev });
+    this.stats.published++;
+    this.broadcast(from, op);
+    return { stream, seq, duplicate: false };
+  }
+
+  /** Every other replica gets the op: once, twice, or (when the scenario drops) never. */
+  private broadcast(from: Replica, op: Op): void {
+    const label = `${op.op} ${op.key} ${op.ts}/${op.node_id}`;
+    for (const to of this.replicas) {
+      if (to === from) continue;
+      const fate = this.fates[this.fateIx++] ?? "once";
+      const copies = fate === "drop" ? 0 : fate === "twice" ? 2 : 1;
+      if (fate === "drop") this.stats.dropped++;
+      if (fate === "twice") this.stats.duplicated++;
+      for (let c = 0; c < copies; c++)
+        void this.sim.step(`net ${from.site}→${to.site} ${label}`).then(() => to.deliver(op));
+    }
+  }
+
+  /**
+   * Anti-entropy as the reconciler does it, until a round finds nothing to move: each replica's
+   * version tree over `_meta` (what its watch-fed index holds), descend against every peer's tree,
+   * plan by version, read each key the peer has newer with readVersioned, and merge it here with
+   * applyOp (the merger's `merge` endpoint). All pulls of a round race.
+   */
+  async repair(maxRounds = 5): Promise<void> {
+    for (let round = 0; round < maxRounds; round++) {
+      const trees = new Map(this.replicas.map((r) => [r, treeOf(r)]));
+      const pulls: Promise<void>[] = [];
+      for (const a of this.replicas) {
+        for (const b of this.replicas) {
+          if (a === b) continue;
+          const ta = trees.get(a)!;
+          const tb = trees.get(b)!;
+          const d = await descend(ta, treeSource(tb), { smallCount: 2 });
+          if (d.list.length === 0) continue;
+          const p = plan(ta.entries(d.list), tb.entries(d.list));
+          for (const key of p.pull) pulls.push(this.pull(a, b, key));
+        }
+      }
+      if (pulls.length === 0) return;
+      this.stats.repairRounds++;
+      await this.settle();
+      await Promise.all(pulls);
+    }
+    this.violations.push(`repair still moving keys after ${maxRounds} rounds`);
+  }
+
+  private async pull(to: Replica, from: Replica, key: string): Promise<void> {
+    try {
+      const known = from.meta.peek(key);
+      const vv = await readVersioned(
+        { meta: from.meta.as("reconciler"), data: from.bucket, nodeId: from.nodeId },
+        key,
+        known ? { ts: known.ts, node_id: known.node_id, deleted: known.deleted } : undefined,
+      );
+      if (!vv.ok) {
+        this.stats.inFlux++;
+        return;
+      }
+      const op = makeOp({
+        bucket: BUCKET,
+        key,
+        ts: vv.version.ts,
+        nodeId: vv.version.node_id,
+        deleted: vv.version.deleted,
+        value: vv.value,
+      });
+      to.merges.push(await applyOp(to.mergeDeps, op));
+      this.stats.repaired++;
+    } catch (err) {
+      this.violations.push(`error in repair ${from.site}→${to.site} ${key}: ${(err as Error)?.stack ?? err}`);
+    }
+  }
+
+  /** The model: per key, the greatest published op by lww.compare. */
+  expected(): Map<string, { state: Versioned; op: Op }> {
+    const out = new Map<string, { state: Versioned; op: Op }>();
+    for (const p of this.published) {
+      const state = opVersioned(p.op);
+      const cur = out.get(p.op.key);
+      if (!cur || compare(state, cur.state) > 0) out.set(p.op.key, { state, op: p.op });
+    }
+    return out;
+  }
+
+  /** I2 (collected while running), I3, I4, errors: violations of the watcher-side invariants. */
+  checkLocal(): string[] {
+    const out = [...this.violations];
+    for (const r of this.replicas) {
+      // I3: every local write published once, unless a newer local write of its key superseded it
+      const newestLocal = new Map<string, number>();
+      for (const e of r.bucket.log) if (!e.version) newestLocal.set(e.key, e.rev);
+      for (const e of r.bucket.log) {
+        const got = r.outcomes.get(e.rev) ?? [];
+        if (got.length !== 1) {
+          out.push(`${r.site} rev ${e.rev} (${e.key}) handled ${got.length} times by the watcher: ${got}`);
+          continue;
+        }
+        const o = got[0]!;
+        if (e.version) {
+          if (o !== "skipped_echo") out.push(`I2 ${r.site} rev ${e.rev} has headers, watcher said ${o}`);
+          continue;
+        }
+        if (o === "published") continue;
+        if (o === "skipped_superseded" && newestLocal.get(e.key)! > e.rev) {
+          this.stats.superseded++;
+          continue;
+        }
+        out.push(
+          `I3 ${r.site} local write rev ${e.rev} (${e.key}${e.deleted ? " DEL" : ""}) was ${o}, newest local write of the key is rev ${newestLocal.get(e.key)}`,
+        );
+      }
+      // I4: a stamp is above every version the site held for the key
+      for (const s of r.stamps) {
+        if (s.held && compareVersions(s.version, s.held) <= 0)
+          out.push(`I4 ${r.site} stamped ${s.key} ${show(s.version)} while holding ${show(s.held)}`);
+      }
+      // `_meta` only moves up (equal versions: only value → tombstone or a greater value)
+      for (const c of r.meta.history) {
+        if (!c.prev) continue;
+        const d = compareVersions(c.version, c.prev);
+        if (d < 0 || (d === 0 && c.prev.deleted && !c.version.deleted))
+          out.push(`${r.site} _meta ${c.key} went back: ${show(c.prev)} → ${show(c.version)} (${c.caller})`);
+      }
+    }
+    return out;
+  }
+
+  /** I1: every replica's bucket and `_meta` equal the model. */
+  checkConverged(): string[] {
+    const out: string[] = [];
+    const want = this.expected();
+    for (const r of this.replicas) {
+      const meta = r.meta.snapshot();
+      const data = r.bucket.contents();
+      for (const [key, { state }] of want) {
+        const m = meta.get(key);
+        if (!m || m.ts !== state.ts || m.node_id !== state.node_id || m.deleted !== state.deleted)
+          out.push(`I1 ${r.site} _meta ${key} = ${show(m)}, model ${show(state)}`);
+        const v = data.get(key);
+        const ok = state.deleted ? v === undefined : v !== undefined && compareBytes(v, state.value!) === 0;
+        if (!ok)
+          out.push(
+            `I1 ${r.site} bucket ${key} = ${showBytes(v)}, model ${state.deleted ? "absent" : showBytes(state.value)} (${show(state)})`,
+          );
+      }
+      for (const key of new Set([...meta.keys(), ...data.keys()]))
+        if (!want.has(key)) out.push(`I1 ${r.site} holds ${key}, which no published op wrote`);
+    }
+    return out;
+  }
+
+  /** Every op of the model, for a failure message. */
+  describeModel(): string {
+    return this.published
+      .map((p) => `  ${p.origin}@${p.from}${p.rev ? ` rev ${p.rev}` : ""}: ${JSON.stringify(p.op)}`)
+      .join("\n");
+  }
+
+  /** Count merge results of every replica into the stats. */
+  tally(): Stats {
+    for (const r of this.replicas)
+      for (const m of r.merges) this.stats[m.result as "applied" | "stale" | "duplicate"]++;
+    for (const r of this.replicas)
+      for (const s of r.stamps) if (s.held && s.version.ts === s.held.ts + 1) this.stats.heldPlusOne++;
+    return this.stats;
+  }
+}
+
+/** A replica's version tree, as its reconciler's index builds it from `_meta`. */
+function treeOf(r: Replica): VersionTree {
+  const t = new VersionTree(2);
+  for (const [key, v] of r.meta.snapshot()) t.set(key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted });
+  return t;
+}
