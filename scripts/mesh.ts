@@ -9,7 +9,8 @@
  *   node --import tsx scripts/mesh.ts site <site> start|stop|status [flags]  (./scripts/site.sh)
  *
  * State: `$MESH_DIR/mesh.json` (default <repo>/.mesh) plus pid files:
- * `hub/hub.pid`, `site-<x>/server.pid`, `site-<x>/<kind>-<n>.pid`; logs next to them.
+ * `hub/hub.pid`, `site-<x>/server.pid`, `site-<x>/<kind>-<n>.pid`. Logs: `$MESH_DIR/logs/hub.log`,
+ * `$MESH_DIR/logs/site-<x>/{server,<kind>-<n>}.log` (kept by down, cleared by the next up).
  */
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
@@ -17,7 +18,7 @@ import { connect } from "@nats-io/transport-node";
 import { ConfigError, loadConfig } from "../services/lib/config.ts";
 import { connectNats } from "../services/lib/connect.ts";
 import { openOrCreateBucket } from "./lib/buckets.ts";
-import { isAlive } from "./lib/proc.ts";
+import { isAlive, readPidFile, stopProc } from "./lib/proc.ts";
 import {
   type PingAnswer,
   SERVICE_KINDS,
@@ -34,6 +35,8 @@ class UsageError extends Error {}
 
 const meshDir = (): string => path.resolve(env.MESH_DIR || path.join(REPO_ROOT, ".mesh"));
 const stateFile = (): string => path.join(meshDir(), "mesh.json");
+const logDir = (): string => path.join(meshDir(), "logs");
+const siteLogDir = (site: string): string => path.join(logDir(), `site-${site}`);
 
 /** What mesh.json holds. `hub`/`sites` are the documented part; `topology` is for re-attaching. */
 type MeshState = {
@@ -116,7 +119,7 @@ function writeState(st: MeshState): void {
 }
 
 function attachServices(site: string, dir: string, natsUrl: string): SiteServices {
-  return SiteServices.attach({ site, natsUrl, dir, detached: true });
+  return SiteServices.attach({ site, natsUrl, dir, logDir: siteLogDir(site), detached: true });
 }
 
 /** Every process recorded in the state: [label, alive]. */
@@ -148,11 +151,29 @@ function listEnv(name: string, def: string): string[] {
     .filter(Boolean);
 }
 
+/** Live processes named by pid files in MESH_DIR (whatever mesh.json says). */
+function leftovers(dir: string): string[] {
+  const out: string[] = [];
+  if (!existsSync(dir)) return out;
+  const hubPid = readPidFile(path.join(dir, "hub", "hub.pid"));
+  if (hubPid && isAlive(hubPid, path.join(dir, "hub", "hub.conf"))) out.push(`hub (pid ${hubPid})`);
+  for (const f of readdirSync(dir)) {
+    const m = /^site-([A-Za-z0-9_-]+)$/.exec(f);
+    if (!m) continue;
+    const d = path.join(dir, f);
+    const pid = readPidFile(path.join(d, "server.pid"));
+    if (pid && isAlive(pid, path.join(d, "server.conf"))) out.push(`site-${m[1]} nats-server (pid ${pid})`);
+    for (const i of attachServices(m[1] as string, d, "").instances)
+      if (i.alive()) out.push(`site ${m[1]} ${i.name} (pid ${i.pid})`);
+  }
+  return out;
+}
+
 /** Remove what a previous (dead) mesh left in MESH_DIR: only the entries this script creates. */
 function cleanMeshDir(dir: string): void {
   if (!existsSync(dir)) return;
   for (const f of readdirSync(dir)) {
-    if (f === "mesh.json" || f === "hub" || /^site-[A-Za-z0-9_-]+$/.test(f))
+    if (f === "mesh.json" || f === "hub" || f === "logs" || /^site-[A-Za-z0-9_-]+$/.test(f))
       rmSync(path.join(dir, f), { recursive: true, force: true });
   }
 }
@@ -171,7 +192,7 @@ function printSummary(st: MeshState, found?: Map<string, PingAnswer[]>): void {
   }
   const [a, b] = Object.values(st.sites);
   const bucket = st.buckets[0] ?? "config";
-  console.log(`\nstate ${stateFile()}; logs in ${st.dir}/hub/ and ${st.dir}/site-<x>/`);
+  console.log(`\nstate ${stateFile()}; logs in ${logDir()}/`);
   console.log("\nTry it (nats CLI: https://github.com/nats-io/natscli):");
   if (a) console.log(`  nats --server ${a.url} kv put ${bucket} app.theme dark`);
   if (b) console.log(`  nats --server ${b.url} kv get ${bucket} app.theme`);
@@ -220,11 +241,20 @@ async function up(): Promise<number> {
       console.error(`mesh partly running (state ${stateFile()}); not running:`);
       for (const p of procs.filter((x) => !x.alive)) console.error(`  ${p.label}`);
       console.error(
-        "run ./scripts/down.sh, then ./scripts/up.sh again (or ./scripts/hub.sh start / server.sh <site> start)",
+        "restart the missing parts (./scripts/hub.sh start, ./scripts/server.sh <site> start, ./scripts/site.sh <site> start)",
       );
+      console.error("or start over: ./scripts/down.sh && ./scripts/up.sh");
       return 1;
     }
     console.log(`stale mesh state in ${dir} (no recorded process is alive): cleaning up and starting fresh`);
+  } else {
+    const left = leftovers(dir);
+    if (left.length > 0) {
+      console.error(`no ${stateFile()}, but processes of an earlier mesh in ${dir} still run:`);
+      for (const l of left) console.error(`  ${l}`);
+      console.error("stop them with ./scripts/down.sh, then run ./scripts/up.sh again");
+      return 1;
+    }
   }
   cleanMeshDir(dir);
 
@@ -262,8 +292,10 @@ async function up(): Promise<number> {
 
   const t0 = Date.now();
   console.log(`starting hub + sites ${sites.join(", ")} in ${dir}`);
-  const topo = await Topology.start({ sites, dir, detached: true, hubPorts, sitePorts });
+  const topo = await Topology.start({ sites, dir, logDir: logDir(), detached: true, hubPorts, sitePorts });
   const svc = new Map<string, SiteServices>();
+  // Record the servers at once: should this process die from here on, down.sh still finds them.
+  writeState(buildState(topo, buckets, formatScale(scale), svc));
   try {
     for (const s of sites) {
       const nc = await connect({ servers: topo.site(s).url, name: "syncd-up" });
@@ -285,6 +317,7 @@ async function up(): Promise<number> {
           buckets,
           nodeId: `site-${s}`,
           dir: st.dir,
+          logDir: siteLogDir(s),
           detached: true,
           readyTimeoutMs: 60000,
         });
@@ -293,9 +326,10 @@ async function up(): Promise<number> {
       }),
     );
   } catch (err) {
-    console.error(`up failed, stopping what was started (logs kept in ${dir}):`);
+    console.error(`up failed, stopping what was started (logs kept in ${logDir()}):`);
     await Promise.all([...svc.values()].map((s) => s.stop()));
     await topo.stop();
+    rmSync(stateFile(), { force: true });
     throw err;
   }
   const st = buildState(topo, buckets, formatScale(scale), svc);
@@ -305,32 +339,64 @@ async function up(): Promise<number> {
   return 0;
 }
 
+/**
+ * Stop what the mesh in MESH_DIR started: the processes recorded in mesh.json and in the pid files
+ * (`hub/hub.pid`, `site-<x>/server.pid`, `site-<x>/<kind>-<n>.pid`, also without a mesh.json, e.g.
+ * after an interrupted up), each checked against its command line before it is signalled.
+ */
 async function down(): Promise<number> {
+  const dir = meshDir();
   const st = readState();
-  if (!st) {
-    console.log(`no mesh state at ${stateFile()}: nothing to stop`);
-    return 0;
-  }
-  const t = st.topology;
+  const siteDirs = new Map<string, string>();
+  for (const [k, s] of Object.entries(st?.topology.sites ?? {})) siteDirs.set(k, s.dir);
+  if (existsSync(dir))
+    for (const f of readdirSync(dir)) {
+      const m = /^site-([A-Za-z0-9_-]+)$/.exec(f);
+      if (m && !siteDirs.has(m[1] as string)) siteDirs.set(m[1] as string, path.join(dir, f));
+    }
+  const hubConf = st?.topology.hub.confFile ?? path.join(dir, "hub", "hub.conf");
+  const hubPidFile = st?.topology.hub.pidFile ?? path.join(dir, "hub", "hub.pid");
   // services first, then the site servers, then the hub
+  let stopped = 0;
   await Promise.all(
-    Object.entries(t.sites).map(async ([k, s]) => {
-      const ss = attachServices(k, s.dir, s.url);
+    [...siteDirs].map(async ([k, d]) => {
+      const ss = attachServices(k, d, "");
       const live = ss.instances.filter((i) => i.alive());
+      stopped += live.length;
       if (live.length)
         console.log(`stopping site ${k} services: ${live.map((i) => `${i.name} (pid ${i.pid})`).join(", ")}`);
       await ss.stop();
     }),
   );
-  const topo = Topology.attach(t);
-  for (const [k, s] of Object.entries(topo.sites))
-    if (s.pid) console.log(`stopping site-${k} nats-server (pid ${s.pid})`);
-  if (topo.hub.pid) console.log(`stopping hub (pid ${topo.hub.pid})`);
-  await topo.stop();
-  for (const s of Object.values(t.sites)) rmSync(s.storeDir, { recursive: true, force: true });
+  const server = async (label: string, pidFile: string, conf: string, recordedPid?: number | null) => {
+    for (const pid of new Set([recordedPid ?? undefined, readPidFile(pidFile)])) {
+      if (!pid || !isAlive(pid, conf)) continue;
+      console.log(`stopping ${label} (pid ${pid})`);
+      stopped++;
+      await stopProc({ pid, marker: conf });
+    }
+    rmSync(pidFile, { force: true });
+  };
+  await Promise.all(
+    [...siteDirs].map(([k, d]) => {
+      const rec = st?.topology.sites[k];
+      return server(
+        `site-${k} nats-server`,
+        rec?.pidFile ?? path.join(d, "server.pid"),
+        rec?.confFile ?? path.join(d, "server.conf"),
+        rec?.pid,
+      );
+    }),
+  );
+  await server("hub", hubPidFile, hubConf, st?.topology.hub.pid);
+  if (!st && stopped === 0) {
+    console.log(`no mesh running in ${dir}: nothing to stop`);
+    return 0;
+  }
+  for (const d of siteDirs.values()) rmSync(path.join(d, "store"), { recursive: true, force: true });
   rmSync(stateFile(), { force: true });
   console.log(
-    `mesh stopped; JetStream data and ${stateFile()} removed, logs kept in ${st.dir} (until the next up)`,
+    `mesh stopped; JetStream data and ${stateFile()} removed, logs kept in ${logDir()} (until the next up)`,
   );
   return 0;
 }
@@ -420,12 +486,12 @@ async function serverCmd(args: string[]): Promise<number> {
 async function siteCmd(args: string[]): Promise<number> {
   const [site, action, ...rest] = args;
   const usage =
-    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--state-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
+    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--state-dir DIR] [--log-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
   if (!site || !/^[A-Za-z0-9_-]+$/.test(site) || !["start", "stop", "status"].includes(action ?? ""))
     throw new UsageError(usage);
   const opts: Record<string, string> = {};
   const pass: string[] = [];
-  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "state-dir"];
+  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "state-dir", "log-dir"];
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i] as string;
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
@@ -442,7 +508,10 @@ async function siteCmd(args: string[]): Promise<number> {
   const clock = opts.clock || env.SYNCD_CLOCK || undefined;
   if (clock !== undefined && clock !== "hlc" && clock !== "lamport")
     throw new UsageError("--clock must be hlc or lamport");
-  const dir = path.resolve(opts["state-dir"] || env.SYNCD_STATE_DIR || path.join(meshDir(), `site-${site}`));
+  const stateDir = opts["state-dir"] || env.SYNCD_STATE_DIR;
+  const dir = path.resolve(stateDir || path.join(meshDir(), `site-${site}`));
+  // Logs: next to the pid files of an explicit state dir, else where up.sh puts the site's logs.
+  const logs = path.resolve(opts["log-dir"] || env.SYNCD_LOG_DIR || (stateDir ? dir : siteLogDir(site)));
   const scale = parseScale(opts.scale || env.SCALE || undefined);
 
   // The readiness PING uses the services' own config parsing and connection (auth, TLS).
@@ -462,6 +531,7 @@ async function siteCmd(args: string[]): Promise<number> {
     ...(clock ? { clock: clock as "hlc" | "lamport" } : {}),
     extraArgs: pass,
     dir,
+    logDir: logs,
     detached: true,
     readyTimeoutMs: 60000,
     connect: () => connectNats({ ...config, natsUrl: natsUrl.split(",") }, `syncd-site-sh-${site}`),
@@ -511,7 +581,7 @@ async function siteCmd(args: string[]): Promise<number> {
     console.log(
       `site ${site}: started ${started.map((i) => `${i.name} (pid ${i.pid})`).join(", ")} against ${natsUrl}; all answer PING`,
     );
-    console.log(`logs and pid files in ${dir}; stop with ./scripts/site.sh ${site} stop`);
+    console.log(`pid files in ${dir}, logs in ${logs}; stop with ./scripts/site.sh ${site} stop`);
   }
   return 0;
 }
@@ -537,6 +607,9 @@ async function main(argv: string[]): Promise<number> {
       );
   }
 }
+
+// A closed stdout (e.g. `./scripts/up.sh | head`) must not kill a launcher half-way.
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),

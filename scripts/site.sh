@@ -8,7 +8,8 @@
 #   --node-id ID           ($SYNCD_NODE_ID, default site-<site>)
 #   --clock hlc|lamport    ($SYNCD_CLOCK, default hlc)
 #   --scale SPEC           ($SCALE, e.g. "merger=3,watcher=2"; unnamed kinds 1)
-#   --state-dir DIR        ($SYNCD_STATE_DIR, default $MESH_DIR/site-<site>): pid files and logs
+#   --state-dir DIR        ($SYNCD_STATE_DIR, default $MESH_DIR/site-<site>): pid files
+#   --log-dir DIR          ($SYNCD_LOG_DIR, default: the state dir if given, else $MESH_DIR/logs/site-<site>)
 # Every other flag goes to the services unchanged, e.g. --creds FILE, --user U --password P,
 # --tls-ca FILE, --reconcile-interval S (see `node --import tsx services/clock/main.ts --help`).
 # start starts the missing instances and waits until they answer $SRV.PING; status exits 0 when all

@@ -3,7 +3,7 @@
  *   node --import tsx services/<kind>/main.ts --site <site> --nats-url <url> --bucket <buckets>
  *        [--node-id ..] [--clock hlc|lamport] [extra args]
  * with cwd = repo root, the environment passed through plus SYNCD_INSTANCE=<kind>-<n> and LOG_LEVEL,
- * stdout+stderr appended to `<dir>/<kind>-<n>.log`, pid in `<dir>/<kind>-<n>.pid`.
+ * stdout+stderr appended to `<logDir>/<kind>-<n>.log`, pid in `<dir>/<kind>-<n>.pid`.
  * Readiness = `$SRV.PING.syncd-<kind>` answered by as many instances of the site as were started.
  */
 import { readdirSync } from "node:fs";
@@ -91,8 +91,10 @@ export type SiteServicesOptions = {
   clock?: "hlc" | "lamport";
   /** passed through to every service (auth, tuning) */
   extraArgs?: string[];
-  /** where logs and pid files go */
+  /** where pid files (and, without logDir, logs) go */
   dir: string;
+  /** where logs go (default: dir) */
+  logDir?: string;
   /** spawn detached (own process group, outlive this process) */
   detached?: boolean;
   /** base environment (default process.env) */
@@ -124,7 +126,7 @@ export class ServiceInstance {
     return this.owner.site;
   }
   get logFile(): string {
-    return path.join(this.owner.dir, `${this.name}.log`);
+    return path.join(this.owner.logDir, `${this.name}.log`);
   }
   get pidFile(): string {
     return path.join(this.owner.dir, `${this.name}.pid`);
@@ -179,6 +181,7 @@ export class ServiceInstance {
 export class SiteServices {
   readonly site: string;
   readonly dir: string;
+  readonly logDir: string;
   readonly instances: ServiceInstance[] = [];
   private readonly o: SiteServicesOptions;
 
@@ -186,6 +189,7 @@ export class SiteServices {
     this.o = o;
     this.site = o.site;
     this.dir = path.resolve(o.dir);
+    this.logDir = path.resolve(o.logDir ?? o.dir);
   }
 
   /**

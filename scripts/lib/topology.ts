@@ -10,7 +10,7 @@
  * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite.
  *
  * Layout of the working dir: `hub/{hub.conf,hub.log,hub.pid}`,
- * `site-<x>/{server.conf,server.log,server.pid,store/}`.
+ * `site-<x>/{server.conf,server.log,server.pid,store/}` (logs elsewhere with the `logDir` option).
  */
 import { constants, accessSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as os from "node:os";
@@ -77,6 +77,8 @@ export type TopologyOptions = {
   hubPorts?: { client?: number; http?: number; leaf?: number };
   /** ports of a site (index = position in `sites`, then order of addSite); missing → free */
   sitePorts?: (site: string, index: number) => PortSpec | undefined;
+  /** server logs go to `<logDir>/hub.log` and `<logDir>/site-<x>/server.log` (default: in each server's dir) */
+  logDir?: string;
   /** spawn servers detached (own process group, outlive this process); default false */
   detached?: boolean;
   /** nats-server binary; default $NATS_SERVER, nats-server on PATH, /usr/sbin/nats-server */
@@ -170,6 +172,7 @@ export class Topology {
   private readonly ownDir: boolean;
   private readonly keepDir: boolean;
   private readonly sitePorts: TopologyOptions["sitePorts"];
+  private readonly logDir: string | undefined;
   private readonly hubServer: Server;
   private readonly siteServers = new Map<string, Server>();
 
@@ -183,8 +186,10 @@ export class Topology {
     timeoutMs: number;
     probe: boolean;
     sitePorts: TopologyOptions["sitePorts"];
+    logDir: string | undefined;
     hub: Server;
   }) {
+    this.logDir = o.logDir;
     this.dir = o.dir;
     this.ownDir = o.ownDir;
     this.keepDir = o.keepDir;
@@ -229,7 +234,7 @@ export class Topology {
         leafUrl: `nats-leaf://${host}:${leafPort}`,
         dir: hubDir,
         confFile: path.join(hubDir, "hub.conf"),
-        logFile: path.join(hubDir, "hub.log"),
+        logFile: opts.logDir ? path.join(path.resolve(opts.logDir), "hub.log") : path.join(hubDir, "hub.log"),
         pidFile: path.join(hubDir, "hub.pid"),
       },
     };
@@ -243,6 +248,7 @@ export class Topology {
       timeoutMs: opts.timeoutMs ?? 20000,
       probe: opts.probe ?? true,
       sitePorts: opts.sitePorts,
+      logDir: opts.logDir ? path.resolve(opts.logDir) : undefined,
       hub,
     });
     try {
@@ -279,6 +285,7 @@ export class Topology {
       timeoutMs: opts.timeoutMs ?? 20000,
       probe: opts.probe ?? true,
       sitePorts: undefined,
+      logDir: undefined,
       hub,
     });
     topo.adopt(hub);
@@ -362,7 +369,7 @@ export class Topology {
         httpUrl: `http://${this.host}:${httpPort}`,
         dir,
         confFile: path.join(dir, "server.conf"),
-        logFile: path.join(dir, "server.log"),
+        logFile: path.join(this.logDir ? path.join(this.logDir, `site-${site}`) : dir, "server.log"),
         pidFile: path.join(dir, "server.pid"),
         storeDir: path.join(dir, "store"),
       },
