@@ -19,7 +19,7 @@ describe("I7 bad input", () => {
   let kv: KV;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a"], scale: process.env.NO_RECONCILER ? { reconciler: 0 } : undefined });
+    mesh = await startMesh({ sites: ["a"] });
     nc = await mesh.connect("a");
     kv = await mesh.kv("a");
   });
@@ -57,8 +57,13 @@ describe("I7 bad input", () => {
       JSON.stringify({ op: "put", bucket: "config", key: "a..b", value: "v", ts: 1, node_id: "x" }),
     ];
     for (const b of bads) nc.publish(OPS_INGRESS, b);
-    nc.publish(OPS_INGRESS, JSON.stringify({ op: "put", bucket: "config", key: "after.bad", value: "fine", ts: 10, node_id: "x" }));
-    await until(async () => (await kv.get("after.bad"))?.string() === "fine", { message: "good op behind bad ones" });
+    nc.publish(
+      OPS_INGRESS,
+      JSON.stringify({ op: "put", bucket: "config", key: "after.bad", value: "fine", ts: 10, node_id: "x" }),
+    );
+    await until(async () => (await kv.get("after.bad"))?.string() === "fine", {
+      message: "good op behind bad ones",
+    });
     const jsm = await jetstreamManager(nc);
     await until(async () => (await jsm.streams.info(Streams.dlq("a"))).state.messages === bads.length, {
       message: "dead letters",

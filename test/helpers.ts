@@ -12,17 +12,23 @@ import { Durables, Streams, endpointSubject, kvStream, metaBucket } from "../ser
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Poll `fn` until it returns a truthy value; throw with `message` and the last value after `timeout` ms. */
-export async function until<T>(fn: () => Promise<T> | T, opts: { timeout?: number; interval?: number; message?: string } = {}): Promise<T> {
+export async function until<T>(
+  fn: () => Promise<T> | T,
+  opts: { timeout?: number; interval?: number; message?: string } = {},
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + (opts.timeout ?? 15_000);
   let last: unknown;
   for (;;) {
     try {
       last = await fn();
-      if (last) return last as T;
+      if (last) return last as NonNullable<T>;
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`${opts.message ?? "condition not met"} (last: ${String(last instanceof Error ? last.message : JSON.stringify(last))})`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `${opts.message ?? "condition not met"} (last: ${String(last instanceof Error ? last.message : JSON.stringify(last))})`,
+      );
     await sleep(opts.interval ?? 100);
   }
 }
@@ -69,7 +75,10 @@ export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["co
 }
 
 /** Wait until every given site is quiet twice in a row. */
-export async function quiet(ncs: Record<string, NatsConnection>, opts: { timeout?: number } = {}): Promise<void> {
+export async function quiet(
+  ncs: Record<string, NatsConnection>,
+  opts: { timeout?: number } = {},
+): Promise<void> {
   let streak = 0;
   await until(
     async () => {
@@ -82,7 +91,12 @@ export async function quiet(ncs: Record<string, NatsConnection>, opts: { timeout
 }
 
 /** Wait until a site's IN stream sources every given peer (the reconciler adds them on discovery). */
-export async function peersLinked(nc: NatsConnection, site: string, peers: string[], timeout = 20_000): Promise<void> {
+export async function peersLinked(
+  nc: NatsConnection,
+  site: string,
+  peers: string[],
+  timeout = 20_000,
+): Promise<void> {
   const jsm = await jetstreamManager(nc);
   await until(
     async () => {
@@ -95,6 +109,13 @@ export async function peersLinked(nc: NatsConnection, site: string, peers: strin
 }
 
 /** Call a syncd endpoint of a site. */
-export async function call<T>(nc: NatsConnection, site: string, service: "clock" | "watcher" | "merger" | "reconciler", endpoint: string, body: unknown = {}): Promise<T> {
-  return (await requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout: 10_000 })).value;
+export async function call<T>(
+  nc: NatsConnection,
+  site: string,
+  service: "clock" | "watcher" | "merger" | "reconciler",
+  endpoint: string,
+  body: unknown = {},
+): Promise<T> {
+  return (await requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout: 10_000 }))
+    .value;
 }

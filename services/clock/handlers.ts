@@ -20,9 +20,22 @@ export type ClockDeps = {
   cache: { hw: number; revision: number } | null;
   counts: { ticks: number; observed: number; conflicts: number; skew_refused: number };
   onSkew?: (ts: number, aheadMs: number) => void;
+  /** serializes this instance's updates, so only instances (not requests) race on the CAS */
+  serial: Serial;
 };
 
-const MAX_ATTEMPTS = 50;
+/** Runs async functions one at a time, in call order. */
+export class Serial {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+}
+
+const MAX_ATTEMPTS = 200;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function load(deps: ClockDeps): Promise<{ hw: number; revision: number } | null> {
   const e = await deps.kv.get(CLOCK_KEY);
@@ -50,6 +63,7 @@ async function advance(
     } catch (err) {
       if (!isCasConflict(err)) throw err;
       deps.counts.conflicts++;
+      if (attempt > 2) await sleep(Math.random() * Math.min(20, attempt));
       cur = await load(deps);
     }
   }

@@ -6,7 +6,7 @@ import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { ClockObserveRequest, ClockTickRequest, EmptyRequest } from "../lib/schemas.gen.ts";
 import { openOrCreateKv } from "../lib/site.ts";
 import { CLOCK_BUCKET, endpointSubject } from "../lib/subjects.ts";
-import { type ClockDeps, now, observeTs, tick } from "./handlers.ts";
+import { type ClockDeps, Serial, now, observeTs, tick } from "./handlers.ts";
 
 /** The clock's counters, shown in STATS data. */
 export const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0, skew_refused: 0 };
@@ -22,6 +22,7 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     now: Date.now,
     cache: null,
     counts,
+    serial: new Serial(),
     onSkew: (ts, aheadMs) =>
       log.warn({ ts, ahead_ms: aheadMs }, "refused a timestamp far ahead of physical time"),
   };
