@@ -4,7 +4,7 @@
  * site, and no server outlives a crashed test process.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { isAlive } from "../scripts/lib/proc.ts";
@@ -124,4 +124,30 @@ test("no server outlives a crashed test process", () => {
   const pids = JSON.parse(r.stdout.trim().split("\n").pop() ?? "[]") as number[];
   assert.equal(pids.length, 2, r.stdout + r.stderr);
   for (const pid of pids) assert.equal(isAlive(pid), false, `pid ${pid} still alive`);
+});
+
+test("no server outlives a test process stopped by SIGTERM", async () => {
+  const code = `
+    import { startMesh } from "./test/harness/mesh.ts";
+    const mesh = await startMesh({ services: false, sites: ["a"] });
+    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid]));
+    setInterval(() => {}, 1000);
+  `;
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const pids = await new Promise<number[]>((resolve, reject) => {
+    let buf = "";
+    child.stdout.on("data", (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes("\n")) resolve(JSON.parse(buf.split("\n")[0] as string) as number[]);
+    });
+    child.once("exit", (c) => reject(new Error(`child exited early (${c})`)));
+  });
+  assert.equal(pids.length, 2);
+  for (const pid of pids) assert.ok(isAlive(pid));
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  await exited;
+  await waitFor(() => pids.every((pid) => !isAlive(pid)), { timeout: 5000, message: "servers gone" });
 });
