@@ -324,18 +324,8 @@ export class SiteServices {
             );
           }
         }
-        const found = await pingSite(nc, this.site, 300);
-        missing = [];
-        for (const kind of SERVICE_KINDS) {
-          const mine = want.filter((i) => i.kind === kind);
-          if (mine.length === 0) continue;
-          const answers = found.filter((f) => f.kind === kind);
-          const names = new Set(answers.map((a) => a.instance));
-          const byName = mine.filter((i) => !names.has(i.name));
-          // Services that do not report `instance` are counted instead.
-          const unnamed = answers.filter((a) => a.instance === undefined).length;
-          if (byName.length > unnamed) missing.push(...byName.slice(unnamed).map((i) => i.name));
-        }
+        const found = await pingSite(nc, this.site, 300, (a) => missingOf(want, a).length === 0);
+        missing = missingOf(want, found);
         if (missing.length === 0) return;
         if (Date.now() - t0 > timeoutMs) {
           throw new Error(
@@ -353,6 +343,22 @@ export class SiteServices {
   async stop(): Promise<void> {
     await Promise.all(this.instances.map((i) => i.stop()));
   }
+}
+
+/** The names of the instances in `want` without a PING answer (by metadata.instance, else counted). */
+function missingOf(want: ServiceInstance[], found: PingAnswer[]): string[] {
+  const missing: string[] = [];
+  for (const kind of SERVICE_KINDS) {
+    const mine = want.filter((i) => i.kind === kind);
+    if (mine.length === 0) continue;
+    const answers = found.filter((f) => f.kind === kind);
+    const names = new Set(answers.map((a) => a.instance));
+    const byName = mine.filter((i) => !names.has(i.name));
+    // Services that do not report `instance` are counted instead.
+    const unnamed = answers.filter((a) => a.instance === undefined).length;
+    if (byName.length > unnamed) missing.push(...byName.slice(unnamed).map((i) => i.name));
+  }
+  return missing;
 }
 
 /** One `$SRV.PING` answer. */
@@ -373,9 +379,15 @@ export async function pingSite(
   nc: NatsConnection,
   site: string | undefined,
   waitMs = 300,
+  /** stop collecting early once this holds for the answers so far */
+  enough?: (answers: PingAnswer[]) => boolean,
 ): Promise<PingAnswer[]> {
   const out: PingAnswer[] = [];
   const reply = createInbox();
+  let wake: (() => void) | undefined;
+  const done = new Promise<void>((r) => {
+    wake = r;
+  });
   const sub = nc.subscribe(reply, {
     callback: (err, m) => {
       if (err) return;
@@ -393,6 +405,7 @@ export async function pingSite(
           instance: md.instance,
           metadata: md,
         });
+        if (enough?.(out)) wake?.();
       } catch {
         /* not JSON: ignore */
       }
@@ -402,7 +415,7 @@ export async function pingSite(
     await nc.flush();
     for (const kind of SERVICE_KINDS) nc.publish(`$SRV.PING.${ServiceName[kind]}`, "", { reply });
     await nc.flush();
-    await sleep(waitMs);
+    await Promise.race([sleep(waitMs), done]);
   } finally {
     sub.unsubscribe();
   }

@@ -235,8 +235,8 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
     for (const s of siteNames) mesh.sites[s] = siteInfo(topology, s);
     if (withServices) {
       const scale = parseScale(opts.scale);
-      // Sequentially: the first instances create the site's buckets and streams.
-      for (const s of siteNames) await siteServices(s).start(scale);
+      // Every site at once: each site's services create that site's buckets and streams.
+      await Promise.all(siteNames.map((s) => siteServices(s).start(scale)));
     }
   } catch (err) {
     const tails = logs(undefined, 20);
