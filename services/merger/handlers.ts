@@ -118,7 +118,8 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
     committed = true;
     // A local write not yet stamped will be stamped above this version: it wins, this op does not.
     if (!overwrite) return reply(MergeResult.stale, version);
-    if (!l && incoming.deleted) return reply(MergeResult.applied, version);
+    // Always write, also a tombstone over "no entry": the read of the bucket may be older than the
+    // read of _meta, and only the conditional write can tell (a concurrent older put may land).
     try {
       await b.data.write(op.key, incoming, l?.rev ?? 0);
     } catch (err) {
