@@ -93,7 +93,7 @@ describe("micro conformance at every server of a 2-site mesh", () => {
   const exercised: string[] = [];
 
   before(async () => {
-    mesh = await startMesh({ sites: [...SITES] });
+    mesh = await startMesh({ sites: [...SITES], scale: { clock: 1, watcher: 1, merger: 1, reconciler: 1 } });
     servers.hub = await mesh.connectHub();
     for (const s of SITES) servers[`site ${s}`] = await mesh.connect(s);
     const expected = SITES.length * KINDS.length;
