@@ -38,6 +38,7 @@ import {
 export const REPO_ROOT: string = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const HUB_CONF_FILE: string = path.join(REPO_ROOT, "deploy/nats/hub.conf");
 export const SITE_CONF_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site.conf.template");
+export const SITE_USERS_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site-users.conf.template");
 
 /** The addresses deploy/nats/hub.conf is written with; rendering replaces exactly these. */
 const HUB_CONF_DEFAULTS = { client: "127.0.0.1:7222", http: "127.0.0.1:7223", leaf: "127.0.0.1:7422" };
@@ -87,6 +88,10 @@ export type TopologyOptions = {
   timeoutMs?: number;
   /** also check request/reply between every pair of sites (default true) */
   probe?: boolean;
+  /** extra config of a site, written to `site-<x>/users.conf` and included by its server.conf */
+  siteInclude?: (site: string) => string | undefined;
+  /** credentials of the probe connections (when the sites require auth) */
+  auth?: { user: string; pass: string };
 };
 
 /** `$NATS_SERVER`, else `nats-server` on PATH, else /usr/sbin/nats-server (throws if none). */
@@ -105,6 +110,29 @@ export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string {
   throw new Error(
     "nats-server not found (set NATS_SERVER, put it on PATH, or run ./scripts/ensure-deps.sh to install it)",
   );
+}
+
+function fill(file: string, values: Record<string, string>): string {
+  return readFileSync(file, "utf8").replace(/\{\{([A-Z_]+)\}\}/g, (m, k: string) => {
+    const v = values[k];
+    if (v === undefined) throw new Error(`${file}: unknown placeholder ${m}`);
+    return v;
+  });
+}
+
+/** deploy/nats/site-users.conf.template with its placeholders filled. */
+export function renderSiteUsersConf(o: {
+  site: string;
+  syncdPassword: string;
+  appPassword: string;
+  adminPassword: string;
+}): string {
+  return fill(SITE_USERS_TEMPLATE, {
+    SITE: o.site,
+    SYNCD_PASSWORD: o.syncdPassword,
+    APP_PASSWORD: o.appPassword,
+    ADMIN_PASSWORD: o.adminPassword,
+  });
 }
 
 function replaceOnce(text: string, from: string, to: string, file: string): string {
@@ -137,18 +165,13 @@ export function renderSiteConf(o: {
   storeDir: string;
   hubLeafUrl: string;
 }): string {
-  const values: Record<string, string> = {
+  return fill(SITE_CONF_TEMPLATE, {
     SITE: o.site,
     HOST: o.host,
     CLIENT_PORT: String(o.clientPort),
     HTTP_PORT: String(o.httpPort),
     STORE_DIR: o.storeDir,
     HUB_LEAF_URL: o.hubLeafUrl,
-  };
-  return readFileSync(SITE_CONF_TEMPLATE, "utf8").replace(/\{\{([A-Z_]+)\}\}/g, (m, k: string) => {
-    const v = values[k];
-    if (v === undefined) throw new Error(`${SITE_CONF_TEMPLATE}: unknown placeholder ${m}`);
-    return v;
   });
 }
 
@@ -173,6 +196,8 @@ export class Topology {
   private readonly keepDir: boolean;
   private readonly sitePorts: TopologyOptions["sitePorts"];
   private readonly logDir: string | undefined;
+  private readonly siteInclude: TopologyOptions["siteInclude"];
+  private readonly auth: TopologyOptions["auth"];
   private readonly hubServer: Server;
   private readonly siteServers = new Map<string, Server>();
 
@@ -187,9 +212,13 @@ export class Topology {
     probe: boolean;
     sitePorts: TopologyOptions["sitePorts"];
     logDir: string | undefined;
+    siteInclude?: TopologyOptions["siteInclude"];
+    auth?: TopologyOptions["auth"];
     hub: Server;
   }) {
     this.logDir = o.logDir;
+    this.siteInclude = o.siteInclude;
+    this.auth = o.auth;
     this.dir = o.dir;
     this.ownDir = o.ownDir;
     this.keepDir = o.keepDir;
@@ -249,6 +278,8 @@ export class Topology {
       probe: opts.probe ?? true,
       sitePorts: opts.sitePorts,
       logDir: opts.logDir ? path.resolve(opts.logDir) : undefined,
+      siteInclude: opts.siteInclude,
+      auth: opts.auth,
       hub,
     });
     try {
@@ -411,17 +442,20 @@ export class Topology {
       );
     } else {
       const st = s.state as SiteState;
-      writeFileSync(
-        st.confFile,
-        renderSiteConf({
-          site: st.site,
-          host: st.host,
-          clientPort: st.clientPort,
-          httpPort: st.httpPort,
-          storeDir: st.storeDir,
-          hubLeafUrl: this.hub.leafUrl,
-        }),
-      );
+      let conf = renderSiteConf({
+        site: st.site,
+        host: st.host,
+        clientPort: st.clientPort,
+        httpPort: st.httpPort,
+        storeDir: st.storeDir,
+        hubLeafUrl: this.hub.leafUrl,
+      });
+      const extra = this.siteInclude?.(st.site);
+      if (extra !== undefined) {
+        writeFileSync(path.join(st.dir, "users.conf"), extra);
+        conf += '\ninclude "users.conf"\n';
+      }
+      writeFileSync(st.confFile, conf);
     }
   }
 
@@ -518,7 +552,11 @@ export class Topology {
     const t0 = Date.now();
     try {
       for (const s of sites) {
-        const nc = await connect({ servers: s.url, name: `topology-probe-${s.site}` });
+        const nc = await connect({
+          servers: s.url,
+          name: `topology-probe-${s.site}`,
+          ...(this.auth ? { user: this.auth.user, pass: this.auth.pass } : {}),
+        });
         ncs.set(s.site, nc);
         nc.subscribe(`_topology.probe.${s.site}`, { callback: (_e, m) => void m.respond(s.site) });
         await nc.flush();

@@ -27,7 +27,7 @@ import {
   SiteServices,
   parseScale,
 } from "../../scripts/lib/services.ts";
-import { Topology } from "../../scripts/lib/topology.ts";
+import { Topology, renderSiteUsersConf } from "../../scripts/lib/topology.ts";
 
 export { parseScale, sleep };
 export type { ServiceInstance, ServiceKind, Scale };
@@ -48,6 +48,12 @@ export type MeshOptions = {
   logLevel?: string;
   /** readiness timeout of the services in ms (default 30000) */
   readyTimeoutMs?: number;
+  /**
+   * Require auth on every site with deploy/nats/site-users.conf.template and these passwords: the
+   * services run as user `syncd`, the harness's own connections (connect, kv, probes) as `admin`
+   * unless connect() is given other credentials.
+   */
+  users?: { syncd: string; app: string; admin: string };
 };
 
 export type MeshSite = {
@@ -107,6 +113,12 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   const buckets = opts.buckets ?? ["config"];
   const keep = process.env.KEEP_MESH === "1";
   const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-mesh-"));
+  const users = opts.users;
+  const adminAuth = users ? { user: "admin", pass: users.admin } : undefined;
+  const serviceArgs = [
+    ...(users ? ["--user", "syncd", "--password", users.syncd] : []),
+    ...(opts.serviceArgs ?? []),
+  ];
   const conns = new Set<NatsConnection>();
   const kvConns = new Map<string, NatsConnection>();
   const services = new Map<string, SiteServices>();
@@ -126,8 +138,11 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
         buckets,
         nodeId: `site-${s}`,
         ...(opts.clock ? { clock: opts.clock } : {}),
-        extraArgs: opts.serviceArgs ?? [],
+        extraArgs: serviceArgs,
         dir: st.dir,
+        ...(adminAuth
+          ? { connect: () => connect({ servers: st.url, name: `syncd-launcher-${s}`, ...adminAuth }) }
+          : {}),
         ...(opts.logLevel ? { logLevel: opts.logLevel } : {}),
         ...(opts.readyTimeoutMs ? { readyTimeoutMs: opts.readyTimeoutMs } : {}),
       });
@@ -147,7 +162,13 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   /** connection → the server it talks to and whether it is connected right now */
   const connState = new Map<NatsConnection, { servers: string; connected: boolean }>();
   const track = async (servers: string, o: Partial<ConnectionOptions> = {}): Promise<NatsConnection> => {
-    const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 250, ...o });
+    const nc = await connect({
+      servers,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      ...adminAuth,
+      ...o,
+    });
     conns.add(nc);
     const st = { servers, connected: true };
     connState.set(nc, st);
@@ -230,7 +251,22 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   };
 
   try {
-    topology = await Topology.start({ sites: siteNames, dir });
+    topology = await Topology.start({
+      sites: siteNames,
+      dir,
+      ...(users
+        ? {
+            auth: adminAuth,
+            siteInclude: (site: string) =>
+              renderSiteUsersConf({
+                site,
+                syncdPassword: users.syncd,
+                appPassword: users.app,
+                adminPassword: users.admin,
+              }),
+          }
+        : {}),
+    });
     mesh.hub.url = topology.hub.url;
     for (const s of siteNames) mesh.sites[s] = siteInfo(topology, s);
     if (withServices) {

@@ -1,0 +1,141 @@
+/**
+ * deploy/nats/site-users.conf.template: the four services work as user `syncd` with only the
+ * permissions it grants (replication a → b, hand-made ops), and the users are refused what they must
+ * not do (a site's services forging another site's ops, an app forging a site's op stream).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { jetstream } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { requestJson } from "../services/lib/request.ts";
+import type { ReconcilerEntriesResponse, ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
+import { Headers, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
+
+const users = { syncd: "syncd-secret", app: "app-secret", admin: "admin-secret" };
+
+/** Publish on `subject` as the connection's user; resolve with the server's permission error, if any. */
+async function publishError(nc: NatsConnection, subject: string): Promise<string | undefined> {
+  let seen: string | undefined;
+  const watch = (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "error") {
+        seen = String(s.error?.message ?? s.error);
+        return;
+      }
+    }
+  })();
+  nc.publish(subject, "{}");
+  await nc.flush();
+  await eventually(() => assert.ok(seen), { timeout: 1000 }).catch(() => {});
+  void watch;
+  return seen;
+}
+
+describe("deploy: per-site users (site-users.conf.template)", () => {
+  let mesh: Mesh;
+
+  before(async () => {
+    mesh = await startMesh({ users, serviceArgs: ["--reconcile-interval", "0"] });
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  test("the services run as syncd; an app's write replicates to the other site", async () => {
+    const app = await mesh.connect("a", { user: "app", pass: users.app });
+    const kvApp = await new Kvm(app).open("config");
+    await kvApp.put("auth.k", "v1");
+    const kvB = await mesh.kv("b");
+    await eventually(async () => assert.equal((await kvB.get("auth.k"))?.string(), "v1"), {
+      timeout: 15000,
+      message: `a -> b\n${mesh.logs(undefined, 10)}`,
+    });
+  });
+
+  test("an app's hand-made op on rep.kv.ops is merged and replicated", async () => {
+    const app = await mesh.connect("a", { user: "app", pass: users.app });
+    const op = {
+      op: "put",
+      bucket: "config",
+      key: "auth.hand",
+      value: "h",
+      ts: Date.now() * 1000,
+      node_id: "by-hand",
+    };
+    app.publish("rep.kv.ops", JSON.stringify(op));
+    await app.flush();
+    const kvB = await mesh.kv("b");
+    await eventually(async () => assert.equal((await kvB.get("auth.hand"))?.string(), "h"), {
+      timeout: 15000,
+      message: "hand-made op at b",
+    });
+  });
+
+  test("syncd of site a may not publish site b's ops nor use b's JetStream", async () => {
+    const syncd = await mesh.connect("a", { user: "syncd", pass: users.syncd });
+    assert.match((await publishError(syncd, "rep.kv.ops.b")) ?? "no error", /permissions violation/i);
+    assert.match((await publishError(syncd, "$JS.b.API.INFO")) ?? "no error", /permissions violation/i);
+    assert.match((await publishError(syncd, "syncd.b.merger.get")) ?? "no error", /permissions violation/i);
+    assert.match((await publishError(syncd, "syncd.b.clock.tick")) ?? "no error", /permissions violation/i);
+    // its own ones are fine
+    assert.equal(await publishError(syncd, "syncd.a.nothing"), undefined);
+  });
+
+  test("an app may not forge a site's op stream nor call merge", async () => {
+    const app = await mesh.connect("a", { user: "app", pass: users.app });
+    assert.match((await publishError(app, "rep.kv.ops.a")) ?? "no error", /permissions violation/i);
+    assert.match((await publishError(app, "syncd.a.merger.merge")) ?? "no error", /permissions violation/i);
+    assert.match((await publishError(app, "$KV.config_meta.x")) ?? "no error", /permissions violation/i);
+  });
+
+  test("anti-entropy (digest, entries, pushed merges between sites) works as syncd", async () => {
+    // a difference behind the services' back on each site: bucket entry with version headers + _meta
+    const plant = async (site: string, key: string, value: string) => {
+      const nc = await mesh.connect(site);
+      const h = natsHeaders();
+      const ts = Date.now() * 1000;
+      h.set(Headers.ts, String(ts));
+      h.set(Headers.node, `site-${site}`);
+      const pa = await jetstream(nc).publish(kvSubject("config", key), value, { headers: h });
+      const meta = await new Kvm(nc).open(metaBucket("config"));
+      await meta.put(key, JSON.stringify({ ts, node_id: `site-${site}`, deleted: false, rev: pa.seq }));
+      await waitFor(
+        async () =>
+          (
+            await requestJson<ReconcilerEntriesResponse>(nc, endpointSubject(site, "reconciler", "entries"), {
+              bucket: "config",
+              keys: [key],
+            })
+          ).value.entries.length === 1,
+        { message: `${key} indexed at ${site}` },
+      );
+    };
+    await plant("a", "oob.a", "only at a");
+    await plant("b", "oob.b", "only at b");
+    const admin = await mesh.connect("a");
+    const { value } = await requestJson<ReconcilerRunResponse>(
+      admin,
+      endpointSubject("a", "reconciler", "run"),
+      { peers: ["b"] },
+      { timeout: 60_000 },
+    );
+    const run = value.runs[0];
+    assert.ok(run, JSON.stringify(value));
+    assert.equal(run.error, undefined, `${JSON.stringify(run)}\n${mesh.logs(undefined, 10)}`);
+    assert.equal(run.pulled, 1);
+    assert.equal(run.pushed, 1);
+    const kvA = await mesh.kv("a");
+    const kvB = await mesh.kv("b");
+    assert.equal((await kvA.get("oob.b"))?.string(), "only at b");
+    await eventually(async () => assert.equal((await kvB.get("oob.a"))?.string(), "only at a"));
+  });
+
+  test("no password, no connection", async () => {
+    await assert.rejects(
+      () => mesh.connect("a", { user: "app", pass: "wrong", maxReconnectAttempts: 0 }),
+      /auth/i,
+    );
+  });
+});
