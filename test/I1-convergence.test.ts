@@ -67,7 +67,11 @@ describe("I1 convergence between two leaf sites", () => {
       assert.equal(ca.get(k), cb.get(k), `${k}: sites differ`);
       assert.deepEqual({ ...va.get(k), rev: 0 }, { ...vb.get(k), rev: 0 }, `${k}: versions differ`);
       const winner = va.get(k)!;
-      assert.equal(ca.get(k), `from-${winner.node_id.slice(5)}-${k}`, `${k}: the value is not the winning version's`);
+      assert.equal(
+        ca.get(k),
+        `from-${winner.node_id.slice(5)}-${k}`,
+        `${k}: the value is not the winning version's`,
+      );
     }
   });
 
@@ -78,7 +82,14 @@ describe("I1 convergence between two leaf sites", () => {
     await until(async () => (await valueAt("a", "tomb")) === null);
     const tomb = (await versions(nc.a!)).get("tomb")!;
     // a stale put (one tick older than the tombstone), by hand at site a
-    const stale = { op: "put", bucket: "config", key: "tomb", value: "zombie", ts: tomb.ts - 1, node_id: "site-z" };
+    const stale = {
+      op: "put",
+      bucket: "config",
+      key: "tomb",
+      value: "zombie",
+      ts: tomb.ts - 1,
+      node_id: "site-z",
+    };
     nc.a!.publish(OPS_INGRESS, JSON.stringify(stale));
     await nc.a!.flush();
     await quiet(nc);
@@ -89,13 +100,36 @@ describe("I1 convergence between two leaf sites", () => {
 
   it("I1 a hand-made op on rep.kv.ops at any site is merged everywhere by the same rule", async () => {
     const ts = Date.now() * 1000 + 999;
-    nc.b!.publish(OPS_INGRESS, JSON.stringify({ op: "put", bucket: "config", key: "hand.made", value: "yes", ts, node_id: "operator" }));
+    nc.b!.publish(
+      OPS_INGRESS,
+      JSON.stringify({
+        op: "put",
+        bucket: "config",
+        key: "hand.made",
+        value: "yes",
+        ts,
+        node_id: "operator",
+      }),
+    );
     await until(async () => (await valueAt("a", "hand.made")) === "yes", { message: "hand-made op b→a" });
     assert.equal(await valueAt("b", "hand.made"), "yes");
     // a hand-made op that loses (lower ts) changes nothing
-    nc.a!.publish(OPS_INGRESS, JSON.stringify({ op: "put", bucket: "config", key: "hand.made", value: "no", ts: ts - 1, node_id: "zzz" }));
+    nc.a!.publish(
+      OPS_INGRESS,
+      JSON.stringify({
+        op: "put",
+        bucket: "config",
+        key: "hand.made",
+        value: "no",
+        ts: ts - 1,
+        node_id: "zzz",
+      }),
+    );
     // and a hand-made delete that wins removes it everywhere
-    nc.a!.publish(OPS_INGRESS, JSON.stringify({ op: "delete", bucket: "config", key: "hand.made", ts: ts + 1, node_id: "operator" }));
+    nc.a!.publish(
+      OPS_INGRESS,
+      JSON.stringify({ op: "delete", bucket: "config", key: "hand.made", ts: ts + 1, node_id: "operator" }),
+    );
     await until(async () => (await valueAt("b", "hand.made")) === null, { message: "hand-made delete a→b" });
     await quiet(nc);
     assert.equal(await valueAt("a", "hand.made"), null);

@@ -32,7 +32,12 @@ describe("I2 no echo", () => {
     for (let i = 0; i < 20; i++) await kv.a!.put(`echo.a.${i}`, `v${i}`);
     for (let i = 0; i < 10; i++) await kv.b!.put(`echo.b.${i}`, `v${i}`);
     // 5 keys written on both sites at once: a conflict must not ping-pong
-    await Promise.all(Array.from({ length: 5 }, (_, i) => [kv.a!.put(`echo.x.${i}`, "a"), kv.b!.put(`echo.x.${i}`, "b")]).flat());
+    await Promise.all(
+      Array.from({ length: 5 }, (_, i) => [
+        kv.a!.put(`echo.x.${i}`, "a"),
+        kv.b!.put(`echo.x.${i}`, "b"),
+      ]).flat(),
+    );
     await quiet(nc);
     assert.equal((await contents(kv.b!)).size, 35);
     assert.deepEqual(await contents(kv.a!), await contents(kv.b!));

@@ -10,7 +10,8 @@ import type { ClockNowResponse, ClockTickResponse } from "../services/lib/schema
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call } from "./helpers.ts";
 
-const tick = async (nc: NatsConnection, count = 1) => call<ClockTickResponse>(nc, "a", "clock", "tick", { count });
+const tick = async (nc: NatsConnection, count = 1) =>
+  call<ClockTickResponse>(nc, "a", "clock", "tick", { count });
 
 describe("clock", () => {
   const meshes: Mesh[] = [];

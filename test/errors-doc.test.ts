@@ -7,7 +7,10 @@ import { ErrorCode } from "../services/lib/errors.ts";
 it("README's Errors table lists every registered code with its status, and nothing else", () => {
   const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
   const section = readme.split(/^## Errors$/m)[1]?.split(/^## /m)[0] ?? "";
-  const rows = [...section.matchAll(/^\| `(SYNCD_ERR_[A-Z0-9_]+)` \| (\d{3}) \|/gm)].map((m) => [m[1]!, Number(m[2])]);
+  const rows = [...section.matchAll(/^\| `(SYNCD_ERR_[A-Z0-9_]+)` \| (\d{3}) \|/gm)].map((m) => [
+    m[1]!,
+    Number(m[2]),
+  ]);
   const registry = Object.entries(ErrorCode).map(([code, e]) => [code, e.status]);
   assert.ok(rows.length > 0, "no Errors table in README.md");
   assert.deepEqual(
