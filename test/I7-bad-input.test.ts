@@ -36,7 +36,7 @@ describe("I7 bad input", () => {
       return true;
     });
     await assert.rejects(call(nc, "a", "merger", "merge", { op: "put" }), /missing field/);
-    const r = await nc.request(`syncd.a.merger.merge`, new TextEncoder().encode("{nope"), { timeout: 5000 });
+    const r = await nc.request("syncd.a.merger.merge", new TextEncoder().encode("{nope"), { timeout: 5000 });
     assert.equal(r.headers?.get("Nats-Service-Error-Code"), "400");
     const stats = (await nc.request(`$SRV.STATS.${ServiceName.merger}`, "", { timeout: 5000 })).json<{
       endpoints: { name: string; num_errors: number; num_requests: number; last_error: string }[];
