@@ -11,6 +11,10 @@ import * as path from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Ajv, type Options } from "ajv";
+import addFormatsModule from "ajv-formats";
+
+// as in services/lib/schema-registry.ts: the standard formats (date-time) are known
+const addFormats = addFormatsModule as unknown as (a: Ajv) => Ajv;
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const SCHEMAS = path.join(REPO, "schemas");
@@ -66,7 +70,7 @@ describe("schemas/", () => {
   });
 
   it("every schema is valid against the draft-07 meta-schema and compiles in ajv strict mode", () => {
-    const ajv = new Ajv(STRICT);
+    const ajv = addFormats(new Ajv(STRICT));
     for (const [f, s] of parsed) {
       const ok = ajv.validateSchema(s);
       assert.ok(ok, `${f}: not a valid draft-07 schema: ${ajv.errorsText(ajv.errors)}`);

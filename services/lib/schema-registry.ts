@@ -4,12 +4,16 @@
  * message naming the field.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
+import addFormatsModule from "ajv-formats";
 import { SyncdError } from "./errors.ts";
 import { type SchemaId, schemas } from "./schemas.gen.ts";
 
 export type { SchemaId };
 
 const ajv = new Ajv({ allErrors: false, strict: true, strictRequired: false, useDefaults: false });
+// ajv-formats is CommonJS: its default export arrives as the module object under NodeNext.
+const addFormats = addFormatsModule as unknown as (a: Ajv) => Ajv;
+addFormats(ajv);
 for (const s of Object.values(schemas)) ajv.addSchema(s as object);
 const compiled = new Map<string, ValidateFunction>();
 
