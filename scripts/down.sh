@@ -4,5 +4,6 @@
 # Removes the state (mesh.json) and the JetStream data; keeps the logs ($MESH_DIR/logs/) until the
 # next up.
 set -euo pipefail
+export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."
 exec node --import tsx scripts/mesh.ts down

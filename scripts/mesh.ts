@@ -31,9 +31,24 @@ import { REPO_ROOT, type SiteState, Topology, type TopologyState } from "./lib/t
 
 const env = process.env;
 
+/**
+ * Where the user ran the script (the shell wrappers cd to the repo root and pass it along): relative
+ * paths the user gives (MESH_DIR, state/log dirs, credential and TLS files) are meant from there.
+ */
+const callerCwd = env.SYNCD_CALLER_CWD || process.cwd();
+const fromCaller = (p: string): string => path.resolve(callerCwd, p);
+
+/** Service flags and variables that name files: made absolute, as services run in the repo root. */
+const FILE_FLAGS = ["creds", "nkey", "tls-ca", "tls-cert", "tls-key"];
+const FILE_ENV = ["NATS_CREDS", "NATS_NKEY", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"];
+for (const k of FILE_ENV) {
+  const v = env[k];
+  if (v) env[k] = fromCaller(v);
+}
+
 class UsageError extends Error {}
 
-const meshDir = (): string => path.resolve(env.MESH_DIR || path.join(REPO_ROOT, ".mesh"));
+const meshDir = (): string => (env.MESH_DIR ? fromCaller(env.MESH_DIR) : path.join(REPO_ROOT, ".mesh"));
 const stateFile = (): string => path.join(meshDir(), "mesh.json");
 const logDir = (): string => path.join(meshDir(), "logs");
 const siteLogDir = (site: string): string => path.join(logDir(), `site-${site}`);
@@ -499,6 +514,10 @@ async function siteCmd(args: string[]): Promise<number> {
       const v = m[2] ?? rest[++i];
       if (v === undefined) throw new UsageError(`${a} needs a value\n${usage}`);
       opts[m[1] as string] = v;
+    } else if (m && FILE_FLAGS.includes(m[1] as string)) {
+      const v = m[2] ?? rest[++i];
+      if (v === undefined) throw new UsageError(`${a} needs a value\n${usage}`);
+      pass.push(`--${m[1]}`, fromCaller(v));
     } else pass.push(a);
   }
   const meshSite = readState()?.sites[site];
@@ -509,9 +528,10 @@ async function siteCmd(args: string[]): Promise<number> {
   if (clock !== undefined && clock !== "hlc" && clock !== "lamport")
     throw new UsageError("--clock must be hlc or lamport");
   const stateDir = opts["state-dir"] || env.SYNCD_STATE_DIR;
-  const dir = path.resolve(stateDir || path.join(meshDir(), `site-${site}`));
+  const dir = stateDir ? fromCaller(stateDir) : path.join(meshDir(), `site-${site}`);
   // Logs: next to the pid files of an explicit state dir, else where up.sh puts the site's logs.
-  const logs = path.resolve(opts["log-dir"] || env.SYNCD_LOG_DIR || (stateDir ? dir : siteLogDir(site)));
+  const logArg = opts["log-dir"] || env.SYNCD_LOG_DIR;
+  const logs = logArg ? fromCaller(logArg) : stateDir ? dir : siteLogDir(site);
   const scale = parseScale(opts.scale || env.SCALE || undefined);
 
   // The readiness PING uses the services' own config parsing and connection (auth, TLS).

@@ -3,5 +3,6 @@
 # site's nats-server (its services keep running and reconnect); start waits for the leaf connection
 # and for the site's services to answer again.
 set -euo pipefail
+export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."
 exec node --import tsx scripts/mesh.ts server "$@"

@@ -15,6 +15,7 @@
 # start starts the missing instances and waits until they answer $SRV.PING; status exits 0 when all
 # recorded instances run, 3 when none does.
 set -euo pipefail
+export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh --no-nats-server >&2
 exec node --import tsx scripts/mesh.ts site "$@"

@@ -10,6 +10,7 @@
 #   SITE_BASE_PORT=4222   SITE_PORT_STEP=1000   -> site i: client BASE+STEP*i, monitoring +1
 #   LOG_LEVEL=info   NATS_SERVER=<path of nats-server>   SYNCD_* settings pass through to the services
 set -euo pipefail
+export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh
 exec node --import tsx scripts/mesh.ts up

@@ -114,7 +114,7 @@ export function spawnLogged(o: SpawnOptions): Proc {
 /** A started process's description for messages. */
 export function describeExit(p: Proc): string {
   const e = p.exitInfo;
-  if (!e) return "running";
+  if (!e) return procAlive(p) ? "running" : "exited";
   if (e.error) return `could not start: ${e.error}`;
   return e.signal ? `killed by ${e.signal}` : `exited with code ${e.code}`;
 }

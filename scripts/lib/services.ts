@@ -278,7 +278,8 @@ export class SiteServices {
     try {
       await this.waitReady();
     } catch (err) {
-      if (!this.o.detached) await Promise.all(started.map((i) => i.stop()));
+      // Leave nothing half-started behind (also in detached mode: the caller reports the failure).
+      await Promise.all(started.map((i) => i.stop()));
       throw err;
     }
     return started;
