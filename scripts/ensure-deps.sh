@@ -31,10 +31,11 @@ if [ ! -f package-lock.json ]; then
   say "package-lock.json is missing: cannot run npm ci (run npm install once and commit the lock file)" >&2
   exit 1
 fi
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+# npm writes node_modules/.package-lock.json on every install: older than the lock file = stale.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing node modules (npm ci)"
   npm ci --no-audit --no-fund
-  touch node_modules
+  touch node_modules/.package-lock.json
 fi
 
 # --- nats-server ----------------------------------------------------------------------------------
