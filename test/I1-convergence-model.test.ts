@@ -9,19 +9,29 @@
  * I3 (each local write published unless superseded by a newer local one), I4 (a stamp is above
  * every version the site held for the key, whatever the clock and its stale blocks).
  *
- * Replay a failure: FC_SEED=<seed> FC_RUNS=<n> (fast-check prints the seed and the path).
+ * Replay a failure: FC_SEED=<seed> FC_RUNS=<n> runs the same cases again and shrinks again;
+ * FC_SEED=<seed> FC_PATH=<first number of the printed path> runs the failing case directly. (A
+ * whole shrunk path does not replay: fast-check's scheduler shrinks depend on the run.)
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { makeOp } from "../services/lib/op.ts";
+import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
 import { type MergeDeps, applyOp } from "../services/merger/handlers.ts";
+import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
+import { type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
 import { fcParams } from "./fc.ts";
-import { ManualSteps } from "./sim/sched.ts";
+import { type Call, ManualSteps } from "./sim/sched.ts";
 import { SimBucket, SimMeta } from "./sim/stores.ts";
 import { BUCKET, type Scenario, type Stats, World, scenario } from "./sim/world.ts";
 
 const RUNS = 100;
+/** fast-check parameters: FC_SEED / FC_RUNS (test/fc.ts), and FC_PATH to run one case directly. */
+const params = () =>
+  fcParams<[Scenario, fc.Scheduler]>({
+    numRuns: RUNS,
+    ...(process.env.FC_PATH ? { path: process.env.FC_PATH } : {}),
+  });
 
 function sum(into: Partial<Stats>, s: Stats): void {
   for (const [k, v] of Object.entries(s) as [keyof Stats, number][]) into[k] = (into[k] ?? 0) + v;
@@ -57,10 +67,10 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
   it("I1 I2 I3 I4 I5: every op delivered in any order, some twice, to racing watchers and mergers → every replica equals the model", async (t) => {
     const total: Partial<Stats> = {};
     await fc.assert(
-      fc.asyncProperty(scenario({ drops: false }), fc.scheduler(), (sc, s) =>
+      fc.asyncProperty(scenario({ drops: false, faults: false }), fc.scheduler(), (sc, s) =>
         run(sc, s, { repair: false }, total),
       ),
-      fcParams({ numRuns: RUNS }),
+      params(),
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.applied ?? 0) > 0 && (total.stale ?? 0) > 0 && (total.duplicate ?? 0) > 0);
@@ -69,65 +79,269 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
   it("I1 I3 I4 I5: ops dropped too, anti-entropy repair (reconciler version tree + plan) → every replica equals the model", async (t) => {
     const total: Partial<Stats> = {};
     await fc.assert(
-      fc.asyncProperty(scenario({ drops: true }), fc.scheduler(), (sc, s) =>
+      fc.asyncProperty(scenario({ drops: true, faults: false }), fc.scheduler(), (sc, s) =>
         run(sc, s, { repair: true }, total),
       ),
-      fcParams({ numRuns: RUNS }),
+      params(),
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.dropped ?? 0) > 0 && (total.repaired ?? 0) > 0);
   });
+
+  it("I1 I3 I4 I5 I6: store calls fail before or after their effect, messages redelivered, msgID dedupe on or off → every replica equals the model", async (t) => {
+    const total: Partial<Stats> = {};
+    await fc.assert(
+      fc.asyncProperty(scenario({ drops: true, faults: true }), fc.scheduler(), (sc, s) =>
+        run(sc, s, { repair: true }, total),
+      ),
+      params(),
+    );
+    t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
+    assert.ok((total.faults ?? 0) > 0 && (total.republished ?? 0) > 0);
+  });
 });
 
-describe("I1 I5 counterexamples found by the model, replayed step by step", () => {
+/** One site's stores and handlers, every call through `call`. */
+function site(call: Call, name: string) {
+  const meta = new SimMeta(call, name);
+  const data = new SimBucket(call, name);
+  const merge: MergeDeps = {
+    buckets: new Map([[BUCKET, { meta: meta.as("merger"), data, maxValueSize: -1 }]]),
+    observe: async () => {},
+    checkSkew: () => {},
+  };
+  const published: Op[] = [];
+  let clock = 0;
+  const watcher: WatcherDeps = {
+    site: name,
+    nodeId: name,
+    bucket: BUCKET,
+    meta: meta.as("watcher"),
+    tick: async () => ++clock,
+    js: {
+      publish: async (_subject, payload) => {
+        published.push(parseOp(payload as Uint8Array));
+        return { stream: `SYNCD_OUT_${name}`, seq: published.length, duplicate: false };
+      },
+    },
+  };
+  /** stamp the entry at `rev` as the watcher's consumer would deliver it */
+  const stamp = (rev: number) => {
+    const e = data.at(rev)!;
+    return stampEntry(watcher, { ...e, replicated: e.version !== null });
+  };
+  /** what a KV get shows */
+  const shows = (key: string) => {
+    const v = data.contents().get(key);
+    return v === undefined ? undefined : dec.decode(v);
+  };
+  return { meta, data, merge, watcher, published, stamp, shows };
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const put = (key: string, ts: number, nodeId: string, value: string) =>
+  makeOp({ bucket: BUCKET, key, ts, nodeId, deleted: false, value: enc.encode(value) });
+const del = (key: string, ts: number, nodeId: string) =>
+  makeOp({ bucket: BUCKET, key, ts, nodeId, deleted: true });
+/** every call at once, in program order */
+const direct: Call = async (_label, effect) => effect();
+
+describe("I1 I5 I6 counterexamples found by the model, replayed step by step", () => {
   /**
-   * Found by the property above (FC_SEED=1444258013, 3 merger instances, hand-made put at ts 0 and
-   * a later delete of the same key). Two mergers of one site (or the consumer and the `merge`
-   * endpoint the reconciler calls) apply a put P and a newer delete D of a key the bucket has never
-   * held. D reads the bucket before P writes it and `_meta` after P committed: D's CAS over P
-   * succeeds, and `if (!l && incoming.deleted) return applied` skips the bucket write on the stale
-   * "no entry". `_meta` says D (tombstone) while the bucket keeps P's value, forever: every later
-   * op older than D is stale, and anti-entropy compares `_meta` versions, which agree everywhere.
+   * Found by the first property (FC_SEED=1444258013 FC_RUNS=2000). Two mergers of one site (or the
+   * consumer and the `merge` endpoint the reconciler calls) apply a put P and a newer delete D of a
+   * key the bucket has never held. D reads "no entry", P commits `_meta` and writes the bucket, D
+   * reads `_meta` = P, wins, commits over P, and `if (!l && incoming.deleted) return applied`
+   * skips the bucket write on the stale "no entry". `_meta` says D while the bucket keeps P's value
+   * forever: later older ops are stale, and anti-entropy compares `_meta`, which agrees everywhere.
+   * (The order of the two reads does not matter: D may also read both before P's bucket write.)
    */
   it("I1 a delete merged concurrently with an older put of a new key leaves the key absent", async () => {
     const steps = new ManualSteps();
-    const meta = new SimMeta(steps.step, "site-b");
-    const data = new SimBucket(steps.step, "site-b");
-    const deps: MergeDeps = {
-      buckets: new Map([[BUCKET, { meta: meta.as("merger"), data, maxValueSize: -1 }]]),
-      observe: async () => {},
-      checkSkew: () => {},
-    };
-    const key = "app.lang";
-    const put = makeOp({
-      bucket: BUCKET,
-      key,
-      ts: 10,
-      nodeId: "site-a",
-      deleted: false,
-      value: new TextEncoder().encode("é"),
-    });
-    const del = makeOp({ bucket: BUCKET, key, ts: 20, nodeId: "site-c", deleted: true });
-
-    const d = applyOp(deps, del); // merger 1: reads meta and the bucket at once
-    await steps.release("latest"); // D: bucket has no entry
-    const p = applyOp(deps, put); // merger 2
+    const b = site(steps.call, "site-b");
+    const d = applyOp(b.merge, del("k", 20, "site-c")); // merger 1: reads meta and the bucket at once
+    await steps.release("latest"); // D: the bucket has no entry
+    const p = applyOp(b.merge, put("k", 10, "site-a", "é")); // merger 2
     await steps.release("meta.get", "last"); // P: no version
     await steps.release("latest", "last"); // P: no entry
     await steps.release("meta.cas"); // P commits
     await steps.release("write"); // P writes the bucket (rev 1)
     await steps.release("meta.get"); // D: meta = P, D wins
-    await steps.release("meta.cas"); // D commits over P
+    await steps.release("meta.cas"); // D commits over P, and returns without a bucket write
     await steps.drain();
     assert.equal((await p).result, "applied");
     assert.equal((await d).result, "applied");
-
-    assert.deepEqual(meta.peek(key), { ts: 20, node_id: "site-c", deleted: true, rev: 0 });
-    const shown = data.contents().get(key);
+    assert.deepEqual(b.meta.peek("k"), { ts: 20, node_id: "site-c", deleted: true, rev: 0 });
     assert.equal(
-      shown === undefined ? undefined : new TextDecoder().decode(shown),
+      b.shows("k"),
       undefined,
-      "_meta holds the tombstone 20/site-c but the bucket still shows the put 10/site-a",
+      "_meta holds the tombstone 20/site-c, the bucket the put 10/site-a",
+    );
+  });
+
+  /**
+   * Found by the first property once the case above is patched out (FC_SEED=515566482
+   * FC_RUNS=400). A delete X arrives twice (two merger instances, or a redelivery) and a newer put Y
+   * once. X1 is applied. X2 reads `_meta` = X; Y commits and writes the bucket; X2 reads the bucket
+   * = Y. For X2 the op equals `_meta` (cmp 0) and the bucket "does not hold it", so it "repairs"
+   * the bucket: writes X's tombstone over Y with expected revision = Y's entry, which succeeds.
+   * `_meta` says Y, the bucket says deleted. Same with a put of an empty value. The (meta, bucket)
+   * pair read by Promise.all is not a snapshot, and the repair path has no CAS on `_meta`.
+   */
+  it("I1 a duplicate of an older op does not overwrite a newer value committed meanwhile", async () => {
+    const steps = new ManualSteps();
+    const b = site(steps.call, "site-a");
+    const w = b.data.put("k", enc.encode("old")); // a stamped local write, so X writes a tombstone
+    await steps.drain();
+    await w;
+    const s1 = b.stamp(1);
+    await steps.drain();
+    assert.equal(await s1, "published");
+    const x = del("k", 10, "site-c");
+    const x1 = applyOp(b.merge, x);
+    await steps.drain(); // X applied: _meta X, bucket tombstone
+    assert.equal((await x1).result, "applied");
+    const x2 = applyOp(b.merge, x);
+    await steps.release("meta.get"); // X2: _meta = X
+    const y = applyOp(b.merge, put("k", 20, "site-b", "dark"));
+    await steps.release("meta.get", "last"); // Y: _meta = X
+    await steps.release("latest", "last"); // Y: the tombstone
+    await steps.release("meta.cas"); // Y commits
+    await steps.release("write"); // Y writes the bucket
+    await steps.release("latest"); // X2: the bucket shows Y
+    await steps.drain();
+    assert.equal((await y).result, "applied");
+    await x2;
+    assert.equal(b.meta.peek("k")?.ts, 20);
+    assert.equal(b.shows("k"), "dark", "_meta holds the put 20/site-b, the bucket X's tombstone 10/site-c");
+  });
+
+  /**
+   * Found by the first property with the two cases above patched (FC_SEED=-1824593109
+   * FC_RUNS=1100). A merger reads the bucket (a local write at rev 1, stamped) before the user
+   * deletes the key (rev 2, stamped) and `_meta` after. It wins and commits `_meta` with
+   * rev = l.rev = 1: `_meta`'s revision goes back. Its bucket write fails (rev 2 slipped in); the
+   * retry sees `_meta`.rev 1 < 2 and takes the stamped delete for an unstamped local write "that will
+   * be stamped above": stale, no write. Nobody stamps rev 2 again: the site keeps the key deleted
+   * while every other site holds the op's value, and every later op is refused the same way.
+   */
+  it("I1 a merger does not move _meta's revision back over a stamped local write", async () => {
+    const steps = new ManualSteps();
+    const b = site(steps.call, "site-b");
+    const w1 = b.data.put("k", enc.encode("a"));
+    await steps.drain();
+    await w1;
+    const s1 = b.stamp(1);
+    await steps.drain();
+    assert.equal(await s1, "published");
+    const h = applyOp(b.merge, put("k", 30, "site-d", "h"));
+    await steps.release("latest"); // the merger: rev 1 (local, stamped)
+    const w2 = b.data.delete("k");
+    await steps.release("user delete"); // rev 2
+    await w2;
+    const s2 = b.stamp(2);
+    await steps.release("watcher meta.get");
+    await steps.release("watcher meta.cas"); // stamped (2/site-b, DEL, rev 2)
+    assert.equal(await s2, "published");
+    await steps.drain(); // the merger: _meta = rev 2, wins, commits rev 1, write fails, retries: stale
+    await h;
+    assert.equal(b.meta.peek("k")?.ts, 30);
+    assert.equal(
+      b.shows("k"),
+      "h",
+      `_meta holds 30/site-d at rev ${b.meta.peek("k")?.rev}, the bucket the stamped local delete (rev 2)`,
+    );
+  });
+
+  /**
+   * Found by the third property (faults) with the cases above patched (FC_SEED=-520244464
+   * FC_RUNS=20). A merger commits op A over a stamped local write (rev 1) with rev = 1, then dies
+   * before writing the bucket (kill -9, or the write's request is lost). The redelivered A reads
+   * `_meta` = A (rev 1) and the local write at rev 1: bucketHolds says yes (l.rev >= m.rev), so the
+   * local value is taken for A's; with A's bytes smaller it is "stale", else a "duplicate": nothing
+   * is written. The bucket keeps the local value forever while `_meta` says A.
+   */
+  it("I1 I6 a merger killed between the _meta commit and the bucket write is repaired by redelivery", async () => {
+    const b = site(direct, "site-b");
+    await b.data.put("k", enc.encode("light"));
+    assert.equal(await b.stamp(1), "published");
+    const a = put("k", 20, "site-a", "dark");
+    const dying: MergeDeps = {
+      ...b.merge,
+      buckets: new Map([
+        [
+          BUCKET,
+          {
+            meta: b.meta.as("merger"),
+            data: {
+              latest: (key) => b.data.latest(key),
+              write: async () => {
+                throw new Error("killed");
+              },
+            },
+            maxValueSize: -1,
+          },
+        ],
+      ]),
+    };
+    await assert.rejects(applyOp(dying, a), /killed/);
+    const again = await applyOp(b.merge, a); // redelivered
+    assert.equal(b.meta.peek("k")?.ts, 20);
+    assert.equal(b.shows("k"), "dark", `redelivery said ${again.result}; the bucket kept the local value`);
+  });
+
+  /**
+   * Found by reading the watcher next to the case above. A hand-made op with this site's node_id
+   * overwrites a stamped local write: the merger commits it with rev = the local write's revision,
+   * so when the consumer redelivers that entry, "meta.rev == e.rev and node_id == self" takes the
+   * op for the watcher's own stamp and re-publishes the local value under the op's version:
+   * contents nobody wrote, with an existing (ts, node_id). Within the dedupe window the msgID drops
+   * it; after it (a long outage), peers take the greater bytes while this site keeps the other.
+   */
+  it("I2 I6 a re-published local write carries the version it was stamped with", async () => {
+    const a = site(direct, "site-a");
+    await a.data.put("k", enc.encode("zzz"));
+    assert.equal(await a.stamp(1), "published");
+    const first = a.published[0]!;
+    await applyOp(a.merge, put("k", first.ts + 5, "site-a", "aaa")); // hand-made, node_id site-a
+    assert.equal(a.shows("k"), "aaa");
+    const again = await a.stamp(1); // the consumer redelivers rev 1 (ack lost)
+    const republished = a.published.slice(1);
+    assert.ok(
+      again !== "republished" || republished.every((op) => op.ts === first.ts && op.value === first.value),
+      `re-published ${JSON.stringify(republished)}, first published ${JSON.stringify(first)}`,
+    );
+  });
+
+  /**
+   * Found by the second property (FC_SEED=1387323141 FC_RUNS=1100, with the merger cases patched).
+   * Two hand-made ops with the same (ts, node_id) and different values; the greater one is lost on
+   * the way to site-b. Anti-entropy compares versions only (entryHash and plan: key, ts, node_id,
+   * deleted), so the sites look equal and site-b keeps the smaller value forever.
+   */
+  it("I1 anti-entropy repairs equal versions with different contents", async () => {
+    const a = site(direct, "site-a");
+    const b = site(direct, "site-b");
+    const h1 = put("k", 5, "hand", "dark");
+    const h2 = put("k", 5, "hand", "light");
+    await applyOp(a.merge, h1);
+    await applyOp(a.merge, h2);
+    await applyOp(b.merge, h1); // h2 lost on the way to site-b
+    assert.equal(a.shows("k"), "light");
+    const tree = (s: ReturnType<typeof site>) => {
+      const t = new VersionTree(2);
+      for (const [k, v] of s.meta.snapshot()) t.set(k, v);
+      return t;
+    };
+    const ta = tree(a);
+    const tb = tree(b);
+    const d = await descend(tb, treeSource(ta));
+    const p = plan(tb.entries(d.list), ta.entries(d.list));
+    assert.deepEqual(
+      p.pull,
+      ["k"],
+      `site-b shows ${b.shows("k")}, site-a ${a.shows("k")}, both at 5/hand: the version trees are equal, nothing is pulled`,
     );
   });
 });

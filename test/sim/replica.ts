@@ -19,7 +19,7 @@ import {
   type WatcherDeps,
   stampEntry,
 } from "../../services/watcher/handlers.ts";
-import type { Choices, Sim } from "./sched.ts";
+import { type Choices, FaultError, type Sim } from "./sched.ts";
 import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";
 
 export type VersionId = { ts: number; node_id: string };
@@ -37,16 +37,18 @@ export class SimClock {
     private readonly nowMs: () => number,
   ) {}
 
-  async reserve(count: number): Promise<number> {
-    await this.sim.step(`${this.site} clock.tick ${count}`);
-    const r = reserve(this.mode, this.hw, count, this.nowMs());
-    this.hw = r.hw;
-    return r.start;
+  reserve(count: number): Promise<number> {
+    return this.sim.call(`${this.site} clock.tick ${count}`, () => {
+      const r = reserve(this.mode, this.hw, count, this.nowMs());
+      this.hw = r.hw;
+      return r.start;
+    });
   }
 
-  async observe(ts: number): Promise<void> {
-    await this.sim.step(`${this.site} clock.observe ${ts}`);
-    this.hw = observe(this.hw, ts);
+  observe(ts: number): Promise<void> {
+    return this.sim.call(`${this.site} clock.observe ${ts}`, () => {
+      this.hw = observe(this.hw, ts);
+    });
   }
 }
 
@@ -90,10 +92,14 @@ export type ReplicaConfig = {
   blockSize: number;
   watchers: number;
   mergers: number;
+  /** at-least-once: the watcher's consumer sometimes delivers an entry twice */
+  redeliver: boolean;
   nowMs: () => number;
 };
 
 const GATE_LIMIT = 64;
+/** a message that failed this often is a livelock, not bad luck */
+const MAX_DELIVERIES = 50;
 
 export class Replica {
   readonly site: string;
@@ -109,6 +115,7 @@ export class Replica {
   /** greatest version ever committed to `_meta`, per key */
   private readonly maxHeld = new Map<string, VersionId>();
   private readonly watcherGates: KeyedGate[];
+  private readonly watchers: WatcherDeps[];
   private readonly mergerGates: KeyedGate[];
 
   constructor(
@@ -119,8 +126,8 @@ export class Replica {
   ) {
     this.site = cfg.site;
     this.nodeId = cfg.site;
-    this.meta = new SimMeta(sim.step, `${cfg.site}`);
-    this.bucket = new SimBucket(sim.step, `${cfg.site}`);
+    this.meta = new SimMeta(sim.call, `${cfg.site}`);
+    this.bucket = new SimBucket(sim.call, `${cfg.site}`);
     this.clock = new SimClock(sim, cfg.site, cfg.mode, cfg.nowMs);
     this.mergeDeps = {
       buckets: new Map([[cfg.bucket, { meta: this.meta.as("merger"), data: this.bucket, maxValueSize: -1 }]]),
@@ -130,9 +137,8 @@ export class Replica {
     this.meta.onCommit = (c) => this.committed(c);
     this.watcherGates = Array.from({ length: cfg.watchers }, () => new KeyedGate(GATE_LIMIT));
     this.mergerGates = Array.from({ length: cfg.mergers }, () => new KeyedGate(GATE_LIMIT));
-    const watchers = this.watcherGates.map((_, i) => this.watcherDeps(i));
+    this.watchers = this.watcherGates.map((_, i) => this.watcherDeps(i));
     this.bucket.feed((e) => {
-      const w = this.choices.next(watchers.length);
       const entry: LocalEntry = {
         key: e.key,
         rev: e.rev,
@@ -140,27 +146,39 @@ export class Replica {
         value: e.value,
         replicated: e.version !== null,
       };
-      void this.watcherGates[w]!.submit(e.key, async () => {
-        try {
-          const outcome = await stampEntry(watchers[w]!, entry);
-          const list = this.outcomes.get(e.rev) ?? [];
-          list.push(outcome);
-          this.outcomes.set(e.rev, list);
-        } catch (err) {
-          this.net.fail(`${this.site} watcher#${w} rev ${e.rev}`, err);
-        }
-      });
+      this.watch(entry, 1);
+      if (cfg.redeliver && this.choices.next(4) === 1)
+        void sim.step(`${this.site} watcher redelivers rev ${e.rev}`).then(() => this.watch(entry, 2));
     });
   }
 
-  /** An op arrived on the site's inbound stream: one merger instance applies it. */
-  deliver(op: Op): void {
+  /** The watcher's durable consumer hands an entry to one instance; a failure is redelivered. */
+  private watch(entry: LocalEntry, delivery: number): void {
+    const w = this.choices.next(this.watchers.length);
+    void this.watcherGates[w]!.submit(entry.key, async () => {
+      try {
+        const outcome = await stampEntry(this.watchers[w]!, entry);
+        const list = this.outcomes.get(entry.rev) ?? [];
+        list.push(outcome);
+        this.outcomes.set(entry.rev, list);
+      } catch (err) {
+        const where = `${this.site} watcher#${w} rev ${entry.rev}`;
+        if (!(err instanceof FaultError) || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
+        void this.sim.step(`${where} nak`).then(() => this.watch(entry, delivery + 1));
+      }
+    });
+  }
+
+  /** An op arrived on the site's inbound stream: one merger instance applies it; a failure is redelivered. */
+  deliver(op: Op, delivery = 1): void {
     const m = this.choices.next(this.mergerGates.length);
     void this.mergerGates[m]!.submit(`${op.bucket}/${op.key}`, async () => {
       try {
         this.merges.push(await applyOp(this.mergeDeps, op));
       } catch (err) {
-        this.net.fail(`${this.site} merger#${m} ${JSON.stringify(op)}`, err);
+        const where = `${this.site} merger#${m} ${op.op} ${op.key} ${op.ts}/${op.node_id}`;
+        if (!(err instanceof FaultError) || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
+        void this.sim.step(`${where} nak`).then(() => this.deliver(op, delivery + 1));
       }
     });
   }

@@ -2,7 +2,8 @@
  * The seeded interleaving of a simulation. Every store call, clock request and network delivery is
  * one `step`: a promise that fast-check's scheduler resolves in an order it draws (and shrinks), so
  * that the tasks of one replica (watchers, mergers, users) and of the network genuinely race. The
- * effect of a call happens atomically right after its step, as a server applies a request.
+ * effect of a call happens atomically right after its step, as a server applies a request; with
+ * faults on, a call may fail before its effect (request lost) or after it (reply lost).
  *
  * There are no timers in a simulation: once the microtask queue is empty, every task waits on a
  * step. `drain` releases steps one at a time until none is left (quiescence).
@@ -12,18 +13,66 @@ import type { Scheduler } from "fast-check";
 /** Wait for the scheduler's go; `label` shows in fast-check's report of a failing interleaving. */
 export type Step = (label: string) => Promise<void>;
 
-/** A scheduler with a step counter (the simulated passage of time). */
+/** One request to a server: wait for the go, then apply `effect` atomically (or fail). */
+export type Call = <T>(label: string, effect: () => T) => Promise<T>;
+
+/** An injected failure of a request: its effect happened ("after") or not ("before"). */
+export class FaultError extends Error {
+  constructor(
+    readonly label: string,
+    readonly when: "before" | "after",
+  ) {
+    super(`injected fault ${when} effect: ${label}`);
+    this.name = "FaultError";
+  }
+}
+
+/** A small seeded PRNG (mulberry32): fault decisions that replay with the scenario. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Which calls fail: a rate and a seed (rate 0: none). Users' own writes never fail here. */
+export type Faults = { rate: number; seed: number };
+
+/** A scheduler with a step counter (the simulated passage of time) and optional faults. */
 export class Sim {
   /** steps released so far: the fake physical clock advances with it */
   steps = 0;
+  /** faults injected so far */
+  faults = 0;
   readonly step: Step;
+  readonly call: Call;
 
   constructor(
     private readonly s: Scheduler,
+    faults: Faults = { rate: 0, seed: 0 },
     /** guard against livelock: a run never needs this many steps */
     private readonly maxSteps = 200_000,
   ) {
     this.step = (label) => this.s.schedule(Promise.resolve(), label);
+    const rnd = prng(faults.seed);
+    this.call = async <T>(label: string, effect: () => T): Promise<T> => {
+      await this.step(label);
+      const r = faults.rate > 0 && !label.includes(" user ") ? rnd() : 1;
+      if (r < faults.rate / 2) {
+        this.faults++;
+        throw new FaultError(label, "before");
+      }
+      const out = effect();
+      if (r < faults.rate) {
+        this.faults++;
+        throw new FaultError(label, "after");
+      }
+      return out;
+    };
   }
 
   /** Release steps until every task is blocked on nothing: quiescence. */
@@ -65,6 +114,10 @@ export function settle(): Promise<void> {
 export class ManualSteps {
   private readonly pending: { label: string; go: () => void }[] = [];
   readonly step: Step = (label) => new Promise<void>((go) => this.pending.push({ label, go }));
+  readonly call: Call = async (label, effect) => {
+    await this.step(label);
+    return effect();
+  };
 
   async release(part: string, which: "first" | "last" = "first"): Promise<void> {
     await settle();

@@ -1,5 +1,6 @@
 /**
- * In-memory stores with the semantics the protocol relies on, every call one scheduler step:
+ * In-memory stores with the semantics the protocol relies on, every call one scheduler step (with
+ * faults on, a call may also fail before or after its effect):
  *
  * - `SimMeta` (`<bucket>_meta`): get → {version, revision} | null; cas(key, version, expected)
  *   throws CasConflictError when the entry's revision is not expected.revision, or when expected is
@@ -18,7 +19,7 @@ import {
   type MetaStoreLike,
   type Version,
 } from "../../services/lib/stores.ts";
-import type { Step } from "./sched.ts";
+import type { Call } from "./sched.ts";
 
 const EMPTY = new Uint8Array();
 
@@ -44,7 +45,7 @@ export class SimMeta {
   onCommit: ((c: MetaCommit) => void) | undefined;
 
   constructor(
-    private readonly step: Step,
+    private readonly call: Call,
     readonly name: string,
   ) {}
 
@@ -56,10 +57,11 @@ export class SimMeta {
     };
   }
 
-  async get(key: string, caller: Caller = "merger"): Promise<MetaEntry | null> {
-    await this.step(`${this.name} ${caller} meta.get ${key}`);
-    const e = this.entries.get(key);
-    return e ? { version: { ...e.version }, revision: e.revision } : null;
+  get(key: string, caller: Caller = "merger"): Promise<MetaEntry | null> {
+    return this.call(`${this.name} ${caller} meta.get ${key}`, () => {
+      const e = this.entries.get(key);
+      return e ? { version: { ...e.version }, revision: e.revision } : null;
+    });
   }
 
   async cas(
@@ -68,16 +70,23 @@ export class SimMeta {
     expected: MetaEntry | null,
     caller: Caller = "merger",
   ): Promise<number> {
-    await this.step(`${this.name} ${caller} meta.cas ${key} ${version.ts}/${version.node_id}`);
-    const cur = this.entries.get(key) ?? null;
-    if (expected === null ? cur !== null : cur === null || cur.revision !== expected.revision)
-      throw new CasConflictError(key);
-    const revision = ++this.seq;
-    this.entries.set(key, { version: { ...version }, revision });
-    const c: MetaCommit = { key, version: { ...version }, prev: cur ? cur.version : null, caller, revision };
-    this.history.push(c);
-    this.onCommit?.(c);
-    return revision;
+    return this.call(`${this.name} ${caller} meta.cas ${key} ${version.ts}/${version.node_id}`, () => {
+      const cur = this.entries.get(key) ?? null;
+      if (expected === null ? cur !== null : cur === null || cur.revision !== expected.revision)
+        throw new CasConflictError(key);
+      const revision = ++this.seq;
+      this.entries.set(key, { version: { ...version }, revision });
+      const c: MetaCommit = {
+        key,
+        version: { ...version },
+        prev: cur ? cur.version : null,
+        caller,
+        revision,
+      };
+      this.history.push(c);
+      this.onCommit?.(c);
+      return revision;
+    });
   }
 
   /** The current version of a key, without a step (checks, and the reconciler's watch-fed index). */
@@ -104,7 +113,7 @@ export class SimBucket implements BucketStoreLike {
   private readonly feeds: ((e: SimEntry) => void)[] = [];
 
   constructor(
-    private readonly step: Step,
+    private readonly call: Call,
     readonly name: string,
   ) {}
 
@@ -113,30 +122,29 @@ export class SimBucket implements BucketStoreLike {
     this.feeds.push(listener);
   }
 
-  async latest(key: string): Promise<BucketEntry | null> {
-    await this.step(`${this.name} latest ${key}`);
-    return this.peek(key);
+  latest(key: string): Promise<BucketEntry | null> {
+    return this.call(`${this.name} latest ${key}`, () => this.peek(key));
   }
 
-  async write(key: string, v: Versioned, expectedRev: number): Promise<number> {
-    await this.step(`${this.name} merger write ${key} ${v.ts}/${v.node_id}${v.deleted ? " DEL" : ""}`);
-    if ((this.last.get(key)?.rev ?? 0) !== expectedRev) throw new CasConflictError(key);
-    return this.append(key, v.deleted, v.deleted ? EMPTY : (v.value ?? EMPTY), {
-      ts: v.ts,
-      node_id: v.node_id,
+  write(key: string, v: Versioned, expectedRev: number): Promise<number> {
+    const label = `${this.name} merger write ${key} ${v.ts}/${v.node_id}${v.deleted ? " DEL" : ""}`;
+    return this.call(label, () => {
+      if ((this.last.get(key)?.rev ?? 0) !== expectedRev) throw new CasConflictError(key);
+      return this.append(key, v.deleted, v.deleted ? EMPTY : (v.value ?? EMPTY), {
+        ts: v.ts,
+        node_id: v.node_id,
+      });
     });
   }
 
   /** A user's put (any KV client): no headers. */
-  async put(key: string, value: Uint8Array): Promise<number> {
-    await this.step(`${this.name} user put ${key}`);
-    return this.append(key, false, value, null);
+  put(key: string, value: Uint8Array): Promise<number> {
+    return this.call(`${this.name} user put ${key}`, () => this.append(key, false, value, null));
   }
 
   /** A user's delete: a delete marker without headers. */
-  async delete(key: string): Promise<number> {
-    await this.step(`${this.name} user delete ${key}`);
-    return this.append(key, true, EMPTY, null);
+  delete(key: string): Promise<number> {
+    return this.call(`${this.name} user delete ${key}`, () => this.append(key, true, EMPTY, null));
   }
 
   /** The latest entry of a key, without a step. */

@@ -18,7 +18,7 @@ import { VersionTree, descend, plan, treeSource } from "../../services/reconcile
 import { readVersioned } from "../../services/reconciler/values.ts";
 import { opMsgId } from "../../services/watcher/handlers.ts";
 import { Replica } from "./replica.ts";
-import { Choices, Sim } from "./sched.ts";
+import { Choices, FaultError, type Faults, Sim } from "./sched.ts";
 
 export const BUCKET = "config";
 export const SITES = ["site-a", "site-b", "site-c", "site-d"] as const;
@@ -69,10 +69,16 @@ export type Scenario = {
   fates: Fate[];
   /** which watcher / merger instance gets each message */
   choices: number[];
+  /** store calls that fail before or after their effect (the message is redelivered) */
+  faults: Faults;
+  /** the watcher's consumer sometimes delivers an entry twice */
+  redeliver: boolean;
+  /** JetStream drops a re-published msgID (false: the dedupe window has passed) */
+  dedupe: boolean;
 };
 
 /** Scenarios; `drops` lets the network lose copies (then only repair can converge). */
-export function scenario(opts: { drops: boolean }): fc.Arbitrary<Scenario> {
+export function scenario(opts: { drops: boolean; faults: boolean }): fc.Arbitrary<Scenario> {
   const fate: fc.Arbitrary<Fate> = opts.drops
     ? fc.constantFrom<Fate>("once", "once", "twice", "drop")
     : fc.constantFrom<Fate>("once", "once", "twice");
@@ -104,8 +110,13 @@ export function scenario(opts: { drops: boolean }): fc.Arbitrary<Scenario> {
       }),
       { maxLength: 4 },
     ),
-    fates: fc.array(fate, { maxLength: 60 }),
-    choices: fc.array(fc.nat(5), { maxLength: 60 }),
+    fates: fc.array(fate, { maxLength: 60, size: "max" }),
+    choices: fc.array(fc.nat(11), { maxLength: 60, size: "max" }),
+    faults: opts.faults
+      ? fc.record({ rate: fc.constantFrom(0, 0.02, 0.05, 0.1), seed: fc.nat() })
+      : fc.constant({ rate: 0, seed: 0 }),
+    redeliver: opts.faults ? fc.boolean() : fc.constant(false),
+    dedupe: opts.faults ? fc.boolean() : fc.constant(true),
   });
 }
 
@@ -128,6 +139,8 @@ export type Stats = {
   repairRounds: number;
   repaired: number;
   inFlux: number;
+  faults: number;
+  republished: number;
 };
 
 const show = (v: { ts: number; node_id: string; deleted?: boolean } | null | undefined): string =>
@@ -158,13 +171,15 @@ export class World {
     repairRounds: 0,
     repaired: 0,
     inFlux: 0,
+    faults: 0,
+    republished: 0,
   };
 
   constructor(
     readonly sc: Scenario,
     s: fc.Scheduler,
   ) {
-    this.sim = new Sim(s);
+    this.sim = new Sim(s, sc.faults);
     this.fates = sc.fates;
     const choices = new Choices(sc.choices);
     this.replicas = SITES.slice(0, sc.sites).map(
@@ -178,6 +193,7 @@ export class World {
             blockSize: sc.blockSize,
             watchers: sc.watchers,
             mergers: sc.mergers,
+            redeliver: sc.redeliver,
             nowMs: () => BASE_MS + Math.floor(this.sim.steps / sc.stepsPerMs) + (sc.skewMs[i] ?? 0),
           },
           choices,
@@ -208,6 +224,7 @@ export class World {
   async settle(): Promise<void> {
     await this.sim.drain();
     this.stats.steps = this.sim.steps;
+    this.stats.faults = this.sim.faults;
   }
 
   private inject(r: Replica, h: Inject): void {
@@ -242,7 +259,7 @@ export class World {
       return { stream, seq: 0, duplicate: false };
     }
     if (subject !== opsSubject(from.site)) this.violations.push(`${from.site} published on ${subject}`);
-    if (msgID !== undefined) {
+    if (msgID !== undefined && this.sc.dedupe) {
       const seen = this.msgIds.get(msgID);
       if (seen !== undefined) return { stream, seq: seen, duplicate: true };
     }
@@ -297,7 +314,7 @@ export class World {
    * plan by version, read each key the peer has newer with readVersioned, and merge it here with
    * applyOp (the merger's `merge` endpoint). All pulls of a round race.
    */
-  async repair(maxRounds = 5): Promise<void> {
+  async repair(maxRounds = 8): Promise<void> {
     for (let round = 0; round < maxRounds; round++) {
       const trees = new Map(this.replicas.map((r) => [r, treeOf(r)]));
       const pulls: Promise<void>[] = [];
@@ -343,8 +360,13 @@ export class World {
       to.merges.push(await applyOp(to.mergeDeps, op));
       this.stats.repaired++;
     } catch (err) {
+      if (err instanceof FaultError) return; // the next round tries again
       this.violations.push(`error in repair ${from.site}→${to.site} ${key}: ${(err as Error)?.stack ?? err}`);
     }
+  }
+
+  private wasPublished(site: string, rev: number): boolean {
+    return this.published.some((p) => p.from === site && p.rev === rev);
   }
 
   /** The model: per key, the greatest published op by lww.compare. */
@@ -367,22 +389,25 @@ export class World {
       for (const e of r.bucket.log) if (!e.version) newestLocal.set(e.key, e.rev);
       for (const e of r.bucket.log) {
         const got = r.outcomes.get(e.rev) ?? [];
-        if (got.length !== 1) {
-          out.push(`${r.site} rev ${e.rev} (${e.key}) handled ${got.length} times by the watcher: ${got}`);
+        const what = `${r.site} rev ${e.rev} (${e.key}${e.deleted ? " DEL" : ""})`;
+        if (got.length === 0 || (!this.sc.redeliver && this.sc.faults.rate === 0 && got.length !== 1)) {
+          out.push(`${what} handled ${got.length} times by the watcher: ${got}`);
           continue;
         }
-        const o = got[0]!;
         if (e.version) {
-          if (o !== "skipped_echo") out.push(`I2 ${r.site} rev ${e.rev} has headers, watcher said ${o}`);
+          if (got.some((o) => o !== "skipped_echo")) out.push(`I2 ${what} has headers, watcher said ${got}`);
           continue;
         }
-        if (o === "published") continue;
-        if (o === "skipped_superseded" && newestLocal.get(e.key)! > e.rev) {
+        this.stats.republished += got.filter((o) => o === "republished").length;
+        const published = got.filter((o) => o === "published").length;
+        if (published > 1) out.push(`I3 ${what} stamped ${published} times`);
+        if (published === 1 || (got.includes("republished") && this.wasPublished(r.site, e.rev))) continue;
+        if (got.every((o) => o === "skipped_superseded") && newestLocal.get(e.key)! > e.rev) {
           this.stats.superseded++;
           continue;
         }
         out.push(
-          `I3 ${r.site} local write rev ${e.rev} (${e.key}${e.deleted ? " DEL" : ""}) was ${o}, newest local write of the key is rev ${newestLocal.get(e.key)}`,
+          `I3 ${what}: watcher said ${got}, newest local write of the key is rev ${newestLocal.get(e.key)}`,
         );
       }
       // I4: a stamp is above every version the site held for the key
