@@ -28,7 +28,7 @@ export type Config = {
     tlsKey?: string;
   };
   /** stream limits of the site's op streams and dead-letter stream */
-  limits: { opsMaxAgeMs: number; dlqMaxMsgs: number };
+  limits: { opsMaxAgeMs: number; dlqMaxMsgs: number; conflictsMaxMsgs: number; conflictsMaxAgeMs: number };
 };
 
 const flags = {
@@ -60,6 +60,12 @@ const flags = {
   "tls-key": { env: "NATS_TLS_KEY", help: "client key file" },
   "ops-max-age": { env: "SYNCD_OPS_MAX_AGE", help: "seconds ops are kept in the op streams", def: "604800" },
   "dlq-max-msgs": { env: "SYNCD_DLQ_MAX_MSGS", help: "dead-letter stream size", def: "10000" },
+  "conflicts-max-msgs": { env: "SYNCD_CONFLICTS_MAX_MSGS", help: "conflict-log stream size", def: "100000" },
+  "conflicts-max-age": {
+    env: "SYNCD_CONFLICTS_MAX_AGE",
+    help: "seconds conflict records are kept",
+    def: "2592000",
+  },
 } as const satisfies Record<string, { env: string; help: string; def?: string }>;
 type Flag = keyof typeof flags;
 
@@ -144,6 +150,8 @@ export function loadConfig(
     limits: {
       opsMaxAgeMs: intOf("ops-max-age", get("ops-max-age")!, 1) * 1000,
       dlqMaxMsgs: intOf("dlq-max-msgs", get("dlq-max-msgs")!, 1),
+      conflictsMaxMsgs: intOf("conflicts-max-msgs", get("conflicts-max-msgs")!, 1),
+      conflictsMaxAgeMs: intOf("conflicts-max-age", get("conflicts-max-age")!, 1) * 1000,
     },
   };
 }

@@ -18,7 +18,7 @@ import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
 import type { Logger } from "./logger.ts";
-import { OPS_INGRESS, Streams, dlqSubject, metaBucket, opsSubject } from "./subjects.ts";
+import { OPS_INGRESS, Streams, conflictsSubject, dlqSubject, metaBucket, opsSubject } from "./subjects.ts";
 
 /** Handles a service uses on its site. */
 export type SiteHandles = {
@@ -113,6 +113,17 @@ export async function openSite(nc: NatsConnection, config: Config, log: Logger):
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
     max_msgs: config.limits.dlqMaxMsgs,
+    max_bytes: 64 * 1024 * 1024,
+    discard: DiscardPolicy.Old,
+  });
+  await ensureStream(jsm, {
+    name: Streams.conflicts(config.site),
+    subjects: [conflictsSubject(config.site)],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    max_msgs: config.limits.conflictsMaxMsgs,
+    max_age: config.limits.conflictsMaxAgeMs * NANOS_PER_MS,
+    max_bytes: 256 * 1024 * 1024,
     discard: DiscardPolicy.Old,
   });
   return { js, jsm, kvm, buckets, metas, maxValueSize };

@@ -30,6 +30,11 @@ export function dlqSubject(site: string): string {
   return `syncd.${site}.dlq`;
 }
 
+/** Conflict-log subject of a site: the losing side of every conflict, with both versions. */
+export function conflictsSubject(site: string): string {
+  return `syncd.${site}.conflicts`;
+}
+
 /** Streams of a site. Names are unique per site (FINDINGS pitfall 3). */
 export const Streams = {
   /** own ops, subject `rep.kv.ops.<site>`: what the peers source */
@@ -38,6 +43,8 @@ export const Streams = {
   in: (site: string) => `SYNCD_IN_${site}`,
   /** bad ops with their reason */
   dlq: (site: string) => `SYNCD_DLQ_${site}`,
+  /** conflict records (schemas/conflict.json) */
+  conflicts: (site: string) => `SYNCD_CONFLICTS_${site}`,
 } as const;
 
 /** The KV stream behind a bucket, and the subject of a key in it. */

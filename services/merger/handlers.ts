@@ -29,6 +29,20 @@ export type MergeDeps = {
   observe: (ts: number) => Promise<void>;
   /** throws SyncdError(SYNCD_ERR_CLOCK_SKEW) when ts is too far ahead */
   checkSkew: (ts: number) => void;
+  /** told about every conflict: an op that lost, or a value of another node that an op replaced */
+  onConflict?: (c: Conflict) => void;
+};
+
+/** One side of a conflict. */
+export type ConflictSide = { ts: number; node_id: string; deleted: boolean; value?: Uint8Array | undefined };
+
+/** A conflict, as the conflict log keeps it (schemas/conflict.json). */
+export type Conflict = {
+  bucket: string;
+  key: string;
+  kind: "stale_op" | "overwritten";
+  loser: ConflictSide;
+  winner: ConflictSide;
 };
 
 /** The outcomes of merge, as on the wire. */
@@ -87,8 +101,20 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
   let committed = false;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const [m, l] = await Promise.all([b.meta.get(op.key), b.data.latest(op.key)]);
-    const cmp = m ? compare(incoming, currentState(m, l)) : 1;
-    if (m && cmp < 0) return reply(MergeResult.stale, m.version);
+    const current = m ? currentState(m, l) : null;
+    const cmp = current ? compare(incoming, current) : 1;
+    if (m && current && cmp < 0) {
+      if (current.node_id !== incoming.node_id) {
+        deps.onConflict?.({
+          bucket: op.bucket,
+          key: op.key,
+          kind: "stale_op",
+          loser: incoming,
+          winner: current,
+        });
+      }
+      return reply(MergeResult.stale, m.version);
+    }
     if (m && cmp === 0) {
       const done = committed ? MergeResult.applied : MergeResult.duplicate;
       if (bucketHolds(m.version, l)) return reply(done, m.version);
@@ -125,6 +151,15 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
     } catch (err) {
       if (isCasConflict(err)) continue;
       throw err;
+    }
+    if (current && current.node_id !== incoming.node_id && !(current.deleted && incoming.deleted)) {
+      deps.onConflict?.({
+        bucket: op.bucket,
+        key: op.key,
+        kind: "overwritten",
+        loser: current,
+        winner: incoming,
+      });
     }
     return reply(MergeResult.applied, version);
   }

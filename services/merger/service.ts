@@ -24,14 +24,30 @@ import {
   Headers,
   OPS_INGRESS,
   Streams,
+  conflictsSubject,
   dlqSubject,
   endpointSubject,
   opsSubject,
 } from "../lib/subjects.ts";
-import { type BucketState, type MergeDeps, admit, applyOp } from "./handlers.ts";
+import {
+  type BucketState,
+  type Conflict,
+  type ConflictSide,
+  type MergeDeps,
+  admit,
+  applyOp,
+} from "./handlers.ts";
 
 /** Counters of this instance, shown in status and STATS data. */
-export const counts = { applied: 0, stale: 0, duplicate: 0, forwarded: 0, dead_lettered: 0, errors: 0 };
+export const counts = {
+  applied: 0,
+  stale: 0,
+  duplicate: 0,
+  forwarded: 0,
+  dead_lettered: 0,
+  conflicts: 0,
+  errors: 0,
+};
 /** Dead-lettered ops by error code. */
 export const deadByCode: Record<string, number> = {};
 let lastError: string | undefined;
@@ -51,7 +67,30 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     });
   }
   const observer = new Observer(nc, config.site);
+  const js = jetstream(nc);
+  const side = (v: ConflictSide) => ({
+    ts: v.ts,
+    node_id: v.node_id,
+    deleted: v.deleted,
+    ...(v.value && !v.deleted ? encodeValue(v.value) : {}),
+  });
+  const recordConflict = (c: Conflict) => {
+    counts.conflicts++;
+    const record = {
+      site: config.site,
+      bucket: c.bucket,
+      key: c.key,
+      kind: c.kind,
+      loser: side(c.loser),
+      winner: side(c.winner),
+      at: new Date().toISOString(),
+    };
+    js.publish(conflictsSubject(config.site), JSON.stringify(record)).catch((err) =>
+      log.warn({ err, bucket: c.bucket, key: c.key }, "could not record a conflict"),
+    );
+  };
   const deps: MergeDeps = {
+    onConflict: recordConflict,
     buckets,
     observe: (ts) => observer.observe(ts),
     checkSkew: (ts) => {
@@ -64,7 +103,6 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       }
     },
   };
-  const js = jetstream(nc);
   const parsed = new WeakMap<JsMsg, Parsed>();
   const parse = (m: JsMsg): Parsed => {
     let p = parsed.get(m);
