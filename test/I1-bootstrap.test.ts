@@ -1,0 +1,77 @@
+/**
+ * I1 for a site that joins late (issue: new site bootstrap): a third site added to a running mesh
+ * with an empty bucket ends with the full state of the mesh, tombstones included — from the op
+ * streams it sources, and from anti-entropy for what no stream holds any more — and from then on
+ * replicates like the others. Adding it needs no change at the existing sites.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import type { ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
+import { Streams } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { call, contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+
+describe("I1 a site joining late gets the whole state", () => {
+  let mesh: Mesh;
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+    for (const s of ["a", "b"]) {
+      nc[s] = await mesh.connect(s);
+      kv[s] = await mesh.kv(s);
+    }
+    await peersLinked(nc.a!, "a", ["b"]);
+    await peersLinked(nc.b!, "b", ["a"]);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I1 bootstrap: streams and anti-entropy bring every key and tombstone to the new site", async () => {
+    // old history, then purged from a's op stream: only anti-entropy can still carry it
+    for (let i = 0; i < 10; i++) await kv.a!.put(`old.${i}`, `o${i}`);
+    await kv.a!.delete("old.0");
+    await until(async () => (await contents(kv.b!)).size === 9);
+    await quiet({ a: nc.a!, b: nc.b! });
+    await (await jetstreamManager(nc.a!)).streams.purge(Streams.out("a"));
+    // recent history, still in the streams
+    for (let i = 0; i < 10; i++) await kv.b!.put(`new.${i}`, `n${i}`);
+    await kv.b!.delete("new.0");
+    await quiet({ a: nc.a!, b: nc.b! });
+
+    await mesh.addSite("c");
+    nc.c = await mesh.connect("c");
+    kv.c = await mesh.kv("c");
+    await peersLinked(nc.c, "c", ["a", "b"]);
+    await peersLinked(nc.a!, "a", ["c"]);
+    // the streams alone bring the recent history
+    await until(async () => (await contents(kv.c!)).get("new.9") === "n9", { timeout: 20_000 });
+    // anti-entropy brings what no stream holds any more
+    const run = await call<ReconcilerRunResponse>(nc.c, "c", "reconciler", "run", {});
+    assert.ok(
+      run.runs.some((r) => r.peer === "a" && r.pulled > 0),
+      JSON.stringify(run),
+    );
+    const want = await contents(kv.a!);
+    await until(
+      async () => JSON.stringify([...(await contents(kv.c!))].sort()) === JSON.stringify([...want].sort()),
+      {
+        message: "site c does not hold the mesh's state",
+      },
+    );
+    const vc = await versions(nc.c);
+    assert.equal(vc.get("old.0")?.deleted, true, "tombstone old.0 missing at c");
+    assert.equal(vc.get("new.0")?.deleted, true, "tombstone new.0 missing at c");
+    // and from then on it replicates like the others
+    await kv.c.put("from.c", "hello");
+    await until(async () => (await kv.a!.get("from.c"))?.string() === "hello");
+    await until(async () => (await kv.b!.get("from.c"))?.string() === "hello");
+    await kv.a!.put("to.c", "hi");
+    await until(async () => (await kv.c!.get("to.c"))?.string() === "hi");
+  });
+});
