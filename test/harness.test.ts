@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { isAlive } from "../scripts/lib/proc.ts";
@@ -113,7 +114,7 @@ test("no server outlives a crashed test process", () => {
   const code = `
     import { startMesh } from "./test/harness/mesh.ts";
     const mesh = await startMesh({ services: false, sites: ["a"] });
-    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid]));
+    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid, mesh.dir]));
     throw new Error("crash");
   `;
   const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
@@ -121,33 +122,35 @@ test("no server outlives a crashed test process", () => {
     timeout: 30000,
   });
   assert.notEqual(r.status, 0);
-  const pids = JSON.parse(r.stdout.trim().split("\n").pop() ?? "[]") as number[];
-  assert.equal(pids.length, 2, r.stdout + r.stderr);
-  for (const pid of pids) assert.equal(isAlive(pid), false, `pid ${pid} still alive`);
+  const [hub, site, dir] = JSON.parse(r.stdout.trim().split("\n").pop() ?? "[]") as [number, number, string];
+  assert.ok(hub && site && dir, r.stdout + r.stderr);
+  for (const pid of [hub, site]) assert.equal(isAlive(pid), false, `pid ${pid} still alive`);
+  assert.equal(existsSync(dir), false, `${dir} left behind`);
 });
 
 test("no server outlives a test process stopped by SIGTERM", async () => {
   const code = `
     import { startMesh } from "./test/harness/mesh.ts";
     const mesh = await startMesh({ services: false, sites: ["a"] });
-    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid]));
+    console.log(JSON.stringify([mesh.topology.hub.pid, mesh.topology.site("a").pid, mesh.dir]));
     setInterval(() => {}, 1000);
   `;
   const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const pids = await new Promise<number[]>((resolve, reject) => {
+  const [hub, site, dir] = await new Promise<[number, number, string]>((resolve, reject) => {
     let buf = "";
     child.stdout.on("data", (d: Buffer) => {
       buf += d.toString();
-      if (buf.includes("\n")) resolve(JSON.parse(buf.split("\n")[0] as string) as number[]);
+      if (buf.includes("\n")) resolve(JSON.parse(buf.split("\n")[0] as string) as [number, number, string]);
     });
     child.once("exit", (c) => reject(new Error(`child exited early (${c})`)));
   });
-  assert.equal(pids.length, 2);
+  const pids = [hub, site];
   for (const pid of pids) assert.ok(isAlive(pid));
   const exited = new Promise((r) => child.once("exit", r));
   child.kill("SIGTERM");
   await exited;
   await waitFor(() => pids.every((pid) => !isAlive(pid)), { timeout: 5000, message: "servers gone" });
+  assert.equal(existsSync(dir), false, `${dir} left behind`);
 });

@@ -6,6 +6,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
+import * as os from "node:os";
 import * as path from "node:path";
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -29,7 +30,8 @@ export type Proc = {
 const attached = new Set<Proc>();
 let hooksInstalled = false;
 
-function killAttachedSync(): void {
+/** SIGKILL every attached child (what the exit hook does); safe to call more than once. */
+export function killAttachedSync(): void {
   for (const p of attached) {
     try {
       p.child?.kill("SIGKILL");
@@ -45,14 +47,10 @@ function installExitHooks(): void {
   hooksInstalled = true;
   process.once("exit", killAttachedSync);
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-    // Only take over a signal nobody else handles; then behave like the default (die by it).
+    // Only take over a signal nobody else handles; then exit as a shell reports death by that
+    // signal (128 + n), through process.exit so every "exit" hook (this one, temp dir removal) runs.
     if (process.listenerCount(sig) > 0) continue;
-    const handler = () => {
-      killAttachedSync();
-      process.removeListener(sig, handler);
-      process.kill(process.pid, sig);
-    };
-    process.on(sig, handler);
+    process.once(sig, () => process.exit(128 + os.constants.signals[sig]));
   }
 }
 

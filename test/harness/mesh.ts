@@ -19,7 +19,7 @@ import type { KV } from "@nats-io/kv";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { openOrCreateBucket } from "../../scripts/lib/buckets.ts";
-import { sleep } from "../../scripts/lib/proc.ts";
+import { killAttachedSync, sleep } from "../../scripts/lib/proc.ts";
 import {
   type Scale,
   type ServiceInstance,
@@ -106,6 +106,26 @@ export type Mesh = {
   stop(): Promise<void>;
 };
 
+/** Temp dirs of meshes not stopped yet: removed when the process exits (unless KEEP_MESH=1). */
+const liveDirs = new Set<string>();
+let dirHook = false;
+function removeDirsAtExit(dir: string): void {
+  liveDirs.add(dir);
+  if (dirHook) return;
+  dirHook = true;
+  process.once("exit", () => {
+    killAttachedSync(); // the servers first (scripts/lib/proc.ts's own exit hook may run later)
+    if (process.env.KEEP_MESH === "1") return;
+    for (const d of liveDirs) {
+      try {
+        rmSync(d, { recursive: true, force: true, maxRetries: 2 });
+      } catch {
+        /* a server still writing: leave it */
+      }
+    }
+  });
+}
+
 /** Start a mesh; see {@link MeshOptions} for the defaults. */
 export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   const siteNames = opts.sites ?? ["a", "b"];
@@ -113,6 +133,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   const buckets = opts.buckets ?? ["config"];
   const keep = process.env.KEEP_MESH === "1";
   const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-mesh-"));
+  removeDirsAtExit(dir);
   const users = opts.users;
   const adminAuth = users ? { user: "admin", pass: users.admin } : undefined;
   const serviceArgs = [
@@ -201,6 +222,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
     await Promise.all([...services.values()].map((s) => s.stop().catch(() => {})));
     await topology?.stop().catch(() => {});
     topology = undefined;
+    liveDirs.delete(dir);
     if (keep) console.error(`KEEP_MESH=1: mesh dir kept at ${dir}`);
     else rmSync(dir, { recursive: true, force: true });
   };
