@@ -19,6 +19,7 @@ import fc from "fast-check";
 import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
 import { type MergeDeps, applyOp } from "../services/merger/handlers.ts";
 import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
+import { readVersioned } from "../services/reconciler/values.ts";
 import { type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
 import { fcParams } from "./fc.ts";
 import { type Call, ManualSteps } from "./sim/sched.ts";
@@ -147,6 +148,35 @@ const del = (key: string, ts: number, nodeId: string) =>
 /** every call at once, in program order */
 const direct: Call = async (_label, effect) => effect();
 
+type Site = ReturnType<typeof site>;
+
+/** The site's merge deps with a bucket whose write never happens (the process dies first). */
+function dying(s: Site): MergeDeps {
+  const b = s.merge.buckets.get(BUCKET)!;
+  const data = {
+    latest: (key: string) => b.data.latest(key),
+    write: async () => {
+      throw new Error("killed");
+    },
+  };
+  return { ...s.merge, buckets: new Map([[BUCKET, { ...b, data }]]) };
+}
+
+/** A site's version tree, as its reconciler's index builds it from `_meta`. */
+function treeOf(s: Site): VersionTree {
+  const t = new VersionTree(2);
+  for (const [k, v] of s.meta.snapshot()) t.set(k, v);
+  return t;
+}
+
+/** The keys `to` would pull from `from` in a reconcile run (descend, then plan). */
+async function toPull(to: Site, from: Site): Promise<string[]> {
+  const mine = treeOf(to);
+  const theirs = treeOf(from);
+  const d = await descend(mine, treeSource(theirs));
+  return plan(mine.entries(d.list), theirs.entries(d.list)).pull;
+}
+
 describe("I1 I5 I6 counterexamples found by the model, replayed step by step", () => {
   /**
    * Found by the first property (FC_SEED=1444258013 FC_RUNS=2000). Two mergers of one site (or the
@@ -181,8 +211,8 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
   });
 
   /**
-   * Found by the first property once the case above is patched out (FC_SEED=515566482
-   * FC_RUNS=400). A delete X arrives twice (two merger instances, or a redelivery) and a newer put Y
+   * Found by the first property on a local copy of the merger with the case above patched out
+   * (FC_SEED=515566482 FC_RUNS=400 there; seeds replay only on the code they ran on). A delete X arrives twice (two merger instances, or a redelivery) and a newer put Y
    * once. X1 is applied. X2 reads `_meta` = X; Y commits and writes the bucket; X2 reads the bucket
    * = Y. For X2 the op equals `_meta` (cmp 0) and the bucket "does not hold it", so it "repairs"
    * the bucket: writes X's tombstone over Y with expected revision = Y's entry, which succeeds.
@@ -218,8 +248,9 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
   });
 
   /**
-   * Found by the first property with the two cases above patched (FC_SEED=-1824593109
-   * FC_RUNS=1100). A merger reads the bucket (a local write at rev 1, stamped) before the user
+   * Found by the first property on a local copy of the merger with the shortcut removed and the two
+   * reads made sequential, bucket first (FC_SEED=-1824593109 FC_RUNS=1100 there); on main the
+   * concurrent reads of Promise.all allow the same order. A merger reads the bucket (a local write at rev 1, stamped) before the user
    * deletes the key (rev 2, stamped) and `_meta` after. It wins and commits `_meta` with
    * rev = l.rev = 1: `_meta`'s revision goes back. Its bucket write fails (rev 2 slipped in); the
    * retry sees `_meta`.rev 1 < 2 and takes the stamped delete for an unstamped local write "that will
@@ -255,8 +286,8 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
   });
 
   /**
-   * Found by the third property (faults) with the cases above patched (FC_SEED=-520244464
-   * FC_RUNS=20). A merger commits op A over a stamped local write (rev 1) with rev = 1, then dies
+   * Found by the third property (faults) on a local copy of the merger with the cases above patched
+   * (FC_SEED=-520244464 FC_RUNS=20 there). A merger commits op A over a stamped local write (rev 1) with rev = 1, then dies
    * before writing the bucket (kill -9, or the write's request is lost). The redelivered A reads
    * `_meta` = A (rev 1) and the local write at rev 1: bucketHolds says yes (l.rev >= m.rev), so the
    * local value is taken for A's; with A's bytes smaller it is "stale", else a "duplicate": nothing
@@ -267,25 +298,7 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     await b.data.put("k", enc.encode("light"));
     assert.equal(await b.stamp(1), "published");
     const a = put("k", 20, "site-a", "dark");
-    const dying: MergeDeps = {
-      ...b.merge,
-      buckets: new Map([
-        [
-          BUCKET,
-          {
-            meta: b.meta.as("merger"),
-            data: {
-              latest: (key) => b.data.latest(key),
-              write: async () => {
-                throw new Error("killed");
-              },
-            },
-            maxValueSize: -1,
-          },
-        ],
-      ]),
-    };
-    await assert.rejects(applyOp(dying, a), /killed/);
+    await assert.rejects(applyOp(dying(b), a), /killed/);
     const again = await applyOp(b.merge, a); // redelivered
     assert.equal(b.meta.peek("k")?.ts, 20);
     assert.equal(b.shows("k"), "dark", `redelivery said ${again.result}; the bucket kept the local value`);
@@ -315,7 +328,8 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
   });
 
   /**
-   * Found by the second property (FC_SEED=1387323141 FC_RUNS=1100, with the merger cases patched).
+   * Found by the second property (FC_SEED=1387323141 FC_RUNS=1100 on a merger with the shortcut
+   * patched out).
    * Two hand-made ops with the same (ts, node_id) and different values; the greater one is lost on
    * the way to site-b. Anti-entropy compares versions only (entryHash and plan: key, ts, node_id,
    * deleted), so the sites look equal and site-b keeps the smaller value forever.
@@ -329,19 +343,46 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     await applyOp(a.merge, h2);
     await applyOp(b.merge, h1); // h2 lost on the way to site-b
     assert.equal(a.shows("k"), "light");
-    const tree = (s: ReturnType<typeof site>) => {
-      const t = new VersionTree(2);
-      for (const [k, v] of s.meta.snapshot()) t.set(k, v);
-      return t;
-    };
-    const ta = tree(a);
-    const tb = tree(b);
-    const d = await descend(tb, treeSource(ta));
-    const p = plan(tb.entries(d.list), ta.entries(d.list));
     assert.deepEqual(
-      p.pull,
+      await toPull(b, a),
       ["k"],
       `site-b shows ${b.shows("k")}, site-a ${a.shows("k")}, both at 5/hand: the version trees are equal, nothing is pulled`,
+    );
+  });
+
+  /**
+   * Found by the third property (faults) on a local copy with the merger cases patched and copied
+   * hand-made versions off (so that the case above does not hide it).
+   * The reconciler pulls a key and calls this site's `merge`; applyOp commits `_meta`
+   * and the process dies (or the write times out) before the bucket write. Nothing redelivers a
+   * `merge` request, and the next run compares `_meta` digests, which now agree: the bucket never
+   * gets the value. (The op stream is redelivered; anti-entropy is the backstop, and it is blind here.)
+   */
+  it("I1 I6 anti-entropy repairs a key whose merge died between the _meta commit and the bucket write", async () => {
+    const a = site(direct, "site-a");
+    const b = site(direct, "site-b");
+    await applyOp(a.merge, put("k", 7, "site-c", "light"));
+    const pull = async (deps: MergeDeps) => {
+      for (const key of await toPull(b, a)) {
+        const v = await readVersioned({ meta: a.meta.as("reconciler"), data: a.data, nodeId: "site-a" }, key);
+        assert.ok(v.ok);
+        const op = makeOp({
+          bucket: BUCKET,
+          key,
+          ts: v.version.ts,
+          nodeId: v.version.node_id,
+          deleted: v.version.deleted,
+          value: v.value,
+        });
+        await applyOp(deps, op);
+      }
+    };
+    await assert.rejects(pull(dying(b)), /killed/); // run 1: the merge dies after the commit
+    for (let run = 2; run <= 4; run++) await pull(b.merge); // later runs
+    assert.equal(
+      b.shows("k"),
+      "light",
+      `site-b's _meta says ${JSON.stringify(b.meta.peek("k"))}, its bucket nothing`,
     );
   });
 });

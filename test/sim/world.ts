@@ -141,6 +141,8 @@ export type Stats = {
   inFlux: number;
   faults: number;
   republished: number;
+  /** stamped local writes never published because a newer remote op overtook them first */
+  overtaken: number;
 };
 
 const show = (v: { ts: number; node_id: string; deleted?: boolean } | null | undefined): string =>
@@ -173,6 +175,7 @@ export class World {
     inFlux: 0,
     faults: 0,
     republished: 0,
+    overtaken: 0,
   };
 
   constructor(
@@ -309,10 +312,12 @@ export class World {
   }
 
   /**
-   * Anti-entropy as the reconciler does it, until a round finds nothing to move: each replica's
-   * version tree over `_meta` (what its watch-fed index holds), descend against every peer's tree,
-   * plan by version, read each key the peer has newer with readVersioned, and merge it here with
-   * applyOp (the merger's `merge` endpoint). All pulls of a round race.
+   * Anti-entropy as services/reconciler/run.ts `reconcile` does it, without the RPC: each
+   * replica's version tree over `_meta` (what its watch-fed index holds), `descend` against every
+   * peer's tree, `plan` by version, `readVersioned` at the side that has the key newer, and
+   * `applyOp` at the other (the merger's `merge` endpoint). A pull for every ordered pair covers
+   * reconcile's pull and push. All merges of a round race; rounds repeat until one finds nothing to
+   * move. Keys whose value is "in flux" at quiescence are counted (stats.inFlux) and left.
    */
   async repair(maxRounds = 8): Promise<void> {
     for (let round = 0; round < maxRounds; round++) {
@@ -404,6 +409,21 @@ export class World {
         if (published === 1 || (got.includes("republished") && this.wasPublished(r.site, e.rev))) continue;
         if (got.every((o) => o === "skipped_superseded") && newestLocal.get(e.key)! > e.rev) {
           this.stats.superseded++;
+          continue;
+        }
+        // Stamped, its publish failed, and a newer remote op overwrote it before the redelivery:
+        // the redelivery says superseded and the write is never published. Not the letter of I3
+        // (only a newer *local* write may replace it), but the write lost to a newer version anyway,
+        // so it changes no outcome (I1 checks that): counted, not failed.
+        const stamped = r.stamps.find((s) => s.key === e.key && s.version.rev === e.rev);
+        const now = r.meta.peek(e.key);
+        if (
+          stamped &&
+          now &&
+          compareVersions(now, stamped.version) > 0 &&
+          got.includes("skipped_superseded")
+        ) {
+          this.stats.overtaken++;
           continue;
         }
         out.push(
