@@ -179,8 +179,8 @@ async function toPull(to: Site, from: Site): Promise<string[]> {
 
 describe("I1 I5 I6 counterexamples found by the model, replayed step by step", () => {
   /**
-   * Found by the first property (FC_SEED=1444258013 FC_RUNS=2000). Two mergers of one site (or the
-   * consumer and the `merge` endpoint the reconciler calls) apply a put P and a newer delete D of a
+   * Found by the first property (FC_SEED=1444258013 FC_RUNS=2000 at f3f31ab; fixed in d0ddba8).
+   * Two mergers of one site (or the consumer and the `merge` endpoint the reconciler calls) apply a put P and a newer delete D of a
    * key the bucket has never held. D reads "no entry", P commits `_meta` and writes the bucket, D
    * reads `_meta` = P, wins, commits over P, and `if (!l && incoming.deleted) return applied`
    * skips the bucket write on the stale "no entry". `_meta` says D while the bucket keeps P's value
