@@ -96,7 +96,8 @@ export async function runConsumer(args: {
   const messages = await consumer.consume({ max_messages: Math.max(64, args.concurrency * 2) });
   const settle = (m: JsMsg, d: Disposition) => {
     if ("ack" in d) m.ack();
-    else if ("term" in d) m.term(d.term);
+    // no reason: nats-server 2.9 does not know "+TERM <reason>" and would leave the message pending
+    else if ("term" in d) m.term();
     else m.nak(d.nak);
   };
   const loop = (async () => {
