@@ -1,0 +1,16 @@
+/**
+ * What every command gets and returns.
+ */
+import type { NatsConnection } from "@nats-io/nats-core";
+import type { Cli } from "./args.ts";
+
+/** A command's inputs: the connection and the parsed command line. */
+export type Ctx = {
+  nc: NatsConnection;
+  cli: Cli;
+  /** a note for people on stderr (not part of the output) */
+  warn(message: string): void;
+};
+
+/** A command's result: `data` is printed with --json, `text` otherwise; exit code 0 unless set. */
+export type Output = { data: unknown; text: string; exitCode?: number };

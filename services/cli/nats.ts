@@ -1,0 +1,293 @@
+/**
+ * The CLI's NATS side: one connection (no reconnects, clear errors), JSON requests to syncd
+ * endpoints with errors a person can read, micro discovery ($SRV.PING|INFO|STATS) collected until
+ * quiet, and the sites of the mesh.
+ */
+import { readFileSync } from "node:fs";
+import {
+  Empty,
+  type NatsConnection,
+  NoRespondersError,
+  RequestError,
+  TimeoutError,
+  createInbox,
+  credsAuthenticator,
+  nkeyAuthenticator,
+} from "@nats-io/nats-core";
+import { connect } from "@nats-io/transport-node";
+import { ServiceReplyError, requestJson } from "../lib/request.ts";
+import { ServiceName } from "../lib/subjects.ts";
+import { CliError, type ConnOptions } from "./args.ts";
+
+/** Connect once (a CLI does not wait for a server to come back); throws CliError. */
+export async function connectCli(o: ConnOptions): Promise<NatsConnection> {
+  const read = (file: string, what: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new CliError(`cannot read ${what} ${file}: ${(err as Error).message}`);
+    }
+  };
+  const authenticator = o.creds
+    ? credsAuthenticator(read(o.creds, "credentials file"))
+    : o.nkey
+      ? nkeyAuthenticator(new TextEncoder().encode(read(o.nkey, "nkey seed file").toString("utf8").trim()))
+      : undefined;
+  const tls =
+    o.tlsCa || o.tlsCert
+      ? {
+          ...(o.tlsCa ? { caFile: o.tlsCa } : {}),
+          ...(o.tlsCert ? { certFile: o.tlsCert } : {}),
+          ...(o.tlsKey ? { keyFile: o.tlsKey } : {}),
+        }
+      : undefined;
+  try {
+    return await connect({
+      servers: o.servers,
+      name: "syncd-cli",
+      timeout: o.timeoutMs,
+      maxReconnectAttempts: 0,
+      ...(o.user ? { user: o.user, pass: o.password ?? "" } : {}),
+      ...(authenticator ? { authenticator } : {}),
+      ...(tls ? { tls } : {}),
+    });
+  } catch (err) {
+    throw new CliError(`cannot connect to ${o.servers.join(",")}: ${messageOf(err)}`);
+  }
+}
+
+/** The message of an error and of its causes, one line. */
+export function messageOf(err: unknown): string {
+  const parts: string[] = [];
+  let e: unknown = err;
+  for (let i = 0; e !== undefined && e !== null && i < 4; i++) {
+    const m = e instanceof Error ? e.message : String(e);
+    if (m && !parts.includes(m)) parts.push(m);
+    e = e instanceof Error ? e.cause : undefined;
+  }
+  return parts.join(": ") || "unknown error";
+}
+
+/** Nobody answered a request: no responders, or a timeout. */
+export class NoAnswerError extends CliError {
+  constructor(
+    readonly subject: string,
+    why: string,
+  ) {
+    super(`no answer on ${subject} (${why})`);
+  }
+}
+
+/** Whether an error is a micro error reply with this status. */
+export function isReplyStatus(err: unknown, status: number): err is ServiceReplyError {
+  return err instanceof ServiceReplyError && err.status === status;
+}
+
+/**
+ * Request a syncd endpoint. Throws ServiceReplyError for an error reply (callers that expect one,
+ * like a 404, catch it), NoAnswerError when nobody answered, CliError otherwise.
+ */
+export async function request<T>(
+  nc: NatsConnection,
+  subject: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<{ value: T; bytes: number }> {
+  try {
+    return await requestJson<T>(nc, subject, body, { timeout: timeoutMs });
+  } catch (err) {
+    if (err instanceof ServiceReplyError) throw err;
+    if (isNoResponders(err)) throw new NoAnswerError(subject, "no responders");
+    if (isTimeout(err)) throw new NoAnswerError(subject, `timeout after ${timeoutMs} ms`);
+    if (err instanceof SyntaxError) throw new CliError(`${subject}: reply is not JSON`);
+    throw new CliError(`${subject}: ${messageOf(err)}`);
+  }
+}
+
+/** The value of a request (see {@link request}). */
+export async function ask<T>(
+  nc: NatsConnection,
+  subject: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<T> {
+  return (await request<T>(nc, subject, body, timeoutMs)).value;
+}
+
+function isNoResponders(err: unknown): boolean {
+  if (err instanceof NoRespondersError) return true;
+  return err instanceof RequestError && err.isNoResponders();
+}
+
+function isTimeout(err: unknown): boolean {
+  let e: unknown = err;
+  for (let i = 0; e instanceof Error && i < 4; i++) {
+    if (e instanceof TimeoutError || /timeout/i.test(e.message)) return true;
+    e = e.cause;
+  }
+  return false;
+}
+
+/** A CliError for any error, with a prefix saying what was being done. */
+export function asCliError(what: string, err: unknown): CliError {
+  if (err instanceof ServiceReplyError) return new CliError(`${what}: ${err.status} ${err.message}`);
+  if (err instanceof CliError) return new CliError(`${what}: ${err.message}`);
+  return new CliError(`${what}: ${messageOf(err)}`);
+}
+
+/** How long discovery waits: at most `maxMs` in all, and `quietMs` after the last reply. */
+export type CollectOptions = { maxMs?: number; quietMs?: number };
+
+/**
+ * Publish an empty request and collect every reply until nothing came for `quietMs` (after the
+ * first one) or `maxMs` passed — what `nats micro` does for $SRV requests.
+ */
+export async function collect(
+  nc: NatsConnection,
+  subject: string,
+  o: CollectOptions = {},
+): Promise<Uint8Array[]> {
+  const maxMs = o.maxMs ?? 1000;
+  const quietMs = o.quietMs ?? 300;
+  const inbox = createInbox();
+  const out: Uint8Array[] = [];
+  let quiet: ReturnType<typeof setTimeout> | undefined;
+  let finish: () => void = () => {};
+  const done = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  const all = setTimeout(() => finish(), maxMs);
+  const sub = nc.subscribe(inbox, {
+    callback: (err, m) => {
+      if (err) return;
+      out.push(m.data);
+      clearTimeout(quiet);
+      quiet = setTimeout(() => finish(), quietMs);
+    },
+  });
+  try {
+    await nc.flush();
+    nc.publish(subject, Empty, { reply: inbox });
+    await done;
+  } finally {
+    clearTimeout(all);
+    clearTimeout(quiet);
+    sub.unsubscribe();
+  }
+  return out;
+}
+
+/** The identity every micro reply carries. */
+export type MicroIdentity = {
+  type?: string;
+  name: string;
+  id: string;
+  version: string;
+  metadata?: Record<string, string> | null;
+};
+
+/** A `$SRV.INFO` reply. */
+export type MicroInfo = MicroIdentity & {
+  description?: string;
+  endpoints?: {
+    name: string;
+    subject: string;
+    queue_group?: string;
+    metadata?: Record<string, string> | null;
+  }[];
+};
+
+/** A `$SRV.STATS` reply. */
+export type MicroStats = MicroIdentity & {
+  started?: string;
+  endpoints?: {
+    name: string;
+    subject: string;
+    queue_group?: string;
+    num_requests: number;
+    num_errors: number;
+    last_error?: string;
+    processing_time: number;
+    average_processing_time: number;
+    data?: unknown;
+  }[];
+};
+
+/** The micro verbs. */
+export type MicroVerb = "PING" | "INFO" | "STATS";
+
+const dec = new TextDecoder();
+
+/** `$SRV.<verb>[.name[.id]]`, every reply that parses, sorted by name, site, id. */
+export async function discover<T extends MicroIdentity>(
+  nc: NatsConnection,
+  verb: MicroVerb,
+  name?: string,
+  id?: string,
+  o?: CollectOptions,
+): Promise<T[]> {
+  const subject = ["$SRV", verb, ...(name ? [name] : []), ...(name && id ? [id] : [])].join(".");
+  const out: T[] = [];
+  const seen = new Set<string>();
+  for (const data of await collect(nc, subject, o)) {
+    let v: unknown;
+    try {
+      v = JSON.parse(dec.decode(data));
+    } catch {
+      continue;
+    }
+    if (!v || typeof v !== "object") continue;
+    const r = v as T;
+    if (typeof r.name !== "string" || typeof r.id !== "string" || seen.has(r.id)) continue;
+    seen.add(r.id);
+    out.push(r);
+  }
+  return out.sort(
+    (a, b) => cmp(a.name, b.name) || cmp(a.metadata?.site ?? "", b.metadata?.site ?? "") || cmp(a.id, b.id),
+  );
+}
+
+/** String order (code units), for stable output. */
+export function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** A site of the mesh, as its mergers announce it. */
+export type SiteRef = { site: string; domain: string; node_id?: string };
+
+/** The sites of the mesh: `$SRV.PING.syncd-merger` metadata (site, domain), sorted by name. */
+export async function findSites(nc: NatsConnection, o?: CollectOptions): Promise<SiteRef[]> {
+  return sitesOf(await discover(nc, "PING", ServiceName.merger, undefined, o));
+}
+
+/** The distinct sites of some micro replies (metadata site, domain, node_id), sorted. */
+export function sitesOf(replies: MicroIdentity[]): SiteRef[] {
+  const sites = new Map<string, SiteRef>();
+  for (const r of replies) {
+    const md = r.metadata ?? {};
+    if (!md.site || sites.has(md.site)) continue;
+    sites.set(md.site, {
+      site: md.site,
+      domain: md.domain || md.site,
+      ...(md.node_id ? { node_id: md.node_id } : {}),
+    });
+  }
+  return [...sites.values()].sort((a, b) => cmp(a.site, b.site));
+}
+
+/**
+ * The sites a command acts on: every site found, or the one `--site` names. With `fallback`, a
+ * named site no merger announces is still used (its domain = its name), for JetStream-only work.
+ */
+export function pickSites(found: SiteRef[], site: string | undefined, fallback = false): SiteRef[] {
+  if (site === undefined) {
+    if (found.length === 0)
+      throw new CliError("no syncd site found: no syncd-merger answered $SRV.PING (is the mesh up?)");
+    return found;
+  }
+  const s = found.find((f) => f.site === site);
+  if (s) return [s];
+  if (fallback) return [{ site, domain: site }];
+  const known = found.map((f) => f.site).join(", ") || "none";
+  throw new CliError(`site "${site}" not found (sites with a syncd-merger: ${known})`);
+}

@@ -1,0 +1,184 @@
+/**
+ * `syncd status`: one table of the mesh. Per site: its services and instance counts (micro PING
+ * metadata), the clock (`clock.now`), watcher position and lag (`watcher.status`), merger backlog
+ * and counts (`merger.status`), the last reconcile (`reconciler.status`), and the message counts of
+ * the dead-letter and conflict streams (stream info through the site's JetStream domain).
+ */
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import type {
+  ClockNowResponse,
+  MergerStatusResponse,
+  ReconcilerStatusResponse,
+  WatcherStatusResponse,
+} from "../lib/schemas.gen.ts";
+import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
+import { expectArgs } from "./args.ts";
+import type { Ctx, Output } from "./context.ts";
+import { type SiteRef, ask, discover, messageOf, pickSites, sitesOf } from "./nats.ts";
+import { ago, table } from "./table.ts";
+
+/** The status of one site; a part that could not be read is null, with the reason in `errors`. */
+export type SiteStatus = {
+  site: string;
+  domain: string;
+  node_id: string | null;
+  /** micro name → instances answering PING */
+  services: Record<string, number>;
+  clock: ClockNowResponse | null;
+  watcher: WatcherStatusResponse | null;
+  merger: MergerStatusResponse | null;
+  reconciler: ReconcilerStatusResponse | null;
+  /** messages on SYNCD_DLQ_<site> */
+  dead_letters: number | null;
+  /** messages on SYNCD_CONFLICTS_<site>; 0 when the stream does not exist yet */
+  conflicts: number | null;
+  errors: string[];
+};
+
+const KINDS = Object.values(ServiceName);
+
+/** Run `status`. */
+export async function statusCommand(ctx: Ctx): Promise<Output> {
+  expectArgs(ctx.cli, 0, 0, "status [--site s]");
+  const pings = (await discover(ctx.nc, "PING")).filter((p) => p.name.startsWith("syncd-"));
+  const sites = pickSites(sitesOf(pings), ctx.cli.site);
+  const statuses = await Promise.all(
+    sites.map((s) =>
+      siteStatus(
+        ctx.nc,
+        s,
+        pings.filter((p) => p.metadata?.site === s.site),
+        ctx.cli.conn.timeoutMs,
+      ),
+    ),
+  );
+  return { data: { sites: statuses }, text: render(statuses) };
+}
+
+async function siteStatus(
+  nc: NatsConnection,
+  ref: SiteRef,
+  pings: { name: string; metadata?: Record<string, string> | null }[],
+  timeoutMs: number,
+): Promise<SiteStatus> {
+  const errors: string[] = [];
+  const services: Record<string, number> = Object.fromEntries(KINDS.map((k) => [k, 0]));
+  for (const p of pings) services[p.name] = (services[p.name] ?? 0) + 1;
+  const node = pings.find((p) => p.metadata?.node_id)?.metadata?.node_id ?? ref.node_id ?? null;
+  const get = async <T>(service: "clock" | "watcher" | "merger" | "reconciler", endpoint: string) => {
+    try {
+      return await ask<T>(nc, endpointSubject(ref.site, service, endpoint), {}, timeoutMs);
+    } catch (err) {
+      errors.push(`${service}.${endpoint}: ${messageOf(err)}`);
+      return null;
+    }
+  };
+  const streams = streamCounts(nc, ref, timeoutMs, errors);
+  const [clock, watcher, merger, reconciler, counts] = await Promise.all([
+    get<ClockNowResponse>("clock", "now"),
+    get<WatcherStatusResponse>("watcher", "status"),
+    get<MergerStatusResponse>("merger", "status"),
+    get<ReconcilerStatusResponse>("reconciler", "status"),
+    streams,
+  ]);
+  return {
+    site: ref.site,
+    domain: ref.domain,
+    node_id: node,
+    services,
+    clock,
+    watcher,
+    merger,
+    reconciler,
+    dead_letters: counts.dlq,
+    conflicts: counts.conflicts,
+    errors,
+  };
+}
+
+function isStreamNotFound(err: unknown): boolean {
+  return /stream not found|10059/i.test(messageOf(err));
+}
+
+async function streamCounts(
+  nc: NatsConnection,
+  ref: SiteRef,
+  timeoutMs: number,
+  errors: string[],
+): Promise<{ dlq: number | null; conflicts: number | null }> {
+  let jsm: Awaited<ReturnType<typeof jetstreamManager>>;
+  try {
+    jsm = await jetstreamManager(nc, { domain: ref.domain, timeout: timeoutMs, checkAPI: false });
+  } catch (err) {
+    errors.push(`JetStream of domain ${ref.domain}: ${messageOf(err)}`);
+    return { dlq: null, conflicts: null };
+  }
+  const count = async (stream: string, missing: number | null) => {
+    try {
+      return (await jsm.streams.info(stream)).state.messages;
+    } catch (err) {
+      if (isStreamNotFound(err)) return missing;
+      errors.push(`stream ${stream} (domain ${ref.domain}): ${messageOf(err)}`);
+      return null;
+    }
+  };
+  const [dlq, conflicts] = await Promise.all([
+    count(Streams.dlq(ref.site), null),
+    count(Streams.conflicts(ref.site), 0),
+  ]);
+  return { dlq, conflicts };
+}
+
+function lastReconcile(r: ReconcilerStatusResponse | null): string | null {
+  if (!r) return null;
+  if (r.running) return `running (${r.progress?.peer ?? "?"}/${r.progress?.bucket ?? "?"})`;
+  if (!r.last_run_at) return "never";
+  const runs = (r.last_run?.runs ?? []) as { entries_moved?: number; error?: string }[];
+  const moved = runs.reduce((n, x) => n + (x.entries_moved ?? 0), 0);
+  const failed = runs.filter((x) => x.error).length;
+  return `${ago(r.last_run_at)}, moved ${moved}${failed ? `, ${failed} failed` : ""}`;
+}
+
+function render(statuses: SiteStatus[]): string {
+  const short = (n: string) => n.replace(/^syncd-/, "");
+  const rows = statuses.map((s) => {
+    const w = s.watcher?.buckets ?? [];
+    const position = w.length === 0 ? null : w.map((b) => `${b.bucket}:${b.position}`).join(" ");
+    const lag = s.watcher ? w.reduce((n, b) => n + b.lag, 0) : null;
+    const c = s.merger?.counts ?? {};
+    return [
+      s.site,
+      s.domain,
+      Object.entries(s.services)
+        .map(([k, n]) => `${short(k)}=${n}`)
+        .join(" "),
+      s.clock ? `${s.clock.ts} ${s.clock.mode}` : null,
+      position,
+      lag,
+      s.merger?.pending,
+      s.merger ? `${c.applied ?? 0}/${c.stale ?? 0}/${c.duplicate ?? 0}` : null,
+      lastReconcile(s.reconciler),
+      s.dead_letters,
+      s.conflicts,
+    ];
+  });
+  const t = table(
+    [
+      "SITE",
+      "DOMAIN",
+      "SERVICES",
+      "CLOCK",
+      "WATCHER POSITION",
+      "LAG",
+      "BACKLOG",
+      "APPLIED/STALE/DUP",
+      "LAST RECONCILE",
+      "DEAD LETTERS",
+      "CONFLICTS",
+    ],
+    rows,
+  );
+  const problems = statuses.flatMap((s) => s.errors.map((e) => `  ${s.site}: ${e}`));
+  return problems.length > 0 ? `${t}\n\nunavailable:\n${problems.join("\n")}` : t;
+}
