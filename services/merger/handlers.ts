@@ -8,14 +8,14 @@
  * everywhere. A redelivered op whose version equals `_meta` only repairs the bucket if it must.
  */
 import { SyncdError } from "../lib/errors.ts";
-import { type Versioned, compare } from "../lib/lww.ts";
+import { type Versioned, compare, compareVersions } from "../lib/lww.ts";
 import { type Op, opValue, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
   type BucketStoreLike,
-  type MetaEntry,
   type MetaStoreLike,
+  type Version,
   isCasConflict,
 } from "../lib/stores.ts";
 
@@ -50,27 +50,33 @@ export const MergeResult = { applied: "applied", stale: "stale", duplicate: "dup
 
 const MAX_ATTEMPTS = 100;
 
-/** True when the bucket already shows version `m` (or a local write that will supersede it). */
-export function bucketHolds(m: MetaEntry["version"], l: BucketEntry | null): boolean {
-  if (!l) return m.deleted;
-  if (l.version) return l.version.ts === m.ts && l.version.node_id === m.node_id && l.deleted === m.deleted;
-  return l.rev >= m.rev;
+/**
+ * True when the bucket shows version `m`: for a merger commit, the latest entry carries exactly
+ * that version in its headers; for a stamped local write, the latest entry is that write.
+ */
+export function bucketHolds(m: Version, l: BucketEntry | null): boolean {
+  if (!l) return false;
+  if (m.merged) return l.version !== null && sameVersion(l.version, m) && l.deleted === m.deleted;
+  return l.version === null && l.rev === m.rev;
 }
 
 /**
- * True when the merger may replace the bucket's latest entry: it is absent, written by a merger,
- * or a local write already stamped (its revision is covered by `_meta`).
+ * True when the bucket's latest entry is a local write the watcher has not stamped yet (its
+ * revision is above everything `_meta` covers). The merger never overwrites it: it will be stamped
+ * above whatever `_meta` holds then — it happened later — and win everywhere.
  */
-export function canOverwrite(m: MetaEntry | null, l: BucketEntry | null): boolean {
-  if (!l || l.version) return true;
-  return m !== null && l.rev <= m.version.rev;
+export function pendingLocal(m: Version | undefined, l: BucketEntry | null): boolean {
+  return l !== null && l.version === null && l.rev > (m?.rev ?? 0);
+}
+
+function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
+  return a.ts === b.ts && a.node_id === b.node_id;
 }
 
 /** The register state `_meta` describes, with the value bytes when the bucket holds them. */
-function currentState(m: MetaEntry, l: BucketEntry | null): Versioned {
-  const v = m.version;
-  const value = l && !l.deleted && bucketHolds(v, l) ? l.value : undefined;
-  return { ts: v.ts, node_id: v.node_id, deleted: v.deleted, value };
+function currentState(m: Version, l: BucketEntry | null): Versioned {
+  const value = l && !l.deleted && bucketHolds(m, l) ? l.value : undefined;
+  return { ts: m.ts, node_id: m.node_id, deleted: m.deleted, value };
 }
 
 /** Check what does not depend on the site's state: bucket known, value size, clock skew. */
@@ -100,8 +106,12 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
   });
   let committed = false;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const [m, l] = await Promise.all([b.meta.get(op.key), b.data.latest(op.key)]);
-    const current = m ? currentState(m, l) : null;
+    // _meta first, then the bucket: the bucket read is never older than the _meta read.
+    const m = await b.meta.get(op.key);
+    const l = await b.data.latest(op.key);
+    // a merger wrote a newer version than the _meta we read: our read is stale
+    if (m && l?.version && compareVersions(l.version, m.version) > 0) continue;
+    const current = m ? currentState(m.version, l) : null;
     const cmp = current ? compare(incoming, current) : 1;
     if (m && current && cmp < 0) {
       if (current.node_id !== incoming.node_id) {
@@ -119,7 +129,7 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
       const done = committed ? MergeResult.applied : MergeResult.duplicate;
       if (bucketHolds(m.version, l)) return reply(done, m.version);
       // a local write slipped in after the commit: it will be stamped above this version
-      if (!canOverwrite(m, l)) return reply(MergeResult.stale, m.version);
+      if (pendingLocal(m.version, l)) return reply(MergeResult.stale, m.version);
       try {
         await b.data.write(op.key, incoming, l?.rev ?? 0);
       } catch (err) {
@@ -128,12 +138,14 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
       }
       return reply(done, m.version);
     }
-    const overwrite = canOverwrite(m, l);
-    const version = {
+    const pending = pendingLocal(m?.version, l);
+    const covered = m?.version.rev ?? 0;
+    const version: Version = {
       ts: op.ts,
       node_id: op.node_id,
       deleted: incoming.deleted,
-      rev: overwrite ? (l?.rev ?? 0) : (m?.version.rev ?? 0),
+      rev: pending ? covered : Math.max(covered, l?.rev ?? 0),
+      merged: true,
     };
     try {
       await b.meta.cas(op.key, version, m);
@@ -142,10 +154,9 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
       throw err;
     }
     committed = true;
-    // A local write not yet stamped will be stamped above this version: it wins, this op does not.
-    if (!overwrite) return reply(MergeResult.stale, version);
-    // Always write, also a tombstone over "no entry": the read of the bucket may be older than the
-    // read of _meta, and only the conditional write can tell (a concurrent older put may land).
+    if (pending) return reply(MergeResult.stale, version);
+    // Always write, also a tombstone over "no entry": only the conditional write can tell
+    // whether the bucket moved since it was read.
     try {
       await b.data.write(op.key, incoming, l?.rev ?? 0);
     } catch (err) {

@@ -72,7 +72,9 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
     if (cur) {
       if (cur.version.rev > e.rev) return Outcome.superseded;
       if (cur.version.rev === e.rev) {
-        if (cur.version.node_id !== deps.nodeId) return Outcome.superseded;
+        // stamped before (a redelivery after a crash): publish the same op again, the msg id dedupes it;
+        // a merger commit covering this revision means a newer version replaced it
+        if (cur.version.merged || cur.version.node_id !== deps.nodeId) return Outcome.superseded;
         await publish(deps, e, cur.version);
         return Outcome.republished;
       }
