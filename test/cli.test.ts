@@ -1,0 +1,393 @@
+/**
+ * The `syncd` CLI against a real hub + two leaf sites with all four services: run as a child process
+ * (`node --import tsx services/cli/main.ts …`), its output parsed (--json, and the table of
+ * `micro ls`). micro ls/info/stats, status, put → get at both sites, diff of a difference made behind
+ * the services' back (and of equal buckets), reconcile repairing it, conflicts from the merger's
+ * conflict log; exit codes 2 (usage) and 1 (error, one line, no stack trace).
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { Headers, ServiceName, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import { type Mesh, eventually, startMesh } from "./harness/mesh.ts";
+import { call, peersLinked, quiet } from "./helpers.ts";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const MAIN = path.join(REPO, "services/cli/main.ts");
+const BUCKET = "config";
+const SITES = ["a", "b"] as const;
+type Site = (typeof SITES)[number];
+
+type Run = { code: number | null; stdout: string; stderr: string };
+
+/** The environment of the CLI: no NATS_* settings of the caller leak in. */
+const cliEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_")));
+
+/** Run the CLI with some arguments (as `node --import tsx services/cli/main.ts …`). */
+function runCli(args: string[], entry: string[] = ["--import", "tsx", MAIN]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [...entry, ...args], { cwd: REPO, env: cliEnv });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    p.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe("syncd CLI on a two-site mesh", () => {
+  let mesh: Mesh;
+  let server: string;
+  const nc = {} as Record<Site, NatsConnection>;
+  const js = {} as Record<Site, JetStreamClient>;
+  const meta = {} as Record<Site, KV>;
+
+  /** Run the CLI against site a's server. */
+  const syncd = (...args: string[]) => runCli([...args, "--server", server]);
+  /** Run it with --json, expect exit code 0, and parse what it printed. */
+  const json = async <T>(...args: string[]): Promise<T> => {
+    const r = await syncd(...args, "--json");
+    assert.equal(r.code, 0, `syncd ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  };
+
+  before(async () => {
+    mesh = await startMesh({
+      sites: [...SITES],
+      scale: { clock: 1, watcher: 1, merger: 1, reconciler: 1 },
+      serviceArgs: ["--reconcile-interval", "0"],
+    });
+    server = mesh.sites.a!.url;
+    for (const s of SITES) {
+      nc[s] = await mesh.connect(s);
+      js[s] = jetstream(nc[s]);
+      await mesh.kv(s);
+      meta[s] = await new Kvm(nc[s]).open(metaBucket(BUCKET));
+    }
+    await peersLinked(nc.a, "a", ["b"]);
+    await peersLinked(nc.b, "b", ["a"]);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("usage errors exit 2, other errors exit 1 with one line and no stack trace", async () => {
+    const [help, bogus, missing, refused, shim] = await Promise.all([
+      runCli(["--help"]),
+      runCli(["bogus"]),
+      runCli(["get", BUCKET]),
+      runCli(["status", "--server", "nats://127.0.0.1:1", "--timeout", "1s"]),
+      runCli(["--version"], [path.join(REPO, "services/cli/syncd.mjs")]),
+    ]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^usage: syncd/);
+    assert.equal(bogus.code, 2);
+    assert.match(bogus.stderr, /unknown command "bogus"/);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /usage: syncd get <bucket> <key>/);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /^syncd: error: cannot connect to nats:\/\/127\.0\.0\.1:1/);
+    assert.equal(refused.stderr.trim().split("\n").length, 1, refused.stderr);
+    assert.doesNotMatch(refused.stderr, /\n\s+at /);
+    // the bin shim registers tsx itself
+    const pkg = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")) as { version: string };
+    assert.equal(shim.code, 0, shim.stderr);
+    assert.equal(shim.stdout.trim(), pkg.version);
+  });
+
+  it("micro ls lists the 8 instances (JSON and table); info and stats show endpoints", async () => {
+    type Row = { name: string; id: string; version: string; site: string; description: string };
+    const rows = await eventually(
+      async () => {
+        const r = await json<Row[]>("micro", "ls");
+        assert.equal(r.length, 8, JSON.stringify(r));
+        return r;
+      },
+      { timeout: 15_000, interval: 200 },
+    );
+    const kinds = Object.values(ServiceName) as string[];
+    for (const s of SITES)
+      assert.deepEqual(
+        rows
+          .filter((r) => r.site === s)
+          .map((r) => r.name)
+          .sort(),
+        [...kinds].sort(),
+      );
+    assert.equal(new Set(rows.map((r) => r.id)).size, 8);
+
+    // the table for people: a header, one aligned row per instance, a count
+    const t = await syncd("micro", "ls");
+    assert.equal(t.code, 0, t.stderr);
+    const lines = t.stdout.trimEnd().split("\n");
+    const header = lines[0]!;
+    assert.match(header, /^NAME\s+ID\s+VERSION\s+SITE\s+DESCRIPTION$/);
+    const body = lines.slice(1, lines.indexOf(""));
+    assert.equal(body.length, 8, t.stdout);
+    const col = (name: string) => header.indexOf(name);
+    const parsed = body.map((l) => ({
+      name: l.slice(0, col("ID")).trim(),
+      id: l.slice(col("ID"), col("VERSION")).trim(),
+      site: l.slice(col("SITE"), col("DESCRIPTION")).trim(),
+    }));
+    assert.deepEqual(
+      parsed.map((p) => `${p.name}@${p.site}#${p.id}`).sort(),
+      rows.map((r) => `${r.name}@${r.site}#${r.id}`).sort(),
+    );
+    assert.equal(lines.at(-1), "8 instances");
+
+    type Info = {
+      name: string;
+      metadata: Record<string, string>;
+      endpoints: { name: string; subject: string; queue_group: string; metadata: Record<string, string> }[];
+    };
+    const infos = await json<Info[]>("micro", "info", ServiceName.merger);
+    assert.deepEqual(infos.map((i) => i.metadata.site).sort(), ["a", "b"]);
+    for (const i of infos) {
+      const get = i.endpoints.find((e) => e.name === "get");
+      assert.equal(get?.subject, endpointSubject(i.metadata.site!, "merger", "get"));
+      assert.equal(get?.queue_group, "syncd");
+      assert.equal(get?.metadata["schema.request"], "schemas/merger/get.request.json");
+    }
+
+    await call(nc.a, "a", "clock", "now");
+    type Stats = {
+      name: string;
+      metadata: Record<string, string>;
+      endpoints: { name: string; num_requests: number; num_errors: number; processing_time: number }[];
+    };
+    const stats = await json<Stats[]>("micro", "stats", ServiceName.clock);
+    const now = stats.find((s) => s.metadata.site === "a")?.endpoints.find((e) => e.name === "now");
+    assert.ok(now && now.num_requests >= 1, JSON.stringify(stats));
+    assert.equal(typeof now.processing_time, "number");
+  });
+
+  it("status shows both sites with their 4 services, clock, watcher, merger, reconciler, streams", async () => {
+    type Status = {
+      sites: {
+        site: string;
+        domain: string;
+        services: Record<string, number>;
+        clock: { ts: number; mode: string } | null;
+        watcher: { buckets: { bucket: string; position: number; lag: number }[] } | null;
+        merger: { pending: number; counts: Record<string, number> } | null;
+        reconciler: { peers: string[] } | null;
+        dead_letters: number | null;
+        conflicts: number | null;
+        errors: string[];
+      }[];
+    };
+    const st = await json<Status>("status");
+    assert.deepEqual(
+      st.sites.map((s) => s.site),
+      ["a", "b"],
+    );
+    for (const s of st.sites) {
+      assert.deepEqual(s.errors, [], `${s.site}: ${s.errors.join("; ")}`);
+      assert.equal(s.domain, s.site);
+      assert.deepEqual(s.services, {
+        "syncd-clock": 1,
+        "syncd-watcher": 1,
+        "syncd-merger": 1,
+        "syncd-reconciler": 1,
+      });
+      assert.equal(s.clock?.mode, "hlc");
+      assert.deepEqual(
+        s.watcher?.buckets.map((b) => b.bucket),
+        [BUCKET],
+      );
+      assert.equal(typeof s.merger?.pending, "number");
+      assert.ok(s.reconciler, "reconciler status");
+      assert.equal(typeof s.dead_letters, "number");
+      assert.equal(typeof s.conflicts, "number");
+    }
+  });
+
+  type KeyAt = { site: string; state: string; value?: string; ts?: number; node_id?: string };
+  type Get = { bucket: string; key: string; differ: boolean; newest: string[]; sites: KeyAt[] };
+
+  it("put at a, then get shows the value at both sites; del at b deletes it everywhere", async () => {
+    const put = await json<{ site: string; revision: number }>(
+      "put",
+      BUCKET,
+      "cli.k",
+      "hello",
+      "--site",
+      "a",
+    );
+    assert.equal(put.site, "a");
+    assert.ok(put.revision > 0);
+    const g = await eventually(
+      async () => {
+        const r = await json<Get>("get", BUCKET, "cli.k");
+        assert.deepEqual(
+          r.sites.map((s) => [s.site, s.state, s.value, s.node_id]),
+          [
+            ["a", "live", "hello", "site-a"],
+            ["b", "live", "hello", "site-a"],
+          ],
+        );
+        return r;
+      },
+      { timeout: 15_000, interval: 100 },
+    );
+    assert.equal(g.differ, false);
+
+    const del = await syncd("del", BUCKET, "cli.k", "--site", "b");
+    assert.equal(del.code, 0, del.stderr);
+    await eventually(
+      async () => {
+        const r = await json<Get>("get", BUCKET, "cli.k");
+        assert.deepEqual(
+          r.sites.map((s) => [s.site, s.state, s.node_id]),
+          [
+            ["a", "deleted", "site-b"],
+            ["b", "deleted", "site-b"],
+          ],
+        );
+      },
+      { timeout: 15_000, interval: 100 },
+    );
+    const absent = await json<Get>("get", BUCKET, "cli.never");
+    assert.deepEqual(
+      absent.sites.map((s) => s.state),
+      ["absent", "absent"],
+    );
+    // put needs --site when there are several sites
+    const ambiguous = await syncd("put", BUCKET, "cli.k", "x");
+    assert.equal(ambiguous.code, 2);
+  });
+
+  type SiteVersion = { ts: number; node_id: string; deleted: boolean; value?: string } | null;
+  type Diff = {
+    sites: string[];
+    ranges_descended: number;
+    differences: { key: string; newest: string[]; sites: Record<string, SiteVersion> }[];
+  };
+
+  it("diff: nothing for equal buckets; a difference made behind the services' back; reconcile repairs it", async () => {
+    for (let i = 0; i < 30; i++) await (await mesh.kv(i % 2 ? "a" : "b")).put(`seed.${i % 10}`, `v${i}`);
+    await quiet({ a: nc.a, b: nc.b });
+    await eventually(
+      async () => {
+        const d = await json<Diff>("diff", BUCKET);
+        assert.deepEqual(d.sites, ["a", "b"]);
+        assert.deepEqual(d.differences, []);
+      },
+      { timeout: 15_000, interval: 200 },
+    );
+
+    // at b only, with version headers (no op is published) and its _meta version
+    const now = Date.now() * 1000;
+    const plant = async (key: string, value: string, ts: number) => {
+      const h = natsHeaders();
+      h.set(Headers.ts, String(ts));
+      h.set(Headers.node, "site-b");
+      const pa = await js.b.publish(kvSubject(BUCKET, key), value, { headers: h });
+      await meta.b.put(key, JSON.stringify({ ts, node_id: "site-b", deleted: false, rev: pa.seq }));
+    };
+    await plant("cli.oob", "only at b", now + 1);
+    await plant("seed.1", "newer at b", now + 2);
+    const d = await eventually(
+      async () => {
+        const r = await json<Diff>("diff", BUCKET);
+        assert.deepEqual(
+          r.differences.map((k) => k.key),
+          ["cli.oob", "seed.1"],
+        );
+        return r;
+      },
+      { timeout: 15_000, interval: 200 },
+    );
+    assert.ok(d.ranges_descended >= 1);
+    const [oob, seed1] = d.differences;
+    assert.equal(oob?.sites.a, null);
+    assert.deepEqual(oob?.sites.b, { ts: now + 1, node_id: "site-b", deleted: false, value: "only at b" });
+    assert.deepEqual(oob?.newest, ["b"]);
+    assert.equal(seed1?.sites.b?.value, "newer at b");
+    assert.ok(seed1?.sites.a && seed1.sites.a.ts < now + 2);
+    assert.deepEqual(seed1?.newest, ["b"]);
+
+    type Runs = { runs: { site: string; peer: string; pulled: number; pushed: number; error?: string }[] };
+    const r = await json<Runs>("reconcile", "--site", "a");
+    assert.equal(r.runs.length, 1, JSON.stringify(r));
+    const run = r.runs[0]!;
+    assert.deepEqual([run.site, run.peer, run.pulled, run.pushed, run.error], ["a", "b", 2, 0, undefined]);
+
+    const g = await json<Get>("get", BUCKET, "cli.oob");
+    assert.deepEqual(
+      g.sites.map((s) => [s.site, s.value]),
+      [
+        ["a", "only at b"],
+        ["b", "only at b"],
+      ],
+    );
+    await eventually(
+      async () => {
+        const after = await json<Diff>("diff", BUCKET);
+        assert.deepEqual(after.differences, []);
+      },
+      { timeout: 10_000, interval: 200 },
+    );
+  });
+
+  it("conflicts lists the merger's conflict records, filtered by bucket, key and site", async () => {
+    type Conflicts = {
+      records: {
+        site: string;
+        bucket: string;
+        key: string;
+        kind: string;
+        loser: { ts: number; node_id: string; value?: string };
+        winner: { node_id: string };
+      }[];
+      sites: { site: string; exists: boolean }[];
+    };
+    await json("put", BUCKET, "cli.c", "current", "--site", "a");
+    await eventually(async () => {
+      const r = await call<{ node_id: string }>(nc.a, "a", "merger", "get", { bucket: BUCKET, key: "cli.c" });
+      assert.equal(r.node_id, "site-a");
+    });
+    // an op older than what a holds, from another node: it loses, and the loss is recorded
+    const merged = await call<{ result: string }>(nc.a, "a", "merger", "merge", {
+      op: "put",
+      bucket: BUCKET,
+      key: "cli.c",
+      value: "too late",
+      ts: 1,
+      node_id: "operator",
+    });
+    assert.equal(merged.result, "stale");
+    const c = await eventually(
+      async () => {
+        const r = await json<Conflicts>("conflicts", BUCKET, "cli.c");
+        assert.equal(r.records.length, 1, JSON.stringify(r));
+        return r.records[0]!;
+      },
+      { timeout: 10_000, interval: 200 },
+    );
+    assert.deepEqual(
+      [c.site, c.bucket, c.key, c.kind, c.loser.node_id, c.loser.ts, c.loser.value, c.winner.node_id],
+      ["a", BUCKET, "cli.c", "stale_op", "operator", 1, "too late", "site-a"],
+    );
+    const atB = await json<Conflicts>("conflicts", BUCKET, "cli.c", "--site", "b");
+    assert.deepEqual(atB.records, []);
+    assert.deepEqual(
+      atB.sites.map((s) => s.site),
+      ["b"],
+    );
+    const otherBucket = await json<Conflicts>("conflicts", "nosuchbucket");
+    assert.deepEqual(otherBucket.records, []);
+  });
+});
