@@ -290,12 +290,20 @@ function render(r: DiffResult): string {
   if (r.differences.length === 0) {
     return r.ranges_descended === 0
       ? `no differences in ${r.bucket} between ${r.sites.join(", ")} (root digests equal)`
-      : `no differences in ${r.bucket} between ${r.sites.join(", ")} (${r.keys_compared} keys compared in ${r.ranges_descended} ranges)`;
+      : `no differences in ${r.bucket} between ${r.sites.join(", ")} (${counted(r)})`;
   }
   const t = table(
     ["KEY", ...r.sites.map((s) => `AT ${s}`), "NEWEST"],
     r.differences.map((k) => [k.key, ...r.sites.map((s) => cell(k.sites[s] ?? null)), k.newest.join(",")]),
   );
   const n = r.differences.length;
-  return `${t}\n\n${n} key${n === 1 ? "" : "s"} differ in ${r.bucket} (${r.keys_compared} keys compared in ${r.ranges_descended} ranges, ${r.bytes} bytes)`;
+  return `${t}\n\n${plural(n, "key")} differ${n === 1 ? "s" : ""} in ${r.bucket} (${counted(r)}, ${r.bytes} bytes)`;
+}
+
+function plural(n: number, what: string): string {
+  return `${n} ${what}${n === 1 ? "" : "s"}`;
+}
+
+function counted(r: DiffResult): string {
+  return `${plural(r.keys_compared, "key")} compared in ${plural(r.ranges_descended, "range")}`;
 }

@@ -108,11 +108,17 @@ async function microStats(ctx: Ctx, name: string | undefined, id: string | undef
       e.last_error ? clip(e.last_error, 50) : undefined,
     ]),
   );
-  const data = stats.flatMap((s) =>
-    (s.endpoints ?? [])
+  // endpoint data; an instance whose endpoints all carry the same data shows it once
+  const data = stats.flatMap((s) => {
+    const who = `${s.name}@${s.metadata?.site ?? "?"} ${s.id}`;
+    const withData = (s.endpoints ?? [])
       .filter((e) => e.data !== undefined && e.data !== null)
-      .map((e) => `  ${s.name}@${s.metadata?.site ?? "?"} ${s.id} ${e.name}: ${JSON.stringify(e.data)}`),
-  );
+      .map((e) => ({ name: e.name, json: JSON.stringify(e.data) }));
+    const distinct = new Set(withData.map((e) => e.json));
+    if (distinct.size === 1 && withData.length === (s.endpoints ?? []).length && withData.length > 1)
+      return [`  ${who}: ${withData[0]!.json}`];
+    return withData.map((e) => `  ${who} ${e.name}: ${e.json}`);
+  });
   const text = [
     table(
       ["NAME", "SITE", "ID", "ENDPOINT", "REQUESTS", "ERRORS", "PROCESSING", "AVERAGE", "LAST ERROR"],

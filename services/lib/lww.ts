@@ -13,7 +13,14 @@ export type Versioned = {
   value?: Uint8Array | undefined;
 };
 
+import { createHash } from "node:crypto";
+
 const enc = new TextEncoder();
+
+/** The value hash kept with a put's version (`vh`): first 8 bytes of SHA-256, hex. */
+export function valueHash(value: Uint8Array): string {
+  return createHash("sha256").update(value).digest("hex").slice(0, 16);
+}
 
 /** Byte-order comparison of two strings (UTF-8), as Go and the NATS server compare them. */
 export function compareBytes(a: Uint8Array, b: Uint8Array): number {

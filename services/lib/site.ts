@@ -18,7 +18,15 @@ import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
 import type { Logger } from "./logger.ts";
-import { OPS_INGRESS, Streams, conflictsSubject, dlqSubject, metaBucket, opsSubject } from "./subjects.ts";
+import {
+  OPS_INGRESS,
+  Streams,
+  conflictsSubject,
+  dlqSubject,
+  journalSubject,
+  metaBucket,
+  opsSubject,
+} from "./subjects.ts";
 
 /** Handles a service uses on its site. */
 export type SiteHandles = {
@@ -63,7 +71,14 @@ async function ensureStream(
   cfg: Partial<StreamConfig> & { name: string },
 ): Promise<void> {
   try {
-    await jsm.streams.info(cfg.name);
+    const info = await jsm.streams.info(cfg.name);
+    const missing = (cfg.subjects ?? []).filter((s) => !info.config.subjects?.includes(s));
+    if (missing.length > 0) {
+      await jsm.streams.update(cfg.name, {
+        ...info.config,
+        subjects: [...(info.config.subjects ?? []), ...missing],
+      });
+    }
     return;
   } catch (err) {
     if (!isNotFound(err)) throw err;
@@ -102,7 +117,7 @@ export async function openSite(nc: NatsConnection, config: Config, log: Logger):
   });
   await ensureStream(jsm, {
     name: Streams.in(config.site),
-    subjects: [OPS_INGRESS],
+    subjects: [OPS_INGRESS, journalSubject(config.site)],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
     max_age: maxAge,

@@ -25,6 +25,14 @@ export function endpointSubject(site: string, service: ServiceKind, endpoint: st
   return `syncd.${site}.${service}.${endpoint}`;
 }
 
+/**
+ * Journal subject of a site, captured by its IN stream: the merge endpoint records every op here
+ * before applying it, so an op whose merge dies half-way is applied again by the merger's consumer.
+ */
+export function journalSubject(site: string): string {
+  return `syncd.${site}.journal`;
+}
+
 /** Dead-letter subject of a site: bad ops are kept here with their reason. */
 export function dlqSubject(site: string): string {
   return `syncd.${site}.dlq`;

@@ -8,7 +8,7 @@
  * everywhere. A redelivered op whose version equals `_meta` only repairs the bucket if it must.
  */
 import { SyncdError } from "../lib/errors.ts";
-import { type Versioned, compare, compareVersions } from "../lib/lww.ts";
+import { type Versioned, compare, compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, opValue, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
@@ -146,6 +146,7 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
       deleted: incoming.deleted,
       rev: pending ? covered : Math.max(covered, l?.rev ?? 0),
       merged: true,
+      ...(incoming.deleted ? {} : { vh: valueHash(incoming.value ?? new Uint8Array()) }),
     };
     try {
       await b.meta.cas(op.key, version, m);

@@ -27,6 +27,7 @@ import {
   conflictsSubject,
   dlqSubject,
   endpointSubject,
+  journalSubject,
   opsSubject,
 } from "../lib/subjects.ts";
 import {
@@ -187,6 +188,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/merge.response.json",
       description: "apply one op by LWW: applied, stale or duplicate",
       handler: async (op) => {
+        admit(deps, op);
+        // journal first: if this process dies half-way, the consumer applies the op again
+        await js.publish(journalSubject(config.site), JSON.stringify(op));
         const r = await applyOp(deps, op);
         counts[r.result]++;
         return r;

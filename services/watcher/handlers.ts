@@ -8,6 +8,7 @@
  * re-publish a duplicate (I3, I6).
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { valueHash } from "../lib/lww.ts";
 import { makeOp } from "../lib/op.ts";
 import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
 import { opsSubject } from "../lib/subjects.ts";
@@ -85,6 +86,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       node_id: deps.nodeId,
       deleted: e.deleted,
       rev: e.rev,
+      ...(e.deleted ? {} : { vh: valueHash(e.value) }),
     };
     try {
       await deps.meta.cas(e.key, v, cur);
