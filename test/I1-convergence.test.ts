@@ -10,7 +10,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { compareVersions } from "../services/lib/lww.ts";
 import { OPS_INGRESS } from "../services/lib/subjects.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+import { contents, peersLinked, quiet, replicated, until, versions } from "./helpers.ts";
 
 describe("I1 convergence between two leaf sites", () => {
   let mesh: Mesh;
@@ -65,7 +65,7 @@ describe("I1 convergence between two leaf sites", () => {
     const [va, vb] = [await versions(nc.a!), await versions(nc.b!)];
     for (const k of keys) {
       assert.equal(ca.get(k), cb.get(k), `${k}: sites differ`);
-      assert.deepEqual({ ...va.get(k), rev: 0 }, { ...vb.get(k), rev: 0 }, `${k}: versions differ`);
+      assert.deepEqual(replicated(va.get(k)), replicated(vb.get(k)), `${k}: versions differ`);
       const winner = va.get(k)!;
       assert.equal(
         ca.get(k),

@@ -54,6 +54,11 @@ export async function versions(nc: NatsConnection, bucket = "config"): Promise<M
   return out;
 }
 
+/** The replicated part of a version (without the site-local `rev` and `merged`), for comparing sites. */
+export function replicated(v: Version | undefined): Pick<Version, "ts" | "node_id" | "deleted" | "vh"> | undefined {
+  return v && { ts: v.ts, node_id: v.node_id, deleted: v.deleted, ...(v.vh ? { vh: v.vh } : {}) };
+}
+
 /** Number of messages stored in a stream. */
 export async function streamCount(jsm: JetStreamManager, stream: string): Promise<number> {
   return (await jsm.streams.info(stream)).state.messages;
