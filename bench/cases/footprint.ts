@@ -1,0 +1,109 @@
+/**
+ * Case 6: footprint. RSS (VmRSS) of every service process idle, then after each of R rounds of M ops
+ * over a fixed set of 1 000 keys (the key count stays constant, the op count grows: memory that grows
+ * here grows with ops), with the CPU time per op of every process per round. RSS at K keys comes from
+ * case 5 (the reconcile mesh holds K keys per site); per-op CPU of case 1 from its run.
+ */
+import { type BenchMesh, processes, quiet, startBenchMesh, stopQuietly, warmUp } from "../lib/mesh.ts";
+import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
+import { kfmt, log, nowMs, pipelined, round, sleep, value100, withProgress } from "../lib/util.ts";
+import { WINDOW } from "./throughput.ts";
+import type { BenchContext, CaseDef, ProcCpu, ProcRss } from "./types.ts";
+
+const KEYSET = 1000;
+
+export type FootprintRound = {
+  ops_total: number;
+  ops_s: number;
+  rss: ProcRss[];
+  cpu: ProcCpu[];
+};
+
+export type FootprintResult = {
+  idle: ProcRss[];
+  keyset: number;
+  ops_per_round: number;
+  rounds: FootprintRound[];
+  /** per process: RSS after the last round − after the first, per 10 000 ops */
+  growth_mb_per_10k_ops: { site: string; name: string; kind: string; mb: number }[];
+};
+
+export const footprintCase: CaseDef = {
+  name: "footprint",
+  title: "6. Footprint: RSS idle and as ops accumulate, CPU per op",
+  async run(ctx: BenchContext): Promise<FootprintResult> {
+    const rounds = ctx.quick ? 3 : 5;
+    const m = ctx.quick ? 1_000 : 5_000;
+    let bm: BenchMesh | undefined;
+    try {
+      log("footprint: starting hub + sites a, b with services");
+      bm = await startBenchMesh();
+      const procs = processes(bm);
+      const rss = (): ProcRss[] =>
+        procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+      await warmUp(bm, "a", `warm.${Date.now()}`);
+      await sleep(2000);
+      const idle = rss();
+      log(
+        `footprint: idle RSS ${idle
+          .filter((p) => p.kind !== "nats-server" && p.kind !== "hub")
+          .map((p) => `${p.site}/${p.name} ${p.rss_mb}`)
+          .join(", ")} MB`,
+      );
+      const out: FootprintRound[] = [];
+      const a = bm.conn.a!;
+      let total = 0;
+      for (let r = 0; r < rounds; r++) {
+        let done = 0;
+        const s0 = cpuSnapshot(procs.map((p) => p.pid));
+        const t0 = nowMs();
+        const bmm = bm;
+        await withProgress(
+          `footprint/round ${r + 1}/${rounds}`,
+          () => `${done}/${m} puts`,
+          async () => {
+            await pipelined(m, WINDOW, (i) =>
+              a.kv.put(`fp.${(r * m + i) % KEYSET}`, value100(`r${r}.${i}`)).then(() => void done++),
+            );
+            await quiet(bmm, 300_000);
+          },
+        );
+        const ms = nowMs() - t0;
+        const d = cpuDelta(s0, cpuSnapshot(procs.map((p) => p.pid)));
+        total += m;
+        out.push({
+          ops_total: total,
+          ops_s: Math.round(m / (ms / 1000)),
+          rss: rss(),
+          cpu: procs.map((p) => {
+            const c = d.byPid.get(p.pid) ?? Number.NaN;
+            return {
+              pid: p.pid,
+              site: p.site,
+              name: p.name,
+              kind: p.kind,
+              cpu_ms: round(c),
+              us_per_op: round((c * 1000) / m),
+              pct_core: round((c / d.wall_ms) * 100),
+            };
+          }),
+        });
+        log(`footprint: ${kfmt(total)} ops, ${kfmt(out[r]!.ops_s)} ops/s applied`);
+      }
+      const first = out[0]!;
+      const last = out[out.length - 1]!;
+      const growth = first.rss.map((p, i) => ({
+        site: p.site,
+        name: p.name,
+        kind: p.kind,
+        mb: round(
+          (((last.rss[i]?.rss_mb ?? Number.NaN) - p.rss_mb) / (last.ops_total - first.ops_total)) * 10_000,
+          2,
+        ),
+      }));
+      return { idle, keyset: KEYSET, ops_per_round: m, rounds: out, growth_mb_per_10k_ops: growth };
+    } finally {
+      await stopQuietly(bm);
+    }
+  },
+};

@@ -1,0 +1,286 @@
+/**
+ * Case 1 (and the engine of cases 4 and the profile run): sustained pipelined puts at site a until
+ * every one is applied at site b, next to NATS-native cross-domain sourcing with the same writer and
+ * the raw local put rate at a with no replication.
+ */
+import { StorageType, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { kvStream } from "../../services/lib/subjects.ts";
+import type { MeshOptions } from "../../test/harness/mesh.ts";
+import {
+  BUCKET,
+  type BenchMesh,
+  type Measured,
+  backlog,
+  processes,
+  startBenchMesh,
+  stopQuietly,
+  streamState,
+  warmUp,
+} from "../lib/mesh.ts";
+import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
+import {
+  kfmt,
+  log,
+  median,
+  monoUs,
+  nowMs,
+  pipelined,
+  round,
+  value100,
+  waitUntil,
+  withProgress,
+} from "../lib/util.ts";
+import type { BenchContext, CaseDef, ProcCpu, ProcRss } from "./types.ts";
+
+export const WINDOW = 256;
+
+export type SyncdRun = {
+  label: string;
+  scale: string;
+  n: number;
+  window: number;
+  /** n / (first put → last put acked at a) */
+  put_ops_s: number;
+  /** n / (first put → all n applied at b) */
+  repl_ops_s: number;
+  /** last put acked at a → all applied at b */
+  catchup_ms: number;
+  cpu: ProcCpu[];
+  /** the bench process (writer + pollers) */
+  bench_cpu_pct: number;
+  /** all cores busy (whole machine) over the interval, % of one core */
+  machine_cpu_pct: number;
+  rss_before: ProcRss[];
+  rss_after: ProcRss[];
+  /** CLOCK_MONOTONIC µs of the measured interval, to cut CPU profiles */
+  window_us: [number, number];
+};
+
+function rssOf(procs: Measured[]): ProcRss[] {
+  return procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+}
+
+/** Pipelined puts of n new keys at a; waits until b's bucket holds them all. On a running mesh. */
+export async function measureSyncd(
+  bm: BenchMesh,
+  label: string,
+  n: number,
+  scale: string,
+): Promise<SyncdRun> {
+  const a = bm.conn.a!;
+  const b = bm.conn.b!;
+  const procs = processes(bm);
+  const base = (await streamState(b.jsm, kvStream(BUCKET))).messages;
+  const rssBefore = rssOf(procs);
+  let done = 0;
+  let tPutDone = 0;
+  let tAll = 0;
+  const poller = (async () => {
+    // bounded by the overall wait below
+    const deadline = Date.now() + 600_000;
+    while (Date.now() < deadline) {
+      const st = await streamState(b.jsm, kvStream(BUCKET));
+      if (st.messages - base >= n) {
+        tAll = nowMs();
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  const snap0 = cpuSnapshot(procs.map((p) => p.pid));
+  const us0 = monoUs();
+  const t0 = nowMs();
+  await withProgress(
+    `${label}`,
+    async () => {
+      const st = await streamState(b.jsm, kvStream(BUCKET));
+      const bl = await backlog(b.jsm, "b");
+      const el = (nowMs() - t0) / 1000;
+      return `put ${done}/${n} at a, applied ${st.messages - base}/${n} at b (${kfmt((st.messages - base) / el)}/s), b merger backlog ${bl.merger}`;
+    },
+    async () => {
+      const tag = `${label.replace(/\W+/g, "_")}.${Date.now()}`;
+      await pipelined(n, WINDOW, (i) =>
+        a.kv.put(`tp.${tag}.${i}`, value100(String(i))).then(() => void done++),
+      );
+      tPutDone = nowMs();
+      const limit = Math.max(60_000, n * 5);
+      await waitUntil(`${n} keys applied at b`, () => tAll > 0, limit, 10);
+    },
+  );
+  const snap1 = cpuSnapshot(procs.map((p) => p.pid));
+  const us1 = monoUs();
+  await poller;
+  const d = cpuDelta(snap0, snap1);
+  const cpu: ProcCpu[] = procs.map((p) => {
+    const ms = d.byPid.get(p.pid) ?? Number.NaN;
+    return {
+      pid: p.pid,
+      site: p.site,
+      name: p.name,
+      kind: p.kind,
+      cpu_ms: round(ms),
+      us_per_op: round((ms * 1000) / n),
+      pct_core: round((ms / d.wall_ms) * 100),
+    };
+  });
+  const r: SyncdRun = {
+    label,
+    scale,
+    n,
+    window: WINDOW,
+    put_ops_s: Math.round(n / ((tPutDone - t0) / 1000)),
+    repl_ops_s: Math.round(n / ((tAll - t0) / 1000)),
+    catchup_ms: round(tAll - tPutDone),
+    cpu,
+    bench_cpu_pct: round((d.self_ms / d.wall_ms) * 100),
+    machine_cpu_pct: round((d.machine_ms / d.wall_ms) * 100),
+    rss_before: rssBefore,
+    rss_after: rssOf(procs),
+    window_us: [us0, us1],
+  };
+  log(
+    `${label}: ${kfmt(r.repl_ops_s)} ops/s replicated (put ${kfmt(r.put_ops_s)}/s at a, b complete ${r.catchup_ms} ms after the last put ack)`,
+  );
+  return r;
+}
+
+/** A fresh mesh with services, warmed up, then one measured run. */
+export async function syncdThroughput(
+  label: string,
+  n: number,
+  scale?: MeshOptions["scale"],
+  hooks: { beforeStop?: (bm: BenchMesh, run: SyncdRun) => Promise<void> } = {},
+): Promise<SyncdRun> {
+  let bm: BenchMesh | undefined;
+  try {
+    log(`${label}: starting hub + sites a, b with services (scale ${JSON.stringify(scale ?? "1 each")})`);
+    bm = await startBenchMesh({ ...(scale ? { scale } : {}) });
+    await warmUp(bm, "a", `warm.${Date.now()}`);
+    const run = await measureSyncd(bm, label, n, scale ? JSON.stringify(scale) : "1 each");
+    await hooks.beforeStop?.(bm, run);
+    return run;
+  } finally {
+    await stopQuietly(bm);
+  }
+}
+
+export type NativeRun = {
+  n: number;
+  window: number;
+  /** n / (first put → last put acked) into a bucket nobody sources */
+  raw_put_ops_s: number;
+  /** put rate at a while b sources the bucket */
+  put_ops_s: number;
+  /** n / (first put → b's sourcing stream holds n) */
+  repl_ops_s: number;
+  catchup_ms: number;
+};
+
+/** Hub + sites a, b without services: raw put rate at a, then b sourcing a's KV_config. */
+export async function nativeThroughput(label: string, n: number): Promise<NativeRun> {
+  let bm: BenchMesh | undefined;
+  try {
+    log(`${label}: starting hub + sites a, b without services`);
+    bm = await startBenchMesh({ services: false });
+    const a = bm.conn.a!;
+    const b = bm.conn.b!;
+    // warm up the writer and the server (same as the syncd run's warm-up)
+    const warm = await new Kvm(a.nc).create("warmup", { history: 1 });
+    await pipelined(300, 64, (i) => warm.put(`w.${i}`, value100(String(i))));
+
+    // raw: a bucket nobody replicates
+    const raw = await new Kvm(a.nc).create("raw", { history: 1 });
+    const tr0 = nowMs();
+    await pipelined(n, WINDOW, (i) => raw.put(`raw.${i}`, value100(String(i))));
+    const rawOps = Math.round(n / ((nowMs() - tr0) / 1000));
+
+    // native: a stream at b sourcing a's KV_config across domains
+    await waitUntil(
+      "$JS.a.API reachable from b",
+      async () => (await (await jetstreamManager(b.nc, { domain: "a" })).getAccountInfo()).domain === "a",
+      20_000,
+      100,
+    );
+    await b.jsm.streams.add({
+      name: "NATIVE_SRC",
+      storage: StorageType.File,
+      sources: [{ name: kvStream(BUCKET), external: { api: "$JS.a.API", deliver: "" } }],
+    });
+    // the source is live once an entry crosses
+    await a.kv.put("native.probe", value100("probe"));
+    await waitUntil(
+      "native source live",
+      async () => (await streamState(b.jsm, "NATIVE_SRC")).messages >= 1,
+      20_000,
+      20,
+    );
+    const base = (await streamState(b.jsm, "NATIVE_SRC")).messages;
+    let tAll = 0;
+    let tPutDone = 0;
+    const t0 = nowMs();
+    const poller = (async () => {
+      const deadline = Date.now() + 300_000;
+      while (Date.now() < deadline) {
+        if ((await streamState(b.jsm, "NATIVE_SRC")).messages - base >= n) {
+          tAll = nowMs();
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    await pipelined(n, WINDOW, (i) => a.kv.put(`nat.${i}`, value100(String(i))));
+    tPutDone = nowMs();
+    await poller;
+    if (!tAll) throw new Error("native: b never held all messages");
+    const r: NativeRun = {
+      n,
+      window: WINDOW,
+      raw_put_ops_s: rawOps,
+      put_ops_s: Math.round(n / ((tPutDone - t0) / 1000)),
+      repl_ops_s: Math.round(n / ((tAll - t0) / 1000)),
+      catchup_ms: round(tAll - tPutDone),
+    };
+    log(`${label}: native ${kfmt(r.repl_ops_s)} ops/s replicated, raw put ${kfmt(r.raw_put_ops_s)} ops/s`);
+    return r;
+  } finally {
+    await stopQuietly(bm);
+  }
+}
+
+export type ThroughputResult = {
+  syncd: SyncdRun;
+  native: NativeRun[];
+  native_repl_ops_s: number;
+  raw_put_ops_s: number;
+  ratio_vs_native: number;
+  ratio_vs_raw: number;
+};
+
+export const throughputCase: CaseDef = {
+  name: "throughput",
+  title: "1. Replicated throughput",
+  async run(ctx: BenchContext): Promise<ThroughputResult> {
+    const n = ctx.quick ? 3_000 : 20_000;
+    // native before and after the syncd run: both bracket it in time on this noisy host
+    const native1 = await nativeThroughput("throughput/native#1", n);
+    const syncd = await syncdThroughput("throughput/syncd", n);
+    const native2 = await nativeThroughput("throughput/native#2", n);
+    const native = [native1, native2];
+    const nativeOps = median(native.map((x) => x.repl_ops_s));
+    const rawOps = median(native.map((x) => x.raw_put_ops_s));
+    const res: ThroughputResult = {
+      syncd,
+      native,
+      native_repl_ops_s: nativeOps,
+      raw_put_ops_s: rawOps,
+      ratio_vs_native: round(syncd.repl_ops_s / nativeOps, 3),
+      ratio_vs_raw: round(syncd.repl_ops_s / rawOps, 3),
+    };
+    log(
+      `throughput: syncd ${kfmt(syncd.repl_ops_s)}/s = ${round(res.ratio_vs_native * 100)}% of native (${kfmt(nativeOps)}/s), ${round(res.ratio_vs_raw * 100)}% of raw put (${kfmt(rawOps)}/s)`,
+    );
+    return res;
+  },
+};

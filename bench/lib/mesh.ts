@@ -1,0 +1,188 @@
+/**
+ * The bench's view of a mesh started by the test harness (test/harness/mesh.ts): connections per
+ * site, the processes to measure, quiet checks, stream counts, endpoint calls.
+ */
+import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { requestJson } from "../../services/lib/request.ts";
+import { Durables, Streams, endpointSubject, kvStream, metaBucket } from "../../services/lib/subjects.ts";
+import { type Mesh, type MeshOptions, type ServiceKind, startMesh } from "../../test/harness/mesh.ts";
+import { log, pipelined, sleep, value100, waitUntil } from "./util.ts";
+
+export const BUCKET = "config";
+
+export type SiteConn = { nc: NatsConnection; js: JetStreamClient; jsm: JetStreamManager; kv: KV; meta?: KV };
+
+export type BenchMesh = {
+  mesh: Mesh;
+  sites: string[];
+  conn: Record<string, SiteConn>;
+  services: boolean;
+  stop: () => Promise<void>;
+};
+
+/** A measured process: a service instance or a nats-server. */
+export type Measured = { site: string; kind: ServiceKind | "nats-server" | "hub"; name: string; pid: number };
+
+/**
+ * Start a mesh (free ports, temp dir) and open one connection per site. With services: periodic
+ * anti-entropy off, and wait until every site's IN stream sources every peer.
+ */
+export async function startBenchMesh(
+  o: { sites?: string[]; services?: boolean; scale?: MeshOptions["scale"]; serviceArgs?: string[] } = {},
+): Promise<BenchMesh> {
+  const sites = o.sites ?? ["a", "b"];
+  const services = o.services ?? true;
+  const mesh = await startMesh({
+    sites,
+    services,
+    ...(o.scale ? { scale: o.scale } : {}),
+    serviceArgs: ["--reconcile-interval", "0", ...(o.serviceArgs ?? [])],
+    logLevel: process.env.LOG_LEVEL ?? "info",
+    readyTimeoutMs: 60_000,
+  });
+  try {
+    const conn: Record<string, SiteConn> = {};
+    for (const s of sites) conn[s] = await openSite(mesh, s, services);
+    const bm: BenchMesh = { mesh, sites, conn, services, stop: () => mesh.stop() };
+    if (services) await linked(bm);
+    return bm;
+  } catch (err) {
+    await mesh.stop();
+    throw err;
+  }
+}
+
+/** Connections and handles of one site (the bucket is created when missing, history 1). */
+export async function openSite(mesh: Mesh, site: string, withMeta: boolean): Promise<SiteConn> {
+  const nc = await mesh.connect(site, { name: `bench-${site}` });
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  const kv = await mesh.kv(site);
+  const sc: SiteConn = { nc, js, jsm, kv };
+  if (withMeta) sc.meta = await new Kvm(nc).open(metaBucket(BUCKET));
+  return sc;
+}
+
+/** Wait until every site's IN stream sources every peer's OUT stream (the reconciler adds them). */
+export async function linked(bm: BenchMesh, timeoutMs = 30_000): Promise<void> {
+  for (const s of bm.sites) {
+    const peers = bm.sites.filter((p) => p !== s);
+    await waitUntil(
+      `site ${s} to source ${peers.join(",")}`,
+      async () => {
+        const si = await bm.conn[s]!.jsm.streams.info(Streams.in(s));
+        const names = new Set((si.config.sources ?? []).map((x) => x.name));
+        return peers.every((p) => names.has(Streams.out(p)));
+      },
+      timeoutMs,
+      100,
+    );
+  }
+}
+
+/** Put `n` keys `<prefix>.<i>` at `from` and wait until every other site holds them all (warms up JIT and sources). */
+export async function warmUp(bm: BenchMesh, from: string, prefix: string, n = 300): Promise<void> {
+  const kv = bm.conn[from]!.kv;
+  await pipelined(n, 64, (i) => kv.put(`${prefix}.${i}`, value100(`w${i}`)));
+  for (const s of bm.sites) {
+    if (s === from) continue;
+    await waitUntil(
+      `warm-up keys at ${s}`,
+      async () => (await bm.conn[s]!.kv.get(`${prefix}.${n - 1}`)) !== null,
+      60_000,
+    );
+  }
+  await quiet(bm, 60_000);
+}
+
+/** Messages stored in a stream and its last sequence. */
+export async function streamState(
+  jsm: JetStreamManager,
+  stream: string,
+): Promise<{ messages: number; last_seq: number }> {
+  const si = await jsm.streams.info(stream);
+  return { messages: si.state.messages, last_seq: si.state.last_seq };
+}
+
+/** Nothing in flight at a site: watcher and merger consumers drained and acked, sources caught up. */
+export async function siteQuiet(jsm: JetStreamManager, site: string): Promise<boolean> {
+  const consumers: [string, string][] = [
+    [Streams.in(site), Durables.merger],
+    [kvStream(BUCKET), Durables.watcher(BUCKET)],
+  ];
+  for (const [stream, durable] of consumers) {
+    const ci = await jsm.consumers.info(stream, durable);
+    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+  }
+  const si = await jsm.streams.info(Streams.in(site));
+  return (si.sources ?? []).every((s) => s.lag === 0);
+}
+
+/** Work left at a site: pending + ack-pending of the watcher and merger consumers, source lag. */
+export async function backlog(
+  jsm: JetStreamManager,
+  site: string,
+): Promise<{ watcher: number; merger: number; source_lag: number }> {
+  const w = await jsm.consumers.info(kvStream(BUCKET), Durables.watcher(BUCKET));
+  const m = await jsm.consumers.info(Streams.in(site), Durables.merger);
+  const si = await jsm.streams.info(Streams.in(site));
+  return {
+    watcher: w.num_pending + w.num_ack_pending,
+    merger: m.num_pending + m.num_ack_pending,
+    source_lag: (si.sources ?? []).reduce((a, s) => a + s.lag, 0),
+  };
+}
+
+/** Wait until every site is quiet twice in a row. */
+export async function quiet(bm: BenchMesh, timeoutMs: number): Promise<void> {
+  let streak = 0;
+  await waitUntil(
+    "mesh quiet",
+    async () => {
+      const all = await Promise.all(bm.sites.map((s) => siteQuiet(bm.conn[s]!.jsm, s)));
+      streak = all.every(Boolean) ? streak + 1 : 0;
+      return streak >= 2;
+    },
+    timeoutMs,
+    100,
+  );
+}
+
+/** Every service instance and nats-server of the mesh with its pid. */
+export function processes(bm: BenchMesh): Measured[] {
+  const out: Measured[] = [];
+  const topo = bm.mesh.topology;
+  if (topo.hub.pid) out.push({ site: "hub", kind: "hub", name: "hub", pid: topo.hub.pid });
+  for (const s of bm.sites) {
+    const pid = topo.site(s).pid;
+    if (pid) out.push({ site: s, kind: "nats-server", name: "nats-server", pid });
+    for (const i of bm.mesh.services(s))
+      if (i.pid > 0) out.push({ site: s, kind: i.kind, name: i.name, pid: i.pid });
+  }
+  return out;
+}
+
+/** Call a syncd endpoint (JSON), returning the reply and the payload bytes of request + reply. */
+export async function call<T>(
+  nc: NatsConnection,
+  site: string,
+  service: ServiceKind,
+  endpoint: string,
+  body: unknown = {},
+  timeout = 10_000,
+): Promise<{ value: T; bytes: number }> {
+  return requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout });
+}
+
+/** Stop the bench mesh, logging (not throwing) a failure. */
+export async function stopQuietly(bm: BenchMesh | undefined): Promise<void> {
+  if (!bm) return;
+  try {
+    await bm.stop();
+  } catch (err) {
+    log(`mesh stop failed: ${(err as Error).message}`);
+  }
+  await sleep(200);
+}

@@ -1,0 +1,57 @@
+/** RSS and CPU time of processes, from Linux /proc. */
+import { readFileSync } from "node:fs";
+
+const CLK_TCK = 100;
+
+/** Resident set size in MB (VmRSS), or NaN when the process is gone. */
+export function rssMb(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/status`, "utf8");
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(s);
+    return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** utime + stime of a process in ms (clock ticks of 10 ms), or NaN when it is gone. */
+export function cpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Machine-wide busy CPU time in ms (all cores, /proc/stat), to see what else ran. */
+export function machineBusyMs(): number {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal
+  const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+  return (busy * 1000) / CLK_TCK;
+}
+
+export type CpuSnapshot = { at: number; byPid: Map<number, number>; self: NodeJS.CpuUsage; machine: number };
+
+export function cpuSnapshot(pids: number[]): CpuSnapshot {
+  return {
+    at: performance.now(),
+    byPid: new Map(pids.map((p) => [p, cpuMs(p)])),
+    self: process.cpuUsage(),
+    machine: machineBusyMs(),
+  };
+}
+
+/** CPU ms spent per pid between two snapshots, the bench process's own, the machine's, and the wall time. */
+export function cpuDelta(
+  a: CpuSnapshot,
+  b: CpuSnapshot,
+): { wall_ms: number; byPid: Map<number, number>; self_ms: number; machine_ms: number } {
+  const byPid = new Map<number, number>();
+  for (const [pid, v] of a.byPid) byPid.set(pid, (b.byPid.get(pid) ?? Number.NaN) - v);
+  const self = (b.self.user - a.self.user + b.self.system - a.self.system) / 1000;
+  return { wall_ms: b.at - a.at, byPid, self_ms: self, machine_ms: b.machine - a.machine };
+}
