@@ -90,6 +90,8 @@ export type SiteVersion = {
   value?: string;
   encoding?: "utf8" | "base64";
   omitted?: "in_flux" | "too_large";
+  /** the hash of a put's value, when the site's reconciler lists it (equal versions, other contents) */
+  vh?: string;
 };
 
 /** One differing key: its version at every site (null: the site does not have it). */
@@ -120,7 +122,13 @@ export function differingKeys(listings: Map<string, Entry[]>): { compared: numbe
         byKey.set(e.key, row);
       }
       if (row[site]) continue;
-      row[site] = { ts: e.ts, node_id: e.node_id, deleted: e.deleted };
+      const vh = (e as { vh?: unknown }).vh;
+      row[site] = {
+        ts: e.ts,
+        node_id: e.node_id,
+        deleted: e.deleted,
+        ...(typeof vh === "string" ? { vh } : {}),
+      };
     }
   }
   const diffs: KeyDiff[] = [];
@@ -134,7 +142,8 @@ export function differingKeys(listings: Map<string, Entry[]>): { compared: numbe
         first !== undefined &&
         v.ts === first.ts &&
         v.node_id === first.node_id &&
-        v.deleted === first.deleted,
+        v.deleted === first.deleted &&
+        (v.vh === undefined || first.vh === undefined || v.vh === first.vh),
     );
     if (same) continue;
     diffs.push({ key, newest: newestOf(row), sites: row });
@@ -290,7 +299,7 @@ function render(r: DiffResult): string {
   if (r.differences.length === 0) {
     return r.ranges_descended === 0
       ? `no differences in ${r.bucket} between ${r.sites.join(", ")} (root digests equal)`
-      : `no differences in ${r.bucket} between ${r.sites.join(", ")} (${counted(r)})`;
+      : `no differences in ${r.bucket} between ${r.sites.join(", ")} (${counted(r)}; the digests of ${plural(r.ranges_descended, "range")} differ, yet every listed version is the same: a change in flux, or equal versions with other contents)`;
   }
   const t = table(
     ["KEY", ...r.sites.map((s) => `AT ${s}`), "NEWEST"],
