@@ -486,3 +486,48 @@ describe("syncd CLI on a two-site mesh", () => {
     assert.deepEqual(otherBucket.records, []);
   });
 });
+
+describe("syncd CLI with NATS auth (deploy/nats/site-users.conf.template)", () => {
+  const users = { syncd: "syncd-secret", app: "app-secret", admin: "admin-secret" };
+  let mesh: Mesh;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a"], services: false, users });
+    await mesh.kv("a");
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("--user/--password (or $NATS_USER/$NATS_PASSWORD) pass through; a refused login is exit 1", async () => {
+    const server = mesh.sites.a!.url;
+    const put = await runCli([
+      "put",
+      BUCKET,
+      "auth.k",
+      "v",
+      "--site",
+      "a",
+      "--server",
+      server,
+      "--user",
+      "admin",
+      "--password",
+      users.admin,
+      "--json",
+    ]);
+    assert.equal(put.code, 0, put.stderr);
+    assert.equal((JSON.parse(put.stdout) as { revision: number }).revision, 1);
+    assert.equal((await (await mesh.kv("a")).get("auth.k"))?.string(), "v");
+
+    const [wrong, none] = await Promise.all([
+      runCli(["micro", "ls", "--server", server, "--user", "admin", "--password", "nope"]),
+      runCli(["micro", "ls", "--server", server]),
+    ]);
+    for (const r of [wrong, none]) {
+      assert.equal(r.code, 1, r.stdout);
+      assert.match(r.stderr, /^syncd: error: cannot connect to .*authorization/i);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+  });
+});
