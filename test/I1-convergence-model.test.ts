@@ -17,7 +17,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
-import { type MergeDeps, applyOp } from "../services/merger/handlers.ts";
+import { type MergeDeps, admit, applyOp } from "../services/merger/handlers.ts";
 import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
 import { readVersioned } from "../services/reconciler/values.ts";
 import { type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
@@ -136,7 +136,24 @@ function site(call: Call, name: string) {
     const v = data.contents().get(key);
     return v === undefined ? undefined : dec.decode(v);
   };
-  return { meta, data, merge, watcher, published, stamp, shows };
+  /** the ops the `merge` endpoint journaled to the site's IN stream, not yet consumed */
+  const journal: Op[] = [];
+  /**
+   * The merger's `merge` endpoint (services/merger/service.ts): journal the op, then apply it
+   * (with `deps`, e.g. a merger that dies half-way).
+   */
+  const mergeEndpoint = async (op: Op, deps: MergeDeps = merge) => {
+    admit(deps, op);
+    journal.push(op);
+    return applyOp(deps, op);
+  };
+  /** the merger's durable consumer applies every journaled op */
+  const consume = async () => {
+    const out = [];
+    for (const op of journal.splice(0)) out.push(await applyOp(merge, op));
+    return out;
+  };
+  return { meta, data, merge, watcher, published, stamp, shows, journal, mergeEndpoint, consume };
 }
 
 const enc = new TextEncoder();
@@ -165,7 +182,7 @@ function dying(s: Site): MergeDeps {
 /** A site's version tree, as its reconciler's index builds it from `_meta`. */
 function treeOf(s: Site): VersionTree {
   const t = new VersionTree(2);
-  for (const [k, v] of s.meta.snapshot()) t.set(k, v);
+  for (const [k, v] of s.meta.snapshot()) t.set(k, v); // ts, node_id, deleted and vh
   return t;
 }
 
@@ -175,6 +192,28 @@ async function toPull(to: Site, from: Site): Promise<string[]> {
   const theirs = treeOf(from);
   const d = await descend(mine, treeSource(theirs));
   return plan(mine.entries(d.list), theirs.entries(d.list)).pull;
+}
+
+/**
+ * The pull half of a reconcile run at `to` against `from`: every key to pull, read with its own
+ * version at `from` (readVersioned) and sent to `to`'s `merge` endpoint (merging with `deps`).
+ */
+async function repairRun(to: Site, from: Site, deps: MergeDeps = to.merge): Promise<void> {
+  for (const key of await toPull(to, from)) {
+    const known = from.meta.peek(key) ?? undefined;
+    const src = { meta: from.meta.as("reconciler"), data: from.data, nodeId: from.watcher.nodeId };
+    const v = await readVersioned(src, key, known);
+    assert.ok(v.ok, `${key} in flux at ${from.watcher.nodeId}`);
+    const op = makeOp({
+      bucket: BUCKET,
+      key,
+      ts: v.version.ts,
+      nodeId: v.version.node_id,
+      deleted: v.version.deleted,
+      value: v.value,
+    });
+    await to.mergeEndpoint(op, deps);
+  }
 }
 
 describe("I1 I5 I6 counterexamples found by the model, replayed step by step", () => {
@@ -331,8 +370,10 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
    * Found by the second property (FC_SEED=1387323141 FC_RUNS=1100 on a merger with the shortcut
    * patched out).
    * Two hand-made ops with the same (ts, node_id) and different values; the greater one is lost on
-   * the way to site-b. Anti-entropy compares versions only (entryHash and plan: key, ts, node_id,
-   * deleted), so the sites look equal and site-b keeps the smaller value forever.
+   * the way to site-b. Anti-entropy compared versions only (entryHash and plan: key, ts, node_id,
+   * deleted), so the sites looked equal and site-b kept the smaller value forever. Now `_meta`
+   * carries the value hash (vh), the tree hashes it and plan moves such a key both ways: each
+   * side's merger keeps the greater value bytes.
    */
   it("I1 anti-entropy repairs equal versions with different contents", async () => {
     const a = site(direct, "site-a");
@@ -348,41 +389,86 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
       ["k"],
       `site-b shows ${b.shows("k")}, site-a ${a.shows("k")}, both at 5/hand: the version trees are equal, nothing is pulled`,
     );
+    assert.deepEqual(
+      await toPull(a, b),
+      ["k"],
+      "and site-a pulls site-b's contents (its merger keeps its own)",
+    );
+    await repairRun(b, a);
+    await repairRun(a, b);
+    assert.equal(b.shows("k"), "light");
+    assert.equal(a.shows("k"), "light");
+    assert.deepEqual(await toPull(b, a), []);
+    assert.equal(treeOf(a).root().hash, treeOf(b).root().hash);
   });
 
   /**
    * Found by the third property (faults) on a local copy with the merger cases patched and copied
    * hand-made versions off (so that the case above does not hide it).
-   * The reconciler pulls a key and calls this site's `merge`; applyOp commits `_meta`
-   * and the process dies (or the write times out) before the bucket write. Nothing redelivers a
-   * `merge` request, and the next run compares `_meta` digests, which now agree: the bucket never
-   * gets the value. (The op stream is redelivered; anti-entropy is the backstop, and it is blind here.)
+   * The reconciler pulls a key and calls this site's `merge`; applyOp commits `_meta` and the
+   * process dies (or the write times out) before the bucket write. The next run compares `_meta`
+   * digests, which now agree: anti-entropy cannot see it. This test used to ask later anti-entropy
+   * runs to repair it; the real system does not (and need not): the `merge` endpoint now journals
+   * each op to the site's IN stream (`syncd.<site>.journal`) before applying it, and the merger's
+   * durable consumer applies it again. Asserted here: the run that follows sees nothing to move,
+   * and the consumer's delivery of the journaled op writes the bucket.
    */
-  it("I1 I6 anti-entropy repairs a key whose merge died between the _meta commit and the bucket write", async () => {
+  it("I1 I6 a merge that dies between the _meta commit and the bucket write is applied again from the journal", async () => {
     const a = site(direct, "site-a");
     const b = site(direct, "site-b");
     await applyOp(a.merge, put("k", 7, "site-c", "light"));
-    const pull = async (deps: MergeDeps) => {
-      for (const key of await toPull(b, a)) {
-        const v = await readVersioned({ meta: a.meta.as("reconciler"), data: a.data, nodeId: "site-a" }, key);
-        assert.ok(v.ok);
-        const op = makeOp({
-          bucket: BUCKET,
-          key,
-          ts: v.version.ts,
-          nodeId: v.version.node_id,
-          deleted: v.version.deleted,
-          value: v.value,
-        });
-        await applyOp(deps, op);
-      }
-    };
-    await assert.rejects(pull(dying(b)), /killed/); // run 1: the merge dies after the commit
-    for (let run = 2; run <= 4; run++) await pull(b.merge); // later runs
+    // run 1: the endpoint journals the op, then dies after the commit
+    await assert.rejects(repairRun(b, a, dying(b)), /killed/);
+    assert.equal(b.journal.length, 1, "the op was journaled before it was applied");
+    assert.equal(b.meta.peek("k")?.ts, 7);
+    assert.equal(b.shows("k"), undefined);
+    assert.deepEqual(await toPull(b, a), [], "anti-entropy sees equal _meta digests: nothing to move");
+    // the merger's durable consumer delivers the journaled op (again after a restart: it was never acked)
+    const r = await b.consume();
+    assert.deepEqual(
+      r.map((x) => x.result),
+      ["applied"],
+    );
     assert.equal(
       b.shows("k"),
       "light",
       `site-b's _meta says ${JSON.stringify(b.meta.peek("k"))}, its bucket nothing`,
     );
+    // a merge that completes is applied twice (the direct call, then the consumer): a duplicate
+    await a.data.put("k2", enc.encode("x"));
+    assert.equal(await a.stamp(a.data.log.length), "published");
+    await repairRun(b, a);
+    assert.equal(b.shows("k2"), "x");
+    assert.deepEqual(
+      (await b.consume()).map((x) => x.result),
+      ["duplicate"],
+    );
+  });
+
+  /**
+   * Found by reading values.ts next to the watcher case above ("a re-published local write carries
+   * the version it was stamped with"). A hand-made op H with this site's node_id wins over a stamped
+   * local write at rev 1: the merger commits `_meta` = {H, node_id: self, rev: 1, merged: true} and
+   * dies before the bucket write. readVersioned took "meta.rev == entry rev and node_id == self" for
+   * the watcher's own stamp and shipped the local value under H: contents nobody wrote with that
+   * version, which the peers then keep by the greater-bytes tie-break.
+   */
+  it("I1 anti-entropy never ships a local write's value under a version a merger committed", async () => {
+    const a = site(direct, "site-a");
+    await a.data.put("k", enc.encode("zzz"));
+    assert.equal(await a.stamp(1), "published");
+    const h = put("k", a.published[0]!.ts + 5, "site-a", "aaa"); // hand-made, node_id site-a
+    await assert.rejects(applyOp(dying(a), h), /killed/);
+    assert.equal(a.meta.peek("k")?.merged, true);
+    const src = { meta: a.meta.as("reconciler"), data: a.data, nodeId: "site-a" };
+    const v = await readVersioned(src, "k", a.meta.peek("k")!);
+    assert.deepEqual(
+      v,
+      { ok: false, reason: "in_flux" },
+      `readVersioned shipped ${v.ok && v.value ? dec.decode(v.value) : "nothing"} as ${JSON.stringify(v.ok && v.version)}`,
+    );
+    await applyOp(a.merge, h); // redelivered: the bucket gets H's value
+    const after = await readVersioned(src, "k", a.meta.peek("k")!);
+    assert.ok(after.ok && after.version.ts === h.ts && dec.decode(after.value!) === "aaa");
   });
 });

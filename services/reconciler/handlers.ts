@@ -4,6 +4,7 @@
  * Reconciler's (see reconciler.ts).
  */
 import { SyncdError } from "../lib/errors.ts";
+import { valueHash } from "../lib/lww.ts";
 import { encodeValue } from "../lib/op.ts";
 import type {
   ReconcilerDigestRequest,
@@ -60,13 +61,21 @@ export async function digest(
   };
 }
 
+/**
+ * One entry of a reply. Listed only: the version the index holds, with its `vh` when it has one.
+ * With values: the version the value was read with, and the value's own hash (which is what the
+ * value is, even when `_meta` already holds other contents of the same version, mid-merge).
+ */
 function wireEntry(key: string, known: VersionInfo, read: VersionedValue | undefined): WireEntry {
-  if (!read) return { key, ts: known.ts, node_id: known.node_id, deleted: known.deleted };
-  if (!read.ok)
-    return { key, ts: known.ts, node_id: known.node_id, deleted: known.deleted, omitted: read.reason };
+  const listed: WireEntry = { key, ts: known.ts, node_id: known.node_id, deleted: known.deleted };
+  if (!known.deleted && known.vh !== undefined) listed.vh = known.vh;
+  if (!read) return listed;
+  if (!read.ok) return { ...listed, omitted: read.reason };
   const v = read.version;
   const e: WireEntry = { key, ts: v.ts, node_id: v.node_id, deleted: v.deleted };
-  return read.value && !v.deleted ? { ...e, ...encodeValue(read.value) } : e;
+  if (v.deleted) return e;
+  const value = read.value ?? new Uint8Array();
+  return { ...e, vh: valueHash(value), ...encodeValue(value) };
 }
 
 /** A reply being filled up to a byte budget. */

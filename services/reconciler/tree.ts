@@ -2,9 +2,13 @@
  * The version tree of one bucket: a fixed-depth hash tree over the `<bucket>_meta` versions.
  *
  * A key lives in the leaf named by the first `depth` hex chars of sha256(key); a node is a hex prefix
- * (the root is ""), fan-out 16 per level. A node's digest is the XOR of
- * sha256(`key\0ts\0node_id\0deleted`) over the keys below it, and their count. XOR makes every
+ * (the root is ""), fan-out 16 per level. A node's digest is the XOR of the entry hashes
+ * sha256(`key\0ts\0node_id\0deleted[\0vh]`) over the keys below it, and their count. XOR makes every
  * change O(depth): XOR out the old entry hash, XOR in the new one, on the leaf and its ancestors.
+ *
+ * `vh` (the value hash a put's version carries in `_meta`) is part of the entry hash, so two sites
+ * holding equal versions with different contents (hand-made ops) differ; an entry without one (a
+ * tombstone, or `_meta` written by older code) hashes as before.
  *
  * Two sites compare roots, descend only into children whose digests differ, and list the keys of
  * small or leaf nodes: the cost follows the difference, not the bucket.
@@ -17,8 +21,11 @@ export const TREE_DEPTH = 4;
 const HASH_BYTES = 32;
 const ZERO_HEX = "0".repeat(HASH_BYTES * 2);
 
-/** The part of a meta entry the tree keeps. */
-export type VersionInfo = { ts: number; node_id: string; deleted: boolean };
+/**
+ * The part of a meta entry the tree keeps: the version, and the hash of a put's value (`vh`:
+ * absent for a tombstone and in `_meta` written by older code).
+ */
+export type VersionInfo = { ts: number; node_id: string; deleted: boolean; vh?: string | undefined };
 
 /** A node's digest as exchanged on the wire. */
 export type NodeDigest = { prefix: string; hash: string; count: number };
@@ -32,8 +39,18 @@ class Rec {
     public ts: number,
     public node_id: string,
     public deleted: boolean,
+    public vh: string | undefined,
     readonly leaf: number,
   ) {}
+
+  info(): VersionInfo {
+    return withVh({ ts: this.ts, node_id: this.node_id, deleted: this.deleted }, this.vh);
+  }
+}
+
+/** A version with `vh` only when there is one (no `vh: undefined` key). */
+function withVh<T extends object>(v: T, vh: string | undefined): T & { vh?: string } {
+  return vh === undefined ? v : { ...v, vh };
 }
 
 /** The leaf of a key: the first `depth` hex chars of sha256(key), as an integer. */
@@ -47,9 +64,15 @@ export function leafOf(key: string, depth: number = TREE_DEPTH): number {
   return v;
 }
 
-/** The hash of one versioned key: sha256(`key\0ts\0node_id\0deleted`). */
+/**
+ * The hash of one versioned key: sha256(`key\0ts\0node_id\0deleted`), with `\0vh` appended for a
+ * put that has a value hash (so an entry without one hashes as older code hashed it).
+ */
 export function entryHash(key: string, v: VersionInfo): Buffer {
-  return createHash("sha256").update(`${key}\0${v.ts}\0${v.node_id}\0${v.deleted}`).digest();
+  const base = `${key}\0${v.ts}\0${v.node_id}\0${v.deleted}`;
+  return createHash("sha256")
+    .update(v.vh === undefined || v.deleted ? base : `${base}\0${v.vh}`)
+    .digest();
 }
 
 /** True when a prefix is a valid node of a tree of this depth. */
@@ -89,23 +112,28 @@ export class VersionTree {
 
   /** The version of a key, if indexed. */
   get(key: string): VersionInfo | undefined {
-    const r = this.keys.get(key);
-    return r ? { ts: r.ts, node_id: r.node_id, deleted: r.deleted } : undefined;
+    return this.keys.get(key)?.info();
   }
 
-  /** Insert or update a key's version. Returns false when the version was already there. */
+  /**
+   * Insert or update a key's version. Returns false when the version was already there. A
+   * tombstone's `vh`, if any, is dropped (a tombstone has no contents).
+   */
   set(key: string, v: VersionInfo): boolean {
+    const vh = v.deleted ? undefined : v.vh;
     const old = this.keys.get(key);
     if (old) {
-      if (old.ts === v.ts && old.node_id === v.node_id && old.deleted === v.deleted) return false;
+      if (old.ts === v.ts && old.node_id === v.node_id && old.deleted === v.deleted && old.vh === vh)
+        return false;
       this.apply(old.leaf, entryHash(key, old), 0);
       old.ts = v.ts;
       old.node_id = this.intern(v.node_id);
       old.deleted = v.deleted;
+      old.vh = vh;
       this.apply(old.leaf, entryHash(key, old), 0);
       return true;
     }
-    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, leafOf(key, this.depth));
+    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, vh, leafOf(key, this.depth));
     this.keys.set(key, rec);
     const bucket = this.leaves[rec.leaf];
     if (bucket) bucket.push(rec);
@@ -167,7 +195,7 @@ export class VersionTree {
         const recs = bucket.length > 1 ? [...bucket].sort((a, b) => cmpStr(a.key, b.key)) : bucket;
         for (const r of recs) {
           if (leaf === startLeaf && after !== undefined && cmpStr(r.key, after) <= 0) continue;
-          yield { key: r.key, ts: r.ts, node_id: r.node_id, deleted: r.deleted };
+          yield { key: r.key, ...r.info() };
         }
       }
     }
@@ -175,8 +203,7 @@ export class VersionTree {
 
   /** Every key with its version, in no particular order. */
   *all(): Generator<KeyVersion> {
-    for (const r of this.keys.values())
-      yield { key: r.key, ts: r.ts, node_id: r.node_id, deleted: r.deleted };
+    for (const r of this.keys.values()) yield { key: r.key, ...r.info() };
   }
 
   /** Leaf ranges [lo, hi) covered by some prefixes, sorted and merged. */
@@ -306,17 +333,28 @@ export async function descend(
 
 /** Which side must move which key after comparing versions key by key. */
 export type Plan = {
-  /** keys the other side has newer (or only it has): fetch and merge here */
+  /** keys the other side has newer (or only it has, or the same version with other contents): fetch and merge here */
   pull: string[];
-  /** keys this side has newer (or only it has): send to the other side */
+  /** keys this side has newer (or only it has, or the same version with other contents): send to the other side */
   push: string[];
   /** distinct keys compared */
   compared: number;
 };
 
 /**
+ * True when two entries are the same version of a put with different contents: both carry a value
+ * hash and the hashes differ. Without a hash on either side (`_meta` written by older code) there
+ * is nothing to compare: taken as the same.
+ */
+export function contentsDiffer(a: VersionInfo, b: VersionInfo): boolean {
+  return !a.deleted && !b.deleted && a.vh !== undefined && b.vh !== undefined && a.vh !== b.vh;
+}
+
+/**
  * Compare two listings of versions by LWW. Equal `(ts, node_id)` with a different deleted flag:
- * the tombstone wins.
+ * the tombstone wins. Equal versions of a put whose value hashes differ (only hand-made ops can
+ * do that): the key moves both ways, and each side's merger keeps the greater value bytes (the
+ * last tie-break of the register), so both end with the same one.
  */
 export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>): Plan {
   const mine = new Map<string, KeyVersion>();
@@ -335,6 +373,10 @@ export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>):
     const c = compareVersions(r, l) || (r.deleted === l.deleted ? 0 : r.deleted ? 1 : -1);
     if (c > 0) out.pull.push(r.key);
     else if (c < 0) out.push.push(r.key);
+    else if (contentsDiffer(l, r)) {
+      out.pull.push(r.key);
+      out.push.push(r.key);
+    }
   }
   for (const k of mine.keys()) if (!seen.has(k)) out.push.push(k);
   return out;

@@ -126,6 +126,6 @@ export class BucketIndex {
       tree.delete(e.key);
       return;
     }
-    tree.set(e.key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted });
+    tree.set(e.key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted, vh: v.vh });
   }
 }

@@ -313,11 +313,12 @@ export class World {
 
   /**
    * Anti-entropy as services/reconciler/run.ts `reconcile` does it, without the RPC: each
-   * replica's version tree over `_meta` (what its watch-fed index holds), `descend` against every
-   * peer's tree, `plan` by version, `readVersioned` at the side that has the key newer, and
-   * `applyOp` at the other (the merger's `merge` endpoint). A pull for every ordered pair covers
-   * reconcile's pull and push. All merges of a round race; rounds repeat until one finds nothing to
-   * move. Keys whose value is "in flux" at quiescence are counted (stats.inFlux) and left.
+   * replica's version tree over `_meta` (what its watch-fed index holds: versions and value
+   * hashes), `descend` against every peer's tree, `plan` (by version; equal versions with different
+   * value hashes move both ways), `readVersioned` at the side that has the key newer, and the
+   * merger's `merge` endpoint at the other (see `mergeEndpoint`). A pull for every ordered pair
+   * covers reconcile's pull and push. All merges of a round race; rounds repeat until one finds
+   * nothing to move. Keys whose value is "in flux" at quiescence are counted (stats.inFlux) and left.
    */
   async repair(maxRounds = 8): Promise<void> {
     for (let round = 0; round < maxRounds; round++) {
@@ -348,7 +349,7 @@ export class World {
       const vv = await readVersioned(
         { meta: from.meta.as("reconciler"), data: from.bucket, nodeId: from.nodeId },
         key,
-        known ? { ts: known.ts, node_id: known.node_id, deleted: known.deleted } : undefined,
+        known ? { ts: known.ts, node_id: known.node_id, deleted: known.deleted, vh: known.vh } : undefined,
       );
       if (!vv.ok) {
         this.stats.inFlux++;
@@ -362,12 +363,27 @@ export class World {
         deleted: vv.version.deleted,
         value: vv.value,
       });
-      to.merges.push(await applyOp(to.mergeDeps, op));
+      await this.mergeEndpoint(to, op);
       this.stats.repaired++;
     } catch (err) {
       if (err instanceof FaultError) return; // the next round tries again
       this.violations.push(`error in repair ${from.site}→${to.site} ${key}: ${(err as Error)?.stack ?? err}`);
     }
+  }
+
+  /**
+   * The merger's `merge` endpoint (services/merger/service.ts): journal the op to the site's IN
+   * stream (`syncd.<site>.journal`), then apply it. The journal is one JetStream publish, a step
+   * that may fail before its effect (nothing journaled, the request fails: the next run tries
+   * again) or after it (journaled, the request fails). Once journaled, the merger's durable
+   * consumer applies the op too (`deliver`, redelivered until it succeeds), also when the direct
+   * apply dies between the `_meta` commit and the bucket write.
+   */
+  private async mergeEndpoint(to: Replica, op: Op): Promise<void> {
+    await this.sim.call(`${to.site} merger journal ${op.op} ${op.key} ${op.ts}/${op.node_id}`, () =>
+      to.deliver(op),
+    );
+    to.merges.push(await applyOp(to.mergeDeps, op));
   }
 
   private wasPublished(site: string, rev: number): boolean {
@@ -490,6 +506,7 @@ export class World {
 /** A replica's version tree, as its reconciler's index builds it from `_meta`. */
 function treeOf(r: Replica): VersionTree {
   const t = new VersionTree(2);
-  for (const [key, v] of r.meta.snapshot()) t.set(key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted });
+  for (const [key, v] of r.meta.snapshot())
+    t.set(key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted, vh: v.vh });
   return t;
 }
