@@ -144,6 +144,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     return { term: `${err.code}: ${err.message}` };
   };
 
+  const journal = journalSubject(config.site);
+  const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
   const stream = Streams.in(config.site);
   await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
@@ -165,7 +167,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         counts.forwarded++;
       }
       try {
-        const r = await applyOp(deps, p.op);
+        // a journaled copy of a merge request: the endpoint already recorded its conflicts
+        const r = await applyOp(m.subject === journal ? journalDeps : deps, p.op);
         counts[r.result]++;
         return { ack: true };
       } catch (err) {
