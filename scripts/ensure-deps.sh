@@ -2,16 +2,20 @@
 # Make sure the project's dependencies are present:
 #  - node_modules: `npm ci` when it is missing or older than package-lock.json;
 #  - nats-server (unless --no-nats-server): when neither $NATS_SERVER, PATH nor /usr/sbin has it,
-#    `apt-get update && apt-get install -y nats-server` (as root, or with sudo).
+#    `apt-get update && apt-get install -y nats-server` (as root, or with sudo);
+#  - openssl, only with --tls (SECURE=1 ./scripts/up.sh: scripts/gen-certs.sh needs it): when it is
+#    not on the PATH, `apt-get install -y openssl` the same way.
 # Prints what it does; exits 1 with a message when something cannot be provided.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_server=1
+need_openssl=0
 for a in "$@"; do
   case "$a" in
     --no-nats-server) need_server=0 ;;
-    *) echo "usage: $0 [--no-nats-server]" >&2; exit 2 ;;
+    --tls) need_openssl=1 ;;
+    *) echo "usage: $0 [--no-nats-server] [--tls]" >&2; exit 2 ;;
   esac
 done
 
@@ -65,6 +69,26 @@ if [ "$need_server" = 1 ]; then
       exit 1
     fi
   fi
+fi
+
+# --- openssl (only for TLS) -------------------------------------------------------------------------
+if [ "$need_openssl" = 1 ] && ! command -v openssl >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "openssl is not installed and apt-get is not available: install openssl yourself" >&2
+    exit 1
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo)
+  else
+    say "openssl is not installed; installing it needs root (or install it yourself: apt-get install openssl)" >&2
+    exit 1
+  fi
+  say "installing openssl: ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install -y openssl"
+  "${sudo[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y openssl
+  command -v openssl >/dev/null 2>&1 || { say "apt-get installed no openssl binary" >&2; exit 1; }
 fi
 
 if [ "$need_server" = 1 ]; then

@@ -11,9 +11,15 @@
  * State: `$MESH_DIR/mesh.json` (default <repo>/.mesh) plus pid files:
  * `hub/hub.pid`, `site-<x>/server.pid`, `site-<x>/<kind>-<n>.pid`. Logs: `$MESH_DIR/logs/hub.log`,
  * `$MESH_DIR/logs/site-<x>/{server,<kind>-<n>}.log` (kept by down, cleared by the next up).
+ *
+ * SECURE=1 up starts the secured variant (deploy/SECURITY.md): certificates in `$MESH_DIR/certs`
+ * (scripts/gen-certs.sh), random passwords in `$MESH_DIR/secrets/` (one file per user, mode 0600:
+ * `admin`, `leaf`, `<site>/{syncd,app,reader}`), the services get theirs through the environment.
+ * mesh.json records where they are (never the passwords); the other commands read them from there.
  */
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import type { ConnectionOptions } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { ConfigError, loadConfig } from "../services/lib/config.ts";
 import { connectNats } from "../services/lib/connect.ts";
@@ -27,7 +33,17 @@ import {
   parseScale,
   pingSite,
 } from "./lib/services.ts";
-import { REPO_ROOT, type SiteState, Topology, type TopologyState } from "./lib/topology.ts";
+import {
+  REPO_ROOT,
+  type SecureOptions,
+  type SiteState,
+  Topology,
+  type TopologyState,
+  certFiles,
+  ensureCerts,
+  randomPassword,
+  renderSiteUsersConf,
+} from "./lib/topology.ts";
 
 const env = process.env;
 
@@ -75,7 +91,106 @@ type MeshState = {
     }
   >;
   topology: TopologyState;
+  /** SECURE=1: where the certificates and the password files are (never the passwords themselves) */
+  secure?: { certs: string; secrets: string };
 };
+
+/** The site users of a secured mesh (deploy/nats/site-users.conf.template). */
+const SITE_USERS = ["syncd", "app", "reader"] as const;
+
+/** The secrets of a secured mesh, read back from its password files. */
+type Secure = {
+  certs: string;
+  secrets: string;
+  ca: string;
+  admin: string;
+  leaf: string;
+  site: (site: string) => Record<(typeof SITE_USERS)[number], string>;
+};
+
+function secretFile(dir: string, ...name: string[]): string {
+  return path.join(dir, ...name);
+}
+
+function writeSecret(file: string, value: string): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  writeFileSync(file, `${value}\n`, { mode: 0o600 });
+}
+
+function readSecret(file: string): string {
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch (err) {
+    throw new Error(`cannot read the secret ${file} of the secured mesh: ${(err as Error).message}`);
+  }
+}
+
+/** Create certificates and passwords for a new secured mesh (random passwords, one per user and site). */
+function createSecure(dir: string, sites: string[]): Secure {
+  const secrets = path.join(dir, "secrets");
+  mkdirSync(secrets, { recursive: true, mode: 0o700 });
+  writeSecret(secretFile(secrets, "admin"), randomPassword());
+  writeSecret(secretFile(secrets, "leaf"), randomPassword());
+  for (const s of sites) for (const u of SITE_USERS) writeSecret(secretFile(secrets, s, u), randomPassword());
+  ensureCerts(path.join(dir, "certs"));
+  return loadSecure({ certs: path.join(dir, "certs"), secrets });
+}
+
+function loadSecure(rec: { certs: string; secrets: string }): Secure {
+  return {
+    certs: rec.certs,
+    secrets: rec.secrets,
+    ca: certFiles(rec.certs).ca,
+    admin: readSecret(secretFile(rec.secrets, "admin")),
+    leaf: readSecret(secretFile(rec.secrets, "leaf")),
+    site: (site) => {
+      const out = { syncd: "", app: "", reader: "" };
+      for (const u of SITE_USERS) out[u] = readSecret(secretFile(rec.secrets, site, u));
+      return out;
+    },
+  };
+}
+
+function secureOf(st: MeshState | undefined): Secure | undefined {
+  return st?.secure ? loadSecure(st.secure) : undefined;
+}
+
+/** What Topology.start/attach need for a secured mesh. */
+function topologySecure(sec: Secure): {
+  secure: SecureOptions;
+  siteInclude: (site: string) => string;
+  auth: { user: string; pass: string };
+} {
+  return {
+    secure: { certDir: sec.certs, adminPassword: sec.admin, leafPassword: sec.leaf },
+    siteInclude: (site) => {
+      const p = sec.site(site);
+      return renderSiteUsersConf({
+        site,
+        syncdPassword: p.syncd,
+        appPassword: p.app,
+        readerPassword: p.reader,
+        adminPassword: sec.admin,
+      });
+    },
+    auth: { user: "admin", pass: sec.admin },
+  };
+}
+
+/** Connection options of the launcher's own connections (admin over TLS in a secured mesh). */
+function adminConn(sec: Secure | undefined): Partial<ConnectionOptions> {
+  return sec ? { user: "admin", pass: sec.admin, tls: { caFile: sec.ca } } : {};
+}
+
+/** The environment of a site's services in a secured mesh: user syncd, its password, the CA. */
+function servicesEnv(sec: Secure, site: string): NodeJS.ProcessEnv {
+  return {
+    ...env,
+    NATS_USER: "syncd",
+    NATS_PASSWORD: sec.site(site).syncd,
+    NATS_TLS_CA: sec.ca,
+  };
+}
 
 function readState(): MeshState | undefined {
   const f = stateFile();
@@ -93,9 +208,11 @@ function buildState(
   scale: string,
   svc: Map<string, SiteServices>,
   startedAt?: string,
+  secure?: MeshState["secure"],
 ): MeshState {
   const t = topo.state();
   return {
+    ...(secure ? { secure } : {}),
     version: 1,
     dir: t.dir,
     started_at: startedAt ?? new Date().toISOString(),
@@ -133,8 +250,20 @@ function writeState(st: MeshState): void {
   writeFileSync(stateFile(), `${JSON.stringify(st, null, 2)}\n`);
 }
 
-function attachServices(site: string, dir: string, natsUrl: string): SiteServices {
-  return SiteServices.attach({ site, natsUrl, dir, logDir: siteLogDir(site), detached: true });
+function attachServices(site: string, dir: string, natsUrl: string, sec?: Secure): SiteServices {
+  return SiteServices.attach({
+    site,
+    natsUrl,
+    dir,
+    logDir: siteLogDir(site),
+    detached: true,
+    ...(sec
+      ? {
+          env: servicesEnv(sec, site),
+          connect: () => connect({ servers: natsUrl, name: `syncd-launcher-${site}`, ...adminConn(sec) }),
+        }
+      : {}),
+  });
 }
 
 /** Every process recorded in the state: [label, alive]. */
@@ -188,7 +317,14 @@ function leftovers(dir: string): string[] {
 function cleanMeshDir(dir: string): void {
   if (!existsSync(dir)) return;
   for (const f of readdirSync(dir)) {
-    if (f === "mesh.json" || f === "hub" || f === "logs" || /^site-[A-Za-z0-9_-]+$/.test(f))
+    if (
+      f === "mesh.json" ||
+      f === "hub" ||
+      f === "logs" ||
+      f === "certs" ||
+      f === "secrets" ||
+      /^site-[A-Za-z0-9_-]+$/.test(f)
+    )
       rmSync(path.join(dir, f), { recursive: true, force: true });
   }
 }
@@ -206,15 +342,28 @@ function printSummary(st: MeshState, found?: Map<string, PingAnswer[]>): void {
     }
   }
   const [a, b] = Object.values(st.sites);
+  const [an, bn] = Object.keys(st.sites);
   const bucket = st.buckets[0] ?? "config";
   console.log(`\nstate ${stateFile()}; logs in ${logDir()}/`);
+  const sec = st.secure;
+  if (sec) {
+    console.log(
+      `\nSECURE: users and TLS (deploy/SECURITY.md). CA ${path.join(sec.certs, "ca.pem")}; passwords in ${sec.secrets}/`,
+    );
+    console.log("  (admin, leaf, <site>/syncd, <site>/app, <site>/reader; one file each, mode 0600)");
+  }
+  /** the nats CLI's connection flags for a user of a site */
+  const as = (site: string | undefined, url: string, user: string) =>
+    sec
+      ? `--server ${url} --tlsca ${path.join(sec.certs, "ca.pem")} --user ${user} --password "$(cat ${user === "admin" ? path.join(sec.secrets, "admin") : path.join(sec.secrets, site ?? "", user)})"`
+      : `--server ${url}`;
   console.log("\nTry it (nats CLI: https://github.com/nats-io/natscli):");
-  if (a) console.log(`  nats --server ${a.url} kv put ${bucket} app.theme dark`);
-  if (b) console.log(`  nats --server ${b.url} kv get ${bucket} app.theme`);
-  if (a) console.log(`  nats --server ${a.url} micro ls`);
+  if (a) console.log(`  nats ${as(an, a.url, "app")} kv put ${bucket} app.theme dark`);
+  if (b) console.log(`  nats ${as(bn, b.url, sec ? "reader" : "app")} kv get ${bucket} app.theme`);
+  if (a) console.log(`  nats ${as(an, a.url, sec ? "reader" : "app")} micro ls`);
   if (a)
     console.log(
-      `  nats --server ${a.url} pub rep.kv.ops '{"op":"put","bucket":"${bucket}","key":"app.lang","value":"en","ts":1,"node_id":"by-hand"}'`,
+      `  nats ${as(an, a.url, "app")} pub rep.kv.ops '{"op":"put","bucket":"${bucket}","key":"app.lang","value":"en","ts":1,"node_id":"by-hand"}'`,
     );
   console.log("  ./scripts/hub.sh stop|start         partition / heal");
   console.log("  ./scripts/server.sh <site> stop|start   one site's server down / up");
@@ -224,9 +373,15 @@ function printSummary(st: MeshState, found?: Map<string, PingAnswer[]>): void {
 
 async function pingAll(st: MeshState): Promise<Map<string, PingAnswer[]>> {
   const out = new Map<string, PingAnswer[]>();
+  const sec = secureOf(st);
   for (const [k, s] of Object.entries(st.sites)) {
     try {
-      const nc = await connect({ servers: s.url, name: "syncd-mesh-status", timeout: 1000 });
+      const nc = await connect({
+        servers: s.url,
+        name: "syncd-mesh-status",
+        timeout: 1000,
+        ...adminConn(sec),
+      });
       try {
         out.set(k, await pingSite(nc, k, 300));
       } finally {
@@ -305,15 +460,31 @@ async function up(): Promise<number> {
     claim(p.http, `site ${s} monitor`);
   });
 
+  const secureMode = /^(1|true|yes)$/i.test(env.SECURE ?? "");
+  if (env.SECURE && !secureMode && !/^(0|false|no)$/i.test(env.SECURE))
+    throw new UsageError(`SECURE must be 1 or 0, got ${env.SECURE}`);
+
   const t0 = Date.now();
-  console.log(`starting hub + sites ${sites.join(", ")} in ${dir}`);
-  const topo = await Topology.start({ sites, dir, logDir: logDir(), detached: true, hubPorts, sitePorts });
+  console.log(
+    `starting hub + sites ${sites.join(", ")} in ${dir}${secureMode ? " (SECURE: users + TLS)" : ""}`,
+  );
+  const sec = secureMode ? createSecure(dir, sites) : undefined;
+  const secRec = sec ? { certs: sec.certs, secrets: sec.secrets } : undefined;
+  const topo = await Topology.start({
+    sites,
+    dir,
+    logDir: logDir(),
+    detached: true,
+    hubPorts,
+    sitePorts,
+    ...(sec ? topologySecure(sec) : {}),
+  });
   const svc = new Map<string, SiteServices>();
   // Record the servers at once: should this process die from here on, down.sh still finds them.
-  writeState(buildState(topo, buckets, formatScale(scale), svc));
+  writeState(buildState(topo, buckets, formatScale(scale), svc, undefined, secRec));
   try {
     for (const s of sites) {
-      const nc = await connect({ servers: topo.site(s).url, name: "syncd-up" });
+      const nc = await connect({ servers: topo.site(s).url, name: "syncd-up", ...adminConn(sec) });
       try {
         for (const b of buckets) await openOrCreateBucket(nc, b);
       } finally {
@@ -335,6 +506,12 @@ async function up(): Promise<number> {
           logDir: siteLogDir(s),
           detached: true,
           readyTimeoutMs: 60000,
+          ...(sec
+            ? {
+                env: servicesEnv(sec, s),
+                connect: () => connect({ servers: st.url, name: `syncd-launcher-${s}`, ...adminConn(sec) }),
+              }
+            : {}),
         });
         svc.set(s, ss);
         await ss.start(scale);
@@ -347,7 +524,7 @@ async function up(): Promise<number> {
     rmSync(stateFile(), { force: true });
     throw err;
   }
-  const st = buildState(topo, buckets, formatScale(scale), svc);
+  const st = buildState(topo, buckets, formatScale(scale), svc, undefined, secRec);
   writeState(st);
   console.log(`mesh up in ${Date.now() - t0} ms\n`);
   printSummary(st, await pingAll(st));
@@ -409,6 +586,13 @@ async function down(): Promise<number> {
     return 0;
   }
   for (const d of siteDirs.values()) rmSync(path.join(d, "store"), { recursive: true, force: true });
+  // A secured mesh's passwords and keys (and the configs holding them) go with it.
+  for (const f of ["secrets", "certs"]) rmSync(path.join(dir, f), { recursive: true, force: true });
+  if (st?.secure) {
+    rmSync(st.topology.hub.confFile, { force: true });
+    for (const d of siteDirs.values())
+      for (const f of ["server.conf", "users.conf"]) rmSync(path.join(d, f), { force: true });
+  }
   rmSync(stateFile(), { force: true });
   console.log(
     `mesh stopped; JetStream data and ${stateFile()} removed, logs kept in ${logDir()} (until the next up)`,
@@ -438,14 +622,20 @@ function requireState(): MeshState {
 function saveTopology(st: MeshState, topo: Topology): void {
   const svc = new Map<string, SiteServices>();
   for (const [k, s] of Object.entries(topo.sites)) svc.set(k, attachServices(k, s.dir, s.url));
-  writeState(buildState(topo, st.buckets, st.scale, svc, st.started_at));
+  writeState(buildState(topo, st.buckets, st.scale, svc, st.started_at, st.secure));
+}
+
+/** Drive the recorded topology; a secured one with its configs and credentials. */
+function attachTopology(st: MeshState): Topology {
+  const sec = secureOf(st);
+  return Topology.attach(st.topology, sec ? topologySecure(sec) : {});
 }
 
 async function hubCmd(args: string[]): Promise<number> {
   const action = args[0];
   if (action !== "stop" && action !== "start") throw new UsageError("usage: hub.sh stop|start");
   const st = requireState();
-  const topo = Topology.attach(st.topology);
+  const topo = attachTopology(st);
   if (action === "stop") {
     if (!topo.hubRunning()) console.log("hub is not running");
     else {
@@ -470,7 +660,7 @@ async function serverCmd(args: string[]): Promise<number> {
   if (!site || (action !== "stop" && action !== "start"))
     throw new UsageError("usage: server.sh <site> stop|start");
   const st = requireState();
-  const topo = Topology.attach(st.topology);
+  const topo = attachTopology(st);
   if (!topo.sites[site])
     throw new UsageError(`no site ${site} in ${stateFile()} (sites: ${Object.keys(topo.sites).join(", ")})`);
   if (action === "stop") {
@@ -487,7 +677,7 @@ async function serverCmd(args: string[]): Promise<number> {
     const t0 = Date.now();
     await topo.startServer(site);
     const s = topo.site(site);
-    const ss = attachServices(site, s.dir, s.url);
+    const ss = attachServices(site, s.dir, s.url, secureOf(st));
     await ss.waitReady();
     console.log(
       `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${Date.now() - t0} ms`,
@@ -520,7 +710,8 @@ async function siteCmd(args: string[]): Promise<number> {
       pass.push(`--${m[1]}`, fromCaller(v));
     } else pass.push(a);
   }
-  const meshSite = readState()?.sites[site];
+  const meshState = readState();
+  const meshSite = meshState?.sites[site];
   const natsUrl = opts["nats-url"] || env.NATS_URL || meshSite?.url || "nats://127.0.0.1:4222";
   const buckets = (opts.bucket || env.SYNCD_BUCKETS || "config").split(",").filter(Boolean);
   const nodeId = opts["node-id"] || env.SYNCD_NODE_ID || undefined;
@@ -534,11 +725,26 @@ async function siteCmd(args: string[]): Promise<number> {
   const logs = logArg ? fromCaller(logArg) : stateDir ? dir : siteLogDir(site);
   const scale = parseScale(opts.scale || env.SCALE || undefined);
 
+  // A site of a secured mesh (SECURE=1 up): unless told otherwise, its services log in as the
+  // site's syncd user and verify the server with the mesh's CA, through the environment.
+  let svcEnv: NodeJS.ProcessEnv = env;
+  const sec = meshSite && natsUrl === meshSite.url ? secureOf(meshState) : undefined;
+  if (sec) {
+    const given = (flagNames: string[], vars: string[]) =>
+      pass.some((a) => flagNames.some((f) => a === `--${f}` || a.startsWith(`--${f}=`))) ||
+      vars.some((v) => env[v]);
+    svcEnv = { ...env };
+    if (!given(["user", "creds", "nkey", "token"], ["NATS_USER", "NATS_CREDS", "NATS_NKEY", "NATS_TOKEN"])) {
+      svcEnv.NATS_USER = "syncd";
+      svcEnv.NATS_PASSWORD = sec.site(site).syncd;
+    }
+    if (!given(["tls-ca"], ["NATS_TLS_CA"])) svcEnv.NATS_TLS_CA = sec.ca;
+  }
   // The readiness PING uses the services' own config parsing and connection (auth, TLS).
   const cfgArgs = ["--site", site, "--nats-url", natsUrl, "--bucket", buckets.join(","), ...pass];
   let config: ReturnType<typeof loadConfig>;
   try {
-    config = loadConfig(cfgArgs, env);
+    config = loadConfig(cfgArgs, svcEnv);
   } catch (err) {
     if (err instanceof ConfigError) throw new UsageError(`${err.message}\n${usage}`);
     throw err;
@@ -550,6 +756,7 @@ async function siteCmd(args: string[]): Promise<number> {
     ...(nodeId ? { nodeId } : {}),
     ...(clock ? { clock: clock as "hlc" | "lamport" } : {}),
     extraArgs: pass,
+    env: svcEnv,
     dir,
     logDir: logs,
     detached: true,

@@ -9,8 +9,15 @@
 #   HUB_PORT=7222 (monitoring HUB_HTTP_PORT=HUB_PORT+1)   HUB_LEAF_PORT=7422
 #   SITE_BASE_PORT=4222   SITE_PORT_STEP=1000   -> site i: client BASE+STEP*i, monitoring +1
 #   LOG_LEVEL=info   NATS_SERVER=<path of nats-server>   SYNCD_* settings pass through to the services
+#   SECURE=0   1: the secured variant (deploy/SECURITY.md): per-site users with least privilege
+#              (syncd, app, reader, admin; random passwords in $MESH_DIR/secrets/), TLS on every client
+#              port and mutual TLS + a password on the leaf connections (certificates in
+#              $MESH_DIR/certs, made by ./scripts/gen-certs.sh), the hub for admin only
 set -euo pipefail
 export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."
-./scripts/ensure-deps.sh
+case "${SECURE:-0}" in
+  1|true|yes) ./scripts/ensure-deps.sh --tls ;;
+  *) ./scripts/ensure-deps.sh ;;
+esac
 exec node --import tsx scripts/mesh.ts up

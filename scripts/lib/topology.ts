@@ -7,12 +7,26 @@
  * - explicit or OS-allocated ports;
  * - a detached mode (own process group, pid files, outlives the launcher) for ./scripts/up.sh, and
  *   `Topology.attach(state)` to drive such a mesh from another process;
- * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite.
+ * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite;
+ * - the secured variant (`secure`): deploy/nats/hub-secure.conf.template and
+ *   site-secure.conf.template, TLS on every client port and mutual TLS + a password on the leaf
+ *   connections (certificates from scripts/gen-certs.sh), site users from `siteInclude`.
  *
  * Layout of the working dir: `hub/{hub.conf,hub.log,hub.pid}`,
  * `site-<x>/{server.conf,server.log,server.pid,store/}` (logs elsewhere with the `logDir` option).
  */
-import { constants, accessSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import {
+  constants,
+  accessSync,
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,6 +53,9 @@ export const REPO_ROOT: string = path.resolve(path.dirname(fileURLToPath(import.
 export const HUB_CONF_FILE: string = path.join(REPO_ROOT, "deploy/nats/hub.conf");
 export const SITE_CONF_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site.conf.template");
 export const SITE_USERS_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site-users.conf.template");
+export const HUB_SECURE_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/hub-secure.conf.template");
+export const SITE_SECURE_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site-secure.conf.template");
+export const GEN_CERTS_SCRIPT: string = path.join(REPO_ROOT, "scripts/gen-certs.sh");
 
 /** The addresses deploy/nats/hub.conf is written with; rendering replaces exactly these. */
 const HUB_CONF_DEFAULTS = { client: "127.0.0.1:7222", http: "127.0.0.1:7223", leaf: "127.0.0.1:7422" };
@@ -67,6 +84,60 @@ export type TopologyState = { dir: string; host: string; hub: HubState; sites: R
 
 export type PortSpec = { client?: number; http?: number };
 
+/**
+ * The secured variant of the mesh (deploy/nats/hub-secure.conf.template, site-secure.conf.template):
+ * TLS on every client port, mutual TLS on the leaf connections, the hub's client port for `admin`
+ * only, its leaf listener for user `leaf` only. The sites' users come from `siteInclude` (required).
+ */
+export type SecureOptions = {
+  /** folder with ca.pem, server(-key).pem, client(-key).pem (see {@link ensureCerts}) */
+  certDir: string;
+  /** password of `admin` on the hub's client port */
+  adminPassword: string;
+  /** password of `leaf`, the user the sites' leaf remotes log in as at the hub */
+  leafPassword: string;
+};
+
+/** The files scripts/gen-certs.sh writes. */
+export type CertFiles = {
+  dir: string;
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+};
+
+/** The certificate files in `dir` (as scripts/gen-certs.sh names them). */
+export function certFiles(dir: string): CertFiles {
+  const d = path.resolve(dir);
+  return {
+    dir: d,
+    ca: path.join(d, "ca.pem"),
+    serverCert: path.join(d, "server.pem"),
+    serverKey: path.join(d, "server-key.pem"),
+    clientCert: path.join(d, "client.pem"),
+    clientKey: path.join(d, "client-key.pem"),
+  };
+}
+
+/** Run scripts/gen-certs.sh for `dir` (keeps existing certificates); returns the file names. */
+export function ensureCerts(dir: string): CertFiles {
+  const files = certFiles(dir);
+  try {
+    execFileSync(GEN_CERTS_SCRIPT, [files.dir], { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`scripts/gen-certs.sh ${files.dir} failed: ${e.stderr?.trim() || e.message}`);
+  }
+  return files;
+}
+
+/** A random password (hex, safe in URLs and config strings). */
+export function randomPassword(bytes = 18): string {
+  return randomBytes(bytes).toString("hex");
+}
+
 export type TopologyOptions = {
   /** site names; each becomes server `site-<name>` with JetStream domain `<name>` (default a, b) */
   sites?: string[];
@@ -92,6 +163,8 @@ export type TopologyOptions = {
   siteInclude?: (site: string) => string | undefined;
   /** credentials of the probe connections (when the sites require auth) */
   auth?: { user: string; pass: string };
+  /** the secured variant (TLS, hub auth); needs `siteInclude` (the site users) and `auth` */
+  secure?: SecureOptions;
 };
 
 /** `$NATS_SERVER`, else `nats-server` on PATH, else /usr/sbin/nats-server (throws if none). */
@@ -120,18 +193,72 @@ function fill(file: string, values: Record<string, string>): string {
   });
 }
 
-/** deploy/nats/site-users.conf.template with its placeholders filled. */
+/**
+ * deploy/nats/site-users.conf.template with its placeholders filled. Without `readerPassword` the
+ * reader gets a random one nobody knows.
+ */
 export function renderSiteUsersConf(o: {
   site: string;
   syncdPassword: string;
   appPassword: string;
   adminPassword: string;
+  readerPassword?: string;
 }): string {
   return fill(SITE_USERS_TEMPLATE, {
     SITE: o.site,
     SYNCD_PASSWORD: o.syncdPassword,
     APP_PASSWORD: o.appPassword,
+    READER_PASSWORD: o.readerPassword ?? randomPassword(),
     ADMIN_PASSWORD: o.adminPassword,
+  });
+}
+
+/** deploy/nats/hub-secure.conf.template with its placeholders filled. */
+export function renderSecureHubConf(o: {
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  leafPort: number;
+  certDir: string;
+  adminPassword: string;
+  leafPassword: string;
+}): string {
+  return fill(HUB_SECURE_TEMPLATE, {
+    HOST: o.host,
+    CLIENT_PORT: String(o.clientPort),
+    HTTP_PORT: String(o.httpPort),
+    LEAF_PORT: String(o.leafPort),
+    CERT_DIR: path.resolve(o.certDir),
+    ADMIN_PASSWORD: o.adminPassword,
+    LEAF_PASSWORD: o.leafPassword,
+  });
+}
+
+/**
+ * deploy/nats/site-secure.conf.template with its placeholders filled; `hubLeafUrl` without user
+ * info (nats-leaf://host:port): the leaf user and password are put in here.
+ */
+export function renderSecureSiteConf(o: {
+  site: string;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  storeDir: string;
+  hubLeafUrl: string;
+  certDir: string;
+  leafPassword: string;
+}): string {
+  const u = new URL(o.hubLeafUrl);
+  u.username = "leaf";
+  u.password = o.leafPassword;
+  return fill(SITE_SECURE_TEMPLATE, {
+    SITE: o.site,
+    HOST: o.host,
+    CLIENT_PORT: String(o.clientPort),
+    HTTP_PORT: String(o.httpPort),
+    STORE_DIR: o.storeDir,
+    CERT_DIR: path.resolve(o.certDir),
+    HUB_LEAF_URL: u.toString().replace(/\/$/, ""),
   });
 }
 
@@ -198,6 +325,7 @@ export class Topology {
   private readonly logDir: string | undefined;
   private readonly siteInclude: TopologyOptions["siteInclude"];
   private readonly auth: TopologyOptions["auth"];
+  private readonly secure: SecureOptions | undefined;
   private readonly hubServer: Server;
   private readonly siteServers = new Map<string, Server>();
 
@@ -214,8 +342,12 @@ export class Topology {
     logDir: string | undefined;
     siteInclude?: TopologyOptions["siteInclude"];
     auth?: TopologyOptions["auth"];
+    secure?: SecureOptions;
     hub: Server;
   }) {
+    if (o.secure && (!o.siteInclude || !o.auth))
+      throw new Error("a secure topology needs siteInclude (the site users) and auth (the probe's user)");
+    this.secure = o.secure;
     this.logDir = o.logDir;
     this.siteInclude = o.siteInclude;
     this.auth = o.auth;
@@ -280,6 +412,7 @@ export class Topology {
       logDir: opts.logDir ? path.resolve(opts.logDir) : undefined,
       siteInclude: opts.siteInclude,
       auth: opts.auth,
+      ...(opts.secure ? { secure: opts.secure } : {}),
       hub,
     });
     try {
@@ -303,7 +436,15 @@ export class Topology {
    */
   static attach(
     state: TopologyState,
-    opts: { natsServer?: string; timeoutMs?: number; probe?: boolean } = {},
+    opts: {
+      natsServer?: string;
+      timeoutMs?: number;
+      probe?: boolean;
+      /** as given to start(): a server (re)started through the attached topology gets the same config */
+      siteInclude?: TopologyOptions["siteInclude"];
+      auth?: TopologyOptions["auth"];
+      secure?: SecureOptions;
+    } = {},
   ): Topology {
     const hub: Server = { kind: "hub", state: { ...state.hub }, autoPorts: new Set(), startedOnce: true };
     const topo = new Topology({
@@ -317,6 +458,9 @@ export class Topology {
       probe: opts.probe ?? true,
       sitePorts: undefined,
       logDir: undefined,
+      siteInclude: opts.siteInclude,
+      auth: opts.auth,
+      ...(opts.secure ? { secure: opts.secure } : {}),
       hub,
     });
     topo.adopt(hub);
@@ -432,8 +576,56 @@ export class Topology {
         : (s.state as HubState).leafPort;
   }
 
+  /** The TLS options of a client connection to this topology's servers (secure variant only). */
+  clientTls(): { caFile: string } | undefined {
+    return this.secure ? { caFile: certFiles(this.secure.certDir).ca } : undefined;
+  }
+
+  /** Writes a server config; in the secure variant (passwords inside) readable by the owner only. */
+  private writeFile(file: string, text: string): void {
+    writeFileSync(file, text, this.secure ? { mode: 0o600 } : {});
+    if (this.secure) chmodSync(file, 0o600);
+  }
+
   private writeConf(s: Server): void {
     mkdirSync(s.state.dir, { recursive: true });
+    if (this.secure) {
+      const sec = this.secure;
+      if (s.kind === "hub") {
+        const h = s.state as HubState;
+        this.writeFile(
+          h.confFile,
+          renderSecureHubConf({
+            host: h.host,
+            clientPort: h.clientPort,
+            httpPort: h.httpPort,
+            leafPort: h.leafPort,
+            certDir: sec.certDir,
+            adminPassword: sec.adminPassword,
+            leafPassword: sec.leafPassword,
+          }),
+        );
+      } else {
+        const st = s.state as SiteState;
+        const users = this.siteInclude?.(st.site);
+        if (users === undefined) throw new Error(`secure topology: no users for site ${st.site}`);
+        this.writeFile(path.join(st.dir, "users.conf"), users);
+        this.writeFile(
+          st.confFile,
+          renderSecureSiteConf({
+            site: st.site,
+            host: st.host,
+            clientPort: st.clientPort,
+            httpPort: st.httpPort,
+            storeDir: st.storeDir,
+            hubLeafUrl: this.hub.leafUrl,
+            certDir: sec.certDir,
+            leafPassword: sec.leafPassword,
+          }),
+        );
+      }
+      return;
+    }
     if (s.kind === "hub") {
       const h = s.state as HubState;
       writeFileSync(
@@ -552,10 +744,12 @@ export class Topology {
     const t0 = Date.now();
     try {
       for (const s of sites) {
+        const tls = this.clientTls();
         const nc = await connect({
           servers: s.url,
           name: `topology-probe-${s.site}`,
           ...(this.auth ? { user: this.auth.user, pass: this.auth.pass } : {}),
+          ...(tls ? { tls } : {}),
         });
         ncs.set(s.site, nc);
         nc.subscribe(`_topology.probe.${s.site}`, { callback: (_e, m) => void m.respond(s.site) });

@@ -27,10 +27,16 @@ import {
   SiteServices,
   parseScale,
 } from "../../scripts/lib/services.ts";
-import { Topology, renderSiteUsersConf } from "../../scripts/lib/topology.ts";
+import {
+  type CertFiles,
+  Topology,
+  ensureCerts,
+  randomPassword,
+  renderSiteUsersConf,
+} from "../../scripts/lib/topology.ts";
 
 export { parseScale, sleep };
-export type { ServiceInstance, ServiceKind, Scale };
+export type { CertFiles, ServiceInstance, ServiceKind, Scale };
 
 export type MeshOptions = {
   /** site names (default ["a", "b"]) */
@@ -51,9 +57,18 @@ export type MeshOptions = {
   /**
    * Require auth on every site with deploy/nats/site-users.conf.template and these passwords: the
    * services run as user `syncd`, the harness's own connections (connect, kv, probes) as `admin`
-   * unless connect() is given other credentials.
+   * unless connect() is given other credentials. `reader` (optional) is the read-only user's password
+   * (default: a random one).
    */
-  users?: { syncd: string; app: string; admin: string };
+  users?: { syncd: string; app: string; admin: string; reader?: string };
+  /**
+   * The secured variant (needs `users`): deploy/nats/hub-secure.conf.template and
+   * site-secure.conf.template. TLS on every client port (the harness's and the services' connections
+   * verify the servers with the CA) and mutual TLS on the leaf connections, certificates made by
+   * scripts/gen-certs.sh in `<mesh dir>/certs`; the hub's client port takes only `admin` (password
+   * `users.admin`), its leaf listener only user `leaf` (password `leafPassword`, default random).
+   */
+  tls?: boolean | { leafPassword?: string };
 };
 
 export type MeshSite = {
@@ -70,6 +85,8 @@ export type Mesh = {
   sites: Record<string, MeshSite>;
   /** the underlying nats-server topology */
   topology: Topology;
+  /** the TLS files of a `tls` mesh (undefined otherwise) */
+  certs?: CertFiles;
   /** a new connection to a site's server (reconnects forever); closed by stop() */
   connect(site: string, opts?: Partial<ConnectionOptions>): Promise<NatsConnection>;
   /** a new connection to the hub; closed by stop() */
@@ -136,8 +153,15 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
   removeDirsAtExit(dir);
   const users = opts.users;
   const adminAuth = users ? { user: "admin", pass: users.admin } : undefined;
+  if (opts.tls && !users) throw new Error("startMesh: the tls option needs users");
+  const certs = opts.tls ? ensureCerts(path.join(dir, "certs")) : undefined;
+  const leafPassword =
+    typeof opts.tls === "object" && opts.tls.leafPassword ? opts.tls.leafPassword : randomPassword();
+  /** TLS options of every connection the harness makes */
+  const tlsOpts = certs ? { tls: { caFile: certs.ca } } : {};
   const serviceArgs = [
     ...(users ? ["--user", "syncd", "--password", users.syncd] : []),
+    ...(certs ? ["--tls-ca", certs.ca] : []),
     ...(opts.serviceArgs ?? []),
   ];
   const conns = new Set<NatsConnection>();
@@ -162,7 +186,10 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
         extraArgs: serviceArgs,
         dir: st.dir,
         ...(adminAuth
-          ? { connect: () => connect({ servers: st.url, name: `syncd-launcher-${s}`, ...adminAuth }) }
+          ? {
+              connect: () =>
+                connect({ servers: st.url, name: `syncd-launcher-${s}`, ...adminAuth, ...tlsOpts }),
+            }
           : {}),
         ...(opts.logLevel ? { logLevel: opts.logLevel } : {}),
         ...(opts.readyTimeoutMs ? { readyTimeoutMs: opts.readyTimeoutMs } : {}),
@@ -188,6 +215,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       ...adminAuth,
+      ...tlsOpts,
       ...o,
     });
     conns.add(nc);
@@ -229,6 +257,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
 
   const mesh: Mesh = {
     dir,
+    ...(certs ? { certs } : {}),
     hub: { url: "" },
     sites: {},
     get topology() {
@@ -285,9 +314,11 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
                 syncdPassword: users.syncd,
                 appPassword: users.app,
                 adminPassword: users.admin,
+                ...(users.reader ? { readerPassword: users.reader } : {}),
               }),
           }
         : {}),
+      ...(users && certs ? { secure: { certDir: certs.dir, adminPassword: users.admin, leafPassword } } : {}),
     });
     mesh.hub.url = topology.hub.url;
     for (const s of siteNames) mesh.sites[s] = siteInfo(topology, s);
