@@ -28,6 +28,8 @@ const dec = new TextDecoder();
 export interface MetaStoreLike {
   get(key: string): Promise<MetaEntry | null>;
   cas(key: string, version: Version, expected: MetaEntry | null): Promise<number>;
+  /** forget what is known of a key: the next get reads it from the server (caching stores) */
+  invalidate?(key: string): void;
 }
 
 /** The data-bucket operations the protocol uses. */

@@ -110,7 +110,10 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
     const m = await b.meta.get(op.key);
     const l = await b.data.latest(op.key);
     // a merger wrote a newer version than the _meta we read: our read is stale
-    if (m && l?.version && compareVersions(l.version, m.version) > 0) continue;
+    if (m && l?.version && compareVersions(l.version, m.version) > 0) {
+      b.meta.invalidate?.(op.key);
+      continue;
+    }
     const current = m ? currentState(m.version, l) : null;
     const cmp = current ? compare(incoming, current) : 1;
     if (m && current && cmp < 0) {

@@ -10,6 +10,7 @@ import { Observer } from "../lib/clock-client.ts";
 import { skewMs } from "../lib/clock-rules.ts";
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
+import { CachedMetaStore } from "../lib/meta-cache.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type {
@@ -18,7 +19,7 @@ import type {
   MergerGetResponse,
   MergerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { BucketStore, MetaStore } from "../lib/stores.ts";
+import { BucketStore } from "../lib/stores.ts";
 import {
   Durables,
   Headers,
@@ -59,10 +60,14 @@ type Parsed = { op: Op } | { error: SyncdError };
 export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const buckets = new Map<string, BucketState>();
+  const caches: CachedMetaStore[] = [];
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
+    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }));
+    await meta.start();
+    caches.push(meta);
     buckets.set(b, {
-      meta: new MetaStore(site.metas.get(b)!),
+      meta,
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       maxValueSize: site.maxValueSize.get(b) ?? -1,
     });
@@ -250,5 +255,10 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     },
     d,
   );
-  return { stop: () => loop.stop() };
+  return {
+    stop: async () => {
+      await loop.stop();
+      for (const c of caches) c.stop();
+    },
+  };
 }

@@ -6,9 +6,10 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { MetaStore, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
 
@@ -25,6 +26,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
+  const caches: CachedMetaStore[] = [];
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
@@ -34,7 +36,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       errors: 0,
     };
     counts.set(bucket, c);
-    const meta = new MetaStore(site.metas.get(bucket)!);
+    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
+    await meta.start();
+    caches.push(meta);
     const deps = {
       site: config.site,
       nodeId: config.nodeId,
@@ -109,5 +113,10 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     },
     { log, counters: ctx.counters },
   );
-  return { stop: async () => void (await Promise.all(loops.map((l) => l.stop()))) };
+  return {
+    stop: async () => {
+      await Promise.all(loops.map((l) => l.stop()));
+      for (const c of caches) c.stop();
+    },
+  };
 }
