@@ -75,11 +75,16 @@ export class Observer {
   constructor(
     private readonly nc: NatsConnection,
     private readonly site: string,
+    private readonly opts: { hlc: boolean; now?: () => number } = { hlc: true },
   ) {}
 
-  /** Resolves once the persisted clock is >= ts. */
+  /**
+   * Resolves once the site clock is past ts. In HLC mode a ts that is not ahead of this machine's
+   * physical time needs no request: every later tick is at least physical_ms * 1000 anyway.
+   */
   async observe(ts: number): Promise<void> {
     if (ts <= this.known) return;
+    if (this.opts.hlc && ts < (this.opts.now ?? Date.now)() * HLC_TICKS_PER_MS) return;
     if (ts > this.want) this.want = ts;
     while (ts > this.known) {
       if (!this.inflight)

@@ -72,7 +72,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       maxValueSize: site.maxValueSize.get(b) ?? -1,
     });
   }
-  const observer = new Observer(nc, config.site);
+  const observer = new Observer(nc, config.site, { hlc: config.clock === "hlc" });
   const js = jetstream(nc);
   const side = (v: ConflictSide) => ({
     ts: v.ts,
