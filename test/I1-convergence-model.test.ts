@@ -16,6 +16,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
+import { valueHash } from "../services/lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
 import { type MergeDeps, admit, applyOp } from "../services/merger/handlers.ts";
 import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
@@ -470,5 +471,84 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     await applyOp(a.merge, h); // redelivered: the bucket gets H's value
     const after = await readVersioned(src, "k", a.meta.peek("k")!);
     assert.ok(after.ok && after.version.ts === h.ts && dec.decode(after.value!) === "aaa");
+  });
+
+  /**
+   * Found by the second and third properties with FC_RUNS=1000 once anti-entropy compared value
+   * hashes (FC_SEED=107602530 and FC_SEED=1963375560 at a49f5d8: both shrink to two hand-made ops
+   * with the same (ts, node_id) and different values at one site). Two mergers of site-a apply them
+   * at once. L (the greater bytes) commits `_meta` with vh(L); D reads `_meta` = L and the bucket
+   * before L's write lands: `currentState` has no value for L, so D is compared against empty
+   * bytes, "wins", and commits vh(D) over vh(L). L's bucket write lands first; D's fails, and its
+   * retry finds the bucket holding the version with L's bytes: stale. The bucket holds L, `_meta`
+   * says D. A site that only got D has the same `_meta` digest, so anti-entropy never moves L
+   * there: I1 divergence (seed 1963375560). Where the other sites hold L, the digests differ but
+   * every merge is a duplicate and `_meta` is never corrected: the key is moved both ways on every
+   * run forever (seed 107602530). A merger bug (services/merger), left failing here.
+   */
+  it("I1 a merger does not commit a smaller value's hash over an equal version whose bucket write is in flight", async () => {
+    const steps = new ManualSteps();
+    const a = site(steps.call, "site-a");
+    const l = put("k", 1, "zz", "light");
+    const d = put("k", 1, "zz", "dark");
+    const pl = applyOp(a.merge, l); // merger 1
+    await steps.release("meta.get"); // L: no version
+    await steps.release("latest"); // L: no entry
+    await steps.release("meta.cas"); // L commits vh(light)
+    const pd = applyOp(a.merge, d); // merger 2
+    await steps.release("meta.get"); // D: _meta = L
+    await steps.release("latest"); // D: no entry yet
+    await steps.release("meta.cas"); // D: compared with no bytes, commits vh(dark)?
+    await steps.release("write"); // L writes the bucket
+    await steps.drain(); // D's write (if any) fails, D retries
+    await Promise.all([pl, pd]);
+    assert.equal(a.shows("k"), "light");
+    assert.equal(
+      a.meta.peek("k")?.vh,
+      valueHash(enc.encode("light")),
+      `_meta says vh ${a.meta.peek("k")?.vh} (vh of "dark": ${valueHash(enc.encode("dark"))}), the bucket holds "light"`,
+    );
+    // the consequence: a site that only got D must see the difference (else it keeps "dark")
+    const b = site(direct, "site-b");
+    await applyOp(b.merge, d);
+    assert.deepEqual(await toPull(b, a), ["k"], "the version trees of site-a and site-b are equal");
+  });
+
+  /**
+   * Found by the first property (no drops, no faults, no repair) with FC_SEED=1963375560
+   * FC_RUNS=1000 at a49f5d8 (on main, and again on a local copy of the merger with the case above
+   * patched). A hand-made put P of an empty value and a delete X with the same (ts, node_id): X wins
+   * (tombstone over value). A duplicate P2 of P reads `_meta` = P; X commits and writes its
+   * tombstone; P2 reads the bucket = X's tombstone. The guard against a stale `_meta` read compares
+   * versions only (equal here), `currentState` has no bytes for P (the bucket does not hold a put),
+   * so P2 compares equal to "P with no bytes" (cmp 0) and "repairs" the bucket: writes P's empty
+   * value over the tombstone, with no `_meta` compare-and-set on that path. `_meta` says X, the
+   * bucket holds "". (With a non-empty value, P2 wins over "no bytes" and its `_meta` CAS fails.)
+   * A merger bug (services/merger), left failing here.
+   */
+  it("I1 a duplicate of a put does not overwrite a tombstone of the same version committed meanwhile", async () => {
+    const steps = new ManualSteps();
+    const a = site(steps.call, "site-a");
+    const p = put("k", 1, "site-a", "");
+    const p1 = applyOp(a.merge, p);
+    await steps.drain();
+    assert.equal((await p1).result, "applied");
+    const p2 = applyOp(a.merge, p); // a duplicate (another merger instance, or a redelivery)
+    await steps.release("meta.get"); // P2: _meta = P
+    const x = applyOp(a.merge, del("k", 1, "site-a"));
+    await steps.release("meta.get", "last"); // X: _meta = P
+    await steps.release("latest", "last"); // X: P's entry
+    await steps.release("meta.cas"); // X commits (tombstone over value)
+    await steps.release("write"); // X writes its tombstone
+    await steps.release("latest"); // P2: the bucket shows X
+    await steps.drain();
+    assert.equal((await x).result, "applied");
+    await p2;
+    assert.equal(a.meta.peek("k")?.deleted, true);
+    assert.equal(
+      a.shows("k"),
+      undefined,
+      `_meta holds the tombstone 1/site-a, the bucket ${JSON.stringify(a.shows("k"))}`,
+    );
   });
 });
