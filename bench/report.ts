@@ -152,15 +152,28 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   } else rows.push(["Replicated throughput ≥ 50 % of native sourcing", "–", verdict(null), ""]);
   const l1 = lat?.syncd.find((x) => x.rate === 1000);
   const n1 = lat?.native.find((x) => x.rate === 1000);
+  const lLow = lat?.syncd.find((x) => x.rate < 1000);
   if (l1) {
-    const behind = l1.drain_ms > 100 || (tp && tp.syncd.repl_ops_s < 1000);
+    const cap = tp?.syncd.repl_ops_s;
+    const util = cap ? 1000 / cap : Number.NaN;
+    const parts: string[] = [];
+    if (cap)
+      parts.push(
+        `Throughput first: 1 000 ops/s is ${fmt(util * 100)} % of what the pipeline applies at most here (case 1: ${fmt(cap)} ops/s), ${util >= 0.8 ? "so ops queue (b's merger backlog) and the lag is mostly queueing time" : "so some queueing adds to the per-op path"}; b was complete ${fmt(l1.drain_ms)} ms after the last put ack.`,
+      );
+    if (lLow)
+      parts.push(
+        `The floor, at ${fmt(lLow.rate)} ops/s: p50 ${fmt(lLow.lag.p50_ms, 1)} ms, p99 ${fmt(lLow.lag.p99_ms, 1)} ms — the per-op path itself: watcher stamp (meta read + CAS + op publish), sourcing across the hub, merger (meta read + CAS + bucket write), about 5 acknowledged round trips in series plus the consumers' batching.`,
+      );
+    else
+      parts.push(
+        "Per-op path: watcher stamp (meta read + CAS + publish) → sourcing → merger (meta read + CAS + bucket write), about 5 acknowledged round trips in series.",
+      );
     rows.push([
       "Convergence p99 ≤ 10 ms at 1 000 ops/s",
       `p50 ${fmt(l1.lag.p50_ms, 1)} ms, **p99 ${fmt(l1.lag.p99_ms, 1)} ms**, max ${fmt(l1.lag.max_ms, 1)} ms (native: p50 ${fmt(n1?.lag.p50_ms, 2)}, p99 ${fmt(n1?.lag.p99_ms, 1)} ms)`,
       verdict(l1.lag.p99_ms <= 10),
-      behind
-        ? `Throughput: 1 000 ops/s is at or above what the pipeline applies (case 1: ${fmt(tp?.syncd.repl_ops_s)} ops/s), so ops queue in b's merger backlog and the lag is queueing time; b was complete ${fmt(l1.drain_ms)} ms after the last put ack.`
-        : "Per-op path: watcher stamp (meta read + CAS + publish) → sourcing → merger (meta read + CAS + bucket write), about 5 acknowledged round trips in series.",
+      parts.join(" "),
     ]);
   } else rows.push(["Convergence p99 ≤ 10 ms at 1 000 ops/s", "–", verdict(null), ""]);
   if (rc) {
@@ -320,7 +333,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
         [
           [
             fmt(cf.write_ops_s),
-            cf.converge_ms === null ? "**not within 180 s**" : `**${fmt(cf.converge_ms)} ms**`,
+            cf.converge_ms === null ? `**not within ${fmt(cf.limit_s)} s**` : `**${fmt(cf.converge_ms)} ms**`,
             fmt(cf.quiet_but_different),
             fmt(cf.differing_keys_at_end),
           ],
@@ -406,7 +419,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
           ...(rc.rerun
             ? [
                 [
-                  "second run (equal sites)",
+                  `second run (${rc.roots_equal_after_repair ? "equal root digests" : "root digests still differed"})`,
                   fmt(rc.rerun.entries_moved),
                   fmt(rc.rerun.bytes),
                   fmt(rc.rerun.keys_compared),

@@ -233,8 +233,9 @@ export const latencyCase: CaseDef = {
   name: "latency",
   title: "2. Convergence latency at a fixed offered load",
   async run(ctx: BenchContext): Promise<LatencyResult> {
-    const rates = ctx.quick ? [1000] : [1000, 5000];
-    const seconds = (r: number) => (ctx.quick ? 3 : r >= 5000 ? 3 : 5);
+    // 200/s (full mode only): the floor of the lag, with little queueing
+    const rates = ctx.quick ? [1000] : [200, 1000, 5000];
+    const seconds = (r: number) => (ctx.quick ? 3 : r >= 5000 ? 3 : r <= 200 ? 4 : 5);
     const native = await nativeLatency(rates, seconds);
     const syncd = await syncdLatency(rates, seconds);
     return { syncd, native };

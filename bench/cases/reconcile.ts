@@ -10,7 +10,9 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { valueHash } from "../../services/lib/lww.ts";
 import type {
+  ReconcilerDigestResponse,
   ReconcilerEntriesResponse,
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
@@ -46,8 +48,12 @@ export type ReconcileResult = {
   services_ready_ms: number;
   run: Run;
   run_wall_ms: number;
-  /** a second run right after: what comparing equal sites costs */
+  /** a second run after the repair: what comparing equal sites costs */
   rerun: Run | null;
+  /** both sites' root digests were equal before the second run */
+  roots_equal_after_repair: boolean;
+  /** when they were not: keys whose versions differ between the two sites' full `entries` listings */
+  listing_diff_after_repair: number | null;
   /** sum over all entries of key + version JSON + value bytes */
   full_listing_bytes_computed: number;
   /** request + reply payload bytes of `entries` listing the whole bucket (versions only, and with values) */
@@ -85,7 +91,7 @@ async function loadSite(
       const h = natsHeaders();
       h.set(Headers.ts, String(v.ts));
       h.set(Headers.node, v.node_id);
-      nc.publish(kvSubject(BUCKET, `rk.${j}`), value100(`v${j}`), { headers: h });
+      nc.publish(kvSubject(BUCKET, `rk.${j}`), loadedValue(j), { headers: h });
     }
     await nc.flush();
     progress(end);
@@ -95,12 +101,24 @@ async function loadSite(
     for (let j = i; j < end; j++) {
       nc.publish(
         kvSubject(metaBucket(BUCKET), `rk.${j}`),
-        enc.encode(JSON.stringify({ ...version(j, base), rev: j + 1 })),
+        enc.encode(JSON.stringify(metaOf(version(j, base), j + 1, loadedValue(j)))),
       );
     }
     await nc.flush();
     progress(k + end);
   }
+}
+
+function loadedValue(j: number): Uint8Array {
+  return value100(`v${j}`);
+}
+
+/**
+ * The `_meta` entry a merger commits for a put: the version, the bucket revision, `merged`, and the
+ * value hash `vh` (services/lib/lww.ts) the reconciler's version tree includes.
+ */
+function metaOf(v: { ts: number; node_id: string; deleted: boolean }, rev: number, value: Uint8Array) {
+  return { ...v, rev, merged: true, ...(v.deleted ? {} : { vh: valueHash(value) }) };
 }
 
 /** Write a version behind the services' back: bucket entry with headers, then `_meta` (as test/reconciler.test.ts). */
@@ -114,8 +132,9 @@ async function plant(
   const h = natsHeaders();
   h.set(Headers.ts, String(v.ts));
   h.set(Headers.node, v.node_id);
-  const pa = await js.publish(kvSubject(BUCKET, key), value, { headers: h });
-  await sc.meta!.put(key, JSON.stringify({ ...v, deleted: false, rev: pa.seq }));
+  const data = enc.encode(value);
+  const pa = await js.publish(kvSubject(BUCKET, key), data, { headers: h });
+  await sc.meta!.put(key, JSON.stringify(metaOf({ ...v, deleted: false }, pa.seq, data)));
 }
 
 /** Page through `entries` for the whole bucket (root prefix), counting payload bytes. */
@@ -123,6 +142,7 @@ async function fullListing(
   nc: NatsConnection,
   site: string,
   values: boolean,
+  collect?: Map<string, string>,
 ): Promise<{ bytes: number; entries: number }> {
   let after: string | undefined;
   let bytes = 0;
@@ -138,6 +158,7 @@ async function fullListing(
     );
     bytes += r.bytes;
     entries += r.value.entries.length;
+    if (collect) for (const e of r.value.entries) collect.set(e.key, `${e.ts}|${e.node_id}|${e.deleted}`);
     if (!r.value.truncated || !r.value.next_after) break;
     after = r.value.next_after;
   }
@@ -285,14 +306,55 @@ export const reconcileCase: CaseDef = {
         `reconcile: moved ${run.entries_moved} entries, ${kfmt(run.bytes)} bytes, ${run.keys_compared} keys compared, ${run.ranges_descended} ranges, ${run.ms} ms${run.error ? `, error ${run.error}` : ""}`,
       );
       await quiet(bm, 60_000);
-      // repaired? every planted key holds the planted version at both sites
-      let repaired = true;
-      for (const p of planted) {
-        for (const s of ["a", "b"]) {
-          const m = await bm.conn[s]!.meta!.get(p.key);
-          const v = m ? (JSON.parse(m.string()) as { ts: number; node_id: string }) : null;
-          if (v?.ts !== p.v.ts || v.node_id !== p.v.node_id) repaired = false;
+      // repaired? every planted key holds the planted version at both sites (bounded wait)
+      const repairedNow = async (): Promise<boolean> => {
+        for (const p of planted) {
+          for (const s of ["a", "b"]) {
+            const m = await bmm.conn[s]!.meta!.get(p.key);
+            const v = m ? (m.json() as { ts: number; node_id: string }) : null;
+            if (v?.ts !== p.v.ts || v.node_id !== p.v.node_id) return false;
+          }
         }
+        return true;
+      };
+      const repaired = await waitUntil("planted versions at both sites", repairedNow, 15_000, 200).then(
+        () => true,
+        () => false,
+      );
+      // then the next run should compare the roots only: wait until both indexes agree
+      const root = async (s: string) =>
+        JSON.stringify(
+          (
+            await call<ReconcilerDigestResponse>(bmm.conn[s]!.nc, s, "reconciler", "digest", {
+              bucket: BUCKET,
+              prefixes: [],
+            })
+          ).value.root,
+        );
+      const rootsEqual = await waitUntil(
+        "equal root digests",
+        async () => (await root("a")) === (await root("b")),
+        15_000,
+        200,
+      ).then(
+        () => true,
+        (err: unknown) => {
+          log(`reconcile: ${(err as Error).message}`);
+          return false;
+        },
+      );
+      // when the roots differ: do the two sites' full version listings differ too?
+      let listingDiff: number | null = null;
+      if (!rootsEqual) {
+        const la = new Map<string, string>();
+        const lb = new Map<string, string>();
+        await fullListing(bm.conn.a!.nc, "a", false, la);
+        await fullListing(bm.conn.b!.nc, "b", false, lb);
+        listingDiff = 0;
+        for (const k of new Set([...la.keys(), ...lb.keys()])) if (la.get(k) !== lb.get(k)) listingDiff++;
+        log(
+          `reconcile: root digests differ; the full version listings differ in ${listingDiff} keys (a ${la.size}, b ${lb.size})`,
+        );
       }
       let rerun: Run | null = null;
       try {
@@ -307,7 +369,7 @@ export const reconcileCase: CaseDef = {
       let computed = 0;
       for (let j = 0; j < K; j++) {
         const v = version(j, base);
-        computed += `rk.${j}`.length + JSON.stringify(v).length + VALUE_BYTES;
+        computed += `rk.${j}`.length + JSON.stringify({ ...v, vh: "0123456789abcdef" }).length + VALUE_BYTES;
       }
       const lv = await fullListing(bm.conn.a!.nc, "a", false);
       let withValues: { bytes: number; entries: number } | null = null;
@@ -337,6 +399,8 @@ export const reconcileCase: CaseDef = {
         run,
         run_wall_ms: round(runWall),
         rerun,
+        roots_equal_after_repair: rootsEqual,
+        listing_diff_after_repair: listingDiff,
         full_listing_bytes_computed: computed,
         full_listing_bytes_versions: lv.bytes,
         full_listing_bytes_with_values: withValues?.bytes ?? null,
