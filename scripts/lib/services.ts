@@ -1,6 +1,7 @@
 /**
  * Starting and stopping the four service processes of one site:
- *   node --import tsx services/<kind>/main.ts --site <site> --nats-url <url> --bucket <buckets>
+ *   node services/run.mjs <kind> --site <site> --nats-url <url> --bucket <buckets>
+ * (run.mjs runs the compiled build when it is fresh, the TypeScript sources through tsx otherwise)
  *        [--node-id ..] [--clock hlc|lamport] [extra args]
  * with cwd = repo root, the environment passed through plus SYNCD_INSTANCE=<kind>-<n> and LOG_LEVEL,
  * stdout+stderr appended to `<logDir>/<kind>-<n>.log`, pid in `<dir>/<kind>-<n>.pid`.
@@ -137,7 +138,7 @@ export class ServiceInstance {
   }
   /** what its command line contains (guards against a reused pid) */
   get marker(): string {
-    return `services/${this.kind}/main.ts --site ${this.site}`;
+    return `services/run.mjs ${this.kind} --site ${this.site}`;
   }
 
   alive(): boolean {
@@ -219,9 +220,8 @@ export class SiteServices {
   argv(kind: ServiceKind): string[] {
     const o = this.o;
     return [
-      "--import",
-      "tsx",
-      `services/${kind}/main.ts`,
+      "services/run.mjs",
+      kind,
       "--site",
       this.site,
       "--nats-url",

@@ -13,9 +13,23 @@ import { type SiteHandles, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
 
 /** The package version: the version every service reports in the micro protocol. */
-export const VERSION: string = (
-  JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
-).version;
+export const VERSION: string = packageVersion();
+
+/** The version in the repository's package.json (found upwards: sources or dist/). */
+function packageVersion(): string {
+  for (const rel of ["../../package.json", "../../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as {
+        name?: string;
+        version: string;
+      };
+      if (pkg.name === "nats-kv-syncd") return pkg.version;
+    } catch {
+      // not there: try the next
+    }
+  }
+  throw new Error("package.json of nats-kv-syncd not found");
+}
 
 /** What a service's wiring gets. */
 export type ServiceContext = {
