@@ -13,7 +13,7 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { opValue } from "../services/lib/op.ts";
 import type { Op } from "../services/lib/op.ts";
-import { Streams } from "../services/lib/subjects.ts";
+import { Durables, Streams, kvStream } from "../services/lib/subjects.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { peersLinked, quiet, streamCount, until, versions } from "./helpers.ts";
 import {
@@ -25,6 +25,8 @@ import {
   readStream,
   uniqueValue,
 } from "./workload.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("I3 no lost write, I4 read-then-overwrite", () => {
   let mesh: Mesh;
@@ -199,5 +201,61 @@ describe("I3 no lost write, I4 read-then-overwrite", () => {
     );
     const report = await checkOutcome({ ncs: nc, writes, handMade });
     assert.deepEqual(report.problems, [], report.problems.join("\n"));
+  });
+});
+
+/**
+ * Every site has a stream `KV_<bucket>` with the watcher's durable `syncd-watcher-<bucket>`, so the
+ * acks of every site's watcher use the same subjects (`$JS.ACK.KV_config.syncd-watcher-config.…`),
+ * and the leaf connections carry them to every other site. A site whose watcher still holds a local
+ * write (waiting for the clock, or killed while stamping it) must not see that write acknowledged by
+ * another site's watcher acking the same stream sequence.
+ */
+describe("I3 a local write the watcher still holds is not lost to another site's ack", () => {
+  let mesh: Mesh;
+  let nc: Record<string, NatsConnection>;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
+    await peersLinked(nc.a!, "a", ["b"]);
+    await peersLinked(nc.b!, "b", ["a"]);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I3 a write held by site a's watcher (clock down) is published once the clock is back, although site b's watcher acked the same stream sequence meanwhile", async () => {
+    const kvA = await mesh.kv("a");
+    const kvB = await mesh.kv("b");
+    const jsmA = await jetstreamManager(nc.a!);
+    const jsmB = await jetstreamManager(nc.b!);
+    const watcherInfo = (m: JetStreamManager) =>
+      m.consumers.info(kvStream("config"), Durables.watcher("config"));
+    // a's watcher cannot stamp without its clock; a's merger is stopped so that b's writes do not
+    // move a's stream sequences
+    const down = mesh.services("a").filter((i) => i.kind === "clock" || i.kind === "merger");
+    await Promise.all(down.map((i) => i.kill9()));
+    await sleep(100); // any block of clock ticks the watcher holds is stale after 20 ms
+    const w = await putWrite(kvA, "a", "held.by.a", uniqueValue("a", 1, false));
+    await until(async () => (await watcherInfo(jsmA)).num_ack_pending === 1, {
+      message: "a's watcher did not take the write",
+    });
+    // b writes until its bucket stream reaches the same sequence, and its watcher acks it
+    const last = (await jsmB.streams.info(kvStream("config"))).state.last_seq;
+    for (let i = last; i < w.rev; i++) await kvB.put(`b.filler.${i}`, "x");
+    await until(async () => (await watcherInfo(jsmB)).ack_floor.stream_seq >= w.rev, {
+      message: "b's watcher did not ack",
+    });
+    await sleep(300);
+    const heldAtA = await watcherInfo(jsmA);
+    for (const i of down) i.spawn();
+    await mesh.waitServices("a");
+    await quiet(nc, { timeout: 30_000 });
+    const ids = new Set((await readStream(nc.a!, Streams.out("a"))).map((m) => m.msgId));
+    assert.ok(
+      ids.has(`a.config.${w.rev}`) && (await kvB.get(w.key))?.string() === "a:1",
+      `local write ${w.key} (rev ${w.rev} at a) was never published. While a's watcher held it, b's watcher acked its own rev ${w.rev}; a's consumer then showed ack pending ${heldAtA.num_ack_pending} (1 expected), ack floor ${heldAtA.ack_floor.stream_seq}: the ack of site b (subject $JS.ACK.${kvStream("config")}.${Durables.watcher("config")}.…, the same at every site) crossed the leaf connection and acknowledged site a's message`,
+    );
   });
 });
