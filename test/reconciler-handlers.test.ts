@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SyncdError } from "../services/lib/errors.ts";
+import { valueHash } from "../services/lib/lww.ts";
 import type {
   BucketEntry,
   BucketStoreLike,
@@ -10,8 +11,8 @@ import type {
 } from "../services/lib/stores.ts";
 import { type EntriesDeps, type WireEntry, digest, entries } from "../services/reconciler/handlers.ts";
 import { PeerBook } from "../services/reconciler/peers.ts";
-import { Pump, RateLimiter } from "../services/reconciler/run.ts";
-import { VersionTree } from "../services/reconciler/tree.ts";
+import { Pump, RateLimiter, hashUnhashed } from "../services/reconciler/run.ts";
+import { VersionTree, plan } from "../services/reconciler/tree.ts";
 import { type ValueSource, readVersioned } from "../services/reconciler/values.ts";
 
 const enc = new TextEncoder();
@@ -42,7 +43,13 @@ function site(n: number, valueFor: (i: number) => string) {
   const tree = new VersionTree();
   for (let i = 0; i < n; i++) {
     const key = `k.${i}`;
-    const v: Version = { ts: 1000 + i, node_id: "site-a", deleted: false, rev: i + 1 };
+    const v: Version = {
+      ts: 1000 + i,
+      node_id: "site-a",
+      deleted: false,
+      rev: i + 1,
+      vh: valueHash(enc.encode(valueFor(i))),
+    };
     meta.m.set(key, { version: v, revision: i + 1 });
     data.m.set(key, { rev: i + 1, deleted: false, value: enc.encode(valueFor(i)), version: null });
     tree.set(key, v);
@@ -160,6 +167,76 @@ describe("reconciler handlers", () => {
     assert.deepEqual(by.get("k.3"), { key: "k.3", ts: 6000, node_id: "site-a", deleted: true });
     const direct = await readVersioned(s.src, "k.0");
     assert.equal(direct.ok, false);
+  });
+
+  it("a merger commit with this site's node_id over a local write is not the local write's version", async () => {
+    const s = site(2, (i) => `v${i}`);
+    // k.0: a hand-made op with node_id site-a committed over the stamped local write at rev 1 (rev
+    // kept), its bucket write not done yet: the local value is not the op's
+    s.meta.m.set("k.0", {
+      version: { ts: 9000, node_id: "site-a", deleted: false, rev: 1, merged: true, vh: "00000000000000aa" },
+      revision: 20,
+    });
+    assert.deepEqual(await readVersioned(s.src, "k.0"), { ok: false, reason: "in_flux" });
+    // k.1: the watcher's own stamp of the local write at exactly its revision
+    const k1 = await readVersioned(s.src, "k.1");
+    assert.ok(k1.ok && new TextDecoder().decode(k1.value) === "v1");
+    assert.deepEqual(k1.version, { ts: 1001, node_id: "site-a", deleted: false });
+    // the merger's bucket write lands (with headers): now it is the op's value
+    s.data.m.set("k.0", {
+      rev: 30,
+      deleted: false,
+      value: enc.encode("op"),
+      version: { ts: 9000, node_id: "site-a" },
+    });
+    const k0 = await readVersioned(s.src, "k.0");
+    assert.ok(k0.ok && new TextDecoder().decode(k0.value) === "op");
+  });
+
+  it("entries carry vh: the index's in a listing, the value's own with a value; none for a tombstone or older _meta", async () => {
+    const s = site(3, (i) => `v${i}`);
+    s.tree.set("k.1", { ts: 1001, node_id: "site-a", deleted: false }); // _meta by older code: no vh
+    s.tree.set("k.2", { ts: 7000, node_id: "site-b", deleted: true });
+    const listed = await entries(deps(s), { bucket: "config", keys: ["k.0", "k.1", "k.2"] });
+    assert.deepEqual(listed.entries, [
+      { key: "k.0", ts: 1000, node_id: "site-a", deleted: false, vh: valueHash(enc.encode("v0")) },
+      { key: "k.1", ts: 1001, node_id: "site-a", deleted: false },
+      { key: "k.2", ts: 7000, node_id: "site-b", deleted: true },
+    ]);
+    const withValues = await entries(deps(s), { bucket: "config", keys: ["k.0", "k.1"], values: true });
+    assert.deepEqual(
+      withValues.entries.map((e) => [e.key, e.vh, e.value]),
+      [
+        ["k.0", valueHash(enc.encode("v0")), "v0"],
+        ["k.1", valueHash(enc.encode("v1")), "v1"],
+      ],
+    );
+  });
+
+  it("hashUnhashed: an equal version without vh here is hashed from its value; different contents move both ways", async () => {
+    const s = site(3, (i) => `v${i}`);
+    for (const k of ["k.0", "k.1", "k.2"]) {
+      const cur = s.tree.get(k)!;
+      s.tree.set(k, { ts: cur.ts, node_id: cur.node_id, deleted: false }); // older _meta: no vh
+    }
+    const mine = [...s.tree.entries([""])];
+    const theirs = mine.map((e) => ({
+      ...e,
+      // k.0: same contents at the peer; k.1: other contents; k.2: no vh there either
+      ...(e.key === "k.0" ? { vh: valueHash(enc.encode("v0")) } : {}),
+      ...(e.key === "k.1" ? { vh: valueHash(enc.encode("other")) } : {}),
+    }));
+    const p = plan(mine, theirs);
+    assert.deepEqual(p.unhashed.sort(), ["k.0", "k.1"]);
+    assert.deepEqual([p.pull, p.push], [[], []]);
+    const hashed = await hashUnhashed({ tree: s.tree, values: s.src, concurrency: 4 }, p, theirs);
+    assert.equal(hashed, 2);
+    assert.deepEqual([p.pull, p.push], [["k.1"], ["k.1"]]);
+    assert.equal(s.tree.get("k.0")?.vh, valueHash(enc.encode("v0")));
+    assert.equal(s.tree.get("k.2")?.vh, undefined);
+    // from now on k.0 is equal at both sides
+    const again = plan(s.tree.entries([""]), theirs);
+    assert.deepEqual([again.pull, again.push, again.unhashed], [["k.1"], ["k.1"], []]);
   });
 
   it("binary values travel as base64", async () => {

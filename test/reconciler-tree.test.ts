@@ -162,7 +162,7 @@ describe("reconciler descent", () => {
     const entries = Array.from({ length: 2000 }, (_, i) => ({ key: `k${i}`, ...version(r) }));
     const { d, p } = await diff(build(entries), build([...entries].reverse()));
     assert.deepEqual(d, { list: [], ranges: 0 });
-    assert.deepEqual(p, { pull: [], push: [], compared: 0 });
+    assert.deepEqual(p, { pull: [], push: [], unhashed: [], compared: 0 });
   });
 
   for (const [n, k] of [
@@ -250,5 +250,87 @@ describe("reconciler descent", () => {
     assert.deepEqual(shallow.d.list, [""]);
     assert.equal(shallow.p.compared, 40);
     assert.deepEqual(shallow.p.pull, ["s3"]);
+  });
+
+  it("equal versions with different value hashes: found by the descent, moved both ways", async () => {
+    const r = rng(11);
+    const entries = Array.from({ length: 3000 }, (_, i) => {
+      const v = version(r);
+      return { key: `h${i}`, ...v, ...(v.deleted ? {} : { vh: (i * 7919).toString(16).padStart(16, "0") }) };
+    });
+    const a = build(entries);
+    const b = build(entries);
+    const put = entries.find((e) => !e.deleted)!;
+    b.set(put.key, { ...put, vh: "f".repeat(16) });
+    const { d, p } = await diff(a, b);
+    assert.ok(d.list.length > 0);
+    assert.deepEqual(p.pull, [put.key]);
+    assert.deepEqual(p.push, [put.key]);
+    assert.deepEqual(p.unhashed, []);
+  });
+});
+
+describe("reconciler value hashes (vh)", () => {
+  const v = { ts: 5, node_id: "site-a", deleted: false };
+  const sha = async (s: string) => (await import("node:crypto")).createHash("sha256").update(s).digest("hex");
+
+  it("an entry hash covers vh; without one (or for a tombstone) it is the hash older code used", async () => {
+    assert.equal(entryHash("k", v).toString("hex"), await sha("k\u00005\u0000site-a\u0000false"));
+    assert.equal(
+      entryHash("k", { ...v, vh: "0123456789abcdef" }).toString("hex"),
+      await sha("k\u00005\u0000site-a\u0000false\u00000123456789abcdef"),
+    );
+    const del = { ...v, deleted: true };
+    assert.equal(
+      entryHash("k", { ...del, vh: "0123456789abcdef" }).toString("hex"),
+      entryHash("k", del).toString("hex"),
+    );
+  });
+
+  it("the tree keeps vh: a change of vh alone changes the digest; a tombstone drops it", () => {
+    const t = new VersionTree();
+    assert.equal(t.set("k", { ...v, vh: "00000000000000aa" }), true);
+    const before = t.root().hash;
+    assert.deepEqual(t.get("k"), { ...v, vh: "00000000000000aa" });
+    assert.equal(t.set("k", { ...v, vh: "00000000000000aa" }), false);
+    assert.equal(t.set("k", { ...v, vh: "00000000000000bb" }), true);
+    assert.notEqual(t.root().hash, before);
+    assert.equal(t.set("k", { ...v, vh: "00000000000000aa" }), true);
+    assert.equal(t.root().hash, before);
+    t.set("k", { ...v, deleted: true, vh: "00000000000000aa" });
+    assert.deepEqual(t.get("k"), { ...v, deleted: true });
+    assert.deepEqual([...t.entries([""])], [{ key: "k", ...v, deleted: true }]);
+    // an entry without vh lists without the key (not vh: undefined)
+    t.set("j", v);
+    assert.deepEqual(Object.keys(t.get("j")!), ["ts", "node_id", "deleted"]);
+  });
+
+  it("plan: equal versions, both hashed and different → both ways; one side unhashed → neither, listed as unhashed", () => {
+    const k = (key: string, vh?: string, deleted = false) => ({ key, ...v, deleted, ...(vh ? { vh } : {}) });
+    const p = plan(
+      [
+        k("same", "00000000000000aa"),
+        k("diff", "00000000000000aa"),
+        k("mine-legacy"),
+        k("their-legacy", "00000000000000aa"),
+        k("both-legacy"),
+        k("tomb", undefined, true),
+      ],
+      [
+        k("same", "00000000000000aa"),
+        k("diff", "00000000000000bb"),
+        k("mine-legacy", "00000000000000aa"),
+        k("their-legacy"),
+        k("both-legacy"),
+        k("tomb", undefined, true),
+      ],
+    );
+    assert.deepEqual(p.pull, ["diff"]);
+    assert.deepEqual(p.push, ["diff"]);
+    assert.deepEqual(p.unhashed, ["mine-legacy", "their-legacy"]);
+    assert.equal(p.compared, 6);
+    // a tombstone still beats a put of the same version, whatever the hashes
+    const t = plan([k("x", "00000000000000aa")], [k("x", undefined, true)]);
+    assert.deepEqual([t.pull, t.push], [["x"], []]);
   });
 });

@@ -9,6 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { valueHash } from "../services/lib/lww.ts";
 import { ServiceReplyError, requestJson } from "../services/lib/request.ts";
 import type {
   ReconcilerDigestResponse,
@@ -49,8 +50,11 @@ describe("reconciler anti-entropy between two leaf sites", () => {
   const call = async <T>(site: Site, endpoint: string, body: unknown, timeout = 30_000): Promise<T> =>
     (await requestJson<T>(nc.a, endpointSubject(site, "reconciler", endpoint), body, { timeout })).value;
 
-  /** Write a version behind the services' back: bucket entry with headers, then `_meta`. */
-  const plant = async (site: Site, key: string, v: V, value = "") => {
+  /**
+   * Write a version behind the services' back, as a merger commits it: bucket entry with headers,
+   * then `_meta` with `merged` and the value hash (`legacy`: without them, as older code wrote it).
+   */
+  const plant = async (site: Site, key: string, v: V, value = "", opts: { legacy?: boolean } = {}) => {
     const h = natsHeaders();
     h.set(Headers.ts, String(v.ts));
     h.set(Headers.node, v.node_id);
@@ -58,13 +62,23 @@ describe("reconciler anti-entropy between two leaf sites", () => {
     const pa = await js[site].publish(kvSubject(BUCKET, key), v.deleted ? new Uint8Array() : value, {
       headers: h,
     });
-    await meta[site].put(key, JSON.stringify({ ...v, rev: pa.seq }));
+    const extra =
+      opts.legacy === true
+        ? {}
+        : { merged: true, ...(v.deleted ? {} : { vh: valueHash(new TextEncoder().encode(value)) }) };
+    await meta[site].put(key, JSON.stringify({ ...v, rev: pa.seq, ...extra }));
   };
 
   /** The versions a site's reconciler index holds for some keys. */
   const indexed = async (site: Site, keys: string[]) => {
     const r = await call<ReconcilerEntriesResponse>(site, "entries", { bucket: BUCKET, keys });
     return new Map(r.entries.map((e) => [e.key, { ts: e.ts, node_id: e.node_id, deleted: e.deleted }]));
+  };
+
+  /** The value hashes a site's reconciler index holds for some keys. */
+  const indexedVh = async (site: Site, keys: string[]) => {
+    const r = await call<ReconcilerEntriesResponse>(site, "entries", { bucket: BUCKET, keys });
+    return new Map(r.entries.map((e) => [e.key, e.vh]));
   };
 
   const state = async (site: Site, key: string) => {
@@ -205,6 +219,59 @@ describe("reconciler anti-entropy between two leaf sites", () => {
     assert.equal(run.pulled, 1);
     assert.equal(run.pushed, 0);
     assert.equal((await state("b", "oob.x")).value, "x");
+  });
+
+  it("equal versions with different contents (hand-made) are moved both ways: the greater bytes win at both sites", async () => {
+    const v: V = { ts: Date.now() * 1000 + 20, node_id: "hand", deleted: false };
+    await plant("a", "eq.contents", v, "dark");
+    await plant("b", "eq.contents", v, "light");
+    const vh = (s: string) => valueHash(new TextEncoder().encode(s));
+    await until(async () => (await indexedVh("a", ["eq.contents"])).get("eq.contents") === vh("dark"));
+    await until(async () => (await indexedVh("b", ["eq.contents"])).get("eq.contents") === vh("light"));
+    const [run] = await runAt("a", ["b"]);
+    assert.ok(run);
+    assert.equal(run.error, undefined, run.error);
+    assert.deepEqual([run.pulled, run.pushed, run.skipped ?? 0], [1, 1, 0], JSON.stringify(run));
+    for (const site of ["a", "b"] as const) {
+      assert.equal((await state(site, "eq.contents")).value, "light", `value at ${site}`);
+      await until(async () => (await indexedVh(site, ["eq.contents"])).get("eq.contents") === vh("light"), {
+        message: `vh of "light" indexed at ${site}`,
+      });
+    }
+    await until(async () => {
+      const [again] = await runAt("a", ["b"]);
+      return again && again.entries_moved === 0 && again.ranges_descended === 0 ? again : null;
+    });
+  });
+
+  it("_meta written by older code (no vh): equal contents end with equal digests, other contents move", async () => {
+    const now = Date.now() * 1000;
+    const same: V = { ts: now + 30, node_id: "site-a", deleted: false };
+    const other: V = { ts: now + 31, node_id: "site-a", deleted: false };
+    // same version at both, no vh at a; at b once with the same value, once with other (greater) bytes
+    await plant("a", "legacy.same", same, "v", { legacy: true });
+    await plant("b", "legacy.same", same, "v");
+    await plant("a", "legacy.other", other, "aaa", { legacy: true });
+    await plant("b", "legacy.other", other, "zzz");
+    const keys = ["legacy.same", "legacy.other"];
+    await until(async () => (await indexed("a", keys)).size === 2 && (await indexed("b", keys)).size === 2);
+    await until(async () => [...(await indexedVh("b", keys)).values()].every((x) => x !== undefined));
+    // a lacks the hashes: it hashes its values, moves legacy.other both ways, nothing for legacy.same
+    const [run] = await runAt("a", ["b"]);
+    assert.ok(run);
+    assert.equal(run.error, undefined, run.error);
+    assert.deepEqual([run.pulled, run.pushed], [1, 1], JSON.stringify(run));
+    assert.equal((await state("a", "legacy.other")).value, "zzz");
+    assert.equal((await state("b", "legacy.other")).value, "zzz");
+    assert.equal((await state("a", "legacy.same")).value, "v");
+    // and the digests agree: the next runs compare roots only
+    await until(async () => {
+      const [again] = await runAt("a", ["b"]);
+      return again && again.entries_moved === 0 && again.ranges_descended === 0 ? again : null;
+    });
+    const [fromB] = await runAt("b", ["a"]);
+    assert.ok(fromB);
+    assert.deepEqual([fromB.entries_moved, fromB.ranges_descended], [0, 0], JSON.stringify(fromB));
   });
 
   it("a peer that does not answer gets an error; the others still run", async () => {

@@ -2,11 +2,14 @@
  * One anti-entropy run between this site and one peer, for one bucket:
  * compare root digests; descend level by level only where digests differ (one digest request per
  * batch of prefixes of a level); list the versions under the differing small or leaf nodes on both
- * sides; compare them by LWW; fetch the entries the peer wins with their values and merge them
- * here; send the entries this site wins to the peer's merger. Merges are pipelined (bounded) and
- * rate-limited so a large repair does not starve live replication.
+ * sides; compare them by LWW (equal versions with different value hashes: both ways, see
+ * tree.ts plan); fetch the entries the peer wins with their values and merge them here; send the
+ * entries this site wins to the peer's merger (its `merge` endpoint journals each op before
+ * applying it, so a merge that dies half-way is applied again by that site's consumer). Merges are
+ * pipelined (bounded) and rate-limited so a large repair does not starve live replication.
  */
 import type { Logger } from "../lib/logger.ts";
+import { compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, makeOp } from "../lib/op.ts";
 import type {
   ReconcilerDigestResponse,
@@ -22,6 +25,7 @@ import {
   type DigestSource,
   type KeyVersion,
   type NodeDigest,
+  type Plan,
   type VersionTree,
   descend,
   plan,
@@ -157,6 +161,50 @@ function opOf(bucket: string, e: WireEntry): Op {
   };
 }
 
+/**
+ * Equal versions of a put where only one side has a value hash (`_meta` written by older code).
+ * Where this side has none, hash the local value (read with its own version, values.ts) into the
+ * index: when the contents are equal, the digests agree from then on; when they differ, the key is
+ * moved both ways (added to the plan) like any equal version with other contents. Where only this
+ * side has one, the peer does the same when it runs against this site. The index keeps the hash
+ * until `_meta` changes (or the index is rebuilt). Returns how many keys were hashed.
+ */
+export async function hashUnhashed(
+  deps: Pick<RunDeps, "tree" | "values" | "concurrency">,
+  p: Plan,
+  theirs: Iterable<KeyVersion>,
+): Promise<number> {
+  const other = new Map<string, KeyVersion>();
+  for (const e of theirs) if (!other.has(e.key)) other.set(e.key, e);
+  const todo = p.unhashed.filter((k) => {
+    const mine = deps.tree.get(k);
+    return mine !== undefined && !mine.deleted && mine.vh === undefined;
+  });
+  let hashed = 0;
+  const step = Math.max(1, deps.concurrency);
+  for (let i = 0; i < todo.length; i += step) {
+    await Promise.all(
+      todo.slice(i, i + step).map(async (key) => {
+        const mine = deps.tree.get(key);
+        if (!mine || mine.deleted || mine.vh !== undefined) return;
+        const v = await readVersioned(deps.values, key, mine);
+        if (!v.ok || v.version.deleted || !v.value || compareVersions(v.version, mine) !== 0) return;
+        const vh = valueHash(v.value);
+        const now = deps.tree.get(key);
+        if (!now || now.deleted || now.vh !== undefined || compareVersions(now, mine) !== 0) return;
+        deps.tree.set(key, { ...now, vh });
+        hashed++;
+        const r = other.get(key);
+        if (r?.vh !== undefined && r.vh !== vh) {
+          p.pull.push(key);
+          p.push.push(key);
+        }
+      }),
+    );
+  }
+  return hashed;
+}
+
 /** A run's record, and whether it ended because the peer did not answer. */
 export type RunOutcome = { record: RunRecord; peerUnavailable: boolean };
 
@@ -220,6 +268,10 @@ export async function reconcile(
         for await (const page of remoteEntries(deps, peer, req, meter)) theirs.push(...page);
       }
       const p = plan(deps.tree.entries(d.list), theirs);
+      if (p.unhashed.length > 0) {
+        const hashed = await hashUnhashed(deps, p, theirs);
+        log.debug({ unhashed: p.unhashed.length, hashed }, "hashed values of versions without vh");
+      }
       rec.keys_compared = p.compared;
       progress.keys_compared = p.compared;
       progress.to_pull = p.pull.length;

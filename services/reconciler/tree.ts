@@ -337,14 +337,19 @@ export type Plan = {
   pull: string[];
   /** keys this side has newer (or only it has, or the same version with other contents): send to the other side */
   push: string[];
+  /**
+   * keys both sides hold at the same version of a put where exactly one side has no value hash
+   * (`_meta` written by older code): the listings cannot tell whether the contents are equal
+   */
+  unhashed: string[];
   /** distinct keys compared */
   compared: number;
 };
 
 /**
  * True when two entries are the same version of a put with different contents: both carry a value
- * hash and the hashes differ. Without a hash on either side (`_meta` written by older code) there
- * is nothing to compare: taken as the same.
+ * hash and the hashes differ. Without a hash on either side (`_meta` written by older code) the
+ * listings cannot tell (see Plan.unhashed).
  */
 export function contentsDiffer(a: VersionInfo, b: VersionInfo): boolean {
   return !a.deleted && !b.deleted && a.vh !== undefined && b.vh !== undefined && a.vh !== b.vh;
@@ -354,12 +359,13 @@ export function contentsDiffer(a: VersionInfo, b: VersionInfo): boolean {
  * Compare two listings of versions by LWW. Equal `(ts, node_id)` with a different deleted flag:
  * the tombstone wins. Equal versions of a put whose value hashes differ (only hand-made ops can
  * do that): the key moves both ways, and each side's merger keeps the greater value bytes (the
- * last tie-break of the register), so both end with the same one.
+ * last tie-break of the register), so both end with the same one. Equal versions of a put where
+ * only one side has a value hash: listed in `unhashed` (the caller may hash the local value).
  */
 export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>): Plan {
   const mine = new Map<string, KeyVersion>();
   for (const e of local) mine.set(e.key, e);
-  const out: Plan = { pull: [], push: [], compared: mine.size };
+  const out: Plan = { pull: [], push: [], unhashed: [], compared: mine.size };
   const seen = new Set<string>();
   for (const r of remote) {
     if (seen.has(r.key)) continue;
@@ -376,7 +382,7 @@ export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>):
     else if (contentsDiffer(l, r)) {
       out.pull.push(r.key);
       out.push.push(r.key);
-    }
+    } else if (!l.deleted && (l.vh === undefined) !== (r.vh === undefined)) out.unhashed.push(r.key);
   }
   for (const k of mine.keys()) if (!seen.has(k)) out.push.push(k);
   return out;
