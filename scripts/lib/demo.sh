@@ -1,0 +1,109 @@
+# Sourced by scripts/demo-*.sh (not run by itself). What every demo shares:
+#  - finds the local mesh of ./scripts/up.sh ($MESH_DIR/mesh.json, default <repo>/.mesh) and checks it
+#    is whole (hub, every site's server, every site's four services); if there is no mesh it says
+#    "run ./scripts/up.sh first" and exits 3, unless DEMO_START=1 (then it runs ./scripts/up.sh and
+#    leaves the mesh running);
+#  - `run CMD...`  prints "$ CMD" the way a reader would type it (`syncd ...` is the syncd CLI, run
+#    here as `node --import tsx services/cli/main.ts`) and runs it, bounded by DEMO_CMD_TIMEOUT;
+#  - `check SUBCOMMAND...` runs an observation of scripts/lib/demo.ts (every wait bounded by
+#    DEMO_WAIT seconds) and fails the demo when it does not hold;
+#  - `fail MSG` prints "FAIL <demo>: MSG" and exits 1; `pass MSG` prints "PASS <demo>: MSG".
+#
+# Environment: MESH_DIR, DEMO_START=1, DEMO_WAIT (seconds, default 30: the longest any one wait may
+# take), DEMO_CMD_TIMEOUT (seconds, default 90: the longest any one command may take).
+# Sets: A, B (the first two sites), A_URL, B_URL, HUB_URL, BUCKET, DEMO_SITES, DEMO_SCALE, RUN (a tag
+# that makes this run's keys unique: demos can run again and again on the same mesh).
+
+set -euo pipefail
+
+DEMO_NAME=$(basename "$0" .sh)
+# Relative paths the user gives (MESH_DIR) are meant from where they ran the demo; the demo runs
+# from the repo root, and so do the scripts it calls.
+export SYNCD_CALLER_CWD="${SYNCD_CALLER_CWD:-$PWD}"
+if [ -n "${MESH_DIR:-}" ]; then
+  case "$MESH_DIR" in
+    /*) ;;
+    *) MESH_DIR="$SYNCD_CALLER_CWD/$MESH_DIR" ;;
+  esac
+  export MESH_DIR
+fi
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+export SYNCD_CALLER_CWD="$PWD"
+
+export DEMO_WAIT="${DEMO_WAIT:-30}"
+DEMO_CMD_TIMEOUT="${DEMO_CMD_TIMEOUT:-90}"
+DEMO_T0=$SECONDS
+RUN="${DEMO_RUN:-$(date +%s)}"
+
+say() { printf '%s\n' "$*"; }
+step() { printf '\n-- %s\n' "$*"; }
+fail() {
+  printf '\nFAIL %s: %s\n' "$DEMO_NAME" "$*" >&2
+  exit 1
+}
+pass() { printf '\nPASS %s: %s (%s s)\n' "$DEMO_NAME" "$*" "$((SECONDS - DEMO_T0))"; }
+
+# One argument as a reader would type it: bare when it is safe, else in single quotes.
+_shown() {
+  local a out=()
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@+%-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  printf '%s' "${out[*]}"
+}
+
+# Print a command, then run it (bounded in time); a failure fails the demo.
+run() {
+  printf '$ %s\n' "$(_shown "$@")"
+  local cmd=("$@")
+  if [ "$1" = syncd ]; then cmd=(node --import tsx services/cli/main.ts "${@:2}"); fi
+  local rc=0
+  timeout --kill-after=5 "$DEMO_CMD_TIMEOUT" "${cmd[@]}" || rc=$?
+  [ "$rc" = 0 ] || fail "exit code $rc from: $(_shown "$@")"
+}
+
+# scripts/lib/demo.ts, bounded in time; its output goes to stdout.
+dts() { timeout --kill-after=5 "$DEMO_CMD_TIMEOUT" node --import tsx scripts/lib/demo.ts "$@"; }
+
+# An observation: fails the demo when it does not hold (demo.ts printed why).
+check() {
+  local rc=0
+  dts "$@" || rc=$?
+  [ "$rc" = 0 ] || fail "observation failed: $1 $(_shown "${@:2}")"
+}
+
+# Read the mesh, or start it with DEMO_START=1; export its addresses.
+_demo_mesh() {
+  local out errf rc=0
+  errf=$(mktemp)
+  out=$(dts env 2>"$errf") || rc=$?
+  if [ "$rc" = 3 ] && [ "${DEMO_START:-0}" = 1 ]; then
+    say "no local mesh yet; DEMO_START=1: starting one with ./scripts/up.sh (./scripts/down.sh stops it)"
+    timeout --kill-after=5 180 ./scripts/up.sh >"$errf" 2>&1 || {
+      cat "$errf" >&2
+      rm -f "$errf"
+      fail "./scripts/up.sh failed"
+    }
+    rc=0
+    out=$(dts env 2>"$errf") || rc=$?
+  fi
+  if [ "$rc" != 0 ]; then
+    cat "$errf" >&2
+    rm -f "$errf"
+    case "$rc" in
+      3) fail "no local mesh: run ./scripts/up.sh first (or DEMO_START=1 $0)" ;;
+      *) fail "the local mesh is not ready (see above)" ;;
+    esac
+  fi
+  rm -f "$errf"
+  eval "$out"
+  BUCKET="$DEMO_BUCKET"
+}
+
+# demo_begin "title" "what it shows": the banner, then the mesh.
+demo_begin() {
+  printf '== %s: %s\n' "$DEMO_NAME" "$1"
+  [ -z "${2:-}" ] || printf '%s\n' "$2" | fold -s -w 100
+  _demo_mesh
+  say "mesh: site $A at $A_URL, site $B at $B_URL, hub $HUB_URL, bucket $BUCKET"
+}

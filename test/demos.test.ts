@@ -1,0 +1,187 @@
+/**
+ * The demo scripts (scripts/demo-*.sh) as a user runs them: one local mesh from ./scripts/up.sh (a
+ * temp MESH_DIR, free ports), every demo one after the other, each must exit 0 and print what it
+ * observed; the mesh is whole again after the demos that stop parts of it; ./scripts/down.sh at the
+ * end. Without a mesh a demo refuses with a clear message.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { assertPortFree, freePort } from "../scripts/lib/proc.ts";
+import { REPO_ROOT } from "../scripts/lib/topology.ts";
+
+/** A run of 4 consecutive free ports below the ephemeral range: site a = base, base+1; b = base+2, +3. */
+async function freeBlock(): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const base = 20000 + 4 * Math.floor(Math.random() * 3000);
+    try {
+      for (let p = base; p < base + 4; p++) await assertPortFree("127.0.0.1", p);
+      return base;
+    } catch {
+      /* try another block */
+    }
+  }
+  throw new Error("no block of 4 free ports found");
+}
+
+type Run = { code: number | null; out: string; ms: number };
+
+function run(script: string, env: NodeJS.ProcessEnv, timeoutMs = 120_000): Run {
+  const t0 = Date.now();
+  const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
+    cwd: REPO_ROOT,
+    env,
+    encoding: "utf8",
+    timeout: timeoutMs,
+    killSignal: "SIGKILL",
+  });
+  return { code: r.status, out: `${r.stdout}${r.stderr}`, ms: Date.now() - t0 };
+}
+
+/** What each demo must print besides its PASS line (its key observations). */
+const DEMOS: { script: string; expect: RegExp[] }[] = [
+  {
+    script: "demo-replication.sh",
+    expect: [
+      /^\$ syncd --server nats:\/\/127\.0\.0\.1:\d+ put config replication\.\d+\.theme dark --site a$/m,
+      /=> replication\.\d+\.theme is "dark" at every site \(a, b\), same version/,
+      /=> replication\.\d+\.greeting is "hello, wörld" at every site/,
+      /=> replication\.\d+\.theme is "light" at every site/,
+    ],
+  },
+  {
+    script: "demo-conflict.sh",
+    expect: [
+      /=> 2 writes of conflict\.\d+\.color within [\d.]+ ms/,
+      /=> conflict\.\d+\.color is "(dark|light)" at every site \(a, b\), same version/,
+      /site [ab]: conflict \((stale_op|overwritten)\) — lost "(dark|light)"/,
+      /=> conflict\.\d+\.color is "(dark|light), again" at every site/,
+    ],
+  },
+  {
+    script: "demo-delete.sh",
+    expect: [
+      /=> delete\.\d+\.feature is "on" at every site/,
+      /=> delete\.\d+\.feature is deleted \(tombstone\) at every site \(a, b\), same version/,
+      /site a's merger consumed it/,
+      /site a: conflict \(stale_op\) — lost "on" .* won a delete/,
+      /=> delete\.\d+\.feature is "on again" at every site/,
+    ],
+  },
+  {
+    script: "demo-partition.sh",
+    expect: [
+      /hub stopped/,
+      /=> partition\.\d+\.theme is "dark" at site a/,
+      /=> partition\.\d+\.theme is "light" at site b/,
+      /=> partition\.\d+\.lang is absent \(no value, no version\) at site a/,
+      /hub started/,
+      /=> partition\.\d+\.lang is "es" at every site/,
+      /=> partition\.\d+\.size is "xl" at every site/,
+      /=> partition\.\d+\.theme is "light" at every site \(a, b\), same version/,
+      /conflict \((stale_op|overwritten)\) — lost "dark"/,
+    ],
+  },
+  {
+    script: "demo-replay.sh",
+    expect: [
+      /stopping site b services/,
+      /site b: SYNCD_IN_b holds [3-9] op\(s\) waiting for its merger/,
+      /=> replay\.\d+\.mode is absent \(no value, no version\) at site b/,
+      /=> replay\.\d+\.mode is "maintenance" at every site/,
+      /=> replay\.\d+\.size is "xl" at every site/,
+      /=> replay\.\d+\.banner is deleted \(tombstone\) at every site/,
+    ],
+  },
+  {
+    script: "demo-reconcile.sh",
+    expect: [
+      /site b: wrote "only at b" to config\/reconcile\.\d+\.only-b and its _meta version/,
+      /=> reconcile\.\d+\.only-b is absent \(no value, no version\) at site a/,
+      /=> reconcile\.\d+\.shared is "v1" at site b/,
+      /^\$ syncd --server nats:\/\/127\.0\.0\.1:\d+ reconcile --site a$/m,
+      /=> reconcile\.\d+\.only-b is "only at b" at every site/,
+      /=> reconcile\.\d+\.shared is "v2, only at a" at every site/,
+    ],
+  },
+];
+
+describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-demos-"));
+  let env: NodeJS.ProcessEnv;
+  let up = false;
+
+  before(async () => {
+    const base = await freeBlock();
+    env = {
+      ...process.env,
+      MESH_DIR: dir,
+      SITES: "a b",
+      HUB_PORT: String(await freePort()),
+      HUB_HTTP_PORT: String(await freePort()),
+      HUB_LEAF_PORT: String(await freePort()),
+      SITE_BASE_PORT: String(base),
+      SITE_PORT_STEP: "2",
+      DEMO_WAIT: "30",
+      NODE_TEST_CONTEXT: undefined,
+    };
+  });
+
+  after(() => {
+    if (env) run("down.sh", env);
+    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("every demo script is covered here", () => {
+    const scripts = readdirSync(path.join(REPO_ROOT, "scripts"))
+      .filter((f) => /^demo-.*\.sh$/.test(f))
+      .sort();
+    assert.deepEqual(scripts, DEMOS.map((d) => d.script).sort());
+  });
+
+  test("without a mesh a demo says to run ./scripts/up.sh first", () => {
+    const r = run("demo-replication.sh", env, 60_000);
+    assert.notEqual(r.code, 0, r.out);
+    assert.match(r.out, /run \.\/scripts\/up\.sh first/);
+    assert.match(r.out, /^FAIL demo-replication: /m);
+  });
+
+  test("up.sh starts the mesh", () => {
+    const r = run("up.sh", env);
+    assert.equal(r.code, 0, r.out);
+    up = true;
+  });
+
+  for (const d of DEMOS) {
+    test(d.script, () => {
+      assert.ok(up, "the mesh is up");
+      const r = run(d.script, env, 150_000);
+      const name = d.script.replace(/\.sh$/, "");
+      assert.equal(r.code, 0, `${d.script} exited ${r.code} after ${r.ms} ms:\n${r.out}`);
+      assert.match(r.out, new RegExp(`^PASS ${name}: `, "m"), r.out);
+      assert.doesNotMatch(r.out, /^FAIL /m, r.out);
+      for (const re of d.expect) assert.match(r.out, re, `${d.script} did not print ${re}:\n${r.out}`);
+    });
+  }
+
+  test("after the demos the mesh is whole again (hub and site b's services restored)", () => {
+    assert.ok(up, "the mesh is up");
+    const r = spawnSync(process.execPath, ["--import", "tsx", "scripts/lib/demo.ts", "env"], {
+      cwd: REPO_ROOT,
+      env,
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+  });
+
+  test("down.sh stops the mesh", () => {
+    assert.ok(up, "the mesh is up");
+    const r = run("down.sh", env);
+    assert.equal(r.code, 0, r.out);
+  });
+});
