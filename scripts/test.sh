@@ -5,7 +5,7 @@
 # Exit code: non-zero when anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/ensure-deps.sh
+./scripts/ensure-deps.sh --tls   # --tls: also openssl, for the secured-mesh tests (scripts/gen-certs.sh)
 
 fail=0
 if [ "${SKIP_CHECKS:-0}" != 1 ]; then
