@@ -74,6 +74,22 @@ function rssByService(list: ProcRss[] | undefined): Map<string, number> {
   return new Map((list ?? []).map((p) => [`${p.site}/${p.name}`, p.rss_mb]));
 }
 
+/** The share of nats.js's per-request Error objects (async traces) in the watcher's and merger's profile. */
+function errorShareText(pr: ProfileResult | undefined): string {
+  if (!pr) return "";
+  const parts = pr.profiles
+    .filter((p) => (p.site === "a" && p.kind === "watcher") || (p.site === "b" && p.kind === "merger"))
+    .map((p) => {
+      const share = p.summary.top
+        .filter((f) => (f.fn === "RequestError" || f.fn === "TimeoutError") && f.where.includes("nats-core"))
+        .reduce((a, f) => a + f.pct, 0);
+      return `${p.site}/${p.kind} ${fmt(share)} %`;
+    });
+  return parts.length
+    ? `Of the watcher's and merger's CPU, nats.js spends ${parts.join(", ")} constructing two Error objects per request (RequestError + TimeoutError, its async stack traces; the connection option \`noAsyncTraces: true\` turns them off) — see the profile.`
+    : "";
+}
+
 export function renderResults(r: BenchReport, existingFile: string, jsonRel: string): string {
   const tp = r.results.throughput as ThroughputResult | undefined;
   const lat = r.results.latency as LatencyResult | undefined;
@@ -137,17 +153,18 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   if (tp) {
     const c = cpuLine(tp.syncd.cpu);
     const ceiling = c.total > 0 ? (m.nproc * 1e6) / c.total : Number.NaN;
+    const errShare = errorShareText(pr);
+    const cpuTop = c.rows
+      .slice(0, 3)
+      .map((x) => `${x[0]} ${x[1]} µs`)
+      .join(", ");
     rows.push([
       "Replicated throughput ≥ 50 % of native sourcing",
       `${fmt(tp.syncd.repl_ops_s)} ops/s vs native ${fmt(tp.native_repl_ops_s)} ops/s = **${pct(tp.ratio_vs_native, 1)}** (raw put at a: ${fmt(tp.raw_put_ops_s)} ops/s, ${pct(tp.ratio_vs_raw, 1)})`,
       verdict(tp.ratio_vs_native >= 0.5),
-      `CPU. One replicated op costs ${fmt(c.total)} µs of CPU over all processes (${c.rows
-        .slice(0, 3)
-        .map((x) => `${x[0]} ${x[1]} µs`)
-        .join(
-          ", ",
-        )}); ${m.nproc} cores allow at most ~${fmt(ceiling)} ops/s, and the machine was ${fmt(tp.syncd.machine_cpu_pct)} % of one core busy (of ${m.nproc * 100} %). ` +
-        `Native sourcing costs no client CPU per op: it runs at the writer's put rate. See the profile for where the service CPU goes.`,
+      `CPU. One replicated op costs ${fmt(c.total)} µs of CPU over all processes of the mesh (${cpuTop}): with ${m.nproc} cores to itself the mesh could apply at most ~${fmt(ceiling)} ops/s. ` +
+        `During the run the machine was ${fmt(tp.syncd.machine_cpu_pct)} % of one core busy (of ${m.nproc * 100} %): the mesh ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${fmt(tp.syncd.others_cpu_pct)} %. ` +
+        `Native sourcing costs no client CPU per op: it keeps up with the writer.${errShare ? ` ${errShare}` : ""}`,
     ]);
   } else rows.push(["Replicated throughput ≥ 50 % of native sourcing", "–", verdict(null), ""]);
   const l1 = lat?.syncd.find((x) => x.rate === 1000);
@@ -211,12 +228,12 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   if (fp) {
     const g = fp.growth_mb_per_10k_ops.filter((x) => isService(x.kind));
     const worst = [...g].sort((x, y) => y.mb - x.mb)[0];
-    const ops = (fp.rounds[fp.rounds.length - 1]?.ops_total ?? 0) - (fp.rounds[0]?.ops_total ?? 0);
+    const lastOps = fp.rounds[fp.rounds.length - 1]?.ops_total ?? 0;
     rows.push([
       "Memory not growing with op count",
-      `RSS change from round 1 to round ${fp.rounds.length} (${fmt(ops)} more ops over the same ${fmt(fp.keyset)} keys): ${g.map((x) => `${x.site}/${x.kind} ${x.mb >= 0 ? "+" : ""}${fmt(x.mb, 1)}`).join(", ")} MB per 10 000 ops`,
+      `RSS change from ${fmt(fp.growth_from_ops)} to ${fmt(lastOps)} puts over the same ${fmt(fp.keyset)} keys: ${g.map((x) => `${x.site}/${x.kind} ${x.mb >= 0 ? "+" : ""}${fmt(x.mb, 1)}`).join(", ")} MB per 10 000 ops`,
       verdict(worst ? worst.mb <= 1 : null),
-      "Threshold used: ≤ 1 MB per 10 000 ops (GC noise moves RSS by a few MB; a leak of a few hundred bytes per op shows as more). A longer run tells a slow leak from heap sizing.",
+      "Threshold used: ≤ 1 MB per 10 000 ops over the second half of the rounds (the first rounds grow the heaps to their working size; GC moves RSS by a few MB either way). RSS cannot tell a leak from a heap that is still sizing itself: a service reporting process.memoryUsage() (heapUsed) in its status would. See the per-round series in section 6.",
     ]);
   } else rows.push(["Memory not growing with op count", "–", verdict(null), ""]);
   out.push(table(["Target", "Measured", "Status", "Where it stands / what limits it"], rows), "");
@@ -258,7 +275,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     );
     out.push(
       `**syncd / native = ${pct(tp.ratio_vs_native, 1)}**; syncd / raw put = ${pct(tp.ratio_vs_raw, 1)}. ` +
-        `Bench process (writer + pollers): ${fmt(tp.syncd.bench_cpu_pct)} % of a core; whole machine: ${fmt(tp.syncd.machine_cpu_pct)} % of one core (of ${m.nproc * 100} %).`,
+        `CPU over the syncd run, % of one core: the mesh's processes ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench process (writer + pollers) ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${fmt(tp.syncd.others_cpu_pct)} %; the whole machine ${fmt(tp.syncd.machine_cpu_pct)} % of ${m.nproc * 100} %.`,
       "",
     );
     const c = cpuLine(tp.syncd.cpu);
@@ -491,14 +508,35 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       "",
     );
     if (fp) {
+      const svc = (fp.rounds[0]?.rss ?? []).filter((p) => isService(p.kind));
       out.push(
-        `CPU µs per op per round (${fmt(fp.ops_per_round)} overwrites of ${fmt(fp.keyset)} keys per round), and applied ops/s:`,
+        `RSS (MB) after each round of ${fmt(fp.ops_per_round)} puts over the same ${fmt(fp.keyset)} keys:`,
+        "",
+      );
+      out.push(
+        table(
+          ["after puts", ...svc.map((p) => `${p.site}/${p.name}`)],
+          [
+            [
+              "idle",
+              ...svc.map((p) => fmt(fp.idle.find((x) => x.site === p.site && x.name === p.name)?.rss_mb, 1)),
+            ],
+            ...fp.rounds.map((rd) => [
+              fmt(rd.ops_total),
+              ...svc.map((p) => fmt(rd.rss.find((x) => x.site === p.site && x.name === p.name)?.rss_mb, 1)),
+            ]),
+          ],
+        ),
+        "",
+      );
+      out.push(
+        `CPU µs per put per round (${fmt(fp.ops_per_round)} overwrites of ${fmt(fp.keyset)} keys per round; the bucket keeps one revision per key, so the watcher sees and stamps only some of the puts and fewer ops replicate than puts), and puts/s until quiet:`,
         "",
       );
       const procs = (fp.rounds[0]?.cpu ?? []).filter((c) => isService(c.kind) || c.kind === "nats-server");
       out.push(
         table(
-          ["round", "ops/s", ...procs.map((c) => `${c.site}/${c.name}`)],
+          ["round", "puts/s", ...procs.map((c) => `${c.site}/${c.name}`)],
           fp.rounds.map((rd, i) => [
             String(i + 1),
             fmt(rd.ops_s),
@@ -526,12 +564,17 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     const main = pr.profiles.filter((p) => order(p) < 2).sort((x, y) => order(x) - order(y));
     const others = pr.profiles.filter((p) => order(p) === 2);
     out.push(
+      "µs per op below = the function's share of the profile's busy samples × the process's CPU per op from /proc over the same window. " +
+        "(The profile's own busy time is larger than the CPU time on this loaded host: a sample also lands while the process is runnable but waiting for a core.)",
+      "",
+    );
+    out.push(
       table(
-        ["process", "busy CPU in the window", "busy µs per op", "idle"],
+        ["process", "CPU µs per op (/proc)", "busy in the profile", "idle in the profile"],
         pr.profiles.map((p) => [
           `${p.site}/${p.name}`,
-          `${fmt(p.summary.busy_ms)} ms`,
-          fmt(p.busy_us_per_op),
+          fmt(p.cpu_us_per_op),
+          `${fmt(p.summary.busy_ms)} ms (${fmt(p.busy_us_per_op)} µs per op)`,
           `${fmt(p.summary.idle_ms)} ms`,
         ]),
       ),
@@ -539,14 +582,13 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     );
     for (const p of main) {
       const role = p.kind === "watcher" ? "stamps each local write" : "applies each remote op";
-      out.push(`### ${p.site}/${p.name} (${role}): ${fmt(p.busy_us_per_op)} µs CPU per op`, "");
+      const perOp = (pctOf: number) => fmt((pctOf / 100) * p.cpu_us_per_op, 1);
+      out.push(`### ${p.site}/${p.name} (${role}): ${fmt(p.cpu_us_per_op)} µs CPU per op`, "");
       out.push("By package / area (self time):", "");
       out.push(
         table(
           ["area", "% of busy", "µs per op"],
-          p.summary.groups
-            .slice(0, 10)
-            .map((g) => [g.group, `${fmt(g.pct, 1)} %`, fmt((g.self_ms * 1000) / pr.run.n, 1)]),
+          p.summary.groups.slice(0, 10).map((g) => [g.group, `${fmt(g.pct, 1)} %`, perOp(g.pct)]),
         ),
         "",
       );
@@ -556,12 +598,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
           ["function", "where", "% of busy", "µs per op"],
           p.summary.top
             .slice(0, 15)
-            .map((f) => [
-              f.fn,
-              f.where || "(native)",
-              `${fmt(f.pct, 1)} %`,
-              fmt((f.ms * 1000) / pr.run.n, 1),
-            ]),
+            .map((f) => [f.fn, f.where || "(native)", `${fmt(f.pct, 1)} %`, perOp(f.pct)]),
         ),
         "",
       );
@@ -571,7 +608,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
           ["function", "file", "% of busy", "µs per op"],
           p.summary.repo_inclusive
             .slice(0, 10)
-            .map((f) => [f.fn, f.where, `${fmt(f.pct, 1)} %`, fmt((f.ms * 1000) / pr.run.n, 1)]),
+            .map((f) => [f.fn, f.where, `${fmt(f.pct, 1)} %`, perOp(f.pct)]),
         ),
         "",
       );

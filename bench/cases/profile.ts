@@ -22,8 +22,10 @@ export type ServiceProfile = {
   kind: string;
   /** the profile, kept until the next profile run (bench/work is not committed) */
   file: string;
-  /** busy CPU µs per op in the window (from the profile) */
+  /** busy µs per op in the window from the profile: samples not idle, incl. time runnable but not scheduled */
   busy_us_per_op: number;
+  /** CPU µs per op of the process over the same window (/proc utime + stime) */
+  cpu_us_per_op: number;
   summary: ProfileSummary;
 };
 
@@ -91,6 +93,7 @@ export const profileCase: CaseDef = {
           kind: p.kind,
           file: path.relative(REPO_ROOT, path.join(dir, f)),
           busy_us_per_op: round((summary.busy_ms * 1000) / run.n),
+          cpu_us_per_op: p.us_per_op,
           summary,
         });
         kept.add(f);

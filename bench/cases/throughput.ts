@@ -51,6 +51,10 @@ export type SyncdRun = {
   bench_cpu_pct: number;
   /** all cores busy (whole machine) over the interval, % of one core */
   machine_cpu_pct: number;
+  /** the mesh's processes (servers + services), % of one core */
+  mesh_cpu_pct: number;
+  /** everything else on the host: machine − mesh − bench, % of one core */
+  others_cpu_pct: number;
   rss_before: ProcRss[];
   rss_after: ProcRss[];
   /** CLOCK_MONOTONIC µs of the measured interval, to cut CPU profiles */
@@ -125,6 +129,7 @@ export async function measureSyncd(
       pct_core: round((ms / d.wall_ms) * 100),
     };
   });
+  const meshMs = cpu.reduce((acc, c) => acc + (Number.isFinite(c.cpu_ms) ? c.cpu_ms : 0), 0);
   const r: SyncdRun = {
     label,
     scale,
@@ -136,6 +141,8 @@ export async function measureSyncd(
     cpu,
     bench_cpu_pct: round((d.self_ms / d.wall_ms) * 100),
     machine_cpu_pct: round((d.machine_ms / d.wall_ms) * 100),
+    mesh_cpu_pct: round((meshMs / d.wall_ms) * 100),
+    others_cpu_pct: round(((d.machine_ms - meshMs - d.self_ms) / d.wall_ms) * 100),
     rss_before: rssBefore,
     rss_after: rssOf(procs),
     window_us: [us0, us1],

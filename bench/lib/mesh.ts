@@ -110,7 +110,7 @@ export async function streamState(
 export async function siteQuiet(jsm: JetStreamManager, site: string): Promise<boolean> {
   const consumers: [string, string][] = [
     [Streams.in(site), Durables.merger],
-    [kvStream(BUCKET), Durables.watcher(BUCKET)],
+    [kvStream(BUCKET), Durables.watcher(site, BUCKET)],
   ];
   for (const [stream, durable] of consumers) {
     const ci = await jsm.consumers.info(stream, durable);
@@ -125,7 +125,7 @@ export async function backlog(
   jsm: JetStreamManager,
   site: string,
 ): Promise<{ watcher: number; merger: number; source_lag: number }> {
-  const w = await jsm.consumers.info(kvStream(BUCKET), Durables.watcher(BUCKET));
+  const w = await jsm.consumers.info(kvStream(BUCKET), Durables.watcher(site, BUCKET));
   const m = await jsm.consumers.info(Streams.in(site), Durables.merger);
   const si = await jsm.streams.info(Streams.in(site));
   return {
