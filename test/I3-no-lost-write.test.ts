@@ -230,32 +230,32 @@ describe("I3 a local write the watcher still holds is not lost to another site's
     const kvB = await mesh.kv("b");
     const jsmA = await jetstreamManager(nc.a!);
     const jsmB = await jetstreamManager(nc.b!);
-    const watcherInfo = (m: JetStreamManager) =>
-      m.consumers.info(kvStream("config"), Durables.watcher("config"));
+    const watcherInfo = (m: JetStreamManager, site: string) =>
+      m.consumers.info(kvStream("config"), Durables.watcher(site, "config"));
     // a's watcher cannot stamp without its clock; a's merger is stopped so that b's writes do not
     // move a's stream sequences
     const down = mesh.services("a").filter((i) => i.kind === "clock" || i.kind === "merger");
     await Promise.all(down.map((i) => i.kill9()));
     await sleep(100); // any block of clock ticks the watcher holds is stale after 20 ms
     const w = await putWrite(kvA, "a", "held.by.a", uniqueValue("a", 1, false));
-    await until(async () => (await watcherInfo(jsmA)).num_ack_pending === 1, {
+    await until(async () => (await watcherInfo(jsmA, "a")).num_ack_pending === 1, {
       message: "a's watcher did not take the write",
     });
     // b writes until its bucket stream reaches the same sequence, and its watcher acks it
     const last = (await jsmB.streams.info(kvStream("config"))).state.last_seq;
     for (let i = last; i < w.rev; i++) await kvB.put(`b.filler.${i}`, "x");
-    await until(async () => (await watcherInfo(jsmB)).ack_floor.stream_seq >= w.rev, {
+    await until(async () => (await watcherInfo(jsmB, "b")).ack_floor.stream_seq >= w.rev, {
       message: "b's watcher did not ack",
     });
     await sleep(300);
-    const heldAtA = await watcherInfo(jsmA);
+    const heldAtA = await watcherInfo(jsmA, "a");
     for (const i of down) i.spawn();
     await mesh.waitServices("a");
     await quiet(nc, { timeout: 30_000 });
     const ids = new Set((await readStream(nc.a!, Streams.out("a"))).map((m) => m.msgId));
     assert.ok(
       ids.has(`a.config.${w.rev}`) && (await kvB.get(w.key))?.string() === "a:1",
-      `local write ${w.key} (rev ${w.rev} at a) was never published. While a's watcher held it, b's watcher acked its own rev ${w.rev}; a's consumer then showed ack pending ${heldAtA.num_ack_pending} (1 expected), ack floor ${heldAtA.ack_floor.stream_seq}: the ack of site b (subject $JS.ACK.${kvStream("config")}.${Durables.watcher("config")}.…, the same at every site) crossed the leaf connection and acknowledged site a's message`,
+      `local write ${w.key} (rev ${w.rev} at a) was never published. While a's watcher held it, b's watcher acked its own rev ${w.rev}; a's consumer then showed ack pending ${heldAtA.num_ack_pending} (1 expected), ack floor ${heldAtA.ack_floor.stream_seq}: the ack of site b (subject $JS.ACK.${kvStream("config")}.${Durables.watcher("a", "config")}.…, the same at every site) crossed the leaf connection and acknowledged site a's message`,
     );
   });
 });

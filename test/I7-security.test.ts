@@ -304,7 +304,7 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     // no write of any kind
     await assert.rejects(() => kv.put("sec.read", "r2"), /permissions violation/i);
     const durableIn = `${Streams.in("a")}.${Durables.merger}`;
-    const durableKv = `${kvStream("config")}.${Durables.watcher("config")}`;
+    const durableKv = `${kvStream("config")}.${Durables.watcher("a", "config")}`;
     assert.deepEqual(
       await notRefused(rd, [
         "$KV.config.sec.read",
@@ -332,7 +332,7 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
   test("app may not forge ops, merge, touch _meta, the clock or the services' consumers", async () => {
     const app = await mesh.connect("a", { user: "app", pass: users.app });
     const durableIn = `${Streams.in("a")}.${Durables.merger}`;
-    const durableKv = `${kvStream("config")}.${Durables.watcher("config")}`;
+    const durableKv = `${kvStream("config")}.${Durables.watcher("a", "config")}`;
     assert.deepEqual(
       await notRefused(app, [
         "rep.kv.ops.a",
@@ -364,7 +364,7 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     // the services' consumers are still there, and the mesh still replicates
     const jsm = await jetstreamManager(await mesh.connect("a"));
     await jsm.consumers.info(Streams.in("a"), Durables.merger);
-    await jsm.consumers.info(kvStream("config"), Durables.watcher("config"));
+    await jsm.consumers.info(kvStream("config"), Durables.watcher("a", "config"));
     const kvA = await new Kvm(app).open("config");
     await kvA.put("sec.after-app", "still");
     const kvB = await mesh.kv("b");

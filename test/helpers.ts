@@ -69,7 +69,7 @@ export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["co
   const jsm = await jetstreamManager(nc);
   const consumers: [string, string][] = [
     [Streams.in(site), Durables.merger],
-    ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(b)]),
+    ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
   ];
   for (const [stream, durable] of consumers) {
     const ci = await jsm.consumers.info(stream, durable);

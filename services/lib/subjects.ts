@@ -72,9 +72,14 @@ export function metaBucket(bucket: string): string {
 export const CLOCK_BUCKET = "syncd_clock";
 export const CLOCK_KEY = "hw";
 
-/** Durable consumer names, shared by every instance of a service at a site. */
+/**
+ * Durable consumer names, shared by every instance of a service at a site. Unique per site: a
+ * consumer's ack subject ($JS.ACK.<stream>.<durable>.…) crosses the leaf connection, and the KV
+ * stream has the same name at every site, so a shared durable name would let one site's acks
+ * acknowledge another site's messages.
+ */
 export const Durables = {
-  watcher: (bucket: string) => `syncd-watcher-${bucket}`,
+  watcher: (site: string, bucket: string) => `syncd-watcher-${site}-${bucket}`,
   merger: "syncd-merger",
 } as const;
 

@@ -47,7 +47,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       js: site.js,
       tick: () => ticker.tick(),
     };
-    const durable = Durables.watcher(bucket);
+    const durable = Durables.watcher(config.site, bucket);
     await ensureConsumer(site.jsm, kvStream(bucket), durable, {
       filter: `$KV.${bucket}.>`,
       deliver: "last_per_subject",
@@ -99,7 +99,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         instance: config.instance,
         buckets: await Promise.all(
           config.buckets.map(async (bucket) => {
-            const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(bucket));
+            const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(config.site, bucket));
             return {
               bucket,
               position: ci.delivered.stream_seq,
