@@ -425,10 +425,11 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     assert.equal(b.shows("k"), undefined);
     assert.deepEqual(await toPull(b, a), [], "anti-entropy sees equal _meta digests: nothing to move");
     // the merger's durable consumer delivers the journaled op (again after a restart: it was never acked)
+    // its version already equals _meta's, so it reports "duplicate" — and repairs the bucket
     const r = await b.consume();
     assert.deepEqual(
       r.map((x) => x.result),
-      ["applied"],
+      ["duplicate"],
     );
     assert.equal(
       b.shows("k"),
@@ -495,13 +496,21 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     await steps.release("meta.get"); // L: no version
     await steps.release("latest"); // L: no entry
     await steps.release("meta.cas"); // L commits vh(light)
-    const pd = applyOp(a.merge, d); // merger 2
+    const pd = applyOp(a.merge, d).catch((err: unknown) => err); // merger 2
     await steps.release("meta.get"); // D: _meta = L
-    await steps.release("latest"); // D: no entry yet
-    await steps.release("meta.cas"); // D: compared with no bytes, commits vh(dark)?
+    await steps.release("latest"); // D: no entry yet: same version, other bytes, L's not readable
     await steps.release("write"); // L writes the bucket
-    await steps.drain(); // D's write (if any) fails, D retries
-    await Promise.all([pl, pd]);
+    await steps.drain();
+    await pl;
+    // D could not be decided while L's bytes were in flight: refused as a conflict, nak'd, retried
+    const first = await pd;
+    assert.ok(
+      first instanceof Error && /retry/.test(first.message),
+      `D was decided blind: ${JSON.stringify(first)}`,
+    );
+    const again = applyOp(a.merge, d);
+    await steps.drain();
+    assert.equal((await again).result, "stale");
     assert.equal(a.shows("k"), "light");
     assert.equal(
       a.meta.peek("k")?.vh,

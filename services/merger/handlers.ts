@@ -8,7 +8,7 @@
  * everywhere. A redelivered op whose version equals `_meta` only repairs the bucket if it must.
  */
 import { SyncdError } from "../lib/errors.ts";
-import { type Versioned, compare, compareVersions, valueHash } from "../lib/lww.ts";
+import { type Versioned, compare, compareBytes, compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, opValue, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
@@ -56,8 +56,29 @@ const MAX_ATTEMPTS = 100;
  */
 export function bucketHolds(m: Version, l: BucketEntry | null): boolean {
   if (!l) return false;
-  if (m.merged) return l.version !== null && sameVersion(l.version, m) && l.deleted === m.deleted;
+  if (m.merged) {
+    if (l.version === null || !sameVersion(l.version, m) || l.deleted !== m.deleted) return false;
+    return m.deleted || !m.vh || valueHash(l.value) === m.vh;
+  }
   return l.version === null && l.rev === m.rev;
+}
+
+/**
+ * Whether the bucket shows a newer commit than the `_meta` read (which then is stale): a greater
+ * version in the headers, a tombstone of the same version, or the same version with greater bytes.
+ * "unknown" when the bucket holds other bytes at the same version and this op does not carry
+ * `_meta`'s bytes to compare them with.
+ */
+export function bucketAhead(m: Version, l: BucketEntry | null, incoming: Versioned): boolean | "unknown" {
+  if (!l?.version) return false;
+  const c = compareVersions(l.version, m);
+  if (c !== 0) return c > 0;
+  if (l.deleted !== m.deleted) return l.deleted;
+  if (m.deleted || !m.vh || valueHash(l.value) === m.vh) return false;
+  if (!incoming.deleted && incoming.value && valueHash(incoming.value) === m.vh) {
+    return compareBytes(l.value, incoming.value) > 0;
+  }
+  return "unknown";
 }
 
 /**
@@ -71,6 +92,22 @@ export function pendingLocal(m: Version | undefined, l: BucketEntry | null): boo
 
 function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
   return a.ts === b.ts && a.node_id === b.node_id;
+}
+
+/** Two puts of the same version (only hand-made ops can differ in their bytes then). */
+function sameContentVersion(incoming: Versioned, m: Version): boolean {
+  return sameVersion(incoming, m) && !incoming.deleted && !m.deleted;
+}
+
+/**
+ * Equal versions with different bytes while the bucket does not show `_meta`'s bytes yet (its
+ * write is in flight): decided on a retry, once the bucket holds them.
+ */
+function undecidable(op: Op): SyncdError {
+  return new SyncdError(
+    "SYNCD_ERR_CONFLICT",
+    `key "${op.key}": same version with other bytes still being written; retry`,
+  );
 }
 
 /** The register state `_meta` describes, with the value bytes when the bucket holds them. */
@@ -110,12 +147,20 @@ export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeRespo
     const m = await b.meta.get(op.key);
     const l = await b.data.latest(op.key);
     // a merger wrote a newer version than the _meta we read: our read is stale
-    if (m && l?.version && compareVersions(l.version, m.version) > 0) {
+    const ahead = m ? bucketAhead(m.version, l, incoming) : false;
+    if (ahead === true) {
       b.meta.invalidate?.(op.key);
       continue;
     }
+    if (ahead === "unknown") throw undecidable(op);
     const current = m ? currentState(m.version, l) : null;
-    const cmp = current ? compare(incoming, current) : 1;
+    let cmp = current ? compare(incoming, current) : 1;
+    // same version, `_meta`'s bytes not in the bucket yet: only the value hash can tell them apart
+    if (m && current && cmp !== 0 && current.value === undefined && sameContentVersion(incoming, m.version)) {
+      if (!m.version.vh) cmp = compare(incoming, current);
+      else if (valueHash(incoming.value ?? new Uint8Array()) === m.version.vh) cmp = 0;
+      else throw undecidable(op);
+    }
     if (m && current && cmp < 0) {
       if (current.node_id !== incoming.node_id) {
         deps.onConflict?.({

@@ -177,7 +177,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         counts[r.result]++;
         return { ack: true };
       } catch (err) {
-        if (isSyncdError(err) && err.status < 500) return deadLetter(m, err);
+        // bad input is dead-lettered; a conflict (409) is retried
+        if (isSyncdError(err) && err.status < 500 && err.code !== "SYNCD_ERR_CONFLICT")
+          return deadLetter(m, err);
         counts.errors++;
         lastError = (err as Error).message;
         throw err;

@@ -1,13 +1,14 @@
+import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
+import type { Payload } from "@nats-io/nats-core";
+import { type ClockMode, observe, reserve } from "../../services/lib/clock-rules.ts";
+import { KeyedGate } from "../../services/lib/consume.ts";
 /**
  * One simulated site: its stores, its clock, W watcher instances sharing the bucket's durable
  * consumer and M merger instances sharing the inbound op stream (I5), all running the real
  * `stampEntry` and `applyOp`. Like the real consumers, each instance handles the messages of one
  * key one after another (the real KeyedGate) and different keys, or different instances, at once.
  */
-import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
-import type { Payload } from "@nats-io/nats-core";
-import { type ClockMode, observe, reserve } from "../../services/lib/clock-rules.ts";
-import { KeyedGate } from "../../services/lib/consume.ts";
+import { isSyncdError } from "../../services/lib/errors.ts";
 import { compareVersions } from "../../services/lib/lww.ts";
 import type { Op } from "../../services/lib/op.ts";
 import type { MergerMergeResponse } from "../../services/lib/schemas.gen.ts";
@@ -177,7 +178,9 @@ export class Replica {
         this.merges.push(await applyOp(this.mergeDeps, op));
       } catch (err) {
         const where = `${this.site} merger#${m} ${op.op} ${op.key} ${op.ts}/${op.node_id}`;
-        if (!(err instanceof FaultError) || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
+        // like the real consumer: a fault or a conflict (409, decided later) is nak'd and redelivered
+        const retry = err instanceof FaultError || (isSyncdError(err) && err.code === "SYNCD_ERR_CONFLICT");
+        if (!retry || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
         void this.sim.step(`${where} nak`).then(() => this.deliver(op, delivery + 1));
       }
     });
