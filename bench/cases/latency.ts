@@ -10,12 +10,14 @@ import {
   BUCKET,
   type BenchMesh,
   backlog,
+  processes,
   quiet,
   startBenchMesh,
   stopQuietly,
   streamState,
   warmUp,
 } from "../lib/mesh.ts";
+import { cpuDelta, cpuSnapshot } from "../lib/procstat.ts";
 import {
   type Latency,
   kfmt,
@@ -44,6 +46,9 @@ export type LatencyRun = {
   put_ack: Latency;
   /** last put ack → last value readable at b */
   drain_ms: number;
+  /** this mesh's processes and other work on the host during the run, % of one core */
+  mesh_cpu_pct: number;
+  others_cpu_pct: number;
 };
 
 type Sink = {
@@ -58,6 +63,7 @@ async function pacedRun(
   put: (key: string, i: number) => Promise<unknown>,
   sink: Sink,
   status: () => Promise<string>,
+  pids: number[],
 ): Promise<LatencyRun> {
   const n = Math.round(rate * seconds);
   const prefix = `lat.r${rate}.${Date.now()}.`;
@@ -75,6 +81,7 @@ async function pacedRun(
   });
   let offered = 0;
   let tAcked = 0;
+  const snap0 = cpuSnapshot(pids);
   try {
     await withProgress(
       label,
@@ -94,6 +101,8 @@ async function pacedRun(
   } finally {
     await stop();
   }
+  const d = cpuDelta(snap0, cpuSnapshot(pids));
+  const meshMs = [...d.byPid.values()].reduce((a, x) => a + (Number.isFinite(x) ? x : 0), 0);
   const lag: number[] = [];
   const lagCall: number[] = [];
   const putAck: number[] = [];
@@ -113,6 +122,8 @@ async function pacedRun(
     lag_from_call: latencySummary(lagCall),
     put_ack: latencySummary(putAck),
     drain_ms: round(tLast - tAcked),
+    mesh_cpu_pct: round((meshMs / d.wall_ms) * 100),
+    others_cpu_pct: round(((d.machine_ms - meshMs - d.self_ms) / d.wall_ms) * 100),
   };
   log(
     `${label}: offered ${kfmt(offered)}/s, ack→b p50 ${res.lag.p50_ms} ms, p99 ${res.lag.p99_ms} ms, max ${res.lag.max_ms} ms`,
@@ -148,6 +159,7 @@ async function syncdLatency(rates: number[], seconds: (r: number) => number): Pr
       },
     };
     const out: LatencyRun[] = [];
+    const pids = processes(bm).map((p) => p.pid);
     const bmm = bm;
     const status = async () => {
       const bl = await backlog(bmm.conn.b!.jsm, "b");
@@ -156,10 +168,26 @@ async function syncdLatency(rates: number[], seconds: (r: number) => number): Pr
     for (const rate of rates) {
       const v = value100(`r${rate}`);
       // warm-up at the rate (not recorded), then the measured run from a quiet mesh
-      await pacedRun(`latency/syncd@${rate} warm-up`, rate, WARMUP_S, (k) => a.kv.put(k, v), sink, status);
+      await pacedRun(
+        `latency/syncd@${rate} warm-up`,
+        rate,
+        WARMUP_S,
+        (k) => a.kv.put(k, v),
+        sink,
+        status,
+        pids,
+      );
       await quiet(bm, 120_000);
       out.push(
-        await pacedRun(`latency/syncd@${rate}`, rate, seconds(rate), (k) => a.kv.put(k, v), sink, status),
+        await pacedRun(
+          `latency/syncd@${rate}`,
+          rate,
+          seconds(rate),
+          (k) => a.kv.put(k, v),
+          sink,
+          status,
+          pids,
+        ),
       );
       await quiet(bm, 120_000);
       await sleep(500);
@@ -211,13 +239,30 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
       },
     };
     const out: LatencyRun[] = [];
+    const pids = processes(bm).map((p) => p.pid);
     const status = async () => `NATIVE_SRC holds ${(await streamState(b.jsm, "NATIVE_SRC")).messages}`;
     for (const rate of rates) {
       const v = value100(`r${rate}`);
-      await pacedRun(`latency/native@${rate} warm-up`, rate, WARMUP_S, (k) => a.kv.put(k, v), sink, status);
+      await pacedRun(
+        `latency/native@${rate} warm-up`,
+        rate,
+        WARMUP_S,
+        (k) => a.kv.put(k, v),
+        sink,
+        status,
+        pids,
+      );
       await sleep(500);
       out.push(
-        await pacedRun(`latency/native@${rate}`, rate, seconds(rate), (k) => a.kv.put(k, v), sink, status),
+        await pacedRun(
+          `latency/native@${rate}`,
+          rate,
+          seconds(rate),
+          (k) => a.kv.put(k, v),
+          sink,
+          status,
+          pids,
+        ),
       );
       await sleep(500);
     }
