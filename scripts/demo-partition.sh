@@ -17,7 +17,7 @@ hub_stopped=0
 restore() {
   if [ "$hub_stopped" = 1 ]; then
     echo "(restoring the hub: ./scripts/hub.sh start)"
-    timeout 60 ./scripts/hub.sh start >/dev/null 2>&1 || echo "could not restart the hub: run ./scripts/hub.sh start" >&2
+    DEMO_CMD_TIMEOUT=60 _bounded ./scripts/hub.sh start >/dev/null 2>&1 || echo "could not restart the hub: run ./scripts/hub.sh start" >&2
   fi
 }
 trap restore EXIT

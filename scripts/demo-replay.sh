@@ -17,7 +17,7 @@ services_stopped=0
 restore() {
   if [ "$services_stopped" = 1 ]; then
     echo "(restoring site $B's services: ./scripts/site.sh $B start)"
-    timeout 120 ./scripts/site.sh "$B" start --bucket "$DEMO_BUCKETS" ${DEMO_SCALE:+--scale "$DEMO_SCALE"} >/dev/null 2>&1 ||
+    DEMO_CMD_TIMEOUT=120 _bounded ./scripts/site.sh "$B" start --bucket "$DEMO_BUCKETS" ${DEMO_SCALE:+--scale "$DEMO_SCALE"} >/dev/null 2>&1 ||
       echo "could not restart site $B's services: run ./scripts/site.sh $B start" >&2
   fi
 }

@@ -126,6 +126,9 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
       SITE_BASE_PORT: String(base),
       SITE_PORT_STEP: "2",
       DEMO_WAIT: "30",
+      DEMO_START: undefined,
+      DEMO_RUN: undefined,
+      SECURE: undefined,
       NODE_TEST_CONTEXT: undefined,
     };
   });

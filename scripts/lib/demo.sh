@@ -9,6 +9,8 @@
 #    DEMO_WAIT seconds) and fails the demo when it does not hold;
 #  - `fail MSG` prints "FAIL <demo>: MSG" and exits 1; `pass MSG` prints "PASS <demo>: MSG".
 #
+# A secured mesh (SECURE=1 ./scripts/up.sh) works too: the demo acts as its operator, admin, over TLS.
+#
 # Environment: MESH_DIR, DEMO_START=1, DEMO_WAIT (seconds, default 30: the longest any one wait may
 # take), DEMO_CMD_TIMEOUT (seconds, default 90: the longest any one command may take).
 # Sets: A, B (the first two sites), A_URL, B_URL, HUB_URL, BUCKET, DEMO_SITES, DEMO_SCALE, RUN (a tag
@@ -52,18 +54,33 @@ _shown() {
   printf '%s' "${out[*]}"
 }
 
+# Run a command bounded in time (DEMO_CMD_TIMEOUT), where coreutils' timeout is there.
+_bounded() {
+  if command -v timeout >/dev/null 2>&1; then
+    timeout --kill-after=5 "$DEMO_CMD_TIMEOUT" "$@"
+  else
+    "$@"
+  fi
+}
+
 # Print a command, then run it (bounded in time); a failure fails the demo.
 run() {
   printf '$ %s\n' "$(_shown "$@")"
   local cmd=("$@")
   if [ "$1" = syncd ]; then cmd=(node --import tsx services/cli/main.ts "${@:2}"); fi
   local rc=0
-  timeout --kill-after=5 "$DEMO_CMD_TIMEOUT" "${cmd[@]}" || rc=$?
+  if [ "$1" = syncd ] && [ "${DEMO_SECURE:-0}" = 1 ]; then
+    # a secured mesh: the CLI logs in as its operator, through the environment (not the command line)
+    NATS_USER=admin NATS_PASSWORD="$(<"$DEMO_PASSWORD_FILE")" NATS_TLS_CA="$DEMO_CA" \
+      _bounded "${cmd[@]}" || rc=$?
+  else
+    _bounded "${cmd[@]}" || rc=$?
+  fi
   [ "$rc" = 0 ] || fail "exit code $rc from: $(_shown "$@")"
 }
 
 # scripts/lib/demo.ts, bounded in time; its output goes to stdout.
-dts() { timeout --kill-after=5 "$DEMO_CMD_TIMEOUT" node --import tsx scripts/lib/demo.ts "$@"; }
+dts() { _bounded node --import tsx scripts/lib/demo.ts "$@"; }
 
 # An observation: fails the demo when it does not hold (demo.ts printed why).
 check() {
@@ -79,7 +96,7 @@ _demo_mesh() {
   out=$(dts env 2>"$errf") || rc=$?
   if [ "$rc" = 3 ] && [ "${DEMO_START:-0}" = 1 ]; then
     say "no local mesh yet; DEMO_START=1: starting one with ./scripts/up.sh (./scripts/down.sh stops it)"
-    timeout --kill-after=5 180 ./scripts/up.sh >"$errf" 2>&1 || {
+    DEMO_CMD_TIMEOUT=180 _bounded ./scripts/up.sh >"$errf" 2>&1 || {
       cat "$errf" >&2
       rm -f "$errf"
       fail "./scripts/up.sh failed"
@@ -106,4 +123,5 @@ demo_begin() {
   [ -z "${2:-}" ] || printf '%s\n' "$2" | fold -s -w 100
   _demo_mesh
   say "mesh: site $A at $A_URL, site $B at $B_URL, hub $HUB_URL, bucket $BUCKET"
+  if [ "$DEMO_SECURE" = 1 ]; then say "(a secured mesh: the demo acts as its operator, admin, over TLS)"; fi
 }

@@ -39,7 +39,7 @@ import {
   metaBucket,
 } from "../../services/lib/subjects.ts";
 import { SERVICE_KINDS, pingSite } from "./services.ts";
-import { REPO_ROOT } from "./topology.ts";
+import { REPO_ROOT, certFiles } from "./topology.ts";
 
 class Usage extends Error {}
 /** The observation is not what the demo expected: exit 1 with this message. */
@@ -61,6 +61,8 @@ const env = process.env;
 type MeshJson = {
   buckets?: string[];
   scale?: string;
+  /** SECURE=1 meshes: where the certificates and password files are */
+  secure?: { certs: string; secrets: string };
   hub: { url: string };
   sites: Record<string, { url: string; domain: string; node_id: string }>;
 };
@@ -81,9 +83,24 @@ function readMesh(): MeshJson {
   return JSON.parse(readFileSync(f, "utf8")) as MeshJson;
 }
 
-async function connectTo(url: string, what: string): Promise<NatsConnection> {
+/** A secured mesh (SECURE=1 up.sh): the demos act as its operator, `admin`, over TLS. */
+function secureOf(mesh: MeshJson): { ca: string; passwordFile: string } | undefined {
+  if (!mesh.secure) return undefined;
+  return { ca: certFiles(mesh.secure.certs).ca, passwordFile: path.join(mesh.secure.secrets, "admin") };
+}
+
+async function connectTo(mesh: MeshJson, url: string, what: string): Promise<NatsConnection> {
+  const sec = secureOf(mesh);
   try {
-    return await connect({ servers: url, name: "syncd-demo", timeout: 3000, maxReconnectAttempts: 0 });
+    return await connect({
+      servers: url,
+      name: "syncd-demo",
+      timeout: 3000,
+      maxReconnectAttempts: 0,
+      ...(sec
+        ? { user: "admin", pass: readFileSync(sec.passwordFile, "utf8").trim(), tls: { caFile: sec.ca } }
+        : {}),
+    });
   } catch (err) {
     throw new Mismatch(`cannot connect to ${what} at ${url}: ${(err as Error).message}`);
   }
@@ -101,7 +118,7 @@ class Sites {
         const site = mesh.sites[n];
         if (!site)
           throw new Usage(`no site "${n}" in ${meshFile()} (sites: ${Object.keys(mesh.sites).join(", ")})`);
-        s.nc.set(n, await connectTo(site.url, `site ${n}`));
+        s.nc.set(n, await connectTo(mesh, site.url, `site ${n}`));
       }
     } catch (err) {
       await s.close();
@@ -173,20 +190,18 @@ async function envCmd(): Promise<void> {
   let nc: NatsConnection | undefined;
   for (const n of names) {
     try {
-      const c = await connectTo(mesh.sites[n]!.url, `site ${n}`);
+      const c = await connectTo(mesh, mesh.sites[n]!.url, `site ${n}`);
       if (n === first) nc = c;
       else await c.close();
-    } catch {
-      problems.push(
-        `site ${n}'s nats-server does not answer at ${mesh.sites[n]!.url}: ./scripts/server.sh ${n} start`,
-      );
+    } catch (err) {
+      problems.push(`${(err as Error).message} (not running? ./scripts/server.sh ${n} start)`);
     }
   }
   try {
-    const hub = await connectTo(mesh.hub.url, "the hub");
+    const hub = await connectTo(mesh, mesh.hub.url, "the hub");
     await hub.close();
-  } catch {
-    problems.push(`the hub does not answer at ${mesh.hub.url}: ./scripts/hub.sh start`);
+  } catch (err) {
+    problems.push(`${(err as Error).message} (not running? ./scripts/hub.sh start)`);
   }
   if (nc && problems.length === 0) {
     try {
@@ -219,6 +234,10 @@ async function envCmd(): Promise<void> {
     `A_URL=${q(mesh.sites[a]!.url)}`,
     `B_URL=${q(mesh.sites[b]!.url)}`,
   ];
+  const sec = secureOf(mesh);
+  // the CLI logs in as admin with the mesh's CA (the password stays in its file)
+  if (sec) lines.push("DEMO_SECURE=1", `DEMO_CA=${q(sec.ca)}`, `DEMO_PASSWORD_FILE=${q(sec.passwordFile)}`);
+  else lines.push("DEMO_SECURE=0");
   console.log(lines.join("\n"));
 }
 
