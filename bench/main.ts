@@ -18,6 +18,7 @@ import { reconcileCase } from "./cases/reconcile.ts";
 import { scaleCase } from "./cases/scaleout.ts";
 import { throughputCase } from "./cases/throughput.ts";
 import type { BenchContext, CaseDef } from "./cases/types.ts";
+import { ensureBuild, servicesMode } from "./lib/build.ts";
 import { machineInfo } from "./lib/machine.ts";
 import { log } from "./lib/util.ts";
 import { type BenchReport, renderResults } from "./report.ts";
@@ -36,7 +37,8 @@ const CASES: CaseDef[] = [
 
 function usage(): string {
   return [
-    "usage: npm run bench -- [--quick] [--case <name>[,<name>...]] [--no-write]",
+    "usage: npm run bench -- [--quick] [--case <name>[,<name>...]] [--tsx] [--no-write]",
+    "  --tsx: run the services from their TypeScript sources (SYNCD_TSX=1) instead of the compiled build",
     `cases: ${CASES.map((c) => c.name).join(", ")}`,
   ].join("\n");
 }
@@ -48,6 +50,7 @@ async function main(): Promise<number> {
       quick: { type: "boolean", default: false },
       case: { type: "string", multiple: true },
       "no-write": { type: "boolean", default: false },
+      tsx: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
   });
@@ -71,6 +74,9 @@ async function main(): Promise<number> {
   }, timeoutS * 1000);
   watchdog.unref();
 
+  if (values.tsx) process.env.SYNCD_TSX = "1";
+  const buildMode = ensureBuild();
+  log(`services run ${buildMode === "compiled" ? "compiled (dist/)" : "from TypeScript through tsx"}`);
   const started = new Date();
   const workDir = path.join(BENCH_DIR, "work");
   mkdirSync(workDir, { recursive: true });
@@ -82,9 +88,11 @@ async function main(): Promise<number> {
   const ctx: BenchContext = { quick, results: {}, workDir };
   const errors: Record<string, string> = {};
   const durations: Record<string, number> = {};
+  const modes: Record<string, string> = {};
   for (const c of selected) {
     log(`=== ${c.title}`);
     const t0 = Date.now();
+    const modeBefore = servicesMode();
     try {
       ctx.results[c.name] = await c.run(ctx);
     } catch (err) {
@@ -93,6 +101,8 @@ async function main(): Promise<number> {
       log(`${c.name} FAILED: ${msg}`);
     }
     durations[c.name] = Math.round((Date.now() - t0) / 1000);
+    const modeAfter = servicesMode();
+    modes[c.name] = modeBefore === modeAfter ? modeBefore : `${modeBefore}, then ${modeAfter}`;
     log(`=== ${c.name} took ${durations[c.name]} s`);
   }
   const report: BenchReport = {
@@ -102,6 +112,7 @@ async function main(): Promise<number> {
     cases: selected.map((c) => c.name),
     machine: { ...machine, loadavg_end: (await machineInfo()).loadavg_start },
     durations_s: durations,
+    services_mode: modes,
     results: ctx.results,
     errors,
   };

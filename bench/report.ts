@@ -22,6 +22,8 @@ export type BenchReport = {
   cases: string[];
   machine: MachineInfo & { loadavg_end: number[] };
   durations_s: Record<string, number>;
+  /** per case: the form the services ran in ("compiled", "tsx", or a change during the case) */
+  services_mode: Record<string, string>;
   results: Record<string, unknown>;
   errors: Record<string, string>;
 };
@@ -72,6 +74,34 @@ function cpuLine(cpu: ProcCpu[]): {
 
 function rssByService(list: ProcRss[] | undefined): Map<string, number> {
   return new Map((list ?? []).map((p) => [`${p.site}/${p.name}`, p.rss_mb]));
+}
+
+function modesText(modes: Record<string, string> | undefined): string {
+  const vals = Object.values(modes ?? {});
+  const label = (m: string) =>
+    m === "compiled"
+      ? "compiled (dist/, via services/run.mjs)"
+      : m === "tsx"
+        ? "from the TypeScript sources through tsx (services/run.mjs: build stale or SYNCD_TSX=1)"
+        : m;
+  if (vals.length && vals.every((v) => v === vals[0])) return `${label(vals[0] as string)} in every case`;
+  return Object.entries(modes ?? {})
+    .map(([k, v]) => `${k}: ${label(v)}`)
+    .join("; ");
+}
+
+/** Per kind: RSS at K keys (case 5) minus idle (case 6), MB. */
+function svcGrowth(rc: ReconcileResult, fp: FootprintResult | undefined): string {
+  if (!fp) return "(idle not measured)";
+  const idle = new Map(fp.idle.map((p) => [`${p.site}/${p.name}`, p.rss_mb]));
+  const by = new Map<string, number[]>();
+  for (const p of rc.rss_at_k) {
+    if (!isService(p.kind)) continue;
+    const i = idle.get(`${p.site}/${p.name}`);
+    if (i === undefined) continue;
+    by.set(p.kind, [...(by.get(p.kind) ?? []), p.rss_mb - i]);
+  }
+  return [...by.entries()].map(([k, v]) => `${k} +${fmt(Math.max(...v))} MB`).join(", ");
 }
 
 /** The share of nats.js's per-request Error objects (async traces) in the watcher's and merger's profile. */
@@ -142,6 +172,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
           "Code",
           `commit ${m.git.commit}${m.git.dirty_services ? " (services/ had uncommitted changes)" : ""}`,
         ],
+        ["Services ran", modesText(r.services_mode)],
       ],
     ),
     "",
@@ -186,7 +217,9 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       parts.push(
         "Per-op path: watcher stamp (meta read + CAS + publish) → sourcing → merger (meta read + CAS + bucket write), about 5 acknowledged round trips in series.",
       );
-    parts.push(`Other work on the shared host during the 1 000 ops/s run: ${fmt(l1.others_cpu_pct)} % of one core.`);
+    parts.push(
+      `Other work on the shared host during the 1 000 ops/s run: ${fmt(l1.others_cpu_pct)} % of one core.`,
+    );
     rows.push([
       "Convergence p99 ≤ 10 ms at 1 000 ops/s",
       `p50 ${fmt(l1.lag.p50_ms, 1)} ms, **p99 ${fmt(l1.lag.p99_ms, 1)} ms**, max ${fmt(l1.lag.max_ms, 1)} ms (native: p50 ${fmt(n1?.lag.p50_ms, 2)}, p99 ${fmt(n1?.lag.p99_ms, 1)} ms)`,
@@ -223,7 +256,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       `Each service ≤ ${RSS_LIMIT_MB} MB RSS at ${fmt(rc.keys_per_site)} keys`,
       `max ${fmt(max, 1)} MB (${svc.map((p) => `${p.site}/${p.kind} ${fmt(p.rss_mb)}`).join(", ")})`,
       verdict(over.length === 0),
-      `Idle, before any key, a service already takes up to ${fmt(idleMax, 1)} MB: Node 20 itself (~44 MB bare), the tsx loader (services run from TypeScript source), the NATS client, ajv with the compiled schemas. The key-dependent part is small next to that${over.length ? `; over the limit: ${over.map((p) => `${p.site}/${p.name}`).join(", ")}` : ""}.`,
+      `Idle, before any key, a service already takes up to ${fmt(idleMax, 1)} MB (Node 20 itself ~44 MB bare, the NATS client, ajv with the compiled schemas${(r.services_mode.footprint ?? "").includes("tsx") ? ", and here the tsx loader: the services ran from source" : ""}); at ${fmt(rc.keys_per_site)} keys the watcher's and merger's _meta caches and the reconciler's version index add ${svcGrowth(rc, fp)}${over.length ? `; over the limit: ${over.map((p) => `${p.site}/${p.name}`).join(", ")}` : ""}. The reconcile case starts its services on the loaded state (case 5): RSS after a burst of ops is in section 6.`,
     ]);
   } else rows.push([`Each service ≤ ${RSS_LIMIT_MB} MB RSS at 100 000 keys`, "–", verdict(null), ""]);
   if (fp) {
@@ -590,7 +623,8 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       `Case 1's syncd run again (${fmt(pr.run.n)} keys, ${fmt(pr.run.repl_ops_s)} ops/s while profiled), every service under the V8 CPU profiler ` +
         `(sampling every ${pr.interval_us} µs; Node 20 refuses \`--cpu-prof\` in NODE_OPTIONS, so \`NODE_OPTIONS=--import=bench/lib/cpu-profiler.mjs\` starts the same profiler through node:inspector and writes the same .cpuprofile). ` +
         "Only the samples inside the measured window count (start-up and tsx compilation excluded). The .cpuprofile files of the last run stay in `bench/work/` (not committed) for Chrome DevTools. " +
-        "Self time = in the function itself; the repo's functions are also listed by inclusive time (with callees). Line numbers of the repo's .ts files are omitted: tsx's output does not keep them.",
+        "Self time = in the function itself; the repo's functions are also listed by inclusive time (with callees). " +
+        "Compiled services show the file of the source with the line of the compiled JavaScript in dist/ (close to the source); under tsx the repo's .ts files have no usable line numbers and show the file only.",
       "",
     );
     if (pr.missing.length) out.push(`No profile from: ${pr.missing.join(", ")}.`, "");

@@ -63,6 +63,9 @@ export type ReconcileResult = {
   moved_per_differing: number;
   bytes_vs_listing_pct: number;
   repaired: boolean;
+  /** when not repaired: how many (key, site) pairs lack the planted version, and a few of them */
+  repair_mismatch_count: number;
+  repair_mismatches: string[];
   rss_at_k: ProcRss[];
   rss_after_run: ProcRss[];
 };
@@ -121,7 +124,13 @@ function metaOf(v: { ts: number; node_id: string; deleted: boolean }, rev: numbe
   return { ...v, rev, merged: true, ...(v.deleted ? {} : { vh: valueHash(value) }) };
 }
 
-/** Write a version behind the services' back: bucket entry with headers, then `_meta` (as test/reconciler.test.ts). */
+/**
+ * Write a version behind the services' back, in the order a merger commits: `_meta` first (the
+ * version, `rev` = the key's current bucket revision, `merged`, `vh`), then the bucket entry with the
+ * version headers, expecting that revision. (Bucket first, as test/reconciler.test.ts does, races
+ * the watcher: an entry with headers that `_meta` does not describe yet may be stamped as a local
+ * write, which gives the key a newer version of its own.)
+ */
 async function plant(
   js: JetStreamClient,
   sc: SiteConn,
@@ -133,8 +142,9 @@ async function plant(
   h.set(Headers.ts, String(v.ts));
   h.set(Headers.node, v.node_id);
   const data = enc.encode(value);
-  const pa = await js.publish(kvSubject(BUCKET, key), data, { headers: h });
-  await sc.meta!.put(key, JSON.stringify(metaOf({ ...v, deleted: false }, pa.seq, data)));
+  const rev = (await sc.kv.get(key))?.revision ?? 0;
+  await sc.meta!.put(key, JSON.stringify(metaOf({ ...v, deleted: false }, rev, data)));
+  await js.publish(kvSubject(BUCKET, key), data, { headers: h, expect: { lastSubjectSequence: rev } });
 }
 
 /** Page through `entries` for the whole bucket (root prefix), counting payload bytes. */
@@ -307,20 +317,31 @@ export const reconcileCase: CaseDef = {
       );
       await quiet(bm, 60_000);
       // repaired? every planted key holds the planted version at both sites (bounded wait)
+      /** planted keys whose version (at either site) is not the planted one, with what is there */
+      let mismatches: string[] = [];
       const repairedNow = async (): Promise<boolean> => {
+        const bad: string[] = [];
         for (const p of planted) {
           for (const s of ["a", "b"]) {
             const m = await bmm.conn[s]!.meta!.get(p.key);
-            const v = m ? (m.json() as { ts: number; node_id: string }) : null;
-            if (v?.ts !== p.v.ts || v.node_id !== p.v.node_id) return false;
+            const v = m?.operation === "PUT" ? (m.json() as { ts: number; node_id: string }) : null;
+            if (v?.ts !== p.v.ts || v.node_id !== p.v.node_id)
+              bad.push(
+                `${p.key}@${s}: want ${p.v.ts}/${p.v.node_id} (planted at ${p.site}), _meta ${m ? m.string() : "none"}`,
+              );
           }
         }
-        return true;
+        mismatches = bad;
+        return bad.length === 0;
       };
       const repaired = await waitUntil("planted versions at both sites", repairedNow, 15_000, 200).then(
         () => true,
         () => false,
       );
+      if (!repaired)
+        log(
+          `reconcile: ${mismatches.length} planted versions missing after the run, e.g. ${mismatches.slice(0, 3).join("; ")}`,
+        );
       // then the next run should compare the roots only: wait until both indexes agree
       const root = async (s: string) =>
         JSON.stringify(
@@ -408,6 +429,8 @@ export const reconcileCase: CaseDef = {
         moved_per_differing: round(run.entries_moved / DIFFS, 2),
         bytes_vs_listing_pct: round((run.bytes / listingBytes) * 100, 2),
         repaired,
+        repair_mismatches: mismatches.slice(0, 5),
+        repair_mismatch_count: mismatches.length,
         rss_at_k: rssAtK,
         rss_after_run: rssAfter,
       };

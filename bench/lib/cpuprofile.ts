@@ -36,6 +36,8 @@ export function shortUrl(url: string, root: string): string {
   const nm = u.lastIndexOf("/node_modules/");
   if (nm >= 0) return u.slice(nm + "/node_modules/".length);
   if (u.startsWith(`${root}/`)) u = u.slice(root.length + 1);
+  // the compiled build (dist/services/...) stands for the sources
+  if (u.startsWith("dist/")) u = u.slice("dist/".length);
   return u;
 }
 
