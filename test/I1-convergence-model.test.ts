@@ -130,7 +130,7 @@ function site(call: Call, name: string) {
   /** stamp the entry at `rev` as the watcher's consumer would deliver it */
   const stamp = (rev: number) => {
     const e = data.at(rev)!;
-    return stampEntry(watcher, { ...e, replicated: e.version !== null });
+    return stampEntry(watcher, { ...e, headers: e.version });
   };
   /** what a KV get shows */
   const shows = (key: string) => {

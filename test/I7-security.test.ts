@@ -466,68 +466,58 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     assert.ok(readFileSync(path.join(mesh.dir, "site-a", "server.conf"), "utf8").includes(leafPassword));
   });
 
-  test(
-    "an app's write carrying forged syncd version headers still replicates",
-    {
-      todo: "the watcher takes any entry with Syncd-Ts/Syncd-Node headers for a merger's write and skips it: the value stays at its site, unseen by anti-entropy (a service owner change, see deploy/SECURITY.md)",
-    },
-    async () => {
-      const app = await mesh.connect("a", { user: "app", pass: users.app });
-      const h = natsHeaders();
-      h.set(Headers.ts, String(Date.now() * 1000));
-      h.set(Headers.node, "site-zzz");
-      await jetstream(app).publish(kvSubject("config", "sec.forged-headers"), "local only?", { headers: h });
-      const kvB = await mesh.kv("b");
-      await eventually(
-        async () => assert.equal((await kvB.get("sec.forged-headers"))?.string(), "local only?"),
+  test("an app's write carrying forged syncd version headers still replicates", async () => {
+    const app = await mesh.connect("a", { user: "app", pass: users.app });
+    const h = natsHeaders();
+    h.set(Headers.ts, String(Date.now() * 1000));
+    h.set(Headers.node, "site-zzz");
+    await jetstream(app).publish(kvSubject("config", "sec.forged-headers"), "local only?", { headers: h });
+    const kvB = await mesh.kv("b");
+    await eventually(
+      async () => assert.equal((await kvB.get("sec.forged-headers"))?.string(), "local only?"),
+      {
+        timeout: 4000,
+      },
+    );
+  });
+
+  test("a password given in the NATS URL (nats://user:pass@host) is not logged", async () => {
+    const url = (mesh.sites.a?.url ?? "").replace("nats://", `nats://syncd:${users.syncd}@`);
+    const out = await new Promise<string>((resolve) => {
+      const p = spawn(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          "services/clock/main.ts",
+          "--site",
+          "a",
+          "--nats-url",
+          url,
+          "--tls-ca",
+          mesh.certs?.ca ?? "",
+        ],
         {
-          timeout: 4000,
+          cwd: REPO_ROOT,
+          env: { ...process.env, NODE_TEST_CONTEXT: undefined, SYNCD_INSTANCE: "url-creds" },
         },
       );
-    },
-  );
-
-  test(
-    "a password given in the NATS URL (nats://user:pass@host) is not logged",
-    { todo: "services/lib/runtime.ts logs config.natsUrl as given: a service owner change (see report)" },
-    async () => {
-      const url = (mesh.sites.a?.url ?? "").replace("nats://", `nats://syncd:${users.syncd}@`);
-      const out = await new Promise<string>((resolve) => {
-        const p = spawn(
-          process.execPath,
-          [
-            "--import",
-            "tsx",
-            "services/clock/main.ts",
-            "--site",
-            "a",
-            "--nats-url",
-            url,
-            "--tls-ca",
-            mesh.certs?.ca ?? "",
-          ],
-          {
-            cwd: REPO_ROOT,
-            env: { ...process.env, NODE_TEST_CONTEXT: undefined, SYNCD_INSTANCE: "url-creds" },
-          },
-        );
-        let text = "";
-        const onData = (d: Buffer) => {
-          text += d.toString();
-          if (text.includes('"ready"')) p.kill("SIGTERM");
-        };
-        p.stdout.on("data", onData);
-        p.stderr.on("data", onData);
-        const timer = setTimeout(() => p.kill("SIGKILL"), 15000);
-        p.once("exit", () => {
-          clearTimeout(timer);
-          resolve(text);
-        });
+      let text = "";
+      const onData = (d: Buffer) => {
+        text += d.toString();
+        if (text.includes('"ready"')) p.kill("SIGTERM");
+      };
+      p.stdout.on("data", onData);
+      p.stderr.on("data", onData);
+      const timer = setTimeout(() => p.kill("SIGKILL"), 15000);
+      p.once("exit", () => {
+        clearTimeout(timer);
+        resolve(text);
       });
-      assert.match(out, /starting/);
-      assert.equal(out.includes(users.syncd), false, "the URL's password is in the service's log");
-    },
-  );
+    });
+    assert.match(out, /starting/);
+    assert.equal(out.includes(users.syncd), false, "the URL's password is in the service's log");
+  });
 });
 
 /** A run of consecutive free ports: site a = base, base+1; b = base+2, base+3. */

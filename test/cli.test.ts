@@ -27,7 +27,7 @@ import {
 } from "../services/lib/subjects.ts";
 import { VersionTree, descend, treeSource } from "../services/reconciler/tree.ts";
 import { type Mesh, eventually, startMesh } from "./harness/mesh.ts";
-import { call, peersLinked, quiet } from "./helpers.ts";
+import { call, peersLinked, plantVersion, quiet } from "./helpers.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const MAIN = path.join(REPO, "services/cli/main.ts");
@@ -381,11 +381,7 @@ describe("syncd CLI on a two-site mesh", () => {
     // at b only, with version headers (no op is published) and its _meta version
     const now = Date.now() * 1000;
     const plant = async (key: string, value: string, ts: number) => {
-      const h = natsHeaders();
-      h.set(Headers.ts, String(ts));
-      h.set(Headers.node, "site-b");
-      const pa = await js.b.publish(kvSubject(BUCKET, key), value, { headers: h });
-      await meta.b.put(key, JSON.stringify({ ts, node_id: "site-b", deleted: false, rev: pa.seq }));
+      await plantVersion(nc.b, { key, value, ts, node_id: "site-b", legacy: true });
     };
     await plant("cli.oob", "only at b", now + 1);
     await plant("seed.1", "newer at b", now + 2);

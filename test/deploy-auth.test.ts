@@ -12,6 +12,7 @@ import { requestJson } from "../services/lib/request.ts";
 import type { ReconcilerEntriesResponse, ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
 import { Headers, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
+import { plantVersion } from "./helpers.ts";
 
 const users = { syncd: "syncd-secret", app: "app-secret", admin: "admin-secret" };
 
@@ -94,13 +95,7 @@ describe("deploy: per-site users (site-users.conf.template)", () => {
     // a difference behind the services' back on each site: bucket entry with version headers + _meta
     const plant = async (site: string, key: string, value: string) => {
       const nc = await mesh.connect(site);
-      const h = natsHeaders();
-      const ts = Date.now() * 1000;
-      h.set(Headers.ts, String(ts));
-      h.set(Headers.node, `site-${site}`);
-      const pa = await jetstream(nc).publish(kvSubject("config", key), value, { headers: h });
-      const meta = await new Kvm(nc).open(metaBucket("config"));
-      await meta.put(key, JSON.stringify({ ts, node_id: `site-${site}`, deleted: false, rev: pa.seq }));
+      await plantVersion(nc, { key, value, ts: Date.now() * 1000, node_id: `site-${site}`, legacy: true });
       await waitFor(
         async () =>
           (

@@ -2,12 +2,21 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
-import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { valueHash } from "../services/lib/lww.ts";
 import { requestJson } from "../services/lib/request.ts";
 import type { Version } from "../services/lib/schemas.gen.ts";
-import { Durables, Streams, endpointSubject, kvStream, metaBucket } from "../services/lib/subjects.ts";
+import {
+  Durables,
+  Headers,
+  Streams,
+  endpointSubject,
+  kvStream,
+  kvSubject,
+  metaBucket,
+} from "../services/lib/subjects.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -55,8 +64,47 @@ export async function versions(nc: NatsConnection, bucket = "config"): Promise<M
 }
 
 /** The replicated part of a version (without the site-local `rev` and `merged`), for comparing sites. */
-export function replicated(v: Version | undefined): Pick<Version, "ts" | "node_id" | "deleted" | "vh"> | undefined {
+export function replicated(
+  v: Version | undefined,
+): Pick<Version, "ts" | "node_id" | "deleted" | "vh"> | undefined {
   return v && { ts: v.ts, node_id: v.node_id, deleted: v.deleted, ...(v.vh ? { vh: v.vh } : {}) };
+}
+
+/**
+ * A change made behind the services' back, as a merger would make it but without any op: the
+ * `_meta` version first (a merger's commit point), then the bucket entry with its version headers.
+ * In that order the watcher sees a merger's write; the other way round, a headed entry that `_meta`
+ * does not know is taken for a user's write with forged headers, and replicated.
+ */
+export async function plantVersion(
+  nc: NatsConnection,
+  p: {
+    bucket?: string;
+    key: string;
+    ts: number;
+    node_id: string;
+    deleted?: boolean;
+    value?: string | Uint8Array;
+    legacy?: boolean;
+  },
+): Promise<number> {
+  const bucket = p.bucket ?? "config";
+  const deleted = p.deleted ?? false;
+  const bytes =
+    typeof p.value === "string" ? new TextEncoder().encode(p.value) : (p.value ?? new Uint8Array());
+  const kvm = new Kvm(nc);
+  const base = (await (await kvm.open(bucket)).get(p.key))?.revision ?? 0;
+  const extra = p.legacy ? {} : { merged: true, ...(deleted ? {} : { vh: valueHash(bytes) }) };
+  const version = { ts: p.ts, node_id: p.node_id, deleted, rev: base, ...extra };
+  await (await kvm.open(metaBucket(bucket))).put(p.key, JSON.stringify(version));
+  const h = natsHeaders();
+  h.set(Headers.ts, String(p.ts));
+  h.set(Headers.node, p.node_id);
+  if (deleted) h.set("KV-Operation", "DEL");
+  const pa = await jetstream(nc).publish(kvSubject(bucket, p.key), deleted ? new Uint8Array() : bytes, {
+    headers: h,
+  });
+  return pa.seq;
 }
 
 /** Number of messages stored in a stream. */

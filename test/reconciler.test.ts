@@ -19,7 +19,7 @@ import type {
 } from "../services/lib/schemas.gen.ts";
 import { Headers, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+import { contents, peersLinked, plantVersion, quiet, until, versions } from "./helpers.ts";
 
 const BUCKET = "config";
 type Site = "a" | "b";
@@ -55,18 +55,7 @@ describe("reconciler anti-entropy between two leaf sites", () => {
    * then `_meta` with `merged` and the value hash (`legacy`: without them, as older code wrote it).
    */
   const plant = async (site: Site, key: string, v: V, value = "", opts: { legacy?: boolean } = {}) => {
-    const h = natsHeaders();
-    h.set(Headers.ts, String(v.ts));
-    h.set(Headers.node, v.node_id);
-    if (v.deleted) h.set("KV-Operation", "DEL");
-    const pa = await js[site].publish(kvSubject(BUCKET, key), v.deleted ? new Uint8Array() : value, {
-      headers: h,
-    });
-    const extra =
-      opts.legacy === true
-        ? {}
-        : { merged: true, ...(v.deleted ? {} : { vh: valueHash(new TextEncoder().encode(value)) }) };
-    await meta[site].put(key, JSON.stringify({ ...v, rev: pa.seq, ...extra }));
+    await plantVersion(nc[site], { key, ...v, value, ...(opts.legacy ? { legacy: true } : {}) });
   };
 
   /** The versions a site's reconciler index holds for some keys. */

@@ -436,20 +436,21 @@ async function plantCmd(args: string[]): Promise<void> {
     const ts = Math.max(now.ts, physical, before.version?.ts ?? 0) + 1;
     const deleted = values.deleted === true;
     const value = deleted ? "" : (values.value as string);
-    const h = natsHeaders();
-    h.set(Headers.ts, String(ts));
-    h.set(Headers.node, nodeId);
-    if (deleted) h.set("KV-Operation", "DEL");
-    const pa = await jetstream(nc).publish(kvSubject(bucket, key), value, { headers: h });
+    // _meta first, as a merger commits: a headed entry _meta does not know is taken for a user's write
     const version: Version = {
       ts,
       node_id: nodeId,
       deleted,
-      rev: pa.seq,
+      rev: Math.max(before.version?.rev ?? 0, (await (await sites.kv(site, bucket)).get(key))?.revision ?? 0),
       merged: true,
       ...(deleted ? {} : { vh: valueHash(new TextEncoder().encode(value)) }),
     };
     await (await sites.kv(site, metaBucket(bucket))).put(key, JSON.stringify(version));
+    const h = natsHeaders();
+    h.set(Headers.ts, String(ts));
+    h.set(Headers.node, nodeId);
+    if (deleted) h.set("KV-Operation", "DEL");
+    await jetstream(nc).publish(kvSubject(bucket, key), value, { headers: h });
     console.log(
       `  site ${site}: ${deleted ? "deleted" : `wrote ${JSON.stringify(value)} to`} ${bucket}/${key} and its _meta version (ts=${ts} node=${nodeId}) directly — no op published`,
     );

@@ -2,6 +2,7 @@
  * Service configuration from flags, then environment, then defaults. Credentials and TLS come only
  * from here, never from the op stream.
  */
+import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { ClockMode } from "./clock-rules.ts";
 
@@ -49,7 +50,7 @@ const flags = {
     def: "300",
   },
   "log-level": { env: "LOG_LEVEL", help: "pino level", def: "info" },
-  instance: { env: "SYNCD_INSTANCE", help: "instance label for logs (default: pid)" },
+  instance: { env: "SYNCD_INSTANCE", help: "instance label for logs and metadata (default: hostname-pid)" },
   user: { env: "NATS_USER", help: "NATS user" },
   password: { env: "NATS_PASSWORD", help: "NATS password" },
   token: { env: "NATS_TOKEN", help: "NATS token" },
@@ -145,7 +146,7 @@ export function loadConfig(
     maxClockSkewMs: intOf("max-clock-skew", get("max-clock-skew")!, 0),
     reconcileIntervalMs: intOf("reconcile-interval", get("reconcile-interval")!, 0) * 1000,
     logLevel: get("log-level")!,
-    instance: get("instance") ?? String(process.pid),
+    instance: get("instance") ?? `${hostname()}-${process.pid}`,
     auth,
     limits: {
       opsMaxAgeMs: intOf("ops-max-age", get("ops-max-age")!, 1) * 1000,

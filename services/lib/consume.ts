@@ -102,7 +102,11 @@ export async function runConsumer(args: {
   };
   const loop = (async () => {
     for await (const m of messages) {
-      if (stopped) break;
+      // stopping: hand what is already pulled back at once instead of after the ack wait
+      if (stopped) {
+        m.nak();
+        continue;
+      }
       delivered++;
       await gate.submit(args.keyOf(m), async () => {
         let d: Disposition;
@@ -125,9 +129,9 @@ export async function runConsumer(args: {
     delivered: () => delivered,
     stop: async () => {
       stopped = true;
-      await gate.idle();
       await messages.close().catch(() => {});
       await loop.catch(() => {});
+      await gate.idle();
     },
   };
 }

@@ -31,6 +31,11 @@ function packageVersion(): string {
   throw new Error("package.json of nats-kv-syncd not found");
 }
 
+/** A server URL with any user/password in it replaced, for logs. */
+export function maskUrl(url: string): string {
+  return url.replace(/^([a-z+]+:\/\/)[^@/]*@/i, "$1[redacted]@");
+}
+
 /** What a service's wiring gets. */
 export type ServiceContext = {
   config: Config;
@@ -93,8 +98,17 @@ export async function runService(
     process.exit(1);
   });
   const { auth: _auth, ...shown } = config;
-  log.info({ config: shown }, "starting");
-  const nc = await connectNats(config, `${ServiceName[kind]}-${config.site}-${config.instance}`);
+  log.info({ config: { ...shown, natsUrl: shown.natsUrl.map(maskUrl) } }, "starting");
+  let nc: NatsConnection;
+  try {
+    nc = await connectNats(config, `${ServiceName[kind]}-${config.site}-${config.instance}`);
+  } catch (err) {
+    log.fatal(
+      { err: { message: (err as Error).message }, servers: config.natsUrl.map(maskUrl) },
+      "cannot connect to NATS",
+    );
+    process.exit(1);
+  }
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === "disconnect" || s.type === "reconnect")

@@ -8,7 +8,7 @@
  * re-publish a duplicate (I3, I6).
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
-import { valueHash } from "../lib/lww.ts";
+import { compareVersions, valueHash } from "../lib/lww.ts";
 import { makeOp } from "../lib/op.ts";
 import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
 import { opsSubject } from "../lib/subjects.ts";
@@ -19,8 +19,8 @@ export type LocalEntry = {
   rev: number;
   deleted: boolean;
   value: Uint8Array;
-  /** true when the entry carries syncd version headers (a merger wrote it) */
-  replicated: boolean;
+  /** the version in the entry's syncd headers (a merger wrote it — or someone forged them) */
+  headers: { ts: number; node_id: string } | null;
 };
 
 /** What the watcher's handlers need. */
@@ -64,9 +64,26 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<vo
   });
 }
 
+/**
+ * True when a headed entry is a merger's write: `_meta` holds that version or a newer one (a merger
+ * commits `_meta` before it writes the bucket). Headers claiming a version `_meta` never held were
+ * written by someone else: the entry is a local write like any other.
+ */
+async function isReplicated(
+  deps: WatcherDeps,
+  key: string,
+  h: { ts: number; node_id: string },
+): Promise<boolean> {
+  let cur = await deps.meta.get(key);
+  if (cur && compareVersions(cur.version, h) >= 0) return true;
+  deps.meta.invalidate?.(key);
+  cur = await deps.meta.get(key);
+  return cur !== null && compareVersions(cur.version, h) >= 0;
+}
+
 /** Stamp and publish one local write (idempotent: safe to run again after a crash). */
 export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outcome> {
-  if (e.replicated) return Outcome.echo;
+  if (e.headers && (await isReplicated(deps, e.key, e.headers))) return Outcome.echo;
   let ts = 0;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const cur = await deps.meta.get(e.key);

@@ -67,7 +67,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             rev: m.seq,
             deleted: isDeleteMarker(m.headers),
             value: m.data,
-            replicated: versionFromHeaders(m.headers) !== null,
+            headers: versionFromHeaders(m.headers),
           };
           try {
             const outcome = await stampEntry(deps, e);

@@ -145,7 +145,7 @@ export class Replica {
         rev: e.rev,
         deleted: e.deleted,
         value: e.value,
-        replicated: e.version !== null,
+        headers: e.version,
       };
       this.watch(entry, 1);
       if (cfg.redeliver && this.choices.next(4) === 1)
