@@ -5,6 +5,7 @@
 import { JetStreamApiError, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
+import { SyncdError } from "./errors.ts";
 import type { Versioned } from "./lww.ts";
 import type { Version } from "./schemas.gen.ts";
 import { Headers, kvStream, kvSubject } from "./subjects.ts";
@@ -131,14 +132,21 @@ export class BucketStore implements BucketStoreLike {
     h.set(Headers.ts, String(v.ts));
     h.set(Headers.node, v.node_id);
     if (v.deleted) h.set("KV-Operation", "DEL");
-    const pa = await this.js.publish(
-      kvSubject(this.bucket, key),
-      v.deleted ? new Uint8Array() : (v.value ?? new Uint8Array()),
-      {
+    const data = v.deleted ? new Uint8Array() : (v.value ?? new Uint8Array());
+    try {
+      const pa = await this.js.publish(kvSubject(this.bucket, key), data, {
         headers: h,
         expect: { lastSubjectSequence: expectedRev },
-      },
-    );
-    return pa.seq;
+      });
+      return pa.seq;
+    } catch (err) {
+      if (/message size exceeds maximum/i.test(String((err as Error)?.message))) {
+        throw new SyncdError(
+          "SYNCD_ERR_TOO_LARGE",
+          `key "${key}": value and version headers exceed the bucket's limit`,
+        );
+      }
+      throw err;
+    }
   }
 }

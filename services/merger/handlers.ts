@@ -116,14 +116,27 @@ function currentState(m: Version, l: BucketEntry | null): Versioned {
   return { ts: m.ts, node_id: m.node_id, deleted: m.deleted, value };
 }
 
+/**
+ * Bytes the headers of a merger's write add to a message: the NATS/1.0 line, Syncd-Ts, Syncd-Node,
+ * the expected-last-subject-sequence header, and slack for a KV-Operation marker.
+ */
+export function headerOverhead(op: Op): number {
+  return 12 + 12 + 17 + 14 + op.node_id.length + 60 + 24;
+}
+
 /** Check what does not depend on the site's state: bucket known, value size, clock skew. */
 export function admit(deps: MergeDeps, op: Op): BucketState {
   const b = deps.buckets.get(op.bucket);
   if (!b) throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${op.bucket}"`);
   if (op.op === "put" && b.maxValueSize >= 0) {
-    const size = opValue(op).length;
-    if (size > b.maxValueSize)
-      throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${b.maxValueSize} bytes`);
+    // the server counts headers toward the limit: the version headers must fit too
+    const size = opValue(op).length + headerOverhead(op);
+    if (size > b.maxValueSize) {
+      throw new SyncdError(
+        "SYNCD_ERR_TOO_LARGE",
+        `${size} > ${b.maxValueSize} bytes (value and version headers)`,
+      );
+    }
   }
   deps.checkSkew(op.ts);
   return b;
