@@ -7,7 +7,7 @@
  * Every loop is bounded; a watchdog (BENCH_TIMEOUT_S, default 900 s, quick 300 s) ends the run and,
  * through the harness's exit hook, every process it started.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { conflictCase } from "./cases/conflict.ts";
@@ -35,10 +35,16 @@ const CASES: CaseDef[] = [
   profileCase,
 ];
 
+/** A full run: not quick, every case. Only such a run's report is bench/RESULTS.md. */
+function isFullRun(r: BenchReport): boolean {
+  return !r.quick && CASES.every((c) => r.cases.includes(c.name));
+}
+
 function usage(): string {
   return [
     "usage: npm run bench -- [--quick] [--case <name>[,<name>...]] [--tsx] [--no-write]",
     "  --tsx: run the services from their TypeScript sources (SYNCD_TSX=1) instead of the compiled build",
+    "  --render <results.json>: only rewrite the report of an earlier run (RESULTS.md for a full run)",
     `cases: ${CASES.map((c) => c.name).join(", ")}`,
   ].join("\n");
 }
@@ -51,11 +57,20 @@ async function main(): Promise<number> {
       case: { type: "string", multiple: true },
       "no-write": { type: "boolean", default: false },
       tsx: { type: "boolean", default: false },
+      render: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
   if (values.help) {
     console.log(usage());
+    return 0;
+  }
+  if (values.render) {
+    const jsonFile = path.resolve(values.render);
+    const report = JSON.parse(readFileSync(jsonFile, "utf8")) as BenchReport;
+    const md = isFullRun(report) ? path.join(BENCH_DIR, "RESULTS.md") : jsonFile.replace(/\.json$/, ".md");
+    writeFileSync(md, renderResults(report, md, path.relative(path.dirname(md), jsonFile)));
+    log(`wrote ${path.relative(process.cwd(), md)} from ${path.relative(process.cwd(), jsonFile)}`);
     return 0;
   }
   const wanted = (values.case ?? []).flatMap((c) => c.split(",")).filter(Boolean);
@@ -124,7 +139,7 @@ async function main(): Promise<number> {
     writeFileSync(jsonFile, `${JSON.stringify(report, null, 2)}\n`);
     // Only a full run of every case replaces bench/RESULTS.md; a quick or partial run writes its
     // report next to its JSON.
-    const full = !quick && wanted.length === 0;
+    const full = isFullRun(report);
     const md = full ? path.join(BENCH_DIR, "RESULTS.md") : jsonFile.replace(/\.json$/, ".md");
     writeFileSync(md, renderResults(report, md, path.relative(path.dirname(md), jsonFile)));
     log(`wrote ${path.relative(process.cwd(), md)} and ${path.relative(process.cwd(), jsonFile)}`);

@@ -36,6 +36,8 @@ const fmt = (n: number | null | undefined, d = 0): string =>
     ? "–"
     : n.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d });
 const pct = (x: number, d = 0) => `${fmt(x * 100, d)} %`;
+/** Other work on the host, % of one core: the accounting (10 ms ticks, two sources) can dip below 0. */
+const others = (x: number) => `${fmt(Math.max(0, x))} %`;
 const verdict = (ok: boolean | null) => (ok === null ? "not measured" : ok ? "**met**" : "**not met**");
 
 function table(head: string[], rows: (string | number)[][]): string {
@@ -194,7 +196,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       `${fmt(tp.syncd_repl_ops_s)} ops/s vs native ${fmt(tp.native_repl_ops_s)} ops/s = **${pct(tp.ratio_vs_native, 1)}** (raw put at a: ${fmt(tp.raw_put_ops_s)} ops/s, ${pct(tp.ratio_vs_raw, 1)}; medians)`,
       verdict(tp.ratio_vs_native >= 0.5),
       `CPU. One replicated op costs ${fmt(c.total)} µs of CPU over all processes of the mesh (run with the least other work on the host) (${cpuTop}): with ${m.nproc} cores to itself the mesh could apply at most ~${fmt(ceiling)} ops/s. ` +
-        `During that run the machine was ${fmt(tp.syncd.machine_cpu_pct)} % of one core busy (of ${m.nproc * 100} %): the mesh ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${fmt(tp.syncd.others_cpu_pct)} %. ` +
+        `During that run the machine was ${fmt(tp.syncd.machine_cpu_pct)} % of one core busy (of ${m.nproc * 100} %): the mesh ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${others(tp.syncd.others_cpu_pct)}. ` +
         `Native sourcing costs no client CPU per op: it keeps up with the writer.${errShare ? ` ${errShare}` : ""}`,
     ]);
   } else rows.push(["Replicated throughput ≥ 50 % of native sourcing", "–", verdict(null), ""]);
@@ -202,7 +204,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   const n1 = lat?.native.find((x) => x.rate === 1000);
   const lLow = lat?.syncd.find((x) => x.rate < 1000);
   if (l1) {
-    const cap = tp?.syncd.repl_ops_s;
+    const cap = tp?.syncd_repl_ops_s;
     const util = cap ? 1000 / cap : Number.NaN;
     const parts: string[] = [];
     if (cap)
@@ -218,7 +220,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
         "Per-op path: watcher stamp (meta read + CAS + publish) → sourcing → merger (meta read + CAS + bucket write), about 5 acknowledged round trips in series.",
       );
     parts.push(
-      `Other work on the shared host during the 1 000 ops/s run: ${fmt(l1.others_cpu_pct)} % of one core.`,
+      `Other work on the shared host during the 1 000 ops/s run: ${others(l1.others_cpu_pct)} of one core.`,
     );
     rows.push([
       "Convergence p99 ≤ 10 ms at 1 000 ops/s",
@@ -263,11 +265,23 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     const g = fp.growth_mb_per_10k_ops.filter((x) => isService(x.kind));
     const worst = [...g].sort((x, y) => y.mb - x.mb)[0];
     const lastOps = fp.rounds[fp.rounds.length - 1]?.ops_total ?? 0;
+    // first half for comparison: idle → the round the second half starts from
+    const mid = fp.rounds.find((rd) => rd.ops_total === fp.growth_from_ops);
+    const firstHalf = fp.idle
+      .filter((p) => isService(p.kind))
+      .map((p) => {
+        const at = mid?.rss.find((x) => x.site === p.site && x.name === p.name)?.rss_mb ?? Number.NaN;
+        return { who: `${p.site}/${p.kind}`, mb: at - p.rss_mb };
+      })
+      .sort((x, y) => y.mb - x.mb)
+      .slice(0, 3);
     rows.push([
       "Memory not growing with op count",
       `RSS change from ${fmt(fp.growth_from_ops)} to ${fmt(lastOps)} puts over the same ${fmt(fp.keyset)} keys: ${g.map((x) => `${x.site}/${x.kind} ${x.mb >= 0 ? "+" : ""}${fmt(x.mb, 1)}`).join(", ")} MB per 10 000 ops`,
       verdict(worst ? worst.mb <= 1 : null),
-      "Threshold used: ≤ 1 MB per 10 000 ops over the second half of the rounds (the first rounds grow the heaps to their working size; GC moves RSS by a few MB either way). RSS cannot tell a leak from a heap that is still sizing itself: a service reporting process.memoryUsage() (heapUsed) in its status would. See the per-round series in section 6.",
+      `Threshold used: ≤ 1 MB per 10 000 ops over the second half of the rounds${worst ? ` (worst: ${worst.site}/${worst.kind} +${fmt(worst.mb, 1)})` : ""}. ` +
+        `The first half grew most (idle → ${fmt(fp.growth_from_ops)} puts: ${firstHalf.map((x) => `${x.who} +${fmt(x.mb)} MB`).join(", ")}): heaps growing to their working size under load; the per-round series in section 6 shows whether it flattens. ` +
+        "RSS cannot tell a slow leak from heap sizing: a service reporting process.memoryUsage() (heapUsed) in its status would.",
     ]);
   } else rows.push(["Memory not growing with op count", "–", verdict(null), ""]);
   out.push(table(["Target", "Measured", "Status", "Where it stands / what limits it"], rows), "");
@@ -306,7 +320,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
             fmt(sr.put_ops_s),
             `${fmt(sr.catchup_ms)} ms`,
             "–",
-            `${fmt(sr.others_cpu_pct)} %`,
+            others(sr.others_cpu_pct),
           ],
         });
     });
@@ -326,7 +340,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     );
     out.push(
       `**syncd / native = ${pct(tp.ratio_vs_native, 1)}** (${fmt(tp.syncd_repl_ops_s)} / ${fmt(tp.native_repl_ops_s)} ops/s); syncd / raw put = ${pct(tp.ratio_vs_raw, 1)} (raw ${fmt(tp.raw_put_ops_s)} ops/s). ` +
-        `In the syncd run with the least other work (shown below), CPU in % of one core: the mesh's processes ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench process (writer + pollers) ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${fmt(tp.syncd.others_cpu_pct)} %; the whole machine ${fmt(tp.syncd.machine_cpu_pct)} % of ${m.nproc * 100} %.`,
+        `In the syncd run with the least other work (shown below), CPU in % of one core: the mesh's processes ${fmt(tp.syncd.mesh_cpu_pct)} %, the bench process (writer + pollers) ${fmt(tp.syncd.bench_cpu_pct)} %, other work on the host ${others(tp.syncd.others_cpu_pct)}; the whole machine ${fmt(tp.syncd.machine_cpu_pct)} % of ${m.nproc * 100} %.`,
       "",
     );
     const c = cpuLine(tp.syncd.cpu);
@@ -362,7 +376,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       fmt(x.lag.max_ms, 2),
       fmt(x.put_ack.p99_ms, 2),
       fmt(x.drain_ms),
-      `${fmt(x.others_cpu_pct)} %`,
+      others(x.others_cpu_pct),
     ];
     out.push(
       table(
@@ -443,7 +457,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
         `${w.map((c) => `${fmt(c.pct_core)} %`).join(" + ")}`,
         `${mg.map((c) => `${fmt(c.pct_core)} %`).join(" + ")}`,
         `${fmt(x.mesh_cpu_pct)} %`,
-        `${fmt(x.others_cpu_pct)} %`,
+        others(x.others_cpu_pct),
       ];
     };
     const runs: (string | number)[][] = [];
@@ -483,9 +497,9 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   if (rc) {
     out.push("## 5. Reconcile cost", "");
     out.push(
-      `${fmt(rc.keys_per_site)} keys per site with identical versions, loaded with the services stopped (${rc.load.method}; ${fmt(rc.load.ms / 1000, 1)} s, ${fmt(rc.load.puts_per_s)} publishes/s). ` +
+      `${fmt(rc.keys_per_site)} keys per site with identical versions, loaded directly: ${rc.load.method} (${fmt(rc.load.ms / 1000, 1)} s, ${fmt(rc.load.puts_per_s)} publishes/s — loading through the services would take minutes at case 1's rate). ` +
         `Services then started and caught up (watchers skip the loaded entries as replicated writes; reconcilers index \`_meta\`) in ${fmt(rc.services_ready_ms / 1000, 1)} s. ` +
-        `${rc.differing} differences planted behind the services' back (bucket entry with \`Syncd-Ts\`/\`Syncd-Node\` + \`_meta\`, as test/reconciler.test.ts does): half newer at a, half newer at b. Then \`syncd.a.reconciler.run {}\`.`,
+        `${rc.differing} differences planted behind the services' back, in the merger's commit order (\`_meta\` with \`merged\` and \`vh\`, then the bucket entry with \`Syncd-Ts\`/\`Syncd-Node\`, so no op is published): half newer at a, half newer at b. Then \`syncd.a.reconciler.run {}\`.`,
       "",
     );
     const listing = rc.full_listing_bytes_with_values ?? rc.full_listing_bytes_computed;
@@ -712,9 +726,11 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
   out.push(
     [
       "```sh",
-      "npm run bench                        # every case (~10 min here), writes bench/RESULTS.md + bench/results/<date>.json",
-      "npm run bench -- --quick             # small counts (~1-2 min); report in bench/results/<date>-quick.md",
+      "npm run bench                        # every case (~3-6 min here), writes bench/RESULTS.md + bench/results/<date>.json",
+      "npm run bench -- --quick             # small counts (~1 min); report in bench/results/<date>-quick.md",
       "npm run bench -- --case reconcile    # one case (or a comma-separated list); report next to its JSON",
+      "npm run bench -- --tsx               # services from their TypeScript sources (default: the compiled build)",
+      "npm run bench -- --render bench/results/<date>.json   # only rewrite the report of an earlier run",
       "BENCH_TIMEOUT_S=1200 npm run bench   # watchdog (default 900 s, quick 300 s)",
       "```",
       "",
