@@ -6,6 +6,7 @@
  * nodes (`reconciler.entries`), and keep the keys that are not the same everywhere. The cost follows
  * the difference, not the bucket.
  */
+import { pageEntries } from "../lib/entries.ts";
 import { compareVersions } from "../lib/lww.ts";
 import type {
   ReconcilerDigestResponse,
@@ -266,21 +267,11 @@ async function* pages(
   site: string,
   req: ReconcilerEntriesRequest,
 ): AsyncGenerator<Entry[]> {
-  let keys = req.keys;
-  let after = req.after;
-  for (;;) {
-    const ask: ReconcilerEntriesRequest = { ...req };
-    if (keys) ask.keys = keys;
-    if (after !== undefined) ask.after = after;
-    const r = await call<ReconcilerEntriesResponse>(site, "entries", ask);
-    yield r.entries;
-    if (!r.truncated) return;
-    const done = r.keys_done ?? 0;
-    if (keys) keys = keys.slice(done);
-    if (r.next_after !== undefined) after = r.next_after;
-    if (r.entries.length === 0 && done === 0)
-      throw new CliError(`site ${site} made no progress listing entries`);
-  }
+  yield* pageEntries(
+    (ask) => call<ReconcilerEntriesResponse>(site, "entries", ask),
+    req,
+    () => new CliError(`site ${site} made no progress listing entries`),
+  );
 }
 
 function cell(v: SiteVersion | null): string {

@@ -8,6 +8,7 @@
  * applying it, so a merge that dies half-way is applied again by that site's consumer). Merges are
  * pipelined (bounded) and rate-limited so a large repair does not starve live replication.
  */
+import { pageEntries } from "../lib/entries.ts";
 import type { Logger } from "../lib/logger.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, makeOp } from "../lib/op.ts";
@@ -133,21 +134,11 @@ async function* remoteEntries(
   meter: Meter,
 ): AsyncGenerator<WireEntry[]> {
   const subject = endpointSubject(peer, "reconciler", "entries");
-  let keys = req.keys;
-  let after = req.after;
-  for (;;) {
-    const ask: ReconcilerEntriesRequest = { ...req };
-    if (keys) ask.keys = keys;
-    if (after !== undefined) ask.after = after;
-    const r = await call<ReconcilerEntriesResponse>(deps.caller, subject, ask, meter);
-    yield r.entries;
-    if (!r.truncated) return;
-    const done = r.keys_done ?? 0;
-    if (keys) keys = keys.slice(done);
-    if (r.next_after !== undefined) after = r.next_after;
-    if (r.entries.length === 0 && done === 0)
-      throw new Error(`peer ${peer} made no progress listing entries`);
-  }
+  yield* pageEntries(
+    (ask) => call<ReconcilerEntriesResponse>(deps.caller, subject, ask, meter),
+    req,
+    () => new Error(`peer ${peer} made no progress listing entries`),
+  );
 }
 
 function opOf(bucket: string, e: WireEntry): Op {
