@@ -15,7 +15,7 @@ import type {
 } from "../lib/schemas.gen.ts";
 import { ensurePeerSources } from "../lib/site.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
-import { type Progress, RateLimiter, type RunRecord, reconcile } from "./run.ts";
+import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { ValueSource } from "./values.ts";
 import type { BucketIndex } from "./versions.ts";
 
@@ -304,20 +304,4 @@ export class Reconciler {
     this.counts.skipped += rec.skipped ?? 0;
     this.counts.bytes += rec.bytes;
   }
-}
-
-function emptyRecord(peer: string, bucket: string, error: string): RunRecord {
-  return {
-    peer,
-    bucket,
-    keys_compared: 0,
-    ranges_descended: 0,
-    entries_moved: 0,
-    bytes: 0,
-    pulled: 0,
-    pushed: 0,
-    skipped: 0,
-    ms: 0,
-    error,
-  };
 }

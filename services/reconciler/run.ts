@@ -211,19 +211,7 @@ export async function reconcile(
 ): Promise<RunOutcome> {
   const started = Date.now();
   const meter: Meter = { bytes: 0 };
-  const rec: RunRecord = {
-    peer,
-    bucket,
-    keys_compared: 0,
-    ranges_descended: 0,
-    entries_moved: 0,
-    bytes: 0,
-    pulled: 0,
-    pushed: 0,
-    skipped: 0,
-    ms: 0,
-    started: new Date(started).toISOString(),
-  };
+  const rec: RunRecord = { ...emptyRecord(peer, bucket), started: new Date(started).toISOString() };
   const log = deps.log.child({ peer, bucket });
   let warnings = 0;
   const skip = (key: string, why: string, err?: unknown) => {
@@ -325,4 +313,21 @@ export async function reconcile(
   rec.bytes = meter.bytes;
   rec.ms = Date.now() - started;
   return { record: rec, peerUnavailable };
+}
+
+/** A run record with nothing done yet (and the error that stopped it, if any). */
+export function emptyRecord(peer: string, bucket: string, error?: string): RunRecord {
+  return {
+    peer,
+    bucket,
+    keys_compared: 0,
+    ranges_descended: 0,
+    entries_moved: 0,
+    bytes: 0,
+    pulled: 0,
+    pushed: 0,
+    skipped: 0,
+    ms: 0,
+    ...(error !== undefined ? { error } : {}),
+  };
 }
