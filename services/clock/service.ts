@@ -27,7 +27,7 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
       log.warn({ ts, ahead_ms: aheadMs }, "refused a timestamp far ahead of physical time"),
   };
   const subject = (e: string) => endpointSubject(config.site, "clock", e);
-  const d = { log, counters: ctx.counters };
+  const d = { log };
   addEndpoint<ClockTickRequest, unknown>(
     service,
     {

@@ -6,7 +6,7 @@
  */
 import { nanos } from "@nats-io/nats-core";
 import type { Service, ServiceMsg } from "@nats-io/services";
-import { ErrorCode, SyncdError, isSyncdError } from "./errors.ts";
+import { SyncdError, isSyncdError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import { type SchemaId, check } from "./schema-registry.ts";
 import { QUEUE_GROUP } from "./subjects.ts";
@@ -51,14 +51,11 @@ export function decodeJson(data: Uint8Array): unknown {
   }
 }
 
-/** Counters every service keeps about its endpoints besides the micro stats. */
-export type AdapterCounters = { requests: number; errors: number; lastError?: string };
-
 /** Add an endpoint to a micro service through the adapter. */
 export function addEndpoint<Req, Res>(
   service: Service,
   spec: EndpointSpec<Req, Res>,
-  deps: { log: Logger; counters?: AdapterCounters },
+  deps: { log: Logger },
 ): void {
   const log = deps.log.child({ endpoint: spec.name });
   const metadata: Record<string, string> = {
@@ -82,7 +79,6 @@ export function addEndpoint<Req, Res>(
 
   async function serve(msg: ServiceMsg): Promise<void> {
     const started = Date.now();
-    if (deps.counters) deps.counters.requests++;
     try {
       const req = check<Req>(spec.request, decodeJson(msg.data));
       const res = await spec.handler(req, { log, msg });
@@ -95,10 +91,6 @@ export function addEndpoint<Req, Res>(
       if (s) {
         s.num_errors++;
         s.last_error = `${err.code}: ${err.message}`;
-      }
-      if (deps.counters) {
-        deps.counters.errors++;
-        deps.counters.lastError = err.message;
       }
       if (err.status >= 500) log.error({ err: e, code: err.code }, "request failed");
       else log.debug({ code: err.code, reason: err.message }, "request refused");
@@ -116,9 +108,4 @@ export function addEndpoint<Req, Res>(
       }
     }
   }
-}
-
-/** The numeric status of a registered code (for callers that map replies back). */
-export function statusOf(code: keyof typeof ErrorCode): number {
-  return ErrorCode[code].status;
 }

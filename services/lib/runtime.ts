@@ -5,7 +5,6 @@
 import { readFileSync } from "node:fs";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
-import type { AdapterCounters } from "./adapter.ts";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { type Logger, createLogger } from "./logger.ts";
@@ -43,7 +42,6 @@ export type ServiceContext = {
   nc: NatsConnection;
   site: SiteHandles;
   service: Service;
-  counters: AdapterCounters;
 };
 
 /** What a service's wiring returns: how to stop its background work. */
@@ -116,7 +114,6 @@ export async function runService(
     }
   })();
   const site = await openSite(nc, config, log);
-  const counters: AdapterCounters = { requests: 0, errors: 0 };
   const service = await new Svcm(nc).add({
     name: ServiceName[kind],
     version: VERSION,
@@ -127,7 +124,7 @@ export async function runService(
       ? { statsHandler: async (ep) => opts.statsData?.((ep as unknown as { name: string }).name) ?? null }
       : {}),
   });
-  const running = await opts.wire({ config, log, nc, site, service, counters });
+  const running = await opts.wire({ config, log, nc, site, service });
   log.info({ id: service.info().id }, "ready");
   let stopping = false;
   const stop = async (signal: string) => {

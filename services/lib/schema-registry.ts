@@ -65,8 +65,3 @@ export function check<T>(id: SchemaId, data: unknown): T {
   if (problem !== null) throw new SyncdError("SYNCD_ERR_SCHEMA", problem);
   return data as T;
 }
-
-/** All schema ids, for tests and for endpoint metadata. */
-export function schemaIds(): SchemaId[] {
-  return Object.keys(schemas) as SchemaId[];
-}

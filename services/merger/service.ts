@@ -188,7 +188,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   });
 
   const subject = (e: string) => endpointSubject(config.site, "merger", e);
-  const d = { log, counters: ctx.counters };
+  const d = { log };
   addEndpoint<Op, unknown>(
     service,
     {

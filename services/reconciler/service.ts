@@ -92,7 +92,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     concurrency: 64,
   };
   const subject = (e: string) => endpointSubject(config.site, "reconciler", e);
-  const d = { log, counters: ctx.counters };
+  const d = { log };
   addEndpoint<ReconcilerDigestRequest, ReconcilerDigestResponse>(
     service,
     {

@@ -111,7 +111,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         ...(lastError ? { last_error: lastError } : {}),
       }),
     },
-    { log, counters: ctx.counters },
+    { log },
   );
   return {
     stop: async () => {
