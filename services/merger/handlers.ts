@@ -143,8 +143,12 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
 }
 
 /** Apply one (validated) op by LWW. Idempotent; safe to run concurrently with itself and the watcher. */
-export async function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeResponse> {
-  const b = admit(deps, op);
+export function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeResponse> {
+  return applyAdmitted(deps, admit(deps, op), op);
+}
+
+/** {@link applyOp} for an op `admit` already accepted, with the bucket it returned. */
+export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Promise<MergerMergeResponse> {
   await deps.observe(op.ts);
   const incoming = opVersioned(op);
   const reply = (result: MergerMergeResponse["result"], v: { ts: number; node_id: string }) => ({

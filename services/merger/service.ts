@@ -37,7 +37,7 @@ import {
   type ConflictSide,
   type MergeDeps,
   admit,
-  applyOp,
+  applyAdmitted,
 } from "./handlers.ts";
 
 /** Counters of this instance, shown in status and STATS data. */
@@ -54,7 +54,7 @@ export const counts = {
 export const deadByCode: Record<string, number> = {};
 let lastError: string | undefined;
 
-type Parsed = { op: Op } | { error: SyncdError };
+type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError };
 
 /** Wire syncd-merger. */
 export async function wireMerger(ctx: ServiceContext): Promise<Running> {
@@ -115,8 +115,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     if (!p) {
       try {
         const op = parseOp(m.data);
-        admit(deps, op);
-        p = { op };
+        p = { op, bucket: admit(deps, op) };
       } catch (err) {
         p = { error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)) };
       }
@@ -173,7 +172,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       }
       try {
         // a journaled copy of a merge request: the endpoint already recorded its conflicts
-        const r = await applyOp(m.subject === journal ? journalDeps : deps, p.op);
+        const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
         counts[r.result]++;
         return { ack: true };
       } catch (err) {
@@ -198,10 +197,10 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/merge.response.json",
       description: "apply one op by LWW: applied, stale or duplicate",
       handler: async (op) => {
-        admit(deps, op);
+        const bucket = admit(deps, op);
         // journal first: if this process dies half-way, the consumer applies the op again
         await js.publish(journalSubject(config.site), JSON.stringify(op));
-        const r = await applyOp(deps, op);
+        const r = await applyAdmitted(deps, bucket, op);
         counts[r.result]++;
         return r;
       },
