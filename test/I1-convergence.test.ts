@@ -9,8 +9,8 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { compareVersions } from "../services/lib/lww.ts";
 import { OPS_INGRESS } from "../services/lib/subjects.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, replicated, until, versions } from "./helpers.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { contents, quiet, replicated, startLinkedMesh, until, versions } from "./helpers.ts";
 
 describe("I1 convergence between two leaf sites", () => {
   let mesh: Mesh;
@@ -18,11 +18,7 @@ describe("I1 convergence between two leaf sites", () => {
   let kv: Record<string, KV>;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"] });
-    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
-    kv = { a: await mesh.kv("a"), b: await mesh.kv("b") };
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
+    ({ mesh, nc, kv } = await startLinkedMesh({ sites: ["a", "b"] }));
   });
   after(async () => {
     await mesh?.stop();

@@ -9,8 +9,8 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, streamCount, until, versions } from "./helpers.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
 
 const SITES = ["a", "b", "c"];
 
@@ -20,19 +20,7 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
   let kv: Record<string, KV>;
 
   before(async () => {
-    mesh = await startMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] });
-    nc = {};
-    kv = {};
-    for (const s of SITES) {
-      nc[s] = await mesh.connect(s);
-      kv[s] = await mesh.kv(s);
-    }
-    for (const s of SITES)
-      await peersLinked(
-        nc[s]!,
-        s,
-        SITES.filter((p) => p !== s),
-      );
+    ({ mesh, nc, kv } = await startLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] }));
   });
   after(async () => {
     await mesh?.stop();

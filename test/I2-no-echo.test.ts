@@ -8,8 +8,8 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Streams } from "../services/lib/subjects.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, streamCount } from "./helpers.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { contents, quiet, startLinkedMesh, streamCount } from "./helpers.ts";
 
 describe("I2 no echo", () => {
   let mesh: Mesh;
@@ -17,11 +17,7 @@ describe("I2 no echo", () => {
   let kv: Record<string, KV>;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"] });
-    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
-    kv = { a: await mesh.kv("a"), b: await mesh.kv("b") };
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
+    ({ mesh, nc, kv } = await startLinkedMesh({ sites: ["a", "b"] }));
   });
   after(async () => {
     await mesh?.stop();

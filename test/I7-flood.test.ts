@@ -9,8 +9,8 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { OPS_INGRESS, ServiceName, Streams } from "../services/lib/subjects.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, quiet, until } from "./helpers.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { contents, quiet, startLinkedMesh, until } from "./helpers.ts";
 
 const BAD = Number(process.env.FLOOD_BAD ?? 10_000);
 const GOOD = Number(process.env.FLOOD_GOOD ?? 1_000);
@@ -22,16 +22,13 @@ function rssMb(pid: number): number {
 
 describe("I7 flood of bad ops", () => {
   let mesh: Mesh;
-  const nc: Record<string, NatsConnection> = {};
+  let nc: Record<string, NatsConnection> = {};
 
   before(async () => {
-    mesh = await startMesh({
+    ({ mesh, nc } = await startLinkedMesh({
       sites: ["a", "b"],
       serviceArgs: ["--reconcile-interval", "0", "--log-level", "error"],
-    });
-    for (const s of ["a", "b"]) nc[s] = await mesh.connect(s);
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
+    }));
   });
   after(async () => {
     await mesh?.stop();

@@ -17,29 +17,14 @@ import {
   kvSubject,
   metaBucket,
 } from "../services/lib/subjects.ts";
+import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Poll `fn` until it returns a truthy value; throw with `message` and the last value after `timeout` ms. */
-export async function until<T>(
+/** The harness's waitFor with the integration tests' defaults (15 s, polls every 100 ms). */
+export function until<T>(
   fn: () => Promise<T> | T,
   opts: { timeout?: number; interval?: number; message?: string } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + (opts.timeout ?? 15_000);
-  let last: unknown;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last as NonNullable<T>;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(
-        `${opts.message ?? "condition not met"} (last: ${String(last instanceof Error ? last.message : JSON.stringify(last))})`,
-      );
-    await sleep(opts.interval ?? 100);
-  }
+): ReturnType<typeof waitFor<T>> {
+  return waitFor(fn, { timeout: 15_000, interval: 100, ...opts });
 }
 
 /** The contents of a bucket: key → value (text), tombstones and deleted keys absent. */
@@ -171,4 +156,26 @@ export async function call<T>(
 ): Promise<T> {
   return (await requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout: 10_000 }))
     .value;
+}
+
+/** A started mesh with a connection and the `config` bucket of every site, each site sourcing every other. */
+export type LinkedMesh = { mesh: Mesh; nc: Record<string, NatsConnection>; kv: Record<string, KV> };
+
+/** Start a mesh and wait until every site's IN stream sources every other site (replication is on). */
+export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMesh> {
+  const sites = opts.sites ?? ["a", "b"];
+  const mesh = await startMesh({ ...opts, sites });
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+  for (const s of sites) {
+    nc[s] = await mesh.connect(s);
+    kv[s] = await mesh.kv(s);
+  }
+  for (const s of sites)
+    await peersLinked(
+      nc[s]!,
+      s,
+      sites.filter((p) => p !== s),
+    );
+  return { mesh, nc, kv };
 }
