@@ -42,52 +42,44 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   touch node_modules/.package-lock.json
 fi
 
+# Install a Debian package with apt-get (as root, or with passwordless sudo); $2 says how to get it
+# by hand when that is impossible. Exits 1 with a clear message on failure.
+apt_install() {
+  local pkg=$1 by_hand=$2
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "$pkg is not installed and apt-get is not available: $by_hand" >&2
+    exit 1
+  fi
+  local sudo=()
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo)
+    else
+      say "$pkg is not installed; installing it needs root: run as root, or with passwordless sudo, or $by_hand" >&2
+      exit 1
+    fi
+  fi
+  say "installing $pkg: ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install -y $pkg"
+  "${sudo[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$pkg"
+}
+
 # --- nats-server ----------------------------------------------------------------------------------
+have_nats_server() {
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || [ -x /usr/local/bin/nats-server ]
+}
 if [ "$need_server" = 1 ]; then
   if [ -n "${NATS_SERVER:-}" ]; then
     [ -x "$NATS_SERVER" ] || { say "NATS_SERVER=$NATS_SERVER is not an executable file" >&2; exit 1; }
-  elif ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/local/bin/nats-server ]; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-      say "nats-server is not installed and apt-get is not available: install it yourself" >&2
-      say "(https://github.com/nats-io/nats-server/releases) and put it on PATH or set NATS_SERVER" >&2
-      exit 1
-    fi
-    if [ "$(id -u)" = 0 ]; then
-      sudo=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-      sudo=(sudo)
-    else
-      say "nats-server is not installed; installing it needs root: run as root, or with passwordless sudo," >&2
-      say "or install it yourself (sudo apt-get install nats-server) and re-run" >&2
-      exit 1
-    fi
-    say "installing nats-server: ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install -y nats-server"
-    "${sudo[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y nats-server
-    if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-      say "apt-get installed no nats-server binary" >&2
-      exit 1
-    fi
+  elif ! have_nats_server; then
+    apt_install nats-server "install it yourself (https://github.com/nats-io/nats-server/releases) and put it on PATH or set NATS_SERVER"
+    have_nats_server || { say "apt-get installed no nats-server binary" >&2; exit 1; }
   fi
 fi
 
 # --- openssl (only for TLS) -------------------------------------------------------------------------
 if [ "$need_openssl" = 1 ] && ! command -v openssl >/dev/null 2>&1; then
-  if ! command -v apt-get >/dev/null 2>&1; then
-    say "openssl is not installed and apt-get is not available: install openssl yourself" >&2
-    exit 1
-  fi
-  if [ "$(id -u)" = 0 ]; then
-    sudo=()
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo=(sudo)
-  else
-    say "openssl is not installed; installing it needs root (or install it yourself: apt-get install openssl)" >&2
-    exit 1
-  fi
-  say "installing openssl: ${sudo[*]:+${sudo[*]} }apt-get update && apt-get install -y openssl"
-  "${sudo[@]}" apt-get update
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y openssl
+  apt_install openssl "install openssl yourself"
   command -v openssl >/dev/null 2>&1 || { say "apt-get installed no openssl binary" >&2; exit 1; }
 fi
 
