@@ -9,6 +9,8 @@ import { kvStream } from "../../services/lib/subjects.ts";
 import {
   BUCKET,
   type BenchMesh,
+  NATIVE_SRC,
+  addNativeSource,
   backlog,
   processes,
   quiet,
@@ -205,28 +207,18 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
     bm = await startBenchMesh({ services: false });
     const a = bm.conn.a!;
     const b = bm.conn.b!;
-    await waitUntil(
-      "$JS.a.API reachable from b",
-      async () => (await (await jetstreamManager(b.nc, { domain: "a" })).getAccountInfo()).domain === "a",
-      20_000,
-      100,
-    );
-    await b.jsm.streams.add({
-      name: "NATIVE_SRC",
-      storage: StorageType.File,
-      sources: [{ name: kvStream(BUCKET), external: { api: "$JS.a.API", deliver: "" } }],
-    });
+    await addNativeSource(b);
     // warm-up through the source, like the syncd run
     for (let i = 0; i < 300; i++) void a.kv.put(`warm.${i}`, value100("w"));
     await waitUntil(
       "native warm-up",
-      async () => (await streamState(b.jsm, "NATIVE_SRC")).messages >= 300,
+      async () => (await streamState(b.jsm, NATIVE_SRC)).messages >= 300,
       20_000,
       20,
     );
     const sink: Sink = {
       async start(prefix, _n, onKey) {
-        const oc = await b.js.consumers.get("NATIVE_SRC", { deliver_policy: DeliverPolicy.New });
+        const oc = await b.js.consumers.get(NATIVE_SRC, { deliver_policy: DeliverPolicy.New });
         const it = await oc.consume();
         const subjPrefix = `$KV.${BUCKET}.`;
         const loop = (async () => {
@@ -240,7 +232,7 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
     };
     const out: LatencyRun[] = [];
     const pids = processes(bm).map((p) => p.pid);
-    const status = async () => `NATIVE_SRC holds ${(await streamState(b.jsm, "NATIVE_SRC")).messages}`;
+    const status = async () => `NATIVE_SRC holds ${(await streamState(b.jsm, NATIVE_SRC)).messages}`;
     for (const rate of rates) {
       const v = value100(`r${rate}`);
       await pacedRun(

@@ -11,6 +11,8 @@ import {
   BUCKET,
   type BenchMesh,
   type Measured,
+  NATIVE_SRC,
+  addNativeSource,
   backlog,
   processes,
   startBenchMesh,
@@ -204,33 +206,23 @@ export async function nativeThroughput(label: string, n: number): Promise<Native
     const rawOps = Math.round(n / ((nowMs() - tr0) / 1000));
 
     // native: a stream at b sourcing a's KV_config across domains
-    await waitUntil(
-      "$JS.a.API reachable from b",
-      async () => (await (await jetstreamManager(b.nc, { domain: "a" })).getAccountInfo()).domain === "a",
-      20_000,
-      100,
-    );
-    await b.jsm.streams.add({
-      name: "NATIVE_SRC",
-      storage: StorageType.File,
-      sources: [{ name: kvStream(BUCKET), external: { api: "$JS.a.API", deliver: "" } }],
-    });
+    await addNativeSource(b);
     // the source is live once an entry crosses
     await a.kv.put("native.probe", value100("probe"));
     await waitUntil(
       "native source live",
-      async () => (await streamState(b.jsm, "NATIVE_SRC")).messages >= 1,
+      async () => (await streamState(b.jsm, NATIVE_SRC)).messages >= 1,
       20_000,
       20,
     );
-    const base = (await streamState(b.jsm, "NATIVE_SRC")).messages;
+    const base = (await streamState(b.jsm, NATIVE_SRC)).messages;
     let tAll = 0;
     let tPutDone = 0;
     const t0 = nowMs();
     const poller = (async () => {
       const deadline = Date.now() + 300_000;
       while (Date.now() < deadline) {
-        if ((await streamState(b.jsm, "NATIVE_SRC")).messages - base >= n) {
+        if ((await streamState(b.jsm, NATIVE_SRC)).messages - base >= n) {
           tAll = nowMs();
           return;
         }

@@ -2,7 +2,13 @@
  * The bench's view of a mesh started by the test harness (test/harness/mesh.ts): connections per
  * site, the processes to measure, quiet checks, stream counts, endpoint calls.
  */
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import {
+  type JetStreamClient,
+  type JetStreamManager,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { requestJson } from "../../services/lib/request.ts";
@@ -185,4 +191,22 @@ export async function stopQuietly(bm: BenchMesh | undefined): Promise<void> {
     log(`mesh stop failed: ${(err as Error).message}`);
   }
   await sleep(200);
+}
+
+/** The native baseline's stream at b: sources a's KV_config across domains (no syncd involved). */
+export const NATIVE_SRC = "NATIVE_SRC";
+
+/** Create the native baseline at b once a's JetStream domain is reachable from b. */
+export async function addNativeSource(b: SiteConn): Promise<void> {
+  await waitUntil(
+    "$JS.a.API reachable from b",
+    async () => (await (await jetstreamManager(b.nc, { domain: "a" })).getAccountInfo()).domain === "a",
+    20_000,
+    100,
+  );
+  await b.jsm.streams.add({
+    name: NATIVE_SRC,
+    storage: StorageType.File,
+    sources: [{ name: kvStream(BUCKET), external: { api: "$JS.a.API", deliver: "" } }],
+  });
 }
