@@ -10,22 +10,8 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { assertPortFree, freePort } from "../scripts/lib/proc.ts";
+import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
-
-/** A run of 4 consecutive free ports below the ephemeral range: site a = base, base+1; b = base+2, +3. */
-async function freeBlock(): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const base = 20000 + 4 * Math.floor(Math.random() * 3000);
-    try {
-      for (let p = base; p < base + 4; p++) await assertPortFree("127.0.0.1", p);
-      return base;
-    } catch {
-      /* try another block */
-    }
-  }
-  throw new Error("no block of 4 free ports found");
-}
 
 type Run = { code: number | null; out: string; ms: number };
 
@@ -115,7 +101,7 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
   let up = false;
 
   before(async () => {
-    const base = await freeBlock();
+    const base = await freePortBlock(4);
     env = {
       ...process.env,
       MESH_DIR: dir,

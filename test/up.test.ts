@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { connect } from "@nats-io/transport-node";
-import { assertPortFree, freePort, isAlive, readPidFile } from "../scripts/lib/proc.ts";
+import { freePort, freePortBlock, isAlive, readPidFile } from "../scripts/lib/proc.ts";
 import { SERVICE_KINDS, pingSite } from "../scripts/lib/services.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
 
@@ -21,20 +21,6 @@ type MeshJson = {
     { url: string; domain: string; node_id: string; pid: number | null; services_dir: string }
   >;
 };
-
-/** A run of 4 consecutive free ports below the ephemeral range: site a = base, base+1; b = base+2, +3. */
-async function freeBlock(): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const base = 20000 + 4 * Math.floor(Math.random() * 3000);
-    try {
-      for (let p = base; p < base + 4; p++) await assertPortFree("127.0.0.1", p);
-      return base;
-    } catch {
-      /* try another block */
-    }
-  }
-  throw new Error("no block of 4 free ports found");
-}
 
 function run(script: string, env: NodeJS.ProcessEnv): { code: number | null; out: string } {
   const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
@@ -67,7 +53,7 @@ describe("scripts/up.sh and scripts/down.sh", () => {
   let pids: number[] = [];
 
   before(async () => {
-    const base = await freeBlock();
+    const base = await freePortBlock(4);
     env = {
       ...process.env,
       MESH_DIR: dir,

@@ -276,3 +276,20 @@ export async function getJson(url: string): Promise<Record<string, unknown> | un
     clearTimeout(t);
   }
 }
+
+/**
+ * The first of `n` consecutive free ports in 20000-31999 (below the ephemeral range), for a layout
+ * with fixed offsets such as up.sh's (site i at base + step * i).
+ */
+export async function freePortBlock(n: number): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const base = 20000 + n * Math.floor(Math.random() * Math.floor(12000 / n));
+    try {
+      for (let p = base; p < base + n; p++) await assertPortFree("127.0.0.1", p);
+      return base;
+    } catch {
+      /* try another block */
+    }
+  }
+  throw new Error(`no block of ${n} free ports found`);
+}
