@@ -115,6 +115,10 @@ function infoLine(port: number): Promise<Record<string, unknown>> {
   });
 }
 
+/** The services' durable consumers at site a, as JetStream API subjects name them. */
+const durableIn = `${Streams.in("a")}.${Durables.merger}`;
+const durableKv = `${kvStream("config")}.${Durables.watcher("a", "config")}`;
+
 describe("I7 security: the secured mesh (users + TLS)", () => {
   let mesh: Mesh;
   const rogues: Proc[] = [];
@@ -303,8 +307,6 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     assert.ok(JSON.stringify(got.value).includes("r1"), JSON.stringify(got.value));
     // no write of any kind
     await assert.rejects(() => kv.put("sec.read", "r2"), /permissions violation/i);
-    const durableIn = `${Streams.in("a")}.${Durables.merger}`;
-    const durableKv = `${kvStream("config")}.${Durables.watcher("a", "config")}`;
     assert.deepEqual(
       await notRefused(rd, [
         "$KV.config.sec.read",
@@ -331,8 +333,6 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
 
   test("app may not forge ops, merge, touch _meta, the clock or the services' consumers", async () => {
     const app = await mesh.connect("a", { user: "app", pass: users.app });
-    const durableIn = `${Streams.in("a")}.${Durables.merger}`;
-    const durableKv = `${kvStream("config")}.${Durables.watcher("a", "config")}`;
     assert.deepEqual(
       await notRefused(app, [
         "rep.kv.ops.a",
