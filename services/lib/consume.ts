@@ -11,6 +11,7 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import type { Logger } from "./logger.ts";
+import { isNotFound } from "./site.ts";
 
 /** What a handler decides for a message. */
 export type Disposition = { ack: true } | { term: string } | { nak: number };
@@ -28,7 +29,7 @@ export async function ensureConsumer(
     await jsm.consumers.info(stream, durable);
     return;
   } catch (err) {
-    if (!/not found/i.test(String((err as Error).message))) throw err;
+    if (!isNotFound(err)) throw err;
   }
   const cfg: Partial<ConsumerConfig> = {
     durable_name: durable,

@@ -43,7 +43,8 @@ export type SiteHandles = {
 
 const NANOS_PER_MS = 1_000_000;
 
-function isNotFound(err: unknown): boolean {
+/** True for JetStream's "stream/consumer not found" errors. */
+export function isNotFound(err: unknown): boolean {
   const m = String((err as Error)?.message ?? err);
   return /not found|does not exist|10059/i.test(m);
 }
