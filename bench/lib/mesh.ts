@@ -29,7 +29,12 @@ export type BenchMesh = {
 };
 
 /** A measured process: a service instance or a nats-server. */
-export type Measured = { site: string; kind: ServiceKind | "nats-server" | "hub"; name: string; pid: number };
+export type Measured = {
+  site: string;
+  kind: ServiceKind | "agent" | "nats-server" | "hub";
+  name: string;
+  pid: number;
+};
 
 /**
  * Start a mesh (free ports, temp dir) and open one connection per site. With services: periodic

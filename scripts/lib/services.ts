@@ -1,6 +1,7 @@
 /**
- * Starting and stopping the four service processes of one site:
- *   node services/run.mjs <kind> --site <site> --nats-url <url> --bucket <buckets>
+ * Starting and stopping the four service processes of one site (or, with `agent`, one agent process
+ * that runs the four, plus a process per extra instance of a kind):
+ *   node services/run.mjs <kind|agent> --site <site> --nats-url <url> --bucket <buckets>
  * (run.mjs runs the compiled build when it is fresh, the TypeScript sources through tsx otherwise)
  *        [--node-id ..] [--clock hlc|lamport] [extra args]
  * with cwd = repo root, the environment passed through plus SYNCD_INSTANCE=<kind>-<n> and LOG_LEVEL,
@@ -29,6 +30,9 @@ import { REPO_ROOT } from "./topology.ts";
 
 export type { ServiceKind };
 
+/** What one process runs: one kind of service, or the site agent (several kinds in one process). */
+export type InstanceKind = ServiceKind | "agent";
+
 /** The service kinds, in start order. */
 export const SERVICE_KINDS: readonly ServiceKind[] = ["clock", "watcher", "merger", "reconciler"];
 
@@ -37,6 +41,10 @@ export type Scale = Record<ServiceKind, number>;
 
 function isKind(k: string): k is ServiceKind {
   return (SERVICE_KINDS as readonly string[]).includes(k);
+}
+
+function isInstanceKind(k: string): k is InstanceKind {
+  return k === "agent" || isKind(k);
 }
 
 /**
@@ -104,6 +112,11 @@ export type SiteServicesOptions = {
   logLevel?: string;
   /** repo root: where services/<kind>/main.ts lives */
   root?: string;
+  /**
+   * one process per site: instance 1 of every kind with a count ≥ 1 runs in one agent process
+   * (`run.mjs agent`), instances 2.. of a kind each in a process of their own (default false)
+   */
+  agent?: boolean;
   /** how to reach the site for the readiness PING (default: plain connect to natsUrl) */
   connect?: () => Promise<NatsConnection>;
   /** readiness timeout in ms (default 30000) */
@@ -115,9 +128,16 @@ export class ServiceInstance {
   proc: Proc | undefined;
   constructor(
     private readonly owner: SiteServices,
-    readonly kind: ServiceKind,
+    readonly kind: InstanceKind,
     readonly n: number,
+    /** what an agent runs (default: the four kinds) */
+    private readonly agentKinds: readonly ServiceKind[] = SERVICE_KINDS,
   ) {}
+
+  /** The kinds of service this process runs. */
+  get kinds(): readonly ServiceKind[] {
+    return this.kind === "agent" ? this.agentKinds : [this.kind];
+  }
 
   /** `<kind>-<n>`, also the SYNCD_INSTANCE of the process */
   get name(): string {
@@ -207,8 +227,8 @@ export class SiteServices {
     }
     for (const f of files.sort()) {
       const m = /^([a-z]+)-(\d+)\.pid$/.exec(f);
-      if (!m || !isKind(m[1] as string)) continue;
-      const inst = new ServiceInstance(s, m[1] as ServiceKind, Number(m[2]));
+      if (!m || !isInstanceKind(m[1] as string)) continue;
+      const inst = new ServiceInstance(s, m[1] as InstanceKind, Number(m[2]));
       const pid = readPidFile(inst.pidFile);
       if (pid && isAlive(pid, inst.marker)) inst.proc = { pid, marker: inst.marker, logFile: inst.logFile };
       s.instances.push(inst);
@@ -216,12 +236,15 @@ export class SiteServices {
     return s;
   }
 
-  /** The argv of an instance (after `node`). */
-  argv(kind: ServiceKind): string[] {
+  /** The argv of an instance (after `node`); an agent that runs fewer than four kinds gets `--services`. */
+  argv(kind: InstanceKind, agentKinds: readonly ServiceKind[] = SERVICE_KINDS): string[] {
     const o = this.o;
     return [
       "services/run.mjs",
       kind,
+      ...(kind === "agent" && agentKinds.length < SERVICE_KINDS.length
+        ? ["--services", agentKinds.join(",")]
+        : []),
       "--site",
       this.site,
       "--nats-url",
@@ -246,7 +269,7 @@ export class SiteServices {
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
     return spawnLogged({
       cmd: process.execPath,
-      args: this.argv(inst.kind),
+      args: this.argv(inst.kind, inst.kinds),
       cwd: this.o.root ?? REPO_ROOT,
       env,
       logFile: inst.logFile,
@@ -263,8 +286,20 @@ export class SiteServices {
   async start(scale: Scale | string = parseScale()): Promise<ServiceInstance[]> {
     const sc = typeof scale === "string" ? parseScale(scale) : scale;
     const started: ServiceInstance[] = [];
+    const inAgent = this.o.agent ? SERVICE_KINDS.filter((k) => sc[k] >= 1) : [];
+    if (inAgent.length > 0) {
+      let inst = this.instances.find((i) => i.kind === "agent" && i.n === 1);
+      if (!inst?.alive()) {
+        if (!inst) {
+          inst = new ServiceInstance(this, "agent", 1, inAgent);
+          this.instances.push(inst);
+        }
+        inst.spawn();
+        started.push(inst);
+      }
+    }
     for (const kind of SERVICE_KINDS) {
-      for (let n = 1; n <= sc[kind]; n++) {
+      for (let n = inAgent.includes(kind) ? 2 : 1; n <= sc[kind]; n++) {
         let inst = this.instances.find((i) => i.kind === kind && i.n === n);
         if (inst?.alive()) continue;
         if (!inst) {
@@ -350,7 +385,7 @@ export class SiteServices {
 function missingOf(want: ServiceInstance[], found: PingAnswer[]): string[] {
   const missing: string[] = [];
   for (const kind of SERVICE_KINDS) {
-    const mine = want.filter((i) => i.kind === kind);
+    const mine = want.filter((i) => i.kinds.includes(kind));
     if (mine.length === 0) continue;
     const answers = found.filter((f) => f.kind === kind);
     const names = new Set(answers.map((a) => a.instance));

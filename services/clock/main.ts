@@ -1,9 +1,5 @@
-/** Entry point of syncd-clock: `node --import tsx services/clock/main.ts --site a ...` */
+/** Entry point of syncd-clock: `node services/run.mjs clock --site a ...` */
 import { runService } from "../lib/runtime.ts";
-import { counts, wireClock } from "./service.ts";
+import { clockService } from "./service.ts";
 
-await runService("clock", {
-  description: "the site's persisted hybrid logical (or Lamport) clock",
-  wire: wireClock,
-  statsData: (ep) => (ep === "tick" ? { ...counts } : null),
-});
+await runService("clock", clockService);

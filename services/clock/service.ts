@@ -2,18 +2,16 @@
  * Wiring of syncd-clock: the persisted clock bucket and the tick / observe / now endpoints.
  */
 import { addEndpoint } from "../lib/adapter.ts";
-import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { ClockObserveRequest, ClockTickRequest, EmptyRequest } from "../lib/schemas.gen.ts";
 import { openOrCreateKv } from "../lib/site.ts";
 import { CLOCK_BUCKET, endpointSubject } from "../lib/subjects.ts";
 import { type ClockDeps, Serial, now, observeTs, tick } from "./handlers.ts";
 
-/** The clock's counters, shown in STATS data. */
-export const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0, skew_refused: 0 };
-
-/** Add the endpoints of syncd-clock. */
+/** Add the endpoints of syncd-clock; its counters (STATS data of `tick`) are this instance's. */
 export async function wireClock(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site } = ctx;
+  const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0, skew_refused: 0 };
   const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, log, { history: 1 });
   const deps: ClockDeps = {
     kv,
@@ -64,5 +62,12 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     },
     d,
   );
-  return { stop: async () => {} };
+  return { stop: async () => {}, statsData: (ep) => (ep === "tick" ? { ...counts } : null) };
 }
+
+/** syncd-clock, for `runService` and the site agent. */
+export const clockService: ServiceDef = {
+  kind: "clock",
+  description: "the site's persisted hybrid logical (or Lamport) clock",
+  wire: wireClock,
+};

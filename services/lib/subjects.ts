@@ -19,6 +19,8 @@ export const ServiceName = {
   reconciler: "syncd-reconciler",
 } as const;
 export type ServiceKind = keyof typeof ServiceName;
+/** The name of the process that runs the four services of a site together (logs, connection name). */
+export const AGENT_NAME = "syncd-agent";
 
 /** Endpoint subject: `syncd.<site>.<service>.<endpoint>` (service without the `syncd-` prefix). */
 export function endpointSubject(site: string, service: ServiceKind, endpoint: string): string {

@@ -1,9 +1,5 @@
-/** Entry point of syncd-merger: `node --import tsx services/merger/main.ts --site a ...` */
+/** Entry point of syncd-merger: `node services/run.mjs merger --site a ...` */
 import { runService } from "../lib/runtime.ts";
-import { counts, deadByCode, wireMerger } from "./service.ts";
+import { mergerService } from "./service.ts";
 
-await runService("merger", {
-  description: "applies ops to the site's buckets by last-writer-wins",
-  wire: wireMerger,
-  statsData: (ep) => (ep === "merge" ? { ...counts, ...deadByCode } : null),
-});
+await runService("merger", mergerService);

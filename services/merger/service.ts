@@ -10,9 +10,8 @@ import { Observer } from "../lib/clock-client.ts";
 import { skewMs } from "../lib/clock-rules.ts";
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
-import { CachedMetaStore } from "../lib/meta-cache.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
-import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
   MergerGetRequest,
@@ -40,32 +39,28 @@ import {
   applyAdmitted,
 } from "./handlers.ts";
 
-/** Counters of this instance, shown in status and STATS data. */
-export const counts = {
-  applied: 0,
-  stale: 0,
-  duplicate: 0,
-  forwarded: 0,
-  dead_lettered: 0,
-  conflicts: 0,
-  errors: 0,
-};
-/** Dead-lettered ops by error code. */
-export const deadByCode: Record<string, number> = {};
-let lastError: string | undefined;
-
 type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError };
 
 /** Wire syncd-merger. */
 export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
+  /** counters of this instance, shown in status and STATS data */
+  const counts = {
+    applied: 0,
+    stale: 0,
+    duplicate: 0,
+    forwarded: 0,
+    dead_lettered: 0,
+    conflicts: 0,
+    errors: 0,
+  };
+  /** dead-lettered ops by error code */
+  const deadByCode: Record<string, number> = {};
+  let lastError: string | undefined;
   const buckets = new Map<string, BucketState>();
-  const caches: CachedMetaStore[] = [];
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
-    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }));
-    await meta.start();
-    caches.push(meta);
+    const meta = await ctx.metaCache(b);
     buckets.set(b, {
       meta,
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
@@ -259,7 +254,14 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   return {
     stop: async () => {
       await loop.stop();
-      for (const c of caches) c.stop();
     },
+    statsData: (ep) => (ep === "merge" ? { ...counts, ...deadByCode } : null),
   };
 }
+
+/** syncd-merger, for `runService` and the site agent. */
+export const mergerService: ServiceDef = {
+  kind: "merger",
+  description: "applies ops to the site's buckets by last-writer-wins",
+  wire: wireMerger,
+};

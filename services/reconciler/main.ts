@@ -1,9 +1,5 @@
-/** Entry point of syncd-reconciler: `node --import tsx services/reconciler/main.ts --site a ...` */
+/** Entry point of syncd-reconciler: `node services/run.mjs reconciler --site a ...` */
 import { runService } from "../lib/runtime.ts";
-import { statsData, wireReconciler } from "./service.ts";
+import { reconcilerService } from "./service.ts";
 
-await runService("reconciler", {
-  description: "anti-entropy with peer sites: version-tree digests, then only the differing entries",
-  wire: wireReconciler,
-  statsData: () => statsData(),
-});
+await runService("reconciler", reconcilerService);

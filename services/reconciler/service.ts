@@ -3,7 +3,7 @@
  * the digest / entries / run / status endpoints, peer discovery and the periodic runs.
  */
 import { addEndpoint } from "../lib/adapter.ts";
-import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
   ReconcilerDigestRequest,
@@ -22,13 +22,6 @@ import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
-
-let current: Reconciler | undefined;
-
-/** The STATS data of this process's reconciler (null before it is wired). */
-export function statsData(): unknown {
-  return current?.statsData() ?? null;
-}
 
 function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number): number {
   const raw = env[name];
@@ -83,7 +76,6 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     log,
     tuning,
   });
-  current = reconciler;
   const treeOf = (bucket: string) => indexes.get(bucket)?.tree;
   const entriesDeps: EntriesDeps = {
     tree: treeOf,
@@ -147,5 +139,13 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       reconciler.stop();
       for (const ix of indexes.values()) ix.stop();
     },
+    statsData: () => reconciler.statsData(),
   };
 }
+
+/** syncd-reconciler, for `runService` and the site agent. */
+export const reconcilerService: ServiceDef = {
+  kind: "reconciler",
+  description: "anti-entropy with peer sites: version-tree digests, then only the differing entries",
+  wire: wireReconciler,
+};

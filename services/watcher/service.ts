@@ -6,16 +6,11 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
-import { CachedMetaStore } from "../lib/meta-cache.ts";
-import type { Running, ServiceContext } from "../lib/runtime.ts";
+import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
-
-/** Counters per bucket, shown in status and STATS data. */
-export const counts = new Map<string, Record<Outcome | "errors", number>>();
-let lastError: string | undefined;
 
 function keyOf(bucket: string, m: JsMsg): string {
   return m.subject.slice(`$KV.${bucket}.`.length);
@@ -26,7 +21,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
-  const caches: CachedMetaStore[] = [];
+  /** counters of this instance per bucket, shown in status and STATS data */
+  const counts = new Map<string, Record<Outcome | "errors", number>>();
+  let lastError: string | undefined;
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
@@ -36,9 +33,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       errors: 0,
     };
     counts.set(bucket, c);
-    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
-    await meta.start();
-    caches.push(meta);
+    const meta = await ctx.metaCache(bucket);
     const deps = {
       site: config.site,
       nodeId: config.nodeId,
@@ -116,7 +111,14 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   return {
     stop: async () => {
       await Promise.all(loops.map((l) => l.stop()));
-      for (const c of caches) c.stop();
     },
+    statsData: (ep) => (ep === "status" ? Object.fromEntries(counts) : null),
   };
 }
+
+/** syncd-watcher, for `runService` and the site agent. */
+export const watcherService: ServiceDef = {
+  kind: "watcher",
+  description: "turns local writes of the site's buckets into ops",
+  wire: wireWatcher,
+};

@@ -45,6 +45,11 @@ export type MeshOptions = {
   services?: boolean;
   /** instances per kind, e.g. "merger=3,watcher=2" or {merger: 3} (default 1 each) */
   scale?: string | Partial<Record<ServiceKind, number>>;
+  /**
+   * one agent process per site runs instance 1 of every kind (services/agent); further instances in
+   * processes of their own (default: $SYNCD_TEST_AGENT === "1")
+   */
+  agent?: boolean;
   /** replicated buckets (default ["config"]) */
   buckets?: string[];
   /** extra args for every service, e.g. ["--reconcile-interval", "2"] */
@@ -185,6 +190,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
         ...(opts.clock ? { clock: opts.clock } : {}),
         extraArgs: serviceArgs,
         dir: st.dir,
+        agent: opts.agent ?? process.env.SYNCD_TEST_AGENT === "1",
         ...(adminAuth
           ? {
               connect: () =>
