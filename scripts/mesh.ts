@@ -431,6 +431,7 @@ async function up(): Promise<number> {
   const sites = listEnv("SITES", "a b");
   const buckets = listEnv("BUCKET", "config");
   const scale = parseScale(env.SCALE || undefined);
+  const agent = agentMode(env.MODE);
   const hubClient = intEnv("HUB_PORT", 7222);
   const hubPorts = {
     client: hubClient,
@@ -492,7 +493,7 @@ async function up(): Promise<number> {
       }
     }
     console.log(
-      `servers up in ${Date.now() - t0} ms; bucket(s) ${buckets.join(", ")} ready; starting services (${formatScale(scale)})`,
+      `servers up in ${Date.now() - t0} ms; bucket(s) ${buckets.join(", ")} ready; starting services (${agent ? "one agent process per site, " : ""}${formatScale(scale)})`,
     );
     await Promise.all(
       sites.map(async (s) => {
@@ -505,6 +506,7 @@ async function up(): Promise<number> {
           dir: st.dir,
           logDir: siteLogDir(s),
           detached: true,
+          agent,
           readyTimeoutMs: 60000,
           ...(sec
             ? {
@@ -691,12 +693,12 @@ async function serverCmd(args: string[]): Promise<number> {
 async function siteCmd(args: string[]): Promise<number> {
   const [site, action, ...rest] = args;
   const usage =
-    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--state-dir DIR] [--log-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
+    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--mode agent|services] [--state-dir DIR] [--log-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
   if (!site || !/^[A-Za-z0-9_-]+$/.test(site) || !["start", "stop", "status"].includes(action ?? ""))
     throw new UsageError(usage);
   const opts: Record<string, string> = {};
   const pass: string[] = [];
-  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "state-dir", "log-dir"];
+  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "mode", "state-dir", "log-dir"];
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i] as string;
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
@@ -724,6 +726,7 @@ async function siteCmd(args: string[]): Promise<number> {
   const logArg = opts["log-dir"] || env.SYNCD_LOG_DIR;
   const logs = logArg ? fromCaller(logArg) : stateDir ? dir : siteLogDir(site);
   const scale = parseScale(opts.scale || env.SCALE || undefined);
+  const agent = agentMode(opts.mode || env.MODE);
 
   // A site of a secured mesh (SECURE=1 up): unless told otherwise, its services log in as the
   // site's syncd user and verify the server with the mesh's CA, through the environment.
@@ -760,6 +763,7 @@ async function siteCmd(args: string[]): Promise<number> {
     dir,
     logDir: logs,
     detached: true,
+    agent,
     readyTimeoutMs: 60000,
     connect: () => connectNats({ ...config, natsUrl: natsUrl.split(",") }, `syncd-site-sh-${site}`),
   });
@@ -811,6 +815,13 @@ async function siteCmd(args: string[]): Promise<number> {
     console.log(`pid files in ${dir}, logs in ${logs}; stop with ./scripts/site.sh ${site} stop`);
   }
   return 0;
+}
+
+/** MODE: `agent` runs each site's four services in one process, `services` (default) one process each. */
+function agentMode(mode: string | undefined): boolean {
+  if (mode === undefined || mode === "" || mode === "services") return false;
+  if (mode === "agent") return true;
+  throw new UsageError(`MODE (--mode) must be agent or services, got ${mode}`);
 }
 
 async function main(argv: string[]): Promise<number> {

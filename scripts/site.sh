@@ -8,6 +8,8 @@
 #   --node-id ID           ($SYNCD_NODE_ID, default site-<site>)
 #   --clock hlc|lamport    ($SYNCD_CLOCK, default hlc)
 #   --scale SPEC           ($SCALE, e.g. "merger=3,watcher=2"; unnamed kinds 1)
+#   --mode agent|services  ($MODE, default services): agent = the four services in one process, plus a
+#                          process per instance beyond the first of a kind
 #   --state-dir DIR        ($SYNCD_STATE_DIR, default $MESH_DIR/site-<site>): pid files
 #   --log-dir DIR          ($SYNCD_LOG_DIR, default: the state dir if given, else $MESH_DIR/logs/site-<site>)
 # Every other flag goes to the services unchanged, e.g. --creds FILE, --user U --password P,

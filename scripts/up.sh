@@ -6,6 +6,8 @@
 #
 # Environment (defaults):
 #   MESH_DIR=<repo>/.mesh   SITES="a b"   BUCKET=config   SCALE="merger=1,..." (e.g. "merger=3,watcher=2")
+#   MODE=services   agent: each site's four services in one process (services/agent), the instances
+#                   SCALE adds beyond the first of a kind in processes of their own
 #   HUB_PORT=7222 (monitoring HUB_HTTP_PORT=HUB_PORT+1)   HUB_LEAF_PORT=7422
 #   SITE_BASE_PORT=4222   SITE_PORT_STEP=1000   -> site i: client BASE+STEP*i, monitoring +1
 #   LOG_LEVEL=info   NATS_SERVER=<path of nats-server>   SYNCD_* settings pass through to the services

@@ -274,7 +274,7 @@ describe("deploy/docker-compose.yml", () => {
     const expected = [
       "nats-hub",
       ...sites.map((s) => `nats-${s}`),
-      ...sites.flatMap((s) => SERVICE_KINDS.map((k) => `syncd-${s}-${k}`)),
+      ...sites.flatMap((s) => [...SERVICE_KINDS, "agent"].map((k) => `syncd-${s}-${k}`)),
       "syncd",
     ].sort();
     assert.deepEqual(Object.keys(services).sort(), expected);
@@ -403,8 +403,11 @@ describe("deploy/docker-compose.yml", () => {
       const [, site, kind] = m as unknown as [string, string, string];
       const s = asMap(raw as Yaml, name);
       assert.ok(sites.includes(site), `${name}: site ${site} has a server`);
-      assert.ok((SERVICE_KINDS as readonly string[]).includes(kind), `${name}: kind ${kind}`);
+      assert.ok([...SERVICE_KINDS, "agent"].includes(kind), `${name}: kind ${kind}`);
       seen.add(`${site}/${kind}`);
+      // the agent (all four kinds in one process) only when named: never with the four by default
+      if (kind === "agent") assert.deepEqual(asList(s.profiles as Yaml, `${name}.profiles`), ["agent"]);
+      else assert.equal(s.profiles, undefined, `${name}: started by a plain up`);
       assert.deepEqual(asList(s.command as Yaml, `${name}.command`), ["node", "services/run.mjs", kind]);
       assert.ok(existsSync(path.join(REPO_ROOT, "services", kind, "main.ts")), `services/${kind}/main.ts`);
       const env = asMap(s.environment as Yaml, `${name}.environment`);
@@ -423,7 +426,8 @@ describe("deploy/docker-compose.yml", () => {
       assert.equal(s.restart, "unless-stopped");
     }
     for (const site of sites)
-      for (const kind of SERVICE_KINDS) assert.ok(seen.has(`${site}/${kind}`), `syncd-${site}-${kind}`);
+      for (const kind of [...SERVICE_KINDS, "agent"])
+        assert.ok(seen.has(`${site}/${kind}`), `syncd-${site}-${kind}`);
   });
 
   test("one image for every syncd container and the CLI, built from deploy/Dockerfile", () => {
@@ -598,8 +602,20 @@ describe("deploy/systemd", () => {
       readdirSync(dir)
         .filter((f) => /^syncd-.*@\.service$/.test(f))
         .sort(),
-      SERVICE_KINDS.map((k) => `syncd-${k}@.service`).sort(),
+      [...SERVICE_KINDS, "agent"].map((k) => `syncd-${k}@.service`).sort(),
     );
+  });
+
+  test("syncd-agent@ runs the four services of a site in one process, in place of syncd@.target", () => {
+    const u = unit("syncd-agent@.service");
+    const s = u.Service ?? {};
+    assert.deepEqual(s.ExecStart, ["/usr/bin/node services/run.mjs agent"]);
+    assert.deepEqual(s.EnvironmentFile, ["/etc/syncd/%i.env"]);
+    assert.deepEqual(s.Restart, ["always"]);
+    assert.deepEqual(s.User, ["syncd"]);
+    assert.deepEqual(u.Unit?.Conflicts, ["syncd@%i.target"]);
+    assert.deepEqual(u.Install?.WantedBy, ["multi-user.target"]);
+    assert.ok(existsSync(path.join(REPO_ROOT, "services/agent/main.ts")));
   });
 
   test("syncd@.target wants the four services of a site; nats-site@ and nats-hub run nats-server with their configs", () => {
