@@ -4,10 +4,28 @@
  * growing over the second half of the rounds grows with ops), with the CPU time per put of every
  * process per round. RSS at K keys comes from
  * case 5 (the reconcile mesh holds K keys per site); per-op CPU of case 1 from its run.
+ * One-process variant: the same site's four services as one agent process (services/agent), RSS
+ * idle (same warm-up) and at K keys per site (loaded as in case 5, then the agents started and
+ * caught up: the `_meta` cache and the reconciler's version index hold K keys).
  */
-import { type BenchMesh, processes, quiet, startBenchMesh, stopQuietly, warmUp } from "../lib/mesh.ts";
+import { Kvm } from "@nats-io/kv";
+import type { ReconcilerStatusResponse } from "../../services/lib/schemas.gen.ts";
+import { metaBucket } from "../../services/lib/subjects.ts";
+import {
+  BUCKET,
+  type BenchMesh,
+  call,
+  linked,
+  openSite,
+  processes,
+  quiet,
+  startBenchMesh,
+  stopQuietly,
+  warmUp,
+} from "../lib/mesh.ts";
 import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
-import { kfmt, log, nowMs, pipelined, round, sleep, value100, withProgress } from "../lib/util.ts";
+import { kfmt, log, nowMs, pipelined, round, sleep, value100, waitUntil, withProgress } from "../lib/util.ts";
+import { loadSite } from "./reconcile.ts";
 import { WINDOW } from "./throughput.ts";
 import type { BenchContext, CaseDef, ProcCpu, ProcRss } from "./types.ts";
 
@@ -29,7 +47,75 @@ export type FootprintResult = {
   growth_from_ops: number;
   /** per process: (RSS after the last round − after the middle round) per 10 000 ops */
   growth_mb_per_10k_ops: { site: string; name: string; kind: string; mb: number }[];
+  /** the one-process variant (absent in results of runs before it existed) */
+  agent?: AgentFootprint;
 };
+
+/** RSS of each site's agent process (the four services in one process). */
+export type AgentFootprint = {
+  idle: ProcRss[];
+  keys_per_site: number;
+  at_k: ProcRss[];
+  /** seconds from starting the agents on the loaded sites until caught up */
+  ready_s: number;
+};
+
+const agentRss = (bm: BenchMesh): ProcRss[] =>
+  processes(bm)
+    .filter((p) => p.kind === "agent")
+    .map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+
+/** The one-process variant: idle after the warm-up, then at K keys per site. */
+async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
+  const K = quick ? 10_000 : 100_000;
+  let bm: BenchMesh | undefined;
+  let idle: ProcRss[];
+  try {
+    log("footprint/agent: starting hub + sites a, b with one agent process per site");
+    bm = await startBenchMesh({ agent: true });
+    await warmUp(bm, "a", `warm.${Date.now()}`);
+    await sleep(2000);
+    idle = agentRss(bm);
+    log(`footprint/agent: idle RSS ${idle.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`);
+  } finally {
+    await stopQuietly(bm);
+  }
+  bm = undefined;
+  try {
+    log(`footprint/agent: loading ${kfmt(K)} keys per site directly, then starting the agents`);
+    bm = await startBenchMesh({ services: false, agent: true });
+    for (const s of bm.sites) {
+      await new Kvm(bm.conn[s]!.nc).create(metaBucket(BUCKET), { history: 1 });
+      bm.conn[s] = await openSite(bm.mesh, s, true);
+    }
+    const base = (Date.now() - 3_600_000) * 1000;
+    const bmm = bm;
+    await Promise.all(bm.sites.map((s) => loadSite(bmm.conn[s]!.nc, K, base, () => {})));
+    const t0 = nowMs();
+    await Promise.all(bm.sites.map((s) => bmm.mesh.startServices(s)));
+    await linked(bm);
+    await quiet(bm, 300_000);
+    for (const s of bm.sites)
+      await waitUntil(
+        `reconciler index of ${s} holds ${K} keys`,
+        async () =>
+          (await call<ReconcilerStatusResponse>(bmm.conn[s]!.nc, s, "reconciler", "status")).value.keys[
+            BUCKET
+          ] === K,
+        300_000,
+        200,
+      );
+    const readyS = round((nowMs() - t0) / 1000);
+    await sleep(1000);
+    const atK = agentRss(bm);
+    log(
+      `footprint/agent: at ${kfmt(K)} keys RSS ${atK.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`,
+    );
+    return { idle, keys_per_site: K, at_k: atK, ready_s: readyS };
+  } finally {
+    await stopQuietly(bm);
+  }
+}
 
 export const footprintCase: CaseDef = {
   name: "footprint",
@@ -106,6 +192,9 @@ export const footprintCase: CaseDef = {
         ),
       }));
       const growthFrom = from.ops_total;
+      await stopQuietly(bm);
+      bm = undefined;
+      const agent = await agentFootprint(ctx.quick);
       return {
         idle,
         keyset: KEYSET,
@@ -113,6 +202,7 @@ export const footprintCase: CaseDef = {
         rounds: out,
         growth_from_ops: growthFrom,
         growth_mb_per_10k_ops: growth,
+        agent,
       };
     } finally {
       await stopQuietly(bm);

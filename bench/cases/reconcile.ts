@@ -80,7 +80,7 @@ function version(i: number, base: number): { ts: number; node_id: string; delete
  * Load K versioned entries and their `_meta` at one site: core publishes in order into a fresh
  * bucket (so entry i has sequence i + 1), flushed in chunks, then checked against the stream state.
  */
-async function loadSite(
+export async function loadSite(
   nc: NatsConnection,
   k: number,
   base: number,

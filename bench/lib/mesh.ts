@@ -41,7 +41,14 @@ export type Measured = {
  * anti-entropy off, and wait until every site's IN stream sources every peer.
  */
 export async function startBenchMesh(
-  o: { sites?: string[]; services?: boolean; scale?: MeshOptions["scale"]; serviceArgs?: string[] } = {},
+  o: {
+    sites?: string[];
+    services?: boolean;
+    scale?: MeshOptions["scale"];
+    serviceArgs?: string[];
+    /** each site's services in one agent process */
+    agent?: boolean;
+  } = {},
 ): Promise<BenchMesh> {
   const sites = o.sites ?? ["a", "b"];
   const services = o.services ?? true;
@@ -49,6 +56,7 @@ export async function startBenchMesh(
     sites,
     services,
     ...(o.scale ? { scale: o.scale } : {}),
+    ...(o.agent !== undefined ? { agent: o.agent } : {}),
     serviceArgs: ["--reconcile-interval", "0", ...(o.serviceArgs ?? [])],
     logLevel: process.env.LOG_LEVEL ?? "info",
     readyTimeoutMs: 60_000,
