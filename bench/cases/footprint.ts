@@ -66,7 +66,7 @@ const agentRss = (bm: BenchMesh): ProcRss[] =>
     .map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
 
 /** The one-process variant: idle after the warm-up, then at K keys per site. */
-async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
+export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
   const K = quick ? 10_000 : 100_000;
   let bm: BenchMesh | undefined;
   let idle: ProcRss[];
