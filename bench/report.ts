@@ -122,6 +122,27 @@ function errorShareText(pr: ProfileResult | undefined): string {
     : "";
 }
 
+const AGENT_IDLE_LIMIT_MB = 100;
+const AGENT_AT_K_LIMIT_MB = 150;
+
+/** The target row of the one-process variant (case 6's agent part). */
+function agentRow(fp: FootprintResult | undefined): string[] {
+  const title = `A site's agent (one process) ≤ ${AGENT_IDLE_LIMIT_MB} MB RSS idle, ≤ ${AGENT_AT_K_LIMIT_MB} MB at 100 000 keys`;
+  const ag = fp?.agent;
+  if (!ag) return [title, "–", verdict(null), ""];
+  const idleMax = Math.max(...ag.idle.map((p) => p.rss_mb));
+  const atKMax = Math.max(...ag.at_k.map((p) => p.rss_mb));
+  const list = (l: ProcRss[]) => l.map((p) => `${p.site} ${fmt(p.rss_mb)}`).join(", ");
+  const idleOk = idleMax <= AGENT_IDLE_LIMIT_MB;
+  const kOk = ag.keys_per_site >= 100_000 ? atKMax <= AGENT_AT_K_LIMIT_MB : null;
+  return [
+    title,
+    `idle **${fmt(idleMax, 1)} MB** (${list(ag.idle)}); at ${fmt(ag.keys_per_site)} keys **${fmt(atKMax, 1)} MB** (${list(ag.at_k)})`,
+    kOk === null ? verdict(idleOk ? null : false) : verdict(idleOk && kOk),
+    `Idle: one Node process, one connection, one set of site handles for the four services (four processes: 4 × ~63-74 MB). At K keys the shared _meta cache (one per bucket, where the watcher and the merger had one each) and the reconciler's version index (its own _meta watch) hold K entries each; the bounded _meta cache is what brings it down.`,
+  ];
+}
+
 export function renderResults(r: BenchReport, existingFile: string, jsonRel: string): string {
   const tp = r.results.throughput as ThroughputResult | undefined;
   const lat = r.results.latency as LatencyResult | undefined;
@@ -284,6 +305,7 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
         "RSS cannot tell a slow leak from heap sizing: a service reporting process.memoryUsage() (heapUsed) in its status would.",
     ]);
   } else rows.push(["Memory not growing with op count", "–", verdict(null), ""]);
+  rows.push(agentRow(fp));
   out.push(table(["Target", "Measured", "Status", "Where it stands / what limits it"], rows), "");
 
   // ------------------------------------------------------------------ 1
@@ -558,6 +580,13 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
       "RSS = VmRSS from /proc/<pid>/status, MB. Idle: a fresh mesh after a 300-key warm-up. Rounds: M puts at a over a fixed set of keys, until the mesh is quiet, RSS after each round. At K keys: the reconcile mesh (case 5) after the services caught up, and after the run.",
       "",
     );
+    if (fp?.agent) {
+      const ag = fp.agent;
+      out.push(
+        `One process per site (services/agent, \`MODE=agent\`): idle ${ag.idle.map((p) => `${p.site}/${p.name} ${fmt(p.rss_mb, 1)}`).join(", ")} MB; at ${fmt(ag.keys_per_site)} keys per site (loaded as in case 5, agents started on it, caught up in ${fmt(ag.ready_s, 1)} s) ${ag.at_k.map((p) => `${p.site}/${p.name} ${fmt(p.rss_mb, 1)}`).join(", ")} MB.`,
+        "",
+      );
+    }
     const idle = rssByService(fp?.idle);
     const r1 = rssByService(fp?.rounds[0]?.rss);
     const rl = rssByService(fp?.rounds[fp.rounds.length - 1]?.rss);
