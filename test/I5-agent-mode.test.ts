@@ -125,7 +125,7 @@ describe("I5 agent mode: counters are per wired instance", () => {
   let lm: LinkedMesh;
 
   before(async () => {
-    const mesh = await startMesh({ sites: ["a"], services: false });
+    const mesh = await startMesh({ sites: ["a"], services: false, agent: true });
     lm = { mesh, nc: { a: await mesh.connect("a") }, kv: { a: await mesh.kv("a") } };
   });
   after(async () => {
@@ -207,4 +207,19 @@ describe("I5 agent mode: counters are per wired instance", () => {
       }
     },
   );
+
+  it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
+    const mesh = lm.mesh;
+    const started = await mesh.startServices("a", "merger=0,reconciler=0");
+    assert.deepEqual(
+      started.map((i) => i.name),
+      ["agent-1"],
+    );
+    const found = await pingSite(lm.nc.a!, "a", 500);
+    assert.deepEqual(found.map((f) => `${f.name}/${f.instance}`).sort(), [
+      `${ServiceName.clock}/agent-1`,
+      `${ServiceName.watcher}/agent-1`,
+    ]);
+    await mesh.stopServices("a");
+  });
 });
