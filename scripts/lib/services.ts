@@ -8,7 +8,7 @@
  * stdout+stderr appended to `<logDir>/<kind>-<n>.log`, pid in `<dir>/<kind>-<n>.pid`.
  * Readiness = `$SRV.PING.syncd-<kind>` answered by as many instances of the site as were started.
  */
-import { readdirSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import * as path from "node:path";
 import { type NatsConnection, createInbox } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
@@ -228,8 +228,15 @@ export class SiteServices {
     for (const f of files.sort()) {
       const m = /^([a-z]+)-(\d+)\.pid$/.exec(f);
       if (!m || !isInstanceKind(m[1] as string)) continue;
-      const inst = new ServiceInstance(s, m[1] as InstanceKind, Number(m[2]));
-      const pid = readPidFile(inst.pidFile);
+      const kind = m[1] as InstanceKind;
+      const pidFile = path.join(s.dir, f);
+      const pid = readPidFile(pidFile);
+      const inst = new ServiceInstance(
+        s,
+        kind,
+        Number(m[2]),
+        kind === "agent" ? agentKindsOf(pid) : undefined,
+      );
       if (pid && isAlive(pid, inst.marker)) inst.proc = { pid, marker: inst.marker, logFile: inst.logFile };
       s.instances.push(inst);
     }
@@ -242,9 +249,6 @@ export class SiteServices {
     return [
       "services/run.mjs",
       kind,
-      ...(kind === "agent" && agentKinds.length < SERVICE_KINDS.length
-        ? ["--services", agentKinds.join(",")]
-        : []),
       "--site",
       this.site,
       "--nats-url",
@@ -253,6 +257,10 @@ export class SiteServices {
       (o.buckets ?? ["config"]).join(","),
       ...(o.nodeId ? ["--node-id", o.nodeId] : []),
       ...(o.clock ? ["--clock", o.clock] : []),
+      // after `<kind> --site <site>`: the marker that tells the process from a reused pid
+      ...(kind === "agent" && agentKinds.length < SERVICE_KINDS.length
+        ? ["--services", agentKinds.join(",")]
+        : []),
       ...(o.extraArgs ?? []),
     ];
   }
@@ -378,6 +386,19 @@ export class SiteServices {
   /** Stop every instance (SIGTERM, SIGKILL after 5 s), in parallel. */
   async stop(): Promise<void> {
     await Promise.all(this.instances.map((i) => i.stop()));
+  }
+}
+
+/** The kinds a running agent was started with (its `--services`), all four when not known. */
+function agentKindsOf(pid: number | undefined): readonly ServiceKind[] {
+  if (!pid) return SERVICE_KINDS;
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    const i = argv.indexOf("--services");
+    const kinds = i >= 0 ? (argv[i + 1] ?? "").split(",").filter(isKind) : [];
+    return kinds.length > 0 ? kinds : SERVICE_KINDS;
+  } catch {
+    return SERVICE_KINDS;
   }
 }
 
