@@ -17,16 +17,14 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Empty, type Msg, type NatsConnection, createInbox } from "@nats-io/nats-core";
-import { Ajv, type ValidateFunction } from "ajv";
-import addFormatsModule from "ajv-formats";
 import { QUEUE_GROUP, ServiceName } from "../services/lib/subjects.ts";
 import { type Mesh, eventually, sleep, startMesh } from "./harness/mesh.ts";
-import { NATS_CLI_MISSING, nats, natsJson } from "./natscli.ts";
+import { type MicroKind, type SchemaCheck, checkMicroSchema as checkSchema } from "./micro-schemas.ts";
+import { NATS_CLI_MISSING, natsAsync, natsJson } from "./natscli.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const SITES = ["a", "b"] as const;
 const KINDS = Object.keys(ServiceName) as (keyof typeof ServiceName)[];
-type MicroKind = "ping" | "info" | "stats";
 const VERBS: Record<MicroKind, string> = { ping: "PING", info: "INFO", stats: "STATS" };
 /** semver.org's regular expression (also nats.go's): no leading zeros, optional pre-release and build */
 const SEMVER =
@@ -59,43 +57,8 @@ type StatsReply = Identity & {
   }[];
 };
 
-/** The result of checking one reply against its official schema. */
-type SchemaCheck = { ok: true; normalized: unknown } | { ok: false; stage: string; errors: string[] };
 /** One reply as collected: where it came from, its bytes and the schema's verdict. */
 type Reply = { server: string; kind: MicroKind; msg: Msg; check: SchemaCheck };
-
-const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
-/** The official schemas (test/fixtures/micro-schemas): draft-07, formats asserted. */
-const validators: Record<MicroKind, ValidateFunction> = (() => {
-  const ajv = new Ajv({ allErrors: true, strict: true });
-  addFormats(ajv);
-  const load = (f: string) =>
-    ajv.compile(
-      JSON.parse(readFileSync(path.join(REPO, "test/fixtures/micro-schemas", f), "utf8")) as object,
-    );
-  return {
-    ping: load("ping_response.json"),
-    info: load("info_response.json"),
-    stats: load("stats_response.json"),
-  };
-})();
-
-/** A reply (or the CLI's re-encoding of one) against the official schema of its kind. */
-function checkSchema(kind: MicroKind, data: Uint8Array | string): SchemaCheck {
-  let v: unknown;
-  try {
-    v = JSON.parse(typeof data === "string" ? data : dec.decode(data));
-  } catch (e) {
-    return { ok: false, stage: "json", errors: [(e as Error).message] };
-  }
-  const validate = validators[kind];
-  if (validate(v)) return { ok: true, normalized: v };
-  return {
-    ok: false,
-    stage: "schema",
-    errors: (validate.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message ?? ""}`),
-  };
-}
 
 /** Publish a discovery request with an inbox reply subject and collect every reply for `ms`. */
 async function collect(nc: NatsConnection, subject: string, ms: number): Promise<Msg[]> {
@@ -420,16 +383,23 @@ describe("micro conformance at every server of a 2-site mesh", () => {
       });
       await nc.flush();
       try {
-        const seen = () => {
-          const ls = nats(["-s", mesh.sites.a?.url as string, "micro", "ls", "rogue", "--json"]);
-          const st = nats(["-s", mesh.sites.a?.url as string, "micro", "stats", "rogue", "--json"]);
-          const listed =
-            ls.code === 0 && (JSON.parse(ls.stdout) as { id: string }[]).some((v) => v.id === identity.id);
-          const counted =
-            st.code === 0 && (JSON.parse(st.stdout) as { id: string }[]).some((v) => v.id === identity.id);
+        const listedIn = (r: { code: number | null; stdout: string }) =>
+          r.code === 0 &&
+          ((JSON.parse(r.stdout) ?? []) as { id: string }[]).some((v) => v.id === identity.id);
+        const seen = async () => {
+          const ls = await natsAsync(["-s", mesh.sites.a?.url as string, "micro", "ls", "rogue", "--json"]);
+          const st = await natsAsync([
+            "-s",
+            mesh.sites.a?.url as string,
+            "micro",
+            "stats",
+            "rogue",
+            "--json",
+          ]);
+          const [listed, counted] = [listedIn(ls), listedIn(st)];
           return { listed, counted, out: `${ls.stdout}${ls.stderr}${st.stdout}${st.stderr}` };
         };
-        const good = seen();
+        const good = await seen();
         assert.deepEqual([good.listed, good.counted], [true, true], `well-formed rogue: ${good.out}`);
         type R = Record<string, unknown>;
         const endpoint0 = (r: R, patch: R): R => ({
@@ -445,7 +415,7 @@ describe("micro conformance at every server of a 2-site mesh", () => {
         ];
         for (const [what, kind, breakIt] of broken) {
           mutate = (k, r) => (k === kind ? breakIt(r) : r);
-          const got = seen();
+          const got = await seen();
           assert.equal(
             kind === "info" ? got.listed : got.counted,
             false,

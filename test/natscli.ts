@@ -4,7 +4,7 @@
  * scripts/lib/go-tools.sh. Tests that need it skip with `NATS_CLI_MISSING` as their reason when it is
  * absent (no Go on the machine). Runs are isolated from the user's own `nats context`s.
  */
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -52,4 +52,16 @@ export function natsJson<T>(args: string[]): T {
   const r = nats([...args, "--json"]);
   if (r.code !== 0) throw new Error(`nats ${args.join(" ")} --json: exit ${r.code}: ${r.stderr}${r.stdout}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/** `nats <args>` without blocking the event loop (for a responder in the test process itself). */
+export function natsAsync(args: string[], timeoutMs = 30_000): Promise<CliResult> {
+  if (!NATS_CLI) throw new Error(NATS_CLI_MISSING || "no nats CLI");
+  const cli = NATS_CLI;
+  return new Promise((resolve) => {
+    execFile(cli, args, { env: cliEnv(), encoding: "utf8", timeout: timeoutMs }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
