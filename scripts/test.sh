@@ -73,7 +73,7 @@ for server in "${passes[@]}"; do
   NATS_SERVER=$server node --import tsx --test --test-concurrency=1 \
     --test-timeout="${TEST_TIMEOUT_MS:-300000}" \
     --test-reporter=spec --test-reporter-destination=stdout \
-    --test-reporter=tap --test-reporter-destination="$summary/$n.tap" "$@" || fail=1
+    --test-reporter=tap --test-reporter-destination="$summary/$n.tap" "$@" || { fail=1; touch "$summary/$n.failed"; }
   echo "$version" >"$summary/$n.version"
 done
 
@@ -85,6 +85,10 @@ for k in tests suites pass fail cancelled skipped todo; do
     total=$((total + ${v:-0}))
   done
   eval "sum_$k=$total"
+done
+# a run that failed without a failing test (a file that crashed, a runner error) still counts as one
+for tap in "$summary"/*.tap; do
+  if [ -e "${tap%.tap}.failed" ] && ! grep -qE '^# fail [1-9]' "$tap"; then sum_fail=$((sum_fail + 1)); fi
 done
 [ "${sum_fail:-0}" != 0 ] && fail=1
 if [ "$fail" != 0 ]; then
