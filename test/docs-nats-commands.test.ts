@@ -21,7 +21,7 @@ import { Kvm } from "@nats-io/kv";
 import { connect } from "@nats-io/transport-node";
 import { freePort, freePortBlock, sleep } from "../scripts/lib/proc.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
-import { ServiceName } from "../services/lib/subjects.ts";
+import { OPS_INGRESS, ServiceName } from "../services/lib/subjects.ts";
 import { until } from "./helpers.ts";
 import { NATS_CLI, NATS_CLI_MISSING, cliEnv } from "./natscli.ts";
 
@@ -421,7 +421,7 @@ describe("the docs' nats commands", () => {
           if (!secure) {
             // something for the dead-letter stream the docs view: one bad hand-made op
             const nc = await connect({ servers: `127.0.0.1:${ports.siteBase}` });
-            nc.publish("rep.kv.ops", "not json");
+            nc.publish(OPS_INGRESS, "not json");
             await nc.flush();
             await nc.close();
           }
