@@ -9,7 +9,7 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
 
@@ -27,6 +27,13 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
   const caches: CachedMetaStore[] = [];
+  for (const bucket of config.buckets) {
+    const problem = expiryProblem(bucket, (await site.jsm.streams.info(kvStream(bucket))).config);
+    if (problem) {
+      log.fatal({ bucket }, `refusing to replicate: ${problem}`);
+      throw new Error(problem);
+    }
+  }
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
