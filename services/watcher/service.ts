@@ -8,7 +8,7 @@ import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
 
@@ -24,6 +24,13 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   /** counters of this instance per bucket, shown in status and STATS data */
   const counts = new Map<string, Record<Outcome | "errors", number>>();
   let lastError: string | undefined;
+  for (const bucket of config.buckets) {
+    const problem = expiryProblem(bucket, (await site.jsm.streams.info(kvStream(bucket))).config);
+    if (problem) {
+      log.fatal({ bucket }, `refusing to replicate: ${problem}`);
+      throw new Error(problem);
+    }
+  }
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
