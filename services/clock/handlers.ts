@@ -6,6 +6,7 @@
 import type { KV } from "@nats-io/kv";
 import { type ClockMode, observe, reserve, skewMs } from "../lib/clock-rules.ts";
 import { SyncdError } from "../lib/errors.ts";
+import { health } from "../lib/health.ts";
 import type { ClockNowResponse, ClockObserveResponse, ClockTickResponse } from "../lib/schemas.gen.ts";
 import { isCasConflict } from "../lib/stores.ts";
 import { CLOCK_KEY } from "../lib/subjects.ts";
@@ -109,5 +110,5 @@ export async function observeTs(deps: ClockDeps, ts: number): Promise<ClockObser
 /** The persisted mark: every timestamp handed out so far is <= ts. */
 export async function now(deps: ClockDeps): Promise<ClockNowResponse> {
   const cur = await load(deps);
-  return { ts: cur?.hw ?? 0, mode: deps.mode, physical_ms: deps.now() };
+  return { ts: cur?.hw ?? 0, mode: deps.mode, physical_ms: deps.now(), conditions: health.list() };
 }

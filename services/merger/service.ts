@@ -10,6 +10,7 @@ import { Observer } from "../lib/clock-client.ts";
 import { skewMs } from "../lib/clock-rules.ts";
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
+import { Conditions, health } from "../lib/health.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
@@ -251,6 +252,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           counts: { ...counts, ...deadByCode },
           pending: ci.num_pending,
           ...(lastError ? { last_error: lastError } : {}),
+          conditions: health.list(),
         };
       },
     },
