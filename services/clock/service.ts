@@ -9,7 +9,13 @@ import { CLOCK_BUCKET, endpointSubject } from "../lib/subjects.ts";
 import { type ClockDeps, Serial, now, observeTs, tick } from "./handlers.ts";
 
 /** The clock's counters, shown in STATS data. */
-export const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0, skew_refused: 0 };
+export const counts: ClockDeps["counts"] = {
+  ticks: 0,
+  observed: 0,
+  conflicts: 0,
+  skew_refused: 0,
+  jump_refused: 0,
+};
 
 /** Add the endpoints of syncd-clock. */
 export async function wireClock(ctx: ServiceContext): Promise<Running> {
@@ -19,12 +25,14 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     kv,
     mode: config.clock,
     maxSkewMs: config.maxClockSkewMs,
+    maxJump: config.maxClockJump,
     now: Date.now,
     cache: null,
     counts,
     serial: new Serial(),
     onSkew: (ts, aheadMs) =>
       log.warn({ ts, ahead_ms: aheadMs }, "refused a timestamp far ahead of physical time"),
+    onJump: (ts, hw) => log.warn({ ts, hw }, "refused a timestamp that jumps too far past the clock"),
   };
   const subject = (e: string) => endpointSubject(config.site, "clock", e);
   const d = { log };
