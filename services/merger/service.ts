@@ -74,7 +74,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const caches: CachedMetaStore[] = [];
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
-    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }));
+    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }), {
+      maxEntries: config.metaCacheMax,
+    });
     await meta.start();
     caches.push(meta);
     buckets.set(b, {

@@ -37,7 +37,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       errors: 0,
     };
     counts.set(bucket, c);
-    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
+    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }), {
+      maxEntries: config.metaCacheMax,
+    });
     await meta.start();
     caches.push(meta);
     const deps = {
