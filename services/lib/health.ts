@@ -154,3 +154,42 @@ export const health = new Health();
 export function needsPerson(s: Severity): boolean {
   return s === Severity.error;
 }
+
+/** Usage of one store (a stream, or the account) against its limits; a limit <= 0 means none. */
+export type StoreUsage = {
+  name: string;
+  bytes: number;
+  maxBytes: number;
+  msgs?: number;
+  maxMsgs?: number;
+  /** true when a full store refuses writes (discard new: KV buckets, the account); false when it drops the oldest */
+  refusesWhenFull: boolean;
+};
+
+/** Fill ratios at which a store is raised: `warn` at 80 %, `error` at 95 % when a full store refuses writes. */
+export const STORE_WARN = 0.8;
+export const STORE_ERROR = 0.95;
+
+/**
+ * Raise or clear STORE_FILLING for each store (subject: its name). A store that drops its oldest
+ * messages when full (a log with limits) is at most a warning: that is what its limits are for.
+ */
+export function reportStores(h: Health, stores: StoreUsage[]): void {
+  for (const s of stores) {
+    const ratios = [
+      s.maxBytes > 0 ? s.bytes / s.maxBytes : 0,
+      s.maxMsgs !== undefined && s.maxMsgs > 0 ? (s.msgs ?? 0) / s.maxMsgs : 0,
+    ];
+    const fill = Math.max(...ratios);
+    if (fill < STORE_WARN) {
+      h.clear(Conditions.storeFilling, s.name);
+      continue;
+    }
+    const severity = s.refusesWhenFull && fill >= STORE_ERROR ? Severity.error : Severity.warn;
+    h.raise(Conditions.storeFilling, severity, {
+      message: `${s.name} is ${Math.round(fill * 100)} % full${s.refusesWhenFull ? ": when full, writes fail" : ": the oldest messages go first"}`,
+      subject: s.name,
+      data: { bytes: s.bytes, max_bytes: s.maxBytes, msgs: s.msgs ?? null, max_msgs: s.maxMsgs ?? null },
+    });
+  }
+}
