@@ -7,7 +7,7 @@
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { HLC_TICKS_PER_MS } from "./clock-rules.ts";
-import { SyncdError } from "./errors.ts";
+import { ErrorCode, SyncdError } from "./errors.ts";
 import { ServiceReplyError, requestJson } from "./request.ts";
 import type { ClockObserveResponse, ClockTickResponse } from "./schemas.gen.ts";
 import { endpointSubject } from "./subjects.ts";
@@ -87,7 +87,12 @@ export class RefusedTs extends SyncdError {
     readonly ts: number,
     cause: ServiceReplyError,
   ) {
-    super("SYNCD_ERR_CLOCK_SKEW", cause.message.replace(/^SYNCD_ERR_CLOCK_SKEW: /, ""), { cause });
+    const prefix = `SYNCD_ERR_CLOCK_SKEW: ${ErrorCode.SYNCD_ERR_CLOCK_SKEW.text}: `;
+    super(
+      "SYNCD_ERR_CLOCK_SKEW",
+      cause.message.startsWith(prefix) ? cause.message.slice(prefix.length) : cause.message,
+      { cause },
+    );
   }
 }
 
