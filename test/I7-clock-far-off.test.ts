@@ -11,7 +11,8 @@
  * - a Lamport clock behind an op moves towards it by at most one jump a minute: it is refused for
  *   a while, never for ever;
  * - skewed hosts: a ticker and an observer on hosts whose wall clock is 50 s ahead of / behind the
- *   clock service's work (blocks are usable, observed ts are past the clock's next tick).
+ *   clock service's work (blocks are usable, observed ts are past the clock's next tick), and a
+ *   ticker whose blocks are always too old on arrival still hands out timestamps.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -224,6 +225,25 @@ describe("I7 clock far off", () => {
   });
 
   describe("skewed hosts (up to --max-clock-skew)", () => {
+    it(
+      "a ticker on a host so loaded that every block is old when it arrives still hands out timestamps",
+      { timeout: 20_000 },
+      async () => {
+        const nc = await meshes[0]!.connect("a");
+        let mono = 0;
+        const ticker = new Ticker(nc, "a", {
+          hlc: true,
+          monotonic: () => {
+            mono += 100;
+            return mono;
+          },
+        });
+        const ts: number[] = [];
+        for (let i = 0; i < 20; i++) ts.push(await ticker.tick());
+        for (let i = 1; i < ts.length; i++) assert.ok(ts[i]! > ts[i - 1]!);
+      },
+    );
+
     for (const offset of [50_000, -50_000]) {
       it(`a watcher's ticker and a merger's observer on a host ${offset > 0 ? "ahead" : "behind"} by 50 s`, async () => {
         const mesh = meshes[0]!;

@@ -13,14 +13,15 @@ import type { ClockObserveResponse, ClockTickResponse } from "./schemas.gen.ts";
 import { endpointSubject } from "./subjects.ts";
 
 /**
- * Hands out timestamps from reserved blocks. An HLC block is dropped `maxBlockAgeMs` after its
- * request was sent (this host's monotonic clock), so its timestamps stay that close to the clock
- * service's physical time, whatever this host's wall clock says.
+ * Hands out timestamps from reserved blocks. An HLC block is dropped `maxBlockAgeMs` after it
+ * arrived (this host's monotonic clock), so its timestamps stay that close to the clock service's
+ * physical time, whatever this host's wall clock says. A caller that waited for a block gets a
+ * timestamp from it however slow the round trip was.
  */
 export class Ticker {
   private next = 0;
   private end = 0;
-  private requestedAt = 0;
+  private receivedAt = 0;
   private pending: Promise<void> | null = null;
   private waiting = 0;
 
@@ -41,7 +42,7 @@ export class Ticker {
   private usable(): boolean {
     if (this.next >= this.end) return false;
     if (!this.opts.hlc) return true;
-    return this.mono() - this.requestedAt <= (this.opts.maxBlockAgeMs ?? 20);
+    return this.mono() - this.receivedAt <= (this.opts.maxBlockAgeMs ?? 20);
   }
 
   private mono(): number {
@@ -50,8 +51,10 @@ export class Ticker {
 
   /** One timestamp, unique at this site, greater than any this ticker handed out before. */
   async tick(): Promise<number> {
+    let waited = false;
     for (;;) {
-      if (this.usable()) return this.next++;
+      if (this.usable() || (waited && this.next < this.end)) return this.next++;
+      waited = true;
       this.waiting++;
       if (!this.pending)
         this.pending = this.refill().finally(() => {
@@ -67,7 +70,6 @@ export class Ticker {
 
   private async refill(): Promise<void> {
     const count = Math.min(this.opts.maxBlock ?? 1000, Math.max(16, this.waiting * 2));
-    const sentAt = this.mono();
     const { value } = await requestJson<ClockTickResponse>(
       this.nc,
       endpointSubject(this.site, "clock", "tick"),
@@ -77,7 +79,7 @@ export class Ticker {
     );
     this.next = value.start;
     this.end = value.start + value.count;
-    this.requestedAt = sentAt;
+    this.receivedAt = this.mono();
   }
 }
 
