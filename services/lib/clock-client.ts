@@ -142,6 +142,14 @@ export class Observer {
     return (this.opts.now ?? Date.now)();
   }
 
+  /**
+   * The clock service's wall clock as far as its replies tell (this host's until the first reply):
+   * what skew checks compare with, so every process of a site decides as its clock service does.
+   */
+  clockNowMs(): number {
+    return this.now() + (this.offsetMs ?? 0);
+  }
+
   private async flush(): Promise<void> {
     const target = this.want;
     let value: ClockObserveResponse;

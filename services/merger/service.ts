@@ -116,7 +116,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       // HLC only: the Lamport jump is checked by the clock service, which knows the site's mark
       if (config.clock !== ClockMode.hlc) return;
       const a = admissible(config.clock, ts, {
-        nowMs: Date.now(),
+        nowMs: observer.clockNowMs(),
         hw: 0,
         maxSkewMs: config.maxClockSkewMs,
         maxJump: config.maxClockJump,
@@ -145,7 +145,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       ts === undefined
         ? null
         : admissible(config.clock, ts, {
-            nowMs: Date.now(),
+            nowMs: observer.clockNowMs(),
             hw: 0,
             maxSkewMs: config.maxClockSkewMs,
             maxJump: config.maxClockJump,
