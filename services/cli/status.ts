@@ -70,7 +70,11 @@ export async function statusCommand(ctx: Ctx): Promise<Output> {
 }
 
 /** The conditions in the STATS data of a site's instances (once per instance), and a missing service. */
-export function conditionsOf(stats: MicroStats[], services: Record<string, number>): SiteCondition[] {
+export function conditionsOf(
+  stats: MicroStats[],
+  services: Record<string, number>,
+  unreadable: string[] = [],
+): SiteCondition[] {
   const out = new Map<string, SiteCondition>();
   for (const s of stats) {
     for (const e of s.endpoints ?? []) {
@@ -97,6 +101,18 @@ export function conditionsOf(stats: MicroStats[], services: Record<string, numbe
       since: now,
       last: now,
       service: name,
+      instance: "",
+    });
+  }
+  for (const what of unreadable) {
+    out.set(`unreadable\u0000${what}`, {
+      code: Conditions.statusUnreadable,
+      severity: Severity.error,
+      message: what,
+      count: 1,
+      since: now,
+      last: now,
+      service: "syncd",
       instance: "",
     });
   }
@@ -143,7 +159,7 @@ async function siteStatus(
     reconciler,
     dead_letters: counts.dlq,
     conflicts: counts.conflicts,
-    conditions: conditionsOf(pings, services),
+    conditions: conditionsOf(pings, services, errors),
     errors,
   };
 }

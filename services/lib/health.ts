@@ -53,6 +53,8 @@ export const Conditions = {
   consumerMissing: "CONSUMER_MISSING",
   /** a service kind has no instance answering at a site (found by `syncd status`, not raised by a service) */
   serviceDown: "SERVICE_DOWN",
+  /** a part of a site's status (an endpoint, a stream) could not be read (found by `syncd status`) */
+  statusUnreadable: "STATUS_UNREADABLE",
 } as const;
 export type ConditionCode = (typeof Conditions)[keyof typeof Conditions];
 
