@@ -7,6 +7,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
+import { health } from "./health.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { type SiteHandles, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
@@ -33,6 +34,13 @@ function packageVersion(): string {
 /** A server URL with any user/password in it replaced, for logs. */
 export function maskUrl(url: string): string {
   return url.replace(/^([a-z+]+:\/\/)[^@/]*@/i, "$1[redacted]@");
+}
+
+/** STATS data of an endpoint that has some, with the process's health conditions added. */
+export function withConditions(data: unknown): unknown {
+  if (data === null || data === undefined || typeof data !== "object" || Array.isArray(data))
+    return data ?? null;
+  return { ...data, conditions: health.list() };
 }
 
 /** What a service's wiring gets. */
@@ -121,7 +129,10 @@ export async function runService(
     metadata: serviceMetadata(config),
     queue: "syncd",
     ...(opts.statsData
-      ? { statsHandler: async (ep) => opts.statsData?.((ep as unknown as { name: string }).name) ?? null }
+      ? {
+          statsHandler: async (ep) =>
+            withConditions(opts.statsData?.((ep as unknown as { name: string }).name)),
+        }
       : {}),
   });
   const running = await opts.wire({ config, log, nc, site, service });

@@ -6,6 +6,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { health } from "../lib/health.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
@@ -43,7 +44,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       errors: 0,
     };
     counts.set(bucket, c);
-    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
+    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }), {
+      maxEntries: config.metaCacheMax,
+    });
     await meta.start();
     caches.push(meta);
     const deps = {
@@ -116,6 +119,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
           }),
         ),
         ...(lastError ? { last_error: lastError } : {}),
+        conditions: health.list(),
       }),
     },
     { log },
