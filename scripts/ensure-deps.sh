@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the project's dependencies are present:
-#  - node_modules: `npm ci` when it is missing or older than package-lock.json;
+#  - node_modules: `npm ci` when it is missing or was installed from another package-lock.json;
 #  - nats-server (unless --no-nats-server): when neither $NATS_SERVER, PATH nor /usr/sbin has it,
 #    `apt-get update && apt-get install -y nats-server` (as root, or with sudo);
 #  - openssl, only with --tls (SECURE=1 ./scripts/up.sh: scripts/gen-certs.sh needs it): when it is
@@ -41,11 +41,13 @@ if [ ! -f package-lock.json ]; then
   say "package-lock.json is missing: cannot run npm ci (run npm install once and commit the lock file)" >&2
   exit 1
 fi
-# npm writes node_modules/.package-lock.json on every install: older than the lock file = stale.
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# The lock file's hash is recorded at install time: compared by contents, not by file dates (a fresh
+# clone or a git worktree has new dates on an unchanged lock file).
+lock_sum=$(cksum < package-lock.json)
+if [ ! -f node_modules/.package-lock.json ] || [ "$(cat node_modules/.syncd-lock-sum 2>/dev/null)" != "$lock_sum" ]; then
   say "installing node modules (npm ci)"
   npm ci --no-audit --no-fund
-  touch node_modules/.package-lock.json
+  echo "$lock_sum" > node_modules/.syncd-lock-sum
 fi
 
 # Install a Debian package with apt-get (as root, or with passwordless sudo); $2 says how to get it

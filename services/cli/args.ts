@@ -41,6 +41,8 @@ export type Cli = {
   peers?: string[];
   /** conflicts: newest records to show (0 = all) */
   limit: number;
+  /** status: exit 1 when a condition needs a person */
+  check: boolean;
 };
 
 /** Flags of every command, with their environment fallbacks (same names as the services use). */
@@ -87,11 +89,12 @@ ${Object.entries(FLAGS)
   --bucket <b>     reconcile: only this bucket
   --peer <p,...>   reconcile: only against these peer sites
   --limit <n>      conflicts: show the newest n records (default 100, 0 = all)
+  --check          status: exit 1 when a health condition needs a person (severity error)
   -h, --help       this text
   --version        the package version
 
 Sites are found with $SRV.PING.syncd-merger (metadata site, domain).
-Exit codes: 0 ok, 1 error, 2 usage error.`;
+Exit codes: 0 ok, 1 error (status --check: also a condition that needs a person), 2 usage error.`;
 
 type Flag = keyof typeof FLAGS;
 
@@ -152,6 +155,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     version: values.version === true,
     conn,
     limit: 100,
+    check: values.check === true,
   };
   if (values.site !== undefined) {
     if (!TOKEN.test(values.site)) throw new UsageError(`--site must match ${TOKEN}, got "${values.site}"`);
@@ -200,6 +204,7 @@ function parse(argv: string[]) {
       bucket: str,
       peer: { type: "string", multiple: true },
       limit: str,
+      check: { type: "boolean" },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
     },

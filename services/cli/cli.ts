@@ -21,7 +21,7 @@ type Command = { min: number; max: number; synopsis: string; run: (ctx: Ctx) => 
 
 const COMMANDS: Record<string, Command> = {
   micro: { min: 1, max: 3, synopsis: "micro ls|info|stats [name] [id]", run: microCommand },
-  status: { min: 0, max: 0, synopsis: "status [--site s]", run: statusCommand },
+  status: { min: 0, max: 0, synopsis: "status [--site s] [--check]", run: statusCommand },
   get: { min: 2, max: 2, synopsis: "get <bucket> <key> [--site s]", run: getCommand },
   diff: { min: 1, max: 1, synopsis: "diff <bucket>", run: diffCommand },
   put: { min: 3, max: 3, synopsis: "put <bucket> <key> <value|-> --site <site>", run: putCommand },

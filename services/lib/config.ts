@@ -4,7 +4,7 @@
  */
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
-import { ClockMode } from "./clock-rules.ts";
+import { ClockMode, DEFAULT_MAX_CLOCK_JUMP } from "./clock-rules.ts";
 
 /** Everything a service of one site needs to know. */
 export type Config = {
@@ -15,6 +15,10 @@ export type Config = {
   buckets: string[];
   clock: ClockMode;
   maxClockSkewMs: number;
+  /** Lamport: how far one received ts may be above the site's clock */
+  maxClockJump: number;
+  /** keys of `_meta` each watcher and merger keeps in memory, per bucket */
+  metaCacheMax: number;
   reconcileIntervalMs: number;
   logLevel: string;
   instance: string;
@@ -43,6 +47,16 @@ const flags = {
     env: "SYNCD_MAX_CLOCK_SKEW",
     help: "HLC: refuse ts further ahead than this many ms",
     def: "60000",
+  },
+  "max-clock-jump": {
+    env: "SYNCD_MAX_CLOCK_JUMP",
+    help: "Lamport: refuse (park) a ts more than this far above the site's clock",
+    def: String(DEFAULT_MAX_CLOCK_JUMP),
+  },
+  "meta-cache-max": {
+    env: "SYNCD_META_CACHE_MAX",
+    help: "keys of <bucket>_meta a watcher or merger keeps in memory per bucket (bounds its memory)",
+    def: "100000",
   },
   "reconcile-interval": {
     env: "SYNCD_RECONCILE_INTERVAL",
@@ -144,6 +158,8 @@ export function loadConfig(
     buckets,
     clock,
     maxClockSkewMs: intOf("max-clock-skew", get("max-clock-skew")!, 0),
+    maxClockJump: intOf("max-clock-jump", get("max-clock-jump")!, 1),
+    metaCacheMax: intOf("meta-cache-max", get("meta-cache-max")!, 1),
     reconcileIntervalMs: intOf("reconcile-interval", get("reconcile-interval")!, 0) * 1000,
     logLevel: get("log-level")!,
     instance: get("instance") ?? `${hostname()}-${process.pid}`,

@@ -9,6 +9,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
+import { health } from "./health.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { CachedMetaStore } from "./meta-cache.ts";
 import { type SiteHandles, openSite } from "./site.ts";
@@ -36,6 +37,13 @@ function packageVersion(): string {
 /** A server URL with any user/password in it replaced, for logs. */
 export function maskUrl(url: string): string {
   return url.replace(/^([a-z+]+:\/\/)[^@/]*@/i, "$1[redacted]@");
+}
+
+/** STATS data of an endpoint that has some, with the process's health conditions added. */
+export function withConditions(data: unknown): unknown {
+  if (data === null || data === undefined || typeof data !== "object" || Array.isArray(data))
+    return data ?? null;
+  return { ...data, conditions: health.list() };
 }
 
 /** What a service's wiring gets. */
@@ -70,6 +78,7 @@ export class SharedMetaCaches {
   constructor(
     private readonly site: SiteHandles,
     private readonly log: Logger,
+    private readonly opts: { maxEntries?: number } = {},
   ) {}
 
   /** The started cache of `bucket`. */
@@ -78,7 +87,7 @@ export class SharedMetaCaches {
     if (!c) {
       const kv = this.site.metas.get(bucket);
       if (!kv) return Promise.reject(new Error(`bucket ${bucket} is not one of this site's buckets`));
-      const cache = new CachedMetaStore(kv, this.log.child({ bucket }));
+      const cache = new CachedMetaStore(kv, this.log.child({ bucket }), this.opts);
       c = cache.start().then(() => cache);
       this.caches.set(bucket, c);
     }
@@ -166,7 +175,7 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
     }
   })();
   const site = await openSite(nc, config, log);
-  const caches = new SharedMetaCaches(site, log);
+  const caches = new SharedMetaCaches(site, log, { maxEntries: config.metaCacheMax });
   const svcm = new Svcm(nc);
   const started: { service: Service; running: Running; log: Logger }[] = [];
   for (const def of defs) {
@@ -181,7 +190,7 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
       queue: "syncd",
       statsHandler: async (ep) => {
         const endpoint = (ep as unknown as { name: string }).name;
-        return (wired.running?.statsData ?? def.statsData)?.(endpoint) ?? null;
+        return withConditions((wired.running?.statsData ?? def.statsData)?.(endpoint));
       },
     });
     const running = await def.wire({

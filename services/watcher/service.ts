@@ -6,6 +6,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { health } from "../lib/health.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
@@ -111,6 +112,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
           }),
         ),
         ...(lastError ? { last_error: lastError } : {}),
+        conditions: health.list(),
       }),
     },
     { log },
