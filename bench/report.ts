@@ -139,7 +139,7 @@ function agentRow(fp: FootprintResult | undefined): string[] {
     title,
     `idle **${fmt(idleMax, 1)} MB** (${list(ag.idle)}); at ${fmt(ag.keys_per_site)} keys **${fmt(atKMax, 1)} MB** (${list(ag.at_k)})`,
     kOk === null ? verdict(idleOk ? null : false) : verdict(idleOk && kOk),
-    `Idle: one Node process, one connection, one set of site handles for the four services (four processes: 4 × ~63-74 MB). At K keys the shared _meta cache (one per bucket, where the watcher and the merger had one each) and the reconciler's version index (its own _meta watch) hold K entries each; the bounded _meta cache is what brings it down.`,
+    `Idle: one Node process, one connection, one set of site handles for the four services (four processes: 4 × ~63-74 MB). At K keys the shared _meta cache (one per bucket, where the watcher and the merger had one each) and the reconciler's version index (its own _meta watch) hold K entries each: those two in-memory copies of _meta are what limits it.`,
   ];
 }
 
