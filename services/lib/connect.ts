@@ -188,8 +188,8 @@ export function readContext(
   }
   // natscli: a user without a password is a token ("Username or Token")
   if (out.user !== undefined && out.password === undefined && out.token === undefined) {
-    out.token = out.user;
-    delete out.user;
+    const { user, ...rest } = out;
+    return { ...rest, token: user };
   }
   return out;
 }

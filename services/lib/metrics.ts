@@ -97,6 +97,10 @@ function samples(v: Sample[] | number): Sample[] {
 }
 
 /** Samples of a record of counts, one label taking the record's keys. */
-export function byLabel(label: string, counts: Record<string, number>, extra: Record<string, string> = {}): Sample[] {
+export function byLabel(
+  label: string,
+  counts: Record<string, number>,
+  extra: Record<string, string> = {},
+): Sample[] {
   return Object.entries(counts).map(([k, value]) => ({ labels: { ...extra, [label]: k }, value }));
 }
