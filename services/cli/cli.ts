@@ -2,8 +2,8 @@
  * The `syncd` CLI: parse the command line, connect, run one command, print JSON (--json) or text.
  * Exit codes: 0 ok, 1 error (one clear line on stderr, no stack trace), 2 usage error.
  */
-import { readFileSync } from "node:fs";
 import type { NatsConnection } from "@nats-io/nats-core";
+import { VERSION } from "../lib/version.ts";
 import { type Cli, CliError, USAGE, UsageError, parseCli } from "./args.ts";
 import { conflictsCommand } from "./conflicts.ts";
 import type { Ctx, Output } from "./context.ts";
@@ -87,13 +87,6 @@ const COMMANDS: Record<string, Command> = {
 const ALIASES: Record<string, string> = { delete: "del", rm: "del" };
 const MICRO_VERBS = new Set(["ls", "list", "info", "stats"]);
 
-function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  };
-  return pkg.version;
-}
-
 /** The help of one command: synopsis, what it does, the flags every command takes. */
 function commandUsage(cmd: Command): string {
   return `usage: syncd [flags] ${cmd.synopsis}\n\n${cmd.help}\n\n${USAGE.slice(USAGE.indexOf("\nflags (") + 1)}`;
@@ -128,7 +121,7 @@ export async function run(argv: string[], io: Io, env: NodeJS.ProcessEnv = proce
       return 0;
     }
     if (cli.version) {
-      io.out(packageVersion());
+      io.out(VERSION);
       return 0;
     }
     cmd = resolve(cli);

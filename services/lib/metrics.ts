@@ -92,6 +92,35 @@ export class Metrics {
   }
 }
 
+/** A health condition as the gauge counts it (services/lib/health.ts's list()). */
+export type ConditionLike = { code: string; severity: string };
+
+let conditionsSource: () => ConditionLike[] = () => [];
+
+/** Where the syncd_health_conditions gauge reads the process's conditions from. */
+export function setConditionsSource(list: () => ConditionLike[]): void {
+  conditionsSource = list;
+}
+
+/** The health-conditions gauge: how many conditions of each code and severity are raised now. */
+export function registerConditions(m: Metrics): void {
+  m.gaugeFrom(
+    METRIC_NAMES.conditions,
+    "health conditions raised now, by code and severity",
+    ["code", "severity"],
+    () => {
+      const n = new Map<string, Sample>();
+      for (const c of conditionsSource()) {
+        const k = `${c.code}\u0000${c.severity}`;
+        const cur = n.get(k) ?? { labels: { code: c.code, severity: c.severity }, value: 0 };
+        cur.value++;
+        n.set(k, cur);
+      }
+      return [...n.values()];
+    },
+  );
+}
+
 function samples(v: Sample[] | number): Sample[] {
   return typeof v === "number" ? [{ value: v }] : v;
 }

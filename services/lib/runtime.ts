@@ -2,35 +2,19 @@
  * What every service's main.ts does: read the config, connect, open the site, add the micro service
  * with the standard metadata, run until SIGTERM/SIGINT, then drain.
  */
-import { readFileSync } from "node:fs";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { type Logger, createLogger } from "./logger.ts";
-import { METRIC_NAMES, Metrics } from "./metrics.ts";
+import { METRIC_NAMES, Metrics, registerConditions } from "./metrics.ts";
 import { type SiteHandles, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
+import { VERSION } from "./version.ts";
 
 /** The package version: the version every service reports in the micro protocol. */
-export const VERSION: string = packageVersion();
-
-/** The version in the repository's package.json (found upwards: sources or dist/). */
-function packageVersion(): string {
-  for (const rel of ["../../package.json", "../../../package.json"]) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as {
-        name?: string;
-        version: string;
-      };
-      if (pkg.name === "nats-kv-syncd") return pkg.version;
-    } catch {
-      // not there: try the next
-    }
-  }
-  throw new Error("package.json of nats-kv-syncd not found");
-}
+export { VERSION };
 
 /** A server URL with any user/password in it replaced, for logs. */
 export function maskUrl(url: string): string {
@@ -145,6 +129,7 @@ export async function runService(
   metrics.gaugeFrom(METRIC_NAMES.ready, "1 while /readyz answers ok", [], async () =>
     (await readyz()).ok ? 1 : 0,
   );
+  registerConditions(metrics);
   let http: HttpServer | undefined;
   if (config.httpPort !== undefined) {
     try {
