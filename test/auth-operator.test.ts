@@ -82,18 +82,22 @@ describe("operator mode: JWT accounts, leaf remotes with credentials, services a
     };
     const unlimitedJs = { ...open, disk_storage: -1, mem_storage: -1, streams: -1, consumer: -1 };
     const sysJwt = await encodeAccount("SYS", sys, {}, { signer: op });
+    // what an app may do with the replicated bucket: write keys, read them, look at the bucket (and
+    // $JS.API.INFO, which nats.js asks before a get on nats-server 2.9)
+    const shared = [
+      "$KV.config.>",
+      "$JS.API.DIRECT.GET.KV_config",
+      "$JS.API.DIRECT.GET.KV_config.>",
+      "$JS.API.STREAM.MSG.GET.KV_config",
+      "$JS.API.STREAM.INFO.KV_config",
+      "$JS.API.INFO",
+    ];
     const syncdJwt = await encodeAccount(
       "SYNCD",
       syncd,
       {
         limits: unlimitedJs,
-        exports: [
-          // what an app may do with the replicated bucket: write keys, read them, look at the bucket
-          { name: "kv-put", subject: "$KV.config.>", type: "service" },
-          { name: "kv-get", subject: "$JS.API.DIRECT.GET.KV_config.>", type: "service" },
-          { name: "kv-info", subject: "$JS.API.STREAM.INFO.KV_config", type: "service" },
-          { name: "kv-msg-get", subject: "$JS.API.STREAM.MSG.GET.KV_config", type: "service" },
-        ],
+        exports: shared.map((subject) => ({ name: subject, subject, type: "service" as const })),
       },
       { signer: op },
     );
@@ -102,27 +106,12 @@ describe("operator mode: JWT accounts, leaf remotes with credentials, services a
       app,
       {
         limits: open,
-        imports: [
-          { name: "kv-put", subject: "$KV.config.>", account: syncd.getPublicKey(), type: "service" },
-          {
-            name: "kv-get",
-            subject: "$JS.API.DIRECT.GET.KV_config.>",
-            account: syncd.getPublicKey(),
-            type: "service",
-          },
-          {
-            name: "kv-info",
-            subject: "$JS.API.STREAM.INFO.KV_config",
-            account: syncd.getPublicKey(),
-            type: "service",
-          },
-          {
-            name: "kv-msg-get",
-            subject: "$JS.API.STREAM.MSG.GET.KV_config",
-            account: syncd.getPublicKey(),
-            type: "service",
-          },
-        ],
+        imports: shared.map((subject) => ({
+          name: subject,
+          subject,
+          account: syncd.getPublicKey(),
+          type: "service" as const,
+        })),
       },
       { signer: op },
     );
@@ -165,7 +154,6 @@ listen: 127.0.0.1:${port}
 ${trust}
 jetstream { domain: ${site}, store_dir: "${join(dir, `js-${site}`)}" }
 leafnodes {
-  reconnect: "1s"
   remotes [
     {
       url: "nats-leaf://127.0.0.1:${leafPort}"
@@ -241,9 +229,14 @@ leafnodes {
       return nc;
     };
     const [ncA, ncB] = [await appConn("a"), await appConn("b")];
-    const kvA = await new Kvm(jetstream(ncA)).open("config");
+    const kvA = await new Kvm(jetstream(ncA, { checkAPI: false })).open("config");
     await kvA.put("jwt.k", "from-app-a");
-    const kvB = await new Kvm(jetstream(ncB)).open("config");
+    const syncdB = await new Kvm(conns[1]!).open("config");
+    await waitFor(async () => (await syncdB.get("jwt.k"))?.string() === "from-app-a", {
+      timeout: 30_000,
+      message: "the app's write at a replicated to b",
+    });
+    const kvB = await new Kvm(jetstream(ncB, { checkAPI: false })).open("config");
     await waitFor(async () => (await kvB.get("jwt.k"))?.string() === "from-app-a", {
       timeout: 30_000,
       message: "the app's write at a readable at b",
