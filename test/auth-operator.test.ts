@@ -335,7 +335,7 @@ describe("nkey users (no JWT): services log in with --nkey", () => {
         "127.0.0.1",
       ],
       cwd: REPO,
-      env: { ...process.env, SYNCD_TSX: process.env.SYNCD_TSX ?? "1" },
+      env: { ...process.env },
       logFile: join(dir, "clock.log"),
       marker: "clock",
     });

@@ -60,7 +60,7 @@ describe("HTTP port: /metrics, /healthz, /readyz", () => {
             "0",
           ],
           cwd: REPO,
-          env: { ...process.env, SYNCD_TSX: process.env.SYNCD_TSX ?? "1" },
+          env: { ...process.env },
           logFile: join(mesh.dir, "http", `${site}-${kind}.log`),
           marker: "services/run.mjs",
         });
