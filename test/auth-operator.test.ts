@@ -201,7 +201,6 @@ leafnodes {
             ...process.env,
             NATS_URL: url[site],
             NATS_CREDS: creds.syncd,
-            SYNCD_TSX: process.env.SYNCD_TSX ?? "1",
           },
         );
       }
