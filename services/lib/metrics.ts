@@ -48,9 +48,10 @@ export type MetricName = (typeof METRIC_NAMES)[keyof typeof METRIC_NAMES];
 export class Metrics {
   readonly registry = new Registry();
 
-  constructor(labels: Record<string, string>) {
+  /** `processMetrics`: also Node's process_* and nodejs_* metrics (event-loop and GC observers). */
+  constructor(labels: Record<string, string>, opts: { processMetrics: boolean } = { processMetrics: true }) {
     this.registry.setDefaultLabels(labels);
-    collectDefaultMetrics({ register: this.registry });
+    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
 
   /** A counter whose value is read from `read` at scrape time (monotonic counts the service keeps). */

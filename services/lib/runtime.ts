@@ -90,7 +90,11 @@ export async function runService(
   });
   const { auth: _auth, ...shown } = config;
   log.info({ config: { ...shown, natsUrl: shown.natsUrl.map(maskUrl) } }, "starting");
-  const metrics = new Metrics({ service: ServiceName[kind], site: config.site, instance: config.instance });
+  // without an http port nobody scrapes: no process observers then
+  const metrics = new Metrics(
+    { service: ServiceName[kind], site: config.site, instance: config.instance },
+    { processMetrics: config.httpPort !== undefined },
+  );
   const state: { nc?: NatsConnection; connected: boolean; site?: SiteHandles; wired: boolean } = {
     connected: false,
     wired: false,
