@@ -1,6 +1,7 @@
 /**
- * Command line of the `syncd` CLI: global flags in the style of the `nats` CLI (server, credentials,
- * TLS, timeout, --json) plus the few per-command flags, anywhere on the line.
+ * Command line of the `syncd` CLI: the connection flags of the `nats` CLI (services/lib/connect.ts,
+ * shared with the services: server, credentials, TLS, contexts), timeout, --json, plus the few
+ * per-command flags, anywhere on the line.
  */
 import { parseArgs } from "node:util";
 import {
