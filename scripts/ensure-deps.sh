@@ -130,7 +130,8 @@ if [ "$need_go_tools" = 1 ]; then
 fi
 
 # compiled services (dist/) when the build is missing or older than the sources: they need about a
-# third less memory than TypeScript run through tsx (services/run.mjs falls back to tsx anyway)
+# third less memory than TypeScript run through tsx (services/run.mjs runs a stale checkout through
+# tsx with a warning, and refuses to under NODE_ENV=production: services/launch.mjs)
 node scripts/build.mjs >&2
 
 if [ "$need_server" = 1 ]; then

@@ -14,6 +14,7 @@ import { pingSite } from "../scripts/lib/services.ts";
 import { clockService } from "../services/clock/service.ts";
 import { loadConfig } from "../services/lib/config.ts";
 import { createLogger } from "../services/lib/logger.ts";
+import { Metrics } from "../services/lib/metrics.ts";
 import { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "../services/lib/runtime.ts";
 import { openSite } from "../services/lib/site.ts";
 import { AGENT_NAME, ServiceName, Streams, endpointSubject } from "../services/lib/subjects.ts";
@@ -162,6 +163,8 @@ describe("I5 agent mode: counters are per wired instance", () => {
             site,
             service,
             metaCache: (b) => caches.get(b),
+            // one registry per wired instance: two instances of a kind register the same names
+            metrics: new Metrics({ service: ServiceName[def.kind] }, { processMetrics: false }),
           });
           wired.push({ def, running, stop: async () => void (await service.stop()) });
         }

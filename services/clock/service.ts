@@ -7,6 +7,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { type StoreUsage, health, reportStores } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
+import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { ClockObserveRequest, ClockTickRequest, EmptyRequest } from "../lib/schemas.gen.ts";
 import { openOrCreateKv } from "../lib/site.ts";
@@ -88,6 +89,19 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
   void check();
   const timer = setInterval(check, STORE_CHECK_MS);
   timer.unref();
+  ctx.metrics.counterFrom(METRIC_NAMES.clockTicks, "timestamps given out", [], () => counts.ticks);
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.clockObserved,
+    "remote timestamps observed",
+    [],
+    () => counts.observed,
+  );
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.skewRefused,
+    "observed timestamps refused as too far ahead (HLC skew, Lamport jump)",
+    [],
+    () => counts.skew_refused,
+  );
   return {
     stop: async () => {
       clearInterval(timer);

@@ -1,38 +1,25 @@
 /**
  * What every service's main.ts does: read the config, connect, open the site, add the micro service
  * with the standard metadata, run until SIGTERM/SIGINT, then drain. `runServices` does the same for
- * several kinds in one process (the site agent): one connection, one set of site handles and one
- * `_meta` cache per bucket, shared by every service of the process; still one micro service per kind.
+ * several kinds in one process (the site agent): one connection, one set of site handles, one
+ * `_meta` cache per bucket, one metrics registry and one http port, shared by every service of the
+ * process; still one micro service per kind.
  */
-import { readFileSync } from "node:fs";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { health } from "./health.ts";
+import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { CachedMetaStore } from "./meta-cache.ts";
+import { METRIC_NAMES, Metrics, registerConditions } from "./metrics.ts";
 import { type SiteHandles, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
+import { VERSION } from "./version.ts";
 
 /** The package version: the version every service reports in the micro protocol. */
-export const VERSION: string = packageVersion();
-
-/** The version in the repository's package.json (found upwards: sources or dist/). */
-function packageVersion(): string {
-  for (const rel of ["../../package.json", "../../../package.json"]) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as {
-        name?: string;
-        version: string;
-      };
-      if (pkg.name === "nats-kv-syncd") return pkg.version;
-    } catch {
-      // not there: try the next
-    }
-  }
-  throw new Error("package.json of nats-kv-syncd not found");
-}
+export { VERSION };
 
 /** A server URL with any user/password in it replaced, for logs. */
 export function maskUrl(url: string): string {
@@ -55,6 +42,8 @@ export type ServiceContext = {
   service: Service;
   /** the process's `_meta` cache of a bucket (started on first use, shared by the services of the process) */
   metaCache: (bucket: string) => Promise<CachedMetaStore>;
+  /** the process's metrics: the wiring registers its own, read from its counts at scrape time */
+  metrics: Metrics;
 };
 
 /**
@@ -63,6 +52,9 @@ export type ServiceContext = {
  */
 export type Running = { stop: () => Promise<void>; statsData?: (endpoint: string) => unknown };
 
+/** A durable consumer a service needs: /readyz fails while it is missing. */
+export type NeededConsumer = { stream: string; durable: string };
+
 /** One kind of service: what `runService` / `runServices` add and wire. */
 export type ServiceDef = {
   kind: ServiceKind;
@@ -70,6 +62,8 @@ export type ServiceDef = {
   wire: (ctx: ServiceContext) => Promise<Running>;
   /** STATS data for a wiring that does not return its own */
   statsData?: (endpoint: string) => unknown;
+  /** the durable consumers the service works through */
+  consumers?: (config: Config) => NeededConsumer[];
 };
 
 /** One watch-fed `_meta` cache per bucket, created on first use; `stop` ends every watch. */
@@ -122,7 +116,8 @@ export async function runService(kind: ServiceKind, opts: Omit<ServiceDef, "kind
 
 /**
  * Run several kinds of service in this process (`name` labels the process: logs, connection name,
- * usage), in the order given, sharing one connection, the site handles and the `_meta` caches.
+ * usage, the metrics' `service` label), in the order given, sharing one connection, the site
+ * handles, the `_meta` caches, the metrics and the http port (/healthz, /readyz over every service).
  * Each kind is its own micro service with the standard metadata; more instances of any kind can run
  * anywhere else. Stops them in reverse order on SIGTERM/SIGINT, then drains the connection.
  */
@@ -158,9 +153,70 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
     },
     "starting",
   );
+  // without an http port nobody scrapes: no process observers then
+  const metrics = new Metrics(
+    { service: name, site: config.site, instance: config.instance },
+    { processMetrics: config.httpPort !== undefined },
+  );
+  const state: { nc?: NatsConnection; connected: boolean; site?: SiteHandles; wired: boolean } = {
+    connected: false,
+    wired: false,
+  };
+  const healthz = async (): Promise<ProbeResult> => {
+    const nats = !state.nc
+      ? "connecting"
+      : state.nc.isClosed()
+        ? "closed"
+        : state.connected
+          ? true
+          : "disconnected";
+    return { ok: nats === true, checks: { process: true, nats } };
+  };
+  const readyz = async (): Promise<ProbeResult> => {
+    const h = await healthz();
+    const checks: ProbeResult["checks"] = { ...h.checks, wired: state.wired || "not yet" };
+    if (h.ok && state.wired && state.site) {
+      for (const c of defs.flatMap((d) => d.consumers?.(config) ?? [])) {
+        checks[`consumer ${c.stream}/${c.durable}`] = await state.site.jsm.consumers
+          .info(c.stream, c.durable)
+          .then(
+            () => true as const,
+            (err: unknown) => (err as Error).message,
+          );
+      }
+    }
+    return { ok: Object.values(checks).every((v) => v === true), checks };
+  };
+  metrics.gaugeFrom(METRIC_NAMES.info, "1 per service process", ["version"], () => [
+    { labels: { version: VERSION }, value: 1 },
+  ]);
+  metrics.gaugeFrom(METRIC_NAMES.natsConnected, "1 while connected to NATS", [], async () =>
+    (await healthz()).ok ? 1 : 0,
+  );
+  metrics.gaugeFrom(METRIC_NAMES.ready, "1 while /readyz answers ok", [], async () =>
+    (await readyz()).ok ? 1 : 0,
+  );
+  registerConditions(metrics);
+  let http: HttpServer | undefined;
+  if (config.httpPort !== undefined) {
+    try {
+      http = await startHttp(
+        config.httpHost,
+        config.httpPort,
+        { healthz, readyz, metrics: () => metrics.scrape() },
+        log,
+      );
+      log.info({ host: config.httpHost, port: http.port }, "http port open: /metrics /healthz /readyz");
+    } catch (err) {
+      log.fatal({ err, host: config.httpHost, port: config.httpPort }, "cannot open the http port");
+      process.exit(1);
+    }
+  }
   let nc: NatsConnection;
   try {
     nc = await connectNats(config, `${name}-${config.site}-${config.instance}`);
+    state.nc = nc;
+    state.connected = true;
   } catch (err) {
     log.fatal(
       { err: { message: (err as Error).message }, servers: config.natsUrl.map(maskUrl) },
@@ -170,14 +226,17 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
   }
   void (async () => {
     for await (const s of nc.status()) {
+      if (s.type === "disconnect") state.connected = false;
+      if (s.type === "reconnect") state.connected = true;
       if (s.type === "disconnect" || s.type === "reconnect")
         log.warn({ status: s.type }, "connection status");
     }
   })();
   const site = await openSite(nc, config, log);
+  state.site = site;
   const caches = new SharedMetaCaches(site, log, { maxEntries: config.metaCacheMax });
   const svcm = new Svcm(nc);
-  const started: { service: Service; running: Running; log: Logger }[] = [];
+  const started: { service: Service; running: Running }[] = [];
   for (const def of defs) {
     // in the agent every line names its service; alone, the root logger already does
     const slog = single ? log : log.child({ svc: ServiceName[def.kind] });
@@ -200,11 +259,13 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
       site,
       service,
       metaCache: (bucket) => caches.get(bucket),
+      metrics,
     });
     wired.running = running;
-    started.push({ service, running, log: slog });
+    started.push({ service, running });
     slog.info({ id: service.info().id }, "ready");
   }
+  state.wired = true;
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -212,12 +273,14 @@ export async function runServices(defs: ServiceDef[], name: string): Promise<voi
     log.info({ signal }, "stopping");
     const timer = setTimeout(() => process.exit(0), 5000);
     try {
+      state.wired = false;
       for (const s of [...started].reverse()) {
         await s.running.stop();
         await s.service.stop();
       }
       await caches.stop();
       await nc.drain();
+      await http?.close();
     } catch (err) {
       log.warn({ err }, "error while stopping");
     }

@@ -11,6 +11,7 @@ import { ClockMode, LAMPORT_CATCH_UP_MS, admissible } from "../lib/clock-rules.t
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
+import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
@@ -318,6 +319,28 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     },
     d,
   );
+  ctx.metrics.counterFrom(METRIC_NAMES.mergerOps, "ops handled, by result", ["result"], () =>
+    byLabel("result", {
+      applied: counts.applied,
+      stale: counts.stale,
+      duplicate: counts.duplicate,
+      forwarded: counts.forwarded,
+      errors: counts.errors,
+    }),
+  );
+  ctx.metrics.counterFrom(METRIC_NAMES.deadLetters, "ops dead-lettered, by error code", ["code"], () =>
+    byLabel("code", deadByCode),
+  );
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.conflicts,
+    "concurrent writes resolved by LWW",
+    [],
+    () => counts.conflicts,
+  );
+  ctx.metrics.gaugeFrom(METRIC_NAMES.mergerBacklog, "ops waiting in the inbound stream", [], async () => {
+    const ci = await site.jsm.consumers.info(Streams.in(config.site), Durables.merger);
+    return ci.num_pending;
+  });
   return {
     stop: async () => {
       await loop.stop();
@@ -331,4 +354,5 @@ export const mergerService: ServiceDef = {
   kind: "merger",
   description: "applies ops to the site's buckets by last-writer-wins",
   wire: wireMerger,
+  consumers: (config) => [{ stream: Streams.in(config.site), durable: Durables.merger }],
 };

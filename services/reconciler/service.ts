@@ -4,6 +4,7 @@
  */
 import { addEndpoint } from "../lib/adapter.ts";
 import { health } from "../lib/health.ts";
+import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -133,6 +134,24 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       handler: async () => ({ ...reconciler.status(), conditions: health.list() }),
     },
     d,
+  );
+  const counts = () =>
+    reconciler.statsData() as Partial<Record<"runs" | "run_errors" | "pulled" | "pushed", number>>;
+  ctx.metrics.counterFrom(METRIC_NAMES.reconcileRuns, "anti-entropy runs", [], () => counts().runs ?? 0);
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.reconcileFailures,
+    "anti-entropy runs that failed",
+    [],
+    () => counts().run_errors ?? 0,
+  );
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.reconcileMoved,
+    "entries moved by anti-entropy, by direction",
+    ["direction"],
+    () => [
+      { labels: { direction: "pulled" }, value: counts().pulled ?? 0 },
+      { labels: { direction: "pushed" }, value: counts().pushed ?? 0 },
+    ],
   );
   reconciler.start();
   return {

@@ -7,6 +7,7 @@ import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { health } from "../lib/health.ts";
+import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
@@ -117,6 +118,20 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     },
     { log },
   );
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.watcherOps,
+    "local writes handled, by bucket and outcome",
+    ["bucket", "outcome"],
+    () => [...counts].flatMap(([bucket, c]) => byLabel("outcome", c, { bucket })),
+  );
+  ctx.metrics.gaugeFrom(METRIC_NAMES.watcherLag, "local writes not yet turned into ops", ["bucket"], () =>
+    Promise.all(
+      config.buckets.map(async (bucket): Promise<Sample> => {
+        const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(config.site, bucket));
+        return { labels: { bucket }, value: ci.num_pending };
+      }),
+    ),
+  );
   return {
     stop: async () => {
       await Promise.all(loops.map((l) => l.stop()));
@@ -130,4 +145,6 @@ export const watcherService: ServiceDef = {
   kind: "watcher",
   description: "turns local writes of the site's buckets into ops",
   wire: wireWatcher,
+  consumers: (config) =>
+    config.buckets.map((b) => ({ stream: kvStream(b), durable: Durables.watcher(config.site, b) })),
 };
