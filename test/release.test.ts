@@ -91,7 +91,7 @@ describe("npm pack → npm install into an empty directory", () => {
     assert.equal(help.stderr, "");
     const version = spawnSync(bin("syncd"), ["--version"], { env, encoding: "utf8" });
     assert.equal(version.stdout.trim(), pkg.version);
-    for (const kind of ["clock", "watcher", "merger", "reconciler"]) {
+    for (const kind of ["clock", "watcher", "merger", "reconciler", "agent"]) {
       const r = spawnSync(bin(`syncd-${kind}`), ["--help"], { env, encoding: "utf8" });
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stdout, new RegExp(`^usage: syncd-${kind} --site`));

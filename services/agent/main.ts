@@ -39,8 +39,8 @@ if (spec !== undefined && spec !== "") {
   }
   defs = all.filter((d) => want.includes(d.kind as ServiceKind));
 }
-if (process.argv.includes("--help"))
-  console.log(
-    `${AGENT_NAME}: ${all.map((d) => d.kind).join(", ")} in one process\n  --services             only these kinds, comma separated [$SYNCD_SERVICES]`,
-  );
-await runServices(defs, AGENT_NAME);
+await runServices(
+  defs,
+  AGENT_NAME,
+  `\n  --services                 only these kinds in this process, comma separated (default: ${all.map((d) => d.kind).join(",")}) [$SYNCD_SERVICES]`,
+);

@@ -121,14 +121,16 @@ export async function runService(kind: ServiceKind, opts: Omit<ServiceDef, "kind
  * Each kind is its own micro service with the standard metadata; more instances of any kind can run
  * anywhere else. Stops them in reverse order on SIGTERM/SIGINT, then drains the connection.
  */
-export async function runServices(defs: ServiceDef[], name: string): Promise<void> {
+export async function runServices(defs: ServiceDef[], name: string, moreUsage = ""): Promise<void> {
   let config: Config;
   try {
     config = loadConfig();
   } catch (err) {
     if (err instanceof ConfigError) {
       const help = err.message === "help";
-      (help ? console.log : console.error)(`${help ? "" : `error: ${err.message}\n`}${usage(name)}`);
+      (help ? console.log : console.error)(
+        `${help ? "" : `error: ${err.message}\n`}${usage(name)}${moreUsage}`,
+      );
       process.exit(help ? 0 : 2);
     }
     throw err;
