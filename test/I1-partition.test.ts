@@ -1,7 +1,9 @@
 /**
  * I1 across partitions (DESIGN §5): writes made while the hub is down, or while a site's own server
  * is down, reach every site after the heal through JetStream store-and-forward — with anti-entropy
- * switched off — and end with the LWW winners; the op streams then stop growing (no cycle).
+ * switched off (no periodic runs, and SYNCD_RECONCILE_ON_HEAL=0: a peer's heal starts no run; the
+ * reconcilers' status proves they saw the heals and ran nothing) — and end with the LWW winners; the
+ * op streams then stop growing (no cycle).
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -10,9 +12,16 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
 import type { Mesh } from "./harness/mesh.ts";
-import { contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
+import { call, contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
 
 const SITES = ["a", "b", "c"];
+
+// the services inherit the test process's environment: no run on a heal, discovery every second
+process.env.SYNCD_RECONCILE_ON_HEAL = "0";
+process.env.SYNCD_RECONCILE_DISCOVERY_MS = "1000";
+
+type Status = { unreachable: string[]; counts: { runs: number; heals: number } };
+const status = (nc: NatsConnection, site: string) => call<Status>(nc, site, "reconciler", "status");
 
 describe("I1 convergence after partitions, by store-and-forward", () => {
   let mesh: Mesh;
@@ -38,6 +47,11 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
     await kv.a!.put("p.doomed", "before");
     await until(async () => (await kv.c!.get("p.doomed"))?.string() === "before");
     await mesh.stopHub();
+    // every reconciler sees its peers gone (so that the heal below is one it notices)
+    for (const s of SITES)
+      await until(async () => (await status(nc[s]!, s)).unreachable.length === SITES.length - 1, {
+        message: `site ${s}'s reconciler still reaches its peers`,
+      });
     for (const s of SITES) {
       for (let i = 0; i < 20; i++) await kv[s]!.put(`p.${s}.${i}`, `${s}${i}`);
       await kv[s]!.put("p.conflict", `from-${s}`);
@@ -98,5 +112,18 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
     const first = await count();
     await new Promise((r) => setTimeout(r, 2000));
     assert.deepEqual(await count(), first);
+  });
+
+  it("I1 no anti-entropy run did any of it: every reconciler saw its peers heal and ran nothing", async () => {
+    for (const s of SITES) {
+      const st = await until(
+        async () => {
+          const x = await status(nc[s]!, s);
+          return x.counts.heals >= SITES.length - 1 && x.unreachable.length === 0 ? x : null;
+        },
+        { message: `site ${s}'s reconciler did not see its peers heal` },
+      );
+      assert.equal(st.counts.runs, 0, `site ${s}'s reconciler ran: ${JSON.stringify(st.counts)}`);
+    }
   });
 });
