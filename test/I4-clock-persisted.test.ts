@@ -13,7 +13,7 @@ import { call } from "./helpers.ts";
 const tick = async (nc: NatsConnection, count = 1) =>
   call<ClockTickResponse>(nc, "a", "clock", "tick", { count });
 
-describe("clock", () => {
+describe("I4 clock: persisted, never back", () => {
   const meshes: Mesh[] = [];
   after(async () => {
     await Promise.all(meshes.map((m) => m.stop()));

@@ -25,7 +25,7 @@ const BUCKET = "config";
 type Site = "a" | "b";
 type V = { ts: number; node_id: string; deleted: boolean };
 
-describe("reconciler anti-entropy between two leaf sites", () => {
+describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () => {
   let mesh: Mesh;
   const nc = {} as Record<Site, NatsConnection>;
   const kv = {} as Record<Site, KV>;

@@ -67,7 +67,7 @@ function deps(s: ReturnType<typeof site>, maxPayload = 1024 * 1024): EntriesDeps
   };
 }
 
-describe("reconciler handlers", () => {
+describe("I1 anti-entropy: reconciler handlers", () => {
   it("digest: root, depth and the non-empty children; unknown bucket and deep prefixes refused", async () => {
     const s = site(100, (i) => `v${i}`);
     const r = await digest(deps(s), { bucket: "config", prefixes: ["", ""] });
@@ -248,7 +248,7 @@ describe("reconciler handlers", () => {
   });
 });
 
-describe("reconciler run machinery", () => {
+describe("I1 anti-entropy: reconciler run machinery", () => {
   it("the pump bounds concurrency and stops at the first fatal error", async () => {
     const pump = new Pump(4, new RateLimiter(0));
     let inflight = 0;
