@@ -275,13 +275,14 @@ describe("I1 anti-entropy: reconciler run machinery", () => {
     await assert.rejects(failing.drain(), /boom/);
   });
 
-  it("the rate limiter paces to the configured rate", async () => {
+  it("the rate limiter never goes faster than the configured rate", async () => {
     const lim = new RateLimiter(1000);
     const t0 = performance.now();
     for (let i = 0; i < 300; i++) await lim.take();
     const ms = performance.now() - t0;
-    // 300 at 1000/s with a 100 ms burst: about 200 ms
-    assert.ok(ms >= 150 && ms < 1000, `took ${ms} ms`);
+    // 300 at 1000/s with a 100 ms burst: at least 200 ms (less timer slack); a busy machine only
+    // makes it slower, so there is no upper bound here (that is the benchmark's business)
+    assert.ok(ms >= 150, `300 slots at 1000/s took only ${ms} ms`);
   });
 
   it("the peer book: added, lost after missed rounds, healed when seen again", () => {
