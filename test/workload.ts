@@ -121,6 +121,8 @@ export type WorkloadOptions = {
   durationMs: number;
   /** and after this many writes per site */
   maxWritesPerSite?: number;
+  /** keep writing past `durationMs` until this is true (e.g. the chaos made its kills): no time bet */
+  until?: () => boolean;
   /** share of deletes (default 0.15) */
   deleteRatio?: number;
   /** share of binary (non-UTF-8) values among puts (default 0.1) */
@@ -151,7 +153,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     for (let w = 0; w < o.writersPerSite; w++) {
       runs.push(
         (async () => {
-          while (Date.now() < deadline && n < max) {
+          while ((Date.now() < deadline || (o.until !== undefined && !o.until())) && n < max) {
             const i = n++;
             const key = o.keys[Math.floor(random() * o.keys.length)]!;
             const del = random() < (o.deleteRatio ?? 0.15);
