@@ -360,8 +360,7 @@ export async function checkOutcome(o: CheckOptions): Promise<CheckReport> {
       if (!beaten && w.deleted && op?.op === "delete" && op.node_id !== nodeId(w.site)) {
         if (!metas.has(w.site)) metas.set(w.site, await versions(o.ncs[w.site]!, bucket));
         const m = metas.get(w.site)!.get(w.key);
-        beaten =
-          m !== undefined && m.deleted && m.merged === true && m.node_id !== nodeId(w.site) && m.rev >= w.rev;
+        beaten = m?.deleted === true && m.merged === true && m.node_id !== nodeId(w.site) && m.rev >= w.rev;
       }
     }
     if (!beaten)
