@@ -123,6 +123,8 @@ export type WorkloadOptions = {
   maxWritesPerSite?: number;
   /** keep writing past `durationMs` until this is true (e.g. the chaos made its kills): no time bet */
   until?: () => boolean;
+  /** and until each site started this many writes (a slow machine writes longer, not less) */
+  minWritesPerSite?: number;
   /** share of deletes (default 0.15) */
   deleteRatio?: number;
   /** share of binary (non-UTF-8) values among puts (default 0.1) */
@@ -153,7 +155,9 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     for (let w = 0; w < o.writersPerSite; w++) {
       runs.push(
         (async () => {
-          while ((Date.now() < deadline || (o.until !== undefined && !o.until())) && n < max) {
+          const more = () =>
+            Date.now() < deadline || n < (o.minWritesPerSite ?? 0) || (o.until !== undefined && !o.until());
+          while (more() && n < max) {
             const i = n++;
             const key = o.keys[Math.floor(random() * o.keys.length)]!;
             const del = random() < (o.deleteRatio ?? 0.15);
