@@ -1,28 +1,21 @@
 #!/usr/bin/env node
-// Runs one service: `node services/run.mjs <clock|watcher|merger|reconciler> [flags]`.
-// Uses the compiled build (dist/, `npm run build`) when it is newer than every source file, and the
-// TypeScript sources through tsx otherwise, so a stale build never runs. Compiled services need about
-// a third less memory (no TypeScript loader in the process).
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { buildIsFresh } from "./build-stamp.mjs";
+// Runs one service: `node services/run.mjs <clock|watcher|merger|reconciler> [flags]`, or through the
+// package's bins `syncd-clock`, `syncd-watcher`, `syncd-merger`, `syncd-reconciler` [flags].
+// Runs the compiled build; see services/launch.mjs for what happens when it is missing or stale.
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { launch } from "./launch.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const kinds = ["clock", "watcher", "merger", "reconciler"];
-const kind = process.argv[2];
-if (!kinds.includes(kind ?? "")) {
-  console.error(`usage: node services/run.mjs <${kinds.join("|")}> [flags]  (--help for the flags)`);
-  process.exit(2);
+const bin = /^syncd-([a-z]+)(\.mjs|\.cmd)?$/.exec(basename(process.argv[1] ?? ""));
+let kind = bin && kinds.includes(bin[1]) ? bin[1] : undefined;
+if (!kind) {
+  kind = process.argv[2];
+  if (!kinds.includes(kind ?? "")) {
+    console.error(`usage: node services/run.mjs <${kinds.join("|")}> [flags]  (--help for the flags)`);
+    process.exit(2);
+  }
+  process.argv.splice(2, 1);
 }
-process.argv.splice(2, 1);
-
-const built = join(root, "dist", "services", kind, "main.js");
-const fresh = process.env.SYNCD_TSX !== "1" && existsSync(built) && buildIsFresh(root);
-if (fresh) {
-  await import(pathToFileURL(built).href);
-} else {
-  const { register } = await import("tsx/esm/api");
-  register();
-  await import(pathToFileURL(join(root, "services", kind, "main.ts")).href);
-}
+await launch(root, `services/${kind}/main`);

@@ -7,7 +7,9 @@
  * readVersioned) repairs what was lost. At quiescence every replica must equal the model: per key
  * the greatest published op by lww.compare. Along the way: I2 (only local writes are published),
  * I3 (each local write published unless superseded by a newer local one), I4 (a stamp is above
- * every version the site held for the key, whatever the clock and its stale blocks).
+ * every version the site held for the key, whatever the clock and its stale blocks). Watchers and
+ * mergers may read `_meta` through a bounded cache of 1-2 keys that never learns from other writers
+ * (sim/cache.ts): no correctness rests on the cache (#12.5).
  *
  * Replay a failure: FC_SEED=<seed> FC_RUNS=<n> runs the same cases again and shrinks again;
  * FC_SEED=<seed> FC_PATH=<first number of the printed path> runs the failing case directly. (A

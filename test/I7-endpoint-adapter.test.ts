@@ -19,7 +19,7 @@ import { addEndpoint } from "../services/lib/adapter.ts";
 import { SyncdError } from "../services/lib/errors.ts";
 import { createLogger } from "../services/lib/logger.ts";
 import type { ClockObserveRequest } from "../services/lib/schemas.gen.ts";
-import { checkLikeNatsCli } from "./micro-go.ts";
+import { checkMicroSchema } from "./micro-schemas.ts";
 
 const SERVICE = "adapter-test";
 const SUBJECT = "syncd.t.clock.observe";
@@ -192,7 +192,7 @@ describe("I7 endpoint adapter against a real nats-server", () => {
       Number.isInteger(endpoint.average_processing_time),
       `average ${endpoint.average_processing_time}`,
     );
-    const check = checkLikeNatsCli("stats", raw.data);
+    const check = checkMicroSchema("stats", raw.data);
     assert.ok(check.ok, JSON.stringify(check));
   });
 

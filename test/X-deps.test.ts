@@ -6,7 +6,7 @@
  * (test/micro-conformance.test.ts is what shows the services actually work against it.)
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -178,5 +178,64 @@ describe("one @nats-io/nats-core", () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+});
+
+describe("scripts/test.sh: two servers, the Go tools, one summary", () => {
+  const tools = readFileSync(path.join(REPO, "scripts/lib/go-tools.sh"), "utf8");
+  /** PATH without any directory that holds `go`: a machine without Go. */
+  const noGoPath = (process.env.PATH ?? "")
+    .split(path.delimiter)
+    .filter((d) => d && !existsSync(path.join(d, "go")))
+    .join(path.delimiter);
+  const testSh = (env: NodeJS.ProcessEnv) => {
+    const r = spawnSync(path.join(REPO, "scripts/test.sh"), [], {
+      cwd: REPO,
+      encoding: "utf8",
+      timeout: 240_000,
+      env: {
+        ...process.env,
+        NODE_TEST_CONTEXT: undefined,
+        NATS_SERVER: undefined,
+        NATS_CLI: undefined,
+        SKIP_CHECKS: "1",
+        ...env,
+      },
+    });
+    return { code: r.status, out: `${r.stdout}${r.stderr}` };
+  };
+
+  it("pins nats-server v2.15.2 and natscli v0.5.0 (not v0.5.1), built with go install", () => {
+    assert.match(tools, /github\.com\/nats-io\/nats-server\/v2@v2\.15\.2"/);
+    assert.match(tools, /github\.com\/nats-io\/natscli\/nats@v0\.5\.0"/);
+  });
+
+  it("without Go: one line says what is skipped, one pass, the TAP summary last, exit 0", () => {
+    const empty = mkdtempSync(path.join(os.tmpdir(), "syncd-nogo-"));
+    try {
+      const r = testSh({ PATH: noGoPath, SYNCD_TOOLS_DIR: empty, TEST_FILTER: "unit/op" });
+      assert.equal(r.code, 0, r.out);
+      assert.equal(r.out.match(/^test\.sh: skipped .*v2\.15\.2.*nats CLI/gm)?.length, 1, r.out);
+      assert.equal(r.out.match(/^== node --test /gm)?.length, 1, r.out);
+      assert.match(r.out, /against nats-server v2\.9\.\d+ /);
+      assert.match(
+        r.out,
+        /# tests [1-9]\d*\n# suites \d+\n# pass [1-9]\d*\n# fail 0\n# cancelled 0\n# skipped 0\n# todo 0\n$/,
+      );
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it("a failing test: exit non-zero and the summary counts it", () => {
+    const r = testSh({
+      PATH: noGoPath,
+      SYNCD_TOOLS_DIR: "/nonexistent",
+      TEST_FILTER: "unit/lww",
+      TEST_TIMEOUT_MS: "1",
+    });
+    assert.notEqual(r.code, 0, r.out);
+    assert.match(r.out, /# fail [1-9]\d*\n/);
+    assert.match(r.out, /== FAILED/);
   });
 });

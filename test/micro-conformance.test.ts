@@ -1,8 +1,11 @@
 /**
  * Micro protocol conformance (ADR-32, DESIGN §3): at every server of a 2-site mesh (hub, site a,
  * site b), `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` reach every instance of every site (4 services ×
- * 2 sites), and every reply passes the check `nats micro` applies (test/micro-go.ts: Go decode into
- * micro.Ping/Info/Stats, re-encode, official jsm.go schemas). Plus the syncd conventions: metadata
+ * 2 sites), every reply passes the official jsm.go schemas (test/fixtures/micro-schemas, ajv), and the
+ * real `nats` CLI — which decodes each reply into nats.go's micro.Ping/Info/Stats and validates it
+ * against those schemas — lists, describes and counts every instance exactly as the services reply
+ * (`nats micro ls/info/stats --json`), and refuses a reply that breaks the protocol. Without the CLI
+ * (no Go) the CLI part skips and the schema part runs. Plus the syncd conventions: metadata
  * (site, node_id, domain, buckets, clock, instance), strict semver version, endpoint subjects
  * `syncd.<site>.<kind>.<name>`, queue group, and `schema.request` / `schema.response` metadata naming
  * files of the repo.
@@ -16,7 +19,8 @@ import { fileURLToPath } from "node:url";
 import { Empty, type Msg, type NatsConnection, createInbox } from "@nats-io/nats-core";
 import { QUEUE_GROUP, ServiceName } from "../services/lib/subjects.ts";
 import { type Mesh, eventually, sleep, startMesh } from "./harness/mesh.ts";
-import { type MicroKind, type NatsCliCheck, checkLikeNatsCli } from "./micro-go.ts";
+import { type MicroKind, type SchemaCheck, checkMicroSchema as checkSchema } from "./micro-schemas.ts";
+import { NATS_CLI_MISSING, natsAsync, natsJson } from "./natscli.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const SITES = ["a", "b"] as const;
@@ -53,8 +57,8 @@ type StatsReply = Identity & {
   }[];
 };
 
-/** One reply as collected: where it came from, its bytes and natscli's verdict. */
-type Reply = { server: string; kind: MicroKind; msg: Msg; check: NatsCliCheck };
+/** One reply as collected: where it came from, its bytes and the schema's verdict. */
+type Reply = { server: string; kind: MicroKind; msg: Msg; check: SchemaCheck };
 
 /** Publish a discovery request with an inbox reply subject and collect every reply for `ms`. */
 async function collect(nc: NatsConnection, subject: string, ms: number): Promise<Msg[]> {
@@ -143,7 +147,7 @@ describe("micro conformance at every server of a 2-site mesh", () => {
             server,
             kind,
             msg,
-            check: checkLikeNatsCli(kind, msg.data),
+            check: checkSchema(kind, msg.data),
           }));
         }
       },
@@ -168,7 +172,7 @@ describe("micro conformance at every server of a 2-site mesh", () => {
   });
 
   for (const kind of Object.keys(VERBS) as MicroKind[]) {
-    it(`$SRV.${VERBS[kind]} at the hub and at both sites lists every instance of every site, each reply passing natscli's check`, () => {
+    it(`$SRV.${VERBS[kind]} at the hub and at both sites lists every instance of every site, each reply passing the official schema`, () => {
       const want = SITES.flatMap((s) => KINDS.map((k) => `${ServiceName[k]}@${s}`)).sort();
       const failures: string[] = [];
       const idsByServer: Record<string, string[]> = {};
@@ -189,7 +193,7 @@ describe("micro conformance at every server of a 2-site mesh", () => {
         assert.equal(new Set(ids).size, ids.length, `instance ids are unique at ${server}`);
         idsByServer[server] = ids.sort();
       }
-      assert.deepEqual(failures, [], `replies that natscli would refuse:\n  ${failures.join("\n  ")}`);
+      assert.deepEqual(failures, [], `replies the official schema refuses:\n  ${failures.join("\n  ")}`);
       const [first, ...rest] = Object.values(idsByServer);
       for (const ids of rest) assert.deepEqual(ids, first, "every server reaches the same instances");
     });
@@ -269,5 +273,158 @@ describe("micro conformance at every server of a 2-site mesh", () => {
         assert.notEqual(e.last_error, "", `${who}: last_error is empty after an error`);
       }
     }
+  });
+
+  describe("with the real nats CLI", { skip: NATS_CLI_MISSING }, () => {
+    const urls = () => ({ hub: mesh.hub.url, "site a": mesh.sites.a?.url, "site b": mesh.sites.b?.url });
+    const rawInfo = () =>
+      (replies.hub?.info ?? [])
+        .map((r) => (r.check.ok ? (r.check.normalized as InfoReply) : undefined))
+        .filter((v): v is InfoReply => !!v && v.name.startsWith("syncd-"));
+    const described = (v: InfoReply) => ({
+      name: v.name,
+      id: v.id,
+      version: v.version,
+      metadata: v.metadata,
+      description: v.description,
+      endpoints: v.endpoints,
+    });
+
+    it("nats micro ls --json at every server lists every instance of every site as its INFO reply says, in schema after Go's decode", () => {
+      const want = rawInfo()
+        .map(described)
+        .sort((x, y) => x.id.localeCompare(y.id));
+      assert.equal(want.length, SITES.length * KINDS.length);
+      for (const [server, url] of Object.entries(urls())) {
+        const listed = natsJson<InfoReply[]>(["-s", url as string, "micro", "ls"]).filter((v) =>
+          v.name.startsWith("syncd-"),
+        );
+        for (const v of listed)
+          assert.equal(checkSchema("info", JSON.stringify(v)).ok, true, JSON.stringify(v));
+        assert.deepEqual(
+          listed.map(described).sort((x, y) => x.id.localeCompare(y.id)),
+          want,
+          server,
+        );
+      }
+    });
+
+    it("nats micro info <service> <id> --json describes each instance as its INFO reply does", () => {
+      for (const v of rawInfo()) {
+        const got = natsJson<{ info: InfoReply }>(["-s", mesh.hub.url, "micro", "info", v.name, v.id]).info;
+        const check = checkSchema("info", JSON.stringify(got));
+        assert.ok(check.ok, `${v.name} ${v.id}: ${JSON.stringify(check)}`);
+        assert.deepEqual(described(got), described(v));
+      }
+    });
+
+    it("nats micro stats <service> --json at every server has every instance, its endpoints and at least the counts its STATS reply had", () => {
+      const raw = new Map<string, StatsReply>();
+      for (const r of replies.hub?.stats ?? [])
+        if (r.check.ok) raw.set((r.check.normalized as StatsReply).id, r.check.normalized as StatsReply);
+      for (const [server, url] of Object.entries(urls()))
+        for (const name of Object.values(ServiceName)) {
+          const stats = natsJson<StatsReply[]>(["-s", url as string, "micro", "stats", name]);
+          assert.equal(stats.length, SITES.length, `${server} ${name}: ${stats.length} instances`);
+          for (const st of stats) {
+            const check = checkSchema("stats", JSON.stringify(st));
+            assert.ok(check.ok, `${server} ${name} ${st.id}: ${JSON.stringify(check)}`);
+            const before = raw.get(st.id);
+            assert.ok(before, `${server} ${name}: ${st.id} unknown to $SRV.STATS`);
+            assert.deepEqual(
+              st.endpoints.map((e) => `${e.name} ${e.subject}`),
+              before.endpoints.map((e) => `${e.name} ${e.subject}`),
+            );
+            for (const [i, e] of st.endpoints.entries()) {
+              const b = before.endpoints[i];
+              assert.ok(e.num_requests >= (b?.num_requests ?? 0), `${name} ${e.name}: num_requests`);
+              assert.ok(e.num_errors >= (b?.num_errors ?? 0), `${name} ${e.name}: num_errors`);
+            }
+          }
+        }
+    });
+
+    it("nats micro refuses a reply that breaks the protocol, and lists the same reply well-formed", async () => {
+      const nc = servers["site a"] as NatsConnection;
+      const identity = { name: "rogue", id: "R0GUE0000000000000000A", version: "1.0.0", metadata: {} };
+      const endpoint = { name: "e", subject: "rogue.e", queue_group: "q" };
+      const base: Record<MicroKind, Record<string, unknown>> = {
+        ping: { type: "io.nats.micro.v1.ping_response", ...identity },
+        info: {
+          type: "io.nats.micro.v1.info_response",
+          ...identity,
+          description: "",
+          endpoints: [{ ...endpoint, metadata: {} }],
+        },
+        stats: {
+          type: "io.nats.micro.v1.stats_response",
+          ...identity,
+          started: new Date().toISOString(),
+          endpoints: [
+            {
+              ...endpoint,
+              num_requests: 3,
+              num_errors: 0,
+              last_error: "",
+              processing_time: 1500,
+              average_processing_time: 500,
+            },
+          ],
+        },
+      };
+      let mutate: (kind: MicroKind, reply: Record<string, unknown>) => Record<string, unknown> = (_k, r) => r;
+      const sub = nc.subscribe("$SRV.>", {
+        callback: (_err, m) => {
+          const verb = m.subject.split(".")[1]?.toLowerCase() as MicroKind;
+          if (!(verb in base) || (m.subject.split(".").length > 2 && m.subject.split(".")[2] !== "rogue"))
+            return;
+          m.respond(JSON.stringify(mutate(verb, structuredClone(base[verb]))));
+        },
+      });
+      await nc.flush();
+      try {
+        const listedIn = (r: { code: number | null; stdout: string }) =>
+          r.code === 0 &&
+          ((JSON.parse(r.stdout) ?? []) as { id: string }[]).some((v) => v.id === identity.id);
+        const seen = async () => {
+          const ls = await natsAsync(["-s", mesh.sites.a?.url as string, "micro", "ls", "rogue", "--json"]);
+          const st = await natsAsync([
+            "-s",
+            mesh.sites.a?.url as string,
+            "micro",
+            "stats",
+            "rogue",
+            "--json",
+          ]);
+          const [listed, counted] = [listedIn(ls), listedIn(st)];
+          return { listed, counted, out: `${ls.stdout}${ls.stderr}${st.stdout}${st.stderr}` };
+        };
+        const good = await seen();
+        assert.deepEqual([good.listed, good.counted], [true, true], `well-formed rogue: ${good.out}`);
+        type R = Record<string, unknown>;
+        const endpoint0 = (r: R, patch: R): R => ({
+          ...r,
+          endpoints: [{ ...(r.endpoints as R[])[0], ...patch }],
+        });
+        const broken: [string, MicroKind, (r: R) => R][] = [
+          ["num_requests as a string", "stats", (r) => endpoint0(r, { num_requests: "3" })],
+          ["a fractional processing_time", "stats", (r) => endpoint0(r, { processing_time: 1.5 })],
+          ["no name", "info", ({ name: _, ...r }) => r],
+          ["a started that is not a time", "stats", (r) => ({ ...r, started: "yesterday" })],
+          ["the wrong type", "info", (r) => ({ ...r, type: "io.nats.micro.v1.ping_response" })],
+        ];
+        for (const [what, kind, breakIt] of broken) {
+          mutate = (k, r) => (k === kind ? breakIt(r) : r);
+          const got = await seen();
+          assert.equal(
+            kind === "info" ? got.listed : got.counted,
+            false,
+            `${what}: natscli took it\n${got.out}`,
+          );
+        }
+      } finally {
+        sub.unsubscribe();
+      }
+    });
   });
 });

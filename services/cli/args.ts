@@ -1,8 +1,16 @@
 /**
- * Command line of the `syncd` CLI: global flags in the style of the `nats` CLI (server, credentials,
- * TLS, timeout, --json) plus the few per-command flags, anywhere on the line.
+ * Command line of the `syncd` CLI: the connection flags of the `nats` CLI (services/lib/connect.ts,
+ * shared with the services: server, credentials, TLS, contexts), timeout, --json, plus the few
+ * per-command flags, anywhere on the line.
  */
 import { parseArgs } from "node:util";
+import {
+  ConnOptionsError,
+  type ConnOptions as NatsConnOptions,
+  connParseOptions,
+  connUsage,
+  resolveConnOptions,
+} from "../lib/connect.ts";
 
 /** A bad command line: printed with a hint to `--help`, exit code 2. */
 export class UsageError extends Error {
@@ -14,16 +22,8 @@ export class CliError extends Error {
   override name = "CliError";
 }
 
-/** Connection settings, as the services take them (see services/lib/config.ts). */
-export type ConnOptions = {
-  servers: string[];
-  creds?: string;
-  user?: string;
-  password?: string;
-  nkey?: string;
-  tlsCa?: string;
-  tlsCert?: string;
-  tlsKey?: string;
+/** Connection settings, as the services take them (services/lib/connect.ts), and the timeout. */
+export type ConnOptions = NatsConnOptions & {
   /** request and connect timeout, ms */
   timeoutMs: number;
 };
@@ -41,18 +41,12 @@ export type Cli = {
   peers?: string[];
   /** conflicts: newest records to show (0 = all) */
   limit: number;
+  /** status: exit 1 when a condition needs a person */
+  check: boolean;
 };
 
-/** Flags of every command, with their environment fallbacks (same names as the services use). */
+/** Flags of every command besides the connection flags, with their environment fallbacks. */
 const FLAGS = {
-  server: { env: "NATS_URL", help: "NATS server URL(s), comma separated", def: "nats://127.0.0.1:4222" },
-  creds: { env: "NATS_CREDS", help: "credentials file" },
-  user: { env: "NATS_USER", help: "user name" },
-  password: { env: "NATS_PASSWORD", help: "password" },
-  nkey: { env: "NATS_NKEY", help: "file holding an nkey seed" },
-  "tls-ca": { env: "NATS_TLS_CA", help: "CA certificate file" },
-  "tls-cert": { env: "NATS_TLS_CERT", help: "client certificate file" },
-  "tls-key": { env: "NATS_TLS_KEY", help: "client key file" },
   timeout: {
     env: "NATS_TIMEOUT",
     help: "request timeout (5s, 500ms, 1m; a bare number is seconds)",
@@ -78,20 +72,23 @@ commands:
   reconcile                       run anti-entropy now at every site (or --site) and print the runs
   conflicts <bucket> [key]        the conflict records of every site (or --site), newest last
 
-flags:
+flags (natscli spellings; flag, then environment, then the context, then the selected context):
+${connUsage(26).join("\n")}
+  --no-context               ignore the context selected with \`nats context select\`
 ${Object.entries(FLAGS)
-  .map(([k, v]) => `  --${k.padEnd(14)} ${v.help} [$${v.env}]${"def" in v ? ` (default ${v.def})` : ""}`)
+  .map(([k, v]) => `  --${k.padEnd(24)} ${v.help} [$${v.env}]${"def" in v ? ` (default ${v.def})` : ""}`)
   .join("\n")}
-  --json           machine-readable output (JSON)
-  --site <site>    the site to act on (put, del; narrows status, get, reconcile, conflicts)
-  --bucket <b>     reconcile: only this bucket
-  --peer <p,...>   reconcile: only against these peer sites
-  --limit <n>      conflicts: show the newest n records (default 100, 0 = all)
-  -h, --help       this text
-  --version        the package version
+  --json                     machine-readable output (JSON)
+  --site <site>              the site to act on (put, del; narrows status, get, reconcile, conflicts)
+  --bucket <b>               reconcile: only this bucket
+  --peer <p,...>             reconcile: only against these peer sites
+  --limit <n>                conflicts: show the newest n records (default 100, 0 = all)
+  --check                    status: exit 1 when a health condition needs a person (severity error)
+  -h, --help                 this text
+  --version                  the package version
 
 Sites are found with $SRV.PING.syncd-merger (metadata site, domain).
-Exit codes: 0 ok, 1 error, 2 usage error.`;
+Exit codes: 0 ok, 1 error (status --check: also a condition that needs a person), 2 usage error.`;
 
 type Flag = keyof typeof FLAGS;
 
@@ -124,25 +121,14 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     const f = FLAGS[k];
     return "def" in f ? f.def : undefined;
   };
-  const conn: ConnOptions = {
-    servers: (get("server") ?? "")
-      .split(",")
-      .map((s) => s.trim())
-      .filter(Boolean),
-    timeoutMs: parseDuration(get("timeout") ?? "5s"),
-  };
-  if (conn.servers.length === 0) throw new UsageError("--server is empty");
-  const set = (k: Exclude<keyof ConnOptions, "servers" | "timeoutMs">, f: Flag) => {
-    const v = get(f);
-    if (v !== undefined) conn[k] = v;
-  };
-  set("creds", "creds");
-  set("user", "user");
-  set("password", "password");
-  set("nkey", "nkey");
-  set("tlsCa", "tls-ca");
-  set("tlsCert", "tls-cert");
-  set("tlsKey", "tls-key");
+  let nats: NatsConnOptions;
+  try {
+    nats = resolveConnOptions(values, env, { selectedContext: values["no-context"] !== true });
+  } catch (err) {
+    if (err instanceof ConnOptionsError) throw new UsageError(err.message);
+    throw err;
+  }
+  const conn: ConnOptions = { ...nats, timeoutMs: parseDuration(get("timeout") ?? "5s") };
 
   const cli: Cli = {
     command: positionals[0],
@@ -152,6 +138,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     version: values.version === true,
     conn,
     limit: 100,
+    check: values.check === true,
   };
   if (values.site !== undefined) {
     if (!TOKEN.test(values.site)) throw new UsageError(`--site must match ${TOKEN}, got "${values.site}"`);
@@ -186,20 +173,15 @@ function parse(argv: string[]) {
     allowPositionals: true,
     strict: true,
     options: {
-      server: { ...str, short: "s" },
-      creds: str,
-      user: str,
-      password: str,
-      nkey: str,
-      "tls-ca": str,
-      "tls-cert": str,
-      "tls-key": str,
+      ...connParseOptions(),
+      "no-context": { type: "boolean" },
       timeout: str,
       json: { type: "boolean", short: "j" },
       site: str,
       bucket: str,
       peer: { type: "string", multiple: true },
       limit: str,
+      check: { type: "boolean" },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
     },

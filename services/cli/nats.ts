@@ -11,45 +11,32 @@ import {
   RequestError,
   TimeoutError,
   createInbox,
-  credsAuthenticator,
-  nkeyAuthenticator,
 } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
+import { connectOptions } from "../lib/connect.ts";
 import { ServiceReplyError, requestJson } from "../lib/request.ts";
 import { ServiceName } from "../lib/subjects.ts";
 import { CliError, type ConnOptions } from "./args.ts";
 
 /** Connect once (a CLI does not wait for a server to come back); throws CliError. */
 export async function connectCli(o: ConnOptions): Promise<NatsConnection> {
-  const read = (file: string, what: string): Buffer => {
+  for (const [file, what] of [
+    [o.creds, "credentials file"],
+    [o.nkey, "nkey seed file"],
+  ] as const) {
+    if (!file) continue;
     try {
-      return readFileSync(file);
+      readFileSync(file);
     } catch (err) {
       throw new CliError(`cannot read ${what} ${file}: ${(err as Error).message}`);
     }
-  };
-  const authenticator = o.creds
-    ? credsAuthenticator(read(o.creds, "credentials file"))
-    : o.nkey
-      ? nkeyAuthenticator(new TextEncoder().encode(read(o.nkey, "nkey seed file").toString("utf8").trim()))
-      : undefined;
-  const tls =
-    o.tlsCa || o.tlsCert
-      ? {
-          ...(o.tlsCa ? { caFile: o.tlsCa } : {}),
-          ...(o.tlsCert ? { certFile: o.tlsCert } : {}),
-          ...(o.tlsKey ? { keyFile: o.tlsKey } : {}),
-        }
-      : undefined;
+  }
   try {
     return await connect({
-      servers: o.servers,
+      ...connectOptions(o),
       name: "syncd-cli",
       timeout: o.timeoutMs,
       maxReconnectAttempts: 0,
-      ...(o.user ? { user: o.user, pass: o.password ?? "" } : {}),
-      ...(authenticator ? { authenticator } : {}),
-      ...(tls ? { tls } : {}),
     });
   } catch (err) {
     throw new CliError(`cannot connect to ${o.servers.join(",")}: ${messageOf(err)}`);

@@ -2,10 +2,13 @@
  * `syncd status`: one table of the mesh. Per site: its services and instance counts (micro PING
  * metadata), the clock (`clock.now`), watcher position and lag (`watcher.status`), merger backlog
  * and counts (`merger.status`), the last reconcile (`reconciler.status`), and the message counts of
- * the dead-letter and conflict streams (stream info through the site's JetStream domain).
+ * the dead-letter and conflict streams (stream info through the site's JetStream domain), and the
+ * health conditions of every instance (from the `data` of its micro STATS), worst first.
+ * `--check` makes the exit code 1 when a condition needs a person (severity error): the monitoring hook.
  */
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
+import { type Condition, Conditions, Severity, needsPerson } from "../lib/health.ts";
 import type {
   ClockNowResponse,
   MergerStatusResponse,
@@ -15,7 +18,7 @@ import type {
 import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
 import { expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
-import { type SiteRef, ask, discover, messageOf, pickSites, sitesOf } from "./nats.ts";
+import { type MicroStats, type SiteRef, ask, discover, messageOf, pickSites, sitesOf } from "./nats.ts";
 import { ago, table } from "./table.ts";
 
 /** The status of one site; a part that could not be read is null, with the reason in `errors`. */
@@ -33,15 +36,20 @@ export type SiteStatus = {
   dead_letters: number | null;
   /** messages on SYNCD_CONFLICTS_<site>; 0 when the stream does not exist yet */
   conflicts: number | null;
+  /** every instance's health conditions, worst first, plus the ones status itself finds (a service down) */
+  conditions: SiteCondition[];
   errors: string[];
 };
+
+/** A condition with the instance that reports it. */
+export type SiteCondition = Condition & { service: string; instance: string };
 
 const KINDS = Object.values(ServiceName);
 
 /** Run `status`. */
 export async function statusCommand(ctx: Ctx): Promise<Output> {
-  expectArgs(ctx.cli, 0, 0, "status [--site s]");
-  const pings = (await discover(ctx.nc, "PING")).filter((p) => p.name.startsWith("syncd-"));
+  expectArgs(ctx.cli, 0, 0, "status [--site s] [--check]");
+  const pings = (await discover<MicroStats>(ctx.nc, "STATS")).filter((p) => p.name.startsWith("syncd-"));
   const sites = pickSites(sitesOf(pings), ctx.cli.site);
   const statuses = await Promise.all(
     sites.map((s) =>
@@ -53,13 +61,71 @@ export async function statusCommand(ctx: Ctx): Promise<Output> {
       ),
     ),
   );
-  return { data: { sites: statuses }, text: render(statuses) };
+  const attention = statuses.some((s) => s.conditions.some((c) => needsPerson(c.severity)));
+  return {
+    data: { sites: statuses },
+    text: render(statuses),
+    ...(ctx.cli.check && attention ? { exitCode: 1 } : {}),
+  };
+}
+
+/** The conditions in the STATS data of a site's instances (once per instance), and a missing service. */
+export function conditionsOf(
+  stats: MicroStats[],
+  services: Record<string, number>,
+  unreadable: string[] = [],
+): SiteCondition[] {
+  const out = new Map<string, SiteCondition>();
+  for (const s of stats) {
+    for (const e of s.endpoints ?? []) {
+      const list = (e.data as { conditions?: unknown } | null | undefined)?.conditions;
+      if (!Array.isArray(list)) continue;
+      for (const c of list as Condition[]) {
+        out.set(`${s.id}\u0000${c.code}\u0000${c.subject ?? ""}`, {
+          ...c,
+          service: s.name,
+          instance: s.metadata?.instance ?? s.id,
+        });
+      }
+    }
+  }
+  const now = new Date().toISOString();
+  for (const [name, n] of Object.entries(services)) {
+    if (n > 0) continue;
+    out.set(`${name}\u0000down`, {
+      code: Conditions.serviceDown,
+      severity: Severity.error,
+      message: `no instance of ${name} answers`,
+      subject: name,
+      count: 1,
+      since: now,
+      last: now,
+      service: name,
+      instance: "",
+    });
+  }
+  for (const what of unreadable) {
+    out.set(`unreadable\u0000${what}`, {
+      code: Conditions.statusUnreadable,
+      severity: Severity.error,
+      message: what,
+      count: 1,
+      since: now,
+      last: now,
+      service: "syncd",
+      instance: "",
+    });
+  }
+  const rank = { ok: 0, warn: 1, error: 2 } as const;
+  return [...out.values()].sort(
+    (a, b) => rank[b.severity] - rank[a.severity] || b.last.localeCompare(a.last),
+  );
 }
 
 async function siteStatus(
   nc: NatsConnection,
   ref: SiteRef,
-  pings: { name: string; metadata?: Record<string, string> | null }[],
+  pings: MicroStats[],
   timeoutMs: number,
 ): Promise<SiteStatus> {
   const errors: string[] = [];
@@ -93,6 +159,7 @@ async function siteStatus(
     reconciler,
     dead_letters: counts.dlq,
     conflicts: counts.conflicts,
+    conditions: conditionsOf(pings, services, errors),
     errors,
   };
 }
@@ -180,5 +247,21 @@ function render(statuses: SiteStatus[]): string {
     rows,
   );
   const problems = statuses.flatMap((s) => s.errors.map((e) => `  ${s.site}: ${e}`));
-  return problems.length > 0 ? `${t}\n\nunavailable:\n${problems.join("\n")}` : t;
+  const conds = statuses.flatMap((s) =>
+    s.conditions.map((c) => [
+      s.site,
+      c.severity.toUpperCase(),
+      c.code,
+      c.subject ?? "",
+      short(c.service),
+      c.count,
+      c.message,
+    ]),
+  );
+  let out = t;
+  out +=
+    conds.length > 0
+      ? `\n\n${table(["SITE", "SEVERITY", "CONDITION", "SUBJECT", "SERVICE", "COUNT", "MESSAGE"], conds)}`
+      : "\n\nhealth: ok (no conditions)";
+  return problems.length > 0 ? `${out}\n\nunavailable:\n${problems.join("\n")}` : out;
 }

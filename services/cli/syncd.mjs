@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The `syncd` bin: registers tsx (the CLI is TypeScript) and runs services/cli/main.ts.
-import { register } from "tsx/esm/api";
+// The `syncd` bin: runs the compiled CLI (dist/services/cli/main.js); see services/launch.mjs.
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { launch } from "../launch.mjs";
 
-register();
-await import("./main.ts");
+await launch(join(dirname(fileURLToPath(import.meta.url)), "..", ".."), "services/cli/main");

@@ -4,8 +4,17 @@
  * whatever the number of instances, and never go back across restarts.
  */
 import type { KV } from "@nats-io/kv";
-import { type ClockMode, observe, reserve, skewMs } from "../lib/clock-rules.ts";
+import {
+  ClockMode,
+  LAMPORT_CATCH_UP_MS,
+  admissible,
+  catchUp,
+  observe,
+  reserve,
+  skewMs,
+} from "../lib/clock-rules.ts";
 import { SyncdError } from "../lib/errors.ts";
+import { Conditions, Severity, health } from "../lib/health.ts";
 import type { ClockNowResponse, ClockObserveResponse, ClockTickResponse } from "../lib/schemas.gen.ts";
 import { isCasConflict } from "../lib/stores.ts";
 import { CLOCK_KEY } from "../lib/subjects.ts";
@@ -15,11 +24,16 @@ export type ClockDeps = {
   kv: KV;
   mode: ClockMode;
   maxSkewMs: number;
+  /** Lamport: how far one observed ts may be above the mark */
+  maxJump: number;
   now: () => number;
+  /** Lamport: when this instance last moved the mark towards a refused ts */
+  lastCatchUpMs?: number;
   /** this instance's last known state of the persisted mark (a hint; the CAS decides) */
   cache: { hw: number; revision: number } | null;
-  counts: { ticks: number; observed: number; conflicts: number; skew_refused: number };
+  counts: { ticks: number; observed: number; conflicts: number; skew_refused: number; jump_refused: number };
   onSkew?: (ts: number, aheadMs: number) => void;
+  onJump?: (ts: number, hw: number) => void;
   /** serializes this instance's updates, so only instances (not requests) race on the CAS */
   serial: Serial;
 };
@@ -79,10 +93,13 @@ export async function tick(deps: ClockDeps, count: number): Promise<ClockTickRes
     return r.hw;
   });
   deps.counts.ticks += count;
-  return { start, count, mode: deps.mode };
+  return { start, count, mode: deps.mode, physical_ms: deps.now() };
 }
 
-/** Refuse a ts too far ahead of physical time (HLC). */
+/** How long a skew or jump condition stays raised after the last refusal. */
+export const REFUSAL_CONDITION_TTL_MS = 10 * 60_000;
+
+/** Refuse a ts too far ahead of physical time (HLC): not yet acceptable (see clock-rules `admissible`). */
 export function checkSkew(
   deps: Pick<ClockDeps, "mode" | "maxSkewMs" | "now" | "counts" | "onSkew">,
   ts: number,
@@ -91,23 +108,59 @@ export function checkSkew(
   if (ahead > deps.maxSkewMs) {
     deps.counts.skew_refused++;
     deps.onSkew?.(ts, ahead);
-    throw new SyncdError(
-      "SYNCD_ERR_CLOCK_SKEW",
-      `ts ${ts} is ${ahead} ms ahead (limit ${deps.maxSkewMs} ms)`,
-    );
+    const reason = `ts ${ts} is ${ahead} ms ahead (limit ${deps.maxSkewMs} ms)`;
+    health.raise(Conditions.clockSkew, Severity.error, {
+      message: `refused ${reason}: a clock in the mesh is off`,
+      ttlMs: REFUSAL_CONDITION_TTL_MS,
+      data: { ts, ahead_ms: ahead },
+    });
+    throw new SyncdError("SYNCD_ERR_CLOCK_SKEW", reason);
   }
 }
 
-/** Advance the clock past a received ts. */
+/**
+ * Advance the clock past a received ts. HLC: a ts too far ahead of physical time is refused and
+ * does not move the clock. Lamport: a ts more than `maxJump` above the mark is refused; the mark
+ * then moves at most `maxJump` towards it, once per LAMPORT_CATCH_UP_MS per instance.
+ */
 export async function observeTs(deps: ClockDeps, ts: number): Promise<ClockObserveResponse> {
   checkSkew(deps, ts);
-  const { hw } = await advance(deps, (cur) => (observe(cur, ts) === cur ? null : ts));
-  deps.counts.observed++;
-  return { ts: hw, mode: deps.mode };
+  if (deps.mode === ClockMode.hlc) {
+    const { hw } = await advance(deps, (cur) => (observe(cur, ts) === cur ? null : ts));
+    deps.counts.observed++;
+    return { ts: hw, mode: deps.mode, physical_ms: deps.now() };
+  }
+  let refused: string | null = null;
+  let caughtUp = false;
+  const { hw, before } = await advance(deps, (cur) => {
+    const a = admissible(deps.mode, ts, { nowMs: deps.now(), hw: cur, maxSkewMs: 0, maxJump: deps.maxJump });
+    if (a.ok) {
+      refused = null;
+      return observe(cur, ts) === cur ? null : ts;
+    }
+    refused = a.reason;
+    if (deps.now() - (deps.lastCatchUpMs ?? Number.NEGATIVE_INFINITY) < LAMPORT_CATCH_UP_MS) return null;
+    const next = catchUp(cur, ts, deps.maxJump);
+    caughtUp = next !== cur;
+    return caughtUp ? next : null;
+  });
+  if (refused === null) {
+    deps.counts.observed++;
+    return { ts: hw, mode: deps.mode, physical_ms: deps.now() };
+  }
+  if (caughtUp) deps.lastCatchUpMs = deps.now();
+  deps.counts.jump_refused++;
+  deps.onJump?.(ts, before);
+  health.raise(Conditions.clockJump, Severity.error, {
+    message: `refused ${refused}: a hand-made op or a broken clock; it waits (parked) while the clock catches up by at most ${deps.maxJump} a minute`,
+    ttlMs: REFUSAL_CONDITION_TTL_MS,
+    data: { ts, hw },
+  });
+  throw new SyncdError("SYNCD_ERR_CLOCK_SKEW", refused);
 }
 
 /** The persisted mark: every timestamp handed out so far is <= ts. */
 export async function now(deps: ClockDeps): Promise<ClockNowResponse> {
   const cur = await load(deps);
-  return { ts: cur?.hw ?? 0, mode: deps.mode, physical_ms: deps.now() };
+  return { ts: cur?.hw ?? 0, mode: deps.mode, physical_ms: deps.now(), conditions: health.list() };
 }

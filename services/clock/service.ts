@@ -1,15 +1,26 @@
 /**
- * Wiring of syncd-clock: the persisted clock bucket and the tick / observe / now endpoints.
+ * Wiring of syncd-clock: the persisted clock bucket and the tick / observe / now endpoints. The
+ * clock also watches the site's JetStream usage (the account and the streams syncd relies on) and
+ * raises STORE_FILLING when a store nears its limits.
  */
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
+import { type StoreUsage, health, reportStores } from "../lib/health.ts";
+import type { Logger } from "../lib/logger.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { ClockObserveRequest, ClockTickRequest, EmptyRequest } from "../lib/schemas.gen.ts";
 import { openOrCreateKv } from "../lib/site.ts";
-import { CLOCK_BUCKET, endpointSubject } from "../lib/subjects.ts";
+import { CLOCK_BUCKET, Streams, endpointSubject, kvStream, metaBucket } from "../lib/subjects.ts";
 import { type ClockDeps, Serial, now, observeTs, tick } from "./handlers.ts";
 
 /** The clock's counters, shown in STATS data. */
-export const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0, skew_refused: 0 };
+export const counts: ClockDeps["counts"] = {
+  ticks: 0,
+  observed: 0,
+  conflicts: 0,
+  skew_refused: 0,
+  jump_refused: 0,
+};
 
 /** Add the endpoints of syncd-clock. */
 export async function wireClock(ctx: ServiceContext): Promise<Running> {
@@ -19,12 +30,14 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     kv,
     mode: config.clock,
     maxSkewMs: config.maxClockSkewMs,
+    maxJump: config.maxClockJump,
     now: Date.now,
     cache: null,
     counts,
     serial: new Serial(),
     onSkew: (ts, aheadMs) =>
       log.warn({ ts, ahead_ms: aheadMs }, "refused a timestamp far ahead of physical time"),
+    onJump: (ts, hw) => log.warn({ ts, hw }, "refused a timestamp that jumps too far past the clock"),
   };
   const subject = (e: string) => endpointSubject(config.site, "clock", e);
   const d = { log };
@@ -64,5 +77,56 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     },
     d,
   );
-  return { stop: async () => {} };
+  const stores = [
+    ...config.buckets.flatMap((b) => [kvStream(b), kvStream(metaBucket(b))]),
+    kvStream(CLOCK_BUCKET),
+    Streams.out(config.site),
+    Streams.in(config.site),
+    Streams.dlq(config.site),
+    Streams.conflicts(config.site),
+  ];
+  const check = () =>
+    checkStores(site.jsm, stores, log).catch((err) => log.warn({ err }, "store check failed"));
+  void check();
+  const timer = setInterval(check, STORE_CHECK_MS);
+  timer.unref();
+  return {
+    stop: async () => {
+      clearInterval(timer);
+    },
+  };
+}
+
+/** How often the clock checks the site's JetStream usage. */
+export const STORE_CHECK_MS = 30_000;
+
+/** Read the account's and the streams' usage and report it to the health model. */
+export async function checkStores(
+  jsm: JetStreamManager,
+  streams: string[],
+  log: Logger,
+): Promise<StoreUsage[]> {
+  const usage: StoreUsage[] = [];
+  const a = await jsm.getAccountInfo();
+  usage.push(
+    { name: "account storage", bytes: a.storage, maxBytes: a.limits.max_storage, refusesWhenFull: true },
+    { name: "account memory", bytes: a.memory, maxBytes: a.limits.max_memory, refusesWhenFull: true },
+  );
+  for (const name of streams) {
+    try {
+      const si = await jsm.streams.info(name);
+      usage.push({
+        name,
+        bytes: si.state.bytes,
+        maxBytes: si.config.max_bytes,
+        msgs: si.state.messages,
+        maxMsgs: si.config.max_msgs,
+        refusesWhenFull: si.config.discard === "new",
+      });
+    } catch (err) {
+      log.debug({ err, stream: name }, "stream not readable for the store check");
+    }
+  }
+  reportStores(health, usage);
+  return usage;
 }

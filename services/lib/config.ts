@@ -4,7 +4,8 @@
  */
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
-import { ClockMode } from "./clock-rules.ts";
+import { ClockMode, DEFAULT_MAX_CLOCK_JUMP } from "./clock-rules.ts";
+import { ConnOptionsError, connParseOptions, connUsage, resolveConnOptions } from "./connect.ts";
 
 /** Everything a service of one site needs to know. */
 export type Config = {
@@ -15,6 +16,10 @@ export type Config = {
   buckets: string[];
   clock: ClockMode;
   maxClockSkewMs: number;
+  /** Lamport: how far one received ts may be above the site's clock */
+  maxClockJump: number;
+  /** keys of `_meta` each watcher and merger keeps in memory, per bucket */
+  metaCacheMax: number;
   reconcileIntervalMs: number;
   logLevel: string;
   instance: string;
@@ -30,10 +35,14 @@ export type Config = {
   };
   /** stream limits of the site's op streams and dead-letter stream */
   limits: { opsMaxAgeMs: number; dlqMaxMsgs: number; conflictsMaxMsgs: number; conflictsMaxAgeMs: number };
+  /** port of /metrics, /healthz and /readyz (0 = any free port); undefined = no HTTP server */
+  httpPort?: number;
+  /** address the HTTP server listens on */
+  httpHost: string;
 };
 
+/** The service flags (the connection flags are CONN_FLAGS of connect.ts). */
 const flags = {
-  "nats-url": { env: "NATS_URL", help: "NATS server URL(s), comma separated", def: "nats://127.0.0.1:4222" },
   site: { env: "SYNCD_SITE", help: "site name (letters, digits, - and _); the JetStream domain by default" },
   "node-id": { env: "SYNCD_NODE_ID", help: "node id in versions (default site-<site>)" },
   domain: { env: "SYNCD_DOMAIN", help: "the site's JetStream domain (default: the site name)" },
@@ -44,6 +53,16 @@ const flags = {
     help: "HLC: refuse ts further ahead than this many ms",
     def: "60000",
   },
+  "max-clock-jump": {
+    env: "SYNCD_MAX_CLOCK_JUMP",
+    help: "Lamport: refuse (park) a ts more than this far above the site's clock",
+    def: String(DEFAULT_MAX_CLOCK_JUMP),
+  },
+  "meta-cache-max": {
+    env: "SYNCD_META_CACHE_MAX",
+    help: "keys of <bucket>_meta a watcher or merger keeps in memory per bucket (bounds its memory)",
+    def: "100000",
+  },
   "reconcile-interval": {
     env: "SYNCD_RECONCILE_INTERVAL",
     help: "seconds between anti-entropy runs, 0 = off",
@@ -51,14 +70,11 @@ const flags = {
   },
   "log-level": { env: "LOG_LEVEL", help: "pino level", def: "info" },
   instance: { env: "SYNCD_INSTANCE", help: "instance label for logs and metadata (default: hostname-pid)" },
-  user: { env: "NATS_USER", help: "NATS user" },
-  password: { env: "NATS_PASSWORD", help: "NATS password" },
-  token: { env: "NATS_TOKEN", help: "NATS token" },
-  creds: { env: "NATS_CREDS", help: "NATS credentials file" },
-  nkey: { env: "NATS_NKEY", help: "file holding an nkey seed" },
-  "tls-ca": { env: "NATS_TLS_CA", help: "CA certificate file" },
-  "tls-cert": { env: "NATS_TLS_CERT", help: "client certificate file" },
-  "tls-key": { env: "NATS_TLS_KEY", help: "client key file" },
+  "http-port": {
+    env: "SYNCD_HTTP_PORT",
+    help: "serve /metrics, /healthz, /readyz on this port (0 = any free port; default: no HTTP)",
+  },
+  "http-host": { env: "SYNCD_HTTP_HOST", help: "address the HTTP port listens on", def: "0.0.0.0" },
   "ops-max-age": { env: "SYNCD_OPS_MAX_AGE", help: "seconds ops are kept in the op streams", def: "604800" },
   "dlq-max-msgs": { env: "SYNCD_DLQ_MAX_MSGS", help: "dead-letter stream size", def: "10000" },
   "conflicts-max-msgs": { env: "SYNCD_CONFLICTS_MAX_MSGS", help: "conflict-log stream size", def: "100000" },
@@ -75,7 +91,7 @@ export function usage(service: string): string {
   const lines = Object.entries(flags).map(
     ([k, v]) => `  --${k.padEnd(20)} ${v.help} [$${v.env}]${"def" in v ? ` (default ${v.def})` : ""}`,
   );
-  return `usage: ${service} --site <site> [options]\n${lines.join("\n")}`;
+  return `usage: ${service} --site <site> [options]\n${lines.join("\n")}\nconnection (natscli spellings; a context only by --context/NATS_CONTEXT):\n${connUsage(26).join("\n")}\n  -h, --help                 this text`;
 }
 
 /** Thrown for a bad flag or value: the entry point prints it with the usage and exits 2. */
@@ -90,20 +106,32 @@ function intOf(name: Flag, v: string, min: number): number {
   return n;
 }
 
+function portOf(name: Flag, v: string): number {
+  const n = intOf(name, v, 0);
+  if (n > 65535) throw new ConfigError(`--${name} must be a port (0-65535), got ${v}`);
+  return n;
+}
+
 /** Parse argv and env into a Config (throws ConfigError). */
 export function loadConfig(
   argv: string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
 ): Config {
   const options = Object.fromEntries(Object.keys(flags).map((k) => [k, { type: "string" as const }]));
-  const { values } = parseArgs({
-    args: argv,
-    options: { ...options, help: { type: "boolean" } },
-    strict: true,
-  });
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { ...options, ...connParseOptions(), help: { type: "boolean", short: "h" } },
+      strict: true,
+    }));
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
   if (values.help) throw new ConfigError("help");
   const get = (k: Flag): string | undefined => {
-    const v = (values as Record<string, string | undefined>)[k] ?? env[flags[k].env];
+    const x = values[k];
+    const v = typeof x === "string" ? x : env[flags[k].env];
     if (v !== undefined && v !== "") return v;
     const f = flags[k];
     return "def" in f ? f.def : undefined;
@@ -123,27 +151,26 @@ export function loadConfig(
     throw new ConfigError(`--clock must be hlc or lamport, got ${clock}`);
   const domain = get("domain") ?? site;
   if (!TOKEN.test(domain)) throw new ConfigError(`--domain must match ${TOKEN}, got ${domain}`);
-  const auth: Config["auth"] = {};
-  const set = (k: keyof Config["auth"], f: Flag) => {
-    const v = get(f);
-    if (v !== undefined) auth[k] = v;
-  };
-  set("user", "user");
-  set("password", "password");
-  set("token", "token");
-  set("creds", "creds");
-  set("nkeySeedFile", "nkey");
-  set("tlsCa", "tls-ca");
-  set("tlsCert", "tls-cert");
-  set("tlsKey", "tls-key");
+  let conn: ReturnType<typeof resolveConnOptions>;
+  try {
+    conn = resolveConnOptions(values, env, { selectedContext: false });
+  } catch (err) {
+    if (err instanceof ConnOptionsError) throw new ConfigError(err.message);
+    throw err;
+  }
+  const { servers, nkey, ...rest } = conn;
+  const auth: Config["auth"] = { ...rest, ...(nkey ? { nkeySeedFile: nkey } : {}) };
+  const httpPortText = get("http-port");
   return {
-    natsUrl: (get("nats-url") ?? "").split(",").map((s) => s.trim()),
+    natsUrl: servers,
     site,
     nodeId: get("node-id") ?? `site-${site}`,
     domain,
     buckets,
     clock,
     maxClockSkewMs: intOf("max-clock-skew", get("max-clock-skew")!, 0),
+    maxClockJump: intOf("max-clock-jump", get("max-clock-jump")!, 1),
+    metaCacheMax: intOf("meta-cache-max", get("meta-cache-max")!, 1),
     reconcileIntervalMs: intOf("reconcile-interval", get("reconcile-interval")!, 0) * 1000,
     logLevel: get("log-level")!,
     instance: get("instance") ?? `${hostname()}-${process.pid}`,
@@ -154,5 +181,7 @@ export function loadConfig(
       conflictsMaxMsgs: intOf("conflicts-max-msgs", get("conflicts-max-msgs")!, 1),
       conflictsMaxAgeMs: intOf("conflicts-max-age", get("conflicts-max-age")!, 1) * 1000,
     },
+    ...(httpPortText !== undefined ? { httpPort: portOf("http-port", httpPortText) } : {}),
+    httpHost: get("http-host")!,
   };
 }

@@ -10,6 +10,7 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
 import type { Logger } from "./logger.ts";
 import { isNotFound } from "./site.ts";
 
@@ -17,6 +18,17 @@ import { isNotFound } from "./site.ts";
 export type Disposition = { ack: true } | { term: string } | { nak: number };
 
 const NANOS_PER_MS = 1_000_000;
+
+/**
+ * Whether a nats-server of this version (`nc.info.version`) takes `+TERM <reason>`: 2.10.4 and later.
+ * Older servers (Debian's 2.9.10) do not parse the reason and would leave the message pending.
+ */
+export function termTakesReason(version: string | undefined): boolean {
+  const m = /^v?(\d+)\.(\d+)\.(\d+)/.exec(version ?? "");
+  if (!m) return false;
+  const [major, minor, patch] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  return major > 2 || (major === 2 && (minor > 10 || (minor === 10 && patch >= 4)));
+}
 
 /** Create the durable consumer unless it exists (its position survives restarts). */
 export async function ensureConsumer(
@@ -95,11 +107,14 @@ export async function runConsumer(args: {
   let delivered = 0;
   const consumer = await js.consumers.get(stream, durable);
   const messages = await consumer.consume({ max_messages: Math.max(64, args.concurrency * 2) });
+  // the client's connection (nats.js keeps it on the JetStream client): the server it is connected to now
+  const nc = (js as Partial<{ nc: NatsConnection }>).nc;
   const settle = (m: JsMsg, d: Disposition) => {
     if ("ack" in d) m.ack();
-    // no reason: nats-server 2.9 does not know "+TERM <reason>" and would leave the message pending
-    else if ("term" in d) m.term();
-    else m.nak(d.nak);
+    else if ("term" in d) {
+      if (termTakesReason(nc?.info?.version)) m.term(d.term);
+      else m.term();
+    } else m.nak(d.nak);
   };
   const loop = (async () => {
     for await (const m of messages) {

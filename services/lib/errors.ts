@@ -11,7 +11,7 @@ export const ErrorCode = {
   SYNCD_ERR_NOT_FOUND: { status: 404, text: "key not found" },
   SYNCD_ERR_CONFLICT: { status: 409, text: "compare-and-set kept losing races; retry" },
   SYNCD_ERR_TOO_LARGE: { status: 413, text: "value is larger than the bucket's max value size" },
-  SYNCD_ERR_CLOCK_SKEW: { status: 422, text: "ts is too far ahead of physical time" },
+  SYNCD_ERR_CLOCK_SKEW: { status: 422, text: "ts is too far ahead of the site's clock (not yet acceptable)" },
   SYNCD_ERR_INTERNAL: { status: 500, text: "internal error" },
   SYNCD_ERR_UNAVAILABLE: { status: 503, text: "a site or service needed for this request did not answer" },
 } as const;

@@ -1,7 +1,10 @@
 /**
- * A `_meta` store read through a watch-fed cache: `get` costs no round trip once the watch has
- * caught up. The cache is only a hint — every change is still a compare-and-set on the server — and
- * a key whose compare-and-set lost (or that a caller invalidates) is read directly the next time.
+ * A `_meta` store read through a watch-fed cache: `get` costs no round trip for a key the cache
+ * holds. The cache is only a hint — every change is still a compare-and-set on the server — and
+ * bounded: it keeps at most `maxEntries` keys (least recently used go first), so a process's memory
+ * follows that setting (`--meta-cache-max`), not the number of keys ever written. A key it does not
+ * hold, one whose compare-and-set lost, or one a caller invalidates is read from the server. Until
+ * the first eviction the cache holds every key of `_meta`, and a key it does not hold is absent.
  */
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import type { QueuedIterator } from "@nats-io/nats-core";
@@ -12,50 +15,60 @@ import { type MetaEntry, MetaStore, type MetaStoreLike, isCasConflict } from "./
 const dec = new TextDecoder();
 const RESTART_MS = 1000;
 
-/** `_meta` with a watch-fed cache in front. */
+/** Default of `--meta-cache-max`: keys of `_meta` one cache holds. */
+export const DEFAULT_META_CACHE_MAX = 100_000;
+
+/** `_meta` with a bounded, watch-fed cache in front. */
 export class CachedMetaStore implements MetaStoreLike {
   private readonly direct: MetaStore;
-  private readonly cache = new Map<string, MetaEntry>();
+  /** key → entry, or null when the key is known to be absent; in least-recently-used order */
+  private readonly cache = new Map<string, MetaEntry | null>();
   private readonly stale = new Set<string>();
+  private readonly max: number;
   private watcher: QueuedIterator<KvWatchEntry> | undefined;
   private ready = false;
+  /** every key of `_meta` is in the cache (nothing evicted since the watch caught up) */
+  private complete = false;
   private stopped = false;
-  /** reads answered from the cache / read from the server */
-  readonly counts = { hits: 0, reads: 0 };
+  /** reads answered from the cache / read from the server / keys evicted */
+  readonly counts = { hits: 0, reads: 0, evictions: 0 };
 
   constructor(
     private readonly kv: KV,
     private readonly log: Logger,
+    opts: { maxEntries?: number } = {},
   ) {
     this.direct = new MetaStore(kv);
+    this.max = Math.max(1, opts.maxEntries ?? DEFAULT_META_CACHE_MAX);
   }
 
-  /** Start the watch; resolves once the initial values are cached. */
+  /** Start the watch; resolves once the initial values went through the cache. */
   async start(): Promise<void> {
     const initial = (await this.kv.status()).values;
     const it = await this.kv.watch({ key: ">" });
     this.watcher = it;
+    const evictedBefore = this.counts.evictions;
     let caughtUp!: () => void;
     const done = new Promise<void>((r) => {
       caughtUp = r;
     });
-    if (initial === 0) {
+    const markReady = () => {
       this.ready = true;
+      this.complete = this.counts.evictions === evictedBefore && this.cache.size <= this.max;
       caughtUp();
-    }
+    };
+    if (initial === 0) markReady();
     void (async () => {
       try {
         for await (const e of it) {
           this.apply(e);
-          if (!this.ready && (e.isUpdate || e.delta === 0)) {
-            this.ready = true;
-            caughtUp();
-          }
+          if (!this.ready && (e.isUpdate || e.delta === 0)) markReady();
         }
       } catch (err) {
         this.log.warn({ err }, "meta watch failed");
       }
       this.ready = false;
+      this.complete = false;
       caughtUp();
       if (!this.stopped) {
         this.log.warn("meta watch ended; reading _meta directly until it is back");
@@ -74,21 +87,29 @@ export class CachedMetaStore implements MetaStoreLike {
     this.watcher?.stop();
   }
 
-  /** The number of cached keys. */
+  /** The number of cached keys (known-absent ones included); never above `maxEntries`. */
   get size(): number {
     return this.cache.size;
   }
 
   async get(key: string): Promise<MetaEntry | null> {
     if (this.ready && !this.stale.has(key)) {
-      this.counts.hits++;
-      return this.cache.get(key) ?? null;
+      const e = this.cache.get(key);
+      if (e !== undefined) {
+        this.touch(key, e);
+        this.counts.hits++;
+        return e;
+      }
+      if (this.complete) {
+        this.counts.hits++;
+        return null;
+      }
     }
     this.counts.reads++;
     this.stale.delete(key);
     const e = await this.direct.get(key);
     if (e) this.remember(key, e);
-    else this.cache.delete(key);
+    else this.put(key, null);
     return e;
   }
 
@@ -98,30 +119,47 @@ export class CachedMetaStore implements MetaStoreLike {
       this.remember(key, { version, revision });
       return revision;
     } catch (err) {
-      if (isCasConflict(err)) this.stale.add(key);
+      if (isCasConflict(err)) this.invalidate(key);
       throw err;
     }
   }
 
   invalidate(key: string): void {
+    this.stale.delete(key);
     this.stale.add(key);
+    // a lost marker only costs a compare-and-set that fails and marks the key again
+    if (this.stale.size > this.max) this.stale.delete(this.stale.values().next().value as string);
+  }
+
+  private touch(key: string, e: MetaEntry | null): void {
+    this.cache.delete(key);
+    this.cache.set(key, e);
+  }
+
+  private put(key: string, e: MetaEntry | null): void {
+    this.touch(key, e);
+    while (this.cache.size > this.max) {
+      this.cache.delete(this.cache.keys().next().value as string);
+      this.counts.evictions++;
+      this.complete = false;
+    }
   }
 
   private remember(key: string, e: MetaEntry): void {
     const cur = this.cache.get(key);
-    if (!cur || e.revision > cur.revision) this.cache.set(key, e);
+    if (!cur || e.revision > cur.revision) this.put(key, e);
   }
 
   private apply(e: KvWatchEntry): void {
     if (e.operation !== "PUT" || e.value.length === 0) {
       const cur = this.cache.get(e.key);
-      if (cur && cur.revision < e.revision) this.cache.delete(e.key);
+      if (cur && cur.revision < e.revision) this.put(e.key, null);
       return;
     }
     try {
       this.remember(e.key, { version: JSON.parse(dec.decode(e.value)) as Version, revision: e.revision });
     } catch {
-      this.stale.add(e.key);
+      this.invalidate(e.key);
     }
   }
 }

@@ -87,10 +87,33 @@ export function versionFromHeaders(h: MsgHdrs | undefined): { ts: number; node_i
   return Number.isSafeInteger(n) ? { ts: n, node_id: node } : null;
 }
 
-/** True when a KV message is a delete or purge marker. */
+/**
+ * True when a KV message is a delete or purge marker: one a client wrote (`KV-Operation`), or one
+ * the server wrote (nats-server 2.11+, `Nats-Marker-Reason`: `MaxAge` when the entry's max age or
+ * per-message TTL ran out, `Remove`, `Purge`). Either way the key's value is gone: a delete.
+ */
 export function isDeleteMarker(h: MsgHdrs | undefined): boolean {
   const op = h?.get("KV-Operation");
-  return op === "DEL" || op === "PURGE";
+  return op === "DEL" || op === "PURGE" || !!h?.get("Nats-Marker-Reason");
+}
+
+/**
+ * Why a bucket's stream settings cannot be replicated, or undefined when they can: entries that
+ * expire (`max_age`, or per-message TTLs with `allow_msg_ttl`) disappear without a trace unless the
+ * server writes a delete marker for them (`subject_delete_marker_ttl`, nats-server 2.11+, e.g.
+ * `nats kv add --ttl 1h --marker-ttl 1m`): the expiry would never replicate, and anti-entropy would
+ * bring the expired keys back from the other sites.
+ */
+export function expiryProblem(
+  bucket: string,
+  c: { max_age?: number; allow_msg_ttl?: boolean; subject_delete_marker_ttl?: number },
+): string | undefined {
+  const expires = [
+    ...((c.max_age ?? 0) > 0 ? [`max_age ${(c.max_age ?? 0) / 1e9} s`] : []),
+    ...(c.allow_msg_ttl ? ["per-message TTLs (allow_msg_ttl)"] : []),
+  ];
+  if (expires.length === 0 || (c.subject_delete_marker_ttl ?? 0) > 0) return undefined;
+  return `bucket ${bucket} expires entries (${expires.join(", ")}) without delete markers: the expiries would not replicate and anti-entropy would bring expired keys back; give it subject_delete_marker_ttl (nats-server 2.11+, nats kv add --marker-ttl) or no expiry`;
 }
 
 /** A data bucket read through its stream (for the headers), written with version headers. */

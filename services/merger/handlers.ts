@@ -103,7 +103,9 @@ function sameContentVersion(incoming: Versioned, m: Version): boolean {
  * Equal versions with different bytes while the bucket does not show `_meta`'s bytes yet (its
  * write is in flight): decided on a retry, once the bucket holds them.
  */
-function undecidable(op: Op): SyncdError {
+function undecidable(b: BucketState, op: Op): SyncdError {
+  // the `_meta` read may be a stale cache entry: the retry reads the server
+  b.meta.invalidate?.(op.key);
   return new SyncdError(
     "SYNCD_ERR_CONFLICT",
     `key "${op.key}": same version with other bytes still being written; retry`,
@@ -169,14 +171,14 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       b.meta.invalidate?.(op.key);
       continue;
     }
-    if (ahead === "unknown") throw undecidable(op);
+    if (ahead === "unknown") throw undecidable(b, op);
     const current = m ? currentState(m.version, l) : null;
     let cmp = current ? compare(incoming, current) : 1;
     // same version, `_meta`'s bytes not in the bucket yet: only the value hash can tell them apart
     if (m && current && cmp !== 0 && current.value === undefined && sameContentVersion(incoming, m.version)) {
       if (!m.version.vh) cmp = compare(incoming, current);
       else if (valueHash(incoming.value ?? new Uint8Array()) === m.version.vh) cmp = 0;
-      else throw undecidable(op);
+      else throw undecidable(b, op);
     }
     if (m && current && cmp < 0) {
       if (current.node_id !== incoming.node_id) {

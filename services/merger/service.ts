@@ -7,9 +7,10 @@ import { type JsMsg, jetstream } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Observer } from "../lib/clock-client.ts";
-import { skewMs } from "../lib/clock-rules.ts";
+import { ClockMode, LAMPORT_CATCH_UP_MS, admissible } from "../lib/clock-rules.ts";
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
+import { Conditions, Severity, health } from "../lib/health.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
@@ -49,12 +50,22 @@ export const counts = {
   dead_lettered: 0,
   conflicts: 0,
   errors: 0,
+  /** deliveries of ops not acceptable yet (clock skew / Lamport jump), put back to be tried later */
+  parked: 0,
 };
 /** Dead-lettered ops by error code. */
 export const deadByCode: Record<string, number> = {};
 let lastError: string | undefined;
 
-type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError };
+type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number };
+
+/** The longest a parked op waits before it is tried again. */
+const MAX_PARK_MS = 60_000;
+const PARK_LOG_EVERY_MS = 10_000;
+
+function isSkew(err: SyncdError): boolean {
+  return err.code === ("SYNCD_ERR_CLOCK_SKEW" satisfies ErrorCodeName);
+}
 
 /** Wire syncd-merger. */
 export async function wireMerger(ctx: ServiceContext): Promise<Running> {
@@ -63,7 +74,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const caches: CachedMetaStore[] = [];
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
-    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }));
+    const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }), {
+      maxEntries: config.metaCacheMax,
+    });
     await meta.start();
     caches.push(meta);
     buckets.set(b, {
@@ -100,24 +113,75 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     buckets,
     observe: (ts) => observer.observe(ts),
     checkSkew: (ts) => {
-      const ahead = skewMs(config.clock, ts, Date.now());
-      if (ahead > config.maxClockSkewMs) {
-        throw new SyncdError(
-          "SYNCD_ERR_CLOCK_SKEW",
-          `ts ${ts} is ${ahead} ms ahead (limit ${config.maxClockSkewMs} ms)`,
-        );
-      }
+      // HLC only: the Lamport jump is checked by the clock service, which knows the site's mark
+      if (config.clock !== ClockMode.hlc) return;
+      const a = admissible(config.clock, ts, {
+        nowMs: observer.clockNowMs(),
+        hw: 0,
+        maxSkewMs: config.maxClockSkewMs,
+        maxJump: config.maxClockJump,
+      });
+      if (!a.ok) throw new SyncdError("SYNCD_ERR_CLOCK_SKEW", a.reason);
     },
+  };
+  /** A refused ts is not a verdict: raised, counted, and the op is tried again later. */
+  const raiseRefused = (err: SyncdError, ts: number | undefined) =>
+    health.raise(
+      config.clock === ClockMode.hlc ? Conditions.clockSkew : Conditions.clockJump,
+      Severity.error,
+      {
+        message: `${err.message}: ops from a clock that is off wait (parked) until they are acceptable`,
+        ttlMs: 10 * 60_000,
+        ...(ts !== undefined ? { data: { ts } } : {}),
+      },
+    );
+  let lastParkLog = 0;
+  let parkedSinceLog = 0;
+  const park = (m: JsMsg, err: SyncdError, ts: number | undefined): { nak: number } => {
+    counts.parked++;
+    parkedSinceLog++;
+    raiseRefused(err, ts);
+    const a =
+      ts === undefined
+        ? null
+        : admissible(config.clock, ts, {
+            nowMs: observer.clockNowMs(),
+            hw: 0,
+            maxSkewMs: config.maxClockSkewMs,
+            maxJump: config.maxClockJump,
+          });
+    const wait = config.clock === ClockMode.hlc && a && !a.ok ? a.waitMs : LAMPORT_CATCH_UP_MS;
+    const delay = Math.min(MAX_PARK_MS, Math.max(1000, wait));
+    if (Date.now() - lastParkLog >= PARK_LOG_EVERY_MS) {
+      log.error(
+        {
+          code: err.code,
+          reason: err.message,
+          stream: m.info.stream,
+          seq: m.seq,
+          retry_ms: delay,
+          parked: parkedSinceLog,
+        },
+        "CLOCK: an op is not acceptable yet (far ahead of this site's clock); parked, tried again later",
+      );
+      lastParkLog = Date.now();
+      parkedSinceLog = 0;
+    }
+    return { nak: delay };
   };
   const parsed = new WeakMap<JsMsg, Parsed>();
   const parse = (m: JsMsg): Parsed => {
     let p = parsed.get(m);
     if (!p) {
+      let op: Op | undefined;
       try {
-        const op = parseOp(m.data);
+        op = parseOp(m.data);
         p = { op, bucket: admit(deps, op) };
       } catch (err) {
-        p = { error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)) };
+        p = {
+          error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
+          ...(op ? { ts: op.ts } : {}),
+        };
       }
       parsed.set(m, p);
     }
@@ -139,12 +203,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       seq: m.seq,
       subject: m.subject,
     };
-    if (err.code === ("SYNCD_ERR_CLOCK_SKEW" satisfies ErrorCodeName)) {
-      log.error(
-        fields,
-        "CLOCK SKEW: refused an op stamped far in the future; check the clock of the site that sent it",
-      );
-    } else log.warn(fields, "bad op dead-lettered");
+    log.warn(fields, "bad op dead-lettered");
     return { term: `${err.code}: ${err.message}` };
   };
 
@@ -165,7 +224,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     },
     handle: async (m) => {
       const p = parse(m);
-      if ("error" in p) return deadLetter(m, p.error);
+      if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
       if (m.subject === OPS_INGRESS) {
         await js.publish(opsSubject(config.site), m.data, { msgID: `${config.site}.in.${m.seq}` });
         counts.forwarded++;
@@ -176,7 +235,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         counts[r.result]++;
         return { ack: true };
       } catch (err) {
-        // bad input is dead-lettered; a conflict (409) is retried
+        // a ts the clock refuses waits; other bad input is dead-lettered; a conflict (409) is retried
+        if (isSyncdError(err) && isSkew(err)) return park(m, err, p.op.ts);
         if (isSyncdError(err) && err.status < 500 && err.code !== "SYNCD_ERR_CONFLICT")
           return deadLetter(m, err);
         counts.errors++;
@@ -197,7 +257,15 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/merge.response.json",
       description: "apply one op by LWW: applied, stale or duplicate",
       handler: async (op) => {
-        const bucket = admit(deps, op);
+        let bucket: BucketState;
+        try {
+          bucket = admit(deps, op);
+          // a ts the clock refuses is answered 422 before anything is journaled: the sender tries later
+          await deps.observe(op.ts);
+        } catch (err) {
+          if (isSyncdError(err) && isSkew(err)) raiseRefused(err, op.ts);
+          throw err;
+        }
         // journal first: if this process dies half-way, the consumer applies the op again
         await js.publish(journalSubject(config.site), JSON.stringify(op));
         const r = await applyAdmitted(deps, bucket, op);
@@ -251,6 +319,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           counts: { ...counts, ...deadByCode },
           pending: ci.num_pending,
           ...(lastError ? { last_error: lastError } : {}),
+          conditions: health.list(),
         };
       },
     },

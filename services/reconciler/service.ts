@@ -3,6 +3,7 @@
  * the digest / entries / run / status endpoints, peer discovery and the periodic runs.
  */
 import { addEndpoint } from "../lib/adapter.ts";
+import { health } from "../lib/health.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -141,7 +142,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "empty.request.json",
       response: "reconciler/status.response.json",
       description: "index sizes, peers, the run in progress and the last run",
-      handler: async () => reconciler.status(),
+      handler: async () => ({ ...reconciler.status(), conditions: health.list() }),
     },
     d,
   );

@@ -6,10 +6,11 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { health } from "../lib/health.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
 
@@ -28,6 +29,13 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const loops: ConsumerLoop[] = [];
   const caches: CachedMetaStore[] = [];
   for (const bucket of config.buckets) {
+    const problem = expiryProblem(bucket, (await site.jsm.streams.info(kvStream(bucket))).config);
+    if (problem) {
+      log.fatal({ bucket }, `refusing to replicate: ${problem}`);
+      throw new Error(problem);
+    }
+  }
+  for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
       skipped_superseded: 0,
@@ -36,7 +44,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       errors: 0,
     };
     counts.set(bucket, c);
-    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
+    const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }), {
+      maxEntries: config.metaCacheMax,
+    });
     await meta.start();
     caches.push(meta);
     const deps = {
@@ -109,6 +119,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
           }),
         ),
         ...(lastError ? { last_error: lastError } : {}),
+        conditions: health.list(),
       }),
     },
     { log },

@@ -12,7 +12,7 @@ import { isSyncdError } from "../../services/lib/errors.ts";
 import { compareVersions } from "../../services/lib/lww.ts";
 import type { Op } from "../../services/lib/op.ts";
 import type { MergerMergeResponse } from "../../services/lib/schemas.gen.ts";
-import type { Version } from "../../services/lib/stores.ts";
+import type { MetaStoreLike, Version } from "../../services/lib/stores.ts";
 import { type MergeDeps, applyOp } from "../../services/merger/handlers.ts";
 import {
   type LocalEntry,
@@ -20,6 +20,7 @@ import {
   type WatcherDeps,
   stampEntry,
 } from "../../services/watcher/handlers.ts";
+import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
 import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";
 
@@ -96,6 +97,8 @@ export type ReplicaConfig = {
   /** at-least-once: the watcher's consumer sometimes delivers an entry twice */
   redeliver: boolean;
   nowMs: () => number;
+  /** > 0: watchers and mergers read `_meta` through a stale cache of this many keys (sim/cache.ts) */
+  metaCache?: number;
 };
 
 const GATE_LIMIT = 64;
@@ -131,7 +134,7 @@ export class Replica {
     this.bucket = new SimBucket(sim.call, `${cfg.site}`);
     this.clock = new SimClock(sim, cfg.site, cfg.mode, cfg.nowMs);
     this.mergeDeps = {
-      buckets: new Map([[cfg.bucket, { meta: this.meta.as("merger"), data: this.bucket, maxValueSize: -1 }]]),
+      buckets: new Map([[cfg.bucket, { meta: this.cached("merger"), data: this.bucket, maxValueSize: -1 }]]),
       observe: (ts) => this.clock.observe(ts),
       checkSkew: () => {},
     };
@@ -192,7 +195,7 @@ export class Replica {
       site: this.site,
       nodeId: this.nodeId,
       bucket: this.cfg.bucket,
-      meta: this.meta.as("watcher"),
+      meta: this.cached("watcher"),
       tick: () => ticker.tick(),
       js: {
         publish: async (
@@ -207,6 +210,12 @@ export class Replica {
         },
       },
     };
+  }
+
+  /** `_meta` as one process sees it: through its own stale cache when the scenario has one. */
+  private cached(caller: "watcher" | "merger"): MetaStoreLike {
+    const store = this.meta.as(caller);
+    return this.cfg.metaCache ? new StaleMetaCache(store, this.cfg.metaCache) : store;
   }
 
   /** Every `_meta` commit, synchronously: record what a stamp was compared against (I4). */

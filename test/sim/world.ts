@@ -76,6 +76,8 @@ export type Scenario = {
   redeliver: boolean;
   /** JetStream drops a re-published msgID (false: the dedupe window has passed) */
   dedupe: boolean;
+  /** keys in each watcher's and merger's `_meta` cache (0: none; sim/cache.ts, staler than the real one) */
+  metaCache: number;
 };
 
 /** Scenarios; `drops` lets the network lose copies (then only repair can converge). */
@@ -118,6 +120,7 @@ export function scenario(opts: { drops: boolean; faults: boolean }): fc.Arbitrar
       : fc.constant({ rate: 0, seed: 0 }),
     redeliver: opts.faults ? fc.boolean() : fc.constant(false),
     dedupe: opts.faults ? fc.boolean() : fc.constant(true),
+    metaCache: fc.constantFrom(0, 1, 2),
   });
 }
 
@@ -198,6 +201,7 @@ export class World {
             watchers: sc.watchers,
             mergers: sc.mergers,
             redeliver: sc.redeliver,
+            metaCache: sc.metaCache,
             nowMs: () => BASE_MS + Math.floor(this.sim.steps / sc.stepsPerMs) + (sc.skewMs[i] ?? 0),
           },
           choices,

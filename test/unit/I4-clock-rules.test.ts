@@ -2,7 +2,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { ClockMode, HLC_TICKS_PER_MS, observe, reserve, skewMs } from "../../services/lib/clock-rules.ts";
+import {
+  ClockMode,
+  HLC_TICKS_PER_MS,
+  admissible,
+  catchUp,
+  observe,
+  reserve,
+  skewMs,
+} from "../../services/lib/clock-rules.ts";
 import { fcParams } from "../fc.ts";
 
 describe("I4 clock rules", () => {
@@ -73,5 +81,55 @@ describe("I4 clock rules", () => {
 
   it("refuses to leave the safe integer range", () => {
     assert.throws(() => reserve(ClockMode.lamport, Number.MAX_SAFE_INTEGER - 1, 5, 0), RangeError);
+  });
+
+  it("admissible (HLC): a refused ts becomes acceptable after waitMs, and stays so", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 10_000_000 }),
+        fc.integer({ min: 0, max: 120_000 }),
+        fc.integer({ min: 1_700_000_000_000, max: 1_800_000_000_000 }),
+        (aheadMs, maxSkewMs, nowMs) => {
+          const ts = (nowMs + aheadMs) * HLC_TICKS_PER_MS + 999;
+          const at = (t: number) => admissible(ClockMode.hlc, ts, { nowMs: t, hw: 0, maxSkewMs, maxJump: 1 });
+          const a = at(nowMs);
+          if (a.ok) return aheadMs <= maxSkewMs;
+          return (
+            a.waitMs > 0 &&
+            at(nowMs + a.waitMs).ok &&
+            at(nowMs + a.waitMs + 1000).ok &&
+            !at(nowMs + a.waitMs - 1).ok
+          );
+        },
+      ),
+      fcParams(),
+    );
+  });
+
+  it("admissible (Lamport) and catchUp: one jump at a time, never past ts - jump, 2^53-1 out of reach", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 1_000_000 }),
+        fc.integer({ min: 0, max: 10_000_000 }),
+        fc.integer({ min: 1, max: 100_000 }),
+        (hw, ahead, maxJump) => {
+          const ts = hw + ahead;
+          const a = admissible(ClockMode.lamport, ts, { nowMs: 0, hw, maxSkewMs: 0, maxJump });
+          if (a.ok !== ahead <= maxJump) return false;
+          if (a.ok) return true;
+          const next = catchUp(hw, ts, maxJump);
+          return next > hw && next - hw <= maxJump && next <= ts - maxJump;
+        },
+      ),
+      fcParams(),
+    );
+    const far = admissible(ClockMode.lamport, Number.MAX_SAFE_INTEGER, {
+      nowMs: 0,
+      hw: 5,
+      maxSkewMs: 0,
+      maxJump: 1e9,
+    });
+    assert.equal(far.ok, false);
+    assert.equal(catchUp(5, Number.MAX_SAFE_INTEGER, 1e9), 5 + 1e9);
   });
 });

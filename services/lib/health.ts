@@ -1,0 +1,197 @@
+/**
+ * One health model for every service: a process-wide list of **conditions**, each with a code (from
+ * {@link Conditions}), a severity (`ok` / `warn` / `error`), a message and how often it was raised.
+ * Every service shows the list in its status endpoint (`conditions`) and in the `data` of its micro
+ * STATS; `syncd status` shows them per site and `syncd status --check` exits non-zero when one
+ * needs a person (severity `error`).
+ *
+ * The API is three functions on {@link health}:
+ *
+ * ```ts
+ * import { Conditions, health } from "../lib/health.ts";
+ * health.raise(Conditions.keyStuck, "error", { message: `key ${key} retried ${n} times`, subject: `${bucket}/${key}` });
+ * health.raise(Conditions.divergenceRepaired, "warn", { message: "moved 3 entries", ttlMs: 600_000 });
+ * health.clear(Conditions.keyStuck, `${bucket}/${key}`);   // the key went through
+ * health.list();                                           // what status and STATS show
+ * ```
+ *
+ * - `raise(code, severity, detail)`: `detail` is the message, or `{message, subject?, ttlMs?, data?}`.
+ *   A condition is identified by code + subject (default: no subject), so one code may hold one
+ *   condition per bucket, key or peer. Raising it again updates severity, message and data, bumps
+ *   `count` and `last`. With `ttlMs` the condition clears itself when not raised again in that time
+ *   (for events: "a divergence was repaired", "an op was refused").
+ * - `clear(code, subject?)`: the condition is over (no subject: every condition of that code).
+ * - `list()`: the current conditions, worst first. At most {@link MAX_CONDITIONS} are kept (the oldest
+ *   `ok`/`warn` ones go first), so a flood of keys cannot grow a process's memory.
+ */
+
+/** Severities, from least to most urgent. `error` means a person must look. */
+export const Severity = { ok: "ok", warn: "warn", error: "error" } as const;
+export type Severity = (typeof Severity)[keyof typeof Severity];
+
+/** Every condition code: the one registry (README "Health" lists them). */
+export const Conditions = {
+  /** an op or a local write retried more than N times without going through */
+  keyStuck: "KEY_STUCK",
+  /** a value the bucket accepted that cannot travel or be applied */
+  valueTooLarge: "VALUE_TOO_LARGE",
+  /** a bucket (its stream) was deleted and created again under a running service */
+  bucketRecreated: "BUCKET_RECREATED",
+  /** anti-entropy found entries that differ between sites */
+  divergenceFound: "DIVERGENCE_FOUND",
+  /** anti-entropy repaired entries that differed */
+  divergenceRepaired: "DIVERGENCE_REPAIRED",
+  /** ops refused because their ts is too far ahead of physical time (HLC) */
+  clockSkew: "CLOCK_SKEW_REFUSED",
+  /** ops refused because their ts jumps too far ahead of the site's clock (Lamport) */
+  clockJump: "CLOCK_JUMP_REFUSED",
+  /** a JetStream stream or the account nears its limits */
+  storeFilling: "STORE_FILLING",
+  /** a peer site stopped answering */
+  peerLost: "PEER_LOST",
+  /** a durable consumer a service needs is gone */
+  consumerMissing: "CONSUMER_MISSING",
+  /** a service kind has no instance answering at a site (found by `syncd status`, not raised by a service) */
+  serviceDown: "SERVICE_DOWN",
+  /** a part of a site's status (an endpoint, a stream) could not be read (found by `syncd status`) */
+  statusUnreadable: "STATUS_UNREADABLE",
+} as const;
+export type ConditionCode = (typeof Conditions)[keyof typeof Conditions];
+
+/** One condition as status endpoints and STATS data show it (schemas/health/condition.json). */
+export type Condition = {
+  code: string;
+  severity: Severity;
+  message: string;
+  subject?: string;
+  /** times raised since `since` */
+  count: number;
+  /** ISO times: first raised, last raised */
+  since: string;
+  last: string;
+  data?: Record<string, unknown>;
+};
+
+/** What `raise` takes besides code and severity. */
+export type ConditionDetail =
+  | string
+  | { message: string; subject?: string; ttlMs?: number; data?: Record<string, unknown> };
+
+/** The most conditions one process keeps. */
+export const MAX_CONDITIONS = 200;
+
+const RANK: Record<Severity, number> = { ok: 0, warn: 1, error: 2 };
+
+/** A list of conditions; {@link health} is the process's own. */
+export class Health {
+  private readonly items = new Map<string, Condition & { expires?: number }>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** Raise (or raise again) a condition. */
+  raise(code: string, severity: Severity, detail: ConditionDetail): void {
+    const d = typeof detail === "string" ? { message: detail } : detail;
+    const id = keyOf(code, d.subject);
+    const at = this.now();
+    const cur = this.items.get(id);
+    const c: Condition & { expires?: number } = {
+      code,
+      severity,
+      message: d.message,
+      ...(d.subject !== undefined ? { subject: d.subject } : {}),
+      count: (cur?.count ?? 0) + 1,
+      since: cur?.since ?? new Date(at).toISOString(),
+      last: new Date(at).toISOString(),
+      ...(d.data ? { data: d.data } : {}),
+      ...(d.ttlMs !== undefined ? { expires: at + d.ttlMs } : {}),
+    };
+    this.items.delete(id);
+    this.items.set(id, c);
+    if (this.items.size > MAX_CONDITIONS) this.evict();
+  }
+
+  /** Clear a condition (without subject: every condition with this code). */
+  clear(code: string, subject?: string): void {
+    if (subject !== undefined) {
+      this.items.delete(keyOf(code, subject));
+      return;
+    }
+    for (const [id, c] of this.items) if (c.code === code) this.items.delete(id);
+  }
+
+  /** The current conditions, worst first, then most recent first. */
+  list(): Condition[] {
+    const at = this.now();
+    const out: Condition[] = [];
+    for (const [id, c] of this.items) {
+      if (c.expires !== undefined && c.expires <= at) {
+        this.items.delete(id);
+        continue;
+      }
+      const { expires: _e, ...shown } = c;
+      out.push(shown);
+    }
+    return out.sort((a, b) => RANK[b.severity] - RANK[a.severity] || b.last.localeCompare(a.last));
+  }
+
+  /** The worst severity of the current conditions (`ok` when there are none). */
+  worst(): Severity {
+    return this.list()[0]?.severity ?? Severity.ok;
+  }
+
+  private evict(): void {
+    const victim = [...this.items].find(([, c]) => c.severity !== Severity.error) ?? [...this.items][0];
+    if (victim) this.items.delete(victim[0]);
+  }
+}
+
+function keyOf(code: string, subject: string | undefined): string {
+  return subject === undefined ? code : `${code}\u0000${subject}`;
+}
+
+/** The conditions of this process: what its status endpoint and STATS data show. */
+export const health = new Health();
+
+/** True when a severity needs a person (what `syncd status --check` fails on). */
+export function needsPerson(s: Severity): boolean {
+  return s === Severity.error;
+}
+
+/** Usage of one store (a stream, or the account) against its limits; a limit <= 0 means none. */
+export type StoreUsage = {
+  name: string;
+  bytes: number;
+  maxBytes: number;
+  msgs?: number;
+  maxMsgs?: number;
+  /** true when a full store refuses writes (discard new: KV buckets, the account); false when it drops the oldest */
+  refusesWhenFull: boolean;
+};
+
+/** Fill ratios at which a store is raised: `warn` at 80 %, `error` at 95 % when a full store refuses writes. */
+export const STORE_WARN = 0.8;
+export const STORE_ERROR = 0.95;
+
+/**
+ * Raise or clear STORE_FILLING for each store (subject: its name). A store that drops its oldest
+ * messages when full (a log with limits) is at most a warning: that is what its limits are for.
+ */
+export function reportStores(h: Health, stores: StoreUsage[]): void {
+  for (const s of stores) {
+    const ratios = [
+      s.maxBytes > 0 ? s.bytes / s.maxBytes : 0,
+      s.maxMsgs !== undefined && s.maxMsgs > 0 ? (s.msgs ?? 0) / s.maxMsgs : 0,
+    ];
+    const fill = Math.max(...ratios);
+    if (fill < STORE_WARN) {
+      h.clear(Conditions.storeFilling, s.name);
+      continue;
+    }
+    const severity = s.refusesWhenFull && fill >= STORE_ERROR ? Severity.error : Severity.warn;
+    h.raise(Conditions.storeFilling, severity, {
+      message: `${s.name} is ${Math.round(fill * 100)} % full${s.refusesWhenFull ? ": when full, writes fail" : ": the oldest messages go first"}`,
+      subject: s.name,
+      data: { bytes: s.bytes, max_bytes: s.maxBytes, msgs: s.msgs ?? null, max_msgs: s.maxMsgs ?? null },
+    });
+  }
+}

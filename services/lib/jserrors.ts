@@ -1,0 +1,79 @@
+/**
+ * JetStream and NATS errors, classified by the API error code the server sends (nats-server's
+ * `errors.json`, nats.js's `JetStreamApiCodes`) — never by message
+ * text, which changes between server versions.
+ */
+import { JetStreamApiError } from "@nats-io/jetstream";
+
+/** The JetStream API error codes the services act on (nats-server errors.json). */
+export const ApiCode = {
+  /** JSConsumerNotFoundErr */
+  consumerNotFound: 10014,
+  /** JSStreamMessageExceedsMaximumErr */
+  messageExceedsMaximum: 10054,
+  /** JSStreamNameExistErr: "stream name already in use with a different configuration" */
+  streamNameExist: 10058,
+  /** JSStreamNotFoundErr */
+  streamNotFound: 10059,
+  /** JSStreamWrongLastSequenceErr */
+  wrongLastSequence: 10071,
+  /** JSConsumerNameExistErr */
+  consumerNameExist: 10013,
+  /** JSConsumerExistingActiveErr */
+  consumerExistingActive: 10105,
+  /** JSConsumerAlreadyExists */
+  consumerAlreadyExists: 10148,
+  /** JSStreamWrongLastSequenceConstantErr (2.10+: wrong last sequence, expected value unknown) */
+  wrongLastSequenceUnknown: 10164,
+} as const;
+export type ApiCode = (typeof ApiCode)[keyof typeof ApiCode];
+
+/** The API error code of a JetStream error (searching `cause` too), or undefined. */
+export function apiCode(err: unknown): number | undefined {
+  for (let e = err, depth = 0; e && depth < 5; depth++) {
+    if (e instanceof JetStreamApiError) return e.code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function hasCode(err: unknown, ...codes: number[]): boolean {
+  const c = apiCode(err);
+  return c !== undefined && codes.includes(c);
+}
+
+/** The stream does not exist. */
+export function isStreamNotFound(err: unknown): boolean {
+  return hasCode(err, ApiCode.streamNotFound);
+}
+
+/** The consumer does not exist. */
+export function isConsumerNotFound(err: unknown): boolean {
+  return hasCode(err, ApiCode.consumerNotFound);
+}
+
+/** The stream or the consumer does not exist. */
+export function isNotFound(err: unknown): boolean {
+  return hasCode(err, ApiCode.streamNotFound, ApiCode.consumerNotFound);
+}
+
+/** A stream or consumer of that name exists already (another instance created it first). */
+export function isAlreadyExists(err: unknown): boolean {
+  return hasCode(
+    err,
+    ApiCode.streamNameExist,
+    ApiCode.consumerNameExist,
+    ApiCode.consumerExistingActive,
+    ApiCode.consumerAlreadyExists,
+  );
+}
+
+/** An expected-last-sequence publish lost a race (a compare-and-set conflict). */
+export function isWrongLastSequence(err: unknown): boolean {
+  return hasCode(err, ApiCode.wrongLastSequence, ApiCode.wrongLastSequenceUnknown);
+}
+
+/** The stream refused a message over its max message size (the bucket's max value size). */
+export function isTooLarge(err: unknown): boolean {
+  return hasCode(err, ApiCode.messageExceedsMaximum);
+}

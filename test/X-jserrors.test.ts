@@ -1,0 +1,78 @@
+/**
+ * services/lib/jserrors.ts against a real nats-server: each predicate recognises the error the server
+ * really sends (by API code), and only that one.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import {
+  isAlreadyExists,
+  isConsumerNotFound,
+  isNotFound,
+  isStreamNotFound,
+  isTooLarge,
+  isWrongLastSequence,
+} from "../services/lib/jserrors.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+
+let mesh: Mesh;
+let nc: NatsConnection;
+before(async () => {
+  mesh = await startMesh({ sites: ["a"], services: false });
+  nc = await mesh.connect("a");
+});
+after(async () => {
+  await nc?.close();
+  await mesh?.stop();
+});
+
+const all = { isAlreadyExists, isNotFound, isTooLarge, isWrongLastSequence } as const;
+
+/** The predicates (of `all`) that recognise `err`. */
+function which(err: unknown): string[] {
+  return Object.entries(all)
+    .filter(([, f]) => f(err))
+    .map(([n]) => n);
+}
+
+async function thrown(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  assert.fail("expected the server to refuse");
+}
+
+test("jserrors: each JetStream refusal is recognised by its API code, by exactly one predicate", async () => {
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+
+  const noStream = await thrown(jsm.streams.info("NOPE"));
+  assert.deepEqual(which(noStream), ["isNotFound"]);
+  assert.ok(isStreamNotFound(noStream) && !isConsumerNotFound(noStream));
+
+  await jsm.streams.add({ name: "T", subjects: ["t.>"], max_msg_size: 64, allow_direct: true });
+  const noConsumer = await thrown(jsm.consumers.info("T", "nope"));
+  assert.deepEqual(which(noConsumer), ["isNotFound"]);
+  assert.ok(isConsumerNotFound(noConsumer) && !isStreamNotFound(noConsumer));
+
+  const exists = await thrown(jsm.streams.add({ name: "T", subjects: ["u.>"] }));
+  assert.deepEqual(which(exists), ["isAlreadyExists"]);
+
+  await js.publish("t.a", "1");
+  const wrongLast = await thrown(js.publish("t.a", "2", { expect: { lastSubjectSequence: 99 } }));
+  assert.deepEqual(which(wrongLast), ["isWrongLastSequence"]);
+
+  const tooLarge = await thrown(js.publish("t.b", new Uint8Array(1000)));
+  assert.deepEqual(which(tooLarge), ["isTooLarge"]);
+
+  assert.equal(
+    await jsm.direct.getMessage("T", { last_by_subj: "t.none" }),
+    null,
+    "no message: null, not an error",
+  );
+
+  assert.deepEqual(which(new Error("stream not found")), [], "message text alone is never enough");
+});
