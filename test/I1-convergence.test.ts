@@ -5,12 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { compareVersions } from "../services/lib/lww.ts";
-import { OPS_INGRESS } from "../services/lib/subjects.ts";
+import type { Op } from "../services/lib/op.ts";
+import { OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
 import type { Mesh } from "./harness/mesh.ts";
-import { contents, quiet, replicated, startLinkedMesh, until, versions } from "./helpers.ts";
+import { contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
+import { publishedOps } from "./workload.ts";
 
 describe("I1 convergence between two leaf sites", () => {
   let mesh: Mesh;
@@ -53,22 +56,36 @@ describe("I1 convergence between two leaf sites", () => {
     assert.equal(va?.node_id, "site-b");
   });
 
-  it("I1 concurrent writes of the same keys on both sites end with the same LWW winner on both", async () => {
+  it("I1 concurrent writes of the same keys on both sites: both sites hold the greater of the two published versions", async (t) => {
     const keys = Array.from({ length: 30 }, (_, i) => `race.${i}`);
     await Promise.all(keys.flatMap((k) => [kv.a!.put(k, `from-a-${k}`), kv.b!.put(k, `from-b-${k}`)]));
     await quiet(nc);
     const [ca, cb] = [await contents(kv.a!), await contents(kv.b!)];
     const [va, vb] = [await versions(nc.a!), await versions(nc.b!)];
+    // the two versions each key was published with (both writes are stamped: neither replaced the
+    // other before it was stamped), and the greater one by the rule written out here, not lww.ts's
+    const published = await publishedOps(nc);
+    let aWon = 0;
     for (const k of keys) {
-      assert.equal(ca.get(k), cb.get(k), `${k}: sites differ`);
-      assert.deepEqual(replicated(va.get(k)), replicated(vb.get(k)), `${k}: versions differ`);
-      const winner = va.get(k)!;
-      assert.equal(
-        ca.get(k),
-        `from-${winner.node_id.slice(5)}-${k}`,
-        `${k}: the value is not the winning version's`,
-      );
+      const mine = published.filter((p) => p.op.key === k);
+      assert.deepEqual(mine.map((p) => p.site).sort(), ["a", "b"], `${k}: published ${JSON.stringify(mine)}`);
+      const [x, y] = mine.map((p) => p.op) as [Op, Op];
+      const greater = x.ts !== y.ts ? (x.ts > y.ts ? x : y) : x.node_id > y.node_id ? x : y;
+      if (greater.node_id === "site-a") aWon++;
+      for (const [site, v, c] of [["a", va, ca] as const, ["b", vb, cb] as const]) {
+        assert.deepEqual(
+          { ts: v.get(k)?.ts, node_id: v.get(k)?.node_id },
+          { ts: greater.ts, node_id: greater.node_id },
+          `${k} at ${site}: not the greater of ${JSON.stringify([x, y])}`,
+        );
+        assert.equal(
+          c.get(k),
+          `from-${greater.node_id.slice(5)}-${k}`,
+          `${k} at ${site}: not the winner's value`,
+        );
+      }
     }
+    t.diagnostic(`site-a's write won ${aWon} of ${keys.length} keys`);
   });
 
   it("I1 an older put arriving after a delete does not bring the key back", async () => {
@@ -109,7 +126,10 @@ describe("I1 convergence between two leaf sites", () => {
     );
     await until(async () => (await valueAt("a", "hand.made")) === "yes", { message: "hand-made op b→a" });
     assert.equal(await valueAt("b", "hand.made"), "yes");
-    // a hand-made op that loses (lower ts) changes nothing
+    await quiet(nc);
+    const before = [await versions(nc.a!), await versions(nc.b!)].map((v) => v.get("hand.made"));
+    const conflictsBefore = await streamCount(await jetstreamManager(nc.a!), Streams.conflicts("a"));
+    // a hand-made op that loses (lower ts, greater node id) changes nothing, at either site
     nc.a!.publish(
       OPS_INGRESS,
       JSON.stringify({
@@ -121,6 +141,22 @@ describe("I1 convergence between two leaf sites", () => {
         node_id: "zzz",
       }),
     );
+    await nc.a!.flush();
+    // it was handled (a's merger records it as a lost op), then both sites are quiet
+    await until(
+      async () =>
+        (await streamCount(await jetstreamManager(nc.a!), Streams.conflicts("a"))) > conflictsBefore,
+      { message: "the losing op was never merged at a" },
+    );
+    await quiet(nc);
+    for (const [i, site] of ["a", "b"].entries()) {
+      assert.equal(await valueAt(site, "hand.made"), "yes", `the losing op changed the value at ${site}`);
+      assert.deepEqual(
+        (await versions(nc[site]!)).get("hand.made"),
+        before[i],
+        `the losing op changed _meta at ${site}`,
+      );
+    }
     // and a hand-made delete that wins removes it everywhere
     nc.a!.publish(
       OPS_INGRESS,

@@ -65,6 +65,7 @@ describe("I5 scale-out: several instances of each service per site", () => {
       writersPerSite: 4,
       durationMs: soakMs(5000),
       maxWritesPerSite: 3000,
+      minWritesPerSite: 50,
       seed,
     });
     const t0 = Date.now();

@@ -1,7 +1,9 @@
 /**
  * I7 bad input (first form, DESIGN §6): a request that fails its schema gets a 400 naming the
  * field and is counted; a bad op in the stream is not applied, is dead-lettered with its reason and
- * does not block the ops behind it.
+ * does not block the ops behind it. The dead-letter stream keeps at most `--dlq-max-msgs` messages
+ * (configured on the stream, enforced by the server). (An op stamped far ahead is not bad input but
+ * a wait: test/I7-clock-far-off.test.ts.)
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -13,13 +15,15 @@ import { Headers, OPS_INGRESS, ServiceName, Streams } from "../services/lib/subj
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until } from "./helpers.ts";
 
+const DLQ_MAX = 8;
+
 describe("I7 bad input", () => {
   let mesh: Mesh;
   let nc: NatsConnection;
   let kv: KV;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a"] });
+    mesh = await startMesh({ sites: ["a"], serviceArgs: ["--dlq-max-msgs", String(DLQ_MAX)] });
     nc = await mesh.connect("a");
     kv = await mesh.kv("a");
   });
@@ -79,5 +83,30 @@ describe("I7 bad input", () => {
     assert.match(reasons[3]!, /SYNCD_ERR_SCHEMA .*key/);
     const st = await call<{ counts: Record<string, number> }>(nc, "a", "merger", "status");
     assert.equal(st.counts.dead_lettered, bads.length);
+  });
+
+  it(`I7 the dead-letter stream is bounded: max_msgs ${DLQ_MAX} configured, older dead letters dropped by the server`, async () => {
+    const jsm = await jetstreamManager(nc);
+    const info = await jsm.streams.info(Streams.dlq("a"));
+    assert.equal(info.config.max_msgs, DLQ_MAX);
+    const st0 = await call<{ counts: Record<string, number> }>(nc, "a", "merger", "status");
+    const N = 3 * DLQ_MAX;
+    for (let i = 0; i < N; i++) nc.publish(OPS_INGRESS, `garbage ${i}`);
+    await nc.flush();
+    await until(
+      async () =>
+        (await call<{ counts: Record<string, number> }>(nc, "a", "merger", "status")).counts.dead_lettered ===
+        (st0.counts.dead_lettered ?? 0) + N,
+      { message: "not every bad op was dead-lettered" },
+    );
+    const after = (await jsm.streams.info(Streams.dlq("a"))).state;
+    assert.equal(after.messages, DLQ_MAX);
+    assert.equal(after.last_seq - after.first_seq + 1, DLQ_MAX);
+    const last = await jsm.streams.getMessage(Streams.dlq("a"), { seq: after.last_seq });
+    assert.equal(
+      new TextDecoder().decode(last!.data),
+      `garbage ${N - 1}`,
+      "the newest dead letters are kept",
+    );
   });
 });

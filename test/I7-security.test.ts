@@ -400,7 +400,7 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     // the check above tells refused from allowed: its own (harmless) subjects go through
     assert.deepEqual(await notRefused(syncd, ["syncd.a.nothing"], 300), ["syncd.a.nothing"]);
     // What it needs of the peers (digest, entries, merge) is allowed: the anti-entropy run in the
-    // convergence test above and test/deploy-auth.test.ts use it.
+    // convergence test above and test/I7-deploy-auth.test.ts use it.
   });
 
   test("no password appears in any server or service log (also after reconnects and refused logins)", async () => {

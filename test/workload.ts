@@ -23,8 +23,9 @@
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers } from "@nats-io/nats-core";
-import { compare, compareBytes } from "../services/lib/lww.ts";
+import { compare, compareBytes, compareVersions } from "../services/lib/lww.ts";
 import { type Op, opValue, opVersioned, parseOp } from "../services/lib/op.ts";
+import type { Conflict, Version } from "../services/lib/schemas.gen.ts";
 import { OPS_INGRESS, Streams, kvSubject, metaBucket } from "../services/lib/subjects.ts";
 import { versions } from "./helpers.ts";
 
@@ -120,6 +121,10 @@ export type WorkloadOptions = {
   durationMs: number;
   /** and after this many writes per site */
   maxWritesPerSite?: number;
+  /** keep writing past `durationMs` until this is true (e.g. the chaos made its kills): no time bet */
+  until?: () => boolean;
+  /** and until each site started this many writes (a slow machine writes longer, not less) */
+  minWritesPerSite?: number;
   /** share of deletes (default 0.15) */
   deleteRatio?: number;
   /** share of binary (non-UTF-8) values among puts (default 0.1) */
@@ -150,7 +155,9 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     for (let w = 0; w < o.writersPerSite; w++) {
       runs.push(
         (async () => {
-          while (Date.now() < deadline && n < max) {
+          const more = () =>
+            Date.now() < deadline || n < (o.minWritesPerSite ?? 0) || (o.until !== undefined && !o.until());
+          while (more() && n < max) {
             const i = n++;
             const key = o.keys[Math.floor(random() * o.keys.length)]!;
             const del = random() < (o.deleteRatio ?? 0.15);
@@ -246,9 +253,13 @@ export type CheckOptions = {
   /**
    * Under kill -9: accept an unpublished last local write when it was stamped and then replaced by
    * a newer version from another node before the watcher (killed between its commit to `_meta` and
-   * the publish) got the entry again — the watcher then rightly sees a newer version. Accepted only
-   * when the key's winner is another node's and its ts is above any stamp the write can have got
-   * (HLC: ≥ physical time when the write was issued, less the clock's 50 ms block slack).
+   * the publish) got the entry again — the watcher then rightly sees a newer version. Decided from
+   * what the services recorded, not from clocks: the site's merger kept an `overwritten` conflict
+   * record whose loser is exactly this write (this site's node id, its unique bytes) — which the
+   * merger can only report when `_meta` held the write's own stamp (`bucketHolds`) — and whose
+   * winner is greater. A delete replaced by another node's delete leaves no record (nothing was
+   * lost): accepted when the site's final `_meta` is another node's merged tombstone covering the
+   * write's revision. A merger that overwrote an unstamped write has no such record: reported lost.
    */
   allowBeatenUnpublished?: boolean;
 };
@@ -333,10 +344,30 @@ export async function checkOutcome(o: CheckOptions): Promise<CheckReport> {
   const win = winners([...ops.map((p) => p.op), ...handMade], bucket);
   const unpublishedLast = [...lastLocal.values()].filter((w) => !publishedRevs.has(`${w.site}/${w.rev}`));
   const lost: string[] = [];
+  const records = o.allowBeatenUnpublished ? await conflictRecords(o.ncs) : [];
+  const metas = new Map<string, Map<string, Version>>();
   for (const w of unpublishedLast) {
     const op = win.get(w.key);
-    const beaten = op !== undefined && op.node_id !== nodeId(w.site) && op.ts > (w.at - 100) * 1000;
-    if (!(o.allowBeatenUnpublished && beaten))
+    let beaten = false;
+    if (o.allowBeatenUnpublished) {
+      beaten = records.some(
+        (r) =>
+          r.site === w.site &&
+          r.bucket === bucket &&
+          r.key === w.key &&
+          r.kind === "overwritten" &&
+          r.loser.node_id === nodeId(w.site) &&
+          r.loser.deleted === w.deleted &&
+          (w.deleted || same(sideValue(r.loser), w.value)) &&
+          compareVersions(r.winner, r.loser) > 0,
+      );
+      if (!beaten && w.deleted && op?.op === "delete" && op.node_id !== nodeId(w.site)) {
+        if (!metas.has(w.site)) metas.set(w.site, await versions(o.ncs[w.site]!, bucket));
+        const m = metas.get(w.site)!.get(w.key);
+        beaten = m?.deleted === true && m.merged === true && m.node_id !== nodeId(w.site) && m.rev >= w.rev;
+      }
+    }
+    if (!beaten)
       lost.push(
         `${w.site} ${w.key} rev ${w.rev} ${w.deleted ? "delete" : show(w.value)} (issued at ${w.at}; winner ${op ? showOp(op) : "none"})`,
       );
@@ -401,6 +432,26 @@ export async function checkOutcome(o: CheckOptions): Promise<CheckReport> {
     keys: [...win.values()].filter((op) => op.op === "put").length,
     tombstones: [...win.values()].filter((op) => op.op === "delete").length,
   };
+}
+
+/** Every conflict record of every site (`SYNCD_CONFLICTS_<site>`), with the site that kept it. */
+async function conflictRecords(
+  ncs: Record<string, NatsConnection>,
+): Promise<(Conflict & { site: string })[]> {
+  const out: (Conflict & { site: string })[] = [];
+  for (const [site, nc] of Object.entries(ncs)) {
+    for (const m of await readStream(nc, Streams.conflicts(site)))
+      out.push({ ...(JSON.parse(dec.decode(m.data)) as Conflict), site });
+  }
+  return out;
+}
+
+/** The value bytes of one side of a conflict record. */
+function sideValue(side: Conflict["loser"]): Uint8Array {
+  if (side.value === undefined) return new Uint8Array();
+  return side.encoding === "base64"
+    ? new Uint8Array(Buffer.from(side.value, "base64"))
+    : enc.encode(side.value);
 }
 
 /** A hand-made op, published at a site on `rep.kv.ops` (as `nats pub rep.kv.ops` would). */

@@ -127,7 +127,7 @@ function metaOf(v: { ts: number; node_id: string; deleted: boolean }, rev: numbe
 /**
  * Write a version behind the services' back, in the order a merger commits: `_meta` first (the
  * version, `rev` = the key's current bucket revision, `merged`, `vh`), then the bucket entry with the
- * version headers, expecting that revision. (Bucket first, as test/reconciler.test.ts does, raced
+ * version headers, expecting that revision. (Bucket first, as test/I1-anti-entropy.test.ts does, raced
  * the services here: at 100 000 keys, 4 of 100 keys planted that way ended up with a newer version of
  * the planting site — ts ~200 ms later, `merged: true` — at both sites instead of the planted one;
  * with `_meta` first, none.)

@@ -37,6 +37,8 @@ export type ReconcilerTuning = {
   intervalMs: number;
   /** a heal triggers at most one run per peer in this many ms (default 15 000) */
   healMinGapMs: number;
+  /** whether a peer's heal starts a run with it (default true; off only to test store-and-forward alone) */
+  healRuns: boolean;
 };
 
 /** Defaults of the tunables (intervalMs comes from the config). */
@@ -48,6 +50,7 @@ export const DEFAULT_TUNING: Omit<ReconcilerTuning, "intervalMs"> = {
   discoveryMs: 5000,
   pingWaitMs: 500,
   healMinGapMs: 15_000,
+  healRuns: true,
 };
 
 /** What the reconciler needs. */
@@ -191,6 +194,7 @@ export class Reconciler {
 
   private onHeal(site: string): void {
     this.counts.heals++;
+    if (!this.deps.tuning.healRuns) return;
     const last = this.lastHealRun.get(site) ?? 0;
     if (Date.now() - last < this.deps.tuning.healMinGapMs) return;
     this.lastHealRun.set(site, Date.now());

@@ -36,7 +36,9 @@ function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number):
 
 /**
  * The tunables: SYNCD_RECONCILE_RATE (merges/s, 0 = unlimited), SYNCD_RECONCILE_CONCURRENCY
- * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request); the interval from the config.
+ * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request), SYNCD_RECONCILE_DISCOVERY_MS
+ * (between discovery rounds), SYNCD_RECONCILE_ON_HEAL=0 (a peer's heal starts no run: for tests of
+ * store-and-forward alone); the interval from the config.
  */
 export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): ReconcilerTuning {
   return {
@@ -44,6 +46,8 @@ export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): Reconcil
     rate: envInt(env, "SYNCD_RECONCILE_RATE", DEFAULT_TUNING.rate, 0),
     concurrency: envInt(env, "SYNCD_RECONCILE_CONCURRENCY", DEFAULT_TUNING.concurrency, 1),
     timeoutMs: envInt(env, "SYNCD_RECONCILE_TIMEOUT_MS", DEFAULT_TUNING.timeoutMs, 100),
+    discoveryMs: envInt(env, "SYNCD_RECONCILE_DISCOVERY_MS", DEFAULT_TUNING.discoveryMs, 100),
+    healRuns: env.SYNCD_RECONCILE_ON_HEAL !== "0",
     intervalMs,
   };
 }

@@ -110,25 +110,31 @@ export function settle(): Promise<void> {
 /**
  * Steps released by hand, for a fixed interleaving (a regression test of a counterexample):
  * `release(part)` lets the first (or last) pending step whose label contains `part` go. A step that
- * is not pending is skipped (false), so the script still runs to the end, and checks the outcome,
- * once the code under test makes its calls in another order.
+ * is not pending fails the replay (it throws, naming the pending steps): once the code under test
+ * makes its calls in another order the script no longer replays the counterexample, and must be
+ * rewritten rather than pass on a harmless order. `released` lists what went, for the failure text.
  */
 export class ManualSteps {
   private readonly pending: { label: string; go: () => void }[] = [];
+  readonly released: string[] = [];
   readonly step: Step = (label) => new Promise<void>((go) => this.pending.push({ label, go }));
   readonly call: Call = async (label, effect) => {
     await this.step(label);
     return effect();
   };
 
-  async release(part: string, which: "first" | "last" = "first"): Promise<boolean> {
+  async release(part: string, which: "first" | "last" = "first"): Promise<void> {
     await settle();
     const hits = this.pending.flatMap((p, i) => (p.label.includes(part) ? [i] : []));
     const i = which === "first" ? hits[0] : hits[hits.length - 1];
-    if (i === undefined) return false;
-    this.pending.splice(i, 1)[0]!.go();
+    if (i === undefined)
+      throw new Error(
+        `replay: no pending step matches "${part}" (pending: ${JSON.stringify(this.pending.map((p) => p.label))}; released so far: ${JSON.stringify(this.released)})`,
+      );
+    const [p] = this.pending.splice(i, 1);
+    this.released.push(p!.label);
+    p!.go();
     await settle();
-    return true;
   }
 
   /** Release everything, oldest first, until nothing is pending. */

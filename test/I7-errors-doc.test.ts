@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { it } from "node:test";
 import { ErrorCode } from "../services/lib/errors.ts";
 
-it("README's Errors table lists every registered code with its status, and nothing else", () => {
+it("I7 README's Errors table lists every registered code with its status, and nothing else", () => {
   const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
   const section = readme.split(/^## Errors$/m)[1]?.split(/^## /m)[0] ?? "";
   const rows = [...section.matchAll(/^\| `(SYNCD_ERR_[A-Z0-9_]+)` \| (\d{3}) \|/gm)].map((m) => [

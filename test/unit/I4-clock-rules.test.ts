@@ -13,7 +13,7 @@ import {
 } from "../../services/lib/clock-rules.ts";
 import { fcParams } from "../fc.ts";
 
-describe("clock rules", () => {
+describe("I4 clock rules", () => {
   it("HLC: ts = physical_ms * 1000 + logical, at least the physical time", () => {
     const r = reserve(ClockMode.hlc, 0, 1, 1_700_000_000_000);
     assert.equal(r.start, 1_700_000_000_000 * HLC_TICKS_PER_MS);

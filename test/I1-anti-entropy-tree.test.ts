@@ -59,7 +59,7 @@ function xorAll(entries: KeyVersion[]): string {
   return acc.toString("hex");
 }
 
-describe("reconciler version tree", () => {
+describe("I1 anti-entropy: reconciler version tree", () => {
   it("an empty tree has a zero root and no children", () => {
     const t = new VersionTree();
     assert.deepEqual(t.root(), { prefix: "", hash: "0".repeat(64), count: 0 });
@@ -150,7 +150,7 @@ describe("reconciler version tree", () => {
   });
 });
 
-describe("reconciler descent", () => {
+describe("I1 anti-entropy: reconciler descent", () => {
   async function diff(a: VersionTree, b: VersionTree, smallCount?: number) {
     const d = await descend(a, treeSource(b), smallCount === undefined ? {} : { smallCount });
     const p = plan(a.entries(d.list), b.entries(d.list));
@@ -270,7 +270,7 @@ describe("reconciler descent", () => {
   });
 });
 
-describe("reconciler value hashes (vh)", () => {
+describe("I1 anti-entropy: reconciler value hashes (vh)", () => {
   const v = { ts: 5, node_id: "site-a", deleted: false };
   const sha = async (s: string) => (await import("node:crypto")).createHash("sha256").update(s).digest("hex");
 

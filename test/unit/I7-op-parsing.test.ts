@@ -20,7 +20,7 @@ function refused(o: unknown, code: string, field?: string) {
   );
 }
 
-describe("op parsing", () => {
+describe("I7 op parsing", () => {
   it("accepts the wire op of the original agents, and deletes without value", () => {
     assert.deepEqual(parseOp(raw(good)), good);
     const del = { op: "delete", bucket: "config", key: "app/theme", ts: 13, node_id: "site-b" };

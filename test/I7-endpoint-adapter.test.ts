@@ -60,7 +60,7 @@ type EndpointStats = {
   average_processing_time: number;
 };
 
-describe("endpoint adapter against a real nats-server", () => {
+describe("I7 endpoint adapter against a real nats-server", () => {
   let dir: string;
   let server: ChildProcess | undefined;
   let serverLog = "";

@@ -34,7 +34,7 @@ async function publishError(nc: NatsConnection, subject: string): Promise<string
   return seen;
 }
 
-describe("deploy: per-site users (site-users.conf.template)", () => {
+describe("I7 deploy: per-site users (site-users.conf.template)", () => {
   let mesh: Mesh;
 
   before(async () => {

@@ -1,6 +1,8 @@
 /**
  * The conflict log: when an op loses, or replaces another node's value, the losing value and both
- * versions are kept on the site's conflict stream, so nothing a user wrote is silently lost.
+ * versions are kept on the site's conflict stream, so nothing a user wrote is silently lost. The
+ * stream is bounded: `--conflicts-max-msgs` and `--conflicts-max-age` are its limits, and the server
+ * drops the oldest records beyond them.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -22,12 +24,17 @@ async function conflicts(nc: NatsConnection, site: string): Promise<Conflict[]> 
   return out;
 }
 
+const MAX = 5;
+
 describe("conflict log", () => {
   let mesh: Mesh;
   let nc: NatsConnection;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a"] });
+    mesh = await startMesh({
+      sites: ["a"],
+      serviceArgs: ["--conflicts-max-msgs", String(MAX), "--conflicts-max-age", "3600"],
+    });
     nc = await mesh.connect("a");
   });
   after(async () => {
@@ -59,5 +66,29 @@ describe("conflict log", () => {
     assert.equal(stale.winner.node_id, "site-y");
     assert.equal(stale.site, "a");
     assert.equal((await kv.get("c.k"))?.string(), "second");
+  });
+
+  it(`the conflict stream is bounded: max_msgs ${MAX} and max_age 1 h configured, the oldest records dropped`, async () => {
+    const jsm = await jetstreamManager(nc);
+    const cfg = (await jsm.streams.info(Streams.conflicts("a"))).config;
+    assert.equal(cfg.max_msgs, MAX);
+    assert.equal(cfg.max_age, 3600 * 1_000_000_000);
+    const kv = await mesh.kv("a");
+    const base = Date.now() * 1000;
+    const op = (value: string, ts: number, node_id = "site-l") =>
+      JSON.stringify({ op: "put", bucket: "config", key: "c.bound", value, ts, node_id });
+    nc.publish(OPS_INGRESS, op("winner", base + 1000, "site-w"));
+    await until(async () => (await kv.get("c.bound"))?.string() === "winner");
+    const N = 3 * MAX;
+    for (let i = 0; i < N; i++) nc.publish(OPS_INGRESS, op(`loser-${i}`, base + i)); // each one loses
+    await nc.flush();
+    await until(
+      async () =>
+        (await conflicts(nc, "a")).some((c) => c.key === "c.bound" && c.loser.value === `loser-${N - 1}`),
+      { message: "the last losing op was not recorded" },
+    );
+    const st = (await jsm.streams.info(Streams.conflicts("a"))).state;
+    assert.equal(st.messages, MAX);
+    assert.ok(st.last_seq >= N, `only ${st.last_seq} records were ever written`);
   });
 });

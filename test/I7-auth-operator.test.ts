@@ -42,7 +42,7 @@ async function connectRetry(opts: Parameters<typeof connect>[0]): Promise<NatsCo
   }
 }
 
-describe("operator mode: JWT accounts, leaf remotes with credentials, services and apps in accounts of their own", () => {
+describe("I7 security, operator mode: JWT accounts, leaf remotes with credentials, services and apps in accounts of their own", () => {
   const dir = mkdtempSync(join(tmpdir(), "syncd-jwt-"));
   const procs: Proc[] = [];
   const conns: NatsConnection[] = [];

@@ -71,7 +71,6 @@ describe("harness: startMesh({services: false})", () => {
 
   test("stopHub() partitions: no responders; startHub() heals", async () => {
     await mesh.stopHub();
-    const t0 = Date.now();
     const err = await waitFor(
       async () => {
         try {
@@ -84,7 +83,6 @@ describe("harness: startMesh({services: false})", () => {
       { timeout: 5000, message: "no responders while the hub is down" },
     );
     assert.match(err, /no responders/i);
-    assert.ok(Date.now() - t0 < 2000, "the partition is noticed at once");
     await mesh.startHub();
     await eventually(async () => {
       const r = await a.request("harness.echo", "healed", { timeout: 500 });

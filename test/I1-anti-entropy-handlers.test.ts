@@ -67,7 +67,7 @@ function deps(s: ReturnType<typeof site>, maxPayload = 1024 * 1024): EntriesDeps
   };
 }
 
-describe("reconciler handlers", () => {
+describe("I1 anti-entropy: reconciler handlers", () => {
   it("digest: root, depth and the non-empty children; unknown bucket and deep prefixes refused", async () => {
     const s = site(100, (i) => `v${i}`);
     const r = await digest(deps(s), { bucket: "config", prefixes: ["", ""] });
@@ -248,7 +248,7 @@ describe("reconciler handlers", () => {
   });
 });
 
-describe("reconciler run machinery", () => {
+describe("I1 anti-entropy: reconciler run machinery", () => {
   it("the pump bounds concurrency and stops at the first fatal error", async () => {
     const pump = new Pump(4, new RateLimiter(0));
     let inflight = 0;
@@ -275,13 +275,14 @@ describe("reconciler run machinery", () => {
     await assert.rejects(failing.drain(), /boom/);
   });
 
-  it("the rate limiter paces to the configured rate", async () => {
+  it("the rate limiter never goes faster than the configured rate", async () => {
     const lim = new RateLimiter(1000);
     const t0 = performance.now();
     for (let i = 0; i < 300; i++) await lim.take();
     const ms = performance.now() - t0;
-    // 300 at 1000/s with a 100 ms burst: about 200 ms
-    assert.ok(ms >= 150 && ms < 1000, `took ${ms} ms`);
+    // 300 at 1000/s with a 100 ms burst: at least 200 ms (less timer slack); a busy machine only
+    // makes it slower, so there is no upper bound here (that is the benchmark's business)
+    assert.ok(ms >= 150, `300 slots at 1000/s took only ${ms} ms`);
   });
 
   it("the peer book: added, lost after missed rounds, healed when seen again", () => {
