@@ -1,7 +1,7 @@
 /**
  * The reconciler of one instance: its peers (discovered every few seconds, sourced into the site's
- * IN stream), its runs (on demand, periodic with jitter, and on a peer's heal), their progress and
- * counts. Runs are serialized per instance: a run asked for while one is in progress waits for it,
+ * IN stream), its runs (on demand with every peer; periodic with jitter, one peer per round in a
+ * rotating order; and on a peer's heal), their progress and counts. Runs are serialized per instance: a run asked for while one is in progress waits for it,
  * then runs itself, so its answer always describes a reconciliation that started after the request.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
@@ -37,6 +37,8 @@ export type ReconcilerTuning = {
   intervalMs: number;
   /** a heal triggers at most one run per peer in this many ms (default 15 000) */
   healMinGapMs: number;
+  /** a put whose value the bucket has not held for this long, after a run, is raised (default 10 000) */
+  lostGraceMs: number;
 };
 
 /** Defaults of the tunables (intervalMs comes from the config). */
@@ -48,7 +50,11 @@ export const DEFAULT_TUNING: Omit<ReconcilerTuning, "intervalMs"> = {
   discoveryMs: 5000,
   pingWaitMs: 500,
   healMinGapMs: 15_000,
+  lostGraceMs: 10_000,
 };
+
+/** Lost keys named in one log line, at most. */
+const LOST_SAMPLE = 10;
 
 /** What the reconciler needs. */
 export type ReconcilerDeps = {
@@ -76,6 +82,8 @@ export type ReconcilerCounts = {
   bytes: number;
   peers_added: number;
   heals: number;
+  /** runs that ended with puts whose value no site could give back (logged as errors) */
+  lost_raised: number;
 };
 
 /** Anti-entropy of one instance. */
@@ -90,6 +98,7 @@ export class Reconciler {
     bytes: 0,
     peers_added: 0,
     heals: 0,
+    lost_raised: 0,
   };
   lastRun: ReconcilerRunResponse | undefined;
   lastRunAt: string | undefined;
@@ -102,6 +111,7 @@ export class Reconciler {
   private discoveryTimer: NodeJS.Timeout | undefined;
   private periodicTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private lastPeriodicPeer: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
     this.book = new PeerBook(deps.site);
@@ -120,14 +130,24 @@ export class Reconciler {
   /** What `status` answers. */
   status(): ReconcilerStatusResponse {
     const keys: Record<string, number> = {};
-    for (const [b, ix] of this.deps.indexes) keys[b] = ix.tree.size;
+    const lost: Record<string, number> = {};
+    let lostTotal = 0;
+    for (const [b, ix] of this.deps.indexes) {
+      keys[b] = ix.tree.size;
+      const n = ix.lostKeys(this.deps.tuning.lostGraceMs).length;
+      lost[b] = n;
+      lostTotal += n;
+    }
+    const unreachable = this.book.unreachable();
     const res: ReconcilerStatusResponse = {
       site: this.deps.site,
       node_id: this.deps.nodeId,
       instance: this.deps.instance,
       keys,
+      lost,
+      severity: lostTotal > 0 ? "error" : unreachable.length > 0 ? "warn" : "ok",
       peers: this.book.sites(),
-      unreachable: this.book.unreachable(),
+      unreachable,
       running: this.running,
       counts: { ...this.counts },
     };
@@ -164,6 +184,7 @@ export class Reconciler {
       } catch (err) {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
+      await this.verify(this.deps.buckets);
       if (!this.stopped) this.discoveryTimer = setTimeout(loop, gap);
       gap = Math.min(gap * 2, this.deps.tuning.discoveryMs);
     };
@@ -183,10 +204,28 @@ export class Reconciler {
     if (every <= 0 || this.stopped) return;
     const wait = Math.round(every * (0.8 + 0.4 * Math.random()));
     this.periodicTimer = setTimeout(() => {
-      this.run({})
+      const peer = this.nextPeer();
+      (peer === undefined ? Promise.resolve() : this.run({ peers: [peer] }))
         .catch((err: unknown) => this.deps.log.warn({ err }, "periodic run failed"))
         .finally(() => this.schedulePeriodic());
     }, wait);
+  }
+
+  /**
+   * The peer of the next periodic run: one per round, in a rotating order (the peers sorted by
+   * name, starting after the last one run against), so a site's anti-entropy work per period does
+   * not grow with the mesh and every peer comes up once every N−1 rounds.
+   */
+  nextPeer(): string | undefined {
+    const sites = this.book
+      .sites()
+      .filter((s) => s !== this.deps.site)
+      .sort();
+    if (sites.length === 0) return undefined;
+    const next =
+      sites.find((s) => this.lastPeriodicPeer === undefined || s > this.lastPeriodicPeer) ?? sites[0]!;
+    this.lastPeriodicPeer = next;
+    return next;
   }
 
   private onHeal(site: string): void {
@@ -242,6 +281,7 @@ export class Reconciler {
         log.warn({ err }, "peer discovery failed; using the peers known so far");
       }
       const buckets = req.bucket !== undefined ? [req.bucket] : this.deps.buckets;
+      await this.verify(buckets);
       const peers = (req.peers ?? this.book.sites()).filter((s) => s !== this.deps.site);
       for (const peer of [...new Set(peers)]) {
         const known = this.book.peers.get(peer);
@@ -285,6 +325,7 @@ export class Reconciler {
           log[level]({ run: rec }, "reconcile run finished");
         }
       }
+      this.raiseLost(buckets);
     } finally {
       clearInterval(ticker);
       this.running = false;
@@ -294,6 +335,30 @@ export class Reconciler {
     this.lastRun = res;
     this.lastRunAt = new Date().toISOString();
     return res;
+  }
+
+  /** Check that the buckets still hold what the index says (values gone without an op). */
+  private async verify(buckets: string[]): Promise<void> {
+    for (const b of buckets) {
+      try {
+        await this.deps.indexes.get(b)?.verify();
+      } catch (err) {
+        this.deps.log.warn({ err, bucket: b }, "could not check the bucket's stream state");
+      }
+    }
+  }
+
+  /** After a run: puts still lost past the grace time had nothing to repair them from. */
+  private raiseLost(buckets: string[]): void {
+    for (const b of buckets) {
+      const keys = this.deps.indexes.get(b)?.lostKeys(this.deps.tuning.lostGraceMs) ?? [];
+      if (keys.length === 0) continue;
+      this.counts.lost_raised++;
+      this.deps.log.error(
+        { bucket: b, lost: keys.length, keys: keys.slice(0, LOST_SAMPLE) },
+        "values lost without an op and held by no reachable peer: write them again or restore them",
+      );
+    }
   }
 
   private count(rec: RunRecord): void {

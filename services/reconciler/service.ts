@@ -41,7 +41,8 @@ function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number):
 
 /**
  * The tunables: SYNCD_RECONCILE_RATE (merges/s, 0 = unlimited), SYNCD_RECONCILE_CONCURRENCY
- * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request); the interval from the config.
+ * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request), SYNCD_RECONCILE_LOST_GRACE_MS (how
+ * long a put's value may be missing from the bucket before it is raised); the interval from the config.
  */
 export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): ReconcilerTuning {
   return {
@@ -49,6 +50,7 @@ export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): Reconcil
     rate: envInt(env, "SYNCD_RECONCILE_RATE", DEFAULT_TUNING.rate, 0),
     concurrency: envInt(env, "SYNCD_RECONCILE_CONCURRENCY", DEFAULT_TUNING.concurrency, 1),
     timeoutMs: envInt(env, "SYNCD_RECONCILE_TIMEOUT_MS", DEFAULT_TUNING.timeoutMs, 100),
+    lostGraceMs: envInt(env, "SYNCD_RECONCILE_LOST_GRACE_MS", DEFAULT_TUNING.lostGraceMs, 0),
     intervalMs,
   };
 }
@@ -66,7 +68,10 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       nodeId: config.nodeId,
     });
-    const ix = new BucketIndex(b, site.metas.get(b)!, log);
+    const ix = new BucketIndex(b, site.metas.get(b)!, log, undefined, {
+      kv: site.buckets.get(b)!,
+      jsm: site.jsm,
+    });
     indexes.set(b, ix);
   }
   await Promise.all([...indexes.values()].map((ix) => ix.start()));
@@ -91,6 +96,13 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     maxPayload: nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD,
     concurrency: 64,
   };
+  const verifyQuietly = async (bucket: string) => {
+    try {
+      await indexes.get(bucket)?.verify();
+    } catch (err) {
+      log.warn({ err, bucket }, "could not check the bucket's stream state");
+    }
+  };
   const subject = (e: string) => endpointSubject(config.site, "reconciler", e);
   const d = { log };
   addEndpoint<ReconcilerDigestRequest, ReconcilerDigestResponse>(
@@ -101,7 +113,11 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "reconciler/digest.request.json",
       response: "reconciler/digest.response.json",
       description: "the root digest and the digests of the children of some version-tree nodes",
-      handler: (req) => digest({ tree: treeOf }, req),
+      handler: async (req) => {
+        // a peer's run starts with the root: check first that the bucket still holds what the index says
+        if (req.prefixes.length === 0) await verifyQuietly(req.bucket);
+        return digest({ tree: treeOf }, req);
+      },
     },
     d,
   );
