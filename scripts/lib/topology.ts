@@ -58,7 +58,12 @@ export const SITE_SECURE_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/si
 export const GEN_CERTS_SCRIPT: string = path.join(REPO_ROOT, "scripts/gen-certs.sh");
 
 /** The addresses deploy/nats/hub.conf is written with; rendering replaces exactly these. */
-const HUB_CONF_DEFAULTS = { client: "127.0.0.1:7222", http: "127.0.0.1:7223", leaf: "127.0.0.1:7422" };
+const HUB_CONF_DEFAULTS = {
+  client: "127.0.0.1:7222",
+  http: "127.0.0.1:7223",
+  leaf: "127.0.0.1:7422",
+  store: '"/var/lib/nats/hub"',
+};
 
 const SITE_NAME = /^[A-Za-z0-9_-]+$/;
 
@@ -222,8 +227,10 @@ export function renderSecureHubConf(o: {
   certDir: string;
   adminPassword: string;
   leafPassword: string;
+  storeDir: string;
 }): string {
   return fill(HUB_SECURE_TEMPLATE, {
+    STORE_DIR: o.storeDir,
     HOST: o.host,
     CLIENT_PORT: String(o.clientPort),
     HTTP_PORT: String(o.httpPort),
@@ -275,8 +282,10 @@ export function renderHubConf(o: {
   clientPort: number;
   httpPort: number;
   leafPort: number;
+  storeDir: string;
 }): string {
   let t = readFileSync(HUB_CONF_FILE, "utf8");
+  t = replaceOnce(t, HUB_CONF_DEFAULTS.store, JSON.stringify(o.storeDir), HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.client, `${o.host}:${o.clientPort}`, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.http, `${o.host}:${o.httpPort}`, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.leaf, `${o.host}:${o.leafPort}`, HUB_CONF_FILE);
@@ -603,6 +612,7 @@ export class Topology {
             certDir: sec.certDir,
             adminPassword: sec.adminPassword,
             leafPassword: sec.leafPassword,
+            storeDir: path.join(h.dir, "store"),
           }),
         );
       } else {
@@ -630,7 +640,13 @@ export class Topology {
       const h = s.state as HubState;
       writeFileSync(
         h.confFile,
-        renderHubConf({ host: h.host, clientPort: h.clientPort, httpPort: h.httpPort, leafPort: h.leafPort }),
+        renderHubConf({
+          host: h.host,
+          clientPort: h.clientPort,
+          httpPort: h.httpPort,
+          leafPort: h.leafPort,
+          storeDir: path.join(h.dir, "store"),
+        }),
       );
     } else {
       const st = s.state as SiteState;

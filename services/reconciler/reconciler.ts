@@ -13,7 +13,6 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { ensurePeerSources } from "../lib/site.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { ValueSource } from "./values.ts";
@@ -247,16 +246,6 @@ export class Reconciler {
       this.deps.log.info({ peer: p.site, domain: p.domain, buckets: p.buckets }, "peer added");
     }
     for (const p of r.lost) this.deps.log.warn({ peer: p.site }, "peer not answering discovery");
-    if (this.book.peers.size > 0) {
-      try {
-        const peers = [...this.book.peers.values()].map((p) => ({ site: p.site, domain: p.domain }));
-        const sourced = await ensurePeerSources(this.deps.jsm, this.deps.site, peers);
-        if (sourced.length > 0)
-          this.deps.log.info({ peers: sourced }, "inbound op stream now sources these peers");
-      } catch (err) {
-        this.deps.log.warn({ err }, "could not update the inbound op stream's sources; retrying");
-      }
-    }
     return r;
   }
 

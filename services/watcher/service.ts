@@ -9,9 +9,11 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
+import { ensureOutStream } from "../lib/site.ts";
 import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
+import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
 /** Counters per bucket, shown in status and STATS data. */
 export const counts = new Map<string, Record<Outcome | "errors", number>>();
@@ -27,6 +29,15 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
   const caches: CachedMetaStore[] = [];
+  const out = await ensureOutStream(site.jsm, config, site.replicas, log);
+  const logDeps = { site: config.site, js: site.js, jsm: site.jsm };
+  // a fresh log (new site, migration from the full mesh, lost store): rebuild it from _meta
+  if (out.state.last_seq === 0)
+    for (const bucket of config.buckets)
+      await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
+  const bridge = await bridgeLegacyOut(logDeps, log);
+  if (bridge) loops.push(bridge);
+  const hub = keepRegistered(nc, config, log);
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
@@ -45,6 +56,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       bucket,
       meta,
       js: site.js,
+      jsm: site.jsm,
       tick: () => ticker.tick(),
     };
     const durable = Durables.watcher(config.site, bucket);
@@ -115,6 +127,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   );
   return {
     stop: async () => {
+      hub.stop();
       await Promise.all(loops.map((l) => l.stop()));
       for (const c of caches) c.stop();
     },

@@ -194,6 +194,8 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.meta.as("watcher"),
       tick: () => ticker.tick(),
+      // the simulated OUT log is not compacted: every publish is ordered against nothing
+      jsm: { streams: { getMessage: async () => null } },
       js: {
         publish: async (
           subject: string,
