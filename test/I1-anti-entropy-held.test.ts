@@ -32,7 +32,7 @@ describe("I1 anti-entropy: what the buckets hold", () => {
     await quiet({ a: nc.a!, b: nc.b! });
   });
   after(async () => {
-    delete process.env.SYNCD_RECONCILE_LOST_GRACE_MS;
+    Reflect.deleteProperty(process.env, "SYNCD_RECONCILE_LOST_GRACE_MS");
     await mesh?.stop();
   });
 
