@@ -41,6 +41,8 @@ export type Cli = {
   peers?: string[];
   /** conflicts: newest records to show (0 = all) */
   limit: number;
+  /** site remove: the hub's JetStream domain */
+  hubDomain: string;
 };
 
 /** Flags of every command, with their environment fallbacks (same names as the services use). */
@@ -53,6 +55,7 @@ const FLAGS = {
   "tls-ca": { env: "NATS_TLS_CA", help: "CA certificate file" },
   "tls-cert": { env: "NATS_TLS_CERT", help: "client certificate file" },
   "tls-key": { env: "NATS_TLS_KEY", help: "client key file" },
+  "hub-domain": { env: "SYNCD_HUB_DOMAIN", help: "the hub's JetStream domain (site remove)", def: "hub" },
   timeout: {
     env: "NATS_TIMEOUT",
     help: "request timeout (5s, 500ms, 1m; a bare number is seconds)",
@@ -77,6 +80,8 @@ commands:
   del <bucket> <key>              delete through a site's KV like a user delete; --site
   reconcile                       run anti-entropy now at every site (or --site) and print the runs
   conflicts <bucket> [key]        the conflict records of every site (or --site), newest last
+  site remove <name>              take a stopped site out of the mesh (member record, hub source);
+                                  its ops stay
 
 flags:
 ${Object.entries(FLAGS)
@@ -152,7 +157,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     version: values.version === true,
     conn,
     limit: 100,
+    hubDomain: get("hub-domain") ?? "hub",
   };
+  if (!TOKEN.test(cli.hubDomain))
+    throw new UsageError(`--hub-domain must match ${TOKEN}, got "${cli.hubDomain}"`);
   if (values.site !== undefined) {
     if (!TOKEN.test(values.site)) throw new UsageError(`--site must match ${TOKEN}, got "${values.site}"`);
     cli.site = values.site;
@@ -195,6 +203,7 @@ function parse(argv: string[]) {
       "tls-cert": str,
       "tls-key": str,
       timeout: str,
+      "hub-domain": str,
       json: { type: "boolean", short: "j" },
       site: str,
       bucket: str,

@@ -12,6 +12,7 @@ import { delCommand, getCommand, putCommand } from "./keys.ts";
 import { microCommand } from "./micro.ts";
 import { connectCli, messageOf } from "./nats.ts";
 import { reconcileCommand } from "./reconcile.ts";
+import { siteCommand } from "./site.ts";
 import { statusCommand } from "./status.ts";
 
 /** Where the CLI writes (tests pass their own). */
@@ -32,6 +33,7 @@ const COMMANDS: Record<string, Command> = {
     synopsis: "reconcile [--site s] [--bucket b] [--peer p,...]",
     run: reconcileCommand,
   },
+  site: { min: 2, max: 2, synopsis: "site remove <name>", run: siteCommand },
   conflicts: {
     min: 1,
     max: 2,

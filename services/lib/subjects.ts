@@ -124,3 +124,19 @@ export const Headers = {
   /** the stream and sequence a dead-lettered op came from */
   origin: "Syncd-Origin",
 } as const;
+
+/**
+ * Mesh membership, a KV bucket in the hub's JetStream domain: one record per site under
+ * `sites.<site>` (schemas/reconciler/member.json) and one claim per JetStream domain under
+ * `domains.<domain>`, each owned by the site identity that wrote it first.
+ */
+export const MEMBERS_BUCKET = "syncd_members";
+export function memberKey(site: string): string {
+  return `sites.${site}`;
+}
+export function domainKey(domain: string): string {
+  return `domains.${domain}`;
+}
+/** The site-local bucket and key of the site's identity: a random id made once, kept with the site's data. */
+export const SITE_BUCKET = "syncd_site";
+export const IDENTITY_KEY = "identity";

@@ -13,6 +13,7 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
+import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { ValueSource } from "./values.ts";
@@ -67,6 +68,8 @@ export type ReconcilerDeps = {
   values: Map<string, ValueSource>;
   log: Logger;
   tuning: ReconcilerTuning;
+  /** the mesh membership (members bucket at the hub); without it, or until joined, peers come by PING */
+  membership?: Membership;
 };
 
 const PROGRESS_LOG_MS = 5000;
@@ -80,6 +83,8 @@ export type ReconcilerCounts = {
   skipped: number;
   bytes: number;
   peers_added: number;
+  /** peers forgotten because their member record went (syncd site remove) */
+  peers_removed: number;
   heals: number;
   /** runs that ended with puts whose value no site could give back (logged as errors) */
   lost_raised: number;
@@ -96,6 +101,7 @@ export class Reconciler {
     skipped: 0,
     bytes: 0,
     peers_added: 0,
+    peers_removed: 0,
     heals: 0,
     lost_raised: 0,
   };
@@ -119,6 +125,12 @@ export class Reconciler {
 
   /** Reconcile now (serialized with any run in progress). */
   run(req: ReconcilerRunRequest): Promise<ReconcilerRunResponse> {
+    const m = this.deps.membership;
+    if (m && (m.state === "refused" || m.state === "removed"))
+      throw new SyncdError(
+        "SYNCD_ERR_UNAVAILABLE",
+        `anti-entropy is off: this site is ${m.state} by the mesh${m.refusal ? ` (${m.refusal})` : ""}`,
+      );
     if (req.bucket !== undefined && !this.deps.buckets.includes(req.bucket))
       throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${req.bucket}"`);
     const p = this.chain.then(() => this.runNow(req));
@@ -138,13 +150,24 @@ export class Reconciler {
       lostTotal += n;
     }
     const unreachable = this.book.unreachable();
+    const m = this.deps.membership;
+    const outcast = m !== undefined && (m.state === "refused" || m.state === "removed");
     const res: ReconcilerStatusResponse = {
       site: this.deps.site,
       node_id: this.deps.nodeId,
       instance: this.deps.instance,
       keys,
       lost,
-      severity: lostTotal > 0 ? "error" : unreachable.length > 0 ? "warn" : "ok",
+      severity: lostTotal > 0 || outcast ? "error" : unreachable.length > 0 ? "warn" : "ok",
+      ...(m
+        ? {
+            membership: {
+              state: m.state,
+              ...(m.identity ? { identity: m.identity } : {}),
+              ...(m.refusal ? { refusal: m.refusal } : {}),
+            },
+          }
+        : {}),
       peers: this.book.sites(),
       unreachable,
       running: this.running,
@@ -238,7 +261,31 @@ export class Reconciler {
     );
   }
 
+  /** The members bucket changed: the peers are exactly the other members. */
+  syncMembers(): void {
+    const m = this.deps.membership;
+    if (!m || m.state !== "member") return;
+    const r = this.book.sync(m.members);
+    for (const p of r.added) {
+      this.counts.peers_added++;
+      this.deps.log.info({ peer: p.site, domain: p.domain, buckets: p.buckets }, "peer added");
+    }
+    for (const site of r.removed) {
+      this.counts.peers_removed++;
+      this.lastHealRun.delete(site);
+      if (this.lastPeriodicPeer === site) this.lastPeriodicPeer = undefined;
+      this.deps.log.info({ peer: site }, "peer removed: no longer a member of the mesh");
+    }
+  }
+
   private async discoverRound(): Promise<DiscoveryResult> {
+    const state = this.deps.membership?.state;
+    // a member learns its peers from the members bucket's changes; refused or removed: none
+    if (state === "member") return { added: [], healed: [], lost: [] };
+    if (state === "refused" || state === "removed") {
+      this.book.sync(new Map());
+      return { added: [], healed: [], lost: [] };
+    }
     const found = await ping(this.deps.nc, this.deps.site, this.deps.tuning.pingWaitMs);
     const r = this.book.update(found);
     for (const p of r.added) {
@@ -305,6 +352,9 @@ export class Reconciler {
           if (peerUnavailable) {
             unavailable = rec.error;
             this.book.markUnreachable(peer);
+          } else if (!rec.error && this.book.markReachable(peer)) {
+            this.counts.heals++;
+            this.deps.log.info({ peer }, "peer reachable again");
           }
           const level = rec.error
             ? "warn"

@@ -17,6 +17,7 @@ import type {
 import { BucketStore, MetaStore } from "../lib/stores.ts";
 import { endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
+import { Membership } from "./members.ts";
 import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
@@ -76,6 +77,14 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
   }
   await Promise.all([...indexes.values()].map((ix) => ix.start()));
 
+  const membership = new Membership({
+    nc,
+    kvm: site.kvm,
+    hubDomain: config.hubDomain,
+    self: { site: config.site, domain: config.domain, node_id: config.nodeId, buckets: config.buckets },
+    log,
+    onChange: () => reconciler.syncMembers(),
+  });
   const reconciler = new Reconciler({
     nc,
     jsm: site.jsm,
@@ -87,6 +96,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     values,
     log,
     tuning,
+    membership,
   });
   current = reconciler;
   const treeOf = (bucket: string) => indexes.get(bucket)?.tree;
@@ -157,10 +167,12 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     },
     d,
   );
+  membership.start();
   reconciler.start();
   return {
     stop: async () => {
       reconciler.stop();
+      membership.stop();
       for (const ix of indexes.values()) ix.stop();
     },
   };
