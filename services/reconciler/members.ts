@@ -180,6 +180,12 @@ export class Membership {
     this.identity ??= await siteIdentity(this.deps.kvm);
     const kv = await membersBucket(this.deps.nc, this.deps.hubDomain);
     const rec: Member = { ...self, identity: this.identity };
+    // check both claims before writing either: a refused site leaves nothing in the bucket
+    for (const key of [domainKey(self.domain), memberKey(self.site)]) {
+      const e = await kv.get(key);
+      const have = e?.operation === "PUT" ? parseMember(e.value) : null;
+      if (have && have.identity !== this.identity) throw new MembershipRefused(key, have);
+    }
     await claim(kv, domainKey(self.domain), {
       site: self.site,
       domain: self.domain,
