@@ -240,3 +240,26 @@ export const sitesCase: CaseDef = {
     };
   },
 };
+
+/** The markdown of the case: one row per N. */
+export function renderSites(r: SitesResult): string[] {
+  const head = [
+    "sites",
+    "hub msgs/s idle",
+    "hub subs",
+    "site subs (mean / max)",
+    "idle CPU servers / services / per site (% core)",
+    "one write → last site (ms, median of 5)",
+    "uplink bytes per op (writer out / receiver in)",
+    "catch-up after hub outage (ms)",
+  ];
+  const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
+  for (const x of r.rows) {
+    lines.push(
+      x.error
+        ? `| ${x.sites} | failed: ${x.error} |`
+        : `| ${x.sites} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.catch_up_ms} (${x.outage_s} s outage) |`,
+    );
+  }
+  return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
+}
