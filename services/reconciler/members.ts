@@ -31,6 +31,8 @@ export type MembershipDeps = {
   /** the site's own key-value manager (its identity lives at the site) */
   kvm: Kvm;
   hubDomain: string;
+  /** replicas of the members bucket when this site creates it (the hub's replicas) */
+  hubReplicas?: number;
   self: { site: string; domain: string; node_id: string; buckets: string[] };
   log: Logger;
   /** ms between attempts while the hub cannot be reached (default 5000) */
@@ -66,13 +68,13 @@ function parseMember(data: Uint8Array): Member | null {
 }
 
 /** Open a KV bucket, creating it (history 1) when missing. */
-async function openOrCreate(kvm: Kvm, name: string): Promise<KV> {
+async function openOrCreate(kvm: Kvm, name: string, replicas = 1): Promise<KV> {
   try {
     const kv = await kvm.open(name);
     await kv.status();
     return kv;
   } catch {
-    return kvm.create(name, { history: 1 });
+    return kvm.create(name, { history: 1, replicas });
   }
 }
 
@@ -90,9 +92,9 @@ export async function siteIdentity(kvm: Kvm): Promise<string> {
   }
 }
 
-/** The members bucket in the hub's domain (created when missing). */
-export function membersBucket(nc: NatsConnection, hubDomain: string): Promise<KV> {
-  return openOrCreate(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET);
+/** The members bucket in the hub's domain (created when missing, with `replicas`). */
+export function membersBucket(nc: NatsConnection, hubDomain: string, replicas = 1): Promise<KV> {
+  return openOrCreate(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, replicas);
 }
 
 /**
@@ -178,7 +180,7 @@ export class Membership {
   private async join(): Promise<void> {
     const { self } = this.deps;
     this.identity ??= await siteIdentity(this.deps.kvm);
-    const kv = await membersBucket(this.deps.nc, this.deps.hubDomain);
+    const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
     const rec: Member = { ...self, identity: this.identity };
     // check both claims before writing either: a refused site leaves nothing in the bucket
     for (const key of [domainKey(self.domain), memberKey(self.site)]) {

@@ -81,6 +81,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     nc,
     kvm: site.kvm,
     hubDomain: config.hubDomain,
+    hubReplicas: config.hubReplicas,
     self: { site: config.site, domain: config.domain, node_id: config.nodeId, buckets: config.buckets },
     log,
     onChange: () => reconciler.syncMembers(),
