@@ -102,6 +102,8 @@ export class BucketIndex {
   private dataWatcher: QueuedIterator<KvWatchEntry> | undefined;
   private held: HeldMap = new Map();
   private streamCreated: string | undefined;
+  /** the highest revision the data watch delivered */
+  private maxRev = 0;
   private verifying: Promise<boolean> | undefined;
   private readonly lostSince = new Map<string, number>();
   private stopped = false;
@@ -152,12 +154,22 @@ export class BucketIndex {
     try {
       const si = await data.jsm.streams.info(kvStream(this.bucket));
       const st = si.state;
-      let minRev = Number.POSITIVE_INFINITY;
-      for (const h of this.held.values()) if (h.rev < minRev) minRev = h.rev;
       if (this.streamCreated === undefined) why = "stream created";
       else if (si.created !== this.streamCreated) why = "stream re-created";
-      else if (this.held.size > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
-      else if (si.config.max_msgs_per_subject === 1 && st.messages < this.held.size) why = "messages removed";
+      else {
+        // judge only once the watch has seen everything up to the snapshot, and only the entries
+        // that were already the latest then: writes racing the check are no evidence of a loss
+        if (!(await this.seen(st.last_seq))) return false;
+        let minRev = Number.POSITIVE_INFINITY;
+        let count = 0;
+        for (const h of this.held.values()) {
+          if (h.rev > st.last_seq) continue;
+          count++;
+          if (h.rev < minRev) minRev = h.rev;
+        }
+        if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
+        else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
+      }
       if (!why) return false;
     } catch (err) {
       if (!isNotFound(err)) throw err;
@@ -169,20 +181,40 @@ export class BucketIndex {
     return true;
   }
 
+  /** Wait (briefly) until the data watch has delivered revision `rev`; false if it has not. */
+  private async seen(rev: number, waitMs = 2000): Promise<boolean> {
+    const end = Date.now() + waitMs;
+    while (this.maxRev < rev) {
+      if (Date.now() > end || this.stopped) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  }
+
   /** Read the bucket again into a fresh map, swap it in, and re-mark every key that changed. */
   private async rescan(): Promise<void> {
     const data = this.data!;
     this.dataWatcher?.stop();
     this.dataWatcher = undefined;
     const fresh: HeldMap = new Map();
+    let freshMax = 0;
     let live = false;
     let created: string | undefined;
     try {
-      created = (await data.jsm.streams.info(kvStream(this.bucket))).created;
+      const si = await data.jsm.streams.info(kvStream(this.bucket));
+      created = si.created;
+      // the initial values cover the stream up to this snapshot, removed messages included
+      freshMax = si.state.last_seq;
       const holder: { it?: QueuedIterator<KvWatchEntry> } = {};
       holder.it = await follow(
         data.kv,
-        (e) => (live ? this.applyHeld(e) : heldEntry(fresh, e)),
+        (e) => {
+          if (live) this.applyHeld(e);
+          else {
+            heldEntry(fresh, e);
+            if (e.revision > freshMax) freshMax = e.revision;
+          }
+        },
         (err) => this.dataEnded(holder.it ?? null, err),
       );
       this.dataWatcher = holder.it;
@@ -191,6 +223,7 @@ export class BucketIndex {
     }
     const old = this.held;
     this.held = fresh;
+    this.maxRev = freshMax;
     this.streamCreated = created;
     live = true;
     const tree = this.current;
@@ -206,6 +239,7 @@ export class BucketIndex {
   }
 
   private applyHeld(e: KvWatchEntry): void {
+    if (e.revision > this.maxRev) this.maxRev = e.revision;
     heldEntry(this.held, e);
     this.refresh(this.current, e.key);
   }
