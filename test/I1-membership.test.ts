@@ -51,8 +51,15 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     return e?.operation === "PUT" ? (e.json() as { site: string; domain: string; identity: string }) : null;
   };
 
-  /** A lone reconciler at some server with other flags; resolves with its output once `marker` shows. */
-  const impostor = async (url: string, args: string[], marker: RegExp): Promise<string> => {
+  /**
+   * A lone reconciler at some server with other flags; resolves with its output once `marker` shows
+   * and the process has exited (with its exit code).
+   */
+  const impostor = async (
+    url: string,
+    args: string[],
+    marker: RegExp,
+  ): Promise<{ out: string; code: number | null }> => {
     const p = spawn(
       process.execPath,
       [
@@ -77,10 +84,14 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     });
     try {
       await until(() => marker.test(out), { timeout: 60_000, message: `no ${marker} in:\n${out}` });
+      await until(() => p.exitCode !== null, {
+        timeout: 20_000,
+        message: "the refused reconciler kept running",
+      });
     } finally {
       p.kill("SIGKILL");
     }
-    return out;
+    return { out, code: p.exitCode };
   };
 
   it("every site registers itself: record with identity and domain claim; peers come from the bucket", async () => {
@@ -109,12 +120,13 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
 
   it("a second site named like an existing one is refused; the first keeps working", async () => {
     const before = await record(memberKey("a"));
-    const out = await impostor(
+    const { out, code } = await impostor(
       mesh.sites.c!.url,
       ["--site", "a", "--domain", "c", "--instance", "impostor"],
       /SITE REFUSED/,
     );
     assert.match(out, /sites\.a is held by another site/);
+    assert.equal(code, 1, "the later site refuses to run");
     assert.deepEqual(await record(memberKey("a")), before, "the first site's record is untouched");
     const st = await until(async () => {
       const s = await status(nc.a!, "a");
@@ -125,12 +137,13 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
   });
 
   it("a second site with an existing JetStream domain is refused and leaves nothing behind", async () => {
-    const out = await impostor(
+    const { out, code } = await impostor(
       mesh.sites.c!.url,
       ["--site", "d", "--domain", "b", "--instance", "impostor"],
       /SITE REFUSED/,
     );
     assert.match(out, /domains\.b is held by another site/);
+    assert.equal(code, 1);
     assert.equal(await record(memberKey("d")), null);
     assert.equal((await record(domainKey("b")))?.site, "b");
   });

@@ -39,6 +39,8 @@ export type MembershipDeps = {
   retryMs?: number;
   /** told after the other sites' records changed (read them from `members`) */
   onChange: () => void;
+  /** told once when the site is refused (after the error is logged) */
+  onRefused?: (why: string) => void;
 };
 
 /** Another site holds this site's name or domain. */
@@ -175,6 +177,7 @@ export class Membership {
       { site: this.deps.self.site, domain: this.deps.self.domain, reason: why },
       "SITE REFUSED: another site of the mesh has this site's name or JetStream domain; anti-entropy is off until this is resolved",
     );
+    this.deps.onRefused?.(why);
   }
 
   private async join(): Promise<void> {

@@ -85,6 +85,17 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     self: { site: config.site, domain: config.domain, node_id: config.nodeId, buckets: config.buckets },
     log,
     onChange: () => reconciler.syncMembers(),
+    // a site refused by the mesh answers nothing under the name it shares with another site
+    onRefused: (why) => {
+      reconciler.stop();
+      void service
+        .stop()
+        .catch(() => {})
+        .finally(() => {
+          log.fatal({ reason: why }, "refusing to run: this site's name or domain belongs to another site");
+          process.exit(1);
+        });
+    },
   });
   const reconciler = new Reconciler({
     nc,
