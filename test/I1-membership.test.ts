@@ -59,13 +59,14 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     url: string,
     args: string[],
     marker: RegExp,
+    kind = "reconciler",
   ): Promise<{ out: string; code: number | null }> => {
     const p = spawn(
       process.execPath,
       [
         "--import",
         "tsx",
-        "services/reconciler/main.ts",
+        `services/${kind}/main.ts`,
         "--nats-url",
         url,
         "--reconcile-interval",
@@ -84,10 +85,11 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     });
     try {
       await until(() => marker.test(out), { timeout: 60_000, message: `no ${marker} in:\n${out}` });
-      await until(() => p.exitCode !== null, {
-        timeout: 20_000,
-        message: "the refused reconciler kept running",
-      });
+      if (kind === "reconciler")
+        await until(() => p.exitCode !== null, {
+          timeout: 20_000,
+          message: "the refused reconciler kept running",
+        });
     } finally {
       p.kill("SIGKILL");
     }
@@ -134,6 +136,22 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     });
     assert.equal(st.membership?.state, "member");
     assert.equal(st.severity, "ok");
+  });
+
+  it("a duplicate site's watcher does not take the first site's place among the hub's sources", async () => {
+    const jsm = await jetstreamManager(hub, { domain: "hub" });
+    const api = async () =>
+      (await jsm.streams.info(Streams.hub)).config.sources?.find((s) => s.name === Streams.out("a"))?.external
+        ?.api;
+    assert.equal(await api(), "$JS.a.API");
+    const { out } = await impostor(
+      mesh.sites.c!.url,
+      ["--site", "a", "--domain", "c", "--instance", "impostor"],
+      /another site has this site's name/,
+      "watcher",
+    );
+    assert.ok(!/registered the site's op log at the hub/.test(out), out);
+    assert.equal(await api(), "$JS.a.API");
   });
 
   it("a second site with an existing JetStream domain is refused and leaves nothing behind", async () => {

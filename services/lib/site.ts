@@ -418,6 +418,10 @@ export async function ensureHubRegistration(
     }
     const src = (info.config.sources ?? []).find((s) => s.name === mine.name);
     if (src && src.external?.api === mine.external?.api) return added;
+    if (src)
+      throw new Error(
+        `${mine.name} is a source of ${Streams.hub} from another JetStream domain (${src.external?.api}): another site has this site's name; if that site is gone, run \`syncd site remove ${config.site}\``,
+      );
     const others = (info.config.sources ?? []).filter((s) => s.name !== mine.name);
     await hub.streams.update(Streams.hub, { ...info.config, sources: [...others, mine] });
     added = true;
