@@ -60,7 +60,8 @@ export async function publishOrdered(
     try {
       await deps.js.publish(subject, data, {
         ...(msgID ? { msgID } : {}),
-        expect: { lastSubjectSequence: last?.seq ?? 0, streamName: stream },
+        // no expected-stream header: it is kept in the stored message and 2.9 then refuses to source it
+        expect: { lastSubjectSequence: last?.seq ?? 0 },
       });
       return OrderedResult.published;
     } catch (err) {
