@@ -12,7 +12,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { loadConfig } from "../services/lib/config.ts";
 import { createLogger } from "../services/lib/logger.ts";
 import { makeOp } from "../services/lib/op.ts";
-import { lastOp, publishOrdered } from "../services/lib/oplog.ts";
+import { currentOwnOp, lastOp, publishOrdered } from "../services/lib/oplog.ts";
 import { ensureOutStream } from "../services/lib/site.ts";
 import { MetaStore } from "../services/lib/stores.ts";
 import { Streams, metaBucket, opsSubject } from "../services/lib/subjects.ts";
@@ -66,7 +66,8 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
   it("I1 two watcher instances racing on one key: the later stamp stays last even when it is published first", async () => {
     const kvm = new Kvm(nc);
     const data = await kvm.create("config", { history: 1 });
-    const meta = new MetaStore(await kvm.create(metaBucket("config"), { history: 1 }));
+    const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
+    const meta = new MetaStore(metaKv);
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
     let release!: () => void;
@@ -84,6 +85,7 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
       bucket: "config",
       meta,
       jsm,
+      current: (key) => currentOwnOp(metaKv, data, "site-a", "config", key),
       tick: async () => ++clock,
       js: {
         publish: async (subject, payload, opts) => {
@@ -104,7 +106,8 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
       value: new TextEncoder().encode(v),
       headers: null,
     });
-    // instance 1 stamps r1 and stalls just before its publish; instance 2 stamps r2 and publishes
+    // instance 1 stamps r1 and stalls just before its publish; instance 2 stamps r2 and publishes;
+    // then r1's op lands last, and instance 1 must publish r2's version again
     const one = stampEntry(instance(true), entry(r1, "v1"));
     await reached;
     assert.equal(await stampEntry(instance(false), entry(r2, "v2")), Outcome.published);

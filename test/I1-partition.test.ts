@@ -84,7 +84,7 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
         const c = await same();
         return c?.get("o.from-a") === "1" && c.get("o.from-b") === "2" && !c.has("p.shared") ? c : null;
       },
-      { timeout: 30_000, message: "site b did not catch up" },
+      { timeout: 90_000, message: "site b did not catch up" },
     );
     assert.ok(final);
   });
