@@ -42,14 +42,17 @@ async function oldSite(nc: NatsConnection, site: string, peers: string[]): Promi
       external: { api: `$JS.${p}.API`, deliver: "" },
     })),
   });
-  // the old watcher's durable, at the end of the bucket: it had handled every write so far
-  await jsm.consumers.add("KV_config", {
+  return jsm;
+}
+
+/** The old watcher's durable, at the end of the bucket: it had handled every write so far. */
+async function oldWatcherPosition(nc: NatsConnection, site: string): Promise<void> {
+  await (await jetstreamManager(nc)).consumers.add("KV_config", {
     durable_name: Durables.watcher(site, "config"),
     ack_policy: "explicit" as never,
     deliver_policy: "new" as never,
     filter_subject: "$KV.config.>",
   });
-  return jsm;
 }
 
 /** A local write as an old site makes it: bucket, `_meta`, and (unless expired) its op on the old subject. */
@@ -118,6 +121,7 @@ describe("I3 migration from the full mesh, by the services on start", () => {
     await oldWrite(nc.a!, "a", "m.a.expired", "only-in-meta", ++ts, { published: false });
     for (let i = 0; i < 5; i++) await oldWrite(nc.b!, "b", `m.b.${i}`, `b${i}`, ++ts);
     await oldWrite(nc.b!, "b", "m.b.expired", "only-in-meta-b", ++ts, { published: false });
+    for (const s of SITES) await oldWatcherPosition(nc[s]!, s);
 
     // a moves first; b still runs the old version and writes
     await mesh.startServices("a");
