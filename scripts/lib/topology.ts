@@ -936,8 +936,7 @@ export async function startClusterSite(o: {
         throw new Error(
           `site-${o.site}-${i} ${describeExit(p)}; log tail:\n${tail(path.join(nodeDir(i), "server.log"), 15)}`,
         );
-      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok")
-        return;
+      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok") return;
       if (Date.now() - t0 > (o.timeoutMs ?? 30_000)) throw new Error(`site-${o.site}-${i} not healthy`);
       await sleep(50);
     }
