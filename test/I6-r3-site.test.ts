@@ -14,7 +14,7 @@ import { SiteServices } from "../scripts/lib/services.ts";
 import { type ClusterSite, startClusterSite } from "../scripts/lib/topology.ts";
 import { CLOCK_BUCKET, Streams, kvStream, metaBucket } from "../services/lib/subjects.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, until } from "./helpers.ts";
+import { call, contents, peersLinked, until } from "./helpers.ts";
 
 describe("I6 an R3 site loses a node while writes go on", () => {
   let mesh: Mesh;
@@ -39,7 +39,23 @@ describe("I6 an R3 site loses a node while writes go on", () => {
       extraArgs: ["--reconcile-interval", "0"],
       dir: path.join(mesh.dir, "services-r"),
     });
-    await services.start({ clock: 1, watcher: 1, merger: 1, reconciler: 1 });
+    await services.start({ clock: 1, watcher: 1, merger: 1, reconciler: 1 }).catch(() => {});
+    // a JetStream request made while the new cluster still elects its leaders may time out and a
+    // service then exits at start: start it again, as its supervisor (systemd, compose) would
+    await until(
+      async () => {
+        const dead = services.instances.filter((i) => !i.alive());
+        for (const i of dead) i.spawn();
+        if (dead.length > 0) return false;
+        return call(ncR, "r", "merger", "status")
+          .then(() => call(ncR, "r", "watcher", "status"))
+          .then(
+            () => true,
+            () => false,
+          );
+      },
+      { timeout: 60_000, interval: 2000, message: "the R3 site's services did not come up" },
+    );
     await peersLinked(ncR, "r", ["a"], 60_000);
   });
   after(async () => {
@@ -93,9 +109,26 @@ describe("I6 an R3 site loses a node while writes go on", () => {
       timeout: 90_000,
       message: "a does not hold every write of the R3 site",
     });
+    const diag = async () => {
+      const jsm = await jetstreamManager(ncR);
+      const fi = await jsm.streams.info(Streams.in("r"));
+      const ci = await jsm.consumers.info(Streams.in("r"), "syncd-merger");
+      return JSON.stringify({
+        feed: {
+          msgs: fi.state.messages,
+          last: fi.state.last_seq,
+          sources: fi.sources,
+          leader: fi.cluster?.leader,
+        },
+        merger: { pending: ci.num_pending, ackPending: ci.num_ack_pending, delivered: ci.delivered },
+        missing: (await have(kvR, "r3.a")).split(",").length,
+      });
+    };
     await until(async () => (await have(kvR, "r3.a")) === want("r3.a", "a"), {
       timeout: 90_000,
       message: "the R3 site does not hold every write of a",
+    }).catch(async (err) => {
+      throw new Error(`${(err as Error).message}: ${await diag()}\n${services.logs(20)}`);
     });
     await cluster.start(1);
   });

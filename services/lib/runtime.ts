@@ -113,12 +113,18 @@ export async function runService(
         log.warn({ status: s.type }, "connection status");
     }
   })();
-  let site: SiteHandles;
-  try {
-    site = await openSite(nc, config, log);
-  } catch (err) {
-    refuseOnDrift(err, log);
-    throw err;
+  let site: SiteHandles | undefined;
+  // a JetStream that is still electing its leaders (a fresh or recovering cluster) answers with
+  // timeouts for a while: opening the site is idempotent, so try again
+  for (let attempt = 1; !site; attempt++) {
+    try {
+      site = await openSite(nc, config, log);
+    } catch (err) {
+      refuseOnDrift(err, log);
+      if (attempt >= 10) throw err;
+      log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
   }
   const service = await new Svcm(nc).add({
     name: ServiceName[kind],
