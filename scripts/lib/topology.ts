@@ -39,6 +39,7 @@ import {
   freePort,
   getJson,
   isAlive,
+  killProc,
   procAlive,
   readPidFile,
   removeFile,
@@ -848,4 +849,114 @@ export class Topology {
 /** Shorthand for {@link Topology.start}. */
 export function startTopology(opts: TopologyOptions = {}): Promise<Topology> {
   return Topology.start(opts);
+}
+
+/**
+ * One node of a site that is a JetStream cluster: deploy/nats/site.conf.template (same domain, same
+ * leaf remote on every node) with a unique server name and a cluster block routing to the others.
+ */
+export function renderClusterSiteConf(o: {
+  site: string;
+  node: number;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  clusterPort: number;
+  routePorts: number[];
+  storeDir: string;
+  hubLeafUrl: string;
+}): string {
+  const conf = renderSiteConf(o).replace(/^server_name: site-\S+/m, `server_name: site-${o.site}-${o.node}`);
+  const routes = o.routePorts.map((p) => `"nats-route://${o.host}:${p}"`).join(", ");
+  return `${conf}\ncluster {\n  name: site-${o.site}\n  listen: ${o.host}:${o.clusterPort}\n  routes: [${routes}]\n}\n`;
+}
+
+/** A site of `nodes` nats-servers in one JetStream cluster, each a leaf node of the hub. */
+export type ClusterSite = {
+  site: string;
+  /** client URLs of every node */
+  urls: string[];
+  /** SIGKILL one node (0-based) */
+  kill(node: number): Promise<void>;
+  /** start a stopped node again and wait until it is healthy */
+  start(node: number): Promise<void>;
+  stop(): Promise<void>;
+};
+
+/** Start a clustered site (default 3 nodes) under `dir`, leaf-connected to `hubLeafUrl`. */
+export async function startClusterSite(o: {
+  site: string;
+  dir: string;
+  hubLeafUrl: string;
+  nodes?: number;
+  host?: string;
+  natsServer?: string;
+  timeoutMs?: number;
+}): Promise<ClusterSite> {
+  const host = o.host ?? "127.0.0.1";
+  const n = o.nodes ?? 3;
+  const bin = o.natsServer ?? findNatsServer();
+  const ports: { client: number; http: number; cluster: number }[] = [];
+  for (let i = 0; i < n; i++)
+    ports.push({ client: await freePort(host), http: await freePort(host), cluster: await freePort(host) });
+  const procs: (Proc | undefined)[] = new Array(n).fill(undefined);
+  const nodeDir = (i: number) => path.join(o.dir, `site-${o.site}-${i}`);
+  const spawnNode = (i: number) => {
+    const dir = nodeDir(i);
+    mkdirSync(dir, { recursive: true });
+    const confFile = path.join(dir, "server.conf");
+    const p = ports[i]!;
+    writeFileSync(
+      confFile,
+      renderClusterSiteConf({
+        site: o.site,
+        node: i,
+        host,
+        clientPort: p.client,
+        httpPort: p.http,
+        clusterPort: p.cluster,
+        routePorts: ports.filter((_, j) => j !== i).map((q) => q.cluster),
+        storeDir: path.join(dir, "store"),
+        hubLeafUrl: o.hubLeafUrl,
+      }),
+    );
+    procs[i] = spawnLogged({
+      cmd: bin,
+      args: ["-c", confFile],
+      cwd: dir,
+      logFile: path.join(dir, "server.log"),
+      marker: confFile,
+    });
+  };
+  const healthy = async (i: number) => {
+    const t0 = Date.now();
+    for (;;) {
+      const p = procs[i];
+      if (p && !procAlive(p))
+        throw new Error(
+          `site-${o.site}-${i} ${describeExit(p)}; log tail:\n${tail(path.join(nodeDir(i), "server.log"), 15)}`,
+        );
+      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok") return;
+      if (Date.now() - t0 > (o.timeoutMs ?? 30_000)) throw new Error(`site-${o.site}-${i} not healthy`);
+      await sleep(50);
+    }
+  };
+  for (let i = 0; i < n; i++) spawnNode(i);
+  for (let i = 0; i < n; i++) await healthy(i);
+  return {
+    site: o.site,
+    urls: ports.map((p) => `nats://${host}:${p.client}`),
+    kill: async (i) => {
+      const p = procs[i];
+      if (p) await killProc(p);
+      procs[i] = undefined;
+    },
+    start: async (i) => {
+      spawnNode(i);
+      await healthy(i);
+    },
+    stop: async () => {
+      await Promise.all(procs.map((p) => (p ? stopProc(p) : undefined)));
+    },
+  };
 }

@@ -14,7 +14,7 @@ export const counts: ClockDeps["counts"] = { ticks: 0, observed: 0, conflicts: 0
 /** Add the endpoints of syncd-clock. */
 export async function wireClock(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site } = ctx;
-  const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, log, { history: 1 });
+  const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, log, { history: 1, replicas: site.replicas });
   const deps: ClockDeps = {
     kv,
     mode: config.clock,

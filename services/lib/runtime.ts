@@ -8,7 +8,7 @@ import { type Service, Svcm } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { type Logger, createLogger } from "./logger.ts";
-import { type SiteHandles, openSite } from "./site.ts";
+import { type SiteHandles, StreamDriftError, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
 
 /** The package version: the version every service reports in the micro protocol. */
@@ -113,7 +113,19 @@ export async function runService(
         log.warn({ status: s.type }, "connection status");
     }
   })();
-  const site = await openSite(nc, config, log);
+  let site: SiteHandles | undefined;
+  // a JetStream that is still electing its leaders (a fresh or recovering cluster) answers with
+  // timeouts for a while: opening the site is idempotent, so try again
+  for (let attempt = 1; !site; attempt++) {
+    try {
+      site = await openSite(nc, config, log);
+    } catch (err) {
+      refuseOnDrift(err, log);
+      if (attempt >= 10) throw err;
+      log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
+  }
   const service = await new Svcm(nc).add({
     name: ServiceName[kind],
     version: VERSION,
@@ -124,7 +136,13 @@ export async function runService(
       ? { statsHandler: async (ep) => opts.statsData?.((ep as unknown as { name: string }).name) ?? null }
       : {}),
   });
-  const running = await opts.wire({ config, log, nc, site, service });
+  let running: Running;
+  try {
+    running = await opts.wire({ config, log, nc, site, service });
+  } catch (err) {
+    refuseOnDrift(err, log);
+    throw err;
+  }
   log.info({ id: service.info().id }, "ready");
   let stopping = false;
   const stop = async (signal: string) => {
@@ -144,4 +162,14 @@ export async function runService(
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** A stream whose configured limits the server cannot apply: refuse to start, saying why (exit 2). */
+function refuseOnDrift(err: unknown, log: Logger): void {
+  if (!(err instanceof StreamDriftError)) return;
+  log.fatal(
+    { err: { message: err.message } },
+    "refusing to start: a stream's config cannot be brought to the configured one",
+  );
+  process.exit(2);
 }

@@ -360,6 +360,7 @@ export async function ensureMergerStreams(
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
       max_age: config.limits.opsMaxAgeMs * NANOS_PER_MS,
+      duplicate_window: Math.min(2 * 60 * 1000, config.limits.opsMaxAgeMs) * NANOS_PER_MS,
       max_bytes: ByteBudget.ingress,
       discard: DiscardPolicy.Old,
       num_replicas: replicas,

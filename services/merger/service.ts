@@ -14,7 +14,7 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
-import { publishOrdered } from "../lib/oplog.ts";
+import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -171,7 +171,17 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           Streams.out(config.site),
           opsSubject(config.site, p.op.bucket, p.op.key),
           p.op,
-          forwardMsgId(config.site, m.seq),
+          {
+            msgID: forwardMsgId(config.site, m.seq),
+            current: () =>
+              currentOwnOp(
+                site.metas.get(p.op.bucket)!,
+                site.buckets.get(p.op.bucket)!,
+                config.nodeId,
+                p.op.bucket,
+                p.op.key,
+              ),
+          },
         );
         counts.forwarded++;
       }

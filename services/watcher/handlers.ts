@@ -9,7 +9,7 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { compareVersions, valueHash } from "../lib/lww.ts";
-import { makeOp } from "../lib/op.ts";
+import { type Op, makeOp } from "../lib/op.ts";
 import { type LastOpReader, publishOrdered } from "../lib/oplog.ts";
 import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
 import { Streams, opsSubject } from "../lib/subjects.ts";
@@ -33,6 +33,8 @@ export type WatcherDeps = {
   js: Pick<JetStreamClient, "publish">;
   /** reads the last op of a key in the site's outbound log (ordered publish) */
   jsm: LastOpReader;
+  /** the site's own current version of a key as an op, read fresh (see currentOwnOp) */
+  current?: (key: string) => Promise<Op | null>;
   tick: () => Promise<number>;
 };
 
@@ -62,13 +64,10 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<vo
     value: e.value,
   });
   // ordered: a racing instance that stamped a newer revision of the key may have published first
-  await publishOrdered(
-    deps,
-    Streams.out(deps.site),
-    opsSubject(deps.site, deps.bucket, e.key),
-    op,
-    opMsgId(deps.site, deps.bucket, e.rev),
-  );
+  await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, deps.bucket, e.key), op, {
+    msgID: opMsgId(deps.site, deps.bucket, e.rev),
+    ...(deps.current ? { current: () => deps.current!(e.key) } : {}),
+  });
 }
 
 /**

@@ -12,7 +12,7 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
-import { OrderedResult, publishOrdered } from "../lib/oplog.ts";
+import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { ensureHubRegistration, isNotFound } from "../lib/site.ts";
 import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
@@ -66,6 +66,7 @@ export function keepRegistered(
 
 type LogDeps = {
   site: string;
+  nodeId: string;
   js: Pick<JetStreamClient, "publish">;
   jsm: Pick<JetStreamManager, "streams">;
 };
@@ -97,7 +98,9 @@ export async function seedOutLog(
       if (!matches) continue;
       op = makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: false, value: d.value });
     }
-    const r = await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, bucket, key), op);
+    const r = await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, bucket, key), op, {
+      current: () => currentOwnOp(meta, data, deps.nodeId, bucket, key),
+    });
     if (r === OrderedResult.published) seeded++;
   }
   log.info({ bucket, seeded }, "seeded the outbound op log from _meta");
@@ -109,7 +112,12 @@ export async function seedOutLog(
  * watchers of the previous version may still be running at this site during a rolling upgrade.
  */
 export async function bridgeLegacyOut(
-  deps: LogDeps & { js: JetStreamClient; jsm: JetStreamManager },
+  deps: LogDeps & {
+    js: JetStreamClient;
+    jsm: JetStreamManager;
+    metas: Map<string, KV>;
+    buckets: Map<string, KV>;
+  },
   log: Logger,
 ): Promise<ConsumerLoop | null> {
   const legacy = Streams.legacyOut(deps.site);
@@ -144,7 +152,16 @@ export async function bridgeLegacyOut(
       } catch {
         return { ack: true };
       }
-      await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, op.bucket, op.key), op);
+      await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, op.bucket, op.key), op, {
+        current: () =>
+          currentOwnOp(
+            deps.metas.get(op.bucket)!,
+            deps.buckets.get(op.bucket)!,
+            deps.nodeId,
+            op.bucket,
+            op.key,
+          ),
+      });
       return { ack: true };
     },
   });

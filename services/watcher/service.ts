@@ -7,6 +7,7 @@ import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
+import { currentOwnOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { ensureOutStream } from "../lib/site.ts";
@@ -30,12 +31,12 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const loops: ConsumerLoop[] = [];
   const caches: CachedMetaStore[] = [];
   const out = await ensureOutStream(site.jsm, config, site.replicas, log);
-  const logDeps = { site: config.site, js: site.js, jsm: site.jsm };
+  const logDeps = { site: config.site, nodeId: config.nodeId, js: site.js, jsm: site.jsm };
   // a fresh log (new site, migration from the full mesh, lost store): rebuild it from _meta
   if (out.state.last_seq === 0)
     for (const bucket of config.buckets)
       await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
-  const bridge = await bridgeLegacyOut(logDeps, log);
+  const bridge = await bridgeLegacyOut({ ...logDeps, metas: site.metas, buckets: site.buckets }, log);
   if (bridge) loops.push(bridge);
   const hub = keepRegistered(nc, config, log);
   for (const bucket of config.buckets) {
@@ -57,6 +58,8 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       meta,
       js: site.js,
       jsm: site.jsm,
+      current: (key: string) =>
+        currentOwnOp(site.metas.get(bucket)!, site.buckets.get(bucket)!, config.nodeId, bucket, key),
       tick: () => ticker.tick(),
     };
     const durable = Durables.watcher(config.site, bucket);
