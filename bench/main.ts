@@ -16,6 +16,7 @@ import { latencyCase } from "./cases/latency.ts";
 import { profileCase } from "./cases/profile.ts";
 import { reconcileCase } from "./cases/reconcile.ts";
 import { scaleCase } from "./cases/scaleout.ts";
+import { sitesCase } from "./cases/sites.ts";
 import { throughputCase } from "./cases/throughput.ts";
 import type { BenchContext, CaseDef } from "./cases/types.ts";
 import { ensureBuild, servicesMode } from "./lib/build.ts";
@@ -33,6 +34,7 @@ const CASES: CaseDef[] = [
   reconcileCase,
   footprintCase,
   profileCase,
+  sitesCase,
 ];
 
 /** A full run: not quick, every case. Only such a run's report is bench/RESULTS.md. */

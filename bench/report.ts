@@ -1,9 +1,3 @@
-/**
- * RESULTS.md from a bench report: machine and versions, the targets with where each stands and what
- * limits it (derived from the measurements), one section per case, the CPU profile summary. A block
- * between `<!-- notes:begin -->` and `<!-- notes:end -->` in the existing file is kept (hand-written
- * reading of the numbers).
- */
 import { existsSync, readFileSync } from "node:fs";
 import type { ConflictResult } from "./cases/conflict.ts";
 import type { FootprintResult } from "./cases/footprint.ts";
@@ -11,6 +5,13 @@ import type { LatencyResult, LatencyRun } from "./cases/latency.ts";
 import type { ProfileResult, ServiceProfile } from "./cases/profile.ts";
 import type { ReconcileResult } from "./cases/reconcile.ts";
 import type { ScaleResult } from "./cases/scaleout.ts";
+/**
+ * RESULTS.md from a bench report: machine and versions, the targets with where each stands and what
+ * limits it (derived from the measurements), one section per case, the CPU profile summary. A block
+ * between `<!-- notes:begin -->` and `<!-- notes:end -->` in the existing file is kept (hand-written
+ * reading of the numbers).
+ */
+import { type SitesResult, renderSites } from "./cases/sites.ts";
 import type { SyncdRun, ThroughputResult } from "./cases/throughput.ts";
 import type { ProcCpu, ProcRss } from "./cases/types.ts";
 import type { MachineInfo } from "./lib/machine.ts";
@@ -748,6 +749,9 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
     for (const [k, v] of Object.entries(r.errors)) out.push(`- **${k}**: \`${v.split("\n")[0]}\``);
     out.push("");
   }
+
+  const st = r.results.sites as SitesResult | undefined;
+  if (st) out.push(...renderSites(st));
 
   out.push("## Reading", "", keptNotes(existingFile), "");
 

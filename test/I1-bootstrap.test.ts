@@ -1,7 +1,8 @@
 /**
  * I1 for a site that joins late (issue: new site bootstrap): a third site added to a running mesh
- * with an empty bucket ends with the full state of the mesh, tombstones included — from the op
- * streams it sources, and from anti-entropy for what no stream holds any more — and from then on
+ * with an empty bucket ends with the full state of the mesh, tombstones included — from the hub's
+ * aggregate it sources, and from anti-entropy for what no log holds any more (purged here from a's
+ * log and from the aggregate) — and from then on
  * replicates like the others. Adding it needs no change at the existing sites.
  */
 import assert from "node:assert/strict";
@@ -10,9 +11,9 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
-import { Streams } from "../services/lib/subjects.ts";
+import { Streams, opsFilter } from "../services/lib/subjects.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { call, contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+import { HUB_DOMAIN, call, contents, peersLinked, quiet, until, versions } from "./helpers.ts";
 
 describe("I1 a site joining late gets the whole state", () => {
   let mesh: Mesh;
@@ -39,6 +40,9 @@ describe("I1 a site joining late gets the whole state", () => {
     await until(async () => (await contents(kv.b!)).size === 9);
     await quiet({ a: nc.a!, b: nc.b! });
     await (await jetstreamManager(nc.a!)).streams.purge(Streams.out("a"));
+    await (await jetstreamManager(nc.a!, { domain: HUB_DOMAIN })).streams.purge(Streams.hub, {
+      filter: opsFilter("a"),
+    });
     // recent history, still in the streams
     for (let i = 0; i < 10; i++) await kv.b!.put(`new.${i}`, `n${i}`);
     await kv.b!.delete("new.0");

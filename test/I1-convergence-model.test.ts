@@ -135,6 +135,7 @@ function site(call: Call, name: string) {
     bucket: BUCKET,
     meta: meta.as("watcher"),
     tick: async () => ++clock,
+    jsm: { streams: { getMessage: async () => null } },
     js: {
       publish: async (_subject, payload) => {
         published.push(parseOp(payload as Uint8Array));

@@ -166,6 +166,7 @@ describe("I4 model: stale _meta reads (a lagging watch-fed cache) and a clock fa
           meta: caches[0]!,
           tick: async () => ++clock,
           js: { publish: async () => ({ stream: "SYNCD_OUT_a", seq: 0, duplicate: false }) },
+          jsm: { streams: { getMessage: async () => null } },
         };
         let stamped = 0; // the local writes stamped so far (in revision order)
         const stampNext = async () => {

@@ -75,7 +75,7 @@ const DEMOS: { script: string; expect: RegExp[] }[] = [
     script: "demo-replay.sh",
     expect: [
       /stopping site b services/,
-      /site b: SYNCD_IN_b holds [3-9] op\(s\) waiting for its merger/,
+      /site b: SYNCD_FEED_b holds [3-9] op\(s\) waiting for its merger/,
       /=> replay\.\d+\.mode is absent \(no value, no version\) at site b/,
       /=> replay\.\d+\.mode is "maintenance" at every site/,
       /=> replay\.\d+\.size is "xl" at every site/,

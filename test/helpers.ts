@@ -97,11 +97,15 @@ export async function streamCount(jsm: JetStreamManager, stream: string): Promis
   return (await jsm.streams.info(stream)).state.messages;
 }
 
-/** True when a site has nothing in flight: watcher and merger consumers drained, sources caught up. */
+/**
+ * True when a site has nothing in flight: watcher and merger consumers drained, its inbound stream's
+ * source and the hub aggregate's sources caught up.
+ */
 export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["config"]): Promise<boolean> {
   const jsm = await jetstreamManager(nc);
   const consumers: [string, string][] = [
     [Streams.in(site), Durables.merger],
+    [Streams.ingress(site), Durables.merger],
     ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
   ];
   for (const [stream, durable] of consumers) {
@@ -109,8 +113,18 @@ export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["co
     if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
   }
   const si = await jsm.streams.info(Streams.in(site));
-  return (si.sources ?? []).every((s) => s.lag === 0);
+  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
+  try {
+    const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    return (hi.sources ?? []).every((s) => s.lag === 0);
+  } catch {
+    return false;
+  }
 }
+
+/** The hub's JetStream domain in the tests (the services' default). */
+export const HUB_DOMAIN = "hub";
 
 /** Wait until every given site is quiet twice in a row. */
 export async function quiet(
@@ -128,7 +142,11 @@ export async function quiet(
   );
 }
 
-/** Wait until a site's IN stream sources every given peer (the reconciler adds them on discovery). */
+/**
+ * Wait until replication is on between a site and the given peers: the hub's aggregate sources each
+ * of their op logs and the site's own (the watchers register them) and the site's IN stream sources
+ * the aggregate (the merger creates it so).
+ */
 export async function peersLinked(
   nc: NatsConnection,
   site: string,
@@ -138,11 +156,18 @@ export async function peersLinked(
   const jsm = await jetstreamManager(nc);
   await until(
     async () => {
-      const si = await jsm.streams.info(Streams.in(site));
-      const names = new Set((si.config.sources ?? []).map((s) => s.name));
-      return peers.every((p) => names.has(Streams.out(p)));
+      try {
+        const si = await jsm.streams.info(Streams.in(site));
+        if (!(si.config.sources ?? []).some((s) => s.name === Streams.hub)) return false;
+        const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
+        const hi = await hub.streams.info(Streams.hub);
+        const names = new Set((hi.config.sources ?? []).map((s) => s.name));
+        return [site, ...peers].every((p) => names.has(Streams.out(p)));
+      } catch {
+        return false;
+      }
     },
-    { timeout, message: `site ${site} does not source ${peers.join(",")}` },
+    { timeout, message: `site ${site} and ${peers.join(",")} are not all linked through the hub` },
   );
 }
 

@@ -39,6 +39,7 @@ import {
   freePort,
   getJson,
   isAlive,
+  killProc,
   procAlive,
   readPidFile,
   removeFile,
@@ -58,7 +59,12 @@ export const SITE_SECURE_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/si
 export const GEN_CERTS_SCRIPT: string = path.join(REPO_ROOT, "scripts/gen-certs.sh");
 
 /** The addresses deploy/nats/hub.conf is written with; rendering replaces exactly these. */
-const HUB_CONF_DEFAULTS = { client: "127.0.0.1:7222", http: "127.0.0.1:7223", leaf: "127.0.0.1:7422" };
+const HUB_CONF_DEFAULTS = {
+  client: "127.0.0.1:7222",
+  http: "127.0.0.1:7223",
+  leaf: "127.0.0.1:7422",
+  store: '"/var/lib/nats/hub"',
+};
 
 const SITE_NAME = /^[A-Za-z0-9_-]+$/;
 
@@ -222,8 +228,10 @@ export function renderSecureHubConf(o: {
   certDir: string;
   adminPassword: string;
   leafPassword: string;
+  storeDir: string;
 }): string {
   return fill(HUB_SECURE_TEMPLATE, {
+    STORE_DIR: o.storeDir,
     HOST: o.host,
     CLIENT_PORT: String(o.clientPort),
     HTTP_PORT: String(o.httpPort),
@@ -275,8 +283,10 @@ export function renderHubConf(o: {
   clientPort: number;
   httpPort: number;
   leafPort: number;
+  storeDir: string;
 }): string {
   let t = readFileSync(HUB_CONF_FILE, "utf8");
+  t = replaceOnce(t, HUB_CONF_DEFAULTS.store, JSON.stringify(o.storeDir), HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.client, `${o.host}:${o.clientPort}`, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.http, `${o.host}:${o.httpPort}`, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.leaf, `${o.host}:${o.leafPort}`, HUB_CONF_FILE);
@@ -603,6 +613,7 @@ export class Topology {
             certDir: sec.certDir,
             adminPassword: sec.adminPassword,
             leafPassword: sec.leafPassword,
+            storeDir: path.join(h.dir, "store"),
           }),
         );
       } else {
@@ -630,7 +641,13 @@ export class Topology {
       const h = s.state as HubState;
       writeFileSync(
         h.confFile,
-        renderHubConf({ host: h.host, clientPort: h.clientPort, httpPort: h.httpPort, leafPort: h.leafPort }),
+        renderHubConf({
+          host: h.host,
+          clientPort: h.clientPort,
+          httpPort: h.httpPort,
+          leafPort: h.leafPort,
+          storeDir: path.join(h.dir, "store"),
+        }),
       );
     } else {
       const st = s.state as SiteState;
@@ -832,4 +849,114 @@ export class Topology {
 /** Shorthand for {@link Topology.start}. */
 export function startTopology(opts: TopologyOptions = {}): Promise<Topology> {
   return Topology.start(opts);
+}
+
+/**
+ * One node of a site that is a JetStream cluster: deploy/nats/site.conf.template (same domain, same
+ * leaf remote on every node) with a unique server name and a cluster block routing to the others.
+ */
+export function renderClusterSiteConf(o: {
+  site: string;
+  node: number;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  clusterPort: number;
+  routePorts: number[];
+  storeDir: string;
+  hubLeafUrl: string;
+}): string {
+  const conf = renderSiteConf(o).replace(/^server_name: site-\S+/m, `server_name: site-${o.site}-${o.node}`);
+  const routes = o.routePorts.map((p) => `"nats-route://${o.host}:${p}"`).join(", ");
+  return `${conf}\ncluster {\n  name: site-${o.site}\n  listen: ${o.host}:${o.clusterPort}\n  routes: [${routes}]\n}\n`;
+}
+
+/** A site of `nodes` nats-servers in one JetStream cluster, each a leaf node of the hub. */
+export type ClusterSite = {
+  site: string;
+  /** client URLs of every node */
+  urls: string[];
+  /** SIGKILL one node (0-based) */
+  kill(node: number): Promise<void>;
+  /** start a stopped node again and wait until it is healthy */
+  start(node: number): Promise<void>;
+  stop(): Promise<void>;
+};
+
+/** Start a clustered site (default 3 nodes) under `dir`, leaf-connected to `hubLeafUrl`. */
+export async function startClusterSite(o: {
+  site: string;
+  dir: string;
+  hubLeafUrl: string;
+  nodes?: number;
+  host?: string;
+  natsServer?: string;
+  timeoutMs?: number;
+}): Promise<ClusterSite> {
+  const host = o.host ?? "127.0.0.1";
+  const n = o.nodes ?? 3;
+  const bin = o.natsServer ?? findNatsServer();
+  const ports: { client: number; http: number; cluster: number }[] = [];
+  for (let i = 0; i < n; i++)
+    ports.push({ client: await freePort(host), http: await freePort(host), cluster: await freePort(host) });
+  const procs: (Proc | undefined)[] = new Array(n).fill(undefined);
+  const nodeDir = (i: number) => path.join(o.dir, `site-${o.site}-${i}`);
+  const spawnNode = (i: number) => {
+    const dir = nodeDir(i);
+    mkdirSync(dir, { recursive: true });
+    const confFile = path.join(dir, "server.conf");
+    const p = ports[i]!;
+    writeFileSync(
+      confFile,
+      renderClusterSiteConf({
+        site: o.site,
+        node: i,
+        host,
+        clientPort: p.client,
+        httpPort: p.http,
+        clusterPort: p.cluster,
+        routePorts: ports.filter((_, j) => j !== i).map((q) => q.cluster),
+        storeDir: path.join(dir, "store"),
+        hubLeafUrl: o.hubLeafUrl,
+      }),
+    );
+    procs[i] = spawnLogged({
+      cmd: bin,
+      args: ["-c", confFile],
+      cwd: dir,
+      logFile: path.join(dir, "server.log"),
+      marker: confFile,
+    });
+  };
+  const healthy = async (i: number) => {
+    const t0 = Date.now();
+    for (;;) {
+      const p = procs[i];
+      if (p && !procAlive(p))
+        throw new Error(
+          `site-${o.site}-${i} ${describeExit(p)}; log tail:\n${tail(path.join(nodeDir(i), "server.log"), 15)}`,
+        );
+      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok") return;
+      if (Date.now() - t0 > (o.timeoutMs ?? 30_000)) throw new Error(`site-${o.site}-${i} not healthy`);
+      await sleep(50);
+    }
+  };
+  for (let i = 0; i < n; i++) spawnNode(i);
+  for (let i = 0; i < n; i++) await healthy(i);
+  return {
+    site: o.site,
+    urls: ports.map((p) => `nats://${host}:${p.client}`),
+    kill: async (i) => {
+      const p = procs[i];
+      if (p) await killProc(p);
+      procs[i] = undefined;
+    },
+    start: async (i) => {
+      spawnNode(i);
+      await healthy(i);
+    },
+    stop: async () => {
+      await Promise.all(procs.map((p) => (p ? stopProc(p) : undefined)));
+    },
+  };
 }

@@ -43,10 +43,13 @@ export type Cli = {
   limit: number;
   /** status: exit 1 when a condition needs a person */
   check: boolean;
+  /** site remove: the hub's JetStream domain */
+  hubDomain: string;
 };
 
 /** Flags of every command besides the connection flags, with their environment fallbacks. */
 const FLAGS = {
+  "hub-domain": { env: "SYNCD_HUB_DOMAIN", help: "the hub's JetStream domain (site remove)", def: "hub" },
   timeout: {
     env: "NATS_TIMEOUT",
     help: "request timeout (5s, 500ms, 1m; a bare number is seconds)",
@@ -71,6 +74,8 @@ commands:
   del <bucket> <key>              delete through a site's KV like a user delete; --site
   reconcile                       run anti-entropy now at every site (or --site) and print the runs
   conflicts <bucket> [key]        the conflict records of every site (or --site), newest last
+  site remove <name>              take a stopped site out of the mesh (member record, hub source);
+                                  its ops stay
 
 flags (natscli spellings; flag, then environment, then the context, then the selected context):
 ${connUsage(26).join("\n")}
@@ -139,7 +144,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     conn,
     limit: 100,
     check: values.check === true,
+    hubDomain: get("hub-domain") ?? "hub",
   };
+  if (!TOKEN.test(cli.hubDomain))
+    throw new UsageError(`--hub-domain must match ${TOKEN}, got "${cli.hubDomain}"`);
   if (values.site !== undefined) {
     if (!TOKEN.test(values.site)) throw new UsageError(`--site must match ${TOKEN}, got "${values.site}"`);
     cli.site = values.site;
@@ -176,6 +184,7 @@ function parse(argv: string[]) {
       ...connParseOptions(),
       "no-context": { type: "boolean" },
       timeout: str,
+      "hub-domain": str,
       json: { type: "boolean", short: "j" },
       site: str,
       bucket: str,

@@ -12,6 +12,7 @@ import { delCommand, getCommand, putCommand } from "./keys.ts";
 import { microCommand } from "./micro.ts";
 import { connectCli, messageOf } from "./nats.ts";
 import { reconcileCommand } from "./reconcile.ts";
+import { siteCommand } from "./site.ts";
 import { statusCommand } from "./status.ts";
 
 /** Where the CLI writes (tests pass their own). */
@@ -75,6 +76,13 @@ const COMMANDS: Record<string, Command> = {
     synopsis: "reconcile [--site s] [--bucket b] [--peer p,...]",
     help: "Run anti-entropy now at every site (or --site), for every bucket (or --bucket) against every\npeer (or --peer), and print the runs.",
     run: reconcileCommand,
+  },
+  site: {
+    min: 2,
+    max: 2,
+    synopsis: "site remove <name>",
+    help: "Remove a stopped site from the mesh: its member record, its domain claim and its source in the\nhub's aggregate (--hub-domain, default hub). Its ops stay: they are the mesh's state.",
+    run: siteCommand,
   },
   conflicts: {
     min: 1,

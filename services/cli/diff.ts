@@ -93,6 +93,8 @@ export type SiteVersion = {
   omitted?: "in_flux" | "too_large";
   /** the hash of a put's value, when the site's reconciler lists it (equal versions, other contents) */
   vh?: string;
+  /** `_meta` holds this put but the site's bucket does not hold its value (purged, removed, expired) */
+  lost?: boolean;
 };
 
 /** One differing key: its version at every site (null: the site does not have it). */
@@ -129,6 +131,7 @@ export function differingKeys(listings: Map<string, Entry[]>): { compared: numbe
         node_id: e.node_id,
         deleted: e.deleted,
         ...(typeof vh === "string" ? { vh } : {}),
+        ...(e.lost ? { lost: true } : {}),
       };
     }
   }
@@ -144,6 +147,7 @@ export function differingKeys(listings: Map<string, Entry[]>): { compared: numbe
         v.ts === first.ts &&
         v.node_id === first.node_id &&
         v.deleted === first.deleted &&
+        (v.lost ?? false) === (first.lost ?? false) &&
         (v.vh === undefined || first.vh === undefined || v.vh === first.vh),
     );
     if (same) continue;
@@ -278,11 +282,13 @@ function cell(v: SiteVersion | null): string {
   if (!v) return "absent";
   const what = v.deleted
     ? "deleted"
-    : v.value !== undefined
-      ? JSON.stringify(clip(v.value, 24)) + (v.encoding === "base64" ? "(b64)" : "")
-      : v.omitted
-        ? `(${v.omitted})`
-        : "(value?)";
+    : v.lost
+      ? "(lost: not in the bucket)"
+      : v.value !== undefined
+        ? JSON.stringify(clip(v.value, 24)) + (v.encoding === "base64" ? "(b64)" : "")
+        : v.omitted
+          ? `(${v.omitted})`
+          : "(value?)";
   return `${what} @${v.ts} ${v.node_id}`;
 }
 

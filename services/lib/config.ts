@@ -13,6 +13,12 @@ export type Config = {
   site: string;
   nodeId: string;
   domain: string;
+  /** the hub's JetStream domain: where the aggregate stream lives */
+  hubDomain: string;
+  /** replicas of everything the services create at the site; 0: the replicas of the first data bucket */
+  replicas: number;
+  /** replicas of the hub's aggregate stream when a service creates it */
+  hubReplicas: number;
   buckets: string[];
   clock: ClockMode;
   maxClockSkewMs: number;
@@ -33,8 +39,18 @@ export type Config = {
     tlsCert?: string;
     tlsKey?: string;
   };
-  /** stream limits of the site's op streams and dead-letter stream */
-  limits: { opsMaxAgeMs: number; dlqMaxMsgs: number; conflictsMaxMsgs: number; conflictsMaxAgeMs: number };
+  /**
+   * stream limits: `opsMaxAgeMs` bounds the ingress (hand-made ops, journal) only, the op logs are
+   * compacted per key; byte limits 0 = derived from the JetStream account limits (see site.ts)
+   */
+  limits: {
+    opsMaxAgeMs: number;
+    opsMaxBytes: number;
+    hubMaxBytes: number;
+    dlqMaxMsgs: number;
+    conflictsMaxMsgs: number;
+    conflictsMaxAgeMs: number;
+  };
   /** port of /metrics, /healthz and /readyz (0 = any free port); undefined = no HTTP server */
   httpPort?: number;
   /** address the HTTP server listens on */
@@ -46,6 +62,16 @@ const flags = {
   site: { env: "SYNCD_SITE", help: "site name (letters, digits, - and _); the JetStream domain by default" },
   "node-id": { env: "SYNCD_NODE_ID", help: "node id in versions (default site-<site>)" },
   domain: { env: "SYNCD_DOMAIN", help: "the site's JetStream domain (default: the site name)" },
+  "hub-domain": { env: "SYNCD_HUB_DOMAIN", help: "the hub's JetStream domain", def: "hub" },
+  replicas: {
+    env: "SYNCD_REPLICAS",
+    help: "replicas of the streams and buckets the services create (default: the data bucket's)",
+  },
+  "hub-replicas": {
+    env: "SYNCD_HUB_REPLICAS",
+    help: "replicas of the hub's aggregate stream when a service creates it",
+    def: "1",
+  },
   bucket: { env: "SYNCD_BUCKETS", help: "replicated KV bucket(s), comma separated", def: "config" },
   clock: { env: "SYNCD_CLOCK", help: "hlc (default) or lamport", def: "hlc" },
   "max-clock-skew": {
@@ -75,7 +101,21 @@ const flags = {
     help: "serve /metrics, /healthz, /readyz on this port (0 = any free port; default: no HTTP)",
   },
   "http-host": { env: "SYNCD_HTTP_HOST", help: "address the HTTP port listens on", def: "0.0.0.0" },
-  "ops-max-age": { env: "SYNCD_OPS_MAX_AGE", help: "seconds ops are kept in the op streams", def: "604800" },
+  "ops-max-age": {
+    env: "SYNCD_OPS_MAX_AGE",
+    help: "seconds hand-made ops and journal records are kept in the ingress stream",
+    def: "604800",
+  },
+  "ops-max-bytes": {
+    env: "SYNCD_OPS_MAX_BYTES",
+    help: "byte limit of each op stream of the site, 0 = derived from the JetStream limits",
+    def: "0",
+  },
+  "hub-max-bytes": {
+    env: "SYNCD_HUB_MAX_BYTES",
+    help: "byte limit of the hub's aggregate stream when a service creates it, 0 = derived",
+    def: "0",
+  },
   "dlq-max-msgs": { env: "SYNCD_DLQ_MAX_MSGS", help: "dead-letter stream size", def: "10000" },
   "conflicts-max-msgs": { env: "SYNCD_CONFLICTS_MAX_MSGS", help: "conflict-log stream size", def: "100000" },
   "conflicts-max-age": {
@@ -151,6 +191,16 @@ export function loadConfig(
     throw new ConfigError(`--clock must be hlc or lamport, got ${clock}`);
   const domain = get("domain") ?? site;
   if (!TOKEN.test(domain)) throw new ConfigError(`--domain must match ${TOKEN}, got ${domain}`);
+  const hubDomain = get("hub-domain")!;
+  if (!TOKEN.test(hubDomain)) throw new ConfigError(`--hub-domain must match ${TOKEN}, got ${hubDomain}`);
+  if (hubDomain === domain)
+    throw new ConfigError(`--hub-domain must differ from the site's domain ${domain}`);
+  const replicasOf = (f: Flag, v: string | undefined): number => {
+    if (v === undefined) return 0;
+    const n = intOf(f, v, 1);
+    if (n > 5) throw new ConfigError(`--${f} must be 1..5, got ${v}`);
+    return n;
+  };
   let conn: ReturnType<typeof resolveConnOptions>;
   try {
     conn = resolveConnOptions(values, env, { selectedContext: false });
@@ -166,6 +216,9 @@ export function loadConfig(
     site,
     nodeId: get("node-id") ?? `site-${site}`,
     domain,
+    hubDomain,
+    replicas: replicasOf("replicas", get("replicas")),
+    hubReplicas: replicasOf("hub-replicas", get("hub-replicas")),
     buckets,
     clock,
     maxClockSkewMs: intOf("max-clock-skew", get("max-clock-skew")!, 0),
@@ -177,6 +230,8 @@ export function loadConfig(
     auth,
     limits: {
       opsMaxAgeMs: intOf("ops-max-age", get("ops-max-age")!, 1) * 1000,
+      opsMaxBytes: intOf("ops-max-bytes", get("ops-max-bytes")!, 0),
+      hubMaxBytes: intOf("hub-max-bytes", get("hub-max-bytes")!, 0),
       dlqMaxMsgs: intOf("dlq-max-msgs", get("dlq-max-msgs")!, 1),
       conflictsMaxMsgs: intOf("conflicts-max-msgs", get("conflicts-max-msgs")!, 1),
       conflictsMaxAgeMs: intOf("conflicts-max-age", get("conflicts-max-age")!, 1) * 1000,

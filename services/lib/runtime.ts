@@ -14,7 +14,7 @@ import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { CachedMetaStore } from "./meta-cache.ts";
 import { METRIC_NAMES, Metrics, registerConditions } from "./metrics.ts";
-import { type SiteHandles, openSite } from "./site.ts";
+import { type SiteHandles, StreamDriftError, openSite } from "./site.ts";
 import { type ServiceKind, ServiceName } from "./subjects.ts";
 import { VERSION } from "./version.ts";
 
@@ -234,7 +234,19 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
         log.warn({ status: s.type }, "connection status");
     }
   })();
-  const site = await openSite(nc, config, log);
+  let site: SiteHandles | undefined;
+  // a JetStream that is still electing its leaders (a fresh or recovering cluster) answers with
+  // timeouts for a while: opening the site is idempotent, so try again
+  for (let attempt = 1; !site; attempt++) {
+    try {
+      site = await openSite(nc, config, log);
+    } catch (err) {
+      refuseOnDrift(err, log);
+      if (attempt >= 10) throw err;
+      log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
+  }
   state.site = site;
   const caches = new SharedMetaCaches(site, log, { maxEntries: config.metaCacheMax });
   const svcm = new Svcm(nc);
@@ -254,15 +266,21 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
         return withConditions((wired.running?.statsData ?? def.statsData)?.(endpoint));
       },
     });
-    const running = await def.wire({
-      config,
-      log: slog,
-      nc,
-      site,
-      service,
-      metaCache: (bucket) => caches.get(bucket),
-      metrics,
-    });
+    let running: Running;
+    try {
+      running = await def.wire({
+        config,
+        log: slog,
+        nc,
+        site,
+        service,
+        metaCache: (bucket) => caches.get(bucket),
+        metrics,
+      });
+    } catch (err) {
+      refuseOnDrift(err, log);
+      throw err;
+    }
     wired.running = running;
     started.push({ service, running });
     slog.info({ id: service.info().id }, "ready");
@@ -291,4 +309,14 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** A stream whose configured limits the server cannot apply: refuse to start, saying why (exit 2). */
+function refuseOnDrift(err: unknown, log: Logger): void {
+  if (!(err instanceof StreamDriftError)) return;
+  log.fatal(
+    { err: { message: err.message } },
+    "refusing to start: a stream's config cannot be brought to the configured one",
+  );
+  process.exit(2);
 }

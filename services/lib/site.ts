@@ -1,15 +1,22 @@
 /**
- * The JetStream state of a site, created idempotently by whichever service starts first:
- * the data buckets, their `_meta` buckets, the op streams (OUT: own ops, IN: ingress + peers'
- * OUT sourced across domains) and the dead-letter stream.
+ * The JetStream state of a site and of the hub (DESIGN §5, hub-and-spoke). Each service ensures what
+ * feeds it: `openSite` the buckets and the streams every service writes to (DLQ, conflicts); the
+ * merger its ingress and its inbound stream (which sources the hub's aggregate); the watcher the
+ * site's outbound stream and its place among the aggregate's sources.
+ *
+ * Stream configs are ensured on every start: a stream that is missing is created, a stream whose
+ * limits differ from the configured ones is updated, and when the server refuses that update the
+ * service refuses to start with a message naming the stream, the fields and the server's reason.
  */
 import {
   DiscardPolicy,
+  JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
   RetentionPolicy,
   StorageType,
   type StreamConfig,
+  type StreamInfo,
   type StreamSource,
   jetstream,
   jetstreamManager,
@@ -25,7 +32,7 @@ import {
   dlqSubject,
   journalSubject,
   metaBucket,
-  opsSubject,
+  opsFilter,
 } from "./subjects.ts";
 
 /** Handles a service uses on its site. */
@@ -39,9 +46,25 @@ export type SiteHandles = {
   metas: Map<string, KV>;
   /** data bucket name → max value size in bytes (-1: unlimited) */
   maxValueSize: Map<string, number>;
+  /** replicas of everything the services create at this site */
+  replicas: number;
 };
 
 const NANOS_PER_MS = 1_000_000;
+const MiB = 1024 * 1024;
+
+/** JetStream API error codes this module acts on (nats-server errors.json). */
+export const JsCode = {
+  streamNotFound: 10059,
+  streamNameInUse: 10058,
+  insufficientResources: 10047,
+  wrongLastSequence: 10071,
+} as const;
+
+/** The JetStream API error code of an error, or undefined. */
+export function jsCode(err: unknown): number | undefined {
+  return err instanceof JetStreamApiError ? err.code : undefined;
+}
 
 /** True for JetStream's "stream/consumer not found" errors. */
 export function isNotFound(err: unknown): boolean {
@@ -49,12 +72,41 @@ export function isNotFound(err: unknown): boolean {
   return /not found|does not exist|10059/i.test(m);
 }
 
+/**
+ * Default byte limits when the configuration says 0 ("derive"): a share of the account's storage
+ * limit when the account has one, else these figures, halved until the server's store can reserve
+ * them (a stream's max_bytes is reserved against the server's `max_file_store`).
+ */
+export const ByteBudget = {
+  /** share of the account's max_storage per op stream (OUT, IN) and for the hub's aggregate */
+  opsShare: 1 / 8,
+  hubShare: 1 / 2,
+  /** without an account limit */
+  opsDefault: 128 * MiB,
+  hubDefault: 1024 * MiB,
+  ingress: 64 * MiB,
+  dlq: 64 * MiB,
+  conflicts: 128 * MiB,
+  /** never below this */
+  floor: 1 * MiB,
+} as const;
+
+/** The account's storage limit in bytes, or 0 when it has none (dynamic limits: the server's store). */
+export async function accountStorageLimit(jsm: JetStreamManager): Promise<number> {
+  try {
+    const ai = await jsm.getAccountInfo();
+    return ai.limits.max_storage > 0 ? ai.limits.max_storage : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** Open a KV bucket, creating it when it does not exist yet. */
 export async function openOrCreateKv(
   kvm: Kvm,
   name: string,
   log: Logger,
-  opts: { history: number },
+  opts: { history: number; replicas?: number },
 ): Promise<KV> {
   try {
     const kv = await kvm.open(name);
@@ -63,114 +115,321 @@ export async function openOrCreateKv(
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
-  log.info({ bucket: name }, "creating KV bucket");
-  return kvm.create(name, { history: opts.history });
+  log.info({ bucket: name, replicas: opts.replicas ?? 1 }, "creating KV bucket");
+  return kvm.create(name, { history: opts.history, replicas: opts.replicas ?? 1 });
 }
 
-async function ensureStream(
+/** A stream as a service wants it; `fitBytes`: max_bytes is a default that may shrink to fit the store. */
+export type StreamWant = Partial<StreamConfig> & { name: string };
+
+/** The fields a service owns in the streams it ensures (everything else is left as found). */
+const OWNED: (keyof StreamConfig)[] = [
+  "subjects",
+  "max_age",
+  "max_bytes",
+  "max_msgs",
+  "max_msgs_per_subject",
+  "discard",
+  "num_replicas",
+  "duplicate_window",
+];
+
+function same(a: unknown, b: unknown): boolean {
+  if (Array.isArray(a) && Array.isArray(b))
+    return [...a].sort().join("\u0000") === [...b].sort().join("\u0000");
+  return a === b;
+}
+
+/** Thrown when a stream's config differs and the server refuses the update: the service must not start. */
+export class StreamDriftError extends Error {}
+
+function withSources(
+  have: StreamSource[] | undefined,
+  want: StreamSource[] | undefined,
+): StreamSource[] | undefined {
+  if (!want) return have;
+  const names = new Set((have ?? []).map((s) => s.name));
+  const add = want.filter((s) => !names.has(s.name));
+  return add.length === 0 ? have : [...(have ?? []), ...add];
+}
+
+/**
+ * Create the stream, or bring the fields it owns to the wanted values (sources: adds the wanted
+ * ones, keeps others). With `fitBytes`, max_bytes is halved while the server cannot reserve it.
+ */
+export async function ensureStream(
   jsm: JetStreamManager,
-  cfg: Partial<StreamConfig> & { name: string },
-): Promise<void> {
-  try {
-    const info = await jsm.streams.info(cfg.name);
-    const missing = (cfg.subjects ?? []).filter((s) => !info.config.subjects?.includes(s));
-    if (missing.length > 0) {
-      await jsm.streams.update(cfg.name, {
-        ...info.config,
-        subjects: [...(info.config.subjects ?? []), ...missing],
-      });
+  want: StreamWant,
+  log: Logger,
+  opts: { fitBytes?: boolean } = {},
+): Promise<StreamInfo> {
+  let cfg = { ...want };
+  for (;;) {
+    try {
+      return await ensureStreamOnce(jsm, cfg, log);
+    } catch (err) {
+      const bytes = cfg.max_bytes ?? -1;
+      if (opts.fitBytes && jsCode(err) === JsCode.insufficientResources && bytes / 2 >= ByteBudget.floor) {
+        log.warn(
+          { stream: cfg.name, max_bytes: bytes, next: Math.floor(bytes / 2) },
+          "the server's store cannot reserve this stream's byte limit; halving it",
+        );
+        cfg = { ...cfg, max_bytes: Math.floor(bytes / 2) };
+        continue;
+      }
+      throw err;
     }
-    return;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  try {
-    await jsm.streams.add(cfg);
-  } catch (err) {
-    // another instance created it in between: fine
-    if (!/already in use/i.test(String((err as Error).message))) throw err;
   }
 }
 
-/** Open (creating when missing) everything the site's services share. */
+async function ensureStreamOnce(jsm: JetStreamManager, want: StreamWant, log: Logger): Promise<StreamInfo> {
+  let info: StreamInfo | null = null;
+  try {
+    info = await jsm.streams.info(want.name);
+  } catch (err) {
+    if (jsCode(err) !== JsCode.streamNotFound && !isNotFound(err)) throw err;
+  }
+  if (!info) {
+    try {
+      log.info({ stream: want.name, replicas: want.num_replicas ?? 1 }, "creating stream");
+      return await jsm.streams.add(want);
+    } catch (err) {
+      // another instance created it in between: check that one
+      if (jsCode(err) !== JsCode.streamNameInUse) throw err;
+      info = await jsm.streams.info(want.name);
+    }
+  }
+  const have = info.config;
+  const drift = OWNED.filter((f) => f in want && !same(have[f], want[f]));
+  const sources = withSources(have.sources, want.sources);
+  if (drift.length === 0 && sources === have.sources) return info;
+  const changes = Object.fromEntries(drift.map((f) => [f, { have: have[f], want: want[f] }]));
+  const next = {
+    ...have,
+    ...Object.fromEntries(drift.map((f) => [f, want[f]])),
+    ...(sources ? { sources } : {}),
+  };
+  try {
+    const updated = await jsm.streams.update(want.name, next);
+    log.warn({ stream: want.name, changes, sources: sources?.map((s) => s.name) }, "stream config updated");
+    return updated;
+  } catch (err) {
+    if (jsCode(err) === JsCode.insufficientResources) throw err;
+    throw new StreamDriftError(
+      `stream ${want.name}: its config differs from the configured one (${JSON.stringify(changes)}) and the server refused the update (${(err as Error).message}); change or remove the stream by hand, or configure the values it has`,
+      { cause: err },
+    );
+  }
+}
+
+/** The replicas the services use at a site: the setting, else those of the first data bucket. */
+async function siteReplicas(kvm: Kvm, config: Config): Promise<number> {
+  if (config.replicas > 0) return config.replicas;
+  try {
+    const kv = await kvm.open(config.buckets[0]!);
+    return (await kv.status()).replicas || 1;
+  } catch {
+    return 1;
+  }
+}
+
+/** Open (creating when missing) the buckets and the streams every service writes to. */
 export async function openSite(nc: NatsConnection, config: Config, log: Logger): Promise<SiteHandles> {
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
   const kvm = new Kvm(js);
+  const replicas = await siteReplicas(kvm, config);
   const buckets = new Map<string, KV>();
   const metas = new Map<string, KV>();
   const maxValueSize = new Map<string, number>();
   for (const b of config.buckets) {
-    const kv = await openOrCreateKv(kvm, b, log, { history: 1 });
+    const kv = await openOrCreateKv(kvm, b, log, { history: 1, replicas });
     buckets.set(b, kv);
     const st = await kv.status();
     maxValueSize.set(b, st.maxValueSize);
-    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), log, { history: 1 }));
+    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), log, { history: 1, replicas }));
   }
-  const maxAge = config.limits.opsMaxAgeMs * NANOS_PER_MS;
-  await ensureStream(jsm, {
-    name: Streams.out(config.site),
-    subjects: [opsSubject(config.site)],
-    retention: RetentionPolicy.Limits,
-    storage: StorageType.File,
-    max_age: maxAge,
-    duplicate_window: 2 * 60 * 1000 * NANOS_PER_MS,
-  });
-  await ensureStream(jsm, {
-    name: Streams.in(config.site),
-    subjects: [OPS_INGRESS, journalSubject(config.site)],
-    retention: RetentionPolicy.Limits,
-    storage: StorageType.File,
-    max_age: maxAge,
-  });
-  await ensureStream(jsm, {
-    name: Streams.dlq(config.site),
-    subjects: [dlqSubject(config.site)],
-    retention: RetentionPolicy.Limits,
-    storage: StorageType.File,
-    max_msgs: config.limits.dlqMaxMsgs,
-    max_bytes: 64 * 1024 * 1024,
-    discard: DiscardPolicy.Old,
-  });
-  await ensureStream(jsm, {
-    name: Streams.conflicts(config.site),
-    subjects: [conflictsSubject(config.site)],
-    retention: RetentionPolicy.Limits,
-    storage: StorageType.File,
-    max_msgs: config.limits.conflictsMaxMsgs,
-    max_age: config.limits.conflictsMaxAgeMs * NANOS_PER_MS,
-    max_bytes: 256 * 1024 * 1024,
-    discard: DiscardPolicy.Old,
-  });
-  return { js, jsm, kvm, buckets, metas, maxValueSize };
+  await ensureStream(
+    jsm,
+    {
+      name: Streams.dlq(config.site),
+      subjects: [dlqSubject(config.site)],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      max_msgs: config.limits.dlqMaxMsgs,
+      max_bytes: ByteBudget.dlq,
+      discard: DiscardPolicy.Old,
+      num_replicas: replicas,
+    },
+    log,
+    { fitBytes: true },
+  );
+  await ensureStream(
+    jsm,
+    {
+      name: Streams.conflicts(config.site),
+      subjects: [conflictsSubject(config.site)],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      max_msgs: config.limits.conflictsMaxMsgs,
+      max_age: config.limits.conflictsMaxAgeMs * NANOS_PER_MS,
+      max_bytes: ByteBudget.conflicts,
+      discard: DiscardPolicy.Old,
+      num_replicas: replicas,
+    },
+    log,
+    { fitBytes: true },
+  );
+  return { js, jsm, kvm, buckets, metas, maxValueSize, replicas };
 }
 
-/** The source entry by which a site's IN stream takes a peer's own ops across domains. */
-export function peerSource(peerSite: string, peerDomain: string): StreamSource {
+/** The byte limit of a site's op stream: the setting, else a share of the account's limit or the default. */
+async function opsBytes(jsm: JetStreamManager, config: Config): Promise<{ bytes: number; fit: boolean }> {
+  if (config.limits.opsMaxBytes > 0) return { bytes: config.limits.opsMaxBytes, fit: false };
+  const acct = await accountStorageLimit(jsm);
+  return { bytes: acct > 0 ? Math.floor(acct * ByteBudget.opsShare) : ByteBudget.opsDefault, fit: true };
+}
+
+/** The config every compacted op log shares: one message per subject (= per key and origin), oldest key dropped when full. */
+function opLog(name: string, bytes: number, replicas: number): StreamWant {
   return {
-    name: Streams.out(peerSite),
-    filter_subject: opsSubject(peerSite),
-    external: { api: `$JS.${peerDomain}.API`, deliver: "" },
+    name,
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    max_msgs_per_subject: 1,
+    max_age: 0,
+    max_bytes: bytes,
+    discard: DiscardPolicy.Old,
+    num_replicas: replicas,
   };
+}
+
+/** The site's outbound op log (owned by the watcher): own ops, one per key, what the hub sources. */
+export async function ensureOutStream(
+  jsm: JetStreamManager,
+  config: Config,
+  replicas: number,
+  log: Logger,
+): Promise<StreamInfo> {
+  const b = await opsBytes(jsm, config);
+  return ensureStream(
+    jsm,
+    {
+      ...opLog(Streams.out(config.site), b.bytes, replicas),
+      subjects: [opsFilter(config.site)],
+      duplicate_window: 2 * 60 * 1000 * NANOS_PER_MS,
+    },
+    log,
+    { fitBytes: b.fit },
+  );
+}
+
+/** The source by which a site's inbound stream takes the hub's aggregate. */
+export function hubSource(hubDomain: string): StreamSource {
+  return { name: Streams.hub, external: { api: `$JS.${hubDomain}.API`, deliver: "" } };
+}
+
+/** The source by which the hub's aggregate takes a site's outbound op log. */
+export function siteSource(site: string, domain: string): StreamSource {
+  return { name: Streams.out(site), external: { api: `$JS.${domain}.API`, deliver: "" } };
 }
 
 /**
- * Make the site's IN stream source every given peer (adds only; never removes a source, so a
- * partitioned peer keeps its place and catches up after the heal). Returns the peers added.
+ * The merger's streams: the inbound op log (sources the hub's aggregate once; compacted per key and
+ * origin) and the ingress (hand-made ops and the merge endpoint's journal, bounded by age and bytes:
+ * every op in it is forwarded or applied within moments).
  */
-export async function ensurePeerSources(
+export async function ensureMergerStreams(
   jsm: JetStreamManager,
-  site: string,
-  peers: { site: string; domain: string }[],
-): Promise<string[]> {
-  const info = await jsm.streams.info(Streams.in(site));
-  const have = new Set((info.config.sources ?? []).map((s) => s.name));
-  const add = peers.filter((p) => p.site !== site && !have.has(Streams.out(p.site)));
-  if (add.length === 0) return [];
-  const cfg = {
-    ...info.config,
-    sources: [...(info.config.sources ?? []), ...add.map((p) => peerSource(p.site, p.domain))],
-  };
-  await jsm.streams.update(cfg.name, cfg);
-  return add.map((p) => p.site);
+  config: Config,
+  replicas: number,
+  log: Logger,
+): Promise<void> {
+  const b = await opsBytes(jsm, config);
+  await ensureStream(
+    jsm,
+    { ...opLog(Streams.in(config.site), b.bytes, replicas), sources: [hubSource(config.hubDomain)] },
+    log,
+    { fitBytes: b.fit },
+  );
+  await ensureStream(
+    jsm,
+    {
+      name: Streams.ingress(config.site),
+      subjects: [OPS_INGRESS, journalSubject(config.site)],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      max_age: config.limits.opsMaxAgeMs * NANOS_PER_MS,
+      duplicate_window: Math.min(2 * 60 * 1000, config.limits.opsMaxAgeMs) * NANOS_PER_MS,
+      max_bytes: ByteBudget.ingress,
+      discard: DiscardPolicy.Old,
+      num_replicas: replicas,
+    },
+    log,
+    { fitBytes: true },
+  );
+}
+
+/** The hub's JetStream manager (throws while the hub is unreachable). */
+export async function hubManager(nc: NatsConnection, hubDomain: string): Promise<JetStreamManager> {
+  return jetstreamManager(nc, { domain: hubDomain, timeout: 5000 });
+}
+
+/**
+ * Make the site's outbound op log a source of the hub's aggregate (creating the aggregate when it is
+ * missing). Stream updates are not compare-and-set: two sites registering at once may each write a
+ * source list without the other's entry, so this re-reads after its update until its entry is there.
+ * Returns true when it had to add the entry.
+ */
+export async function ensureHubRegistration(
+  nc: NatsConnection,
+  config: Config,
+  log: Logger,
+): Promise<boolean> {
+  const hub = await hubManager(nc, config.hubDomain);
+  const mine = siteSource(config.site, config.domain);
+  let added = false;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    let info: StreamInfo | null = null;
+    try {
+      info = await hub.streams.info(Streams.hub);
+    } catch (err) {
+      if (jsCode(err) !== JsCode.streamNotFound && !isNotFound(err)) throw err;
+    }
+    if (!info) {
+      const acct = config.limits.hubMaxBytes > 0 ? 0 : await accountStorageLimit(hub);
+      const bytes =
+        config.limits.hubMaxBytes > 0
+          ? config.limits.hubMaxBytes
+          : acct > 0
+            ? Math.floor(acct * ByteBudget.hubShare)
+            : ByteBudget.hubDefault;
+      try {
+        await ensureStream(
+          hub,
+          { ...opLog(Streams.hub, bytes, config.hubReplicas || 1), sources: [mine] },
+          log,
+          { fitBytes: config.limits.hubMaxBytes === 0 },
+        );
+        added = true;
+      } catch (err) {
+        if (jsCode(err) !== JsCode.streamNameInUse) throw err;
+      }
+      continue;
+    }
+    const src = (info.config.sources ?? []).find((s) => s.name === mine.name);
+    if (src && src.external?.api === mine.external?.api) return added;
+    if (src)
+      throw new Error(
+        `${mine.name} is a source of ${Streams.hub} from another JetStream domain (${src.external?.api}): another site has this site's name; if that site is gone, run \`syncd site remove ${config.site}\``,
+      );
+    const others = (info.config.sources ?? []).filter((s) => s.name !== mine.name);
+    await hub.streams.update(Streams.hub, { ...info.config, sources: [...others, mine] });
+    added = true;
+    log.info({ stream: Streams.hub, source: mine.name }, "registered the site's op log at the hub");
+    await new Promise((r) => setTimeout(r, 100 + Math.random() * 400));
+  }
+  throw new Error(
+    `could not register ${mine.name} among the sources of ${Streams.hub}: it kept disappearing`,
+  );
 }

@@ -6,8 +6,22 @@
 /** Hand-made op ingress: anyone may `nats pub rep.kv.ops '<op>'` at any site. */
 export const OPS_INGRESS = "rep.kv.ops";
 
-/** A site's own ops; peers source them store-and-forward from the site's outbound stream. */
-export function opsSubject(site: string): string {
+/**
+ * The subject of the ops a site publishes for one key: `rep.kv.ops.<site>.<bucket>.<key>` (a KV key
+ * is a valid subject tail). Every op stream keeps one message per subject, so a log holds at most
+ * one op per key per origin site: the greatest version that site published for the key.
+ */
+export function opsSubject(site: string, bucket: string, key: string): string {
+  return `${OPS_INGRESS}.${site}.${bucket}.${key}`;
+}
+
+/** Every op a site publishes: the subjects of its outbound stream. */
+export function opsFilter(site: string): string {
+  return `${OPS_INGRESS}.${site}.>`;
+}
+
+/** The subject of a site's ops in the full-mesh topology before 2026-12 (one subject per site). */
+export function legacyOpsSubject(site: string): string {
   return `${OPS_INGRESS}.${site}`;
 }
 
@@ -45,12 +59,18 @@ export function conflictsSubject(site: string): string {
   return `syncd.${site}.conflicts`;
 }
 
-/** Streams of a site. Names are unique per site (FINDINGS pitfall 3). */
+/** Streams of a site, and the hub's. Names are unique per site (FINDINGS pitfall 3). */
 export const Streams = {
-  /** own ops, subject `rep.kv.ops.<site>`: what the peers source */
-  out: (site: string) => `SYNCD_OUT_${site}`,
-  /** what the merger consumes: the hand-made ingress plus every peer's OUT stream, sourced */
-  in: (site: string) => `SYNCD_IN_${site}`,
+  /** own ops, subjects `rep.kv.ops.<site>.<bucket>.<key>`, one per key: what the hub sources */
+  out: (site: string) => `SYNCD_OPS_${site}`,
+  /** every site's ops, one per key and origin: sources the hub's aggregate, consumed by the merger */
+  in: (site: string) => `SYNCD_FEED_${site}`,
+  /** hand-made ops (`rep.kv.ops`) and the merge endpoint's journal, consumed by the merger */
+  ingress: (site: string) => `SYNCD_IN_${site}`,
+  /** the hub's aggregate (in the hub's JetStream domain): sources every site's OUT once */
+  hub: "SYNCD_HUB",
+  /** the full-mesh outbound stream before 2026-12 (subject `rep.kv.ops.<site>`); migration only */
+  legacyOut: (site: string) => `SYNCD_OUT_${site}`,
   /** bad ops with their reason */
   dlq: (site: string) => `SYNCD_DLQ_${site}`,
   /** conflict records (schemas/conflict.json) */
@@ -82,8 +102,15 @@ export const CLOCK_KEY = "hw";
  */
 export const Durables = {
   watcher: (site: string, bucket: string) => `syncd-watcher-${site}-${bucket}`,
+  /** the watcher's bridge from the legacy outbound stream into the compacted one (migration) */
+  bridge: (site: string) => `syncd-bridge-${site}`,
   merger: "syncd-merger",
 } as const;
+
+/** The message id of an op the merger forwards from the ingress: a re-forward is a duplicate. */
+export function forwardMsgId(site: string, ingressSeq: number): string {
+  return `${site}.in.${ingressSeq}`;
+}
 
 /** Queue group of every syncd endpoint: instances of a service at a site share requests. */
 export const QUEUE_GROUP = "syncd";
@@ -99,3 +126,19 @@ export const Headers = {
   /** the stream and sequence a dead-lettered op came from */
   origin: "Syncd-Origin",
 } as const;
+
+/**
+ * Mesh membership, a KV bucket in the hub's JetStream domain: one record per site under
+ * `sites.<site>` (schemas/reconciler/member.json) and one claim per JetStream domain under
+ * `domains.<domain>`, each owned by the site identity that wrote it first.
+ */
+export const MEMBERS_BUCKET = "syncd_members";
+export function memberKey(site: string): string {
+  return `sites.${site}`;
+}
+export function domainKey(domain: string): string {
+  return `domains.${domain}`;
+}
+/** The site-local bucket and key of the site's identity: a random id made once, kept with the site's data. */
+export const SITE_BUCKET = "syncd_site";
+export const IDENTITY_KEY = "identity";

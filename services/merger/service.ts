@@ -1,18 +1,21 @@
 /**
- * Wiring of syncd-merger: the shared durable consumer on the site's IN stream (hand-made ingress +
- * every peer's ops, sourced), dead-lettering of bad ops, forwarding of hand-made ops to the site's
- * OUT stream (store-and-forward to the peers), and the merge / get / status endpoints.
+ * Wiring of syncd-merger: the streams that feed it (IN, which sources the hub's aggregate, and the
+ * ingress of hand-made ops and journal records), a shared durable consumer on each, dead-lettering
+ * of bad ops, forwarding of hand-made ops to the site's OUT log once they are the site's current
+ * winner (ordered, so the log keeps each key's greatest version), the removal of full-mesh peer
+ * sources once those peers feed the hub, and the merge / get / status endpoints.
  */
-import { type JsMsg, jetstream } from "@nats-io/jetstream";
+import { type JetStreamManager, type JsMsg, jetstream } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Observer } from "../lib/clock-client.ts";
 import { ClockMode, LAMPORT_CATCH_UP_MS, admissible } from "../lib/clock-rules.ts";
-import { ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
 import { type Op, encodeValue, parseOp } from "../lib/op.ts";
+import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -20,6 +23,7 @@ import type {
   MergerGetResponse,
   MergerStatusResponse,
 } from "../lib/schemas.gen.ts";
+import { ensureMergerStreams, hubManager, siteSource } from "../lib/site.ts";
 import { BucketStore } from "../lib/stores.ts";
 import {
   Durables,
@@ -29,6 +33,7 @@ import {
   conflictsSubject,
   dlqSubject,
   endpointSubject,
+  forwardMsgId,
   journalSubject,
   opsSubject,
 } from "../lib/subjects.ts";
@@ -204,41 +209,66 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const journal = journalSubject(config.site);
   const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
-  const stream = Streams.in(config.site);
-  await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
-  const loop = await runConsumer({
-    js: site.js,
-    stream,
-    durable,
-    concurrency: 64,
-    log,
-    keyOf: (m) => {
-      const p = parse(m);
-      return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;
-    },
-    handle: async (m) => {
-      const p = parse(m);
-      if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
-      if (m.subject === OPS_INGRESS) {
-        await js.publish(opsSubject(config.site), m.data, { msgID: `${config.site}.in.${m.seq}` });
+  await ensureMergerStreams(site.jsm, config, site.replicas, log);
+  const handle = async (m: JsMsg) => {
+    const p = parse(m);
+    if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
+    try {
+      // a journaled copy of a merge request: the endpoint already recorded its conflicts
+      const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
+      counts[r.result]++;
+      // a hand-made op goes to the site's log only as the key's current winner here
+      if (m.subject === OPS_INGRESS && r.result !== "stale") {
+        await publishOrdered(
+          { js, jsm: site.jsm },
+          Streams.out(config.site),
+          opsSubject(config.site, p.op.bucket, p.op.key),
+          p.op,
+          {
+            msgID: forwardMsgId(config.site, m.seq),
+            current: () =>
+              currentOwnOp(
+                site.metas.get(p.op.bucket)!,
+                site.buckets.get(p.op.bucket)!,
+                config.nodeId,
+                p.op.bucket,
+                p.op.key,
+              ),
+          },
+        );
         counts.forwarded++;
       }
-      try {
-        // a journaled copy of a merge request: the endpoint already recorded its conflicts
-        const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
-        counts[r.result]++;
-        return { ack: true };
-      } catch (err) {
-        // a ts the clock refuses waits; other bad input is dead-lettered; a conflict (409) is retried
-        if (isSyncdError(err) && isSkew(err)) return park(m, err, p.op.ts);
-        if (isSyncdError(err) && err.status < 500 && err.code !== "SYNCD_ERR_CONFLICT")
-          return deadLetter(m, err);
-        counts.errors++;
-        lastError = (err as Error).message;
-        throw err;
-      }
-    },
-  });
+      return { ack: true } as const;
+    } catch (err) {
+      // a ts the clock refuses waits; other bad input is dead-lettered; a conflict (409) is retried
+      if (isSyncdError(err) && isSkew(err)) return park(m, err, p.op.ts);
+      if (isSyncdError(err) && err.status < 500 && err.code !== "SYNCD_ERR_CONFLICT")
+        return deadLetter(m, err);
+      counts.errors++;
+      lastError = (err as Error).message;
+      throw err;
+    }
+  };
+  const streams = [Streams.in(config.site), Streams.ingress(config.site)];
+  const loops: ConsumerLoop[] = [];
+  for (const stream of streams) {
+    await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+    loops.push(
+      await runConsumer({
+        js: site.js,
+        stream,
+        durable,
+        concurrency: 64,
+        log,
+        keyOf: (m) => {
+          const p = parse(m);
+          return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;
+        },
+        handle,
+      }),
+    );
+  }
+  const cleanup = keepLegacySourcesPruned(nc, site.jsm, config, log);
 
   const subject = (e: string) => endpointSubject(config.site, "merger", e);
   const d = { log };
@@ -305,13 +335,13 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/status.response.json",
       description: "counts of this instance and the backlog of the site's inbound op stream",
       handler: async () => {
-        const ci = await site.jsm.consumers.info(stream, durable);
+        const cis = await Promise.all(streams.map((st) => site.jsm.consumers.info(st, durable)));
         return {
           site: config.site,
           node_id: config.nodeId,
           instance: config.instance,
           counts: { ...counts, ...deadByCode },
-          pending: ci.num_pending,
+          pending: cis.reduce((n, ci) => n + ci.num_pending, 0),
           ...(lastError ? { last_error: lastError } : {}),
           conditions: health.list(),
         };
@@ -343,7 +373,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   });
   return {
     stop: async () => {
-      await loop.stop();
+      cleanup.stop();
+      await Promise.all(loops.map((l) => l.stop()));
     },
     statsData: (ep) => (ep === "merge" ? { ...counts, ...deadByCode } : null),
   };
@@ -354,5 +385,61 @@ export const mergerService: ServiceDef = {
   kind: "merger",
   description: "applies ops to the site's buckets by last-writer-wins",
   wire: wireMerger,
-  consumers: (config) => [{ stream: Streams.in(config.site), durable: Durables.merger }],
+  consumers: (config) =>
+    [Streams.in(config.site), Streams.ingress(config.site)].map((stream) => ({
+      stream,
+      durable: Durables.merger,
+    })),
 };
+
+/** Seconds between checks for full-mesh peer sources that the hub has made redundant. */
+const PRUNE_PERIOD_MS = 15_000;
+
+/**
+ * Migration from the full mesh: the ingress stream (the former IN stream) may still source peers'
+ * legacy OUT streams. A peer's source is removed once that peer's compacted log is a source of the
+ * hub's aggregate: from then on its watcher bridges whatever its legacy stream still gets.
+ */
+function keepLegacySourcesPruned(
+  nc: ServiceContext["nc"],
+  jsm: JetStreamManager,
+  config: ServiceContext["config"],
+  log: ServiceContext["log"],
+): { stop: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const ingress = Streams.ingress(config.site);
+  const run = async () => {
+    try {
+      const info = await jsm.streams.info(ingress);
+      const legacy = info.config.sources ?? [];
+      if (legacy.length === 0) return; // nothing left to migrate: stop checking
+      const hub = await hubManager(nc, config.hubDomain);
+      const fed = new Set((await hub.streams.info(Streams.hub)).config.sources?.map((s) => s.name) ?? []);
+      const keep = legacy.filter((s) => {
+        const peer = s.name.startsWith(Streams.legacyOut(""))
+          ? s.name.slice(Streams.legacyOut("").length)
+          : "";
+        return !(peer && fed.has(siteSource(peer, "").name));
+      });
+      if (keep.length < legacy.length) {
+        await jsm.streams.update(ingress, { ...info.config, sources: keep });
+        log.info(
+          { removed: legacy.filter((s) => !keep.includes(s)).map((s) => s.name) },
+          "removed full-mesh peer sources: those peers feed the hub",
+        );
+      }
+      if (keep.length === 0) return;
+    } catch (err) {
+      log.warn({ err }, "could not check the full-mesh peer sources; retrying");
+    }
+    if (!stopped) timer = setTimeout(run, PRUNE_PERIOD_MS);
+  };
+  void run();
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}

@@ -69,6 +69,7 @@ export async function digest(
 function wireEntry(key: string, known: VersionInfo, read: VersionedValue | undefined): WireEntry {
   const listed: WireEntry = { key, ts: known.ts, node_id: known.node_id, deleted: known.deleted };
   if (!known.deleted && known.vh !== undefined) listed.vh = known.vh;
+  if (!known.deleted && known.lost) listed.lost = true;
   if (!read) return listed;
   if (!read.ok) return { ...listed, omitted: read.reason };
   const v = read.version;

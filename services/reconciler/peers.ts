@@ -1,6 +1,8 @@
 /**
- * Peer discovery: `$SRV.PING.syncd-reconciler` answered by every reconciler instance of the mesh;
- * each reply's metadata names its site and JetStream domain. No static peer lists.
+ * The peers of a site. They come from the members bucket at the hub (members.ts: one watch, the
+ * changes only), or, while the site cannot reach it (a hub without JetStream, the hub down at
+ * start), from `$SRV.PING.syncd-reconciler` answered by every reconciler instance of the mesh, each
+ * reply's metadata naming its site and JetStream domain. No static peer lists.
  */
 import { Empty, type NatsConnection } from "@nats-io/nats-core";
 import { ServiceName } from "../lib/subjects.ts";
@@ -60,6 +62,53 @@ export async function ping(
 export class PeerBook {
   readonly peers = new Map<string, Peer>();
   constructor(readonly self: string) {}
+
+  /**
+   * Make the peers exactly these members (the members bucket is the truth once the site joined):
+   * new ones are added reachable, the ones no longer members are forgotten.
+   */
+  sync(
+    members: Map<string, { domain: string; buckets?: string[] | undefined }>,
+    now = Date.now(),
+  ): { added: Peer[]; removed: string[] } {
+    const out: { added: Peer[]; removed: string[] } = { added: [], removed: [] };
+    for (const [site, m] of members) {
+      if (site === this.self) continue;
+      const p = this.peers.get(site);
+      if (p) {
+        p.domain = m.domain;
+        if (m.buckets) p.buckets = m.buckets;
+        continue;
+      }
+      const fresh: Peer = {
+        site,
+        domain: m.domain,
+        ...(m.buckets ? { buckets: m.buckets } : {}),
+        lastSeen: now,
+        misses: 0,
+        reachable: true,
+      };
+      this.peers.set(site, fresh);
+      out.added.push(fresh);
+    }
+    for (const site of [...this.peers.keys()]) {
+      if (members.has(site)) continue;
+      this.peers.delete(site);
+      out.removed.push(site);
+    }
+    return out;
+  }
+
+  /** A run against the peer worked: reachable again. True when it was not before (a heal). */
+  markReachable(site: string, now = Date.now()): boolean {
+    const p = this.peers.get(site);
+    if (!p) return false;
+    p.lastSeen = now;
+    p.misses = 0;
+    if (p.reachable) return false;
+    p.reachable = true;
+    return true;
+  }
 
   /** Fold one discovery round in. */
   update(found: Map<string, { domain: string; buckets?: string[] }>, now = Date.now()): DiscoveryResult {

@@ -1,7 +1,7 @@
 /**
  * The reconciler of one instance: its peers (discovered every few seconds, sourced into the site's
- * IN stream), its runs (on demand, periodic with jitter, and on a peer's heal), their progress and
- * counts. Runs are serialized per instance: a run asked for while one is in progress waits for it,
+ * IN stream), its runs (on demand with every peer; periodic with jitter, one peer per round in a
+ * rotating order; and on a peer's heal), their progress and counts. Runs are serialized per instance: a run asked for while one is in progress waits for it,
  * then runs itself, so its answer always describes a reconciliation that started after the request.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
@@ -13,7 +13,7 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { ensurePeerSources } from "../lib/site.ts";
+import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { ValueSource } from "./values.ts";
@@ -39,6 +39,8 @@ export type ReconcilerTuning = {
   healMinGapMs: number;
   /** whether a peer's heal starts a run with it (default true; off only to test store-and-forward alone) */
   healRuns: boolean;
+  /** a put whose value the bucket has not held for this long, after a run, is raised (default 10 000) */
+  lostGraceMs: number;
 };
 
 /** Defaults of the tunables (intervalMs comes from the config). */
@@ -51,7 +53,11 @@ export const DEFAULT_TUNING: Omit<ReconcilerTuning, "intervalMs"> = {
   pingWaitMs: 500,
   healMinGapMs: 15_000,
   healRuns: true,
+  lostGraceMs: 10_000,
 };
+
+/** Lost keys named in one log line, at most. */
+const LOST_SAMPLE = 10;
 
 /** What the reconciler needs. */
 export type ReconcilerDeps = {
@@ -65,6 +71,8 @@ export type ReconcilerDeps = {
   values: Map<string, ValueSource>;
   log: Logger;
   tuning: ReconcilerTuning;
+  /** the mesh membership (members bucket at the hub); without it, or until joined, peers come by PING */
+  membership?: Membership;
 };
 
 const PROGRESS_LOG_MS = 5000;
@@ -78,7 +86,11 @@ export type ReconcilerCounts = {
   skipped: number;
   bytes: number;
   peers_added: number;
+  /** peers forgotten because their member record went (syncd site remove) */
+  peers_removed: number;
   heals: number;
+  /** runs that ended with puts whose value no site could give back (logged as errors) */
+  lost_raised: number;
 };
 
 /** Anti-entropy of one instance. */
@@ -92,7 +104,9 @@ export class Reconciler {
     skipped: 0,
     bytes: 0,
     peers_added: 0,
+    peers_removed: 0,
     heals: 0,
+    lost_raised: 0,
   };
   lastRun: ReconcilerRunResponse | undefined;
   lastRunAt: string | undefined;
@@ -105,6 +119,7 @@ export class Reconciler {
   private discoveryTimer: NodeJS.Timeout | undefined;
   private periodicTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private lastPeriodicPeer: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
     this.book = new PeerBook(deps.site);
@@ -113,6 +128,12 @@ export class Reconciler {
 
   /** Reconcile now (serialized with any run in progress). */
   run(req: ReconcilerRunRequest): Promise<ReconcilerRunResponse> {
+    const m = this.deps.membership;
+    if (m && (m.state === "refused" || m.state === "removed"))
+      throw new SyncdError(
+        "SYNCD_ERR_UNAVAILABLE",
+        `anti-entropy is off: this site is ${m.state} by the mesh${m.refusal ? ` (${m.refusal})` : ""}`,
+      );
     if (req.bucket !== undefined && !this.deps.buckets.includes(req.bucket))
       throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${req.bucket}"`);
     const p = this.chain.then(() => this.runNow(req));
@@ -123,14 +144,35 @@ export class Reconciler {
   /** What `status` answers. */
   status(): ReconcilerStatusResponse {
     const keys: Record<string, number> = {};
-    for (const [b, ix] of this.deps.indexes) keys[b] = ix.tree.size;
+    const lost: Record<string, number> = {};
+    let lostTotal = 0;
+    for (const [b, ix] of this.deps.indexes) {
+      keys[b] = ix.tree.size;
+      const n = ix.lostKeys(this.deps.tuning.lostGraceMs).length;
+      lost[b] = n;
+      lostTotal += n;
+    }
+    const unreachable = this.book.unreachable();
+    const m = this.deps.membership;
+    const outcast = m !== undefined && (m.state === "refused" || m.state === "removed");
     const res: ReconcilerStatusResponse = {
       site: this.deps.site,
       node_id: this.deps.nodeId,
       instance: this.deps.instance,
       keys,
+      lost,
+      severity: lostTotal > 0 || outcast ? "error" : unreachable.length > 0 ? "warn" : "ok",
+      ...(m
+        ? {
+            membership: {
+              state: m.state,
+              ...(m.identity ? { identity: m.identity } : {}),
+              ...(m.refusal ? { refusal: m.refusal } : {}),
+            },
+          }
+        : {}),
       peers: this.book.sites(),
-      unreachable: this.book.unreachable(),
+      unreachable,
       running: this.running,
       counts: { ...this.counts },
     };
@@ -167,6 +209,7 @@ export class Reconciler {
       } catch (err) {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
+      await this.verify(this.deps.buckets);
       if (!this.stopped) this.discoveryTimer = setTimeout(loop, gap);
       gap = Math.min(gap * 2, this.deps.tuning.discoveryMs);
     };
@@ -186,10 +229,28 @@ export class Reconciler {
     if (every <= 0 || this.stopped) return;
     const wait = Math.round(every * (0.8 + 0.4 * Math.random()));
     this.periodicTimer = setTimeout(() => {
-      this.run({})
+      const peer = this.nextPeer();
+      (peer === undefined ? Promise.resolve() : this.run({ peers: [peer] }))
         .catch((err: unknown) => this.deps.log.warn({ err }, "periodic run failed"))
         .finally(() => this.schedulePeriodic());
     }, wait);
+  }
+
+  /**
+   * The peer of the next periodic run: one per round, in a rotating order (the peers sorted by
+   * name, starting after the last one run against), so a site's anti-entropy work per period does
+   * not grow with the mesh and every peer comes up once every N−1 rounds.
+   */
+  nextPeer(): string | undefined {
+    const sites = this.book
+      .sites()
+      .filter((s) => s !== this.deps.site)
+      .sort();
+    if (sites.length === 0) return undefined;
+    const next =
+      sites.find((s) => this.lastPeriodicPeer === undefined || s > this.lastPeriodicPeer) ?? sites[0]!;
+    this.lastPeriodicPeer = next;
+    return next;
   }
 
   private onHeal(site: string): void {
@@ -204,7 +265,31 @@ export class Reconciler {
     );
   }
 
+  /** The members bucket changed: the peers are exactly the other members. */
+  syncMembers(): void {
+    const m = this.deps.membership;
+    if (!m || m.state !== "member") return;
+    const r = this.book.sync(m.members);
+    for (const p of r.added) {
+      this.counts.peers_added++;
+      this.deps.log.info({ peer: p.site, domain: p.domain, buckets: p.buckets }, "peer added");
+    }
+    for (const site of r.removed) {
+      this.counts.peers_removed++;
+      this.lastHealRun.delete(site);
+      if (this.lastPeriodicPeer === site) this.lastPeriodicPeer = undefined;
+      this.deps.log.info({ peer: site }, "peer removed: no longer a member of the mesh");
+    }
+  }
+
   private async discoverRound(): Promise<DiscoveryResult> {
+    const state = this.deps.membership?.state;
+    // a member learns its peers from the members bucket's changes; refused or removed: none
+    if (state === "member") return { added: [], healed: [], lost: [] };
+    if (state === "refused" || state === "removed") {
+      this.book.sync(new Map());
+      return { added: [], healed: [], lost: [] };
+    }
     const found = await ping(this.deps.nc, this.deps.site, this.deps.tuning.pingWaitMs);
     const r = this.book.update(found);
     for (const p of r.added) {
@@ -212,16 +297,6 @@ export class Reconciler {
       this.deps.log.info({ peer: p.site, domain: p.domain, buckets: p.buckets }, "peer added");
     }
     for (const p of r.lost) this.deps.log.warn({ peer: p.site }, "peer not answering discovery");
-    if (this.book.peers.size > 0) {
-      try {
-        const peers = [...this.book.peers.values()].map((p) => ({ site: p.site, domain: p.domain }));
-        const sourced = await ensurePeerSources(this.deps.jsm, this.deps.site, peers);
-        if (sourced.length > 0)
-          this.deps.log.info({ peers: sourced }, "inbound op stream now sources these peers");
-      } catch (err) {
-        this.deps.log.warn({ err }, "could not update the inbound op stream's sources; retrying");
-      }
-    }
     return r;
   }
 
@@ -246,6 +321,7 @@ export class Reconciler {
         log.warn({ err }, "peer discovery failed; using the peers known so far");
       }
       const buckets = req.bucket !== undefined ? [req.bucket] : this.deps.buckets;
+      await this.verify(buckets);
       const peers = (req.peers ?? this.book.sites()).filter((s) => s !== this.deps.site);
       for (const peer of [...new Set(peers)]) {
         const known = this.book.peers.get(peer);
@@ -280,6 +356,9 @@ export class Reconciler {
           if (peerUnavailable) {
             unavailable = rec.error;
             this.book.markUnreachable(peer);
+          } else if (!rec.error && this.book.markReachable(peer)) {
+            this.counts.heals++;
+            this.deps.log.info({ peer }, "peer reachable again");
           }
           const level = rec.error
             ? "warn"
@@ -289,6 +368,7 @@ export class Reconciler {
           log[level]({ run: rec }, "reconcile run finished");
         }
       }
+      this.raiseLost(buckets);
     } finally {
       clearInterval(ticker);
       this.running = false;
@@ -298,6 +378,30 @@ export class Reconciler {
     this.lastRun = res;
     this.lastRunAt = new Date().toISOString();
     return res;
+  }
+
+  /** Check that the buckets still hold what the index says (values gone without an op). */
+  private async verify(buckets: string[]): Promise<void> {
+    for (const b of buckets) {
+      try {
+        await this.deps.indexes.get(b)?.verify();
+      } catch (err) {
+        this.deps.log.warn({ err, bucket: b }, "could not check the bucket's stream state");
+      }
+    }
+  }
+
+  /** After a run: puts still lost past the grace time had nothing to repair them from. */
+  private raiseLost(buckets: string[]): void {
+    for (const b of buckets) {
+      const keys = this.deps.indexes.get(b)?.lostKeys(this.deps.tuning.lostGraceMs) ?? [];
+      if (keys.length === 0) continue;
+      this.counts.lost_raised++;
+      this.deps.log.error(
+        { bucket: b, lost: keys.length, keys: keys.slice(0, LOST_SAMPLE) },
+        "values lost without an op and held by no reachable peer: write them again or restore them",
+      );
+    }
   }
 
   private count(rec: RunRecord): void {

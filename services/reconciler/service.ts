@@ -19,6 +19,7 @@ import type {
 import { BucketStore, MetaStore } from "../lib/stores.ts";
 import { endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
+import { Membership } from "./members.ts";
 import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
@@ -38,7 +39,8 @@ function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number):
  * The tunables: SYNCD_RECONCILE_RATE (merges/s, 0 = unlimited), SYNCD_RECONCILE_CONCURRENCY
  * (merges in flight), SYNCD_RECONCILE_TIMEOUT_MS (per request), SYNCD_RECONCILE_DISCOVERY_MS
  * (between discovery rounds), SYNCD_RECONCILE_ON_HEAL=0 (a peer's heal starts no run: for tests of
- * store-and-forward alone); the interval from the config.
+ * store-and-forward alone); SYNCD_RECONCILE_LOST_GRACE_MS (how
+ * long a put's value may be missing from the bucket before it is raised); the interval from the config.
  */
 export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): ReconcilerTuning {
   return {
@@ -48,6 +50,7 @@ export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): Reconcil
     timeoutMs: envInt(env, "SYNCD_RECONCILE_TIMEOUT_MS", DEFAULT_TUNING.timeoutMs, 100),
     discoveryMs: envInt(env, "SYNCD_RECONCILE_DISCOVERY_MS", DEFAULT_TUNING.discoveryMs, 100),
     healRuns: env.SYNCD_RECONCILE_ON_HEAL !== "0",
+    lostGraceMs: envInt(env, "SYNCD_RECONCILE_LOST_GRACE_MS", DEFAULT_TUNING.lostGraceMs, 0),
     intervalMs,
   };
 }
@@ -65,11 +68,34 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       nodeId: config.nodeId,
     });
-    const ix = new BucketIndex(b, site.metas.get(b)!, log);
+    const ix = new BucketIndex(b, site.metas.get(b)!, log, undefined, {
+      kv: site.buckets.get(b)!,
+      jsm: site.jsm,
+    });
     indexes.set(b, ix);
   }
   await Promise.all([...indexes.values()].map((ix) => ix.start()));
 
+  const membership = new Membership({
+    nc,
+    kvm: site.kvm,
+    hubDomain: config.hubDomain,
+    hubReplicas: config.hubReplicas,
+    self: { site: config.site, domain: config.domain, node_id: config.nodeId, buckets: config.buckets },
+    log,
+    onChange: () => reconciler.syncMembers(),
+    // a site refused by the mesh answers nothing under the name it shares with another site
+    onRefused: (why) => {
+      reconciler.stop();
+      void service
+        .stop()
+        .catch(() => {})
+        .finally(() => {
+          log.fatal({ reason: why }, "refusing to run: this site's name or domain belongs to another site");
+          process.exit(1);
+        });
+    },
+  });
   const reconciler = new Reconciler({
     nc,
     jsm: site.jsm,
@@ -81,6 +107,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     values,
     log,
     tuning,
+    membership,
   });
   const treeOf = (bucket: string) => indexes.get(bucket)?.tree;
   const entriesDeps: EntriesDeps = {
@@ -88,6 +115,13 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     values: (bucket) => values.get(bucket),
     maxPayload: nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD,
     concurrency: 64,
+  };
+  const verifyQuietly = async (bucket: string) => {
+    try {
+      await indexes.get(bucket)?.verify();
+    } catch (err) {
+      log.warn({ err, bucket }, "could not check the bucket's stream state");
+    }
   };
   const subject = (e: string) => endpointSubject(config.site, "reconciler", e);
   const d = { log };
@@ -99,7 +133,11 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "reconciler/digest.request.json",
       response: "reconciler/digest.response.json",
       description: "the root digest and the digests of the children of some version-tree nodes",
-      handler: (req) => digest({ tree: treeOf }, req),
+      handler: async (req) => {
+        // a peer's run starts with the root: check first that the bucket still holds what the index says
+        if (req.prefixes.length === 0) await verifyQuietly(req.bucket);
+        return digest({ tree: treeOf }, req);
+      },
     },
     d,
   );
@@ -157,10 +195,12 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       { labels: { direction: "pushed" }, value: counts().pushed ?? 0 },
     ],
   );
+  membership.start();
   reconciler.start();
   return {
     stop: async () => {
       reconciler.stop();
+      membership.stop();
       for (const ix of indexes.values()) ix.stop();
     },
     statsData: () => reconciler.statsData(),

@@ -8,7 +8,9 @@
  *
  * `vh` (the value hash a put's version carries in `_meta`) is part of the entry hash, so two sites
  * holding equal versions with different contents (hand-made ops) differ; an entry without one (a
- * tombstone, or `_meta` written by older code) hashes as before.
+ * tombstone, or `_meta` written by older code) hashes as before. A put whose value the bucket does
+ * not hold (`lost`, versions.ts) hashes with a `\0lost` suffix: a site that lost values differs
+ * from one that holds them, so what the bucket holds enters the digest.
  *
  * Two sites compare roots, descend only into children whose digests differ, and list the keys of
  * small or leaf nodes: the cost follows the difference, not the bucket.
@@ -25,7 +27,14 @@ const ZERO_HEX = "0".repeat(HASH_BYTES * 2);
  * The part of a meta entry the tree keeps: the version, and the hash of a put's value (`vh`:
  * absent for a tombstone and in `_meta` written by older code).
  */
-export type VersionInfo = { ts: number; node_id: string; deleted: boolean; vh?: string | undefined };
+export type VersionInfo = {
+  ts: number;
+  node_id: string;
+  deleted: boolean;
+  vh?: string | undefined;
+  /** a put whose value the bucket does not hold (versions.ts isLost): it hashes differently */
+  lost?: boolean | undefined;
+};
 
 /** A node's digest as exchanged on the wire. */
 export type NodeDigest = { prefix: string; hash: string; count: number };
@@ -41,10 +50,12 @@ class Rec {
     public deleted: boolean,
     public vh: string | undefined,
     readonly leaf: number,
+    public lost = false,
   ) {}
 
   info(): VersionInfo {
-    return withVh({ ts: this.ts, node_id: this.node_id, deleted: this.deleted }, this.vh);
+    const v = withVh({ ts: this.ts, node_id: this.node_id, deleted: this.deleted }, this.vh);
+    return this.lost ? { ...v, lost: true } : v;
   }
 }
 
@@ -70,8 +81,9 @@ export function leafOf(key: string, depth: number = TREE_DEPTH): number {
  */
 export function entryHash(key: string, v: VersionInfo): Buffer {
   const base = `${key}\0${v.ts}\0${v.node_id}\0${v.deleted}`;
+  const withHash = v.vh === undefined || v.deleted ? base : `${base}\0${v.vh}`;
   return createHash("sha256")
-    .update(v.vh === undefined || v.deleted ? base : `${base}\0${v.vh}`)
+    .update(v.lost && !v.deleted ? `${withHash}\0lost` : withHash)
     .digest();
 }
 
@@ -121,19 +133,27 @@ export class VersionTree {
    */
   set(key: string, v: VersionInfo): boolean {
     const vh = v.deleted ? undefined : v.vh;
+    const lost = !v.deleted && v.lost === true;
     const old = this.keys.get(key);
     if (old) {
-      if (old.ts === v.ts && old.node_id === v.node_id && old.deleted === v.deleted && old.vh === vh)
+      if (
+        old.ts === v.ts &&
+        old.node_id === v.node_id &&
+        old.deleted === v.deleted &&
+        old.vh === vh &&
+        old.lost === lost
+      )
         return false;
       this.apply(old.leaf, entryHash(key, old), 0);
       old.ts = v.ts;
       old.node_id = this.intern(v.node_id);
       old.deleted = v.deleted;
       old.vh = vh;
+      old.lost = lost;
       this.apply(old.leaf, entryHash(key, old), 0);
       return true;
     }
-    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, vh, leafOf(key, this.depth));
+    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, vh, leafOf(key, this.depth), lost);
     this.keys.set(key, rec);
     const bucket = this.leaves[rec.leaf];
     if (bucket) bucket.push(rec);
@@ -379,7 +399,11 @@ export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>):
     const c = compareVersions(r, l) || (r.deleted === l.deleted ? 0 : r.deleted ? 1 : -1);
     if (c > 0) out.pull.push(r.key);
     else if (c < 0) out.push.push(r.key);
-    else if (contentsDiffer(l, r)) {
+    else if (l.lost || r.lost) {
+      // the same version, lost on one side: the side that holds the value repairs the other
+      if (l.lost && !r.lost) out.pull.push(r.key);
+      else if (r.lost && !l.lost) out.push.push(r.key);
+    } else if (contentsDiffer(l, r)) {
       out.pull.push(r.key);
       out.push.push(r.key);
     } else if (!l.deleted && (l.vh === undefined) !== (r.vh === undefined)) out.unhashed.push(r.key);

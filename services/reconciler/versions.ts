@@ -2,13 +2,26 @@
  * The version index of one bucket: `<bucket>_meta` watched into a VersionTree (initial values, then
  * every update; deleted or purged meta keys leave the tree). If the watch ends unexpectedly, a fresh
  * tree is built from a new watch and swapped in once it has caught up.
+ *
+ * What the bucket itself holds enters the tree too (#12.2): the data bucket is watched into a
+ * HeldMap (per key: the revision of its latest entry and the hash of the value it holds, "" for a
+ * delete marker), and a put whose value the bucket does not hold — nothing there, a marker, or
+ * other bytes than the `_meta` version's `vh` — is indexed `lost`. A lost entry hashes differently
+ * (tree.ts entryHash), so a peer holding the value sees a differing digest and the run repairs it.
+ * Values vanish without a watch event (stream purge, a removed message, max-age expiry, a stream
+ * re-created): `verify` compares the KV stream's state with the map (created time, first sequence,
+ * message count) and re-reads the bucket only when they disagree.
  */
+import type { JetStreamManager } from "@nats-io/jetstream";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import type { QueuedIterator } from "@nats-io/nats-core";
 import type { Logger } from "../lib/logger.ts";
+import { valueHash } from "../lib/lww.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { TREE_DEPTH, VersionTree } from "./tree.ts";
+import { isNotFound } from "../lib/site.ts";
+import { kvStream } from "../lib/subjects.ts";
+import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
 const utf8 = new TextDecoder();
 const RESTART_DELAY_MS = 1000;
@@ -24,22 +37,230 @@ export function parseVersion(data: Uint8Array): Version | null {
   return validate("version.json", v) === null ? (v as Version) : null;
 }
 
+/** What the data bucket holds for a key: its latest entry's revision and value hash ("" = marker). */
+export type Held = { rev: number; h: string };
+/** Per key, what the data bucket holds. */
+export type HeldMap = Map<string, Held>;
+
+/** The data bucket of an index, and how to read its stream's state. */
+export type DataSide = { kv: KV; jsm: JetStreamManager };
+
+/**
+ * True when `_meta` claims a put whose value the bucket does not hold: no entry, a delete marker,
+ * or other bytes than the version's value hash.
+ */
+export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: Held | undefined): boolean {
+  if (v.deleted) return false;
+  if (!held || held.h === "") return true;
+  return v.vh !== undefined && held.h !== v.vh;
+}
+
+/**
+ * Follow a KV bucket (initial values, then updates) into `apply`; resolves with the iterator once
+ * the initial values are in. `onEnd` runs when the watch ends (error or not).
+ */
+async function follow(
+  kv: KV,
+  apply: (e: KvWatchEntry) => void,
+  onEnd: (err?: unknown) => void,
+): Promise<QueuedIterator<KvWatchEntry>> {
+  const initial = (await kv.status()).values;
+  const it = await kv.watch({ key: ">" });
+  let caughtUp: () => void = () => {};
+  const done = new Promise<void>((resolve) => {
+    caughtUp = resolve;
+  });
+  let isCaughtUp = initial === 0;
+  if (isCaughtUp) caughtUp();
+  void (async () => {
+    let failure: unknown;
+    try {
+      for await (const e of it) {
+        apply(e);
+        if (!isCaughtUp && (e.isUpdate || e.delta === 0)) {
+          isCaughtUp = true;
+          caughtUp();
+        }
+      }
+    } catch (err) {
+      failure = err;
+    }
+    if (!isCaughtUp) {
+      isCaughtUp = true;
+      caughtUp();
+    }
+    onEnd(failure);
+  })();
+  await done;
+  return it;
+}
+
 /** A bucket's live version tree. */
 export class BucketIndex {
   private current: VersionTree;
   private watcher: QueuedIterator<KvWatchEntry> | undefined;
+  private dataWatcher: QueuedIterator<KvWatchEntry> | undefined;
+  private held: HeldMap = new Map();
+  private streamCreated: string | undefined;
+  /** the highest revision the data watch delivered */
+  private maxRev = 0;
+  private verifying: Promise<boolean> | undefined;
+  private readonly lostSince = new Map<string, number>();
   private stopped = false;
   private readyFlag = false;
   /** meta entries that were not valid versions (ignored) */
   invalid = 0;
+  /** times the bucket was re-read because values vanished without a watch event */
+  rescans = 0;
 
   constructor(
     readonly bucket: string,
     private readonly meta: KV,
     private readonly log: Logger,
     private readonly depth: number = TREE_DEPTH,
+    private readonly data?: DataSide,
   ) {
     this.current = new VersionTree(depth);
+  }
+
+  /**
+   * Puts whose value the bucket has not held for at least `graceMs` (a write in flight is lost
+   * for a moment: the bucket and `_meta` are written one after the other). Bounded by the number
+   * of such keys, not by the bucket.
+   */
+  lostKeys(graceMs: number, now = Date.now()): string[] {
+    const out: string[] = [];
+    for (const [k, since] of this.lostSince) if (now - since >= graceMs) out.push(k);
+    return out;
+  }
+
+  /**
+   * Check the KV stream's state against what the watch accounts for; re-read the bucket when
+   * values vanished without an event. Returns true when it re-read. One stream info per call.
+   */
+  verify(): Promise<boolean> {
+    if (!this.data) return Promise.resolve(false);
+    if (!this.verifying) {
+      this.verifying = this.verifyNow().finally(() => {
+        this.verifying = undefined;
+      });
+    }
+    return this.verifying;
+  }
+
+  private async verifyNow(): Promise<boolean> {
+    const data = this.data!;
+    let why: string | undefined;
+    try {
+      const si = await data.jsm.streams.info(kvStream(this.bucket));
+      const st = si.state;
+      if (this.streamCreated === undefined) why = "stream created";
+      else if (si.created !== this.streamCreated) why = "stream re-created";
+      else {
+        // judge only once the watch has seen everything up to the snapshot, and only the entries
+        // that were already the latest then: writes racing the check are no evidence of a loss
+        if (!(await this.seen(st.last_seq))) return false;
+        let minRev = Number.POSITIVE_INFINITY;
+        let count = 0;
+        for (const h of this.held.values()) {
+          if (h.rev > st.last_seq) continue;
+          count++;
+          if (h.rev < minRev) minRev = h.rev;
+        }
+        if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
+        else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
+      }
+      if (!why) return false;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      why = "stream gone";
+    }
+    this.rescans++;
+    this.log.warn({ bucket: this.bucket, reason: why }, "bucket lost values without an op; re-reading it");
+    await this.rescan();
+    return true;
+  }
+
+  /** Wait (briefly) until the data watch has delivered revision `rev`; false if it has not. */
+  private async seen(rev: number, waitMs = 2000): Promise<boolean> {
+    const end = Date.now() + waitMs;
+    while (this.maxRev < rev) {
+      if (Date.now() > end || this.stopped) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  }
+
+  /** Read the bucket again into a fresh map, swap it in, and re-mark every key that changed. */
+  private async rescan(): Promise<void> {
+    const data = this.data!;
+    this.dataWatcher?.stop();
+    this.dataWatcher = undefined;
+    const fresh: HeldMap = new Map();
+    let freshMax = 0;
+    let live = false;
+    let created: string | undefined;
+    try {
+      const si = await data.jsm.streams.info(kvStream(this.bucket));
+      created = si.created;
+      // the initial values cover the stream up to this snapshot, removed messages included
+      freshMax = si.state.last_seq;
+      const holder: { it?: QueuedIterator<KvWatchEntry> } = {};
+      holder.it = await follow(
+        data.kv,
+        (e) => {
+          if (live) this.applyHeld(e);
+          else {
+            heldEntry(fresh, e);
+            if (e.revision > freshMax) freshMax = e.revision;
+          }
+        },
+        (err) => this.dataEnded(holder.it ?? null, err),
+      );
+      this.dataWatcher = holder.it;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    const old = this.held;
+    this.held = fresh;
+    this.maxRev = freshMax;
+    this.streamCreated = created;
+    live = true;
+    const tree = this.current;
+    for (const k of new Set([...old.keys(), ...fresh.keys()])) this.refresh(tree, k);
+  }
+
+  private dataEnded(it: QueuedIterator<KvWatchEntry> | null | undefined, err?: unknown): void {
+    if (this.stopped || (it !== undefined && it !== this.dataWatcher)) return;
+    if (err) this.log.warn({ err, bucket: this.bucket }, "data watch failed");
+    setTimeout(() => {
+      if (!this.stopped) this.rescan().catch((e: unknown) => this.dataEnded(undefined, e));
+    }, RESTART_DELAY_MS).unref();
+  }
+
+  private applyHeld(e: KvWatchEntry): void {
+    if (e.revision > this.maxRev) this.maxRev = e.revision;
+    heldEntry(this.held, e);
+    this.refresh(this.current, e.key);
+  }
+
+  /** Re-index a key's entry with what the bucket holds now (`lost` or not). */
+  private refresh(tree: VersionTree, key: string): void {
+    const v = tree.get(key);
+    if (!v) {
+      this.lostSince.delete(key);
+      return;
+    }
+    this.setIndexed(tree, key, v);
+  }
+
+  private setIndexed(tree: VersionTree, key: string, v: VersionInfo): void {
+    const lost = this.data ? isLost(v, this.held.get(key)) : false;
+    const { lost: _l, ...rest } = v;
+    tree.set(key, lost ? { ...rest, lost } : rest);
+    if (tree !== this.current) return;
+    if (!lost) this.lostSince.delete(key);
+    else if (!this.lostSince.has(key)) this.lostSince.set(key, Date.now());
   }
 
   /** The tree to read (replaced wholesale after a watch restart). */
@@ -54,6 +275,7 @@ export class BucketIndex {
 
   /** Start watching; resolves when the initial values are indexed. */
   async start(): Promise<void> {
+    if (this.data) await this.rescan();
     await this.watch(this.current);
     this.readyFlag = true;
     this.log.info({ bucket: this.bucket, keys: this.current.size }, "version index ready");
@@ -63,37 +285,19 @@ export class BucketIndex {
   stop(): void {
     this.stopped = true;
     this.watcher?.stop();
+    this.dataWatcher?.stop();
   }
 
   private async watch(tree: VersionTree): Promise<void> {
-    const initial = (await this.meta.status()).values;
-    const it = await this.meta.watch({ key: ">" });
+    const it = await follow(
+      this.meta,
+      (e) => this.apply(tree, e),
+      (err) => {
+        if (err) this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
+        if (!this.stopped) this.restart();
+      },
+    );
     this.watcher = it;
-    let caughtUp: () => void = () => {};
-    const done = new Promise<void>((resolve) => {
-      caughtUp = resolve;
-    });
-    let isCaughtUp = initial === 0;
-    if (isCaughtUp) caughtUp();
-    void (async () => {
-      try {
-        for await (const e of it) {
-          this.apply(tree, e);
-          if (!isCaughtUp && (e.isUpdate || e.delta === 0)) {
-            isCaughtUp = true;
-            caughtUp();
-          }
-        }
-      } catch (err) {
-        this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
-      }
-      if (!isCaughtUp) {
-        isCaughtUp = true;
-        caughtUp();
-      }
-      if (!this.stopped) this.restart();
-    })();
-    await done;
   }
 
   private restart(): void {
@@ -104,6 +308,8 @@ export class BucketIndex {
       this.watch(fresh).then(
         () => {
           this.current = fresh;
+          this.lostSince.clear();
+          for (const e of fresh.all()) this.refresh(fresh, e.key);
           this.log.info({ bucket: this.bucket, keys: fresh.size }, "version index rebuilt");
         },
         (err: unknown) => {
@@ -117,6 +323,7 @@ export class BucketIndex {
   private apply(tree: VersionTree, e: KvWatchEntry): void {
     if (e.operation !== "PUT") {
       tree.delete(e.key);
+      if (tree === this.current) this.lostSince.delete(e.key);
       return;
     }
     const v = parseVersion(e.value);
@@ -124,8 +331,14 @@ export class BucketIndex {
       this.invalid++;
       this.log.warn({ bucket: this.bucket, key: e.key, revision: e.revision }, "meta entry is not a version");
       tree.delete(e.key);
+      if (tree === this.current) this.lostSince.delete(e.key);
       return;
     }
-    tree.set(e.key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted, vh: v.vh });
+    this.setIndexed(tree, e.key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted, vh: v.vh });
   }
+}
+
+/** Fold one data-bucket entry into a HeldMap. */
+function heldEntry(map: HeldMap, e: KvWatchEntry): void {
+  map.set(e.key, { rev: e.revision, h: e.operation === "PUT" ? valueHash(e.value) : "" });
 }

@@ -9,9 +9,10 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { compareVersions, valueHash } from "../lib/lww.ts";
-import { makeOp } from "../lib/op.ts";
+import { type Op, makeOp } from "../lib/op.ts";
+import { type LastOpReader, publishOrdered } from "../lib/oplog.ts";
 import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
-import { opsSubject } from "../lib/subjects.ts";
+import { Streams, opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
 export type LocalEntry = {
@@ -30,6 +31,10 @@ export type WatcherDeps = {
   bucket: string;
   meta: MetaStoreLike;
   js: Pick<JetStreamClient, "publish">;
+  /** reads the last op of a key in the site's outbound log (ordered publish) */
+  jsm: LastOpReader;
+  /** the site's own current version of a key as an op, read fresh (see currentOwnOp) */
+  current?: (key: string) => Promise<Op | null>;
   tick: () => Promise<number>;
 };
 
@@ -43,7 +48,6 @@ export const Outcome = {
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 
 const MAX_ATTEMPTS = 100;
-const enc = new TextEncoder();
 
 /** The message id of the op of local write `rev`: a re-publish is dropped as a duplicate. */
 export function opMsgId(site: string, bucket: string, rev: number): string {
@@ -59,8 +63,10 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<vo
     deleted: e.deleted,
     value: e.value,
   });
-  await deps.js.publish(opsSubject(deps.site), enc.encode(JSON.stringify(op)), {
+  // ordered: a racing instance that stamped a newer revision of the key may have published first
+  await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, deps.bucket, e.key), op, {
     msgID: opMsgId(deps.site, deps.bucket, e.rev),
+    ...(deps.current ? { current: () => deps.current!(e.key) } : {}),
   });
 }
 

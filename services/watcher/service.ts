@@ -8,11 +8,14 @@ import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { health } from "../lib/health.ts";
 import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
+import { currentOwnOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
+import { ensureOutStream } from "../lib/site.ts";
 import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
+import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
 function keyOf(bucket: string, m: JsMsg): string {
   return m.subject.slice(`$KV.${bucket}.`.length);
@@ -33,6 +36,15 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       throw new Error(problem);
     }
   }
+  const out = await ensureOutStream(site.jsm, config, site.replicas, log);
+  const logDeps = { site: config.site, nodeId: config.nodeId, js: site.js, jsm: site.jsm };
+  // a fresh log (new site, migration from the full mesh, lost store): rebuild it from _meta
+  if (out.state.last_seq === 0)
+    for (const bucket of config.buckets)
+      await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
+  const bridge = await bridgeLegacyOut({ ...logDeps, metas: site.metas, buckets: site.buckets }, log);
+  if (bridge) loops.push(bridge);
+  const hub = keepRegistered(nc, config, log);
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
@@ -49,6 +61,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       bucket,
       meta,
       js: site.js,
+      jsm: site.jsm,
+      current: (key: string) =>
+        currentOwnOp(site.metas.get(bucket)!, site.buckets.get(bucket)!, config.nodeId, bucket, key),
       tick: () => ticker.tick(),
     };
     const durable = Durables.watcher(config.site, bucket);
@@ -134,6 +149,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   );
   return {
     stop: async () => {
+      hub.stop();
       await Promise.all(loops.map((l) => l.stop()));
     },
     statsData: (ep) => (ep === "status" ? Object.fromEntries(counts) : null),

@@ -197,6 +197,8 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
+      // the simulated OUT log is not compacted: every publish is ordered against nothing
+      jsm: { streams: { getMessage: async () => null } },
       js: {
         publish: async (
           subject: string,

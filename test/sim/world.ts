@@ -266,7 +266,8 @@ export class World {
       this.violations.push(`${from.site} published an invalid op: ${err}`);
       return { stream, seq: 0, duplicate: false };
     }
-    if (subject !== opsSubject(from.site)) this.violations.push(`${from.site} published on ${subject}`);
+    if (subject !== opsSubject(from.site, BUCKET, op.key))
+      this.violations.push(`${from.site} published on ${subject}`);
     if (msgID !== undefined && this.sc.dedupe) {
       const seen = this.msgIds.get(msgID);
       if (seen !== undefined) return { stream, seq: seen, duplicate: true };

@@ -1,0 +1,265 @@
+/**
+ * Case "sites" (#11.7): what one more site costs. For N = 2, 4, 8, 16 sites (quick: 2, 4; or
+ * BENCH_SITES=2,4,...) with all four services each at their default settings, measured from the
+ * servers' monitoring endpoints: hub msgs/s while idle (/varz in+out msgs), the hub's and each
+ * site's subscriptions (/subsz), idle CPU of the servers and the services, one write → last site,
+ * bytes per op on a site's uplink (/leafz: the writer's out, a receiver's in, idle traffic
+ * subtracted), and the catch-up time after a hub outage (30 s; quick 10 s). Only the topology in
+ * this tree is measured: the full-mesh code path it replaced is gone (the issue's table is the
+ * baseline).
+ */
+import type { KV } from "@nats-io/kv";
+import { type Mesh, startMesh } from "../../test/harness/mesh.ts";
+import { type CpuSnapshot, cpuDelta, cpuSnapshot } from "../lib/procstat.ts";
+import { log, median, round, sleep, value100, waitUntil } from "../lib/util.ts";
+import type { BenchContext, CaseDef } from "./types.ts";
+
+/** One N's figures. */
+export type SitesRow = {
+  sites: number;
+  hub_msgs_s_idle: number;
+  hub_subs: number;
+  site_subs_mean: number;
+  site_subs_max: number;
+  /** % of one core over the idle window */
+  idle_cpu_servers_pct: number;
+  idle_cpu_services_pct: number;
+  /** per site: servers + services of one site, mean over the sites */
+  idle_cpu_per_site_pct: number;
+  write_to_last_site_ms: number;
+  uplink_out_bytes_per_op: number;
+  uplink_in_bytes_per_op: number;
+  catch_up_ms: number;
+  outage_s: number;
+  error?: string;
+};
+
+export type SitesResult = { rows: SitesRow[]; idle_s: number; note: string };
+
+type Varz = { in_msgs: number; out_msgs: number; subscriptions: number };
+type Leafz = { leafs?: { in_bytes: number; out_bytes: number }[] };
+
+async function getJson<T>(url: string): Promise<T> {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return (await r.json()) as T;
+}
+
+function siteNames(n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `s${String(i + 1).padStart(2, "0")}`);
+}
+
+async function leafBytes(monitorUrl: string): Promise<{ in: number; out: number }> {
+  const l = await getJson<Leafz>(`${monitorUrl}/leafz`);
+  let i = 0;
+  let o = 0;
+  for (const x of l.leafs ?? []) {
+    i += x.in_bytes;
+    o += x.out_bytes;
+  }
+  return { in: i, out: o };
+}
+
+/** Wait until every site's bucket holds `key` with `value`; resolves with ms since `t0`. */
+async function reachedAll(kvs: KV[], key: string, t0: number, timeoutMs: number): Promise<number> {
+  let last = 0;
+  await Promise.all(
+    kvs.map(async (kv) => {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        if ((await kv.get(key)) !== null) break;
+        if (Date.now() > end) throw new Error(`${key} not replicated in ${timeoutMs} ms`);
+        await sleep(5);
+      }
+      last = Math.max(last, performance.now() - t0);
+    }),
+  );
+  return round(last);
+}
+
+function pids(
+  mesh: Mesh,
+  sites: string[],
+): { servers: number[]; services: number[]; bySite: Map<string, number[]> } {
+  const servers: number[] = [];
+  const services: number[] = [];
+  const bySite = new Map<string, number[]>();
+  const hub = mesh.topology.hub.pid;
+  if (hub) servers.push(hub);
+  for (const s of sites) {
+    const mine: number[] = [];
+    const p = mesh.topology.site(s).pid;
+    if (p) {
+      servers.push(p);
+      mine.push(p);
+    }
+    for (const i of mesh.services(s))
+      if (i.pid > 0) {
+        services.push(i.pid);
+        mine.push(i.pid);
+      }
+    bySite.set(s, mine);
+  }
+  return { servers, services, bySite };
+}
+
+function pctOf(d: ReturnType<typeof cpuDelta>, want: number[], ms: number): number {
+  const set = new Set(want);
+  let cpu = 0;
+  for (const [pid, c] of d.byPid) if (set.has(pid)) cpu += c;
+  return round((100 * cpu) / ms, 2);
+}
+
+async function measure(n: number, idleS: number, outageS: number): Promise<SitesRow> {
+  const sites = siteNames(n);
+  log(`sites: starting ${n} sites`);
+  const mesh = await startMesh({ sites, readyTimeoutMs: 120_000, logLevel: process.env.LOG_LEVEL ?? "warn" });
+  const row: SitesRow = {
+    sites: n,
+    hub_msgs_s_idle: 0,
+    hub_subs: 0,
+    site_subs_mean: 0,
+    site_subs_max: 0,
+    idle_cpu_servers_pct: 0,
+    idle_cpu_services_pct: 0,
+    idle_cpu_per_site_pct: 0,
+    write_to_last_site_ms: 0,
+    uplink_out_bytes_per_op: 0,
+    uplink_in_bytes_per_op: 0,
+    catch_up_ms: 0,
+    outage_s: outageS,
+  };
+  try {
+    const kvs: KV[] = [];
+    for (const s of sites) kvs.push(await mesh.kv(s));
+    const hubUrl = mesh.topology.hub.httpUrl;
+    // ready: a write at the first site reaches every site
+    await waitUntil(
+      "warm-up write everywhere",
+      async () => {
+        await kvs[0]!.put("bench.warm", value100("warm"));
+        try {
+          await reachedAll(kvs, "bench.warm", performance.now(), 2000);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      180_000,
+      500,
+    );
+    await sleep(3000);
+
+    // idle window
+    const p = pids(mesh, sites);
+    const v0 = await getJson<Varz>(`${hubUrl}/varz`);
+    const c0: CpuSnapshot = cpuSnapshot([...p.servers, ...p.services]);
+    const t0 = performance.now();
+    await sleep(idleS * 1000);
+    const v1 = await getJson<Varz>(`${hubUrl}/varz`);
+    const d = cpuDelta(c0, cpuSnapshot([...p.servers, ...p.services]));
+    const ms = performance.now() - t0;
+    row.hub_msgs_s_idle = round((v1.in_msgs + v1.out_msgs - v0.in_msgs - v0.out_msgs) / (ms / 1000), 1);
+    row.idle_cpu_servers_pct = pctOf(d, p.servers, ms);
+    row.idle_cpu_services_pct = pctOf(d, p.services, ms);
+    row.idle_cpu_per_site_pct = round(
+      sites.reduce((a, s) => a + pctOf(d, p.bySite.get(s) ?? [], ms), 0) / sites.length,
+      2,
+    );
+    row.hub_subs = v1.subscriptions;
+    const subs: number[] = [];
+    for (const s of sites)
+      subs.push((await getJson<Varz>(`${mesh.sites[s]!.monitorUrl}/varz`)).subscriptions);
+    row.site_subs_mean = round(subs.reduce((a, b) => a + b, 0) / subs.length, 1);
+    row.site_subs_max = Math.max(...subs);
+
+    // one write → last site (median of 5)
+    const lat: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const key = `bench.one.${i}`;
+      const t = performance.now();
+      await kvs[0]!.put(key, value100(key));
+      lat.push(await reachedAll(kvs, key, t, 60_000));
+    }
+    row.write_to_last_site_ms = median(lat);
+
+    // bytes per op on the uplinks: the writer's out, a receiver's in; idle bytes subtracted
+    const writer = mesh.sites[sites[0]!]!.monitorUrl;
+    const receiver = mesh.sites[sites[1]!]!.monitorUrl;
+    const idle0 = [await leafBytes(writer), await leafBytes(receiver)];
+    const ti = performance.now();
+    await sleep(3000);
+    const idle1 = [await leafBytes(writer), await leafBytes(receiver)];
+    const idleMs = performance.now() - ti;
+    const ops = 200;
+    const b0 = [await leafBytes(writer), await leafBytes(receiver)];
+    const tb = performance.now();
+    for (let i = 0; i < ops; i++) await kvs[0]!.put(`bench.bytes.${i}`, value100(`b${i}`));
+    await reachedAll(kvs, `bench.bytes.${ops - 1}`, performance.now(), 60_000);
+    await sleep(1000);
+    const b1 = [await leafBytes(writer), await leafBytes(receiver)];
+    const busyMs = performance.now() - tb;
+    const idleOut = ((idle1[0]!.out - idle0[0]!.out) / idleMs) * busyMs;
+    const idleIn = ((idle1[1]!.in - idle0[1]!.in) / idleMs) * busyMs;
+    row.uplink_out_bytes_per_op = round((b1[0]!.out - b0[0]!.out - idleOut) / ops, 0);
+    row.uplink_in_bytes_per_op = round((b1[1]!.in - b0[1]!.in - idleIn) / ops, 0);
+
+    // hub outage: writes at the first site wait in its log; catch-up after the hub is back
+    await mesh.stopHub();
+    for (let i = 0; i < 100; i++) await kvs[0]!.put(`bench.outage.${i}`, value100(`o${i}`));
+    await sleep(outageS * 1000);
+    const th = performance.now();
+    await mesh.startHub();
+    row.catch_up_ms = await reachedAll(kvs, "bench.outage.99", th, 300_000);
+    log(`sites: ${n} → ${JSON.stringify(row)}`);
+  } catch (err) {
+    row.error = (err as Error).message;
+    log(`sites: ${n} failed: ${row.error}`);
+  } finally {
+    await mesh.stop().catch(() => {});
+  }
+  return row;
+}
+
+export const sitesCase: CaseDef = {
+  name: "sites",
+  title: "8. Sites: per-site and hub cost as the mesh grows",
+  async run(ctx: BenchContext): Promise<SitesResult> {
+    const ns = (process.env.BENCH_SITES ?? (ctx.quick ? "2,4" : "2,4,8,16"))
+      .split(",")
+      .map((x) => Number(x.trim()))
+      .filter((x) => Number.isInteger(x) && x >= 2);
+    const idleS = ctx.quick ? 10 : 20;
+    const outageS = ctx.quick ? 10 : 30;
+    const rows: SitesRow[] = [];
+    for (const n of ns) rows.push(await measure(n, idleS, outageS));
+    return {
+      rows,
+      idle_s: idleS,
+      note: "hub-and-spoke topology with the members bucket (this tree); the full-mesh code path is gone, its figures are the issue's",
+    };
+  },
+};
+
+/** The markdown of the case: one row per N. */
+export function renderSites(r: SitesResult): string[] {
+  const head = [
+    "sites",
+    "hub msgs/s idle",
+    "hub subs",
+    "site subs (mean / max)",
+    "idle CPU servers / services / per site (% core)",
+    "one write → last site (ms, median of 5)",
+    "uplink bytes per op (writer out / receiver in)",
+    "catch-up after hub outage (ms)",
+  ];
+  const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
+  for (const x of r.rows) {
+    lines.push(
+      x.error
+        ? `| ${x.sites} | failed: ${x.error} |`
+        : `| ${x.sites} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.catch_up_ms} (${x.outage_s} s outage) |`,
+    );
+  }
+  return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
+}

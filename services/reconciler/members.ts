@@ -1,0 +1,276 @@
+/**
+ * Mesh membership (#11.4): a KV bucket in the hub's JetStream domain (`syncd_members`). Each site's
+ * reconciler claims its JetStream domain (`domains.<domain>`) and its name (`sites.<site>`) with its
+ * site identity (a random id kept at the site, `syncd_site`/`identity`), then watches `sites.>`:
+ * the initial values once, then only changes. Joining needs nothing done at the other sites, and
+ * discovery costs a site one watch, not a request answered by every site every round.
+ *
+ * A claim already held by another identity is another site with the same name or domain: this site
+ * is refused (state "refused", logged as an error, anti-entropy off); the site that claimed first is
+ * not touched. A site rebuilt from scratch has a new identity: `syncd site remove <name>` first.
+ */
+import { randomUUID } from "node:crypto";
+import { jetstream } from "@nats-io/jetstream";
+import { type KV, type KvWatchEntry, Kvm } from "@nats-io/kv";
+import type { NatsConnection, QueuedIterator } from "@nats-io/nats-core";
+import type { Logger } from "../lib/logger.ts";
+import { validate } from "../lib/schema-registry.ts";
+import type { ReconcilerMember } from "../lib/schemas.gen.ts";
+import { isCasConflict } from "../lib/stores.ts";
+import { IDENTITY_KEY, MEMBERS_BUCKET, SITE_BUCKET, domainKey, memberKey } from "../lib/subjects.ts";
+
+/** A member record (schemas/reconciler/member.json). */
+export type Member = ReconcilerMember;
+
+/** joining: not registered yet (hub unreachable or without JetStream); member; refused; removed. */
+export type MembershipState = "joining" | "member" | "refused" | "removed";
+
+/** What the membership needs. */
+export type MembershipDeps = {
+  nc: NatsConnection;
+  /** the site's own key-value manager (its identity lives at the site) */
+  kvm: Kvm;
+  hubDomain: string;
+  /** replicas of the members bucket when this site creates it (the hub's replicas) */
+  hubReplicas?: number;
+  self: { site: string; domain: string; node_id: string; buckets: string[] };
+  log: Logger;
+  /** ms between attempts while the hub cannot be reached (default 5000) */
+  retryMs?: number;
+  /** told after the other sites' records changed (read them from `members`) */
+  onChange: () => void;
+  /** told once when the site is refused (after the error is logged) */
+  onRefused?: (why: string) => void;
+};
+
+/** Another site holds this site's name or domain. */
+export class MembershipRefused extends Error {
+  constructor(
+    readonly key: string,
+    readonly holder: Member,
+  ) {
+    super(
+      `${key} is held by another site (site ${holder.site}, domain ${holder.domain}, identity ${holder.identity}); if this is that site rebuilt, run \`syncd site remove ${holder.site}\` first`,
+    );
+    this.name = "MembershipRefused";
+  }
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const SITES_PREFIX = "sites.";
+
+function parseMember(data: Uint8Array): Member | null {
+  try {
+    const v: unknown = JSON.parse(dec.decode(data));
+    return validate("reconciler/member.json", v) === null ? (v as Member) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Open a KV bucket, creating it (history 1) when missing. */
+async function openOrCreate(kvm: Kvm, name: string, replicas = 1): Promise<KV> {
+  try {
+    const kv = await kvm.open(name);
+    await kv.status();
+    return kv;
+  } catch {
+    return kvm.create(name, { history: 1, replicas });
+  }
+}
+
+/** The site's identity, made once and kept at the site. */
+export async function siteIdentity(kvm: Kvm): Promise<string> {
+  const kv = await openOrCreate(kvm, SITE_BUCKET);
+  for (;;) {
+    const e = await kv.get(IDENTITY_KEY);
+    if (e?.operation === "PUT" && e.value.length > 0) return e.string();
+    try {
+      await kv.create(IDENTITY_KEY, enc.encode(randomUUID()));
+    } catch (err) {
+      if (!isCasConflict(err) && !/exists|wrong last sequence/i.test(String(err))) throw err;
+    }
+  }
+}
+
+/** The members bucket in the hub's domain (created when missing, with `replicas`). */
+export function membersBucket(nc: NatsConnection, hubDomain: string, replicas = 1): Promise<KV> {
+  return openOrCreate(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, replicas);
+}
+
+/**
+ * Write `rec` under `key` unless another identity holds it (throws MembershipRefused). Returns
+ * the record as stored.
+ */
+export async function claim(kv: KV, key: string, rec: Member): Promise<Member> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const e = await kv.get(key);
+    const have = e?.operation === "PUT" ? parseMember(e.value) : null;
+    if (have && have.identity !== rec.identity) throw new MembershipRefused(key, have);
+    const want: Member = { ...rec, joined: have?.joined ?? rec.joined ?? new Date().toISOString() };
+    if (have && JSON.stringify(have) === JSON.stringify(want)) return have;
+    try {
+      if (e?.operation === "PUT") await kv.update(key, enc.encode(JSON.stringify(want)), e.revision);
+      else await kv.create(key, enc.encode(JSON.stringify(want)));
+      return want;
+    } catch (err) {
+      if (isCasConflict(err) || /exists|wrong last sequence/i.test(String(err))) continue;
+      throw err;
+    }
+  }
+  throw new Error(`${key}: kept losing the compare-and-set`);
+}
+
+/** This site's membership: registration, refusal, and the other sites' records. */
+export class Membership {
+  state: MembershipState = "joining";
+  /** why the site was refused */
+  refusal: string | undefined;
+  identity: string | undefined;
+  /** the other sites, by name */
+  readonly members = new Map<string, Member>();
+  private watcher: QueuedIterator<KvWatchEntry> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private failures = 0;
+
+  constructor(private readonly deps: MembershipDeps) {}
+
+  /** Join in the background (retrying while the hub cannot be reached). */
+  start(): void {
+    void this.attempt();
+  }
+
+  /** Stop watching. */
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.watcher?.stop();
+  }
+
+  private async attempt(): Promise<void> {
+    if (this.stopped || this.state === "refused") return;
+    try {
+      await this.join();
+      this.failures = 0;
+    } catch (err) {
+      if (err instanceof MembershipRefused) {
+        this.refuse(err.message);
+        return;
+      }
+      this.failures++;
+      const level = this.failures === 1 ? "warn" : "debug";
+      this.deps.log[level](
+        { err, hubDomain: this.deps.hubDomain, attempt: this.failures },
+        "cannot reach the members bucket at the hub; discovering peers by PING meanwhile",
+      );
+      if (!this.stopped) this.timer = setTimeout(() => void this.attempt(), this.deps.retryMs ?? 5000);
+    }
+  }
+
+  private refuse(why: string): void {
+    this.state = "refused";
+    this.refusal = why;
+    this.watcher?.stop();
+    this.deps.log.error(
+      { site: this.deps.self.site, domain: this.deps.self.domain, reason: why },
+      "SITE REFUSED: another site of the mesh has this site's name or JetStream domain; anti-entropy is off until this is resolved",
+    );
+    this.deps.onRefused?.(why);
+  }
+
+  private async join(): Promise<void> {
+    const { self } = this.deps;
+    this.identity ??= await siteIdentity(this.deps.kvm);
+    const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
+    const rec: Member = { ...self, identity: this.identity };
+    // check both claims before writing either: a refused site leaves nothing in the bucket
+    for (const key of [domainKey(self.domain), memberKey(self.site)]) {
+      const e = await kv.get(key);
+      const have = e?.operation === "PUT" ? parseMember(e.value) : null;
+      if (have && have.identity !== this.identity) throw new MembershipRefused(key, have);
+    }
+    await claim(kv, domainKey(self.domain), {
+      site: self.site,
+      domain: self.domain,
+      identity: this.identity,
+    });
+    await claim(kv, memberKey(self.site), rec);
+    await this.follow(kv);
+    if (this.state === "joining") {
+      this.state = "member";
+      this.deps.onChange();
+      this.deps.log.info(
+        { site: self.site, members: this.members.size + 1, identity: this.identity },
+        "joined the mesh",
+      );
+    }
+  }
+
+  /** Watch `sites.>`: initial values once, then changes; restart (re-join) when the watch ends. */
+  private async follow(kv: KV): Promise<void> {
+    this.watcher?.stop();
+    const seen = new Set<string>();
+    const initial = (await kv.status()).values;
+    const it = await kv.watch({ key: `${SITES_PREFIX}>` });
+    this.watcher = it;
+    let caughtUp: () => void = () => {};
+    const done = new Promise<void>((r) => {
+      caughtUp = r;
+    });
+    let isCaughtUp = initial === 0;
+    if (isCaughtUp) caughtUp();
+    void (async () => {
+      try {
+        for await (const e of it) {
+          seen.add(e.key.slice(SITES_PREFIX.length));
+          if (this.apply(e) && isCaughtUp) this.deps.onChange();
+          if (!isCaughtUp && (e.isUpdate || e.delta === 0)) {
+            isCaughtUp = true;
+            caughtUp();
+          }
+        }
+      } catch (err) {
+        this.deps.log.warn({ err }, "members watch failed");
+      }
+      if (!isCaughtUp) {
+        isCaughtUp = true;
+        caughtUp();
+      }
+      if (!this.stopped && this.watcher === it && this.state !== "refused" && this.state !== "removed") {
+        this.state = "joining";
+        this.timer = setTimeout(() => void this.attempt(), this.deps.retryMs ?? 5000);
+      }
+    })();
+    await done;
+    // records that went while no watch was running
+    for (const s of [...this.members.keys()]) if (!seen.has(s)) this.members.delete(s);
+  }
+
+  /** Fold one record in; true when the other sites' records changed. */
+  private apply(e: KvWatchEntry): boolean {
+    const site = e.key.slice(SITES_PREFIX.length);
+    if (site === this.deps.self.site) {
+      if (e.operation !== "PUT") {
+        this.state = "removed";
+        this.deps.log.error(
+          { site },
+          "this site was removed from the mesh (syncd site remove): restart its services to join again",
+        );
+        return false;
+      }
+      const m = parseMember(e.value);
+      if (m && m.identity !== this.identity) this.refuse(new MembershipRefused(e.key, m).message);
+      return false;
+    }
+    if (e.operation !== "PUT") return this.members.delete(site);
+    const m = parseMember(e.value);
+    if (!m || m.site !== site) {
+      this.deps.log.warn({ key: e.key }, "members bucket entry is not a member record; ignored");
+      return false;
+    }
+    this.members.set(site, m);
+    return true;
+  }
+}

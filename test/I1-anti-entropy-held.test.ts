@@ -1,0 +1,121 @@
+/**
+ * I1 extended (#12.2): anti-entropy compares what the buckets hold, not only `_meta`. Values that
+ * vanish without an op — a stream purge, a removed message, a re-created bucket — are found by the
+ * digest (a put whose value the bucket does not hold is indexed `lost`) and repaired from the peer
+ * that holds them, at the same version; a value no site holds any more is raised (status `lost`,
+ * severity error).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { run as cli } from "../services/cli/cli.ts";
+import type { DiffResult } from "../services/cli/diff.ts";
+import type { ReconcilerRunResponse, ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
+import { kvStream, kvSubject } from "../services/lib/subjects.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { call, contents, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
+
+const BUCKET = "config";
+
+describe("I1 anti-entropy: what the buckets hold", () => {
+  let mesh: Mesh;
+  let nc: Record<string, NatsConnection>;
+  let kv: Record<string, KV>;
+  const jsm = {} as Record<string, JetStreamManager>;
+
+  before(async () => {
+    process.env.SYNCD_RECONCILE_LOST_GRACE_MS = "300";
+    ({ mesh, nc, kv } = await startLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] }));
+    for (const s of ["a", "b"]) jsm[s] = await jetstreamManager(nc[s]!);
+    for (let i = 0; i < 20; i++) await kv.a!.put(`k.${i}`, `value ${i}`);
+    await until(async () => (await contents(kv.b!)).size === 20, { message: "seed replicated" });
+    await quiet({ a: nc.a!, b: nc.b! });
+  });
+  after(async () => {
+    Reflect.deleteProperty(process.env, "SYNCD_RECONCILE_LOST_GRACE_MS");
+    await mesh?.stop();
+  });
+
+  const run = (site: string, peer: string) =>
+    call<ReconcilerRunResponse>(nc[site]!, site, "reconciler", "run", { peers: [peer] });
+  const status = (site: string) => call<ReconcilerStatusResponse>(nc[site]!, site, "reconciler", "status");
+
+  /** Both sites hold the same values and the same versions. */
+  const converged = async () => {
+    const [ca, cb] = [await contents(kv.a!), await contents(kv.b!)];
+    assert.deepEqual([...cb].sort(), [...ca].sort());
+    const [va, vb] = [await versions(nc.a!), await versions(nc.b!)];
+    for (const [k, v] of va) {
+      assert.equal(vb.get(k)?.ts, v.ts, `version of ${k}`);
+      assert.equal(vb.get(k)?.node_id, v.node_id, `version of ${k}`);
+    }
+  };
+
+  it("a stream purge at one site is repaired from the other, versions unchanged", async () => {
+    const before = await versions(nc.b!);
+    await jsm.b!.streams.purge(kvStream(BUCKET));
+    assert.equal((await contents(kv.b!)).size, 0);
+    const r = await run("b", "a");
+    const rec = r.runs[0]!;
+    assert.equal(rec.error, undefined);
+    assert.equal(rec.pulled, 20, JSON.stringify(rec));
+    await converged();
+    const after = await versions(nc.b!);
+    for (const [k, v] of before) assert.equal(after.get(k)?.ts, v.ts, `${k} keeps its version`);
+    const again = await run("b", "a");
+    assert.equal(again.runs[0]!.entries_moved, 0, "nothing left to move");
+  });
+
+  it("a removed message is found from the other side's run too (pushed to it)", async () => {
+    const e = await kv.b!.get("k.3");
+    assert.ok(e);
+    await jsm.b!.streams.deleteMessage(kvStream(BUCKET), e.revision);
+    assert.equal(await kv.b!.get("k.3"), null);
+    // syncd diff shows it (the digests differ although `_meta` is equal everywhere)
+    const io: string[] = [];
+    const code = await cli(["diff", BUCKET, "--server", mesh.sites.a!.url, "--json"], {
+      out: (x) => io.push(x),
+      err: (x) => io.push(x),
+    });
+    assert.equal(code, 0, io.join("\n"));
+    const diff = JSON.parse(io.join("\n")) as DiffResult;
+    assert.deepEqual(
+      diff.differences.map((d) => [d.key, d.sites.b?.lost ?? false, d.sites.a?.lost ?? false]),
+      [["k.3", true, false]],
+    );
+    const r = await run("a", "b");
+    assert.equal(r.runs[0]!.error, undefined);
+    assert.equal(r.runs[0]!.pushed, 1, JSON.stringify(r.runs[0]));
+    assert.equal((await kv.b!.get("k.3"))?.string(), "value 3");
+    await converged();
+  });
+
+  it("a re-created bucket gets its values back", async () => {
+    await jsm.b!.streams.delete(kvStream(BUCKET));
+    await new Kvm(nc.b!).create(BUCKET, { history: 1 });
+    const r = await run("b", "a");
+    assert.equal(r.runs[0]!.error, undefined);
+    assert.equal(r.runs[0]!.pulled, 20, JSON.stringify(r.runs[0]));
+    const kb = await new Kvm(nc.b!).open(BUCKET);
+    assert.equal((await contents(kb)).size, 20);
+    assert.equal((await kb.get("k.7"))?.string(), "value 7");
+  });
+
+  it("a value lost everywhere is raised: status lost with severity error", async () => {
+    for (const s of ["a", "b"])
+      await jsm[s]!.streams.purge(kvStream(BUCKET), { filter: kvSubject(BUCKET, "k.9") });
+    await run("a", "b");
+    const st = await until(async () => {
+      await run("a", "b");
+      const s = await status("a");
+      return (s.lost?.[BUCKET] ?? 0) > 0 ? s : null;
+    });
+    assert.equal(st.lost?.[BUCKET], 1);
+    assert.equal(st.severity, "error");
+    // written again, it is no longer lost
+    await kv.a!.put("k.9", "again");
+    await until(async () => (await status("a")).lost?.[BUCKET] === 0, { message: "k.9 still lost" });
+  });
+});

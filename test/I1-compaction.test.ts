@@ -1,0 +1,168 @@
+/**
+ * I1 on per-key compacted op logs (DESIGN §5): a log keeps one op per subject
+ * `rep.kv.ops.<site>.<bucket>.<key>`, so the last op an origin publishes for a key must be the
+ * greatest version it ever published for it. Racing publishers (two watcher instances of one site,
+ * hand-made ops forwarded by the merger in any order) must not break that order.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { loadConfig } from "../services/lib/config.ts";
+import { createLogger } from "../services/lib/logger.ts";
+import { makeOp } from "../services/lib/op.ts";
+import { currentOwnOp, lastOp, publishOrdered } from "../services/lib/oplog.ts";
+import { ensureOutStream } from "../services/lib/site.ts";
+import { MetaStore } from "../services/lib/stores.ts";
+import { Streams, metaBucket, opsSubject } from "../services/lib/subjects.ts";
+import { Outcome, type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { call, contents, quiet, startLinkedMesh, until } from "./helpers.ts";
+
+const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
+const config = loadConfig(["--site", "a"], {});
+
+describe("I1 compacted op logs keep each key's greatest version (no services)", () => {
+  let mesh: Mesh;
+  let nc: NatsConnection;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a"], services: false });
+    nc = await mesh.connect("a");
+    await ensureOutStream(await jetstreamManager(nc), config, 1, log);
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I1 ordered publish: 40 versions of one key published concurrently in random order leave the greatest", async () => {
+    const deps = { js: jetstream(nc), jsm: await jetstreamManager(nc) };
+    const subject = opsSubject("a", "config", "race");
+    const order = Array.from({ length: 40 }, (_, i) => i + 1).sort(() => Math.random() - 0.5);
+    await Promise.all(
+      order.map((ts) =>
+        publishOrdered(
+          deps,
+          Streams.out("a"),
+          subject,
+          makeOp({
+            bucket: "config",
+            key: "race",
+            ts,
+            nodeId: "site-a",
+            deleted: false,
+            value: new Uint8Array([ts]),
+          }),
+        ),
+      ),
+    );
+    const last = await lastOp(deps.jsm, Streams.out("a"), subject);
+    assert.equal(last?.op?.ts, 40);
+    const si = await deps.jsm.streams.info(Streams.out("a"), { subjects_filter: subject });
+    assert.equal(si.state.subjects?.[subject], 1, "one message per key");
+  });
+
+  it("I1 two watcher instances racing on one key: the later stamp stays last even when it is published first", async () => {
+    const kvm = new Kvm(nc);
+    const data = await kvm.create("config", { history: 1 });
+    const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
+    const meta = new MetaStore(metaKv);
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let firstPublishReached!: () => void;
+    const reached = new Promise<void>((r) => {
+      firstPublishReached = r;
+    });
+    let clock = 1_000;
+    const instance = (held: boolean): WatcherDeps => ({
+      site: "a",
+      nodeId: "site-a",
+      bucket: "config",
+      meta,
+      jsm,
+      current: (key) => currentOwnOp(metaKv, data, "site-a", "config", key),
+      tick: async () => ++clock,
+      js: {
+        publish: async (subject, payload, opts) => {
+          if (held) {
+            firstPublishReached();
+            await gate;
+          }
+          return js.publish(subject, payload, opts);
+        },
+      },
+    });
+    const r1 = await data.put("k", "v1");
+    const r2 = await data.put("k", "v2");
+    const entry = (rev: number, v: string) => ({
+      key: "k",
+      rev,
+      deleted: false,
+      value: new TextEncoder().encode(v),
+      headers: null,
+    });
+    // instance 1 stamps r1 and stalls just before its publish; instance 2 stamps r2 and publishes;
+    // then r1's op lands last, and instance 1 must publish r2's version again
+    const one = stampEntry(instance(true), entry(r1, "v1"));
+    await reached;
+    assert.equal(await stampEntry(instance(false), entry(r2, "v2")), Outcome.published);
+    release();
+    assert.equal(await one, Outcome.published);
+    const last = await lastOp(jsm, Streams.out("a"), opsSubject("a", "config", "k"));
+    assert.equal(last?.op?.op, "put");
+    assert.equal(last?.op && "value" in last.op ? last.op.value : undefined, "v2");
+    assert.equal(last?.op?.ts, (await meta.get("k"))?.version.ts, "the log's last op is _meta's version");
+  });
+});
+
+describe("I1 hand-made ops are forwarded only as the key's current winner", () => {
+  let mesh: Mesh;
+  let nc: Record<string, NatsConnection>;
+
+  before(async () => {
+    ({ mesh, nc } = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] }));
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  const hand = (key: string, ts: number, value: string) =>
+    JSON.stringify({ op: "put", bucket: "config", key, value, ts, node_id: "hand" });
+
+  it("I1 a newer hand-made op, then an older one: the log and every site keep the newer", async () => {
+    const ts = Date.now() * 1000;
+    nc.a!.publish("rep.kv.ops", hand("h1", ts + 2, "newer"));
+    await nc.a!.flush();
+    await until(async () => (await contents(await mesh.kv("a"))).get("h1") === "newer");
+    nc.a!.publish("rep.kv.ops", hand("h1", ts + 1, "older"));
+    await nc.a!.flush();
+    await quiet(nc);
+    const jsm = await jetstreamManager(nc.a!);
+    const last = await lastOp(jsm, Streams.out("a"), opsSubject("a", "config", "h1"));
+    assert.equal(last?.op?.ts, ts + 2);
+    assert.equal((await contents(await mesh.kv("b"))).get("h1"), "newer");
+    const st = await call<{ counts: Record<string, number> }>(nc.a!, "a", "merger", "status");
+    assert.ok((st.counts.stale ?? 0) >= 1, JSON.stringify(st.counts));
+  });
+
+  it("I1 a hand-made op older than the site's own write is not forwarded over it", async () => {
+    const kvA = await mesh.kv("a");
+    await kvA.put("h2", "local");
+    await until(async () => (await contents(await mesh.kv("b"))).get("h2") === "local");
+    nc.a!.publish("rep.kv.ops", hand("h2", 1, "ancient"));
+    await nc.a!.flush();
+    await quiet(nc);
+    const last = await lastOp(
+      await jetstreamManager(nc.a!),
+      Streams.out("a"),
+      opsSubject("a", "config", "h2"),
+    );
+    assert.equal(last?.op?.node_id, "site-a");
+    assert.equal((await contents(await mesh.kv("b"))).get("h2"), "local");
+  });
+});

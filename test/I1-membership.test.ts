@@ -1,0 +1,202 @@
+/**
+ * I1 extended (#11.4): mesh membership through the hub's members bucket. A site joins with nothing
+ * done at the others; a second site with the same name or the same JetStream domain is refused
+ * loudly and the first keeps working; `syncd site remove` takes a stopped site out (member record,
+ * domain claim, hub source) and the others forget it as a peer.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { run as cli } from "../services/cli/cli.ts";
+import type { ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
+import { MEMBERS_BUCKET, Streams, domainKey, memberKey } from "../services/lib/subjects.ts";
+import type { Mesh } from "./harness/mesh.ts";
+import { call, startLinkedMesh, until } from "./helpers.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+describe("I1 membership: join, refuse duplicates, remove", () => {
+  let mesh: Mesh;
+  let nc: Record<string, NatsConnection>;
+  let hub: NatsConnection;
+  let members: KV;
+  const spawned: ChildProcess[] = [];
+
+  before(async () => {
+    ({ mesh, nc } = await startLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] }));
+    hub = await mesh.connectHub();
+    members = await until(async () => {
+      try {
+        const kv = await new Kvm(jetstream(hub, { domain: "hub" })).open(MEMBERS_BUCKET);
+        await kv.status();
+        return kv;
+      } catch {
+        return null;
+      }
+    });
+  });
+  after(async () => {
+    for (const p of spawned) p.kill("SIGKILL");
+    await mesh?.stop();
+  });
+
+  const status = (n: NatsConnection, site: string) =>
+    call<ReconcilerStatusResponse>(n, site, "reconciler", "status");
+  const record = async (key: string) => {
+    const e = await members.get(key);
+    return e?.operation === "PUT" ? (e.json() as { site: string; domain: string; identity: string }) : null;
+  };
+
+  /**
+   * A lone reconciler at some server with other flags; resolves with its output once `marker` shows
+   * and the process has exited (with its exit code).
+   */
+  const impostor = async (
+    url: string,
+    args: string[],
+    marker: RegExp,
+    kind = "reconciler",
+  ): Promise<{ out: string; code: number | null }> => {
+    const p = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        `services/${kind}/main.ts`,
+        "--nats-url",
+        url,
+        "--reconcile-interval",
+        "0",
+        ...args,
+      ],
+      { cwd: ROOT, env: { ...process.env, LOG_LEVEL: "info", NODE_TEST_CONTEXT: "" }, stdio: "pipe" },
+    );
+    spawned.push(p);
+    let out = "";
+    p.stdout?.on("data", (d) => {
+      out += String(d);
+    });
+    p.stderr?.on("data", (d) => {
+      out += String(d);
+    });
+    try {
+      await until(() => marker.test(out), { timeout: 60_000, message: `no ${marker} in:\n${out}` });
+      if (kind === "reconciler")
+        await until(() => p.exitCode !== null, {
+          timeout: 20_000,
+          message: "the refused reconciler kept running",
+        });
+    } finally {
+      p.kill("SIGKILL");
+    }
+    return { out, code: p.exitCode };
+  };
+
+  it("every site registers itself: record with identity and domain claim; peers come from the bucket", async () => {
+    const st = await until(async () => {
+      const s = await status(nc.a!, "a");
+      return s.membership?.state === "member" && s.peers.includes("b") ? s : null;
+    });
+    const ra = await record(memberKey("a"));
+    assert.equal(ra?.domain, "a");
+    assert.equal(ra?.identity, st.membership?.identity);
+    assert.equal((await record(domainKey("a")))?.identity, ra?.identity);
+    assert.ok(await record(memberKey("b")));
+  });
+
+  it("a new site joins with nothing done at the others", async () => {
+    await mesh.addSite("c");
+    nc.c = await mesh.connect("c");
+    await until(async () => (await status(nc.a!, "a")).peers.includes("c"), { message: "a never saw c" });
+    await until(async () => (await status(nc.b!, "b")).peers.includes("c"), { message: "b never saw c" });
+    const sc = await until(async () => {
+      const s = await status(nc.c!, "c");
+      return s.membership?.state === "member" && s.peers.length === 2 ? s : null;
+    });
+    assert.deepEqual(sc.peers, ["a", "b"]);
+  });
+
+  it("a second site named like an existing one is refused; the first keeps working", async () => {
+    const before = await record(memberKey("a"));
+    const { out, code } = await impostor(
+      mesh.sites.c!.url,
+      ["--site", "a", "--domain", "c", "--instance", "impostor"],
+      /SITE REFUSED/,
+    );
+    assert.match(out, /sites\.a is held by another site/);
+    assert.equal(code, 1, "the later site refuses to run");
+    assert.deepEqual(await record(memberKey("a")), before, "the first site's record is untouched");
+    const st = await until(async () => {
+      const s = await status(nc.a!, "a");
+      return s.instance !== "impostor" ? s : null;
+    });
+    assert.equal(st.membership?.state, "member");
+    assert.equal(st.severity, "ok");
+  });
+
+  it("a duplicate site's watcher does not take the first site's place among the hub's sources", async () => {
+    const jsm = await jetstreamManager(hub, { domain: "hub" });
+    const api = async () =>
+      (await jsm.streams.info(Streams.hub)).config.sources?.find((s) => s.name === Streams.out("a"))?.external
+        ?.api;
+    assert.equal(await api(), "$JS.a.API");
+    const { out } = await impostor(
+      mesh.sites.c!.url,
+      ["--site", "a", "--domain", "c", "--instance", "impostor"],
+      /another site has this site's name/,
+      "watcher",
+    );
+    assert.ok(!/registered the site's op log at the hub/.test(out), out);
+    assert.equal(await api(), "$JS.a.API");
+  });
+
+  it("a second site with an existing JetStream domain is refused and leaves nothing behind", async () => {
+    const { out, code } = await impostor(
+      mesh.sites.c!.url,
+      ["--site", "d", "--domain", "b", "--instance", "impostor"],
+      /SITE REFUSED/,
+    );
+    assert.match(out, /domains\.b is held by another site/);
+    assert.equal(code, 1);
+    assert.equal(await record(memberKey("d")), null);
+    assert.equal((await record(domainKey("b")))?.site, "b");
+  });
+
+  it("syncd site remove: refused while the site runs; once stopped, nothing of it is left", async () => {
+    const io = { out: [] as string[], err: [] as string[] };
+    const sink = { out: (s: string) => io.out.push(s), err: (s: string) => io.err.push(s) };
+    const server = ["--server", mesh.sites.a!.url];
+    assert.equal(await cli(["site", "remove", "c", ...server], sink), 1);
+    assert.match(io.err.join("\n"), /still running/);
+    await mesh.stopServices("c");
+    io.out.length = 0;
+    assert.equal(await cli(["site", "remove", "c", ...server, "--json"], sink), 0, io.err.join("\n"));
+    const res = JSON.parse(io.out.join("\n"));
+    assert.deepEqual(res, {
+      site: "c",
+      domain: "c",
+      member_record: true,
+      domain_claim: true,
+      hub_source: true,
+    });
+    assert.equal(await record(memberKey("c")), null);
+    assert.equal(await record(domainKey("c")), null);
+    const jsm = await jetstreamManager(hub, { domain: "hub" });
+    const si = await jsm.streams.info(Streams.hub);
+    assert.ok(!(si.config.sources ?? []).some((s) => s.name === Streams.out("c")), "hub still sources c");
+    for (const s of ["a", "b"]) {
+      const st = await until(
+        async () => {
+          const r = await status(nc[s]!, s);
+          return r.peers.includes("c") ? null : r;
+        },
+        { message: `${s} still has peer c` },
+      );
+      assert.ok((st.counts.peers_removed ?? 0) >= 1);
+    }
+  });
+});

@@ -1,0 +1,58 @@
+/**
+ * #14 point 5, config drift: changed limits of the streams the services own take effect on the next
+ * start (the stream is updated), and a change the server cannot apply makes the service refuse to
+ * start with a message naming the stream and the field.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { loadConfig } from "../services/lib/config.ts";
+import { createLogger } from "../services/lib/logger.ts";
+import { StreamDriftError, ensureMergerStreams, ensureOutStream } from "../services/lib/site.ts";
+import { Streams } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
+
+const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
+const NANOS = 1_000_000_000;
+
+describe("config drift of the streams the services own", () => {
+  let mesh: Mesh;
+  let nc: NatsConnection;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a"], services: false });
+    nc = await mesh.connect("a");
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("a changed limit is applied to the existing stream on the next start", async () => {
+    const jsm = await jetstreamManager(nc);
+    await ensureMergerStreams(jsm, loadConfig(["--site", "a", "--ops-max-age", "600"], {}), 1, log);
+    assert.equal((await jsm.streams.info(Streams.ingress("a"))).config.max_age, 600 * NANOS);
+    await ensureMergerStreams(jsm, loadConfig(["--site", "a", "--ops-max-age", "60"], {}), 1, log);
+    assert.equal((await jsm.streams.info(Streams.ingress("a"))).config.max_age, 60 * NANOS);
+    const cfg = loadConfig(["--site", "a", "--ops-max-bytes", String(8 * 1024 * 1024)], {});
+    await ensureOutStream(jsm, cfg, 1, log);
+    await ensureOutStream(
+      jsm,
+      loadConfig(["--site", "a", "--ops-max-bytes", String(4 * 1024 * 1024)], {}),
+      1,
+      log,
+    );
+    assert.equal((await jsm.streams.info(Streams.out("a"))).config.max_bytes, 4 * 1024 * 1024);
+  });
+
+  it("a change the server refuses (3 replicas on a single server) stops the start with a clear error", async () => {
+    const jsm = await jetstreamManager(nc);
+    await assert.rejects(
+      ensureOutStream(jsm, loadConfig(["--site", "a", "--replicas", "3"], {}), 3, log),
+      (err: unknown) =>
+        err instanceof StreamDriftError &&
+        /SYNCD_OPS_a/.test(err.message) &&
+        /num_replicas/.test(err.message),
+    );
+  });
+});
