@@ -83,6 +83,18 @@ export const Durables = {
   merger: "syncd-merger",
 } as const;
 
+/**
+ * `Nats-Msg-Id`s of the ops a site publishes on its OUT stream: a re-publish of the same op is a
+ * duplicate, two different ops never share an id. Bucket names are `[a-zA-Z0-9_-]+`, so the `~`
+ * of a forwarded hand-made op can never meet a local write's id (a bucket named `in` included).
+ */
+export const MsgIds = {
+  /** the op of local write `rev` of a bucket */
+  localWrite: (site: string, bucket: string, rev: number) => `${site}.${bucket}.${rev}`,
+  /** a hand-made op taken from the IN stream at `seq` and forwarded to the peers */
+  forwarded: (site: string, seq: number) => `${site}.~ingress.${seq}`,
+} as const;
+
 /** Queue group of every syncd endpoint: instances of a service at a site share requests. */
 export const QUEUE_GROUP = "syncd";
 
@@ -96,4 +108,6 @@ export const Headers = {
   code: "Syncd-Code",
   /** the stream and sequence a dead-lettered op came from */
   origin: "Syncd-Origin",
+  /** an op in the split wire form: its JSON without the value, which is the payload (services/lib/op.ts) */
+  op: "Syncd-Op",
 } as const;

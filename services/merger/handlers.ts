@@ -20,7 +20,13 @@ import {
 } from "../lib/stores.ts";
 
 /** The stores of one bucket. */
-export type BucketState = { meta: MetaStoreLike; data: BucketStoreLike; maxValueSize: number };
+export type BucketState = {
+  meta: MetaStoreLike;
+  data: BucketStoreLike;
+  maxValueSize: number;
+  /** the server's max_payload: a merger write (value + version headers) must fit in one message */
+  maxPayload?: number;
+};
 
 /** What applying an op needs. */
 export type MergeDeps = {
@@ -128,14 +134,13 @@ export function headerOverhead(op: Op): number {
 export function admit(deps: MergeDeps, op: Op): BucketState {
   const b = deps.buckets.get(op.bucket);
   if (!b) throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${op.bucket}"`);
-  if (op.op === "put" && b.maxValueSize >= 0) {
+  const limits = [b.maxValueSize, b.maxPayload ?? -1].filter((n) => n >= 0);
+  if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
+    const limit = Math.min(...limits);
     const size = opValue(op).length + headerOverhead(op);
-    if (size > b.maxValueSize) {
-      throw new SyncdError(
-        "SYNCD_ERR_TOO_LARGE",
-        `${size} > ${b.maxValueSize} bytes (value and version headers)`,
-      );
+    if (size > limit) {
+      throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }
   }
   deps.checkSkew(op.ts);

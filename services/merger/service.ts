@@ -11,7 +11,7 @@ import { skewMs } from "../lib/clock-rules.ts";
 import { ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { CachedMetaStore } from "../lib/meta-cache.ts";
-import { type Op, encodeValue, parseOp } from "../lib/op.ts";
+import { type Op, decodeOpMessage, encodeOpMessage, encodeValue, opMessageSize } from "../lib/op.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -23,6 +23,7 @@ import { BucketStore } from "../lib/stores.ts";
 import {
   Durables,
   Headers,
+  MsgIds,
   OPS_INGRESS,
   Streams,
   conflictsSubject,
@@ -54,6 +55,9 @@ export const counts = {
 export const deadByCode: Record<string, number> = {};
 let lastError: string | undefined;
 
+/** room for the headers the server and client add to a dead-letter record */
+const DLQ_SLACK = 512;
+
 type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError };
 
 /** Wire syncd-merger. */
@@ -70,6 +74,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       meta,
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       maxValueSize: site.maxValueSize.get(b) ?? -1,
+      ...(nc.info?.max_payload ? { maxPayload: nc.info.max_payload } : {}),
     });
   }
   const observer = new Observer(nc, config.site, { hlc: config.clock === "hlc" });
@@ -114,7 +119,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     let p = parsed.get(m);
     if (!p) {
       try {
-        const op = parseOp(m.data);
+        const op = decodeOpMessage(m.data, m.headers);
         p = { op, bucket: admit(deps, op) };
       } catch (err) {
         p = { error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)) };
@@ -129,7 +134,12 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     h.set(Headers.code, err.code);
     h.set(Headers.reason, err.message);
     h.set(Headers.origin, `${m.info.stream}:${m.seq}:${m.subject}`);
-    await js.publish(dlqSubject(config.site), m.data, { headers: h });
+    const splitOp = m.headers?.get(Headers.op);
+    if (splitOp) h.set(Headers.op, splitOp);
+    // a payload that cannot fit next to the reason is not kept: the record must never fail
+    const keep = opMessageSize({ data: m.data, headers: h }) + DLQ_SLACK <= (nc.info?.max_payload ?? 0);
+    if (!keep) h.set(Headers.reason, `${err.message} (payload of ${m.data.length} bytes not kept)`);
+    await js.publish(dlqSubject(config.site), keep ? m.data : new Uint8Array(), { headers: h });
     counts.dead_lettered++;
     deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
     const fields = {
@@ -167,7 +177,19 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       const p = parse(m);
       if ("error" in p) return deadLetter(m, p.error);
       if (m.subject === OPS_INGRESS) {
-        await js.publish(opsSubject(config.site), m.data, { msgID: `${config.site}.in.${m.seq}` });
+        const fwd = encodeOpMessage(p.op);
+        const msgID = MsgIds.forwarded(config.site, m.seq);
+        const size = opMessageSize(fwd, { "Nats-Msg-Id": msgID });
+        if (size > (nc.info?.max_payload ?? Number.POSITIVE_INFINITY)) {
+          return deadLetter(
+            m,
+            new SyncdError("SYNCD_ERR_TOO_LARGE", `op message ${size} bytes > max_payload`),
+          );
+        }
+        await js.publish(opsSubject(config.site), fwd.data, {
+          msgID,
+          ...(fwd.headers ? { headers: fwd.headers } : {}),
+        });
         counts.forwarded++;
       }
       try {

@@ -8,10 +8,11 @@
  * re-publish a duplicate (I3, I6).
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { SyncdError } from "../lib/errors.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
-import { makeOp } from "../lib/op.ts";
+import { type Op, encodeOpMessage, makeOp, opMessageSize } from "../lib/op.ts";
 import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
-import { opsSubject } from "../lib/subjects.ts";
+import { MsgIds, opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
 export type LocalEntry = {
@@ -31,6 +32,10 @@ export type WatcherDeps = {
   meta: MetaStoreLike;
   js: Pick<JetStreamClient, "publish">;
   tick: () => Promise<number>;
+  /** the server's max_payload (bytes); an op message over it is refused with SYNCD_ERR_TOO_LARGE */
+  maxPayload?: number;
+  /** told about a stamped write whose op cannot be published (too large): dead-letter and count it */
+  onTooLarge?: (op: Op, rev: number, err: SyncdError) => Promise<void>;
 };
 
 /** What happened to an entry. */
@@ -39,18 +44,20 @@ export const Outcome = {
   superseded: "skipped_superseded",
   published: "published",
   republished: "republished",
+  tooLarge: "too_large",
 } as const;
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 
 const MAX_ATTEMPTS = 100;
-const enc = new TextEncoder();
+/** `Nats-Msg-Id` header name: counted in the message size */
+const MSG_ID_HEADER = "Nats-Msg-Id";
 
 /** The message id of the op of local write `rev`: a re-publish is dropped as a duplicate. */
 export function opMsgId(site: string, bucket: string, rev: number): string {
-  return `${site}.${bucket}.${rev}`;
+  return MsgIds.localWrite(site, bucket, rev);
 }
 
-async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<void> {
+async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<Outcome | undefined> {
   const op = makeOp({
     bucket: deps.bucket,
     key: e.key,
@@ -59,9 +66,23 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<vo
     deleted: e.deleted,
     value: e.value,
   });
-  await deps.js.publish(opsSubject(deps.site), enc.encode(JSON.stringify(op)), {
-    msgID: opMsgId(deps.site, deps.bucket, e.rev),
+  const msgID = opMsgId(deps.site, deps.bucket, e.rev);
+  const m = encodeOpMessage(op);
+  const size = opMessageSize(m, { [MSG_ID_HEADER]: msgID });
+  if (deps.maxPayload !== undefined && size > deps.maxPayload) {
+    const err = new SyncdError(
+      "SYNCD_ERR_TOO_LARGE",
+      `key "${e.key}" rev ${e.rev}: op message ${size} > max_payload ${deps.maxPayload} bytes`,
+    );
+    if (!deps.onTooLarge) throw err;
+    await deps.onTooLarge(op, e.rev, err);
+    return Outcome.tooLarge;
+  }
+  await deps.js.publish(opsSubject(deps.site), m.data, {
+    msgID,
+    ...(m.headers ? { headers: m.headers } : {}),
   });
+  return undefined;
 }
 
 /**
@@ -93,8 +114,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
         // stamped before (a redelivery after a crash): publish the same op again, the msg id dedupes it;
         // a merger commit covering this revision means a newer version replaced it
         if (cur.version.merged || cur.version.node_id !== deps.nodeId) return Outcome.superseded;
-        await publish(deps, e, cur.version);
-        return Outcome.republished;
+        return (await publish(deps, e, cur.version)) ?? Outcome.republished;
       }
     }
     if (ts === 0) ts = await deps.tick();
@@ -111,8 +131,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       if (isCasConflict(err)) continue;
       throw err;
     }
-    await publish(deps, e, v);
-    return Outcome.published;
+    return (await publish(deps, e, v)) ?? Outcome.published;
   }
   throw new Error(`key ${e.key}: _meta kept changing, gave up after ${MAX_ATTEMPTS} attempts`);
 }

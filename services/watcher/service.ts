@@ -3,6 +3,7 @@
  * stamping handler, and the status endpoint.
  */
 import type { JsMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
@@ -10,8 +11,8 @@ import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
-import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
-import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
+import { Durables, Headers, dlqSubject, endpointSubject, kvStream, kvSubject } from "../lib/subjects.ts";
+import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
 
 /** Counters per bucket, shown in status and STATS data. */
 export const counts = new Map<string, Record<Outcome | "errors", number>>();
@@ -33,26 +34,42 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       skipped_superseded: 0,
       published: 0,
       republished: 0,
+      too_large: 0,
       errors: 0,
     };
     counts.set(bucket, c);
     const meta = new CachedMetaStore(site.metas.get(bucket)!, log.child({ bucket }));
     await meta.start();
     caches.push(meta);
-    const deps = {
+    const blog = log.child({ bucket });
+    const deps: WatcherDeps = {
       site: config.site,
       nodeId: config.nodeId,
       bucket,
       meta,
       js: site.js,
       tick: () => ticker.tick(),
+      maxPayload: nc.info?.max_payload,
+      // the op cannot travel: keep it (without its value) on the dead-letter stream and raise it
+      onTooLarge: async (op, rev, err) => {
+        const { value: _v, encoding: _e, ...rest } = op;
+        const h = natsHeaders();
+        h.set(Headers.code, err.code);
+        h.set(Headers.reason, err.message);
+        h.set(Headers.origin, `${kvStream(bucket)}:${rev}:${kvSubject(bucket, op.key)}`);
+        await site.js.publish(dlqSubject(config.site), JSON.stringify(rest), { headers: h });
+        lastError = `${err.code}: ${err.message}`;
+        blog.error(
+          { code: err.code, key: op.key, reason: err.message },
+          "local write too large to replicate",
+        );
+      },
     };
     const durable = Durables.watcher(config.site, bucket);
     await ensureConsumer(site.jsm, kvStream(bucket), durable, {
       filter: `$KV.${bucket}.>`,
       deliver: "last_per_subject",
     });
-    const blog = log.child({ bucket });
     loops.push(
       await runConsumer({
         js: site.js,
