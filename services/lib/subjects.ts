@@ -89,8 +89,9 @@ export const Durables = {
  * of a forwarded hand-made op can never meet a local write's id (a bucket named `in` included).
  */
 export const MsgIds = {
-  /** the op of local write `rev` of a bucket */
-  localWrite: (site: string, bucket: string, rev: number) => `${site}.${bucket}.${rev}`,
+  /** the op of local write `rev` of a bucket (in incarnation `inc` of the bucket, when known) */
+  localWrite: (site: string, bucket: string, rev: number, inc?: number) =>
+    inc === undefined ? `${site}.${bucket}.${rev}` : `${site}.${bucket}@${inc}.${rev}`,
   /** a hand-made op taken from the IN stream at `seq` and forwarded to the peers */
   forwarded: (site: string, seq: number) => `${site}.~ingress.${seq}`,
 } as const;

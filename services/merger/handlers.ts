@@ -16,6 +16,7 @@ import {
   type BucketStoreLike,
   type MetaStoreLike,
   type Version,
+  coveredRev,
   isCasConflict,
 } from "../lib/stores.ts";
 
@@ -26,6 +27,8 @@ export type BucketState = {
   maxValueSize: number;
   /** the server's max_payload: a merger write (value + version headers) must fit in one message */
   maxPayload?: number;
+  /** the bucket's current incarnation (see bucketIncarnation); unknown: revisions are taken as they are */
+  incarnation?: () => number;
 };
 
 /** What applying an op needs. */
@@ -60,13 +63,24 @@ const MAX_ATTEMPTS = 100;
  * True when the bucket shows version `m`: for a merger commit, the latest entry carries exactly
  * that version in its headers; for a stamped local write, the latest entry is that write.
  */
-export function bucketHolds(m: Version, l: BucketEntry | null): boolean {
+export function bucketHolds(m: Version, l: BucketEntry | null, inc?: number): boolean {
   if (!l) return false;
   if (m.merged) {
     if (l.version === null || !sameVersion(l.version, m) || l.deleted !== m.deleted) return false;
     return m.deleted || !m.vh || valueHash(l.value) === m.vh;
   }
-  return l.version === null && l.rev === m.rev;
+  return l.version === null && l.rev === covered(m, l, inc);
+}
+
+/**
+ * The bucket revision `_meta`'s version covers now: 0 when it was written in another incarnation of
+ * the bucket, or when the key's latest entry is older than it (the bucket was re-created and its
+ * new incarnation not seen yet, or the entry was removed).
+ */
+export function covered(m: Version | undefined, l: BucketEntry | null, inc?: number): number {
+  if (!m) return 0;
+  const r = coveredRev(m, inc);
+  return l !== null && l.rev < r ? 0 : r;
 }
 
 /**
@@ -92,8 +106,8 @@ export function bucketAhead(m: Version, l: BucketEntry | null, incoming: Version
  * revision is above everything `_meta` covers). The merger never overwrites it: it will be stamped
  * above whatever `_meta` holds then — it happened later — and win everywhere.
  */
-export function pendingLocal(m: Version | undefined, l: BucketEntry | null): boolean {
-  return l !== null && l.version === null && l.rev > (m?.rev ?? 0);
+export function pendingLocal(m: Version | undefined, l: BucketEntry | null, inc?: number): boolean {
+  return l !== null && l.version === null && l.rev > covered(m, l, inc);
 }
 
 function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
@@ -117,8 +131,8 @@ function undecidable(op: Op): SyncdError {
 }
 
 /** The register state `_meta` describes, with the value bytes when the bucket holds them. */
-function currentState(m: Version, l: BucketEntry | null): Versioned {
-  const value = l && !l.deleted && bucketHolds(m, l) ? l.value : undefined;
+function currentState(m: Version, l: BucketEntry | null, inc?: number): Versioned {
+  const value = l && !l.deleted && bucketHolds(m, l, inc) ? l.value : undefined;
   return { ts: m.ts, node_id: m.node_id, deleted: m.deleted, value };
 }
 
@@ -175,7 +189,8 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       continue;
     }
     if (ahead === "unknown") throw undecidable(op);
-    const current = m ? currentState(m.version, l) : null;
+    const inc = b.incarnation?.();
+    const current = m ? currentState(m.version, l, inc) : null;
     let cmp = current ? compare(incoming, current) : 1;
     // same version, `_meta`'s bytes not in the bucket yet: only the value hash can tell them apart
     if (m && current && cmp !== 0 && current.value === undefined && sameContentVersion(incoming, m.version)) {
@@ -197,9 +212,9 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     }
     if (m && cmp === 0) {
       const done = committed ? MergeResult.applied : MergeResult.duplicate;
-      if (bucketHolds(m.version, l)) return reply(done, m.version);
+      if (bucketHolds(m.version, l, inc)) return reply(done, m.version);
       // a local write slipped in after the commit: it will be stamped above this version
-      if (pendingLocal(m.version, l)) return reply(MergeResult.stale, m.version);
+      if (pendingLocal(m.version, l, inc)) return reply(MergeResult.stale, m.version);
       try {
         await b.data.write(op.key, incoming, l?.rev ?? 0);
       } catch (err) {
@@ -208,13 +223,14 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       }
       return reply(done, m.version);
     }
-    const pending = pendingLocal(m?.version, l);
-    const covered = m?.version.rev ?? 0;
+    const pending = pendingLocal(m?.version, l, inc);
+    const cov = covered(m?.version, l, inc);
     const version: Version = {
       ts: op.ts,
       node_id: op.node_id,
       deleted: incoming.deleted,
-      rev: pending ? covered : Math.max(covered, l?.rev ?? 0),
+      rev: pending ? cov : Math.max(cov, l?.rev ?? 0),
+      ...(inc !== undefined ? { inc } : {}),
       merged: true,
       ...(incoming.deleted ? {} : { vh: valueHash(incoming.value ?? new Uint8Array()) }),
     };

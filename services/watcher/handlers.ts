@@ -11,7 +11,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import { SyncdError } from "../lib/errors.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, encodeOpMessage, makeOp, opMessageSize } from "../lib/op.ts";
-import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
+import { type MetaStoreLike, type Version, coveredRev, isCasConflict } from "../lib/stores.ts";
 import { MsgIds, opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
@@ -32,6 +32,13 @@ export type WatcherDeps = {
   meta: MetaStoreLike;
   js: Pick<JetStreamClient, "publish">;
   tick: () => Promise<number>;
+  /** the bucket's current incarnation (see bucketIncarnation); unknown: revisions are taken as they are */
+  incarnation?: () => number;
+  /**
+   * the revision of the key's latest entry in the bucket (null: none): a `_meta` rev above it is
+   * from an earlier incarnation the watcher has not noticed yet, and suppresses nothing
+   */
+  latestRev?: (key: string) => Promise<number | null>;
   /** the server's max_payload (bytes); an op message over it is refused with SYNCD_ERR_TOO_LARGE */
   maxPayload?: number;
   /** told about a stamped write whose op cannot be published (too large): dead-letter and count it */
@@ -53,8 +60,8 @@ const MAX_ATTEMPTS = 100;
 const MSG_ID_HEADER = "Nats-Msg-Id";
 
 /** The message id of the op of local write `rev`: a re-publish is dropped as a duplicate. */
-export function opMsgId(site: string, bucket: string, rev: number): string {
-  return MsgIds.localWrite(site, bucket, rev);
+export function opMsgId(site: string, bucket: string, rev: number, inc?: number): string {
+  return MsgIds.localWrite(site, bucket, rev, inc);
 }
 
 async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<Outcome | undefined> {
@@ -66,7 +73,7 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<Ou
     deleted: e.deleted,
     value: e.value,
   });
-  const msgID = opMsgId(deps.site, deps.bucket, e.rev);
+  const msgID = opMsgId(deps.site, deps.bucket, e.rev, v.inc);
   const m = encodeOpMessage(op);
   const size = opMessageSize(m, { [MSG_ID_HEADER]: msgID });
   if (deps.maxPayload !== undefined && size > deps.maxPayload) {
@@ -106,11 +113,14 @@ async function isReplicated(
 export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outcome> {
   if (e.headers && (await isReplicated(deps, e.key, e.headers))) return Outcome.echo;
   let ts = 0;
+  const inc = deps.incarnation?.();
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const cur = await deps.meta.get(e.key);
     if (cur) {
-      if (cur.version.rev > e.rev) return Outcome.superseded;
-      if (cur.version.rev === e.rev) {
+      let covered = coveredRev(cur.version, inc);
+      if (covered > e.rev && deps.latestRev && ((await deps.latestRev(e.key)) ?? 0) < covered) covered = 0;
+      if (covered > e.rev) return Outcome.superseded;
+      if (covered === e.rev) {
         // stamped before (a redelivery after a crash): publish the same op again, the msg id dedupes it;
         // a merger commit covering this revision means a newer version replaced it
         if (cur.version.merged || cur.version.node_id !== deps.nodeId) return Outcome.superseded;
@@ -123,6 +133,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       node_id: deps.nodeId,
       deleted: e.deleted,
       rev: e.rev,
+      ...(inc !== undefined ? { inc } : {}),
       ...(e.deleted ? {} : { vh: valueHash(e.value) }),
     };
     try {

@@ -10,12 +10,12 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import { CachedMetaStore } from "../lib/meta-cache.ts";
 import type { Running, ServiceContext } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
+import { BucketStore, bucketIncarnation, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
 import { Durables, Headers, dlqSubject, endpointSubject, kvStream, kvSubject } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
 
 /** Counters per bucket, shown in status and STATS data. */
-export const counts = new Map<string, Record<Outcome | "errors", number>>();
+export const counts = new Map<string, Record<Outcome | "errors" | "recreated", number>>();
 let lastError: string | undefined;
 
 function keyOf(bucket: string, m: JsMsg): string {
@@ -29,12 +29,13 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const loops: ConsumerLoop[] = [];
   const caches: CachedMetaStore[] = [];
   for (const bucket of config.buckets) {
-    const c: Record<Outcome | "errors", number> = {
+    const c: Record<Outcome | "errors" | "recreated", number> = {
       skipped_echo: 0,
       skipped_superseded: 0,
       published: 0,
       republished: 0,
       too_large: 0,
+      recreated: 0,
       errors: 0,
     };
     counts.set(bucket, c);
@@ -42,7 +43,11 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     await meta.start();
     caches.push(meta);
     const blog = log.child({ bucket });
+    const data = new BucketStore(bucket, site.jsm, site.js, false);
+    let inc = await bucketIncarnation(site.jsm, bucket);
     const deps: WatcherDeps = {
+      incarnation: () => inc,
+      latestRev: async (key) => (await data.latest(key))?.rev ?? null,
       site: config.site,
       nodeId: config.nodeId,
       bucket,
@@ -66,10 +71,12 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       },
     };
     const durable = Durables.watcher(config.site, bucket);
-    await ensureConsumer(site.jsm, kvStream(bucket), durable, {
-      filter: `$KV.${bucket}.>`,
-      deliver: "last_per_subject",
-    });
+    const ensure = () =>
+      ensureConsumer(site.jsm, kvStream(bucket), durable, {
+        filter: `$KV.${bucket}.>`,
+        deliver: "last_per_subject",
+      });
+    await ensure();
     loops.push(
       await runConsumer({
         js: site.js,
@@ -78,6 +85,17 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         concurrency: 64,
         keyOf: (m) => keyOf(bucket, m),
         log: blog,
+        // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
+        // entries (deliver last_per_subject); revisions of the old incarnation suppress nothing
+        recreate: ensure,
+        onGone: async () => {
+          const was = inc;
+          inc = await bucketIncarnation(site.jsm, bucket);
+          c.recreated++;
+          if (inc !== was) {
+            blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
+          }
+        },
         handle: async (m) => {
           const e: LocalEntry = {
             key: keyOf(bucket, m),
@@ -116,11 +134,16 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         instance: config.instance,
         buckets: await Promise.all(
           config.buckets.map(async (bucket) => {
-            const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(config.site, bucket));
+            const ci = await site.jsm.consumers
+              .info(kvStream(bucket), Durables.watcher(config.site, bucket))
+              .catch((err) => {
+                lastError = `${kvStream(bucket)}: ${(err as Error).message}`;
+                return null;
+              });
             return {
               bucket,
-              position: ci.delivered.stream_seq,
-              lag: ci.num_pending,
+              position: ci?.delivered.stream_seq ?? 0,
+              lag: ci?.num_pending ?? 0,
               counts: { ...counts.get(bucket) },
             };
           }),
