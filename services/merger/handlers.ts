@@ -14,6 +14,7 @@ import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
   type BucketStoreLike,
+  type MetaEntry,
   type MetaStoreLike,
   type Version,
   coveredRev,
@@ -262,4 +263,62 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     return reply(MergeResult.applied, version);
   }
   throw new SyncdError("SYNCD_ERR_CONFLICT", `key "${op.key}": lost ${MAX_ATTEMPTS} races`);
+}
+
+/**
+ * Keys whose value vanished from the bucket without an op: `_meta` holds a live version (a put)
+ * while the bucket has no entry for the key — the bucket was purged or re-created, or the entry
+ * removed. Returns key → the version `_meta` holds.
+ */
+export async function findVanished(b: BucketState, keys: AsyncIterable<string> | Iterable<string>) {
+  const vanished = new Map<string, MetaEntry>();
+  for await (const key of keys) {
+    const m = await b.meta.get(key);
+    if (!m || m.version.deleted) continue;
+    if ((await b.data.latest(key)) === null) vanished.set(key, m);
+  }
+  return vanished;
+}
+
+/**
+ * Put vanished values back from the ops that carried them (the site's op streams): an op whose
+ * version (and value hash) is the one `_meta` holds is committed again as a merger write covering
+ * nothing of the current incarnation, then written with its version headers — so the watcher sees
+ * an echo, not a new write. A local write that slipped in wins as usual (it is stamped above).
+ * Returns what was repaired; the keys left in `vanished` had no op to repair from.
+ */
+export async function repairVanished(
+  b: BucketState,
+  vanished: Map<string, MetaEntry>,
+  ops: AsyncIterable<Op>,
+): Promise<number> {
+  let repaired = 0;
+  for await (const op of ops) {
+    if (vanished.size === 0) break;
+    const m = vanished.get(op.key);
+    if (!m || op.op !== "put" || op.ts !== m.version.ts || op.node_id !== m.version.node_id) continue;
+    const incoming = opVersioned(op);
+    const value = incoming.value ?? new Uint8Array();
+    if (m.version.vh && valueHash(value) !== m.version.vh) continue;
+    vanished.delete(op.key);
+    const inc = b.incarnation?.();
+    const version: Version = {
+      ts: op.ts,
+      node_id: op.node_id,
+      deleted: false,
+      rev: 0,
+      ...(inc !== undefined ? { inc } : {}),
+      merged: true,
+      vh: valueHash(value),
+    };
+    try {
+      await b.meta.cas(op.key, version, m);
+      await b.data.write(op.key, incoming, 0);
+      repaired++;
+    } catch (err) {
+      // `_meta` or the bucket moved meanwhile: a newer write of the key is under way, nothing to repair
+      if (!isCasConflict(err)) throw err;
+    }
+  }
+  return repaired;
 }

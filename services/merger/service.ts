@@ -19,7 +19,8 @@ import type {
   MergerGetResponse,
   MergerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { BucketStore } from "../lib/stores.ts";
+import { isNotFound, openSite } from "../lib/site.ts";
+import { BucketStore, incarnationOf } from "../lib/stores.ts";
 import {
   Durables,
   Headers,
@@ -40,6 +41,7 @@ import {
   admit,
   applyAdmitted,
 } from "./handlers.ts";
+import { monitorBucket } from "./vanished.ts";
 
 /** Counters of this instance, shown in status and STATS data. */
 export const counts = {
@@ -50,6 +52,11 @@ export const counts = {
   dead_lettered: 0,
   conflicts: 0,
   errors: 0,
+  /** a bucket found re-created; values that vanished without an op; repaired; not repairable */
+  bucket_recreated: 0,
+  vanished: 0,
+  repaired: 0,
+  unrepaired: 0,
 };
 /** Dead-lettered ops by error code. */
 export const deadByCode: Record<string, number> = {};
@@ -65,17 +72,38 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const buckets = new Map<string, BucketState>();
   const caches: CachedMetaStore[] = [];
+  const monitors: { stop: () => Promise<void> }[] = [];
+  const problems = new Map<string, string>();
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
     const meta = new CachedMetaStore(site.metas.get(b)!, log.child({ bucket: b }));
     await meta.start();
     caches.push(meta);
-    buckets.set(b, {
+    let inc = incarnationOf(info.created);
+    const state = {
       meta,
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       maxValueSize: site.maxValueSize.get(b) ?? -1,
       ...(nc.info?.max_payload ? { maxPayload: nc.info.max_payload } : {}),
-    });
+      incarnation: () => inc,
+    };
+    buckets.set(b, state);
+    monitors.push(
+      monitorBucket({
+        bucket: b,
+        state,
+        setIncarnation: (i) => {
+          inc = i;
+        },
+        metaKv: site.metas.get(b)!,
+        js: site.js,
+        jsm: site.jsm,
+        repairStreams: [Streams.out(config.site), Streams.in(config.site)],
+        counts,
+        onProblem: (p) => (p ? problems.set(b, p) : problems.delete(b)),
+        log: log.child({ bucket: b }),
+      }),
+    );
   }
   const observer = new Observer(nc, config.site, { hlc: config.clock === "hlc" });
   const js = jetstream(nc);
@@ -162,8 +190,21 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
   const stream = Streams.in(config.site);
-  await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+  const ensure = () => ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+  await ensure();
   const loop = await runConsumer({
+    // the IN stream deleted: make the site's streams again (openSite), then the durable; the
+    // reconciler adds the peer sources back, which replay what the peers still hold
+    recreate: async () => {
+      try {
+        await site.jsm.streams.info(stream);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        log.error({ stream }, "the site's inbound op stream was deleted: creating it again");
+        await openSite(nc, config, log);
+      }
+      await ensure();
+    },
     js: site.js,
     stream,
     durable,
@@ -265,14 +306,19 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/status.response.json",
       description: "counts of this instance and the backlog of the site's inbound op stream",
       handler: async () => {
-        const ci = await site.jsm.consumers.info(stream, durable);
+        const ci = await site.jsm.consumers.info(stream, durable).catch((err) => {
+          lastError = `${stream}: ${(err as Error).message}`;
+          return null;
+        });
         return {
           site: config.site,
           node_id: config.nodeId,
           instance: config.instance,
           counts: { ...counts, ...deadByCode },
-          pending: ci.num_pending,
-          ...(lastError ? { last_error: lastError } : {}),
+          pending: ci?.num_pending ?? 0,
+          ...(problems.size > 0 || lastError
+            ? { last_error: [...problems.values(), ...(lastError ? [lastError] : [])].join("; ") }
+            : {}),
         };
       },
     },
@@ -280,6 +326,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   );
   return {
     stop: async () => {
+      await Promise.all(monitors.map((m) => m.stop()));
       await loop.stop();
       for (const c of caches) c.stop();
     },
