@@ -33,7 +33,10 @@ describe("I6 re-created streams and consumers", () => {
     for (let i = 0; i < 20; i++) await m.kv.b!.put(`k${i % 5}`, `old-${i}`);
     await m.kv.a!.put("from.a", "A");
     for (let i = 15; i < 20; i++) {
-      await until(async () => (await textAt("a", `k${i % 5}`)) === `old-${i}`, { ...T, message: `k${i % 5} at a` });
+      await until(async () => (await textAt("a", `k${i % 5}`)) === `old-${i}`, {
+        ...T,
+        message: `k${i % 5} at a`,
+      });
     }
     await until(async () => (await textAt("b", "from.a")) === "A", T);
 
@@ -43,8 +46,14 @@ describe("I6 re-created streams and consumers", () => {
     // a new write of an old key at a low revision, and a new key
     await m.kv.b!.put("k1", "new-1");
     await m.kv.b!.put("fresh", "F");
-    await until(async () => (await textAt("a", "k1")) === "new-1", { ...T, message: "k1 rewritten at b reaches a" });
-    await until(async () => (await textAt("a", "fresh")) === "F", { ...T, message: "a new key at b reaches a" });
+    await until(async () => (await textAt("a", "k1")) === "new-1", {
+      ...T,
+      message: "k1 rewritten at b reaches a",
+    });
+    await until(async () => (await textAt("a", "fresh")) === "F", {
+      ...T,
+      message: "a new key at b reaches a",
+    });
     // what b held comes back at b: its own writes and the one from a
     for (const k of ["k0", "k2", "k3", "k4"]) {
       const want = `old-${15 + Number(k.slice(1))}`;
@@ -67,7 +76,10 @@ describe("I6 re-created streams and consumers", () => {
     const jsm = await jetstreamManager(m.nc.a!);
     await jsm.consumers.delete(kvStream("config"), Durables.watcher("a", "config"));
     await m.kv.a!.put("during.gap", "G");
-    await until(async () => (await textAt("b", "during.gap")) === "G", { ...T, message: "write during the gap" });
+    await until(async () => (await textAt("b", "during.gap")) === "G", {
+      ...T,
+      message: "write during the gap",
+    });
     const st = await call<WatcherStatus>(m.nc.a!, "a", "watcher", "status");
     assert.ok((st.buckets[0]?.counts.recreated ?? 0) >= 1, JSON.stringify(st));
   });
@@ -91,7 +103,10 @@ describe("I6 re-created streams and consumers", () => {
       "rep.kv.ops",
       JSON.stringify({ op: "put", bucket: "config", key: "after.in", value: "I", ts: 5, node_id: "hand" }),
     );
-    await until(async () => (await textAt("a", "after.in")) === "I", { ...T, message: "op after IN re-made" });
+    await until(async () => (await textAt("a", "after.in")) === "I", {
+      ...T,
+      message: "op after IN re-made",
+    });
   });
 
   it("I1 `nats stream purge KV_config` at a: the values come back from a's op streams", async () => {
