@@ -317,7 +317,9 @@ export async function repairVanished(
       repaired++;
     } catch (err) {
       // `_meta` or the bucket moved meanwhile: a newer write of the key is under way, nothing to repair
-      if (!isCasConflict(err)) throw err;
+      if (isCasConflict(err)) continue;
+      // any other refusal (e.g. too large): the key stays vanished, raised by the caller
+      vanished.set(op.key, m);
     }
   }
   return repaired;
