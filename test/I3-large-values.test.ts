@@ -11,7 +11,8 @@ import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
-import { Headers, OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
+import { encodeOpMessage, makeOp } from "../services/lib/op.ts";
+import { Headers, OPS_INGRESS, Streams, endpointSubject } from "../services/lib/subjects.ts";
 import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
 
 const ONE_MB = 1024 * 1024;
@@ -70,6 +71,21 @@ describe("I3 large values", () => {
       const t = await until(async () => (await m.kv[site]!.get("hand.json"))?.string(), { timeout: 30_000 });
       assert.equal(t, text, `hand.json at ${site}`);
     }
+  });
+
+  it("I3 the merge endpoint takes the split form: a 900 KB binary op is applied", async () => {
+    const raw = new Uint8Array(randomBytes(900 * 1024));
+    const { data, headers } = encodeOpMessage(
+      makeOp({ bucket: "config", key: "merged.blob", ts: 12, nodeId: "x", deleted: false, value: raw }),
+    );
+    const r = await m.nc.b!.request(endpointSubject("b", "merger", "merge"), data, {
+      headers: headers!,
+      timeout: 10_000,
+    });
+    assert.equal(r.headers?.get("Nats-Service-Error-Code") ?? "", "", r.headers?.get("Nats-Service-Error"));
+    assert.equal(r.json<{ result: string }>().result, "applied");
+    const got = await bytesAt("b", "merged.blob");
+    assert.equal(Buffer.compare(Buffer.from(got!), Buffer.from(raw)), 0);
   });
 
   it("I3 a write too large for an op message is dead-lettered with SYNCD_ERR_TOO_LARGE, counted, and the next write replicates", async () => {

@@ -259,10 +259,13 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       request: "op.json",
       response: "merger/merge.response.json",
       description: "apply one op by LWW: applied, stale or duplicate",
+      // either op wire form: plain JSON, or a large value split out (Syncd-Op header + raw payload)
+      decode: (msg) => decodeOpMessage(msg.data, msg.headers),
       handler: async (op) => {
         const bucket = admit(deps, op);
         // journal first: if this process dies half-way, the consumer applies the op again
-        await js.publish(journalSubject(config.site), JSON.stringify(op));
+        const j = encodeOpMessage(op);
+        await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
         const r = await applyAdmitted(deps, bucket, op);
         counts[r.result]++;
         return r;
