@@ -92,8 +92,9 @@ export const MsgIds = {
   /** the op of local write `rev` of a bucket (in incarnation `inc` of the bucket, when known) */
   localWrite: (site: string, bucket: string, rev: number, inc?: number) =>
     inc === undefined ? `${site}.${bucket}.${rev}` : `${site}.${bucket}@${inc}.${rev}`,
-  /** a hand-made op taken from the IN stream at `seq` and forwarded to the peers */
-  forwarded: (site: string, seq: number) => `${site}.~ingress.${seq}`,
+  /** a hand-made op taken from the IN stream at `seq` (of its incarnation `inc`) and forwarded to the peers */
+  forwarded: (site: string, seq: number, inc?: number) =>
+    inc === undefined ? `${site}.~ingress.${seq}` : `${site}.~ingress@${inc}.${seq}`,
 } as const;
 
 /** Queue group of every syncd endpoint: instances of a service at a site share requests. */

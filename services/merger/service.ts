@@ -190,6 +190,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
   const stream = Streams.in(config.site);
+  // the IN stream's incarnation: its sequences restart when it is made again
+  const inIncarnation = async () => incarnationOf((await site.jsm.streams.info(stream)).created);
+  let inInc = await inIncarnation();
   const ensure = () => ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
   await ensure();
   const loop = await runConsumer({
@@ -204,6 +207,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         await openSite(nc, config, log);
       }
       await ensure();
+      inInc = await inIncarnation();
     },
     js: site.js,
     stream,
@@ -219,7 +223,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       if ("error" in p) return deadLetter(m, p.error);
       if (m.subject === OPS_INGRESS) {
         const fwd = encodeOpMessage(p.op);
-        const msgID = MsgIds.forwarded(config.site, m.seq);
+        const msgID = MsgIds.forwarded(config.site, m.seq, inInc);
         const size = opMessageSize(fwd, { "Nats-Msg-Id": msgID });
         if (size > (nc.info?.max_payload ?? Number.POSITIVE_INFINITY)) {
           return deadLetter(
@@ -319,9 +323,10 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           instance: config.instance,
           counts: { ...counts, ...deadByCode },
           pending: ci?.num_pending ?? 0,
-          ...(problems.size > 0 || lastError
-            ? { last_error: [...problems.values(), ...(lastError ? [lastError] : [])].join("; ") }
-            : {}),
+          ...(() => {
+            const errs = [...problems.values(), loop.problem(), lastError].filter(Boolean);
+            return errs.length > 0 ? { last_error: errs.join("; ") } : {};
+          })(),
         };
       },
     },

@@ -148,7 +148,10 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             };
           }),
         ),
-        ...(lastError ? { last_error: lastError } : {}),
+        ...(() => {
+          const errs = [...loops.map((l) => l.problem()).filter(Boolean), ...(lastError ? [lastError] : [])];
+          return errs.length > 0 ? { last_error: errs.join("; ") } : {};
+        })(),
       }),
     },
     { log },
