@@ -131,4 +131,22 @@ describe("I6 re-created streams and consumers", () => {
     // restored values are not new writes: b keeps them, nothing is published again as new
     assert.equal(await textAt("b", "p1"), "P1");
   });
+
+  it("I1 a vanished value with no op left to repair from is counted and raised in the merger's status", async () => {
+    await m.kv.a!.put("lost.k", "L");
+    await until(async () => (await textAt("b", "lost.k")) === "L", T);
+    const jsm = await jetstreamManager(m.nc.a!);
+    await jsm.streams.purge(Streams.out("a"));
+    await jsm.streams.purge(Streams.in("a"));
+    await jsm.streams.purge(kvStream("config"));
+    const st = await until(
+      async () => {
+        const s = await call<Status>(m.nc.a!, "a", "merger", "status");
+        return (s.counts.unrepaired ?? 0) > 0 ? s : null;
+      },
+      { ...T, message: "unrepaired counted" },
+    );
+    assert.match(st.last_error ?? "", /vanished value/);
+    assert.equal(await textAt("a", "lost.k"), undefined);
+  });
 });
