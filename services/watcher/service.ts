@@ -15,7 +15,7 @@ import { Durables, Headers, dlqSubject, endpointSubject, kvStream, kvSubject } f
 import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
 
 /** Counters per bucket, shown in status and STATS data. */
-export const counts = new Map<string, Record<Outcome | "errors" | "recreated", number>>();
+export const counts = new Map<string, Record<Outcome | "errors", number>>();
 let lastError: string | undefined;
 
 function keyOf(bucket: string, m: JsMsg): string {
@@ -27,15 +27,15 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
+  const loopOf = new Map<string, ConsumerLoop>();
   const caches: CachedMetaStore[] = [];
   for (const bucket of config.buckets) {
-    const c: Record<Outcome | "errors" | "recreated", number> = {
+    const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
       skipped_superseded: 0,
       published: 0,
       republished: 0,
       too_large: 0,
-      recreated: 0,
       errors: 0,
     };
     counts.set(bucket, c);
@@ -91,7 +91,6 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         onGone: async () => {
           const was = inc;
           inc = await bucketIncarnation(site.jsm, bucket);
-          c.recreated++;
           if (inc !== was) {
             blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
           }
@@ -118,6 +117,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         },
       }),
     );
+    loopOf.set(bucket, loops[loops.length - 1]!);
     blog.info({ durable }, "watching bucket");
   }
   addEndpoint<EmptyRequest, WatcherStatusResponse>(
@@ -144,7 +144,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
               bucket,
               position: ci?.delivered.stream_seq ?? 0,
               lag: ci?.num_pending ?? 0,
-              counts: { ...counts.get(bucket) },
+              counts: { ...counts.get(bucket), recreated: loopOf.get(bucket)?.recreated() ?? 0 },
             };
           }),
         ),
