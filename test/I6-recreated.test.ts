@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, Streams, kvStream } from "../services/lib/subjects.ts";
+import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
@@ -148,5 +150,34 @@ describe("I6 re-created streams and consumers", () => {
     );
     assert.match(st.last_error ?? "", /vanished value/);
     assert.equal(await textAt("a", "lost.k"), undefined);
+  });
+});
+
+describe("I1 a bucket whose values expire (max age)", () => {
+  let mesh: Mesh;
+  let nc: NatsConnection;
+
+  before(async () => {
+    mesh = await startMesh({ sites: ["a"], services: false, buckets: ["config", "ttl"] });
+    nc = await mesh.connect("a");
+    await new Kvm(nc).create("ttl", { history: 1, ttl: 2000 });
+    await mesh.startServices("a");
+  });
+  after(async () => {
+    await mesh?.stop();
+  });
+
+  it("I1 an expired value is reported (vanished), not brought back", async () => {
+    const kv = await new Kvm(nc).open("ttl");
+    await kv.put("short", "lived");
+    const st = await until(
+      async () => {
+        const s = await call<Status>(nc, "a", "merger", "status");
+        return (s.counts.vanished ?? 0) > 0 ? s : null;
+      },
+      { timeout: 30_000, message: "expired value reported" },
+    );
+    assert.equal(st.counts.repaired ?? 0, 0);
+    assert.equal(await kv.get("short"), null);
   });
 });

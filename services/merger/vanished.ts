@@ -22,7 +22,7 @@ export type VanishedCounts = {
   unrepaired: number;
 };
 
-/** Least time between two scans that left keys unrepaired (or of a bucket whose values expire). */
+/** Least time between two scans after one that left keys vanished (unrepaired, or expired by a max age). */
 const RESCAN_MS = 60_000;
 
 function bucketSubjects(info: StreamInfo): number {
@@ -148,7 +148,7 @@ export function monitorBucket(args: {
         if (check) {
           const ttl = (info.config.max_age ?? 0) > 0;
           const left = await scan(ttl);
-          nextScanAt = Date.now() + (left || ttl ? RESCAN_MS : 0);
+          nextScanAt = Date.now() + (left ? RESCAN_MS : 0);
         }
       } catch (err) {
         if (isNotFound(err)) {
