@@ -63,10 +63,11 @@ export async function* streamOps(
 }
 
 /**
- * Watch one bucket every `checkMs`: its incarnation (kept in `state.incarnation`) and its message
- * count. On a new incarnation, on fewer messages than before, and once at start, look for values
- * `_meta` holds that the bucket lost, and repair them from `repairStreams` (oldest first). A bucket
- * with a max age (values expire by design) is only reported, never repaired.
+ * Watch one bucket every `checkMs`: its incarnation (kept in `state.incarnation`) and its subject
+ * count against `_meta`'s. On a new incarnation, on fewer subjects in the bucket than in `_meta`,
+ * and once at start, look for values `_meta` holds that the bucket lost, and repair them from
+ * `repairStreams` (oldest first). A bucket with a max age (values expire by design) is only
+ * reported, never repaired.
  */
 export function monitorBucket(args: {
   bucket: string;
@@ -110,7 +111,7 @@ export function monitorBucket(args: {
       }
       for (const k of vanished.keys()) lost.add(k);
     }
-    counts.unrepaired = lost.size;
+    counts.unrepaired = ttl ? 0 : lost.size;
     if (lost.size > 0 && !ttl) {
       const keys = [...lost];
       problem(`${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`);
