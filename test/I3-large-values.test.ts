@@ -13,7 +13,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { encodeOpMessage, makeOp } from "../services/lib/op.ts";
 import { Headers, OPS_INGRESS, Streams, endpointSubject } from "../services/lib/subjects.ts";
-import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { type LinkedMesh, call, plantVersion, startLinkedMesh, until } from "./helpers.ts";
 
 const ONE_MB = 1024 * 1024;
 
@@ -86,6 +86,30 @@ describe("I3 large values", () => {
     assert.equal(r.json<{ result: string }>().result, "applied");
     const got = await bytesAt("b", "merged.blob");
     assert.equal(Buffer.compare(Buffer.from(got!), Buffer.from(raw)), 0);
+  });
+
+  it("I1 anti-entropy pushes a 900 KB binary value the op stream never carried", async () => {
+    const raw = new Uint8Array(randomBytes(900 * 1024));
+    // a version only a's stores know (as if its op was lost): only anti-entropy can move it
+    await plantVersion(m.nc.a!, { key: "ae.blob", ts: Date.now() * 1000, node_id: "site-a", value: raw });
+    const run = await call<{ runs: { pushed: number; error?: string }[] }>(
+      m.nc.a!,
+      "a",
+      "reconciler",
+      "run",
+      {
+        peers: ["b"],
+      },
+    );
+    assert.ok(
+      run.runs.some((r) => r.pushed >= 1 && !r.error),
+      JSON.stringify(run),
+    );
+    const got = await until(async () => bytesAt("b", "ae.blob"), {
+      timeout: 30_000,
+      message: "ae.blob at b",
+    });
+    assert.equal(Buffer.compare(Buffer.from(got), Buffer.from(raw)), 0);
   });
 
   it("I3 a write too large for an op message is dead-lettered with SYNCD_ERR_TOO_LARGE, counted, and the next write replicates", async () => {
