@@ -196,7 +196,9 @@ export async function readStream(nc: NatsConnection, stream: string): Promise<St
   const iter = await c.consume();
   try {
     for await (const m of iter) {
-      out.push({ seq: m.seq, subject: m.subject, data: m.data, msgId: m.headers?.get("Nats-Msg-Id") });
+      // ids as `<site>.<bucket>.<rev>`: the bucket's incarnation (`@<inc>`, MsgIds.localWrite) left out
+      const msgId = m.headers?.get("Nats-Msg-Id")?.replace(/@\d+\./, ".");
+      out.push({ seq: m.seq, subject: m.subject, data: m.data, msgId });
       if (m.seq >= last) break;
     }
   } finally {

@@ -22,6 +22,8 @@ export type EndpointSpec<Req, Res> = {
   response: SchemaId;
   description?: string;
   handler: (req: Req, ctx: HandlerContext) => Promise<Res>;
+  /** turn the request message into the value its schema checks (default: the body as JSON) */
+  decode?: (msg: ServiceMsg) => unknown;
 };
 
 /** The part of nats.js's endpoint stats the adapter updates (not exported by @nats-io/services). */
@@ -80,7 +82,7 @@ export function addEndpoint<Req, Res>(
   async function serve(msg: ServiceMsg): Promise<void> {
     const started = Date.now();
     try {
-      const req = check<Req>(spec.request, decodeJson(msg.data));
+      const req = check<Req>(spec.request, spec.decode ? spec.decode(msg) : decodeJson(msg.data));
       const res = await spec.handler(req, { log, msg });
       if (msg.reply) msg.respond(enc.encode(JSON.stringify(res)));
     } catch (e) {

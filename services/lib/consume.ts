@@ -86,11 +86,24 @@ export class KeyedGate {
 }
 
 /** A running consumer loop. */
-export type ConsumerLoop = { stop: () => Promise<void>; delivered: () => number };
+export type ConsumerLoop = {
+  stop: () => Promise<void>;
+  delivered: () => number;
+  /** how often the durable was found gone (deleted, or its stream deleted or re-created) and re-made */
+  recreated: () => number;
+  /** why the durable cannot be re-made right now (e.g. its stream is missing), else undefined */
+  problem: () => string | undefined;
+};
+
+/** How often a loop checks that its durable still exists (it also reacts to consumer notifications). */
+export const CONSUMER_CHECK_MS = 2000;
 
 /**
  * Consume `durable` on `stream` and apply `handle` to each message (errors → nak after 1 s).
- * Keeps going across reconnects until stopped.
+ * Keeps going across reconnects until stopped. With `recreate`, it also survives its durable being
+ * deleted, or its stream being deleted or re-created: it notices within `checkMs` (or at once on a
+ * consumer-deleted notification), lets the messages in hand finish, calls `onGone` (e.g. re-read
+ * the bucket's incarnation), re-makes the durable with `recreate`, and consumes again from there.
  */
 export async function runConsumer(args: {
   js: JetStreamClient;
@@ -100,15 +113,20 @@ export async function runConsumer(args: {
   keyOf: (m: JsMsg) => string;
   handle: (m: JsMsg) => Promise<Disposition>;
   log: Logger;
+  /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
+  recreate?: () => Promise<void>;
+  /** runs before `recreate`, once the messages of the old durable are settled */
+  onGone?: () => Promise<void>;
+  checkMs?: number;
 }): Promise<ConsumerLoop> {
   const { js, stream, durable, log } = args;
   const gate = new KeyedGate(args.concurrency);
   let stopped = false;
   let delivered = 0;
-  const consumer = await js.consumers.get(stream, durable);
-  const messages = await consumer.consume({ max_messages: Math.max(64, args.concurrency * 2) });
   // the client's connection (nats.js keeps it on the JetStream client): the server it is connected to now
   const nc = (js as Partial<{ nc: NatsConnection }>).nc;
+  let recreated = 0;
+  let problem: string | undefined;
   const settle = (m: JsMsg, d: Disposition) => {
     if ("ack" in d) m.ack();
     else if ("term" in d) {
@@ -116,38 +134,106 @@ export async function runConsumer(args: {
       else m.term();
     } else m.nak(d.nak);
   };
-  const loop = (async () => {
-    for await (const m of messages) {
-      // stopping: hand what is already pulled back at once instead of after the ack wait
-      if (stopped) {
-        m.nak();
-        continue;
+  let poke: () => void = () => {};
+  const start = async () => {
+    const consumer = await js.consumers.get(stream, durable);
+    const { created } = await consumer.info(true);
+    const messages = await consumer.consume({ max_messages: Math.max(64, args.concurrency * 2) });
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type === "consumer_deleted" || s.type === "consumer_not_found" || s.type === "stream_not_found")
+          poke();
       }
-      delivered++;
-      await gate.submit(args.keyOf(m), async () => {
-        let d: Disposition;
-        try {
-          d = await args.handle(m);
-        } catch (err) {
-          log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");
-          d = { nak: 1000 };
+    })().catch(() => {});
+    const loop = (async () => {
+      for await (const m of messages) {
+        // stopping: hand what is already pulled back at once instead of after the ack wait
+        if (stopped) {
+          m.nak();
+          continue;
         }
-        try {
-          settle(m, d);
-        } catch (err) {
-          log.warn({ err }, "could not settle a message");
+        delivered++;
+        await gate.submit(args.keyOf(m), async () => {
+          let d: Disposition;
+          try {
+            d = await args.handle(m);
+          } catch (err) {
+            log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");
+            d = { nak: 1000 };
+          }
+          try {
+            settle(m, d);
+          } catch (err) {
+            log.warn({ err }, "could not settle a message");
+          }
+        });
+      }
+    })();
+    loop.catch((err) => log.error({ err, stream, durable }, "consumer loop ended"));
+    return { messages, loop, created };
+  };
+  let current = await start();
+  const close = async () => {
+    await current.messages.close().catch(() => {});
+    await current.loop.catch(() => {});
+    await gate.idle();
+  };
+
+  const recover = async () => {
+    log.warn(
+      { stream, durable },
+      "durable consumer is gone (deleted, or its stream deleted or re-created): re-making it",
+    );
+    await close();
+    await args.onGone?.();
+    await args.recreate!();
+    current = await start();
+    recreated++;
+    problem = undefined;
+    log.warn({ stream, durable, recreated }, "durable consumer re-made; consuming again");
+  };
+  const supervisor = args.recreate
+    ? (async () => {
+        const jsm = await js.jetstreamManager();
+        while (!stopped) {
+          await new Promise<void>((r) => {
+            const t = setTimeout(r, args.checkMs ?? CONSUMER_CHECK_MS);
+            poke = () => {
+              clearTimeout(t);
+              r();
+            };
+          });
+          poke = () => {};
+          if (stopped) break;
+          try {
+            const ci = await jsm.consumers.info(stream, durable);
+            // found and the same one: consuming (unless an earlier re-make failed half-way); another
+            // creation time means another instance re-made it after a deletion: catch up the same way
+            if (problem === undefined && ci.created === current.created) continue;
+          } catch (err) {
+            if (!isNotFound(err)) continue;
+          }
+          try {
+            await recover();
+          } catch (e) {
+            const why = `${stream}/${durable}: ${(e as Error).message ?? e}`;
+            if (why !== problem)
+              log.error({ err: e, stream, durable }, "cannot re-make the durable consumer; will retry");
+            problem = why;
+          }
         }
-      });
-    }
-  })();
-  loop.catch((err) => log.error({ err, stream, durable }, "consumer loop ended"));
+      })()
+    : Promise.resolve();
+  supervisor.catch((err) => log.error({ err, stream, durable }, "consumer supervisor ended"));
   return {
     delivered: () => delivered,
+    recreated: () => recreated,
+    problem: () => problem,
     stop: async () => {
       stopped = true;
-      await messages.close().catch(() => {});
-      await loop.catch(() => {});
-      await gate.idle();
+      poke();
+      await supervisor.catch(() => {});
+      await close();
     },
   };
 }

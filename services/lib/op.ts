@@ -1,10 +1,12 @@
 /**
  * The wire op (DESIGN §2): parsing with clear reasons, and building ops from bucket entries.
  */
+import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
 import { SyncdError } from "./errors.ts";
 import type { Versioned } from "./lww.ts";
 import { check } from "./schema-registry.ts";
 import type { Op } from "./schemas.gen.ts";
+import { Headers } from "./subjects.ts";
 
 export type { Op };
 
@@ -15,14 +17,20 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 const enc = new TextEncoder();
 const B64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
-/** Parse and validate an op payload: throws SyncdError(NOT_JSON | SCHEMA | BAD_BASE64). */
-export function parseOp(data: Uint8Array): Op {
-  let raw: unknown;
+function parseJson(text: () => string): unknown {
   try {
-    raw = JSON.parse(utf8.decode(data));
+    return JSON.parse(text());
   } catch {
     throw new SyncdError("SYNCD_ERR_NOT_JSON");
   }
+}
+
+/** Parse and validate an op payload: throws SyncdError(NOT_JSON | SCHEMA | BAD_BASE64). */
+export function parseOp(data: Uint8Array): Op {
+  return checkOp(parseJson(() => utf8.decode(data)));
+}
+
+function checkOp(raw: unknown): Op {
   const op = check<Op>("op.json", raw);
   if (op.op === OpKind.put && op.encoding === "base64" && !B64.test(op.value ?? "")) {
     throw new SyncdError("SYNCD_ERR_BAD_BASE64", `key "${op.key}"`);
@@ -62,4 +70,60 @@ export function makeOp(args: {
 /** The register state an op describes, for the LWW rule. */
 export function opVersioned(op: Op): Versioned {
   return { ts: op.ts, node_id: op.node_id, deleted: op.op === OpKind.delete, value: opValue(op) };
+}
+
+/**
+ * Largest op message kept in the plain JSON form: above it (a large or binary value) the op
+ * travels in the split form, so the value is not inflated by JSON escaping or base64.
+ */
+export const INLINE_OP_MAX = 32 * 1024;
+
+/** An op as a NATS message: payload and (split form only) headers. */
+export type OpMessage = { data: Uint8Array; headers?: MsgHdrs };
+
+/**
+ * Encode an op for the wire. Small ops are the plain JSON of DESIGN §2 (what the original agents
+ * and `nats pub` send). A put whose JSON exceeds {@link INLINE_OP_MAX} is split: header
+ * `Syncd-Op` holds the op's JSON without `value`/`encoding`, the payload is the raw value bytes.
+ */
+export function encodeOpMessage(op: Op): OpMessage {
+  const json = enc.encode(JSON.stringify(op));
+  if (op.op !== OpKind.put || json.length <= INLINE_OP_MAX) return { data: json };
+  const { value: _v, encoding: _e, ...rest } = op;
+  const headers = natsHeaders();
+  headers.set(Headers.op, JSON.stringify(rest));
+  return { data: opValue(op), headers };
+}
+
+/**
+ * Decode an op message in either form (see {@link encodeOpMessage}) and validate it. A `Syncd-Op`
+ * header that carries a value itself, or a delete with a payload, is refused (SCHEMA). Throws
+ * SyncdError(NOT_JSON | SCHEMA | BAD_BASE64).
+ */
+export function decodeOpMessage(data: Uint8Array, headers?: MsgHdrs): Op {
+  const header = headers?.get(Headers.op);
+  if (!header) return parseOp(data);
+  const raw = parseJson(() => header);
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return checkOp(raw);
+  if ("value" in raw || "encoding" in raw) {
+    throw new SyncdError("SYNCD_ERR_SCHEMA", `${Headers.op} header must not carry the value`);
+  }
+  if ((raw as { op?: unknown }).op !== OpKind.put) {
+    if (data.length > 0) throw new SyncdError("SYNCD_ERR_SCHEMA", "a delete carries no value");
+    return checkOp(raw);
+  }
+  return checkOp({ ...raw, ...encodeValue(data) });
+}
+
+/**
+ * Size in bytes of an op message as the server counts it against max_payload: the payload plus the
+ * header block, including the given extra headers (e.g. `Nats-Msg-Id`).
+ */
+export function opMessageSize(m: OpMessage, extra: Record<string, string> = {}): number {
+  const lines: [string, string][] = Object.entries(extra);
+  if (m.headers) for (const [k, vs] of m.headers) for (const v of vs) lines.push([k, v]);
+  if (lines.length === 0) return m.data.length;
+  let n = "NATS/1.0\r\n\r\n".length;
+  for (const [k, v] of lines) n += enc.encode(`${k}: ${v}\r\n`).length;
+  return m.data.length + n;
 }

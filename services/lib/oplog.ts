@@ -11,7 +11,7 @@
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { compare, valueHash } from "./lww.ts";
-import { type Op, makeOp, opVersioned, parseOp } from "./op.ts";
+import { type Op, decodeOpMessage, encodeOpMessage, makeOp, opVersioned } from "./op.ts";
 import type { Version } from "./schemas.gen.ts";
 
 /** What an ordered publish did. */
@@ -24,7 +24,15 @@ export const OrderedResult = {
 export type OrderedResult = (typeof OrderedResult)[keyof typeof OrderedResult];
 
 const MAX_ATTEMPTS = 100;
-const enc = new TextEncoder();
+
+/** Publish an op in its wire form (split for large values: services/lib/op.ts). */
+async function publishOp(js: Pick<JetStreamClient, "publish">, subject: string, op: Op, msgID?: string) {
+  const m = encodeOpMessage(op);
+  await js.publish(subject, m.data, {
+    ...(msgID ? { msgID } : {}),
+    ...(m.headers ? { headers: m.headers } : {}),
+  });
+}
 
 /** What reading a log's last op per subject needs. */
 export type LastOpReader = { streams: Pick<JetStreamManager["streams"], "getMessage"> };
@@ -38,7 +46,7 @@ export async function lastOp(
   const m = await jsm.streams.getMessage(stream, { last_by_subj: subject });
   if (!m) return null;
   try {
-    return { seq: m.seq, op: parseOp(m.data) };
+    return { seq: m.seq, op: decodeOpMessage(m.data, m.header) };
   } catch {
     return { seq: m.seq, op: null };
   }
@@ -84,7 +92,7 @@ export async function publishOrdered(
 ): Promise<OrderedResult> {
   const first = await lastOp(deps.jsm, stream, subject);
   if (first?.op && compare(opVersioned(first.op), opVersioned(op)) >= 0) return OrderedResult.superseded;
-  await deps.js.publish(subject, enc.encode(JSON.stringify(op)), opts.msgID ? { msgID: opts.msgID } : {});
+  await publishOp(deps.js, subject, op, opts.msgID);
   let target = op;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const cur = (await opts.current?.()) ?? null;
@@ -92,7 +100,7 @@ export async function publishOrdered(
     const last = await lastOp(deps.jsm, stream, subject);
     if (last?.op && compare(opVersioned(last.op), opVersioned(target)) >= 0) return OrderedResult.published;
     // an older op landed after ours (a racing publisher): publish the greatest again
-    await deps.js.publish(subject, enc.encode(JSON.stringify(target)));
+    await publishOp(deps.js, subject, target);
   }
   throw new Error(`${subject}: the last op kept changing, gave up after ${MAX_ATTEMPTS} attempts`);
 }

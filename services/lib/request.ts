@@ -1,7 +1,7 @@
 /**
  * JSON request/reply to a syncd endpoint, turning micro error replies into exceptions.
  */
-import type { NatsConnection } from "@nats-io/nats-core";
+import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
 
 /** A micro error reply (`Nats-Service-Error-Code` / `Nats-Service-Error`). */
 export class ServiceReplyError extends Error {
@@ -25,8 +25,24 @@ export async function requestJson<T>(
   body: unknown,
   opts: { timeout?: number } = {},
 ): Promise<{ value: T; bytes: number }> {
-  const payload = enc.encode(JSON.stringify(body ?? {}));
-  const m = await nc.request(subject, payload, { timeout: opts.timeout ?? 5000 });
+  return requestMessage<T>(nc, subject, { data: enc.encode(JSON.stringify(body ?? {})) }, opts);
+}
+
+/**
+ * {@link requestJson} for a request already encoded, with headers (e.g. an op in its split wire
+ * form, services/lib/op.ts); the reply is parsed as JSON.
+ */
+export async function requestMessage<T>(
+  nc: NatsConnection,
+  subject: string,
+  msg: { data: Uint8Array; headers?: MsgHdrs | undefined },
+  opts: { timeout?: number } = {},
+): Promise<{ value: T; bytes: number }> {
+  const payload = msg.data;
+  const m = await nc.request(subject, payload, {
+    timeout: opts.timeout ?? 5000,
+    ...(msg.headers ? { headers: msg.headers } : {}),
+  });
   const code = m.headers?.get("Nats-Service-Error-Code");
   if (code)
     throw new ServiceReplyError(Number(code), m.headers?.get("Nats-Service-Error") ?? "error", subject);

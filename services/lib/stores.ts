@@ -19,6 +19,30 @@ export function isCasConflict(err: unknown): boolean {
   return /wrong last sequence/i.test(String((err as Error)?.message ?? ""));
 }
 
+/**
+ * The incarnation of a bucket: its KV stream's creation time in ms. A bucket deleted and created
+ * again (`nats kv rm` + `nats kv add`, a restore) restarts its revisions at 1 under a new incarnation.
+ */
+export async function bucketIncarnation(jsm: JetStreamManager, bucket: string): Promise<number> {
+  const info = await jsm.streams.info(kvStream(bucket));
+  return incarnationOf(info.created);
+}
+
+/** An incarnation from a stream's `created` timestamp (RFC 3339, ns precision). */
+export function incarnationOf(created: string): number {
+  const ms = Date.parse(created);
+  return Number.isFinite(ms) && ms > 0 ? ms : 0;
+}
+
+/**
+ * The bucket revision a version covers in incarnation `inc`: its `rev` when it was written in that
+ * incarnation (or `inc` or the version's own is unknown: older code), else 0 — a revision of an
+ * earlier incarnation of the bucket never suppresses a write of this one.
+ */
+export function coveredRev(v: Version, inc: number | undefined): number {
+  return inc === undefined || v.inc === undefined || v.inc === inc ? v.rev : 0;
+}
+
 /** A `_meta` entry: the key's version and the meta revision to compare-and-set against. */
 export type MetaEntry = { version: Version; revision: number };
 

@@ -107,9 +107,23 @@ export const Durables = {
   merger: "syncd-merger",
 } as const;
 
+/**
+ * `Nats-Msg-Id`s of the ops a site publishes on its OUT stream: a re-publish of the same op is a
+ * duplicate, two different ops never share an id. Bucket names are `[a-zA-Z0-9_-]+`, so the `~`
+ * of a forwarded hand-made op can never meet a local write's id (a bucket named `in` included).
+ */
+export const MsgIds = {
+  /** the op of local write `rev` of a bucket (in incarnation `inc` of the bucket, when known) */
+  localWrite: (site: string, bucket: string, rev: number, inc?: number) =>
+    inc === undefined ? `${site}.${bucket}.${rev}` : `${site}.${bucket}@${inc}.${rev}`,
+  /** a hand-made op taken from the IN stream at `seq` (of its incarnation `inc`) and forwarded to the peers */
+  forwarded: (site: string, seq: number, inc?: number) =>
+    inc === undefined ? `${site}.~ingress.${seq}` : `${site}.~ingress@${inc}.${seq}`,
+} as const;
+
 /** The message id of an op the merger forwards from the ingress: a re-forward is a duplicate. */
-export function forwardMsgId(site: string, ingressSeq: number): string {
-  return `${site}.in.${ingressSeq}`;
+export function forwardMsgId(site: string, ingressSeq: number, inc?: number): string {
+  return MsgIds.forwarded(site, ingressSeq, inc);
 }
 
 /** Queue group of every syncd endpoint: instances of a service at a site share requests. */
@@ -125,6 +139,8 @@ export const Headers = {
   code: "Syncd-Code",
   /** the stream and sequence a dead-lettered op came from */
   origin: "Syncd-Origin",
+  /** an op in the split wire form: its JSON without the value, which is the payload (services/lib/op.ts) */
+  op: "Syncd-Op",
 } as const;
 
 /**

@@ -14,13 +14,23 @@ import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
   type BucketStoreLike,
+  type MetaEntry,
   type MetaStoreLike,
   type Version,
+  coveredRev,
   isCasConflict,
 } from "../lib/stores.ts";
 
 /** The stores of one bucket. */
-export type BucketState = { meta: MetaStoreLike; data: BucketStoreLike; maxValueSize: number };
+export type BucketState = {
+  meta: MetaStoreLike;
+  data: BucketStoreLike;
+  maxValueSize: number;
+  /** the server's max_payload: a merger write (value + version headers) must fit in one message */
+  maxPayload?: number;
+  /** the bucket's current incarnation (see bucketIncarnation); unknown: revisions are taken as they are */
+  incarnation?: () => number;
+};
 
 /** What applying an op needs. */
 export type MergeDeps = {
@@ -54,13 +64,24 @@ const MAX_ATTEMPTS = 100;
  * True when the bucket shows version `m`: for a merger commit, the latest entry carries exactly
  * that version in its headers; for a stamped local write, the latest entry is that write.
  */
-export function bucketHolds(m: Version, l: BucketEntry | null): boolean {
+export function bucketHolds(m: Version, l: BucketEntry | null, inc?: number): boolean {
   if (!l) return false;
   if (m.merged) {
     if (l.version === null || !sameVersion(l.version, m) || l.deleted !== m.deleted) return false;
     return m.deleted || !m.vh || valueHash(l.value) === m.vh;
   }
-  return l.version === null && l.rev === m.rev;
+  return l.version === null && l.rev === covered(m, l, inc);
+}
+
+/**
+ * The bucket revision `_meta`'s version covers now: 0 when it was written in another incarnation of
+ * the bucket, or when the key's latest entry is older than it (the bucket was re-created and its
+ * new incarnation not seen yet, or the entry was removed).
+ */
+export function covered(m: Version | undefined, l: BucketEntry | null, inc?: number): number {
+  if (!m) return 0;
+  const r = coveredRev(m, inc);
+  return l !== null && l.rev < r ? 0 : r;
 }
 
 /**
@@ -86,8 +107,8 @@ export function bucketAhead(m: Version, l: BucketEntry | null, incoming: Version
  * revision is above everything `_meta` covers). The merger never overwrites it: it will be stamped
  * above whatever `_meta` holds then — it happened later — and win everywhere.
  */
-export function pendingLocal(m: Version | undefined, l: BucketEntry | null): boolean {
-  return l !== null && l.version === null && l.rev > (m?.rev ?? 0);
+export function pendingLocal(m: Version | undefined, l: BucketEntry | null, inc?: number): boolean {
+  return l !== null && l.version === null && l.rev > covered(m, l, inc);
 }
 
 function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
@@ -113,8 +134,8 @@ function undecidable(b: BucketState, op: Op): SyncdError {
 }
 
 /** The register state `_meta` describes, with the value bytes when the bucket holds them. */
-function currentState(m: Version, l: BucketEntry | null): Versioned {
-  const value = l && !l.deleted && bucketHolds(m, l) ? l.value : undefined;
+function currentState(m: Version, l: BucketEntry | null, inc?: number): Versioned {
+  const value = l && !l.deleted && bucketHolds(m, l, inc) ? l.value : undefined;
   return { ts: m.ts, node_id: m.node_id, deleted: m.deleted, value };
 }
 
@@ -130,14 +151,13 @@ export function headerOverhead(op: Op): number {
 export function admit(deps: MergeDeps, op: Op): BucketState {
   const b = deps.buckets.get(op.bucket);
   if (!b) throw new SyncdError("SYNCD_ERR_UNKNOWN_BUCKET", `"${op.bucket}"`);
-  if (op.op === "put" && b.maxValueSize >= 0) {
+  const limits = [b.maxValueSize, b.maxPayload ?? -1].filter((n) => n >= 0);
+  if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
+    const limit = Math.min(...limits);
     const size = opValue(op).length + headerOverhead(op);
-    if (size > b.maxValueSize) {
-      throw new SyncdError(
-        "SYNCD_ERR_TOO_LARGE",
-        `${size} > ${b.maxValueSize} bytes (value and version headers)`,
-      );
+    if (size > limit) {
+      throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }
   }
   deps.checkSkew(op.ts);
@@ -172,7 +192,8 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       continue;
     }
     if (ahead === "unknown") throw undecidable(b, op);
-    const current = m ? currentState(m.version, l) : null;
+    const inc = b.incarnation?.();
+    const current = m ? currentState(m.version, l, inc) : null;
     let cmp = current ? compare(incoming, current) : 1;
     // same version, `_meta`'s bytes not in the bucket yet: only the value hash can tell them apart
     if (m && current && cmp !== 0 && current.value === undefined && sameContentVersion(incoming, m.version)) {
@@ -194,9 +215,9 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     }
     if (m && cmp === 0) {
       const done = committed ? MergeResult.applied : MergeResult.duplicate;
-      if (bucketHolds(m.version, l)) return reply(done, m.version);
+      if (bucketHolds(m.version, l, inc)) return reply(done, m.version);
       // a local write slipped in after the commit: it will be stamped above this version
-      if (pendingLocal(m.version, l)) return reply(MergeResult.stale, m.version);
+      if (pendingLocal(m.version, l, inc)) return reply(MergeResult.stale, m.version);
       try {
         await b.data.write(op.key, incoming, l?.rev ?? 0);
       } catch (err) {
@@ -205,13 +226,14 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       }
       return reply(done, m.version);
     }
-    const pending = pendingLocal(m?.version, l);
-    const covered = m?.version.rev ?? 0;
+    const pending = pendingLocal(m?.version, l, inc);
+    const cov = covered(m?.version, l, inc);
     const version: Version = {
       ts: op.ts,
       node_id: op.node_id,
       deleted: incoming.deleted,
-      rev: pending ? covered : Math.max(covered, l?.rev ?? 0),
+      rev: pending ? cov : Math.max(cov, l?.rev ?? 0),
+      ...(inc !== undefined ? { inc } : {}),
       merged: true,
       ...(incoming.deleted ? {} : { vh: valueHash(incoming.value ?? new Uint8Array()) }),
     };
@@ -243,4 +265,64 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     return reply(MergeResult.applied, version);
   }
   throw new SyncdError("SYNCD_ERR_CONFLICT", `key "${op.key}": lost ${MAX_ATTEMPTS} races`);
+}
+
+/**
+ * Keys whose value vanished from the bucket without an op: `_meta` holds a live version (a put)
+ * while the bucket has no entry for the key — the bucket was purged or re-created, or the entry
+ * removed. Returns key → the version `_meta` holds.
+ */
+export async function findVanished(b: BucketState, keys: AsyncIterable<string> | Iterable<string>) {
+  const vanished = new Map<string, MetaEntry>();
+  for await (const key of keys) {
+    const m = await b.meta.get(key);
+    if (!m || m.version.deleted) continue;
+    if ((await b.data.latest(key)) === null) vanished.set(key, m);
+  }
+  return vanished;
+}
+
+/**
+ * Put vanished values back from the ops that carried them (the site's op streams): an op whose
+ * version (and value hash) is the one `_meta` holds is committed again as a merger write covering
+ * nothing of the current incarnation, then written with its version headers — so the watcher sees
+ * an echo, not a new write. A local write that slipped in wins as usual (it is stamped above).
+ * Returns what was repaired; the keys left in `vanished` had no op to repair from.
+ */
+export async function repairVanished(
+  b: BucketState,
+  vanished: Map<string, MetaEntry>,
+  ops: AsyncIterable<Op>,
+): Promise<number> {
+  let repaired = 0;
+  for await (const op of ops) {
+    if (vanished.size === 0) break;
+    const m = vanished.get(op.key);
+    if (!m || op.op !== "put" || op.ts !== m.version.ts || op.node_id !== m.version.node_id) continue;
+    const incoming = opVersioned(op);
+    const value = incoming.value ?? new Uint8Array();
+    if (m.version.vh && valueHash(value) !== m.version.vh) continue;
+    vanished.delete(op.key);
+    const inc = b.incarnation?.();
+    const version: Version = {
+      ts: op.ts,
+      node_id: op.node_id,
+      deleted: false,
+      rev: 0,
+      ...(inc !== undefined ? { inc } : {}),
+      merged: true,
+      vh: valueHash(value),
+    };
+    try {
+      await b.meta.cas(op.key, version, m);
+      await b.data.write(op.key, incoming, 0);
+      repaired++;
+    } catch (err) {
+      // `_meta` or the bucket moved meanwhile: a newer write of the key is under way, nothing to repair
+      if (isCasConflict(err)) continue;
+      // any other refusal (e.g. too large): the key stays vanished, raised by the caller
+      vanished.set(op.key, m);
+    }
+  }
+  return repaired;
 }

@@ -13,8 +13,9 @@ import { ClockMode, LAMPORT_CATCH_UP_MS, admissible } from "../lib/clock-rules.t
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
+import { isNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
-import { type Op, encodeValue, parseOp } from "../lib/op.ts";
+import { type Op, decodeOpMessage, encodeOpMessage, encodeValue, opMessageSize } from "../lib/op.ts";
 import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
@@ -24,7 +25,7 @@ import type {
   MergerStatusResponse,
 } from "../lib/schemas.gen.ts";
 import { ensureMergerStreams, hubManager, siteSource } from "../lib/site.ts";
-import { BucketStore } from "../lib/stores.ts";
+import { BucketStore, incarnationOf } from "../lib/stores.ts";
 import {
   Durables,
   Headers,
@@ -45,12 +46,16 @@ import {
   admit,
   applyAdmitted,
 } from "./handlers.ts";
+import { monitorBucket } from "./vanished.ts";
 
 type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number };
 
 /** The longest a parked op waits before it is tried again. */
 const MAX_PARK_MS = 60_000;
 const PARK_LOG_EVERY_MS = 10_000;
+
+/** room for the headers the server and client add to a dead-letter record */
+const DLQ_SLACK = 512;
 
 function isSkew(err: SyncdError): boolean {
   return err.code === ("SYNCD_ERR_CLOCK_SKEW" satisfies ErrorCodeName);
@@ -70,19 +75,46 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     errors: 0,
     /** deliveries of ops not acceptable yet (clock skew / Lamport jump), put back to be tried later */
     parked: 0,
+    /** a bucket found re-created; values that vanished without an op; repaired; not repairable */
+    bucket_recreated: 0,
+    vanished: 0,
+    repaired: 0,
+    unrepaired: 0,
   };
   /** dead-lettered ops by error code */
   const deadByCode: Record<string, number> = {};
   let lastError: string | undefined;
   const buckets = new Map<string, BucketState>();
+  const monitors: { stop: () => Promise<void> }[] = [];
+  const problems = new Map<string, string>();
   for (const b of config.buckets) {
     const info = await site.jsm.streams.info(`KV_${b}`);
     const meta = await ctx.metaCache(b);
-    buckets.set(b, {
+    let inc = incarnationOf(info.created);
+    const state = {
       meta,
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       maxValueSize: site.maxValueSize.get(b) ?? -1,
-    });
+      ...(nc.info?.max_payload ? { maxPayload: nc.info.max_payload } : {}),
+      incarnation: () => inc,
+    };
+    buckets.set(b, state);
+    monitors.push(
+      monitorBucket({
+        bucket: b,
+        state,
+        setIncarnation: (i) => {
+          inc = i;
+        },
+        metaKv: site.metas.get(b)!,
+        js: site.js,
+        jsm: site.jsm,
+        repairStreams: [Streams.out(config.site), Streams.in(config.site)],
+        counts,
+        onProblem: (p) => (p ? problems.set(b, p) : problems.delete(b)),
+        log: log.child({ bucket: b }),
+      }),
+    );
   }
   const observer = new Observer(nc, config.site, { hlc: config.clock === "hlc" });
   const js = jetstream(nc);
@@ -174,7 +206,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     if (!p) {
       let op: Op | undefined;
       try {
-        op = parseOp(m.data);
+        op = decodeOpMessage(m.data, m.headers);
         p = { op, bucket: admit(deps, op) };
       } catch (err) {
         p = {
@@ -192,7 +224,12 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     h.set(Headers.code, err.code);
     h.set(Headers.reason, err.message);
     h.set(Headers.origin, `${m.info.stream}:${m.seq}:${m.subject}`);
-    await js.publish(dlqSubject(config.site), m.data, { headers: h });
+    const splitOp = m.headers?.get(Headers.op);
+    if (splitOp) h.set(Headers.op, splitOp);
+    // a payload that cannot fit next to the reason is not kept: the record must never fail
+    const keep = opMessageSize({ data: m.data, headers: h }) + DLQ_SLACK <= (nc.info?.max_payload ?? 0);
+    if (!keep) h.set(Headers.reason, `${err.message} (payload of ${m.data.length} bytes not kept)`);
+    await js.publish(dlqSubject(config.site), keep ? m.data : new Uint8Array(), { headers: h });
     counts.dead_lettered++;
     deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
     const fields = {
@@ -210,6 +247,10 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
   await ensureMergerStreams(site.jsm, config, site.replicas, log);
+  // the ingress stream's incarnation: its sequences (in forwarded ops' message ids) restart when it is made again
+  const ingressIncarnation = async () =>
+    incarnationOf((await site.jsm.streams.info(Streams.ingress(config.site))).created);
+  let ingressInc = await ingressIncarnation();
   const handle = async (m: JsMsg) => {
     const p = parse(m);
     if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
@@ -219,13 +260,20 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       counts[r.result]++;
       // a hand-made op goes to the site's log only as the key's current winner here
       if (m.subject === OPS_INGRESS && r.result !== "stale") {
+        const msgID = forwardMsgId(config.site, m.seq, ingressInc);
+        const size = opMessageSize(encodeOpMessage(p.op), { "Nats-Msg-Id": msgID });
+        if (size > (nc.info?.max_payload ?? Number.POSITIVE_INFINITY))
+          return deadLetter(
+            m,
+            new SyncdError("SYNCD_ERR_TOO_LARGE", `op message ${size} bytes > max_payload`),
+          );
         await publishOrdered(
           { js, jsm: site.jsm },
           Streams.out(config.site),
           opsSubject(config.site, p.op.bucket, p.op.key),
           p.op,
           {
-            msgID: forwardMsgId(config.site, m.seq),
+            msgID,
             current: () =>
               currentOwnOp(
                 site.metas.get(p.op.bucket)!,
@@ -252,9 +300,22 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const streams = [Streams.in(config.site), Streams.ingress(config.site)];
   const loops: ConsumerLoop[] = [];
   for (const stream of streams) {
-    await ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+    const ensure = () => ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+    await ensure();
     loops.push(
       await runConsumer({
+        // a stream deleted: make the merger's streams (and their hub source) again, then the durable
+        recreate: async () => {
+          try {
+            await site.jsm.streams.info(stream);
+          } catch (err) {
+            if (!isNotFound(err)) throw err;
+            log.error({ stream }, "a stream the merger consumes was deleted: creating it again");
+            await ensureMergerStreams(site.jsm, config, site.replicas, log);
+          }
+          await ensure();
+          ingressInc = await ingressIncarnation();
+        },
         js: site.js,
         stream,
         durable,
@@ -280,6 +341,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       request: "op.json",
       response: "merger/merge.response.json",
       description: "apply one op by LWW: applied, stale or duplicate",
+      // either op wire form: plain JSON, or a large value split out (Syncd-Op header + raw payload)
+      decode: (msg) => decodeOpMessage(msg.data, msg.headers),
       handler: async (op) => {
         let bucket: BucketState;
         try {
@@ -291,7 +354,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           throw err;
         }
         // journal first: if this process dies half-way, the consumer applies the op again
-        await js.publish(journalSubject(config.site), JSON.stringify(op));
+        const j = encodeOpMessage(op);
+        await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
         const r = await applyAdmitted(deps, bucket, op);
         counts[r.result]++;
         return r;
@@ -335,14 +399,24 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       response: "merger/status.response.json",
       description: "counts of this instance and the backlog of the site's inbound op stream",
       handler: async () => {
-        const cis = await Promise.all(streams.map((st) => site.jsm.consumers.info(st, durable)));
+        const cis = await Promise.all(
+          streams.map((st) =>
+            site.jsm.consumers.info(st, durable).catch((err) => {
+              lastError = `${st}: ${(err as Error).message}`;
+              return null;
+            }),
+          ),
+        );
         return {
           site: config.site,
           node_id: config.nodeId,
           instance: config.instance,
           counts: { ...counts, ...deadByCode },
-          pending: cis.reduce((n, ci) => n + ci.num_pending, 0),
-          ...(lastError ? { last_error: lastError } : {}),
+          pending: cis.reduce((n, ci) => n + (ci?.num_pending ?? 0), 0),
+          ...(() => {
+            const errs = [...problems.values(), ...loops.map((l) => l.problem()), lastError].filter(Boolean);
+            return errs.length > 0 ? { last_error: errs.join("; ") } : {};
+          })(),
           conditions: health.list(),
         };
       },
@@ -374,6 +448,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   return {
     stop: async () => {
       cleanup.stop();
+      await Promise.all(monitors.map((m) => m.stop()));
       await Promise.all(loops.map((l) => l.stop()));
     },
     statsData: (ep) => (ep === "merge" ? { ...counts, ...deadByCode } : null),

@@ -2,8 +2,8 @@
  * Requests to other syncd endpoints (a peer's reconciler, a merger): lib/request.ts's requestJson,
  * with every payload byte counted and "nobody answered" told apart from an error reply.
  */
-import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceReplyError, requestJson } from "../lib/request.ts";
+import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
+import { ServiceReplyError, requestMessage } from "../lib/request.ts";
 
 export { ServiceReplyError };
 
@@ -30,8 +30,18 @@ export type Caller = { nc: NatsConnection; timeoutMs: number };
  * UnavailableError when nobody answered.
  */
 export async function call<T>(c: Caller, subject: string, body: unknown, meter?: Meter): Promise<T> {
+  return callMessage<T>(c, subject, { data: new TextEncoder().encode(JSON.stringify(body ?? {})) }, meter);
+}
+
+/** {@link call} with a request already encoded (e.g. an op in its wire form, lib/op.ts). */
+export async function callMessage<T>(
+  c: Caller,
+  subject: string,
+  msg: { data: Uint8Array; headers?: MsgHdrs | undefined },
+  meter?: Meter,
+): Promise<T> {
   try {
-    const r = await requestJson<T>(c.nc, subject, body, { timeout: c.timeoutMs });
+    const r = await requestMessage<T>(c.nc, subject, msg, { timeout: c.timeoutMs });
     if (meter) meter.bytes += r.bytes;
     return r.value;
   } catch (err) {

@@ -11,7 +11,7 @@
 import { pageEntries } from "../lib/entries.ts";
 import type { Logger } from "../lib/logger.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
-import { type Op, makeOp } from "../lib/op.ts";
+import { type Op, encodeOpMessage, makeOp } from "../lib/op.ts";
 import type {
   ReconcilerDigestResponse,
   ReconcilerEntriesRequest,
@@ -21,7 +21,7 @@ import type {
 } from "../lib/schemas.gen.ts";
 import { endpointSubject } from "../lib/subjects.ts";
 import type { WireEntry } from "./handlers.ts";
-import { type Caller, type Meter, ServiceReplyError, UnavailableError, call } from "./rpc.ts";
+import { type Caller, type Meter, ServiceReplyError, UnavailableError, call, callMessage } from "./rpc.ts";
 import {
   type DigestSource,
   type KeyVersion,
@@ -222,7 +222,8 @@ export async function reconcile(
   };
   const merge = async (site: string, op: Op): Promise<boolean> => {
     try {
-      await call(deps.caller, endpointSubject(site, "merger", "merge"), op, meter);
+      // the op's wire form: a large value travels as raw bytes, not base64 in JSON
+      await callMessage(deps.caller, endpointSubject(site, "merger", "merge"), encodeOpMessage(op), meter);
       return true;
     } catch (err) {
       if (err instanceof UnavailableError) throw err;

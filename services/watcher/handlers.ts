@@ -8,11 +8,12 @@
  * re-publish a duplicate (I3, I6).
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { SyncdError } from "../lib/errors.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
-import { type Op, makeOp } from "../lib/op.ts";
+import { type Op, encodeOpMessage, makeOp, opMessageSize } from "../lib/op.ts";
 import { type LastOpReader, publishOrdered } from "../lib/oplog.ts";
-import { type MetaStoreLike, type Version, isCasConflict } from "../lib/stores.ts";
-import { Streams, opsSubject } from "../lib/subjects.ts";
+import { type MetaStoreLike, type Version, coveredRev, isCasConflict } from "../lib/stores.ts";
+import { MsgIds, Streams, opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
 export type LocalEntry = {
@@ -36,6 +37,17 @@ export type WatcherDeps = {
   /** the site's own current version of a key as an op, read fresh (see currentOwnOp) */
   current?: (key: string) => Promise<Op | null>;
   tick: () => Promise<number>;
+  /** the bucket's current incarnation (see bucketIncarnation); unknown: revisions are taken as they are */
+  incarnation?: () => number;
+  /**
+   * the revision of the key's latest entry in the bucket (null: none): a `_meta` rev above it is
+   * from an earlier incarnation the watcher has not noticed yet, and suppresses nothing
+   */
+  latestRev?: (key: string) => Promise<number | null>;
+  /** the server's max_payload (bytes); an op message over it is refused with SYNCD_ERR_TOO_LARGE */
+  maxPayload?: number;
+  /** told about a stamped write whose op cannot be published (too large): dead-letter and count it */
+  onTooLarge?: (op: Op, rev: number, err: SyncdError) => Promise<void>;
 };
 
 /** What happened to an entry. */
@@ -44,17 +56,20 @@ export const Outcome = {
   superseded: "skipped_superseded",
   published: "published",
   republished: "republished",
+  tooLarge: "too_large",
 } as const;
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 
 const MAX_ATTEMPTS = 100;
+/** `Nats-Msg-Id` header name: counted in the message size */
+const MSG_ID_HEADER = "Nats-Msg-Id";
 
 /** The message id of the op of local write `rev`: a re-publish is dropped as a duplicate. */
-export function opMsgId(site: string, bucket: string, rev: number): string {
-  return `${site}.${bucket}.${rev}`;
+export function opMsgId(site: string, bucket: string, rev: number, inc?: number): string {
+  return MsgIds.localWrite(site, bucket, rev, inc);
 }
 
-async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<void> {
+async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<Outcome | undefined> {
   const op = makeOp({
     bucket: deps.bucket,
     key: e.key,
@@ -63,11 +78,24 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<vo
     deleted: e.deleted,
     value: e.value,
   });
+  const msgID = opMsgId(deps.site, deps.bucket, e.rev, v.inc);
+  const m = encodeOpMessage(op);
+  const size = opMessageSize(m, { [MSG_ID_HEADER]: msgID });
+  if (deps.maxPayload !== undefined && size > deps.maxPayload) {
+    const err = new SyncdError(
+      "SYNCD_ERR_TOO_LARGE",
+      `key "${e.key}" rev ${e.rev}: op message ${size} > max_payload ${deps.maxPayload} bytes`,
+    );
+    if (!deps.onTooLarge) throw err;
+    await deps.onTooLarge(op, e.rev, err);
+    return Outcome.tooLarge;
+  }
   // ordered: a racing instance that stamped a newer revision of the key may have published first
   await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, deps.bucket, e.key), op, {
-    msgID: opMsgId(deps.site, deps.bucket, e.rev),
+    msgID,
     ...(deps.current ? { current: () => deps.current!(e.key) } : {}),
   });
+  return undefined;
 }
 
 /**
@@ -91,16 +119,18 @@ async function isReplicated(
 export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outcome> {
   if (e.headers && (await isReplicated(deps, e.key, e.headers))) return Outcome.echo;
   let ts = 0;
+  const inc = deps.incarnation?.();
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const cur = await deps.meta.get(e.key);
     if (cur) {
-      if (cur.version.rev > e.rev) return Outcome.superseded;
-      if (cur.version.rev === e.rev) {
+      let covered = coveredRev(cur.version, inc);
+      if (covered > e.rev && deps.latestRev && ((await deps.latestRev(e.key)) ?? 0) < covered) covered = 0;
+      if (covered > e.rev) return Outcome.superseded;
+      if (covered === e.rev) {
         // stamped before (a redelivery after a crash): publish the same op again, the msg id dedupes it;
         // a merger commit covering this revision means a newer version replaced it
         if (cur.version.merged || cur.version.node_id !== deps.nodeId) return Outcome.superseded;
-        await publish(deps, e, cur.version);
-        return Outcome.republished;
+        return (await publish(deps, e, cur.version)) ?? Outcome.republished;
       }
     }
     if (ts === 0) ts = await deps.tick();
@@ -109,6 +139,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       node_id: deps.nodeId,
       deleted: e.deleted,
       rev: e.rev,
+      ...(inc !== undefined ? { inc } : {}),
       ...(e.deleted ? {} : { vh: valueHash(e.value) }),
     };
     try {
@@ -117,8 +148,7 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       if (isCasConflict(err)) continue;
       throw err;
     }
-    await publish(deps, e, v);
-    return Outcome.published;
+    return (await publish(deps, e, v)) ?? Outcome.published;
   }
   throw new Error(`key ${e.key}: _meta kept changing, gave up after ${MAX_ATTEMPTS} attempts`);
 }

@@ -3,6 +3,7 @@
  * stamping handler, and the status endpoint.
  */
 import type { JsMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
@@ -12,9 +13,15 @@ import { currentOwnOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { ensureOutStream } from "../lib/site.ts";
-import { expiryProblem, isDeleteMarker, versionFromHeaders } from "../lib/stores.ts";
-import { Durables, endpointSubject, kvStream } from "../lib/subjects.ts";
-import { type LocalEntry, Outcome, stampEntry } from "./handlers.ts";
+import {
+  BucketStore,
+  bucketIncarnation,
+  expiryProblem,
+  isDeleteMarker,
+  versionFromHeaders,
+} from "../lib/stores.ts";
+import { Durables, Headers, dlqSubject, endpointSubject, kvStream, kvSubject } from "../lib/subjects.ts";
+import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
 import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
 function keyOf(bucket: string, m: JsMsg): string {
@@ -26,6 +33,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const ticker = new Ticker(nc, config.site, { hlc: config.clock === "hlc" });
   const loops: ConsumerLoop[] = [];
+  const loopOf = new Map<string, ConsumerLoop>();
   /** counters of this instance per bucket, shown in status and STATS data */
   const counts = new Map<string, Record<Outcome | "errors", number>>();
   let lastError: string | undefined;
@@ -51,11 +59,32 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       skipped_superseded: 0,
       published: 0,
       republished: 0,
+      too_large: 0,
       errors: 0,
     };
     counts.set(bucket, c);
     const meta = await ctx.metaCache(bucket);
-    const deps = {
+    const blog = log.child({ bucket });
+    const data = new BucketStore(bucket, site.jsm, site.js, false);
+    let inc = await bucketIncarnation(site.jsm, bucket);
+    const deps: WatcherDeps = {
+      incarnation: () => inc,
+      latestRev: async (key) => (await data.latest(key))?.rev ?? null,
+      maxPayload: nc.info?.max_payload,
+      // the op cannot travel: keep it (without its value) on the dead-letter stream and raise it
+      onTooLarge: async (op, rev, err) => {
+        const { value: _v, encoding: _e, ...rest } = op;
+        const h = natsHeaders();
+        h.set(Headers.code, err.code);
+        h.set(Headers.reason, err.message);
+        h.set(Headers.origin, `${kvStream(bucket)}:${rev}:${kvSubject(bucket, op.key)}`);
+        await site.js.publish(dlqSubject(config.site), JSON.stringify(rest), { headers: h });
+        lastError = `${err.code}: ${err.message}`;
+        blog.error(
+          { code: err.code, key: op.key, reason: err.message },
+          "local write too large to replicate",
+        );
+      },
       site: config.site,
       nodeId: config.nodeId,
       bucket,
@@ -67,11 +96,12 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       tick: () => ticker.tick(),
     };
     const durable = Durables.watcher(config.site, bucket);
-    await ensureConsumer(site.jsm, kvStream(bucket), durable, {
-      filter: `$KV.${bucket}.>`,
-      deliver: "last_per_subject",
-    });
-    const blog = log.child({ bucket });
+    const ensure = () =>
+      ensureConsumer(site.jsm, kvStream(bucket), durable, {
+        filter: `$KV.${bucket}.>`,
+        deliver: "last_per_subject",
+      });
+    await ensure();
     loops.push(
       await runConsumer({
         js: site.js,
@@ -80,6 +110,15 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         concurrency: 64,
         keyOf: (m) => keyOf(bucket, m),
         log: blog,
+        // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
+        // entries (deliver last_per_subject); revisions of the old incarnation suppress nothing
+        recreate: ensure,
+        onGone: async () => {
+          const was = inc;
+          inc = await bucketIncarnation(site.jsm, bucket);
+          if (inc !== was)
+            blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
+        },
         handle: async (m) => {
           const e: LocalEntry = {
             key: keyOf(bucket, m),
@@ -102,6 +141,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         },
       }),
     );
+    loopOf.set(bucket, loops[loops.length - 1]!);
     blog.info({ durable }, "watching bucket");
   }
   addEndpoint<EmptyRequest, WatcherStatusResponse>(
@@ -118,16 +158,24 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         instance: config.instance,
         buckets: await Promise.all(
           config.buckets.map(async (bucket) => {
-            const ci = await site.jsm.consumers.info(kvStream(bucket), Durables.watcher(config.site, bucket));
+            const ci = await site.jsm.consumers
+              .info(kvStream(bucket), Durables.watcher(config.site, bucket))
+              .catch((err) => {
+                lastError = `${kvStream(bucket)}: ${(err as Error).message}`;
+                return null;
+              });
             return {
               bucket,
-              position: ci.delivered.stream_seq,
-              lag: ci.num_pending,
-              counts: { ...counts.get(bucket) },
+              position: ci?.delivered.stream_seq ?? 0,
+              lag: ci?.num_pending ?? 0,
+              counts: { ...counts.get(bucket), recreated: loopOf.get(bucket)?.recreated() ?? 0 },
             };
           }),
         ),
-        ...(lastError ? { last_error: lastError } : {}),
+        ...(() => {
+          const errs = [...loops.map((l) => l.problem()).filter(Boolean), ...(lastError ? [lastError] : [])];
+          return errs.length > 0 ? { last_error: errs.join("; ") } : {};
+        })(),
         conditions: health.list(),
       }),
     },

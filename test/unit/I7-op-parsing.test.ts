@@ -1,8 +1,21 @@
 /** I7 (parsing): every kind of bad op is refused with a clear, coded reason; good ops round-trip. */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
+import { headers as natsHeaders } from "@nats-io/nats-core";
+import fc from "fast-check";
 import { SyncdError } from "../../services/lib/errors.ts";
-import { encodeValue, makeOp, opValue, parseOp } from "../../services/lib/op.ts";
+import {
+  INLINE_OP_MAX,
+  decodeOpMessage,
+  encodeOpMessage,
+  encodeValue,
+  makeOp,
+  opMessageSize,
+  opValue,
+  parseOp,
+} from "../../services/lib/op.ts";
+import { Headers, MsgIds } from "../../services/lib/subjects.ts";
 
 const enc = new TextEncoder();
 const good = { op: "put", bucket: "config", key: "app/theme", value: "dark", ts: 12, node_id: "site-a" };
@@ -67,5 +80,78 @@ describe("I7 op parsing", () => {
     assert.equal(e.encoding, "base64");
     const op = makeOp({ bucket: "config", key: "k", ts: 1, nodeId: "n", deleted: false, value: bin });
     assert.deepEqual(opValue(parseOp(raw(op))), bin);
+  });
+});
+
+describe("op wire forms (I3: any value the bucket accepts fits in one op message)", () => {
+  const put = (value: Uint8Array) =>
+    makeOp({ bucket: "config", key: "k", ts: 7, nodeId: "site-a", deleted: false, value });
+
+  it("small ops stay the plain JSON of DESIGN §2, with no headers", () => {
+    const op = put(enc.encode("dark"));
+    const m = encodeOpMessage(op);
+    assert.equal(m.headers, undefined);
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(m.data)), op);
+    assert.deepEqual(decodeOpMessage(m.data, m.headers), op);
+  });
+
+  it("a large binary value is split: raw bytes as payload, the op without value in Syncd-Op", () => {
+    const bin = new Uint8Array(randomBytes(900 * 1024));
+    const m = encodeOpMessage(put(bin));
+    assert.ok(m.headers);
+    assert.deepEqual(m.data, bin);
+    const h = JSON.parse(m.headers.get(Headers.op));
+    assert.deepEqual(h, { op: "put", bucket: "config", key: "k", ts: 7, node_id: "site-a" });
+    assert.deepEqual(opValue(decodeOpMessage(m.data, m.headers)), bin);
+    assert.ok(opMessageSize(m) < bin.length + 200, "no base64 or JSON inflation");
+  });
+
+  it("round-trips any value and any delete, whichever form it takes", () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 3 * INLINE_OP_MAX }),
+          fc.string({ maxLength: 2 * INLINE_OP_MAX }),
+        ),
+        fc.boolean(),
+        (v, del) => {
+          const value = typeof v === "string" ? enc.encode(v) : v;
+          const op = makeOp({ bucket: "b", key: "x.y", ts: 3, nodeId: "n", deleted: del, value });
+          const m = encodeOpMessage(op);
+          const back = decodeOpMessage(m.data, m.headers);
+          assert.deepEqual(opValue(back), del ? new Uint8Array() : value);
+          assert.equal(back.op, op.op);
+          assert.ok(opMessageSize(m) <= Math.max(INLINE_OP_MAX, value.length + 200));
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it("refuses split ops that are bad: value in the header, a delete with a payload, bad JSON or schema", () => {
+    const h = (o: unknown) => {
+      const x = natsHeaders();
+      x.set(Headers.op, typeof o === "string" ? o : JSON.stringify(o));
+      return x;
+    };
+    const base = { op: "put", bucket: "config", key: "k", ts: 1, node_id: "n" };
+    const code = (fn: () => unknown, c: string) =>
+      assert.throws(fn, (e: unknown) => e instanceof SyncdError && e.code === c);
+    code(() => decodeOpMessage(enc.encode("v"), h({ ...base, value: "x" })), "SYNCD_ERR_SCHEMA");
+    code(() => decodeOpMessage(enc.encode("v"), h({ ...base, op: "delete" })), "SYNCD_ERR_SCHEMA");
+    code(() => decodeOpMessage(enc.encode("v"), h("{nope")), "SYNCD_ERR_NOT_JSON");
+    code(() => decodeOpMessage(enc.encode("v"), h({ ...base, ts: -1 })), "SYNCD_ERR_SCHEMA");
+    code(() => decodeOpMessage(enc.encode("v"), h([1])), "SYNCD_ERR_SCHEMA");
+    assert.equal(decodeOpMessage(new Uint8Array(), h({ ...base, op: "delete" })).op, "delete");
+    assert.equal(decodeOpMessage(enc.encode("v"), h(base)).value, "v");
+  });
+
+  it("message ids of forwarded hand-made ops never meet a local write's, a bucket named `in` included", () => {
+    fc.assert(
+      fc.property(fc.stringMatching(/^[a-zA-Z0-9_-]{1,8}$/), fc.nat(), fc.nat(), (bucket, rev, seq) => {
+        assert.notEqual(MsgIds.localWrite("a", bucket, rev), MsgIds.forwarded("a", seq));
+      }),
+    );
+    assert.notEqual(MsgIds.localWrite("a", "in", 5), MsgIds.forwarded("a", 5));
   });
 });
