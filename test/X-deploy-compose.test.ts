@@ -357,8 +357,10 @@ describe("deploy/docker-compose.yml", () => {
     const hub = serverOf("nats-hub").conf;
     const hubLeafPort = portOf(asStr(asMap(hub.leafnodes, "leafnodes").listen, "leaf listen"));
     const names = [asStr(hub.server_name, "hub server_name")];
-    const domains: string[] = [];
-    assert.equal(hub.jetstream, undefined, "the hub runs no JetStream");
+    // the hub runs JetStream in its own domain (the services' default --hub-domain) for SYNCD_HUB
+    const hubJs = asMap(hub.jetstream, "the hub's jetstream block");
+    const domains: string[] = [asStr(hubJs.domain, "the hub's JetStream domain")];
+    assert.equal(hubJs.domain, "hub");
     for (const s of sites) {
       const c = serverOf(`nats-${s}`).conf;
       names.push(asStr(c.server_name, "server_name"));

@@ -117,7 +117,13 @@ export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["co
   try {
     const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
     const hi = await hub.streams.info(Streams.hub);
-    return (hi.sources ?? []).every((s) => s.lag === 0);
+    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
+    // a stalled source reports lag 0 too: IN holds (at least) one op per subject the hub holds,
+    // and the hub one per subject the site's OUT holds
+    const out = await jsm.streams.info(Streams.out(site));
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
   } catch {
     return false;
   }
