@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import fc from "fast-check";
-import { Reconciler, type ReconcilerDeps } from "../services/reconciler/reconciler.ts";
+import { Reconciler, type ReconcilerDeps } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 
 /** A reconciler that is never started: nextPeer and the peer book touch no connection. */

@@ -18,12 +18,23 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { valueHash } from "../services/lib/lww.ts";
-import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
-import { type MergeDeps, admit, applyOp } from "../services/merger/handlers.ts";
-import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
-import { readVersioned } from "../services/reconciler/values.ts";
-import { Outcome, type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+import {
+  type MergeDeps,
+  type Op,
+  Outcome,
+  VersionTree,
+  type WatcherDeps,
+  admit,
+  applyOp,
+  descend,
+  makeOp,
+  parseOp,
+  plan,
+  readVersioned,
+  stampEntry,
+  treeSource,
+  valueHash,
+} from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import { type Call, ManualSteps } from "./sim/sched.ts";
 import { SimBucket, SimMeta } from "./sim/stores.ts";

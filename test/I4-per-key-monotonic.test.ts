@@ -17,16 +17,18 @@ import { after, before, describe, it } from "node:test";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import fc from "fast-check";
-import { compareVersions } from "../services/lib/lww.ts";
-import { makeOp } from "../services/lib/op.ts";
 import {
   CasConflictError,
+  type MergeDeps,
   type MetaEntry,
   type MetaStoreLike,
   type Version,
-} from "../services/lib/stores.ts";
-import { type MergeDeps, applyOp } from "../services/merger/handlers.ts";
-import { type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+  type WatcherDeps,
+  applyOp,
+  compareVersions,
+  makeOp,
+  stampEntry,
+} from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";

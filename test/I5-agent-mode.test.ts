@@ -11,15 +11,23 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Svcm } from "@nats-io/services";
 import { pingSite } from "../scripts/lib/services.ts";
-import { clockService } from "../services/clock/service.ts";
-import { loadConfig } from "../services/lib/config.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import { Metrics } from "../services/lib/metrics.ts";
-import { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "../services/lib/runtime.ts";
-import { openSite } from "../services/lib/site.ts";
-import { AGENT_NAME, ServiceName, Streams, endpointSubject } from "../services/lib/subjects.ts";
-import { mergerService } from "../services/merger/service.ts";
-import { watcherService } from "../services/watcher/service.ts";
+import {
+  AGENT_NAME,
+  Metrics,
+  type Running,
+  type ServiceDef,
+  ServiceName,
+  SharedMetaCaches,
+  Streams,
+  VERSION,
+  clockService,
+  createLogger,
+  endpointSubject,
+  loadConfig,
+  mergerService,
+  openSite,
+  watcherService,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { type LinkedMesh, quiet, startLinkedMesh, streamCount, until } from "./helpers.ts";
 import { type WriteRecord, checkOutcome, keySet, runWorkload, seedFromEnv, soakMs } from "./workload.ts";

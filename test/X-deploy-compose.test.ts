@@ -19,7 +19,7 @@ import * as path from "node:path";
 import { describe, test } from "node:test";
 import { SERVICE_KINDS } from "../scripts/lib/services.ts";
 import { REPO_ROOT, findNatsServer } from "../scripts/lib/topology.ts";
-import { usage } from "../services/lib/config.ts";
+import { usage } from "../services/mod.ts";
 
 const DEPLOY = path.join(REPO_ROOT, "deploy");
 const read = (p: string) => readFileSync(path.join(REPO_ROOT, p), "utf8");

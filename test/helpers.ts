@@ -5,18 +5,18 @@
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { valueHash } from "../services/lib/lww.ts";
-import { requestJson } from "../services/lib/request.ts";
-import type { Version } from "../services/lib/schemas.gen.ts";
 import {
   Durables,
   Headers,
   Streams,
+  type Version,
   endpointSubject,
   kvStream,
   kvSubject,
   metaBucket,
-} from "../services/lib/subjects.ts";
+  requestJson,
+  valueHash,
+} from "../services/mod.ts";
 import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
 
 /** The harness's waitFor with the integration tests' defaults (15 s, polls every 100 ms). */

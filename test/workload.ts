@@ -23,10 +23,21 @@
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers } from "@nats-io/nats-core";
-import { compare, compareBytes, compareVersions } from "../services/lib/lww.ts";
-import { type Op, opValue, opVersioned, parseOp } from "../services/lib/op.ts";
-import type { Conflict, Version } from "../services/lib/schemas.gen.ts";
-import { OPS_INGRESS, Streams, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import {
+  type Conflict,
+  OPS_INGRESS,
+  type Op,
+  Streams,
+  type Version,
+  compare,
+  compareBytes,
+  compareVersions,
+  kvSubject,
+  metaBucket,
+  opValue,
+  opVersioned,
+  parseOp,
+} from "../services/mod.ts";
 import { versions } from "./helpers.ts";
 
 const enc = new TextEncoder();

@@ -89,7 +89,7 @@ export async function siteIdentity(kvm: Kvm): Promise<string> {
     try {
       await kv.create(IDENTITY_KEY, enc.encode(randomUUID()));
     } catch (err) {
-      if (!isCasConflict(err) && !/exists|wrong last sequence/i.test(String(err))) throw err;
+      if (!isCasConflict(err)) throw err;
     }
   }
 }
@@ -115,7 +115,7 @@ export async function claim(kv: KV, key: string, rec: Member): Promise<Member> {
       else await kv.create(key, enc.encode(JSON.stringify(want)));
       return want;
     } catch (err) {
-      if (isCasConflict(err) || /exists|wrong last sequence/i.test(String(err))) continue;
+      if (isCasConflict(err)) continue;
       throw err;
     }
   }

@@ -1,25 +1,29 @@
 import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
 import type { Payload } from "@nats-io/nats-core";
-import { type ClockMode, observe, reserve } from "../../services/lib/clock-rules.ts";
-import { KeyedGate } from "../../services/lib/consume.ts";
+import {
+  type ClockMode,
+  KeyedGate,
+  type LocalEntry,
+  type MergeDeps,
+  type MergerMergeResponse,
+  type MetaStoreLike,
+  type Op,
+  type Outcome,
+  type Version,
+  type WatcherDeps,
+  applyOp,
+  compareVersions,
+  isSyncdError,
+  observe,
+  reserve,
+  stampEntry,
+} from "../../services/mod.ts";
 /**
  * One simulated site: its stores, its clock, W watcher instances sharing the bucket's durable
  * consumer and M merger instances sharing the inbound op stream (I5), all running the real
  * `stampEntry` and `applyOp`. Like the real consumers, each instance handles the messages of one
  * key one after another (the real KeyedGate) and different keys, or different instances, at once.
  */
-import { isSyncdError } from "../../services/lib/errors.ts";
-import { compareVersions } from "../../services/lib/lww.ts";
-import type { Op } from "../../services/lib/op.ts";
-import type { MergerMergeResponse } from "../../services/lib/schemas.gen.ts";
-import type { MetaStoreLike, Version } from "../../services/lib/stores.ts";
-import { type MergeDeps, applyOp } from "../../services/merger/handlers.ts";
-import {
-  type LocalEntry,
-  type Outcome,
-  type WatcherDeps,
-  stampEntry,
-} from "../../services/watcher/handlers.ts";
 import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
 import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";

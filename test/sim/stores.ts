@@ -10,7 +10,6 @@
  *   last subject sequence, 0 = no entry); `put` / `delete` (a user's own writes: no headers); and
  *   the feed of every entry in revision order (what the watcher's durable consumer delivers).
  */
-import type { Versioned } from "../../services/lib/lww.ts";
 import {
   type BucketEntry,
   type BucketStoreLike,
@@ -18,7 +17,8 @@ import {
   type MetaEntry,
   type MetaStoreLike,
   type Version,
-} from "../../services/lib/stores.ts";
+  type Versioned,
+} from "../../services/mod.ts";
 import type { Call } from "./sched.ts";
 
 const EMPTY = new Uint8Array();

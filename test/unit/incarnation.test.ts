@@ -5,9 +5,17 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { MetaEntry, MetaStoreLike, Version } from "../../services/lib/stores.ts";
-import { bucketHolds, covered, pendingLocal } from "../../services/merger/handlers.ts";
-import { Outcome, type WatcherDeps, stampEntry } from "../../services/watcher/handlers.ts";
+import {
+  type MetaEntry,
+  type MetaStoreLike,
+  Outcome,
+  type Version,
+  type WatcherDeps,
+  bucketHolds,
+  covered,
+  pendingLocal,
+  stampEntry,
+} from "../../services/mod.ts";
 
 const enc = new TextEncoder();
 

@@ -8,10 +8,14 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { loadConfig } from "../services/lib/config.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import { StreamDriftError, ensureMergerStreams, ensureOutStream } from "../services/lib/site.ts";
-import { Streams } from "../services/lib/subjects.ts";
+import {
+  StreamDriftError,
+  Streams,
+  createLogger,
+  ensureMergerStreams,
+  ensureOutStream,
+  loadConfig,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
