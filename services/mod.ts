@@ -50,7 +50,7 @@ export {
   opVersioned,
   parseOp,
 } from "./lib/op.ts";
-export { currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
+export { type LastOpReader, currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {

@@ -26,7 +26,7 @@ import {
  */
 import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
-import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";
+import { type MetaCommit, SimBucket, SimMeta, SimOpLog } from "./stores.ts";
 
 export type VersionId = { ts: number; node_id: string };
 
@@ -193,6 +193,9 @@ export class Replica {
     });
   }
 
+  /** the site's compacted OUT log, as the ordered publish reads it */
+  private readonly outLog = new SimOpLog();
+
   private watcherDeps(i: number): WatcherDeps {
     const ticker = new BlockTicker(this.clock, this.cfg.blockSize);
     return {
@@ -201,8 +204,7 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
-      // the simulated OUT log is not compacted: every publish is ordered against nothing
-      jsm: { streams: { getMessage: async () => null } },
+      jsm: this.outLog.reader,
       js: {
         publish: async (
           subject: string,
@@ -212,6 +214,7 @@ export class Replica {
           await this.sim.step(`${this.site} watcher#${i} publish ${opts?.msgID ?? ""}`);
           const data =
             typeof payload === "string" ? new TextEncoder().encode(payload) : (payload ?? new Uint8Array());
+          this.outLog.record(subject, data);
           return this.net.publish(this, subject, data, opts?.msgID);
         },
       },
