@@ -207,7 +207,10 @@ describe("I5 agent mode: counters are per wired instance", () => {
           sum("merger", "merge", (d: { applied: number }) => d.applied),
           N,
         );
-        assert.equal(sum("merger", "merge", merged), 2 * N);
+        // (plus the site's own ops coming back from the hub: duplicates, counted by the consumer's
+        // instance; with one shared counter each instance would show the total and the sums double)
+        assert.ok(sum("merger", "merge", merged) >= 2 * N);
+        assert.ok(sum("merger", "merge", merged) <= 3 * N);
       } finally {
         for (const w of wired.reverse()) {
           await w.running.stop();
