@@ -12,7 +12,7 @@
 import { randomUUID } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import { type KV, type KvWatchEntry, Kvm } from "@nats-io/kv";
-import type { NatsConnection, QueuedIterator } from "@nats-io/nats-core";
+import { Empty, type NatsConnection, type QueuedIterator } from "@nats-io/nats-core";
 import type { Logger } from "../lib/logger.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { ReconcilerMember } from "../lib/schemas.gen.ts";
@@ -136,6 +136,16 @@ export class Membership {
   private failures = 0;
 
   constructor(private readonly deps: MembershipDeps) {}
+
+  /** True when the hub's JetStream answers within `timeoutMs` (the site's link to the mesh is up). */
+  async hubReachable(timeoutMs: number): Promise<boolean> {
+    try {
+      await this.deps.nc.request(`$JS.${this.deps.hubDomain}.API.INFO`, Empty, { timeout: timeoutMs });
+      return true;
+    } catch {
+      return false;
+    }
+  }
 
   /** Join in the background (retrying while the hub cannot be reached). */
   start(): void {
