@@ -7,6 +7,7 @@
 import type { JetStreamClient, JetStreamManager, StreamInfo } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { CONSUMER_CHECK_MS } from "../lib/consume.ts";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import { type Op, decodeOpMessage } from "../lib/op.ts";
 import { isNotFound } from "../lib/site.ts";
@@ -115,12 +116,20 @@ export function monitorBucket(args: {
     if (lost.size > 0 && !ttl) {
       const keys = [...lost];
       problem(`${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`);
+      health.raise(Conditions.valuesLost, Severity.error, {
+        message: `${keys.length} value(s) vanished from ${bucket} without an op and no op here to repair them from, e.g. "${keys[0]}": anti-entropy may bring them back, else write or restore them`,
+        subject: bucket,
+        data: { keys: keys.slice(0, 10), count: keys.length },
+      });
       if (fresh > 0)
         log.error(
           { keys: keys.slice(0, 20), count: keys.length },
           "values vanished from the bucket and cannot be repaired locally (anti-entropy may bring them back)",
         );
-    } else if (reported && !reported.startsWith(kvStream(bucket))) problem(undefined);
+    } else {
+      health.clear(Conditions.valuesLost, bucket);
+      if (reported && !reported.startsWith(kvStream(bucket))) problem(undefined);
+    }
     return lost.size > 0;
   };
 
@@ -143,7 +152,13 @@ export function monitorBucket(args: {
           );
           args.setIncarnation(inc);
           check = true;
-        }
+          health.raise(Conditions.bucketRecreated, Severity.warn, {
+            message: `bucket ${bucket} was re-created: its values are restored from this site's op streams and by anti-entropy`,
+            subject: bucket,
+            ttlMs: EVENT_TTL_MS,
+          });
+        } else if (reported?.startsWith(`${kvStream(bucket)} `))
+          health.clear(Conditions.bucketRecreated, bucket);
         first = false;
         if (reported?.startsWith(`${kvStream(bucket)} `)) problem(undefined);
         if (check) {
@@ -156,6 +171,10 @@ export function monitorBucket(args: {
           const p = `${kvStream(bucket)} missing: the bucket was deleted`;
           if (reported !== p) log.error({}, "the bucket's stream is missing; waiting for it");
           problem(p);
+          health.raise(Conditions.bucketRecreated, Severity.error, {
+            message: `the stream ${kvStream(bucket)} is missing: bucket ${bucket} was deleted; writes to it fail until it is created again`,
+            subject: bucket,
+          });
         } else log.warn({ err }, "bucket check failed");
       }
       await new Promise<void>((r) => {
