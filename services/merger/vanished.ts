@@ -26,6 +26,9 @@ export type VanishedCounts = {
 /** Least time between two scans after one that left keys vanished (unrepaired, or expired by a max age). */
 const RESCAN_MS = 60_000;
 
+/** Least time between two scans for keys raised as lost, triggered by entries coming back. */
+const LOST_RECHECK_MS = 5000;
+
 function bucketSubjects(info: StreamInfo): number {
   return info.state.num_subjects ?? 0;
 }
@@ -136,6 +139,8 @@ export function monitorBucket(args: {
   const loop = (async () => {
     let first = true;
     let nextScanAt = 0;
+    let scannedSubjects = 0;
+    let scannedAt = 0;
     while (!stopped) {
       try {
         const info = await jsm.streams.info(kvStream(bucket));
@@ -144,6 +149,15 @@ export function monitorBucket(args: {
         // every key `_meta` versions has an entry in the bucket (a value or a delete marker), so
         // fewer subjects in the bucket than in `_meta` means entries vanished without an op
         let check = first || (Date.now() >= nextScanAt && bucketSubjects(info) < bucketSubjects(metaInfo));
+        // keys raised as lost: look again as soon as entries come back (anti-entropy, a restore)
+        const ttl = (info.config.max_age ?? 0) > 0;
+        if (
+          lost.size > 0 &&
+          !ttl &&
+          bucketSubjects(info) > scannedSubjects &&
+          Date.now() >= scannedAt + LOST_RECHECK_MS
+        )
+          check = true;
         if (inc !== state.incarnation()) {
           counts.bucket_recreated++;
           log.error(
@@ -162,7 +176,8 @@ export function monitorBucket(args: {
         first = false;
         if (reported?.startsWith(`${kvStream(bucket)} `)) problem(undefined);
         if (check) {
-          const ttl = (info.config.max_age ?? 0) > 0;
+          scannedSubjects = bucketSubjects(info);
+          scannedAt = Date.now();
           const left = await scan(ttl);
           nextScanAt = Date.now() + (left ? RESCAN_MS : 0);
         }
