@@ -48,7 +48,7 @@ import {
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
-type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number };
+type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number; refused?: Op };
 
 /** The longest a parked op waits before it is tried again. */
 const MAX_PARK_MS = 60_000;
@@ -211,7 +211,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       } catch (err) {
         p = {
           error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
-          ...(op ? { ts: op.ts } : {}),
+          ...(op ? { ts: op.ts, refused: op } : {}),
         };
       }
       parsed.set(m, p);
@@ -234,7 +234,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
     if (err.code === ("SYNCD_ERR_TOO_LARGE" satisfies ErrorCodeName)) {
       const p = parsed.get(m);
-      const subject = p && "op" in p ? `${p.op.bucket}/${p.op.key}` : m.subject;
+      const op = p && ("op" in p ? p.op : p.refused);
+      const subject = op ? `${op.bucket}/${op.key}` : m.subject;
       health.raise(Conditions.valueTooLarge, Severity.error, {
         message: `an op of ${subject} cannot be applied or forwarded here: ${err.message}; dead-lettered`,
         subject,
