@@ -5,17 +5,17 @@
  * and is cleared when it is over. On real servers and real service processes:
  * a value too large (watcher), a key stuck (consumer loop), a peer lost (reconciler), values lost
  * and divergence repaired (merger monitor, reconciler), a bucket deleted / re-created and a consumer
- * missing (merger monitor, watcher's consumer loop).
+ * missing (merger monitor, watcher's consumer loop), the site removed from the mesh (reconciler).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { run } from "../services/cli/cli.ts";
 import { Conditions } from "../services/lib/health.ts";
-import { Streams, kvStream, metaBucket } from "../services/lib/subjects.ts";
-import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { MEMBERS_BUCKET, Streams, kvStream, memberKey, metaBucket } from "../services/lib/subjects.ts";
+import { HUB_DOMAIN, type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
 
 type Cond = { code: string; severity: string; subject?: string; service: string; message: string };
 type Checked = { code: number; conditions: Cond[] };
@@ -151,6 +151,24 @@ describe("I7 every condition of #12 in syncd status", () => {
     // the merger's monitor sees the value back at its next scan
     await cleared("a", Conditions.valuesLost, "config");
     assert.equal((await healthy("a")).code, 0);
+  });
+
+  it("SITE_REFUSED: a site whose member record is removed under its running reconciler is an error there; it clears when the site joins again", async () => {
+    const hub = await m.mesh.connectHub();
+    const members = await new Kvm(jetstream(hub, { domain: HUB_DOMAIN })).open(MEMBERS_BUCKET);
+    await until(async () => (await members.get(memberKey("b")))?.operation === "PUT", T);
+    await members.delete(memberKey("b"));
+    const c = await raised("b", Conditions.siteRefused, "error", "b");
+    assert.equal(c.code, 1);
+    assert.equal(find(c, Conditions.siteRefused, "b")?.service, "syncd-reconciler");
+    await m.mesh.stopServices("b");
+    await m.mesh.startServices("b");
+    await until(async () => (await members.get(memberKey("b")))?.operation === "PUT", {
+      ...T,
+      message: "b joined again",
+    });
+    await cleared("b", Conditions.siteRefused);
+    assert.equal((await healthy("b")).code, 0);
   });
 
   it("BUCKET_RECREATED and CONSUMER_MISSING: a bucket deleted is an error (merger) and its watcher's consumer missing too; created again, both become warnings and --check passes", async () => {
