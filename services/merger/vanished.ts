@@ -184,12 +184,14 @@ export function monitorBucket(args: {
       } catch (err) {
         if (isNotFound(err)) {
           const p = `${kvStream(bucket)} missing: the bucket was deleted`;
-          if (reported !== p) log.error({}, "the bucket's stream is missing; waiting for it");
+          if (reported !== p) {
+            log.error({}, "the bucket's stream is missing; waiting for it");
+            health.raise(Conditions.bucketRecreated, Severity.error, {
+              message: `the stream ${kvStream(bucket)} is missing: bucket ${bucket} was deleted; writes to it fail until it is created again`,
+              subject: bucket,
+            });
+          }
           problem(p);
-          health.raise(Conditions.bucketRecreated, Severity.error, {
-            message: `the stream ${kvStream(bucket)} is missing: bucket ${bucket} was deleted; writes to it fail until it is created again`,
-            subject: bucket,
-          });
         } else log.warn({ err }, "bucket check failed");
       }
       await new Promise<void>((r) => {
