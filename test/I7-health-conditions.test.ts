@@ -88,9 +88,13 @@ describe("I7 every condition of #12 in syncd status", () => {
   });
 
   it("KEY_STUCK: a local write that keeps failing (its _meta store refuses it) is raised, warn then error; cleared when it goes through", async () => {
+    // `_meta` holds at least one version (max_msgs 0 would mean no limit)
+    await m.kv.a!.put("before.stuck", "1");
+    await until(async () => (await textAt("b", "before.stuck")) === "1", T);
     const jsm = await jetstreamManager(m.nc.a!);
     const metaStream = kvStream(metaBucket("config"));
     const info = await jsm.streams.info(metaStream);
+    assert.ok(info.state.messages > 0);
     // `_meta` holds as many messages as it may: a new key's version cannot be committed
     await jsm.streams.update(metaStream, { ...info.config, max_msgs: info.state.messages });
     try {
