@@ -113,6 +113,30 @@ describe("I7 every condition of #12 in syncd status", () => {
     assert.equal((await healthy("a")).code, 0);
   });
 
+  it("KEY_STUCK: an op that keeps failing at a site (its bucket refuses the write) is raised by the merger; cleared when it is applied", async () => {
+    await m.kv.a!.put("before.op.stuck", "1");
+    await until(async () => (await textAt("b", "before.op.stuck")) === "1", T);
+    const jsm = await jetstreamManager(m.nc.b!);
+    const info = await jsm.streams.info(kvStream("config"));
+    assert.ok(info.state.messages > 0);
+    // b's bucket holds as many messages as it may: a new key from a cannot be written there
+    await jsm.streams.update(kvStream("config"), { ...info.config, max_msgs: info.state.messages });
+    try {
+      await m.kv.a!.put("op.stuck", "O");
+      const c = await raised("b", Conditions.keyStuck, "error", "config/op.stuck");
+      assert.equal(c.code, 1);
+      assert.equal(find(c, Conditions.keyStuck, "config/op.stuck")?.service, "syncd-merger");
+    } finally {
+      await jsm.streams.update(kvStream("config"), { ...info.config, max_msgs: -1 });
+    }
+    await until(async () => (await textAt("b", "op.stuck")) === "O", {
+      ...T,
+      message: "op.stuck applied at b",
+    });
+    await cleared("b", Conditions.keyStuck, "config/op.stuck");
+    assert.equal((await healthy("b")).code, 0);
+  });
+
   it("PEER_LOST: a peer whose services stopped is raised by the reconciler after a failed run (warn: --check passes); cleared when it answers again", async () => {
     await m.mesh.stopServices("b");
     try {
