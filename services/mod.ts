@@ -25,7 +25,15 @@ export { ConfigError, loadConfig, usage } from "./lib/config.ts";
 export { connectNats } from "./lib/connect.ts";
 export { KeyedGate, termTakesReason } from "./lib/consume.ts";
 export { ErrorCode, SyncdError, isSyncdError } from "./lib/errors.ts";
-export { Conditions, Health, MAX_CONDITIONS, Severity, health, needsPerson } from "./lib/health.ts";
+export {
+  type Condition,
+  Conditions,
+  Health,
+  MAX_CONDITIONS,
+  Severity,
+  health,
+  needsPerson,
+} from "./lib/health.ts";
 export {
   isAlreadyExists,
   isConsumerNotFound,

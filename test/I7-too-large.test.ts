@@ -7,7 +7,15 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Headers, OPS_INGRESS, ServiceReplyError, Streams } from "../services/mod.ts";
+import {
+  type Condition,
+  Conditions,
+  Headers,
+  OPS_INGRESS,
+  ServiceReplyError,
+  Streams,
+  run,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until } from "./helpers.ts";
 
@@ -61,5 +69,27 @@ describe("I7 values over the bucket's max value size", () => {
     });
     assert.equal(m.header.get(Headers.code), "SYNCD_ERR_TOO_LARGE");
     assert.match(m.header.get(Headers.reason), /> 512 bytes/);
+    // #12.6: raised by the merger as VALUE_TOO_LARGE (error): `syncd status --check` fails
+    const out: string[] = [];
+    const code = await run(
+      ["status", "--check", "--json", "--server", mesh.sites.a!.url],
+      { out: (s) => void out.push(s), err: (s) => void out.push(s) },
+      {},
+    );
+    assert.equal(code, 1, out.join("\n"));
+    const conds = (
+      JSON.parse(out.join("\n")) as { sites: { conditions: (Condition & { service: string })[] }[] }
+    ).sites.flatMap((x) => x.conditions);
+    const c = conds.find((x) => x.code === Conditions.valueTooLarge && x.subject === "small/s1");
+    assert.equal(c?.severity, "error", JSON.stringify(conds));
+    assert.equal(c?.service, "syncd-merger");
+    // a later op of the key that fits clears it
+    nc.publish(
+      OPS_INGRESS,
+      JSON.stringify({ op: "put", bucket: "small", key: "s1", value: "fits", ts: 10, node_id: "x" }),
+    );
+    await until(async () => (await small.get("s1"))?.string() === "fits");
+    const after = await call<{ conditions: Condition[] }>(nc, "a", "merger", "status");
+    assert.ok(!after.conditions.some((x) => x.code === Conditions.valueTooLarge), JSON.stringify(after));
   });
 });

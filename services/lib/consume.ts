@@ -11,6 +11,7 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
 import { isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 
@@ -95,6 +96,12 @@ export type ConsumerLoop = {
   problem: () => string | undefined;
 };
 
+/** Failures of one key's messages in a row after which KEY_STUCK is raised as a warning, then as an error. */
+export const KEY_STUCK_WARN = 3;
+export const KEY_STUCK_ERROR = 10;
+/** Keys whose failures one loop counts at most (the oldest are forgotten first). */
+const MAX_FAILING_KEYS = 10_000;
+
 /** How often a loop checks that its durable still exists (it also reacts to consumer notifications). */
 export const CONSUMER_CHECK_MS = 2000;
 
@@ -118,6 +125,8 @@ export async function runConsumer(args: {
   /** runs before `recreate`, once the messages of the old durable are settled */
   onGone?: () => Promise<void>;
   checkMs?: number;
+  /** the KEY_STUCK subject of a message key (default `<stream>/<key>`) */
+  subjectOf?: (key: string) => string;
 }): Promise<ConsumerLoop> {
   const { js, stream, durable, log } = args;
   const gate = new KeyedGate(args.concurrency);
@@ -127,6 +136,34 @@ export async function runConsumer(args: {
   const nc = (js as Partial<{ nc: NatsConnection }>).nc;
   let recreated = 0;
   let problem: string | undefined;
+  const subjectOf = args.subjectOf ?? ((k: string) => `${stream}/${k}`);
+  /** failures in a row per key: KEY_STUCK past a threshold, cleared when the key goes through */
+  const failures = new Map<string, number>();
+  const failed = (key: string, err: unknown) => {
+    const n = (failures.get(key) ?? 0) + 1;
+    failures.delete(key);
+    failures.set(key, n);
+    if (failures.size > MAX_FAILING_KEYS) failures.delete(failures.keys().next().value!);
+    if (n <= KEY_STUCK_WARN) return;
+    const subject = subjectOf(key);
+    health.raise(Conditions.keyStuck, n > KEY_STUCK_ERROR ? Severity.error : Severity.warn, {
+      message: `${subject} failed ${n} times in a row (${stream}): ${(err as Error)?.message ?? err}`,
+      subject,
+      data: { stream, durable, failures: n },
+    });
+  };
+  const wentThrough = (key: string) => {
+    if (failures.delete(key)) health.clear(Conditions.keyStuck, subjectOf(key));
+  };
+  const setProblem = (why: string | undefined) => {
+    problem = why;
+    if (why === undefined) health.clear(Conditions.consumerMissing, `${stream}/${durable}`);
+    else
+      health.raise(Conditions.consumerMissing, Severity.error, {
+        message: `cannot re-make the durable consumer ${why}`,
+        subject: `${stream}/${durable}`,
+      });
+  };
   const settle = (m: JsMsg, d: Disposition) => {
     if ("ack" in d) m.ack();
     else if ("term" in d) {
@@ -153,12 +190,15 @@ export async function runConsumer(args: {
           continue;
         }
         delivered++;
-        await gate.submit(args.keyOf(m), async () => {
+        const key = args.keyOf(m);
+        await gate.submit(key, async () => {
           let d: Disposition;
           try {
             d = await args.handle(m);
+            if (!("nak" in d)) wentThrough(key);
           } catch (err) {
             log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");
+            failed(key, err);
             d = { nak: 1000 };
           }
           try {
@@ -189,7 +229,12 @@ export async function runConsumer(args: {
     await args.recreate!();
     current = await start();
     recreated++;
-    problem = undefined;
+    setProblem(undefined);
+    health.raise(Conditions.consumerMissing, Severity.warn, {
+      message: `the durable consumer ${stream}/${durable} was gone (deleted, or its stream deleted or re-created) and was re-made`,
+      subject: `${stream}/${durable}`,
+      ttlMs: EVENT_TTL_MS,
+    });
     log.warn({ stream, durable, recreated }, "durable consumer re-made; consuming again");
   };
   const supervisor = args.recreate
@@ -219,7 +264,7 @@ export async function runConsumer(args: {
             const why = `${stream}/${durable}: ${(e as Error).message ?? e}`;
             if (why !== problem)
               log.error({ err: e, stream, durable }, "cannot re-make the durable consumer; will retry");
-            problem = why;
+            setProblem(why);
           }
         }
       })()

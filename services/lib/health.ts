@@ -51,6 +51,10 @@ export const Conditions = {
   peerLost: "PEER_LOST",
   /** a durable consumer a service needs is gone */
   consumerMissing: "CONSUMER_MISSING",
+  /** values the site's `_meta` says it holds are gone from the bucket and nothing could repair them */
+  valuesLost: "VALUES_LOST",
+  /** the mesh refused this site (its name or JetStream domain is another site's) or removed it */
+  siteRefused: "SITE_REFUSED",
   /** a service kind has no instance answering at a site (found by `syncd status`, not raised by a service) */
   serviceDown: "SERVICE_DOWN",
   /** a part of a site's status (an endpoint, a stream) could not be read (found by `syncd status`) */
@@ -76,6 +80,9 @@ export type Condition = {
 export type ConditionDetail =
   | string
   | { message: string; subject?: string; ttlMs?: number; data?: Record<string, unknown> };
+
+/** How long an event condition (a bucket re-created, a divergence repaired) stays shown after it was last raised. */
+export const EVENT_TTL_MS = 10 * 60_000;
 
 /** The most conditions one process keeps. */
 export const MAX_CONDITIONS = 200;

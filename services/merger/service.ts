@@ -48,7 +48,7 @@ import {
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
-type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number };
+type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number; refused?: Op };
 
 /** The longest a parked op waits before it is tried again. */
 const MAX_PARK_MS = 60_000;
@@ -211,7 +211,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       } catch (err) {
         p = {
           error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
-          ...(op ? { ts: op.ts } : {}),
+          ...(op ? { ts: op.ts, refused: op } : {}),
         };
       }
       parsed.set(m, p);
@@ -232,6 +232,16 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     await js.publish(dlqSubject(config.site), keep ? m.data : new Uint8Array(), { headers: h });
     counts.dead_lettered++;
     deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
+    if (err.code === ("SYNCD_ERR_TOO_LARGE" satisfies ErrorCodeName)) {
+      const p = parsed.get(m);
+      const op = p && ("op" in p ? p.op : p.refused);
+      const subject = op ? `${op.bucket}/${op.key}` : m.subject;
+      health.raise(Conditions.valueTooLarge, Severity.error, {
+        message: `an op of ${subject} cannot be applied or forwarded here: ${err.message}; dead-lettered`,
+        subject,
+        data: { stream: m.info.stream, seq: m.seq },
+      });
+    }
     const fields = {
       code: err.code,
       reason: err.message,
@@ -258,6 +268,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       // a journaled copy of a merge request: the endpoint already recorded its conflicts
       const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
       counts[r.result]++;
+      if (r.result === "applied") health.clear(Conditions.valueTooLarge, `${p.op.bucket}/${p.op.key}`);
       // a hand-made op goes to the site's log only as the key's current winner here
       if (m.subject === OPS_INGRESS && r.result !== "stale") {
         const msgID = forwardMsgId(config.site, m.seq, ingressInc);
@@ -321,6 +332,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         durable,
         concurrency: 64,
         log,
+        subjectOf: (key) => key,
         keyOf: (m) => {
           const p = parse(m);
           return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;

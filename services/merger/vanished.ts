@@ -7,6 +7,7 @@
 import type { JetStreamClient, JetStreamManager, StreamInfo } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { CONSUMER_CHECK_MS } from "../lib/consume.ts";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { type Op, decodeOpMessage } from "../lib/op.ts";
@@ -24,6 +25,9 @@ export type VanishedCounts = {
 
 /** Least time between two scans after one that left keys vanished (unrepaired, or expired by a max age). */
 const RESCAN_MS = 60_000;
+
+/** Least time between two scans for keys raised as lost, triggered by entries coming back. */
+const LOST_RECHECK_MS = 5000;
 
 function bucketSubjects(info: StreamInfo): number {
   return info.state.num_subjects ?? 0;
@@ -115,18 +119,28 @@ export function monitorBucket(args: {
     if (lost.size > 0 && !ttl) {
       const keys = [...lost];
       problem(`${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`);
+      health.raise(Conditions.valuesLost, Severity.error, {
+        message: `${keys.length} value(s) vanished from ${bucket} without an op and no op here to repair them from, e.g. "${keys[0]}": anti-entropy may bring them back, else write or restore them`,
+        subject: bucket,
+        data: { keys: keys.slice(0, 10), count: keys.length },
+      });
       if (fresh > 0)
         log.error(
           { keys: keys.slice(0, 20), count: keys.length },
           "values vanished from the bucket and cannot be repaired locally (anti-entropy may bring them back)",
         );
-    } else if (reported && !reported.startsWith(kvStream(bucket))) problem(undefined);
+    } else {
+      health.clear(Conditions.valuesLost, bucket);
+      if (reported && !reported.startsWith(kvStream(bucket))) problem(undefined);
+    }
     return lost.size > 0;
   };
 
   const loop = (async () => {
     let first = true;
     let nextScanAt = 0;
+    let scannedSubjects = 0;
+    let scannedAt = 0;
     while (!stopped) {
       try {
         const info = await jsm.streams.info(kvStream(bucket));
@@ -135,6 +149,15 @@ export function monitorBucket(args: {
         // every key `_meta` versions has an entry in the bucket (a value or a delete marker), so
         // fewer subjects in the bucket than in `_meta` means entries vanished without an op
         let check = first || (Date.now() >= nextScanAt && bucketSubjects(info) < bucketSubjects(metaInfo));
+        // keys raised as lost: look again as soon as entries come back (anti-entropy, a restore)
+        const ttl = (info.config.max_age ?? 0) > 0;
+        if (
+          lost.size > 0 &&
+          !ttl &&
+          bucketSubjects(info) > scannedSubjects &&
+          Date.now() >= scannedAt + LOST_RECHECK_MS
+        )
+          check = true;
         if (inc !== state.incarnation()) {
           counts.bucket_recreated++;
           log.error(
@@ -143,18 +166,31 @@ export function monitorBucket(args: {
           );
           args.setIncarnation(inc);
           check = true;
-        }
+          health.raise(Conditions.bucketRecreated, Severity.warn, {
+            message: `bucket ${bucket} was re-created: its values are restored from this site's op streams and by anti-entropy`,
+            subject: bucket,
+            ttlMs: EVENT_TTL_MS,
+          });
+        } else if (reported?.startsWith(`${kvStream(bucket)} `))
+          health.clear(Conditions.bucketRecreated, bucket);
         first = false;
         if (reported?.startsWith(`${kvStream(bucket)} `)) problem(undefined);
         if (check) {
-          const ttl = (info.config.max_age ?? 0) > 0;
+          scannedSubjects = bucketSubjects(info);
+          scannedAt = Date.now();
           const left = await scan(ttl);
           nextScanAt = Date.now() + (left ? RESCAN_MS : 0);
         }
       } catch (err) {
         if (isNotFound(err)) {
           const p = `${kvStream(bucket)} missing: the bucket was deleted`;
-          if (reported !== p) log.error({}, "the bucket's stream is missing; waiting for it");
+          if (reported !== p) {
+            log.error({}, "the bucket's stream is missing; waiting for it");
+            health.raise(Conditions.bucketRecreated, Severity.error, {
+              message: `the stream ${kvStream(bucket)} is missing: bucket ${bucket} was deleted; writes to it fail until it is created again`,
+              subject: bucket,
+            });
+          }
           problem(p);
         } else log.warn({ err }, "bucket check failed");
       }

@@ -7,6 +7,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { SyncdError } from "../lib/errors.ts";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import type {
   ReconcilerRunRequest,
@@ -77,6 +78,9 @@ export type ReconcilerDeps = {
 
 const PROGRESS_LOG_MS = 5000;
 
+/** A peer unreachable this long is raised as an error (a person should look), before that as a warning. */
+export const PEER_LOST_ERROR_MS = 15 * 60_000;
+
 /** Totals of this instance. */
 export type ReconcilerCounts = {
   runs: number;
@@ -120,6 +124,8 @@ export class Reconciler {
   private periodicTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private lastPeriodicPeer: string | undefined;
+  /** peers raised as PEER_LOST: since when, and at which severity */
+  private readonly lostPeers = new Map<string, { since: number; severity: Severity }>();
 
   constructor(private readonly deps: ReconcilerDeps) {
     this.book = new PeerBook(deps.site);
@@ -212,6 +218,7 @@ export class Reconciler {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
       await this.verify(this.deps.buckets);
+      this.reportHealth();
       if (!this.stopped) this.discoveryTimer = setTimeout(loop, gap);
       gap = Math.min(gap * 2, this.deps.tuning.discoveryMs);
     };
@@ -281,6 +288,38 @@ export class Reconciler {
       this.lastHealRun.delete(site);
       if (this.lastPeriodicPeer === site) this.lastPeriodicPeer = undefined;
       this.deps.log.info({ peer: site }, "peer removed: no longer a member of the mesh");
+    }
+    this.reportHealth();
+  }
+
+  /**
+   * Raise or clear what the reconciler knows of the mesh: PEER_LOST per unreachable peer (a warning,
+   * an error after {@link PEER_LOST_ERROR_MS}), SITE_REFUSED when the mesh refused or removed this site.
+   */
+  reportHealth(now = Date.now()): void {
+    const m = this.deps.membership;
+    if (m && (m.state === "refused" || m.state === "removed"))
+      health.raise(Conditions.siteRefused, Severity.error, {
+        message: `this site is ${m.state} by the mesh${m.refusal ? ` (${m.refusal})` : ""}: anti-entropy is off`,
+        subject: this.deps.site,
+      });
+    else health.clear(Conditions.siteRefused);
+    const down = new Set(this.book.unreachable());
+    for (const [peer] of this.lostPeers)
+      if (!down.has(peer)) {
+        this.lostPeers.delete(peer);
+        health.clear(Conditions.peerLost, peer);
+      }
+    for (const peer of down) {
+      const was = this.lostPeers.get(peer);
+      const since = was?.since ?? now;
+      const severity = now - since >= PEER_LOST_ERROR_MS ? Severity.error : Severity.warn;
+      if (was?.severity === severity) continue;
+      this.lostPeers.set(peer, { since, severity });
+      health.raise(Conditions.peerLost, severity, {
+        message: `peer ${peer} does not answer (discovery or anti-entropy) since ${new Date(since).toISOString()}: ops to and from it wait in the streams`,
+        subject: peer,
+      });
     }
   }
 
@@ -377,6 +416,7 @@ export class Reconciler {
           );
           runs.push(rec);
           this.count(rec);
+          reportRun(rec);
           if (peerUnavailable) {
             unavailable = rec.error;
             this.book.markUnreachable(peer);
@@ -393,6 +433,7 @@ export class Reconciler {
         }
       }
       this.raiseLost(buckets);
+      this.reportHealth();
     } finally {
       clearInterval(ticker);
       this.running = false;
@@ -419,8 +460,16 @@ export class Reconciler {
   private raiseLost(buckets: string[]): void {
     for (const b of buckets) {
       const keys = this.deps.indexes.get(b)?.lostKeys(this.deps.tuning.lostGraceMs) ?? [];
-      if (keys.length === 0) continue;
+      if (keys.length === 0) {
+        health.clear(Conditions.valuesLost, b);
+        continue;
+      }
       this.counts.lost_raised++;
+      health.raise(Conditions.valuesLost, Severity.error, {
+        message: `${keys.length} value(s) of ${b} are gone here without an op and no reachable peer holds them, e.g. "${keys[0]}": write them again or restore them`,
+        subject: b,
+        data: { keys: keys.slice(0, LOST_SAMPLE), count: keys.length },
+      });
       this.deps.log.error(
         { bucket: b, lost: keys.length, keys: keys.slice(0, LOST_SAMPLE) },
         "values lost without an op and held by no reachable peer: write them again or restore them",
@@ -436,4 +485,23 @@ export class Reconciler {
     this.counts.skipped += rec.skipped ?? 0;
     this.counts.bytes += rec.bytes;
   }
+}
+
+/** Raise what a finished run found: entries it moved (repaired), differing keys it left (found). */
+function reportRun(rec: RunRecord): void {
+  const subject = `${rec.bucket}/${rec.peer}`;
+  if (rec.entries_moved > 0)
+    health.raise(Conditions.divergenceRepaired, Severity.warn, {
+      message: `anti-entropy with ${rec.peer} repaired ${rec.entries_moved} differing entries of ${rec.bucket} (pulled ${rec.pulled}, pushed ${rec.pushed})`,
+      subject,
+      ttlMs: EVENT_TTL_MS,
+      data: { pulled: rec.pulled, pushed: rec.pushed },
+    });
+  if ((rec.skipped ?? 0) > 0)
+    health.raise(Conditions.divergenceFound, Severity.warn, {
+      message: `anti-entropy with ${rec.peer} left ${rec.skipped} differing keys of ${rec.bucket} for a later run (in flux, too large or refused)`,
+      subject,
+      ttlMs: EVENT_TTL_MS,
+    });
+  else if (!rec.error) health.clear(Conditions.divergenceFound, subject);
 }

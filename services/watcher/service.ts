@@ -7,7 +7,7 @@ import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
-import { health } from "../lib/health.ts";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
 import { currentOwnOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
@@ -80,6 +80,11 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         h.set(Headers.origin, `${kvStream(bucket)}:${rev}:${kvSubject(bucket, op.key)}`);
         await site.js.publish(dlqSubject(config.site), JSON.stringify(rest), { headers: h });
         lastError = `${err.code}: ${err.message}`;
+        health.raise(Conditions.valueTooLarge, Severity.error, {
+          message: `local write of ${bucket}/${op.key} (rev ${rev}) cannot travel: ${err.message}; dead-lettered, the other sites keep their value`,
+          subject: `${bucket}/${op.key}`,
+          data: { bucket, key: op.key, rev },
+        });
         blog.error(
           { code: err.code, key: op.key, reason: err.message },
           "local write too large to replicate",
@@ -110,14 +115,21 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         concurrency: 64,
         keyOf: (m) => keyOf(bucket, m),
         log: blog,
+        subjectOf: (key) => `${bucket}/${key}`,
         // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
         // entries (deliver last_per_subject); revisions of the old incarnation suppress nothing
         recreate: ensure,
         onGone: async () => {
           const was = inc;
           inc = await bucketIncarnation(site.jsm, bucket);
-          if (inc !== was)
+          if (inc !== was) {
             blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
+            health.raise(Conditions.bucketRecreated, Severity.warn, {
+              message: `bucket ${bucket} was re-created: the watcher re-seeded from its current entries`,
+              subject: bucket,
+              ttlMs: EVENT_TTL_MS,
+            });
+          }
         },
         handle: async (m) => {
           const e: LocalEntry = {
@@ -130,6 +142,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
           try {
             const outcome = await stampEntry(deps, e);
             c[outcome]++;
+            if (outcome === Outcome.published) health.clear(Conditions.valueTooLarge, `${bucket}/${e.key}`);
             if (outcome === Outcome.published)
               blog.debug({ key: e.key, rev: e.rev }, "published local write");
             return { ack: true };

@@ -1,0 +1,242 @@
+/**
+ * I7 (nothing silent, #12.6), extended to every condition of #12: each is raised by the service that
+ * detects it, shows in `syncd status --json` (from the instances' micro STATS data) with its severity,
+ * makes `syncd status --check` exit 1 when a person is needed (severity error) and 0 for a warning,
+ * and is cleared when it is over. On real servers and real service processes:
+ * a value too large (watcher), a key stuck (consumer loop), a peer lost (reconciler), values lost
+ * and divergence repaired (merger monitor, reconciler), a bucket deleted / re-created and a consumer
+ * missing (merger monitor, watcher's consumer loop), the site removed from the mesh (reconciler).
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import {
+  Conditions,
+  MEMBERS_BUCKET,
+  Streams,
+  kvStream,
+  memberKey,
+  metaBucket,
+  run,
+} from "../services/mod.ts";
+import { HUB_DOMAIN, type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+
+type Cond = { code: string; severity: string; subject?: string; service: string; message: string };
+type Checked = { code: number; conditions: Cond[] };
+
+const ONE_MB = 1024 * 1024;
+const T = { timeout: 60_000, interval: 500 };
+
+describe("I7 every condition of #12 in syncd status", () => {
+  let m: LinkedMesh;
+
+  before(async () => {
+    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+  });
+  after(async () => {
+    await m?.mesh.stop();
+  });
+
+  /** `syncd status --check --json --site <site>`: its exit code and the site's conditions. */
+  const check = async (site: string): Promise<Checked> => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await run(
+      ["status", "--check", "--json", "--site", site, "--server", m.mesh.sites[site]!.url],
+      { out: (s) => void out.push(s), err: (s) => void err.push(s) },
+      {},
+    );
+    assert.ok(out.length > 0, err.join("\n"));
+    const data = JSON.parse(out.join("\n")) as { sites: { conditions: Cond[] }[] };
+    return { code, conditions: data.sites.flatMap((s) => s.conditions) };
+  };
+  const find = (c: Checked, code: string, subject?: string) =>
+    c.conditions.find((x) => x.code === code && (subject === undefined || x.subject === subject));
+  /** wait until the condition shows (with that severity) at the site; returns the whole check */
+  const raised = (site: string, code: string, severity: string, subject?: string) =>
+    until(
+      async () => {
+        const c = await check(site);
+        return find(c, code, subject)?.severity === severity ? c : null;
+      },
+      { ...T, message: `${code} ${subject ?? ""} (${severity}) at ${site}` },
+    );
+  const cleared = (site: string, code: string, subject?: string) =>
+    until(
+      async () => {
+        const c = await check(site);
+        return find(c, code, subject) ? null : c;
+      },
+      { ...T, message: `${code} ${subject ?? ""} cleared at ${site}` },
+    );
+  /** wait until the site has no condition that needs a person: --check passes again */
+  const healthy = (site: string) =>
+    until(
+      async () => {
+        const c = await check(site);
+        return c.code === 0 ? c : null;
+      },
+      { ...T, message: `--check passes at ${site}` },
+    );
+  const textAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.string();
+
+  it("VALUE_TOO_LARGE: a local write too large to travel is raised by the watcher (error); a later write of the key clears it", async () => {
+    await m.kv.a!.put("edge", new Uint8Array(randomBytes(ONE_MB - 64)));
+    const c = await raised("a", Conditions.valueTooLarge, "error", "config/edge");
+    assert.equal(c.code, 1);
+    assert.equal(find(c, Conditions.valueTooLarge, "config/edge")?.service, "syncd-watcher");
+    await m.kv.a!.put("edge", "small again");
+    await until(async () => (await textAt("b", "edge")) === "small again", T);
+    await cleared("a", Conditions.valueTooLarge, "config/edge");
+    assert.equal((await healthy("a")).code, 0);
+  });
+
+  it("KEY_STUCK: a local write that keeps failing (its _meta store refuses it) is raised, warn then error; cleared when it goes through", async () => {
+    // `_meta` holds at least one version (max_msgs 0 would mean no limit)
+    await m.kv.a!.put("before.stuck", "1");
+    await until(async () => (await textAt("b", "before.stuck")) === "1", T);
+    const jsm = await jetstreamManager(m.nc.a!);
+    const metaStream = kvStream(metaBucket("config"));
+    const info = await jsm.streams.info(metaStream);
+    assert.ok(info.state.messages > 0);
+    // `_meta` holds as many messages as it may: a new key's version cannot be committed
+    await jsm.streams.update(metaStream, { ...info.config, max_msgs: info.state.messages });
+    try {
+      await m.kv.a!.put("stuck.k", "S");
+      const warn = await raised("a", Conditions.keyStuck, "warn", "config/stuck.k");
+      assert.equal(warn.code, find(warn, Conditions.storeFilling) ? 1 : 0);
+      const c = await raised("a", Conditions.keyStuck, "error", "config/stuck.k");
+      assert.equal(c.code, 1);
+      assert.equal(find(c, Conditions.keyStuck, "config/stuck.k")?.service, "syncd-watcher");
+    } finally {
+      await jsm.streams.update(metaStream, { ...info.config, max_msgs: -1 });
+    }
+    await until(async () => (await textAt("b", "stuck.k")) === "S", { ...T, message: "stuck.k reaches b" });
+    await cleared("a", Conditions.keyStuck, "config/stuck.k");
+    // STORE_FILLING of `_meta` clears at the clock's next store check
+    assert.equal((await healthy("a")).code, 0);
+  });
+
+  it("KEY_STUCK: an op that keeps failing at a site (its bucket refuses the write) is raised by the merger; cleared when it is applied", async () => {
+    await m.kv.a!.put("before.op.stuck", "1");
+    await until(async () => (await textAt("b", "before.op.stuck")) === "1", T);
+    const jsm = await jetstreamManager(m.nc.b!);
+    const info = await jsm.streams.info(kvStream("config"));
+    assert.ok(info.state.messages > 0);
+    // b's bucket holds as many messages as it may: a new key from a cannot be written there
+    await jsm.streams.update(kvStream("config"), { ...info.config, max_msgs: info.state.messages });
+    try {
+      await m.kv.a!.put("op.stuck", "O");
+      const c = await raised("b", Conditions.keyStuck, "error", "config/op.stuck");
+      assert.equal(c.code, 1);
+      assert.equal(find(c, Conditions.keyStuck, "config/op.stuck")?.service, "syncd-merger");
+    } finally {
+      await jsm.streams.update(kvStream("config"), { ...info.config, max_msgs: -1 });
+    }
+    await until(async () => (await textAt("b", "op.stuck")) === "O", {
+      ...T,
+      message: "op.stuck applied at b",
+    });
+    await cleared("b", Conditions.keyStuck, "config/op.stuck");
+    assert.equal((await healthy("b")).code, 0);
+  });
+
+  it("PEER_LOST: a peer whose services stopped is raised by the reconciler after a failed run (warn: --check passes); cleared when it answers again", async () => {
+    await m.mesh.stopServices("b");
+    try {
+      await call(m.nc.a!, "a", "reconciler", "run", { peers: ["b"] }).catch(() => {});
+      const c = await raised("a", Conditions.peerLost, "warn", "b");
+      assert.equal(c.code, 0, JSON.stringify(c.conditions));
+      assert.equal(find(c, Conditions.peerLost, "b")?.service, "syncd-reconciler");
+    } finally {
+      await m.mesh.startServices("b");
+    }
+    await until(
+      async () => {
+        await call(m.nc.a!, "a", "reconciler", "run", { peers: ["b"] }).catch(() => {});
+        return !find(await check("a"), Conditions.peerLost, "b");
+      },
+      { ...T, message: "PEER_LOST cleared after a run that reached b" },
+    );
+  });
+
+  it("VALUES_LOST and DIVERGENCE_REPAIRED: values gone with no op to repair from are an error; anti-entropy brings them back (a warning) and the error clears", async () => {
+    await m.kv.a!.put("lost.k", "L");
+    await until(async () => (await textAt("b", "lost.k")) === "L", T);
+    const jsm = await jetstreamManager(m.nc.a!);
+    await jsm.streams.purge(Streams.out("a"));
+    await jsm.streams.purge(Streams.in("a"));
+    await jsm.streams.purge(kvStream("config"));
+    const c = await raised("a", Conditions.valuesLost, "error", "config");
+    assert.equal(c.code, 1);
+    assert.equal(find(c, Conditions.valuesLost, "config")?.service, "syncd-merger");
+    // anti-entropy pulls them back from b
+    await until(
+      async () => {
+        await call(m.nc.a!, "a", "reconciler", "run", { peers: ["b"] }).catch(() => {});
+        return (await textAt("a", "lost.k")) === "L";
+      },
+      { ...T, message: "lost.k back at a" },
+    );
+    const r = await raised("a", Conditions.divergenceRepaired, "warn", "config/b");
+    assert.equal(find(r, Conditions.divergenceRepaired, "config/b")?.service, "syncd-reconciler");
+    // the merger's monitor sees the value back at its next scan
+    await cleared("a", Conditions.valuesLost, "config");
+    assert.equal((await healthy("a")).code, 0);
+  });
+
+  it("SITE_REFUSED: a site whose member record is removed under its running reconciler is an error there; it clears when the site joins again", async () => {
+    const hub = await m.mesh.connectHub();
+    const members = await new Kvm(jetstream(hub, { domain: HUB_DOMAIN })).open(MEMBERS_BUCKET);
+    await until(async () => (await members.get(memberKey("b")))?.operation === "PUT", T);
+    await members.delete(memberKey("b"));
+    const c = await raised("b", Conditions.siteRefused, "error", "b");
+    assert.equal(c.code, 1);
+    assert.equal(find(c, Conditions.siteRefused, "b")?.service, "syncd-reconciler");
+    await m.mesh.stopServices("b");
+    await m.mesh.startServices("b");
+    await until(async () => (await members.get(memberKey("b")))?.operation === "PUT", {
+      ...T,
+      message: "b joined again",
+    });
+    await cleared("b", Conditions.siteRefused);
+    assert.equal((await healthy("b")).code, 0);
+  });
+
+  it("BUCKET_RECREATED and CONSUMER_MISSING: a bucket deleted is an error (merger) and its watcher's consumer missing too; created again, both become warnings and --check passes", async () => {
+    await m.kv.b!.put("before.rm", "B");
+    await until(async () => (await textAt("a", "before.rm")) === "B", T);
+    await (await jetstreamManager(m.nc.b!)).streams.delete(kvStream("config"));
+    const c = await until(
+      async () => {
+        const x = await check("b");
+        return find(x, Conditions.bucketRecreated, "config")?.severity === "error" &&
+          find(x, Conditions.consumerMissing)?.severity === "error"
+          ? x
+          : null;
+      },
+      { ...T, message: "bucket missing and consumer missing raised at b" },
+    );
+    assert.equal(c.code, 1);
+    assert.equal(find(c, Conditions.bucketRecreated, "config")?.service, "syncd-merger");
+    assert.equal(find(c, Conditions.consumerMissing)?.service, "syncd-watcher");
+    await new Kvm(m.nc.b!).create("config", { history: 1 });
+    const w = await until(
+      async () => {
+        const x = await check("b");
+        const bad = x.conditions.filter(
+          (k) =>
+            (k.code === Conditions.bucketRecreated || k.code === Conditions.consumerMissing) &&
+            k.severity !== "warn",
+        );
+        return bad.length === 0 && find(x, Conditions.bucketRecreated, "config") ? x : null;
+      },
+      { ...T, message: "re-created: warnings only" },
+    );
+    assert.ok(find(w, Conditions.consumerMissing), JSON.stringify(w.conditions));
+    await until(async () => (await textAt("b", "before.rm")) === "B", { ...T, message: "restored at b" });
+    assert.equal((await healthy("b")).code, 0);
+  });
+});
