@@ -45,9 +45,10 @@ describe("I3 a local write not stamped yet is not overwritten by a newer remote 
     };
     nc.a!.publish(OPS_INGRESS, JSON.stringify(op));
     await nc.a!.flush();
-    // the op is merged at b (a forwards it); at a the merger must leave the unstamped write alone
-    await until(async () => (await kv.b!.get("held.k"))?.string() === "remote-newer", {
-      message: "the op never reached b",
+    // at a the merger commits the op to _meta but must leave the unstamped write alone (the op is not
+    // forwarded: the write, stamped above it, will beat it everywhere)
+    await until(async () => (await versions(nc.a!)).get("held.k")?.ts === op.ts, {
+      message: "the merger never took the op",
     });
     assert.equal(
       (await kv.a!.get("held.k"))?.string(),

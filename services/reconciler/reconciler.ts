@@ -211,9 +211,11 @@ export class Reconciler {
       if (this.stopped) return;
       try {
         const r = await this.discover();
+        this.counts.heals += r.healed.length;
         // a member's heal is the hub's return: one run, with the next peer (flat in N)
-        if (this.deps.membership?.state !== "member") for (const p of r.healed) this.onHeal(p.site);
-        else if (r.healed.length > 0) this.onHeal(this.nextPeer() ?? r.healed[0]!.site);
+        const member = this.deps.membership?.state === "member";
+        const runWith = !member ? r.healed.map((p) => p.site) : r.healed.length > 0 ? [this.nextPeer()!] : [];
+        for (const site of runWith) this.onHeal(site);
       } catch (err) {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
@@ -263,7 +265,6 @@ export class Reconciler {
   }
 
   private onHeal(site: string): void {
-    this.counts.heals++;
     if (!this.deps.tuning.healRuns) return;
     const last = this.lastHealRun.get(site) ?? 0;
     if (Date.now() - last < this.deps.tuning.healMinGapMs) return;
