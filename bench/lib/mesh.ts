@@ -159,7 +159,9 @@ export async function siteQuiet(jsm: JetStreamManager, site: string, nc?: NatsCo
     const hi = await hub.streams.info(Streams.hub);
     if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
     const out = await jsm.streams.info(Streams.out(site));
-    return si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0);
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
   } catch {
     return false;
   }
