@@ -323,16 +323,12 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
   });
 
   /**
-   * Known gap (issue #16; DESIGN §5: anti-entropy "must compare what the buckets actually hold, not
-   * only `_meta`"): the reconciler's index is fed by `_meta` alone, so a bucket changed without a
-   * `_meta` change is never seen. Marked todo (runs, reports, does not fail the suite) until the
-   * reconciler compares the buckets; drop the todo then.
+   * Changes behind the services' back without a `_meta` change (issue #16; DESIGN §5: anti-entropy
+   * "must compare what the buckets actually hold, not only `_meta`"): the reconciler's held-value
+   * index (services/reconciler/versions.ts) sees the bucket itself, so a run repairs both.
    */
-  const BUCKET_ONLY_GAP = "the reconciler compares _meta only (DESIGN §5 asks for the buckets' contents)";
-
   it(
     "I1 a bucket entry removed behind the services' back (no _meta change) is restored by a run",
-    { todo: BUCKET_ONLY_GAP },
     async () => {
       await kv.a.put("oob.gone", "keep-me");
       await until(async () => (await kv.b.get("oob.gone"))?.string() === "keep-me", { message: "a→b" });
@@ -355,7 +351,6 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
 
   it(
     "I1 a bucket value replaced behind the services' back under the same version headers (no _meta change) is repaired by a run",
-    { todo: BUCKET_ONLY_GAP },
     async () => {
       await kv.a.put("oob.swapped", "original");
       await until(async () => (await kv.b.get("oob.swapped"))?.string() === "original", { message: "a→b" });
