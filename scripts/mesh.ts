@@ -54,8 +54,17 @@ const callerCwd = env.SYNCD_CALLER_CWD || process.cwd();
 const fromCaller = (p: string): string => path.resolve(callerCwd, p);
 
 /** Service flags and variables that name files: made absolute, as services run in the repo root. */
-const FILE_FLAGS = ["creds", "nkey", "tls-ca", "tls-cert", "tls-key"];
-const FILE_ENV = ["NATS_CREDS", "NATS_NKEY", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"];
+const FILE_FLAGS = ["creds", "nkey", "tls-ca", "tls-cert", "tls-key", "tlsca", "tlscert", "tlskey"];
+const FILE_ENV = [
+  "NATS_CREDS",
+  "NATS_NKEY",
+  "NATS_TLS_CA",
+  "NATS_TLS_CERT",
+  "NATS_TLS_KEY",
+  "NATS_CA",
+  "NATS_CERT",
+  "NATS_KEY",
+];
 for (const k of FILE_ENV) {
   const v = env[k];
   if (v) env[k] = fromCaller(v);
@@ -692,12 +701,22 @@ async function serverCmd(args: string[]): Promise<number> {
 async function siteCmd(args: string[]): Promise<number> {
   const [site, action, ...rest] = args;
   const usage =
-    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--mode agent|services] [--state-dir DIR] [--log-dir DIR] [service flags: --creds F --user U --password P --tls-ca F ...]";
+    "usage: site.sh <site> start|stop|status [--nats-url URL] [--bucket B[,B]] [--node-id ID] [--clock hlc|lamport] [--scale SPEC] [--mode agent|services] [--state-dir DIR] [--log-dir DIR] [--http-port BASE] [service flags: --creds F --user U --password P --tlsca F ...]";
   if (!site || !/^[A-Za-z0-9_-]+$/.test(site) || !["start", "stop", "status"].includes(action ?? ""))
     throw new UsageError(usage);
   const opts: Record<string, string> = {};
   const pass: string[] = [];
-  const own = ["nats-url", "bucket", "node-id", "clock", "scale", "mode", "state-dir", "log-dir"];
+  const own = [
+    "nats-url",
+    "bucket",
+    "node-id",
+    "clock",
+    "scale",
+    "mode",
+    "state-dir",
+    "log-dir",
+    "http-port",
+  ];
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i] as string;
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
@@ -726,6 +745,14 @@ async function siteCmd(args: string[]): Promise<number> {
   const logs = logArg ? fromCaller(logArg) : stateDir ? dir : siteLogDir(site);
   const scale = parseScale(opts.scale || env.SCALE || undefined);
   const agent = agentMode(opts.mode || env.MODE);
+  // One HTTP port per process (each kind its own, as the systemd units): never the same to all.
+  const httpText = opts["http-port"] ?? env.SYNCD_HTTP_PORT;
+  const httpPortBase = httpText ? Number(httpText) : undefined;
+  if (
+    httpPortBase !== undefined &&
+    !(Number.isInteger(httpPortBase) && httpPortBase > 0 && httpPortBase < 65500)
+  )
+    throw new UsageError(`--http-port must be a port number, got ${JSON.stringify(httpText)}`);
 
   // A site of a secured mesh (SECURE=1 up): unless told otherwise, its services log in as the
   // site's syncd user and verify the server with the mesh's CA, through the environment.
@@ -740,7 +767,11 @@ async function siteCmd(args: string[]): Promise<number> {
       svcEnv.NATS_USER = "syncd";
       svcEnv.NATS_PASSWORD = sec.site(site).syncd;
     }
-    if (!given(["tls-ca"], ["NATS_TLS_CA"])) svcEnv.NATS_TLS_CA = sec.ca;
+    if (!given(["tls-ca", "tlsca"], ["NATS_TLS_CA", "NATS_CA"])) svcEnv.NATS_TLS_CA = sec.ca;
+  }
+  if (httpPortBase !== undefined) {
+    svcEnv = { ...svcEnv };
+    svcEnv.SYNCD_HTTP_PORT = undefined;
   }
   // The readiness PING uses the services' own config parsing and connection (auth, TLS).
   const cfgArgs = ["--site", site, "--nats-url", natsUrl, "--bucket", buckets.join(","), ...pass];
@@ -758,6 +789,7 @@ async function siteCmd(args: string[]): Promise<number> {
     ...(nodeId ? { nodeId } : {}),
     ...(clock ? { clock: clock as "hlc" | "lamport" } : {}),
     extraArgs: pass,
+    ...(httpPortBase !== undefined ? { httpPortBase } : {}),
     env: svcEnv,
     dir,
     logDir: logs,

@@ -12,8 +12,11 @@
 #                          process per instance beyond the first of a kind
 #   --state-dir DIR        ($SYNCD_STATE_DIR, default $MESH_DIR/site-<site>): pid files
 #   --log-dir DIR          ($SYNCD_LOG_DIR, default: the state dir if given, else $MESH_DIR/logs/site-<site>)
+#   --http-port BASE       ($SYNCD_HTTP_PORT, default off): /metrics and probes, one port per process:
+#                          clock BASE, watcher BASE+1, merger BASE+2, reconciler BASE+3 (9401 gives the
+#                          systemd units' 9401–9404); an agent BASE; instance n of a kind +10·(n−1)
 # Every other flag goes to the services unchanged, e.g. --creds FILE, --user U --password P,
-# --tls-ca FILE, --reconcile-interval S (see `node --import tsx services/clock/main.ts --help`).
+# --tlsca FILE (or --tls-ca), --context NAME, --reconcile-interval S (see `node --import tsx services/clock/main.ts --help`).
 # start starts the missing instances and waits until they answer $SRV.PING; status exits 0 when all
 # recorded instances run, 3 when none does.
 set -euo pipefail

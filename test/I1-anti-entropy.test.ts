@@ -323,61 +323,50 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
   });
 
   /**
-   * Known gap (issue #16; DESIGN §5: anti-entropy "must compare what the buckets actually hold, not
-   * only `_meta`"): the reconciler's index is fed by `_meta` alone, so a bucket changed without a
-   * `_meta` change is never seen. Marked todo (runs, reports, does not fail the suite) until the
-   * reconciler compares the buckets; drop the todo then.
+   * Changes behind the services' back without a `_meta` change (issue #16; DESIGN §5: anti-entropy
+   * "must compare what the buckets actually hold, not only `_meta`"): the reconciler's held-value
+   * index (services/reconciler/versions.ts) sees the bucket itself, so a run repairs both.
    */
-  const BUCKET_ONLY_GAP = "the reconciler compares _meta only (DESIGN §5 asks for the buckets' contents)";
+  it("I1 a bucket entry removed behind the services' back (no _meta change) is restored by a run", async () => {
+    await kv.a.put("oob.gone", "keep-me");
+    await until(async () => (await kv.b.get("oob.gone"))?.string() === "keep-me", { message: "a→b" });
+    await quiet({ a: nc.a, b: nc.b });
+    const e = await kv.b.get("oob.gone");
+    const jsm = await jetstreamManager(nc.b);
+    await jsm.streams.deleteMessage(kvStream(BUCKET), e!.revision);
+    assert.equal(await kv.b.get("oob.gone"), null, "the entry is still there");
+    assert.equal(
+      (await versions(nc.b, BUCKET)).get("oob.gone")?.node_id,
+      "site-a",
+      "_meta must be untouched",
+    );
+    await runAt("a", ["b"]);
+    await runAt("b", ["a"]);
+    await quiet({ a: nc.a, b: nc.b });
+    assert.equal((await kv.b.get("oob.gone"))?.string(), "keep-me", "b's bucket lost the value for good");
+  });
 
-  it(
-    "I1 a bucket entry removed behind the services' back (no _meta change) is restored by a run",
-    { todo: BUCKET_ONLY_GAP },
-    async () => {
-      await kv.a.put("oob.gone", "keep-me");
-      await until(async () => (await kv.b.get("oob.gone"))?.string() === "keep-me", { message: "a→b" });
-      await quiet({ a: nc.a, b: nc.b });
-      const e = await kv.b.get("oob.gone");
-      const jsm = await jetstreamManager(nc.b);
-      await jsm.streams.deleteMessage(kvStream(BUCKET), e!.revision);
-      assert.equal(await kv.b.get("oob.gone"), null, "the entry is still there");
-      assert.equal(
-        (await versions(nc.b, BUCKET)).get("oob.gone")?.node_id,
-        "site-a",
-        "_meta must be untouched",
-      );
-      await runAt("a", ["b"]);
-      await runAt("b", ["a"]);
-      await quiet({ a: nc.a, b: nc.b });
-      assert.equal((await kv.b.get("oob.gone"))?.string(), "keep-me", "b's bucket lost the value for good");
-    },
-  );
-
-  it(
-    "I1 a bucket value replaced behind the services' back under the same version headers (no _meta change) is repaired by a run",
-    { todo: BUCKET_ONLY_GAP },
-    async () => {
-      await kv.a.put("oob.swapped", "original");
-      await until(async () => (await kv.b.get("oob.swapped"))?.string() === "original", { message: "a→b" });
-      await quiet({ a: nc.a, b: nc.b });
-      const v = (await versions(nc.b, BUCKET)).get("oob.swapped")!;
-      // e.g. an old backup restored with its headers: the version _meta holds, other bytes
-      const h = natsHeaders();
-      h.set(Headers.ts, String(v.ts));
-      h.set(Headers.node, v.node_id);
-      await js.b.publish(kvSubject(BUCKET, "oob.swapped"), new TextEncoder().encode("restored-junk"), {
-        headers: h,
-      });
-      assert.equal((await kv.b.get("oob.swapped"))?.string(), "restored-junk");
-      await quiet({ a: nc.a, b: nc.b });
-      await runAt("a", ["b"]);
-      await runAt("b", ["a"]);
-      await quiet({ a: nc.a, b: nc.b });
-      assert.equal(
-        (await kv.b.get("oob.swapped"))?.string(),
-        (await kv.a.get("oob.swapped"))?.string(),
-        "a and b differ",
-      );
-    },
-  );
+  it("I1 a bucket value replaced behind the services' back under the same version headers (no _meta change) is repaired by a run", async () => {
+    await kv.a.put("oob.swapped", "original");
+    await until(async () => (await kv.b.get("oob.swapped"))?.string() === "original", { message: "a→b" });
+    await quiet({ a: nc.a, b: nc.b });
+    const v = (await versions(nc.b, BUCKET)).get("oob.swapped")!;
+    // e.g. an old backup restored with its headers: the version _meta holds, other bytes
+    const h = natsHeaders();
+    h.set(Headers.ts, String(v.ts));
+    h.set(Headers.node, v.node_id);
+    await js.b.publish(kvSubject(BUCKET, "oob.swapped"), new TextEncoder().encode("restored-junk"), {
+      headers: h,
+    });
+    assert.equal((await kv.b.get("oob.swapped"))?.string(), "restored-junk");
+    await quiet({ a: nc.a, b: nc.b });
+    await runAt("a", ["b"]);
+    await runAt("b", ["a"]);
+    await quiet({ a: nc.a, b: nc.b });
+    assert.equal(
+      (await kv.b.get("oob.swapped"))?.string(),
+      (await kv.a.get("oob.swapped"))?.string(),
+      "a and b differ",
+    );
+  });
 });

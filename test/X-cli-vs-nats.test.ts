@@ -1,11 +1,15 @@
 /**
  * Where the `syncd` CLI and the real `nats` CLI overlap — `micro ls`, `micro info`, `micro stats`,
  * the connection flags (`--server`, `--user`, `--password`) and their environment variables
- * (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`) — both run against one mesh (sites requiring auth,
- * as the `app` user) and must agree. Skips without the nats CLI (no Go).
+ * (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`), and one natscli context (made with the real
+ * `nats context add` in a temp XDG_CONFIG_HOME; `--context`, `NATS_CONTEXT`, the selected context) —
+ * both run against one mesh (sites requiring auth, as the `app` user) and must agree. Skips without
+ * the nats CLI (no Go).
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
@@ -158,5 +162,73 @@ describe("syncd and nats agree on one mesh", { skip: NATS_CLI_MISSING }, () => {
     assert.notEqual(badTheirs.code, 0, `nats with a wrong password: ${badTheirs.stdout}`);
     assert.match(`${badOurs.stderr}`, /authoriz/i);
     assert.match(`${badTheirs.stderr}`, /authoriz/i);
+  });
+
+  it("one natscli context made by `nats context add`: --context, NATS_CONTEXT and the selected context connect both the same way", async () => {
+    const home = mkdtempSync(path.join(tmpdir(), "syncd-ctx-"));
+    try {
+      const cfg = { XDG_CONFIG_HOME: home };
+      const add = await nats(
+        [
+          "context",
+          "add",
+          "meshb",
+          "--server",
+          mesh.sites.b?.url as string,
+          "--user",
+          "app",
+          "--password",
+          USERS.app,
+        ],
+        cfg,
+      );
+      assert.equal(add.code, 0, `nats context add: ${add.stderr}${add.stdout}`);
+      const wrong = await nats(
+        [
+          "context",
+          "add",
+          "wrongpw",
+          "--server",
+          mesh.sites.b?.url as string,
+          "--user",
+          "app",
+          "--password",
+          "nope",
+        ],
+        cfg,
+      );
+      assert.equal(wrong.code, 0, `nats context add: ${wrong.stderr}${wrong.stdout}`);
+      const both = async (args: string[], env: NodeJS.ProcessEnv) => {
+        const [ours, theirs] = await Promise.all([
+          syncd([...args, "micro", "ls", "--json"], env).then((r) =>
+            json<Instance[]>(r, `syncd ${args.join(" ")}`),
+          ),
+          nats([...args, "micro", "ls", "--json"], env).then((r) =>
+            json<Instance[]>(r, `nats ${args.join(" ")}`),
+          ),
+        ]);
+        assert.deepEqual(
+          byId(ours).map(identity),
+          byId(theirs).map(identity),
+          `with ${args.join(" ") || "env"}`,
+        );
+        assert.equal(ours.length, SITES.length * Object.keys(ServiceName).length);
+      };
+      await both(["--context", "meshb"], cfg);
+      await both([], { ...cfg, NATS_CONTEXT: "meshb" });
+      const sel = await nats(["context", "select", "meshb"], cfg);
+      assert.equal(sel.code, 0, `nats context select: ${sel.stderr}${sel.stdout}`);
+      await both([], cfg);
+      // the context's password is what both use: a context with a wrong one is refused by both
+      const [badOurs, badTheirs] = await Promise.all([
+        syncd(["--context", "wrongpw", "micro", "ls", "--json", "--timeout", "3s"], cfg),
+        nats(["--context", "wrongpw", "micro", "ls", "--json", "--timeout", "3s"], cfg),
+      ]);
+      assert.notEqual(badOurs.code, 0, `syncd with context wrongpw: ${badOurs.stdout}`);
+      assert.notEqual(badTheirs.code, 0, `nats with context wrongpw: ${badTheirs.stdout}`);
+      assert.match(`${badOurs.stderr}`, /authoriz/i);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

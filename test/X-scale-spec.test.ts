@@ -1,7 +1,7 @@
 /** parseScale: the SCALE spec of scripts/up.sh, scripts/site.sh and startMesh({scale}). */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { formatScale, parseScale } from "../scripts/lib/services.ts";
+import { SiteServices, formatScale, parseScale } from "../scripts/lib/services.ts";
 
 describe("parseScale", () => {
   test("no spec: one instance of each kind", () => {
@@ -46,5 +46,32 @@ describe("parseScale", () => {
     const s = parseScale("merger=3,reconciler=0");
     assert.equal(formatScale(s), "clock=1,watcher=1,merger=3,reconciler=0");
     assert.deepEqual(parseScale(formatScale(s)), s);
+  });
+});
+
+describe("site.sh --http-port: one port per process", () => {
+  const portOf = (argv: string[]): number | undefined => {
+    const i = argv.indexOf("--http-port");
+    return i < 0 ? undefined : Number(argv[i + 1]);
+  };
+  const ss = new SiteServices({ site: "a", natsUrl: "nats://x", dir: "/tmp/none", httpPortBase: 9401 });
+
+  test("each kind its own port, as the systemd units (9401–9404); instance n +10·(n−1); an agent the base", () => {
+    const kinds = ["clock", "watcher", "merger", "reconciler"] as const;
+    assert.deepEqual(
+      kinds.map((k) => portOf(ss.argv(k))),
+      [9401, 9402, 9403, 9404],
+    );
+    assert.deepEqual(
+      kinds.map((k) => portOf(ss.argv(k, undefined, 2))),
+      [9411, 9412, 9413, 9414],
+    );
+    assert.equal(portOf(ss.argv("agent")), 9401);
+    assert.equal(portOf(ss.argv("merger", undefined, 3)), 9423);
+  });
+
+  test("without a base no process gets a port", () => {
+    const plain = new SiteServices({ site: "a", natsUrl: "nats://x", dir: "/tmp/none" });
+    assert.equal(portOf(plain.argv("merger")), undefined);
   });
 });

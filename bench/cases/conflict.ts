@@ -108,7 +108,9 @@ export const conflictCase: CaseDef = {
         },
         async () => {
           while (nowMs() - tEnd < limitMs) {
-            const q = (await Promise.all([siteQuiet(a.jsm, "a"), siteQuiet(b.jsm, "b")])).every(Boolean);
+            const q = (await Promise.all([siteQuiet(a.jsm, "a", a.nc), siteQuiet(b.jsm, "b", b.nc)])).every(
+              Boolean,
+            );
             if (q) {
               const [sa, sb] = await Promise.all([snapshot(a.kv, a.meta), snapshot(b.kv, b.meta)]);
               lastDiff = diffCount(sa, sb);

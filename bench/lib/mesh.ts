@@ -37,7 +37,7 @@ export type Measured = {
 
 /**
  * Start a mesh (free ports, temp dir) and open one connection per site. With services: periodic
- * anti-entropy off, and wait until every site's IN stream sources every peer.
+ * anti-entropy off, and wait until every site is linked through the hub's aggregate.
  */
 export async function startBenchMesh(
   o: {
@@ -83,16 +83,28 @@ export async function openSite(mesh: Mesh, site: string, withMeta: boolean): Pro
   return sc;
 }
 
-/** Wait until every site's IN stream sources every peer's OUT stream (the reconciler adds them). */
-export async function linked(bm: BenchMesh, timeoutMs = 30_000): Promise<void> {
+/** The hub's JetStream domain of the harness's mesh (the services' default). */
+export const HUB_DOMAIN = "hub";
+
+/**
+ * Wait until replication is on through the hub: the hub's aggregate sources every site's op log (the
+ * watchers register them) and every site's FEED stream sources the aggregate (the merger creates it so).
+ */
+export async function linked(bm: BenchMesh, timeoutMs = 60_000): Promise<void> {
   for (const s of bm.sites) {
-    const peers = bm.sites.filter((p) => p !== s);
     await waitUntil(
-      `site ${s} to source ${peers.join(",")}`,
+      `site ${s} linked through the hub to ${bm.sites.length - 1} peers`,
       async () => {
-        const si = await bm.conn[s]!.jsm.streams.info(Streams.in(s));
-        const names = new Set((si.config.sources ?? []).map((x) => x.name));
-        return peers.every((p) => names.has(Streams.out(p)));
+        try {
+          const si = await bm.conn[s]!.jsm.streams.info(Streams.in(s));
+          if (!(si.config.sources ?? []).some((x) => x.name === Streams.hub)) return false;
+          const hub = await jetstreamManager(bm.conn[s]!.nc, { domain: HUB_DOMAIN, timeout: 2000 });
+          const hi = await hub.streams.info(Streams.hub);
+          const names = new Set((hi.config.sources ?? []).map((x) => x.name));
+          return bm.sites.every((p) => names.has(Streams.out(p)));
+        } catch {
+          return false;
+        }
       },
       timeoutMs,
       100,
@@ -124,10 +136,15 @@ export async function streamState(
   return { messages: si.state.messages, last_seq: si.state.last_seq };
 }
 
-/** Nothing in flight at a site: watcher and merger consumers drained and acked, sources caught up. */
-export async function siteQuiet(jsm: JetStreamManager, site: string): Promise<boolean> {
+/**
+ * Nothing in flight at a site: watcher and merger consumers drained and acked, its FEED caught up with
+ * the hub's aggregate and the aggregate with the site's op log (a stalled source reports lag 0 too, so
+ * the message counts are compared as well).
+ */
+export async function siteQuiet(jsm: JetStreamManager, site: string, nc?: NatsConnection): Promise<boolean> {
   const consumers: [string, string][] = [
     [Streams.in(site), Durables.merger],
+    [Streams.ingress(site), Durables.merger],
     [kvStream(BUCKET), Durables.watcher(site, BUCKET)],
   ];
   for (const [stream, durable] of consumers) {
@@ -135,7 +152,19 @@ export async function siteQuiet(jsm: JetStreamManager, site: string): Promise<bo
     if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
   }
   const si = await jsm.streams.info(Streams.in(site));
-  return (si.sources ?? []).every((s) => s.lag === 0);
+  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
+  if (!nc) return true;
+  try {
+    const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
+    const out = await jsm.streams.info(Streams.out(site));
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
+  } catch {
+    return false;
+  }
 }
 
 /** Work left at a site: pending + ack-pending of the watcher and merger consumers, source lag. */
@@ -159,7 +188,7 @@ export async function quiet(bm: BenchMesh, timeoutMs: number): Promise<void> {
   await waitUntil(
     "mesh quiet",
     async () => {
-      const all = await Promise.all(bm.sites.map((s) => siteQuiet(bm.conn[s]!.jsm, s)));
+      const all = await Promise.all(bm.sites.map((s) => siteQuiet(bm.conn[s]!.jsm, s, bm.conn[s]!.nc)));
       streak = all.every(Boolean) ? streak + 1 : 0;
       return streak >= 2;
     },

@@ -100,6 +100,12 @@ export type SiteServicesOptions = {
   clock?: "hlc" | "lamport";
   /** passed through to every service (auth, tuning) */
   extraArgs?: string[];
+  /**
+   * base of the services' HTTP ports (metrics, probes): instance n of a kind gets base + the kind's
+   * offset (clock 0, watcher 1, merger 2, reconciler 3, as the systemd units' 9401–9404) + 10·(n−1);
+   * an agent gets the base (its instance n, base + 10·(n−1)). Default: no HTTP port.
+   */
+  httpPortBase?: number;
   /** where pid files (and, without logDir, logs) go */
   dir: string;
   /** where logs go (default: dir) */
@@ -244,8 +250,15 @@ export class SiteServices {
   }
 
   /** The argv of an instance (after `node`); an agent that runs fewer than four kinds gets `--services`. */
-  argv(kind: InstanceKind, agentKinds: readonly ServiceKind[] = SERVICE_KINDS): string[] {
+  argv(kind: InstanceKind, agentKinds: readonly ServiceKind[] = SERVICE_KINDS, n = 1): string[] {
     const o = this.o;
+    const http =
+      o.httpPortBase === undefined
+        ? []
+        : [
+            "--http-port",
+            String(o.httpPortBase + (kind === "agent" ? 0 : SERVICE_KINDS.indexOf(kind)) + 10 * (n - 1)),
+          ];
     return [
       "services/run.mjs",
       kind,
@@ -262,6 +275,7 @@ export class SiteServices {
         ? ["--services", agentKinds.join(",")]
         : []),
       ...(o.extraArgs ?? []),
+      ...http,
     ];
   }
 
@@ -277,7 +291,7 @@ export class SiteServices {
     for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
     return spawnLogged({
       cmd: process.execPath,
-      args: this.argv(inst.kind, inst.kinds),
+      args: this.argv(inst.kind, inst.kinds, inst.n),
       cwd: this.o.root ?? REPO_ROOT,
       env,
       logFile: inst.logFile,

@@ -45,10 +45,13 @@ export type Cli = {
   check: boolean;
   /** site remove: the hub's JetStream domain */
   hubDomain: string;
+  /** the mesh namespace (undefined: the default mesh) */
+  mesh?: string;
 };
 
 /** Flags of every command besides the connection flags, with their environment fallbacks. */
 const FLAGS = {
+  mesh: { env: "SYNCD_MESH", help: "the mesh namespace (default: none)" },
   "hub-domain": { env: "SYNCD_HUB_DOMAIN", help: "the hub's JetStream domain (site remove)", def: "hub" },
   timeout: {
     env: "NATS_TIMEOUT",
@@ -146,6 +149,11 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     check: values.check === true,
     hubDomain: get("hub-domain") ?? "hub",
   };
+  const mesh = get("mesh");
+  if (mesh !== undefined) {
+    if (!TOKEN.test(mesh)) throw new UsageError(`--mesh must match ${TOKEN}, got "${mesh}"`);
+    cli.mesh = mesh;
+  }
   if (!TOKEN.test(cli.hubDomain))
     throw new UsageError(`--hub-domain must match ${TOKEN}, got "${cli.hubDomain}"`);
   if (values.site !== undefined) {
@@ -185,6 +193,7 @@ function parse(argv: string[]) {
       "no-context": { type: "boolean" },
       timeout: str,
       "hub-domain": str,
+      mesh: str,
       json: { type: "boolean", short: "j" },
       site: str,
       bucket: str,

@@ -3,6 +3,7 @@
  * Exit codes: 0 ok, 1 error (one clear line on stderr, no stack trace), 2 usage error.
  */
 import type { NatsConnection } from "@nats-io/nats-core";
+import { useMesh } from "../lib/subjects.ts";
 import { VERSION } from "../lib/version.ts";
 import { type Cli, CliError, USAGE, UsageError, parseCli } from "./args.ts";
 import { conflictsCommand } from "./conflicts.ts";
@@ -133,6 +134,7 @@ export async function run(argv: string[], io: Io, env: NodeJS.ProcessEnv = proce
       return 0;
     }
     cmd = resolve(cli);
+    useMesh(cli.mesh);
   } catch (err) {
     return fail(err, io, env);
   }

@@ -15,7 +15,7 @@ import {
 import { connect } from "@nats-io/transport-node";
 import { connectOptions } from "../lib/connect.ts";
 import { ServiceReplyError, requestJson } from "../lib/request.ts";
-import { ServiceName } from "../lib/subjects.ts";
+import { ServiceName, inCurrentMesh } from "../lib/subjects.ts";
 import { CliError, type ConnOptions } from "./args.ts";
 
 /** Connect once (a CLI does not wait for a server to come back); throws CliError. */
@@ -205,7 +205,7 @@ export type MicroVerb = "PING" | "INFO" | "STATS";
 
 const dec = new TextDecoder();
 
-/** `$SRV.<verb>[.name[.id]]`, every reply that parses, sorted by name, site, id. */
+/** `$SRV.<verb>[.name[.id]]`, every reply that parses (syncd's only of the mesh in use), sorted by name, site, id. */
 export async function discover<T extends MicroIdentity>(
   nc: NatsConnection,
   verb: MicroVerb,
@@ -226,6 +226,8 @@ export async function discover<T extends MicroIdentity>(
     if (!v || typeof v !== "object") continue;
     const r = v as T;
     if (typeof r.name !== "string" || typeof r.id !== "string" || seen.has(r.id)) continue;
+    // another mesh's syncd instance (metadata `mesh`): not part of this one
+    if (r.name.startsWith("syncd-") && !inCurrentMesh(r.metadata)) continue;
     seen.add(r.id);
     out.push(r);
   }

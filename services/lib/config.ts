@@ -6,11 +6,14 @@ import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { ClockMode, DEFAULT_MAX_CLOCK_JUMP } from "./clock-rules.ts";
 import { ConnOptionsError, connParseOptions, connUsage, resolveConnOptions } from "./connect.ts";
+import { MESH_NAME, useMesh } from "./subjects.ts";
 
 /** Everything a service of one site needs to know. */
 export type Config = {
   natsUrl: string[];
   site: string;
+  /** the mesh namespace (undefined: the default mesh); services/lib/subjects.ts names everything by it */
+  mesh?: string;
   nodeId: string;
   domain: string;
   /** the hub's JetStream domain: where the aggregate stream lives */
@@ -60,6 +63,10 @@ export type Config = {
 /** The service flags (the connection flags are CONN_FLAGS of connect.ts). */
 const flags = {
   site: { env: "SYNCD_SITE", help: "site name (letters, digits, - and _); the JetStream domain by default" },
+  mesh: {
+    env: "SYNCD_MESH",
+    help: "mesh namespace: meshes sharing a hub see nothing of each other (default: none)",
+  },
   "node-id": { env: "SYNCD_NODE_ID", help: "node id in versions (default site-<site>)" },
   domain: { env: "SYNCD_DOMAIN", help: "the site's JetStream domain (default: the site name)" },
   "hub-domain": { env: "SYNCD_HUB_DOMAIN", help: "the hub's JetStream domain", def: "hub" },
@@ -152,7 +159,7 @@ function portOf(name: Flag, v: string): number {
   return n;
 }
 
-/** Parse argv and env into a Config (throws ConfigError). */
+/** Parse argv and env into a Config (throws ConfigError); the mesh namespace is put in use (subjects.ts `useMesh`). */
 export function loadConfig(
   argv: string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
@@ -179,6 +186,9 @@ export function loadConfig(
   const site = get("site");
   if (!site) throw new ConfigError("--site (or SYNCD_SITE) is required");
   if (!TOKEN.test(site)) throw new ConfigError(`--site must match ${TOKEN}, got ${site}`);
+  const mesh = get("mesh");
+  if (mesh !== undefined && !MESH_NAME.test(mesh))
+    throw new ConfigError(`--mesh must match ${MESH_NAME}, got ${mesh}`);
   const buckets = (get("bucket") ?? "")
     .split(",")
     .map((b) => b.trim())
@@ -211,9 +221,11 @@ export function loadConfig(
   const { servers, nkey, ...rest } = conn;
   const auth: Config["auth"] = { ...rest, ...(nkey ? { nkeySeedFile: nkey } : {}) };
   const httpPortText = get("http-port");
+  useMesh(mesh);
   return {
     natsUrl: servers,
     site,
+    ...(mesh !== undefined ? { mesh } : {}),
     nodeId: get("node-id") ?? `site-${site}`,
     domain,
     hubDomain,

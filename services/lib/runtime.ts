@@ -103,6 +103,7 @@ export function serviceMetadata(config: Config): Record<string, string> {
     buckets: config.buckets.join(","),
     clock: config.clock,
     instance: config.instance,
+    ...(config.mesh !== undefined ? { mesh: config.mesh } : {}),
   };
 }
 

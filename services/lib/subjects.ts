@@ -3,8 +3,65 @@
  * Wire names stay as the original agents had them (`rep.kv.ops`, `<bucket>_meta`).
  */
 
-/** Hand-made op ingress: anyone may `nats pub rep.kv.ops '<op>'` at any site. */
-export const OPS_INGRESS = "rep.kv.ops";
+/**
+ * The mesh namespace: what two meshes sharing one hub keep apart. No namespace (the default) gives
+ * the names below; namespace `<m>` puts `<m>.` in front of every subject syncd uses (op subjects and
+ * the hand-made ingress, endpoint, journal, dead-letter and conflict subjects) and `_<m>` after the
+ * hub's aggregate stream and the members bucket. Site-local streams and buckets keep their names
+ * (each site has its own JetStream domain). Micro services announce it as metadata `mesh`.
+ */
+export type MeshNames = {
+  /** the namespace, undefined for the default mesh */
+  mesh: string | undefined;
+  /** prefix of every subject: `""` or `<m>.` */
+  prefix: string;
+  opsIngress: string;
+  hubStream: string;
+  membersBucket: string;
+};
+
+/** Letters, digits, `-` and `_`: a mesh name is a subject token and part of stream names. */
+export const MESH_NAME = /^[A-Za-z0-9_-]+$/;
+
+/** The names of mesh `mesh` (undefined or "": the default mesh). Throws on a name that is not a token. */
+export function meshNames(mesh?: string): MeshNames {
+  const m = mesh === "" ? undefined : mesh;
+  if (m !== undefined && !MESH_NAME.test(m))
+    throw new TypeError(`mesh name must match ${MESH_NAME}, got "${m}"`);
+  const prefix = m === undefined ? "" : `${m}.`;
+  return {
+    mesh: m,
+    prefix,
+    opsIngress: `${prefix}rep.kv.ops`,
+    hubStream: m === undefined ? "SYNCD_HUB" : `SYNCD_HUB_${m}`,
+    membersBucket: m === undefined ? "syncd_members" : `syncd_members_${m}`,
+  };
+}
+
+let names = meshNames();
+
+/**
+ * Use mesh namespace `mesh` for every name this module gives from now on (one per process: the
+ * services and the CLI call it once, from `--mesh`/`SYNCD_MESH`, before they touch NATS).
+ */
+export function useMesh(mesh: string | undefined): void {
+  names = meshNames(mesh);
+  OPS_INGRESS = names.opsIngress;
+  MEMBERS_BUCKET = names.membersBucket;
+}
+
+/** The mesh namespace in use (undefined: the default mesh). */
+export function currentMesh(): string | undefined {
+  return names.mesh;
+}
+
+/** True when a micro service's metadata says it belongs to the mesh in use. */
+export function inCurrentMesh(metadata: Record<string, string> | null | undefined): boolean {
+  return (metadata?.mesh || undefined) === names.mesh;
+}
+
+/** Hand-made op ingress: anyone may `nats pub rep.kv.ops '<op>'` at any site (`<m>.rep.kv.ops` in mesh `<m>`). */
+export let OPS_INGRESS = names.opsIngress;
 
 /**
  * The subject of the ops a site publishes for one key: `rep.kv.ops.<site>.<bucket>.<key>` (a KV key
@@ -38,7 +95,12 @@ export const AGENT_NAME = "syncd-agent";
 
 /** Endpoint subject: `syncd.<site>.<service>.<endpoint>` (service without the `syncd-` prefix). */
 export function endpointSubject(site: string, service: ServiceKind, endpoint: string): string {
-  return `syncd.${site}.${service}.${endpoint}`;
+  return `${siteSubjectPrefix(site)}${service}.${endpoint}`;
+}
+
+/** What every subject of a site's endpoints, journal, dead letters and conflicts starts with: `[<m>.]syncd.<site>.` */
+export function siteSubjectPrefix(site: string): string {
+  return `${names.prefix}syncd.${site}.`;
 }
 
 /**
@@ -46,17 +108,17 @@ export function endpointSubject(site: string, service: ServiceKind, endpoint: st
  * before applying it, so an op whose merge dies half-way is applied again by the merger's consumer.
  */
 export function journalSubject(site: string): string {
-  return `syncd.${site}.journal`;
+  return `${siteSubjectPrefix(site)}journal`;
 }
 
 /** Dead-letter subject of a site: bad ops are kept here with their reason. */
 export function dlqSubject(site: string): string {
-  return `syncd.${site}.dlq`;
+  return `${siteSubjectPrefix(site)}dlq`;
 }
 
 /** Conflict-log subject of a site: the losing side of every conflict, with both versions. */
 export function conflictsSubject(site: string): string {
-  return `syncd.${site}.conflicts`;
+  return `${siteSubjectPrefix(site)}conflicts`;
 }
 
 /** Streams of a site, and the hub's. Names are unique per site (FINDINGS pitfall 3). */
@@ -67,8 +129,10 @@ export const Streams = {
   in: (site: string) => `SYNCD_FEED_${site}`,
   /** hand-made ops (`rep.kv.ops`) and the merge endpoint's journal, consumed by the merger */
   ingress: (site: string) => `SYNCD_IN_${site}`,
-  /** the hub's aggregate (in the hub's JetStream domain): sources every site's OUT once */
-  hub: "SYNCD_HUB",
+  /** the hub's aggregate (in the hub's JetStream domain): sources every site's OUT once; `SYNCD_HUB_<m>` in mesh `<m>` */
+  get hub(): string {
+    return names.hubStream;
+  },
   /** the full-mesh outbound stream before 2026-12 (subject `rep.kv.ops.<site>`); migration only */
   legacyOut: (site: string) => `SYNCD_OUT_${site}`,
   /** bad ops with their reason */
@@ -144,11 +208,11 @@ export const Headers = {
 } as const;
 
 /**
- * Mesh membership, a KV bucket in the hub's JetStream domain: one record per site under
+ * Mesh membership, a KV bucket in the hub's JetStream domain (`syncd_members_<m>` in mesh `<m>`): one record per site under
  * `sites.<site>` (schemas/reconciler/member.json) and one claim per JetStream domain under
  * `domains.<domain>`, each owned by the site identity that wrote it first.
  */
-export const MEMBERS_BUCKET = "syncd_members";
+export let MEMBERS_BUCKET = names.membersBucket;
 export function memberKey(site: string): string {
   return `sites.${site}`;
 }

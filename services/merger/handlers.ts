@@ -181,13 +181,17 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     node_id: v.node_id,
   });
   let committed = false;
+  let aheadOf: number | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     // _meta first, then the bucket: the bucket read is never older than the _meta read.
     const m = await b.meta.get(op.key);
     const l = await b.data.latest(op.key);
-    // a merger wrote a newer version than the _meta we read: our read is stale
+    // a merger wrote a newer version than the _meta we read: our read is stale. Unless a fresh read
+    // of the same `_meta` revision shows it again: a merger commits `_meta` first, so that entry was
+    // written behind the services' back and is no newer commit (LWW below decides over it).
     const ahead = m ? bucketAhead(m.version, l, incoming) : false;
-    if (ahead === true) {
+    if (ahead === true && aheadOf !== m?.revision) {
+      aheadOf = m?.revision;
       b.meta.invalidate?.(op.key);
       continue;
     }

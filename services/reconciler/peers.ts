@@ -5,7 +5,7 @@
  * reply's metadata naming its site and JetStream domain. No static peer lists.
  */
 import { Empty, type NatsConnection } from "@nats-io/nats-core";
-import { ServiceName } from "../lib/subjects.ts";
+import { ServiceName, inCurrentMesh } from "../lib/subjects.ts";
 
 /** A peer site as known from discovery. */
 export type Peer = {
@@ -48,7 +48,7 @@ export async function ping(
       continue;
     }
     const site = r.metadata?.site;
-    if (!site || site === self || found.has(site)) continue;
+    if (!site || site === self || found.has(site) || !inCurrentMesh(r.metadata)) continue;
     const b = r.metadata?.buckets;
     found.set(site, {
       domain: r.metadata?.domain || site,

@@ -19,7 +19,7 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { endpointSubject } from "../lib/subjects.ts";
+import { endpointSubject, siteSubjectPrefix } from "../lib/subjects.ts";
 import type { WireEntry } from "./handlers.ts";
 import { type Caller, type Meter, ServiceReplyError, UnavailableError, call, callMessage } from "./rpc.ts";
 import {
@@ -305,7 +305,7 @@ export async function reconcile(
     }
   } catch (err) {
     rec.error = (err as Error).message ?? String(err);
-    peerUnavailable = err instanceof UnavailableError && err.subject.startsWith(`syncd.${peer}.`);
+    peerUnavailable = err instanceof UnavailableError && err.subject.startsWith(siteSubjectPrefix(peer));
     log.warn({ err }, "reconcile run failed");
     await pump.drain().catch(() => {});
   }

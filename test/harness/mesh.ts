@@ -54,6 +54,8 @@ export type MeshOptions = {
   buckets?: string[];
   /** extra args for every service, e.g. ["--reconcile-interval", "2"] */
   serviceArgs?: string[];
+  /** more service flags for some sites only (e.g. `--mesh` for a second mesh on the same hub) */
+  siteServiceArgs?: Record<string, string[]>;
   clock?: "hlc" | "lamport";
   /** LOG_LEVEL of the services (default $LOG_LEVEL or "info") */
   logLevel?: string;
@@ -188,7 +190,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
         buckets,
         nodeId: `site-${s}`,
         ...(opts.clock ? { clock: opts.clock } : {}),
-        extraArgs: serviceArgs,
+        extraArgs: [...serviceArgs, ...(opts.siteServiceArgs?.[s] ?? [])],
         dir: st.dir,
         agent: opts.agent ?? process.env.SYNCD_TEST_AGENT === "1",
         ...(adminAuth
