@@ -455,10 +455,13 @@ describe("syncd CLI on a two-site mesh", () => {
         assert.equal(r.node_id, "site-a");
       });
     }
-    // a hand-made op older than what the sites hold: it loses at a, is forwarded, and loses at b too
+    // a hand-made op older than what the sites hold, sent at both sites (a losing op is not forwarded):
+    // it loses at each, and each records the conflict
     const stale = { op: "put", bucket: BUCKET, key: "cli.c", value: "too late", ts: 1, node_id: "operator" };
-    nc.a.publish(OPS_INGRESS, JSON.stringify(stale));
-    await nc.a.flush();
+    for (const site of ["a", "b"] as const) {
+      nc[site].publish(OPS_INGRESS, JSON.stringify(stale));
+      await nc[site].flush();
+    }
     const all = await eventually(
       async () => {
         const r = await json<Conflicts>("conflicts", BUCKET, "cli.c");
