@@ -93,6 +93,8 @@ export {
   domainKey,
   endpointSubject,
   journalSubject,
+  kvFilter,
+  kvKeyOf,
   kvStream,
   kvSubject,
   legacyOpsSubject,

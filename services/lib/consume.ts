@@ -105,13 +105,15 @@ export const CONSUMER_CHECK_MS = 2000;
  * consumer-deleted notification), lets the messages in hand finish, calls `onGone` (e.g. re-read
  * the bucket's incarnation), re-makes the durable with `recreate`, and consumes again from there.
  */
-export async function runConsumer(args: {
+export async function runConsumer<T = undefined>(args: {
   js: JetStreamClient;
   stream: string;
   durable: string;
   concurrency: number;
-  keyOf: (m: JsMsg) => string;
-  handle: (m: JsMsg) => Promise<Disposition>;
+  /** decode a message once, before keyOf and handle see it (must not throw: return the failure) */
+  decode?: (m: JsMsg) => T;
+  keyOf: (m: JsMsg, decoded: T) => string;
+  handle: (m: JsMsg, decoded: T) => Promise<Disposition>;
   log: Logger;
   /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
   recreate?: () => Promise<void>;
@@ -153,10 +155,11 @@ export async function runConsumer(args: {
           continue;
         }
         delivered++;
-        await gate.submit(args.keyOf(m), async () => {
+        const decoded = args.decode ? args.decode(m) : (undefined as T);
+        await gate.submit(args.keyOf(m, decoded), async () => {
           let d: Disposition;
           try {
-            d = await args.handle(m);
+            d = await args.handle(m, decoded);
           } catch (err) {
             log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");
             d = { nak: 1000 };

@@ -200,23 +200,17 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     }
     return { nak: delay };
   };
-  const parsed = new WeakMap<JsMsg, Parsed>();
   const parse = (m: JsMsg): Parsed => {
-    let p = parsed.get(m);
-    if (!p) {
-      let op: Op | undefined;
-      try {
-        op = decodeOpMessage(m.data, m.headers);
-        p = { op, bucket: admit(deps, op) };
-      } catch (err) {
-        p = {
-          error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
-          ...(op ? { ts: op.ts } : {}),
-        };
-      }
-      parsed.set(m, p);
+    let op: Op | undefined;
+    try {
+      op = decodeOpMessage(m.data, m.headers);
+      return { op, bucket: admit(deps, op) };
+    } catch (err) {
+      return {
+        error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
+        ...(op ? { ts: op.ts } : {}),
+      };
     }
-    return p;
   };
 
   const deadLetter = async (m: JsMsg, err: SyncdError): Promise<{ term: string }> => {
@@ -251,8 +245,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const ingressIncarnation = async () =>
     incarnationOf((await site.jsm.streams.info(Streams.ingress(config.site))).created);
   let ingressInc = await ingressIncarnation();
-  const handle = async (m: JsMsg) => {
-    const p = parse(m);
+  const handle = async (m: JsMsg, p: Parsed) => {
     if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
     try {
       // a journaled copy of a merge request: the endpoint already recorded its conflicts
@@ -321,10 +314,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         durable,
         concurrency: 64,
         log,
-        keyOf: (m) => {
-          const p = parse(m);
-          return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;
-        },
+        decode: parse,
+        keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
         handle,
       }),
     );
