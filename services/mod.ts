@@ -51,6 +51,7 @@ export {
   parseOp,
 } from "./lib/op.ts";
 export { currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
+export { type Planting, plantVersion } from "./lib/plant.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {
@@ -77,6 +78,8 @@ export {
   type MetaStoreLike,
   expiryProblem,
   isCasConflict,
+  mergerHeaders,
+  mergerVersion,
 } from "./lib/stores.ts";
 export {
   AGENT_NAME,

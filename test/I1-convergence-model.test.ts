@@ -17,6 +17,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import type { StoredMsg } from "@nats-io/jetstream";
 import fc from "fast-check";
 import {
   type MergeDeps,
@@ -139,6 +140,7 @@ function site(call: Call, name: string) {
     checkSkew: () => {},
   };
   const published: Op[] = [];
+  const lastOf = new Map<string, { seq: number; data: Uint8Array }>();
   let clock = 0;
   const watcher: WatcherDeps = {
     site: name,
@@ -146,10 +148,19 @@ function site(call: Call, name: string) {
     bucket: BUCKET,
     meta: meta.as("watcher"),
     tick: async () => ++clock,
-    jsm: { streams: { getMessage: async () => null } },
+    // the OUT log keeps the last op per subject
+    jsm: {
+      streams: {
+        getMessage: async (_stream, q) => {
+          const m = "last_by_subj" in q ? lastOf.get(q.last_by_subj) : undefined;
+          return m ? ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg) : null;
+        },
+      },
+    },
     js: {
-      publish: async (_subject, payload) => {
+      publish: async (subject, payload) => {
         published.push(parseOp(payload as Uint8Array));
+        lastOf.set(subject, { seq: published.length, data: payload as Uint8Array });
         return { stream: `SYNCD_OUT_${name}`, seq: published.length, duplicate: false };
       },
     },

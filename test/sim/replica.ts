@@ -1,4 +1,4 @@
-import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
+import type { JetStreamPublishOptions, MsgRequest, PubAck, StoredMsg } from "@nats-io/jetstream";
 import type { Payload } from "@nats-io/nats-core";
 import {
   type ClockMode,
@@ -87,6 +87,8 @@ export type Stamp = { key: string; version: Version; held: VersionId | null };
 export type Network = {
   /** the watcher published an op (JetStream: the site's OUT stream, deduplicated by msgID) */
   publish(from: Replica, subject: string, payload: Uint8Array, msgID: string | undefined): PubAck;
+  /** the last message on a subject of the site's OUT stream (a per-key compacted log), null: none */
+  last(from: Replica, subject: string): { seq: number; data: Uint8Array } | null;
   /** a task threw: the run fails */
   fail(where: string, err: unknown): void;
 };
@@ -201,8 +203,15 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
-      // the simulated OUT log is not compacted: every publish is ordered against nothing
-      jsm: { streams: { getMessage: async () => null } },
+      // the simulated OUT log keeps the last message per subject, as the real one does
+      jsm: {
+        streams: {
+          getMessage: async (_stream: string, q: MsgRequest) => {
+            const m = "last_by_subj" in q ? this.net.last(this, q.last_by_subj) : null;
+            return m && ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg);
+          },
+        },
+      },
       js: {
         publish: async (
           subject: string,
