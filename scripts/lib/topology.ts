@@ -20,6 +20,7 @@ import { randomBytes } from "node:crypto";
 import {
   constants,
   accessSync,
+  appendFileSync,
   chmodSync,
   mkdirSync,
   mkdtempSync,
@@ -34,7 +35,6 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import {
   type Proc,
-  assertPortFree,
   describeExit,
   freePort,
   getJson,
@@ -316,10 +316,27 @@ type Server = {
   state: HubState | SiteState;
   kind: "hub" | "site";
   proc?: Proc;
-  /** ports that were allocated here (may be re-allocated if taken before the first start) */
-  autoPorts: Set<"client" | "http" | "leaf">;
   startedOnce: boolean;
 };
+
+/** A port left to the OS: the server binds any free port, read back once it listens. */
+const ANY_PORT = -1;
+
+/** Where a server started with `ports_file_dir: dir` writes the ports it listens on. */
+function portsFile(dir: string, natsServer: string, pid: number): string {
+  return path.join(dir, `${path.basename(natsServer)}_${pid}.ports`);
+}
+
+/** The client and monitoring ports of a ports file, or undefined while it is not (fully) written. */
+function readPortsFile(file: string): { client: number; http: number } | undefined {
+  try {
+    const f = JSON.parse(readFileSync(file, "utf8")) as { nats?: string[]; monitoring?: string[] };
+    const [client, http] = [f.nats?.[0], f.monitoring?.[0]].map((u) => (u ? Number(new URL(u).port) : 0));
+    return client && http ? { client, http } : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** A running (or partly stopped) hub + sites topology. */
 export class Topology {
@@ -380,19 +397,12 @@ export class Topology {
     const dir = opts.dir ? path.resolve(opts.dir) : mkdtempSync(path.join(os.tmpdir(), "syncd-mesh-"));
     mkdirSync(dir, { recursive: true });
     const hp = opts.hubPorts ?? {};
-    const autoPorts = new Set<"client" | "http" | "leaf">();
-    const port = async (v: number | undefined, k: "client" | "http" | "leaf") => {
-      if (v !== undefined) return v;
-      autoPorts.add(k);
-      return freePort(host);
-    };
-    const clientPort = await port(hp.client, "client");
-    const httpPort = await port(hp.http, "http");
-    const leafPort = await port(hp.leaf, "leaf");
+    const clientPort = hp.client ?? ANY_PORT;
+    const httpPort = hp.http ?? ANY_PORT;
+    const leafPort = hp.leaf ?? ANY_PORT;
     const hubDir = path.join(dir, "hub");
     const hub: Server = {
       kind: "hub",
-      autoPorts,
       startedOnce: false,
       state: {
         name: "hub",
@@ -456,7 +466,7 @@ export class Topology {
       secure?: SecureOptions;
     } = {},
   ): Topology {
-    const hub: Server = { kind: "hub", state: { ...state.hub }, autoPorts: new Set(), startedOnce: true };
+    const hub: Server = { kind: "hub", state: { ...state.hub }, startedOnce: true };
     const topo = new Topology({
       dir: state.dir,
       ownDir: false,
@@ -475,7 +485,7 @@ export class Topology {
     });
     topo.adopt(hub);
     for (const [name, s] of Object.entries(state.sites)) {
-      const srv: Server = { kind: "site", state: { ...s }, autoPorts: new Set(), startedOnce: true };
+      const srv: Server = { kind: "site", state: { ...s }, startedOnce: true };
       topo.adopt(srv);
       topo.siteServers.set(name, srv);
     }
@@ -533,15 +543,11 @@ export class Topology {
     if (!SITE_NAME.test(site)) throw new Error(`invalid site name ${JSON.stringify(site)}`);
     if (this.siteServers.has(site)) throw new Error(`site ${site} already exists`);
     const p = ports ?? this.sitePorts?.(site, this.siteServers.size) ?? {};
-    const autoPorts = new Set<"client" | "http" | "leaf">();
-    if (p.client === undefined) autoPorts.add("client");
-    if (p.http === undefined) autoPorts.add("http");
-    const clientPort = p.client ?? (await freePort(this.host));
-    const httpPort = p.http ?? (await freePort(this.host));
+    const clientPort = p.client ?? ANY_PORT;
+    const httpPort = p.http ?? ANY_PORT;
     const dir = path.join(this.dir, `site-${site}`);
     const srv: Server = {
       kind: "site",
-      autoPorts,
       startedOnce: false,
       state: {
         name: `site-${site}`,
@@ -670,21 +676,8 @@ export class Topology {
 
   private async spawn(s: Server): Promise<void> {
     if (this.running(s)) throw new Error(`${s.state.name} is already running (pid ${s.proc?.pid})`);
-    const keys = s.kind === "hub" ? (["client", "http", "leaf"] as const) : (["client", "http"] as const);
-    for (const k of keys) {
-      const port = this.portOf(s, k);
-      try {
-        await assertPortFree(s.state.host, port);
-      } catch (err) {
-        // An allocated port taken by someone else before the first start: take another one.
-        // (The hub's leaf port only while no site knows it yet.)
-        const sitesKnowLeaf = [...this.siteServers.values()].some((x) => x.startedOnce);
-        const canMove = s.autoPorts.has(k) && !s.startedOnce && !(k === "leaf" && sitesKnowLeaf);
-        if (!canMove) throw new Error(`${s.state.name}: ${(err as Error).message}`);
-        this.setPort(s, k, await freePort(s.state.host));
-      }
-    }
     this.writeConf(s);
+    appendFileSync(s.state.confFile, `\nports_file_dir: ${JSON.stringify(s.state.dir)}\n`);
     s.proc = spawnLogged({
       cmd: this.natsServer,
       args: ["-c", s.state.confFile],
@@ -696,6 +689,47 @@ export class Topology {
     });
     s.state.pid = s.proc.pid;
     s.startedOnce = true;
+    await this.readPorts(s);
+  }
+
+  /**
+   * The ports a server was left to choose (its first start), read back from it: client and monitoring
+   * from the ports file it writes into `ports_file_dir` (`<exe>_<pid>.ports`), the hub's leaf port
+   * from its `/varz`. Later starts bind the same ports again.
+   */
+  private async readPorts(s: Server): Promise<void> {
+    const keys = s.kind === "hub" ? (["client", "http", "leaf"] as const) : (["client", "http"] as const);
+    if (!keys.some((k) => this.portOf(s, k) === ANY_PORT)) return;
+    const file = portsFile(s.state.dir, this.natsServer, s.proc!.pid);
+    const chosen = await this.poll(s, `ports file ${file}`, () => readPortsFile(file));
+    if (this.portOf(s, "client") === ANY_PORT) this.setPort(s, "client", chosen.client);
+    if (this.portOf(s, "http") === ANY_PORT) this.setPort(s, "http", chosen.http);
+    if (s.kind === "hub" && this.portOf(s, "leaf") === ANY_PORT) {
+      const leaf = await this.poll(s, "its leaf port in /varz", async () => {
+        const varz = (await getJson(`${s.state.httpUrl}/varz`)) as { leaf?: { port?: number } } | undefined;
+        return varz?.leaf?.port;
+      });
+      this.setPort(s, "leaf", leaf);
+    }
+  }
+
+  /** Poll `read` until it gives a value, while the server lives, within the start timeout. */
+  private async poll<T>(
+    s: Server,
+    what: string,
+    read: () => T | undefined | Promise<T | undefined>,
+  ): Promise<T> {
+    const t0 = Date.now();
+    for (;;) {
+      this.assertAlive(s);
+      const v = await read();
+      if (v !== undefined) return v;
+      if (Date.now() - t0 > this.timeoutMs)
+        throw new Error(
+          `${s.state.name}: no ${what} within ${this.timeoutMs} ms; log tail:\n${tail(s.state.logFile, 15)}`,
+        );
+      await sleep(25);
+    }
   }
 
   private assertAlive(s: Server): void {
@@ -896,9 +930,9 @@ export async function startClusterSite(o: {
   const host = o.host ?? "127.0.0.1";
   const n = o.nodes ?? 3;
   const bin = o.natsServer ?? findNatsServer();
+  // a JetStream cluster needs its routes in the config: cluster ports are chosen before the start
   const ports: { client: number; http: number; cluster: number }[] = [];
-  for (let i = 0; i < n; i++)
-    ports.push({ client: await freePort(host), http: await freePort(host), cluster: await freePort(host) });
+  for (let i = 0; i < n; i++) ports.push({ client: ANY_PORT, http: ANY_PORT, cluster: await freePort(host) });
   const procs: (Proc | undefined)[] = new Array(n).fill(undefined);
   const nodeDir = (i: number) => path.join(o.dir, `site-${o.site}-${i}`);
   const spawnNode = (i: number) => {
@@ -918,7 +952,7 @@ export async function startClusterSite(o: {
         routePorts: ports.filter((_, j) => j !== i).map((q) => q.cluster),
         storeDir: path.join(dir, "store"),
         hubLeafUrl: o.hubLeafUrl,
-      }),
+      }) + `\nports_file_dir: ${JSON.stringify(dir)}\n`,
     );
     procs[i] = spawnLogged({
       cmd: bin,
@@ -936,7 +970,15 @@ export async function startClusterSite(o: {
         throw new Error(
           `site-${o.site}-${i} ${describeExit(p)}; log tail:\n${tail(path.join(nodeDir(i), "server.log"), 15)}`,
         );
-      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok") return;
+      // the first start: the client and monitoring ports the node chose, kept for its restarts
+      const chosen =
+        ports[i]!.http === ANY_PORT && p ? readPortsFile(portsFile(nodeDir(i), bin, p.pid)) : undefined;
+      if (chosen) Object.assign(ports[i]!, chosen);
+      if (
+        ports[i]!.http !== ANY_PORT &&
+        (await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok"
+      )
+        return;
       if (Date.now() - t0 > (o.timeoutMs ?? 30_000)) throw new Error(`site-${o.site}-${i} not healthy`);
       await sleep(50);
     }
