@@ -26,6 +26,9 @@ import {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A local write's message id without the bucket's incarnation (MsgIds.localWrite): `a.config.<rev>`. */
+const withoutInc = (id: string) => id.replace(/@\d+(?=\.\d+$)/, "");
+
 describe("I3 no lost write, I4 read-then-overwrite", () => {
   let mesh: Mesh;
   let nc: Record<string, NatsConnection>;
@@ -46,9 +49,6 @@ describe("I3 no lost write, I4 read-then-overwrite", () => {
   after(async () => {
     await mesh?.stop();
   });
-
-  /** A local write's message id without the bucket's incarnation (MsgIds.localWrite): `a.config.<rev>`. */
-  const withoutInc = (id: string) => id.replace(/@\d+(?=\.\d+$)/, "");
 
   /** The ops of a site's OUT log by message id (the log keeps one op per key: see `captured`). */
   const outOf = async (site: string) => {
