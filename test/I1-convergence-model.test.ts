@@ -17,7 +17,6 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { StoredMsg } from "@nats-io/jetstream";
 import fc from "fast-check";
 import {
   type MergeDeps,
@@ -38,7 +37,7 @@ import {
 } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import { type Call, ManualSteps } from "./sim/sched.ts";
-import { SimBucket, SimMeta } from "./sim/stores.ts";
+import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 import { BUCKET, type Scenario, type Stats, World, scenario } from "./sim/world.ts";
 
 /**
@@ -140,7 +139,6 @@ function site(call: Call, name: string) {
     checkSkew: () => {},
   };
   const published: Op[] = [];
-  const lastOf = new Map<string, { seq: number; data: Uint8Array }>();
   let clock = 0;
   const watcher: WatcherDeps = {
     site: name,
@@ -148,22 +146,7 @@ function site(call: Call, name: string) {
     bucket: BUCKET,
     meta: meta.as("watcher"),
     tick: async () => ++clock,
-    // the OUT log keeps the last op per subject
-    jsm: {
-      streams: {
-        getMessage: async (_stream, q) => {
-          const m = "last_by_subj" in q ? lastOf.get(q.last_by_subj) : undefined;
-          return m ? ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg) : null;
-        },
-      },
-    },
-    js: {
-      publish: async (subject, payload) => {
-        published.push(parseOp(payload as Uint8Array));
-        lastOf.set(subject, { seq: published.length, data: payload as Uint8Array });
-        return { stream: `SYNCD_OUT_${name}`, seq: published.length, duplicate: false };
-      },
-    },
+    ...simOutLog(`SYNCD_OUT_${name}`, (_subject, data) => published.push(parseOp(data))),
   };
   /** stamp the entry at `rev` as the watcher's consumer would deliver it */
   const stamp = (rev: number) => {

@@ -33,7 +33,7 @@ import { fcParams } from "./fc.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
 import type { Call } from "./sim/sched.ts";
-import { SimBucket, SimMeta } from "./sim/stores.ts";
+import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 
 describe("I4 a local overwrite is stamped above the version it replaced (real mesh)", () => {
   let mesh: Mesh;
@@ -167,8 +167,7 @@ describe("I4 model: stale _meta reads (a lagging watch-fed cache) and a clock fa
           bucket: "config",
           meta: caches[0]!,
           tick: async () => ++clock,
-          js: { publish: async () => ({ stream: "SYNCD_OUT_a", seq: 0, duplicate: false }) },
-          jsm: { streams: { getMessage: async () => null } },
+          ...simOutLog("SYNCD_OUT_a"),
         };
         let stamped = 0; // the local writes stamped so far (in revision order)
         const stampNext = async () => {

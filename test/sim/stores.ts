@@ -1,3 +1,5 @@
+import type { JetStreamPublishOptions, MsgRequest, PubAck, StoredMsg } from "@nats-io/jetstream";
+import type { Payload } from "@nats-io/nats-core";
 /**
  * In-memory stores with the semantics the protocol relies on, every call one scheduler step (with
  * faults on, a call may also fail before or after its effect):
@@ -177,4 +179,38 @@ export class SimBucket implements BucketStoreLike {
     for (const f of this.feeds) f(e);
     return e.rev;
   }
+}
+
+/**
+ * A site's OUT stream as the watcher's ordered publish sees it: a log keeping the last message per
+ * subject (`getMessage` with `last_by_subj`), every publish handed to `onPublish` too.
+ */
+export function simOutLog(
+  stream: string,
+  onPublish: (subject: string, data: Uint8Array, msgID: string | undefined) => void = () => {},
+) {
+  const last = new Map<string, { seq: number; data: Uint8Array }>();
+  let seq = 0;
+  return {
+    js: {
+      publish: async (
+        subject: string,
+        payload?: Payload,
+        opts?: Partial<JetStreamPublishOptions>,
+      ): Promise<PubAck> => {
+        const data = typeof payload === "string" ? new TextEncoder().encode(payload) : (payload ?? EMPTY);
+        last.set(subject, { seq: ++seq, data });
+        onPublish(subject, data, opts?.msgID);
+        return { stream, seq, duplicate: false };
+      },
+    },
+    jsm: {
+      streams: {
+        getMessage: async (_stream: string, q: MsgRequest): Promise<StoredMsg | null> => {
+          const m = "last_by_subj" in q ? last.get(q.last_by_subj) : undefined;
+          return m ? ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg) : null;
+        },
+      },
+    },
+  };
 }
