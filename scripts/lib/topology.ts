@@ -20,7 +20,6 @@ import { randomBytes } from "node:crypto";
 import {
   constants,
   accessSync,
-  appendFileSync,
   chmodSync,
   mkdirSync,
   mkdtempSync,
@@ -605,79 +604,49 @@ export class Topology {
 
   private writeConf(s: Server): void {
     mkdirSync(s.state.dir, { recursive: true });
-    if (this.secure) {
-      const sec = this.secure;
-      if (s.kind === "hub") {
-        const h = s.state as HubState;
-        this.writeFile(
-          h.confFile,
-          renderSecureHubConf({
-            host: h.host,
-            clientPort: h.clientPort,
-            httpPort: h.httpPort,
-            leafPort: h.leafPort,
+    const sec = this.secure;
+    const { host, clientPort, httpPort } = s.state;
+    // the ports left to the server (-1) are read back from the file it writes there
+    const portsFileDir = `\nports_file_dir: ${JSON.stringify(s.state.dir)}\n`;
+    if (s.kind === "hub") {
+      const h = s.state as HubState;
+      const o = { host, clientPort, httpPort, leafPort: h.leafPort, storeDir: path.join(h.dir, "store") };
+      const conf = sec
+        ? renderSecureHubConf({
+            ...o,
             certDir: sec.certDir,
             adminPassword: sec.adminPassword,
             leafPassword: sec.leafPassword,
-            storeDir: path.join(h.dir, "store"),
-          }),
-        );
-      } else {
-        const st = s.state as SiteState;
-        const users = this.siteInclude?.(st.site);
-        if (users === undefined) throw new Error(`secure topology: no users for site ${st.site}`);
-        this.writeFile(path.join(st.dir, "users.conf"), users);
-        this.writeFile(
-          st.confFile,
-          renderSecureSiteConf({
-            site: st.site,
-            host: st.host,
-            clientPort: st.clientPort,
-            httpPort: st.httpPort,
-            storeDir: st.storeDir,
-            hubLeafUrl: this.hub.leafUrl,
-            certDir: sec.certDir,
-            leafPassword: sec.leafPassword,
-          }),
-        );
-      }
+          })
+        : renderHubConf(o);
+      this.writeFile(h.confFile, conf + portsFileDir);
       return;
     }
-    if (s.kind === "hub") {
-      const h = s.state as HubState;
-      writeFileSync(
-        h.confFile,
-        renderHubConf({
-          host: h.host,
-          clientPort: h.clientPort,
-          httpPort: h.httpPort,
-          leafPort: h.leafPort,
-          storeDir: path.join(h.dir, "store"),
-        }),
-      );
-    } else {
-      const st = s.state as SiteState;
-      let conf = renderSiteConf({
-        site: st.site,
-        host: st.host,
-        clientPort: st.clientPort,
-        httpPort: st.httpPort,
-        storeDir: st.storeDir,
-        hubLeafUrl: this.hub.leafUrl,
-      });
-      const extra = this.siteInclude?.(st.site);
-      if (extra !== undefined) {
-        writeFileSync(path.join(st.dir, "users.conf"), extra);
-        conf += '\ninclude "users.conf"\n';
-      }
-      writeFileSync(st.confFile, conf);
+    const st = s.state as SiteState;
+    const o = {
+      site: st.site,
+      host,
+      clientPort,
+      httpPort,
+      storeDir: st.storeDir,
+      hubLeafUrl: this.hub.leafUrl,
+    };
+    let conf = sec
+      ? renderSecureSiteConf({ ...o, certDir: sec.certDir, leafPassword: sec.leafPassword })
+      : renderSiteConf(o);
+    const users = this.siteInclude?.(st.site);
+    if (sec && users === undefined) throw new Error(`secure topology: no users for site ${st.site}`);
+    if (users !== undefined) {
+      this.writeFile(path.join(st.dir, "users.conf"), users);
+      // the secure site template includes it itself
+      if (!sec) conf += '\ninclude "users.conf"\n';
     }
+    this.writeFile(st.confFile, conf + portsFileDir);
   }
 
   private async spawn(s: Server): Promise<void> {
     if (this.running(s)) throw new Error(`${s.state.name} is already running (pid ${s.proc?.pid})`);
     this.writeConf(s);
-    appendFileSync(s.state.confFile, `\nports_file_dir: ${JSON.stringify(s.state.dir)}\n`);
     s.proc = spawnLogged({
       cmd: this.natsServer,
       args: ["-c", s.state.confFile],
