@@ -78,6 +78,7 @@ export {
   type MetaStoreLike,
   expiryProblem,
   isCasConflict,
+  mergerHeaderBytes,
   mergerHeaders,
   mergerVersion,
 } from "./lib/stores.ts";

@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Headers, OPS_INGRESS, ServiceReplyError, Streams } from "../services/mod.ts";
+import { Headers, OPS_INGRESS, ServiceReplyError, Streams, mergerHeaderBytes } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until } from "./helpers.ts";
 
@@ -38,6 +38,23 @@ describe("I7 values over the bucket's max value size", () => {
     );
     const ok = await call<{ result: string }>(nc, "a", "merger", "merge", { ...op, value: "x".repeat(300) });
     assert.equal(ok.result, "applied");
+  });
+
+  it("I7 the limit counts the headers a merger's write really carries: the largest value that fits is applied", async () => {
+    const op = { op: "put", bucket: "small", ts: 6, node_id: "x" };
+    const fits = 512 - mergerHeaderBytes({ ...op, deleted: false });
+    const ok = await call<{ result: string }>(nc, "a", "merger", "merge", {
+      ...op,
+      key: "edge",
+      value: "e".repeat(fits),
+    });
+    assert.equal(ok.result, "applied");
+    const edge = await (await new Kvm(nc).open("small")).get("edge");
+    assert.equal(edge?.value.length, fits);
+    await assert.rejects(
+      call(nc, "a", "merger", "merge", { ...op, key: "edge2", value: "e".repeat(fits + 1) }),
+      (err: unknown) => err instanceof ServiceReplyError && err.status === 413,
+    );
   });
 
   it("I7 an op over the limit in the stream is dead-lettered, the next one applied", async () => {
