@@ -54,6 +54,7 @@ describe("I7 values over the bucket's max value size", () => {
     await assert.rejects(
       call(nc, "a", "merger", "merge", { ...op, key: "edge2", value: "e".repeat(fits + 1) }),
       (err: unknown) => err instanceof ServiceReplyError && err.status === 413,
+      "one byte more: 413",
     );
   });
 
