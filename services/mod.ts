@@ -47,6 +47,7 @@ export {
   makeOp,
   opMessageSize,
   opValue,
+  opValueSize,
   opVersioned,
   parseOp,
 } from "./lib/op.ts";

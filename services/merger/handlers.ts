@@ -9,7 +9,7 @@
  */
 import { SyncdError } from "../lib/errors.ts";
 import { type Versioned, compare, compareBytes, compareVersions, valueHash } from "../lib/lww.ts";
-import { type Op, opValue, opVersioned } from "../lib/op.ts";
+import { type Op, opValueSize, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
@@ -162,7 +162,7 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
   if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
     const limit = Math.min(...limits);
-    const size = opValue(op).length + mergerHeaderBytes({ ...op, deleted: false });
+    const size = opValueSize(op) + mergerHeaderBytes({ ...op, deleted: false });
     if (size > limit) {
       throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }

@@ -15,6 +15,7 @@ import {
   makeOp,
   opMessageSize,
   opValue,
+  opValueSize,
   parseOp,
 } from "../../services/mod.ts";
 
@@ -121,6 +122,7 @@ describe("op wire forms (I3: any value the bucket accepts fits in one op message
           const m = encodeOpMessage(op);
           const back = decodeOpMessage(m.data, m.headers);
           assert.deepEqual(opValue(back), del ? new Uint8Array() : value);
+          assert.equal(opValueSize(back), opValue(back).length, "the size without decoding");
           assert.equal(back.op, op.op);
           assert.ok(opMessageSize(m) <= Math.max(INLINE_OP_MAX, value.length + 200));
         },
