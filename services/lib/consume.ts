@@ -110,7 +110,7 @@ export async function runConsumer<T = undefined>(args: {
   stream: string;
   durable: string;
   concurrency: number;
-  /** decode a message once, before keyOf and handle see it (must not throw: return the failure) */
+  /** decode a message once, before keyOf and handle see it (one that throws is terminated) */
   decode?: (m: JsMsg) => T;
   keyOf: (m: JsMsg, decoded: T) => string;
   handle: (m: JsMsg, decoded: T) => Promise<Disposition>;
@@ -155,7 +155,14 @@ export async function runConsumer<T = undefined>(args: {
           continue;
         }
         delivered++;
-        const decoded = args.decode ? args.decode(m) : (undefined as T);
+        let decoded: T;
+        try {
+          decoded = args.decode ? args.decode(m) : (undefined as T);
+        } catch (err) {
+          log.error({ err, stream, seq: m.seq }, "message cannot be decoded: terminated");
+          settle(m, { term: "cannot be decoded" });
+          continue;
+        }
         await gate.submit(args.keyOf(m, decoded), async () => {
           let d: Disposition;
           try {
