@@ -849,11 +849,6 @@ export class Topology {
   }
 }
 
-/** Shorthand for {@link Topology.start}. */
-export function startTopology(opts: TopologyOptions = {}): Promise<Topology> {
-  return Topology.start(opts);
-}
-
 /**
  * One node of a site that is a JetStream cluster: deploy/nats/site.conf.template (same domain, same
  * leaf remote on every node) with a unique server name and a cluster block routing to the others.
