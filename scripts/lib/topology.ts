@@ -4,7 +4,8 @@
  * /work/shared/reference/topology/start-topology.mjs (measured against nats-server 2.9.10), with:
  * - configs rendered from deploy/nats/hub.conf and deploy/nats/site.conf.template (the site's leaf
  *   remote denies the exact subject `rep.kv.ops` both ways: hand-made ops stay in their site);
- * - explicit or OS-allocated ports;
+ * - explicit ports, or ports the server chooses (`-1`) read back from it after its first start
+ *   (`ports_file_dir`'s `<exe>_<pid>.ports`, the hub's leaf port from `/varz`), kept for restarts;
  * - a detached mode (own process group, pid files, outlives the launcher) for ./scripts/up.sh, and
  *   `Topology.attach(state)` to drive such a mesh from another process;
  * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite;
@@ -150,9 +151,9 @@ export type TopologyOptions = {
   dir?: string;
   keepDir?: boolean;
   host?: string;
-  /** hub ports; a missing one is allocated free */
+  /** hub ports; a missing one is chosen by the server */
   hubPorts?: { client?: number; http?: number; leaf?: number };
-  /** ports of a site (index = position in `sites`, then order of addSite); missing → free */
+  /** ports of a site (index = position in `sites`, then order of addSite); missing → chosen by the server */
   sitePorts?: (site: string, index: number) => PortSpec | undefined;
   /** server logs go to `<logDir>/hub.log` and `<logDir>/site-<x>/server.log` (default: in each server's dir) */
   logDir?: string;
