@@ -55,10 +55,12 @@ export {
   makeOp,
   opMessageSize,
   opValue,
+  opValueSize,
   opVersioned,
   parseOp,
 } from "./lib/op.ts";
 export { type LastOpReader, currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
+export { type Planting, plantVersion } from "./lib/plant.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {
@@ -85,6 +87,9 @@ export {
   type MetaStoreLike,
   expiryProblem,
   isCasConflict,
+  mergerHeaderBytes,
+  mergerHeaders,
+  mergerVersion,
 } from "./lib/stores.ts";
 export {
   AGENT_NAME,
@@ -105,6 +110,8 @@ export {
   endpointSubject,
   inCurrentMesh,
   journalSubject,
+  kvFilter,
+  kvKeyOf,
   kvStream,
   kvSubject,
   legacyOpsSubject,

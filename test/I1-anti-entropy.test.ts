@@ -8,9 +8,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
-  Headers,
   type ReconcilerDigestResponse,
   type ReconcilerEntriesResponse,
   type ReconcilerRunResponse,
@@ -19,6 +18,7 @@ import {
   endpointSubject,
   kvStream,
   kvSubject,
+  mergerHeaders,
   metaBucket,
   requestJson,
   valueHash,
@@ -352,11 +352,8 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
     await quiet({ a: nc.a, b: nc.b });
     const v = (await versions(nc.b, BUCKET)).get("oob.swapped")!;
     // e.g. an old backup restored with its headers: the version _meta holds, other bytes
-    const h = natsHeaders();
-    h.set(Headers.ts, String(v.ts));
-    h.set(Headers.node, v.node_id);
     await js.b.publish(kvSubject(BUCKET, "oob.swapped"), new TextEncoder().encode("restored-junk"), {
-      headers: h,
+      headers: mergerHeaders({ ...v, deleted: false }),
     });
     assert.equal((await kv.b.get("oob.swapped"))?.string(), "restored-junk");
     await quiet({ a: nc.a, b: nc.b });

@@ -37,7 +37,7 @@ import {
 } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import { type Call, ManualSteps } from "./sim/sched.ts";
-import { SimBucket, SimMeta, SimOpLog } from "./sim/stores.ts";
+import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 import { BUCKET, type Scenario, type Stats, World, scenario } from "./sim/world.ts";
 
 /**
@@ -139,7 +139,6 @@ function site(call: Call, name: string) {
     checkSkew: () => {},
   };
   const published: Op[] = [];
-  const log = new SimOpLog();
   let clock = 0;
   const watcher: WatcherDeps = {
     site: name,
@@ -147,14 +146,7 @@ function site(call: Call, name: string) {
     bucket: BUCKET,
     meta: meta.as("watcher"),
     tick: async () => ++clock,
-    jsm: log.reader,
-    js: {
-      publish: async (subject, payload) => {
-        log.record(subject, payload as Uint8Array);
-        published.push(parseOp(payload as Uint8Array));
-        return { stream: `SYNCD_OUT_${name}`, seq: published.length, duplicate: false };
-      },
-    },
+    ...simOutLog(`SYNCD_OUT_${name}`, (_subject, data) => published.push(parseOp(data))),
   };
   /** stamp the entry at `rev` as the watcher's consumer would deliver it */
   const stamp = (rev: number) => {

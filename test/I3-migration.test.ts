@@ -15,6 +15,7 @@ import {
   OPS_INGRESS,
   Streams,
   journalSubject,
+  kvFilter,
   legacyOpsSubject,
   makeOp,
   metaBucket,
@@ -51,7 +52,7 @@ async function oldWatcherPosition(nc: NatsConnection, site: string): Promise<voi
     durable_name: Durables.watcher(site, "config"),
     ack_policy: "explicit" as never,
     deliver_policy: "new" as never,
-    filter_subject: "$KV.config.>",
+    filter_subject: kvFilter("config"),
   });
 }
 

@@ -33,7 +33,7 @@ import { fcParams } from "./fc.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
 import type { Call } from "./sim/sched.ts";
-import { SimBucket, SimMeta, SimOpLog } from "./sim/stores.ts";
+import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 
 describe("I4 a local overwrite is stamped above the version it replaced (real mesh)", () => {
   let mesh: Mesh;
@@ -161,21 +161,13 @@ describe("I4 model: stale _meta reads (a lagging watch-fed cache) and a clock fa
           checkSkew: () => {},
         }));
         let clock = 0;
-        const log = new SimOpLog();
         const watcher: WatcherDeps = {
           site: "a",
           nodeId: "site-a",
           bucket: "config",
           meta: caches[0]!,
           tick: async () => ++clock,
-          js: {
-            publish: async (subject, payload) => ({
-              stream: "SYNCD_OUT_a",
-              seq: log.record(subject, payload as Uint8Array),
-              duplicate: false,
-            }),
-          },
-          jsm: log.reader,
+          ...simOutLog("SYNCD_OUT_a"),
         };
         let stamped = 0; // the local writes stamped so far (in revision order)
         const stampNext = async () => {

@@ -14,6 +14,7 @@ import {
   OPS_INGRESS,
   ServiceReplyError,
   Streams,
+  mergerHeaderBytes,
   run,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
@@ -46,6 +47,24 @@ describe("I7 values over the bucket's max value size", () => {
     );
     const ok = await call<{ result: string }>(nc, "a", "merger", "merge", { ...op, value: "x".repeat(300) });
     assert.equal(ok.result, "applied");
+  });
+
+  it("I7 the limit counts the headers a merger's write really carries: the largest value that fits is applied", async () => {
+    const op = { op: "put", bucket: "small", ts: 6, node_id: "x" };
+    const fits = 512 - mergerHeaderBytes({ ...op, deleted: false });
+    const ok = await call<{ result: string }>(nc, "a", "merger", "merge", {
+      ...op,
+      key: "edge",
+      value: "e".repeat(fits),
+    });
+    assert.equal(ok.result, "applied");
+    const edge = await (await new Kvm(nc).open("small")).get("edge");
+    assert.equal(edge?.value.length, fits);
+    await assert.rejects(
+      call(nc, "a", "merger", "merge", { ...op, key: "edge2", value: "e".repeat(fits + 1) }),
+      (err: unknown) => err instanceof ServiceReplyError && err.status === 413,
+      "one byte more: 413",
+    );
   });
 
   it("I7 an op over the limit in the stream is dead-lettered, the next one applied", async () => {

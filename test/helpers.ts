@@ -8,12 +8,14 @@ import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core"
 import {
   Durables,
   Headers,
+  type Planting,
   Streams,
   type Version,
   endpointSubject,
   kvStream,
   kvSubject,
   metaBucket,
+  plantVersion as plant,
   requestJson,
   valueHash,
 } from "../services/mod.ts";
@@ -56,40 +58,11 @@ export function replicated(
 }
 
 /**
- * A change made behind the services' back, as a merger would make it but without any op: the
- * `_meta` version first (a merger's commit point), then the bucket entry with its version headers.
- * In that order the watcher sees a merger's write; the other way round, a headed entry that `_meta`
- * does not know is taken for a user's write with forged headers, and replicated.
+ * A change made behind the services' back, as a merger would make it but without any op
+ * (services/lib/plant.ts); the bucket defaults to `config`.
  */
-export async function plantVersion(
-  nc: NatsConnection,
-  p: {
-    bucket?: string;
-    key: string;
-    ts: number;
-    node_id: string;
-    deleted?: boolean;
-    value?: string | Uint8Array;
-    legacy?: boolean;
-  },
-): Promise<number> {
-  const bucket = p.bucket ?? "config";
-  const deleted = p.deleted ?? false;
-  const bytes =
-    typeof p.value === "string" ? new TextEncoder().encode(p.value) : (p.value ?? new Uint8Array());
-  const kvm = new Kvm(nc);
-  const base = (await (await kvm.open(bucket)).get(p.key))?.revision ?? 0;
-  const extra = p.legacy ? {} : { merged: true, ...(deleted ? {} : { vh: valueHash(bytes) }) };
-  const version = { ts: p.ts, node_id: p.node_id, deleted, rev: base, ...extra };
-  await (await kvm.open(metaBucket(bucket))).put(p.key, JSON.stringify(version));
-  const h = natsHeaders();
-  h.set(Headers.ts, String(p.ts));
-  h.set(Headers.node, p.node_id);
-  if (deleted) h.set("KV-Operation", "DEL");
-  const pa = await jetstream(nc).publish(kvSubject(bucket, p.key), deleted ? new Uint8Array() : bytes, {
-    headers: h,
-  });
-  return pa.seq;
+export function plantVersion(nc: NatsConnection, p: Omit<Planting, "bucket"> & { bucket?: string }) {
+  return plant(nc, { ...p, bucket: p.bucket ?? "config" });
 }
 
 /** Number of messages stored in a stream. */

@@ -5,7 +5,7 @@
  */
 import { DeliverPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { KvWatchInclude } from "@nats-io/kv";
-import { kvStream } from "../../services/mod.ts";
+import { kvKeyOf, kvStream } from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,
@@ -220,9 +220,8 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
       async start(prefix, _n, onKey) {
         const oc = await b.js.consumers.get(NATIVE_SRC, { deliver_policy: DeliverPolicy.New });
         const it = await oc.consume();
-        const subjPrefix = `$KV.${BUCKET}.`;
         const loop = (async () => {
-          for await (const m of it) onKey(keyIndex(m.subject.slice(subjPrefix.length), prefix));
+          for await (const m of it) onKey(keyIndex(kvKeyOf(BUCKET, m.subject), prefix));
         })();
         return async () => {
           await it.close().catch(() => {});

@@ -7,24 +7,23 @@
  * `syncd.a.reconciler.run` is called. Its entries and bytes moved and its wall time are set next to
  * the bytes of a full listing of the bucket. The RSS of every service is taken at K keys (case 6).
  */
-import type { JetStreamClient } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import {
-  Headers,
   type ReconcilerDigestResponse,
   type ReconcilerEntriesResponse,
   type ReconcilerRunResponse,
   type ReconcilerStatusResponse,
   kvStream,
   kvSubject,
+  mergerHeaders,
+  mergerVersion,
   metaBucket,
-  valueHash,
+  plantVersion,
 } from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,
-  type SiteConn,
   call,
   linked,
   openSite,
@@ -94,10 +93,7 @@ export async function loadSite(
     const end = Math.min(k, i + CHUNK);
     for (let j = i; j < end; j++) {
       const v = version(j, base);
-      const h = natsHeaders();
-      h.set(Headers.ts, String(v.ts));
-      h.set(Headers.node, v.node_id);
-      nc.publish(kvSubject(BUCKET, `rk.${j}`), loadedValue(j), { headers: h });
+      nc.publish(kvSubject(BUCKET, `rk.${j}`), loadedValue(j), { headers: mergerHeaders(v) });
     }
     await nc.flush();
     progress(end);
@@ -107,7 +103,7 @@ export async function loadSite(
     for (let j = i; j < end; j++) {
       nc.publish(
         kvSubject(metaBucket(BUCKET), `rk.${j}`),
-        enc.encode(JSON.stringify(metaOf(version(j, base), j + 1, loadedValue(j)))),
+        enc.encode(JSON.stringify(mergerVersion({ ...version(j, base), value: loadedValue(j) }, j + 1))),
       );
     }
     await nc.flush();
@@ -117,38 +113,6 @@ export async function loadSite(
 
 function loadedValue(j: number): Uint8Array {
   return value100(`v${j}`);
-}
-
-/**
- * The `_meta` entry a merger commits for a put: the version, the bucket revision, `merged`, and the
- * value hash `vh` (services/lib/lww.ts) the reconciler's version tree includes.
- */
-function metaOf(v: { ts: number; node_id: string; deleted: boolean }, rev: number, value: Uint8Array) {
-  return { ...v, rev, merged: true, ...(v.deleted ? {} : { vh: valueHash(value) }) };
-}
-
-/**
- * Write a version behind the services' back, in the order a merger commits: `_meta` first (the
- * version, `rev` = the key's current bucket revision, `merged`, `vh`), then the bucket entry with the
- * version headers, expecting that revision. (Bucket first, as test/I1-anti-entropy.test.ts does, raced
- * the services here: at 100 000 keys, 4 of 100 keys planted that way ended up with a newer version of
- * the planting site — ts ~200 ms later, `merged: true` — at both sites instead of the planted one;
- * with `_meta` first, none.)
- */
-async function plant(
-  js: JetStreamClient,
-  sc: SiteConn,
-  key: string,
-  v: { ts: number; node_id: string },
-  value: string,
-) {
-  const h = natsHeaders();
-  h.set(Headers.ts, String(v.ts));
-  h.set(Headers.node, v.node_id);
-  const data = enc.encode(value);
-  const rev = (await sc.kv.get(key))?.revision ?? 0;
-  await sc.meta!.put(key, JSON.stringify(metaOf({ ...v, deleted: false }, rev, data)));
-  await js.publish(kvSubject(BUCKET, key), data, { headers: h, expect: { lastSubjectSequence: rev } });
 }
 
 /** Page through `entries` for the whole bucket (root prefix), counting payload bytes. */
@@ -283,7 +247,15 @@ export const reconcileCase: CaseDef = {
       await pipelined(planted.length, 16, (i) => {
         const p = planted[i]!;
         const sc = bm!.conn[p.site]!;
-        return plant(sc.js, sc, p.key, p.v, `planted-${p.site}-${i}`);
+        // `_meta` first and the bucket write conditional (services/lib/plant.ts): planted bucket first,
+        // 4 of 100 keys at 100 000 ended up with a newer version of the planting site at both sites
+        return plantVersion(sc.nc, {
+          bucket: BUCKET,
+          key: p.key,
+          ...p.v,
+          value: `planted-${p.site}-${i}`,
+          expectRev: true,
+        });
       });
       for (const s of ["a", "b"]) {
         const mine = planted.filter((p) => p.site === s);

@@ -24,21 +24,19 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import {
   type ClockNowResponse,
   type Conflict,
   Durables,
-  Headers,
   OPS_INGRESS,
   Streams,
   type Version,
   endpointSubject,
-  kvSubject,
   metaBucket,
+  plantVersion,
   requestJson,
-  valueHash,
 } from "../../services/mod.ts";
 import { SERVICE_KINDS, pingSite } from "./services.ts";
 import { REPO_ROOT, certFiles } from "./topology.ts";
@@ -438,21 +436,8 @@ async function plantCmd(args: string[]): Promise<void> {
     const ts = Math.max(now.ts, physical, before.version?.ts ?? 0) + 1;
     const deleted = values.deleted === true;
     const value = deleted ? "" : (values.value as string);
-    // _meta first, as a merger commits: a headed entry _meta does not know is taken for a user's write
-    const version: Version = {
-      ts,
-      node_id: nodeId,
-      deleted,
-      rev: Math.max(before.version?.rev ?? 0, (await (await sites.kv(site, bucket)).get(key))?.revision ?? 0),
-      merged: true,
-      ...(deleted ? {} : { vh: valueHash(new TextEncoder().encode(value)) }),
-    };
-    await (await sites.kv(site, metaBucket(bucket))).put(key, JSON.stringify(version));
-    const h = natsHeaders();
-    h.set(Headers.ts, String(ts));
-    h.set(Headers.node, nodeId);
-    if (deleted) h.set("KV-Operation", "DEL");
-    await jetstream(nc).publish(kvSubject(bucket, key), value, { headers: h });
+    const rev = before.version?.rev ?? 0;
+    await plantVersion(nc, { bucket, key, ts, node_id: nodeId, deleted, value, minRev: rev });
     console.log(
       `  site ${site}: ${deleted ? "deleted" : `wrote ${JSON.stringify(value)} to`} ${bucket}/${key} and its _meta version (ts=${ts} node=${nodeId}) directly — no op published`,
     );

@@ -4,7 +4,8 @@
  * /work/shared/reference/topology/start-topology.mjs (measured against nats-server 2.9.10), with:
  * - configs rendered from deploy/nats/hub.conf and deploy/nats/site.conf.template (the site's leaf
  *   remote denies the exact subject `rep.kv.ops` both ways: hand-made ops stay in their site);
- * - explicit or OS-allocated ports;
+ * - explicit ports, or ports the server chooses (`-1`) read back from it after its first start
+ *   (`ports_file_dir`'s `<exe>_<pid>.ports`, the hub's leaf port from `/varz`), kept for restarts;
  * - a detached mode (own process group, pid files, outlives the launcher) for ./scripts/up.sh, and
  *   `Topology.attach(state)` to drive such a mesh from another process;
  * - stop/start of the hub and of one site's server (partition and outage rehearsal), addSite;
@@ -34,7 +35,6 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import {
   type Proc,
-  assertPortFree,
   describeExit,
   freePort,
   getJson,
@@ -151,9 +151,9 @@ export type TopologyOptions = {
   dir?: string;
   keepDir?: boolean;
   host?: string;
-  /** hub ports; a missing one is allocated free */
+  /** hub ports; a missing one is chosen by the server */
   hubPorts?: { client?: number; http?: number; leaf?: number };
-  /** ports of a site (index = position in `sites`, then order of addSite); missing → free */
+  /** ports of a site (index = position in `sites`, then order of addSite); missing → chosen by the server */
   sitePorts?: (site: string, index: number) => PortSpec | undefined;
   /** server logs go to `<logDir>/hub.log` and `<logDir>/site-<x>/server.log` (default: in each server's dir) */
   logDir?: string;
@@ -316,10 +316,27 @@ type Server = {
   state: HubState | SiteState;
   kind: "hub" | "site";
   proc?: Proc;
-  /** ports that were allocated here (may be re-allocated if taken before the first start) */
-  autoPorts: Set<"client" | "http" | "leaf">;
   startedOnce: boolean;
 };
+
+/** A port left to the OS: the server binds any free port, read back once it listens. */
+const ANY_PORT = -1;
+
+/** Where a server started with `ports_file_dir: dir` writes the ports it listens on. */
+function portsFile(dir: string, natsServer: string, pid: number): string {
+  return path.join(dir, `${path.basename(natsServer)}_${pid}.ports`);
+}
+
+/** The client and monitoring ports of a ports file, or undefined while it is not (fully) written. */
+function readPortsFile(file: string): { client: number; http: number } | undefined {
+  try {
+    const f = JSON.parse(readFileSync(file, "utf8")) as { nats?: string[]; monitoring?: string[] };
+    const [client, http] = [f.nats?.[0], f.monitoring?.[0]].map((u) => (u ? Number(new URL(u).port) : 0));
+    return client && http ? { client, http } : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** A running (or partly stopped) hub + sites topology. */
 export class Topology {
@@ -380,19 +397,12 @@ export class Topology {
     const dir = opts.dir ? path.resolve(opts.dir) : mkdtempSync(path.join(os.tmpdir(), "syncd-mesh-"));
     mkdirSync(dir, { recursive: true });
     const hp = opts.hubPorts ?? {};
-    const autoPorts = new Set<"client" | "http" | "leaf">();
-    const port = async (v: number | undefined, k: "client" | "http" | "leaf") => {
-      if (v !== undefined) return v;
-      autoPorts.add(k);
-      return freePort(host);
-    };
-    const clientPort = await port(hp.client, "client");
-    const httpPort = await port(hp.http, "http");
-    const leafPort = await port(hp.leaf, "leaf");
+    const clientPort = hp.client ?? ANY_PORT;
+    const httpPort = hp.http ?? ANY_PORT;
+    const leafPort = hp.leaf ?? ANY_PORT;
     const hubDir = path.join(dir, "hub");
     const hub: Server = {
       kind: "hub",
-      autoPorts,
       startedOnce: false,
       state: {
         name: "hub",
@@ -456,7 +466,7 @@ export class Topology {
       secure?: SecureOptions;
     } = {},
   ): Topology {
-    const hub: Server = { kind: "hub", state: { ...state.hub }, autoPorts: new Set(), startedOnce: true };
+    const hub: Server = { kind: "hub", state: { ...state.hub }, startedOnce: true };
     const topo = new Topology({
       dir: state.dir,
       ownDir: false,
@@ -475,7 +485,7 @@ export class Topology {
     });
     topo.adopt(hub);
     for (const [name, s] of Object.entries(state.sites)) {
-      const srv: Server = { kind: "site", state: { ...s }, autoPorts: new Set(), startedOnce: true };
+      const srv: Server = { kind: "site", state: { ...s }, startedOnce: true };
       topo.adopt(srv);
       topo.siteServers.set(name, srv);
     }
@@ -533,15 +543,11 @@ export class Topology {
     if (!SITE_NAME.test(site)) throw new Error(`invalid site name ${JSON.stringify(site)}`);
     if (this.siteServers.has(site)) throw new Error(`site ${site} already exists`);
     const p = ports ?? this.sitePorts?.(site, this.siteServers.size) ?? {};
-    const autoPorts = new Set<"client" | "http" | "leaf">();
-    if (p.client === undefined) autoPorts.add("client");
-    if (p.http === undefined) autoPorts.add("http");
-    const clientPort = p.client ?? (await freePort(this.host));
-    const httpPort = p.http ?? (await freePort(this.host));
+    const clientPort = p.client ?? ANY_PORT;
+    const httpPort = p.http ?? ANY_PORT;
     const dir = path.join(this.dir, `site-${site}`);
     const srv: Server = {
       kind: "site",
-      autoPorts,
       startedOnce: false,
       state: {
         name: `site-${site}`,
@@ -599,91 +605,48 @@ export class Topology {
 
   private writeConf(s: Server): void {
     mkdirSync(s.state.dir, { recursive: true });
-    if (this.secure) {
-      const sec = this.secure;
-      if (s.kind === "hub") {
-        const h = s.state as HubState;
-        this.writeFile(
-          h.confFile,
-          renderSecureHubConf({
-            host: h.host,
-            clientPort: h.clientPort,
-            httpPort: h.httpPort,
-            leafPort: h.leafPort,
+    const sec = this.secure;
+    const { host, clientPort, httpPort } = s.state;
+    // the ports left to the server (-1) are read back from the file it writes there
+    const portsFileDir = `\nports_file_dir: ${JSON.stringify(s.state.dir)}\n`;
+    if (s.kind === "hub") {
+      const h = s.state as HubState;
+      const o = { host, clientPort, httpPort, leafPort: h.leafPort, storeDir: path.join(h.dir, "store") };
+      const conf = sec
+        ? renderSecureHubConf({
+            ...o,
             certDir: sec.certDir,
             adminPassword: sec.adminPassword,
             leafPassword: sec.leafPassword,
-            storeDir: path.join(h.dir, "store"),
-          }),
-        );
-      } else {
-        const st = s.state as SiteState;
-        const users = this.siteInclude?.(st.site);
-        if (users === undefined) throw new Error(`secure topology: no users for site ${st.site}`);
-        this.writeFile(path.join(st.dir, "users.conf"), users);
-        this.writeFile(
-          st.confFile,
-          renderSecureSiteConf({
-            site: st.site,
-            host: st.host,
-            clientPort: st.clientPort,
-            httpPort: st.httpPort,
-            storeDir: st.storeDir,
-            hubLeafUrl: this.hub.leafUrl,
-            certDir: sec.certDir,
-            leafPassword: sec.leafPassword,
-          }),
-        );
-      }
+          })
+        : renderHubConf(o);
+      this.writeFile(h.confFile, conf + portsFileDir);
       return;
     }
-    if (s.kind === "hub") {
-      const h = s.state as HubState;
-      writeFileSync(
-        h.confFile,
-        renderHubConf({
-          host: h.host,
-          clientPort: h.clientPort,
-          httpPort: h.httpPort,
-          leafPort: h.leafPort,
-          storeDir: path.join(h.dir, "store"),
-        }),
-      );
-    } else {
-      const st = s.state as SiteState;
-      let conf = renderSiteConf({
-        site: st.site,
-        host: st.host,
-        clientPort: st.clientPort,
-        httpPort: st.httpPort,
-        storeDir: st.storeDir,
-        hubLeafUrl: this.hub.leafUrl,
-      });
-      const extra = this.siteInclude?.(st.site);
-      if (extra !== undefined) {
-        writeFileSync(path.join(st.dir, "users.conf"), extra);
-        conf += '\ninclude "users.conf"\n';
-      }
-      writeFileSync(st.confFile, conf);
+    const st = s.state as SiteState;
+    const o = {
+      site: st.site,
+      host,
+      clientPort,
+      httpPort,
+      storeDir: st.storeDir,
+      hubLeafUrl: this.hub.leafUrl,
+    };
+    let conf = sec
+      ? renderSecureSiteConf({ ...o, certDir: sec.certDir, leafPassword: sec.leafPassword })
+      : renderSiteConf(o);
+    const users = this.siteInclude?.(st.site);
+    if (sec && users === undefined) throw new Error(`secure topology: no users for site ${st.site}`);
+    if (users !== undefined) {
+      this.writeFile(path.join(st.dir, "users.conf"), users);
+      // the secure site template includes it itself
+      if (!sec) conf += '\ninclude "users.conf"\n';
     }
+    this.writeFile(st.confFile, conf + portsFileDir);
   }
 
   private async spawn(s: Server): Promise<void> {
     if (this.running(s)) throw new Error(`${s.state.name} is already running (pid ${s.proc?.pid})`);
-    const keys = s.kind === "hub" ? (["client", "http", "leaf"] as const) : (["client", "http"] as const);
-    for (const k of keys) {
-      const port = this.portOf(s, k);
-      try {
-        await assertPortFree(s.state.host, port);
-      } catch (err) {
-        // An allocated port taken by someone else before the first start: take another one.
-        // (The hub's leaf port only while no site knows it yet.)
-        const sitesKnowLeaf = [...this.siteServers.values()].some((x) => x.startedOnce);
-        const canMove = s.autoPorts.has(k) && !s.startedOnce && !(k === "leaf" && sitesKnowLeaf);
-        if (!canMove) throw new Error(`${s.state.name}: ${(err as Error).message}`);
-        this.setPort(s, k, await freePort(s.state.host));
-      }
-    }
     this.writeConf(s);
     s.proc = spawnLogged({
       cmd: this.natsServer,
@@ -696,6 +659,47 @@ export class Topology {
     });
     s.state.pid = s.proc.pid;
     s.startedOnce = true;
+    await this.readPorts(s);
+  }
+
+  /**
+   * The ports a server was left to choose (its first start), read back from it: client and monitoring
+   * from the ports file it writes into `ports_file_dir` (`<exe>_<pid>.ports`), the hub's leaf port
+   * from its `/varz`. Later starts bind the same ports again.
+   */
+  private async readPorts(s: Server): Promise<void> {
+    const keys = s.kind === "hub" ? (["client", "http", "leaf"] as const) : (["client", "http"] as const);
+    if (!keys.some((k) => this.portOf(s, k) === ANY_PORT)) return;
+    const file = portsFile(s.state.dir, this.natsServer, s.proc!.pid);
+    const chosen = await this.poll(s, `ports file ${file}`, () => readPortsFile(file));
+    if (this.portOf(s, "client") === ANY_PORT) this.setPort(s, "client", chosen.client);
+    if (this.portOf(s, "http") === ANY_PORT) this.setPort(s, "http", chosen.http);
+    if (s.kind === "hub" && this.portOf(s, "leaf") === ANY_PORT) {
+      const leaf = await this.poll(s, "its leaf port in /varz", async () => {
+        const varz = (await getJson(`${s.state.httpUrl}/varz`)) as { leaf?: { port?: number } } | undefined;
+        return varz?.leaf?.port;
+      });
+      this.setPort(s, "leaf", leaf);
+    }
+  }
+
+  /** Poll `read` until it gives a value, while the server lives, within the start timeout. */
+  private async poll<T>(
+    s: Server,
+    what: string,
+    read: () => T | undefined | Promise<T | undefined>,
+  ): Promise<T> {
+    const t0 = Date.now();
+    for (;;) {
+      this.assertAlive(s);
+      const v = await read();
+      if (v !== undefined) return v;
+      if (Date.now() - t0 > this.timeoutMs)
+        throw new Error(
+          `${s.state.name}: no ${what} within ${this.timeoutMs} ms; log tail:\n${tail(s.state.logFile, 15)}`,
+        );
+      await sleep(25);
+    }
   }
 
   private assertAlive(s: Server): void {
@@ -846,11 +850,6 @@ export class Topology {
   }
 }
 
-/** Shorthand for {@link Topology.start}. */
-export function startTopology(opts: TopologyOptions = {}): Promise<Topology> {
-  return Topology.start(opts);
-}
-
 /**
  * One node of a site that is a JetStream cluster: deploy/nats/site.conf.template (same domain, same
  * leaf remote on every node) with a unique server name and a cluster block routing to the others.
@@ -896,9 +895,9 @@ export async function startClusterSite(o: {
   const host = o.host ?? "127.0.0.1";
   const n = o.nodes ?? 3;
   const bin = o.natsServer ?? findNatsServer();
+  // a JetStream cluster needs its routes in the config: cluster ports are chosen before the start
   const ports: { client: number; http: number; cluster: number }[] = [];
-  for (let i = 0; i < n; i++)
-    ports.push({ client: await freePort(host), http: await freePort(host), cluster: await freePort(host) });
+  for (let i = 0; i < n; i++) ports.push({ client: ANY_PORT, http: ANY_PORT, cluster: await freePort(host) });
   const procs: (Proc | undefined)[] = new Array(n).fill(undefined);
   const nodeDir = (i: number) => path.join(o.dir, `site-${o.site}-${i}`);
   const spawnNode = (i: number) => {
@@ -918,7 +917,7 @@ export async function startClusterSite(o: {
         routePorts: ports.filter((_, j) => j !== i).map((q) => q.cluster),
         storeDir: path.join(dir, "store"),
         hubLeafUrl: o.hubLeafUrl,
-      }),
+      }) + `\nports_file_dir: ${JSON.stringify(dir)}\n`,
     );
     procs[i] = spawnLogged({
       cmd: bin,
@@ -936,7 +935,15 @@ export async function startClusterSite(o: {
         throw new Error(
           `site-${o.site}-${i} ${describeExit(p)}; log tail:\n${tail(path.join(nodeDir(i), "server.log"), 15)}`,
         );
-      if ((await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok") return;
+      // the first start: the client and monitoring ports the node chose, kept for its restarts
+      const chosen =
+        ports[i]!.http === ANY_PORT && p ? readPortsFile(portsFile(nodeDir(i), bin, p.pid)) : undefined;
+      if (chosen) Object.assign(ports[i]!, chosen);
+      if (
+        ports[i]!.http !== ANY_PORT &&
+        (await getJson(`http://${host}:${ports[i]!.http}/healthz`))?.status === "ok"
+      )
+        return;
       if (Date.now() - t0 > (o.timeoutMs ?? 30_000)) throw new Error(`site-${o.site}-${i} not healthy`);
       await sleep(50);
     }

@@ -112,13 +112,15 @@ export const CONSUMER_CHECK_MS = 2000;
  * consumer-deleted notification), lets the messages in hand finish, calls `onGone` (e.g. re-read
  * the bucket's incarnation), re-makes the durable with `recreate`, and consumes again from there.
  */
-export async function runConsumer(args: {
+export async function runConsumer<T = undefined>(args: {
   js: JetStreamClient;
   stream: string;
   durable: string;
   concurrency: number;
-  keyOf: (m: JsMsg) => string;
-  handle: (m: JsMsg) => Promise<Disposition>;
+  /** decode a message once, before keyOf and handle see it (one that throws is terminated) */
+  decode?: (m: JsMsg) => T;
+  keyOf: (m: JsMsg, decoded: T) => string;
+  handle: (m: JsMsg, decoded: T) => Promise<Disposition>;
   log: Logger;
   /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
   recreate?: () => Promise<void>;
@@ -190,11 +192,19 @@ export async function runConsumer(args: {
           continue;
         }
         delivered++;
-        const key = args.keyOf(m);
+        let decoded: T;
+        try {
+          decoded = args.decode ? args.decode(m) : (undefined as T);
+        } catch (err) {
+          log.error({ err, stream, seq: m.seq }, "message cannot be decoded: terminated");
+          settle(m, { term: "cannot be decoded" });
+          continue;
+        }
+        const key = args.keyOf(m, decoded);
         await gate.submit(key, async () => {
           let d: Disposition;
           try {
-            d = await args.handle(m);
+            d = await args.handle(m, decoded);
             if (!("nak" in d)) wentThrough(key);
           } catch (err) {
             log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");

@@ -1,7 +1,7 @@
 /**
  * The wire op (DESIGN §2): parsing with clear reasons, and building ops from bucket entries.
  */
-import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
+import { type MsgHdrs, MsgHdrsImpl, headers as natsHeaders } from "@nats-io/nats-core";
 import { SyncdError } from "./errors.ts";
 import type { Versioned } from "./lww.ts";
 import { check } from "./schema-registry.ts";
@@ -42,6 +42,12 @@ function checkOp(raw: unknown): Op {
 export function opValue(op: Op): Uint8Array {
   if (op.op !== OpKind.put || op.value === undefined) return new Uint8Array();
   return op.encoding === "base64" ? new Uint8Array(Buffer.from(op.value, "base64")) : enc.encode(op.value);
+}
+
+/** The byte length of an op's value, without decoding it (what {@link opValue} would return). */
+export function opValueSize(op: Op): number {
+  if (op.op !== OpKind.put || op.value === undefined) return 0;
+  return Buffer.byteLength(op.value, op.encoding === "base64" ? "base64" : "utf8");
 }
 
 /** Encode value bytes for JSON: UTF-8 text as is, anything else as base64. */
@@ -123,7 +129,7 @@ export function opMessageSize(m: OpMessage, extra: Record<string, string> = {}):
   const lines: [string, string][] = Object.entries(extra);
   if (m.headers) for (const [k, vs] of m.headers) for (const v of vs) lines.push([k, v]);
   if (lines.length === 0) return m.data.length;
-  let n = "NATS/1.0\r\n\r\n".length;
-  for (const [k, v] of lines) n += enc.encode(`${k}: ${v}\r\n`).length;
-  return m.data.length + n;
+  const h = new MsgHdrsImpl();
+  for (const [k, v] of lines) h.append(k, v);
+  return m.data.length + h.encode().length;
 }

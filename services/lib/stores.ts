@@ -2,12 +2,12 @@
  * Typed access to a site's per-bucket state: the `_meta` commit point (compare-and-set) and the
  * bucket's latest entry with the version headers a merger write carries.
  */
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { type JetStreamClient, type JetStreamManager, PubHeaders } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
+import { type MsgHdrs, MsgHdrsImpl } from "@nats-io/nats-core";
 import { SyncdError } from "./errors.ts";
 import { ApiCode, apiCode, isTooLarge, isWrongLastSequence } from "./jserrors.ts";
-import type { Versioned } from "./lww.ts";
+import { type Versioned, valueHash } from "./lww.ts";
 import type { Version } from "./schemas.gen.ts";
 import { Headers, kvStream, kvSubject } from "./subjects.ts";
 
@@ -139,6 +139,43 @@ export function expiryProblem(
   return `bucket ${bucket} expires entries (${expires.join(", ")}) without delete markers: the expiries would not replicate and anti-entropy would bring expired keys back; give it subject_delete_marker_ttl (nats-server 2.11+, nats kv add --marker-ttl) or no expiry`;
 }
 
+/**
+ * The `_meta` version a merger commits for `v` over bucket revision `rev` (in incarnation `inc` when
+ * known): `merged`, and for a put the value hash `vh` the reconciler's version tree includes.
+ */
+export function mergerVersion(v: Versioned, rev: number, inc?: number): Version {
+  return {
+    ts: v.ts,
+    node_id: v.node_id,
+    deleted: v.deleted,
+    rev,
+    ...(inc !== undefined ? { inc } : {}),
+    merged: true,
+    ...(v.deleted ? {} : { vh: valueHash(v.value ?? new Uint8Array()) }),
+  };
+}
+
+/**
+ * The headers of a merger's write of `v`: its version, the delete marker of a tombstone, and (when
+ * given) the compare-and-set condition on the key's latest revision.
+ */
+export function mergerHeaders(
+  v: { ts: number; node_id: string; deleted: boolean },
+  expectedRev?: number,
+): MsgHdrsImpl {
+  const h = new MsgHdrsImpl();
+  h.set(Headers.ts, String(v.ts));
+  h.set(Headers.node, v.node_id);
+  if (v.deleted) h.set("KV-Operation", "DEL");
+  if (expectedRev !== undefined) h.set(PubHeaders.ExpectedLastSubjectSequenceHdr, String(expectedRev));
+  return h;
+}
+
+/** Bytes the headers of a merger's write of `v` add to its message (the condition at its widest). */
+export function mergerHeaderBytes(v: { ts: number; node_id: string; deleted: boolean }): number {
+  return mergerHeaders(v, Number.MAX_SAFE_INTEGER).encode().length;
+}
+
 /** A data bucket read through its stream (for the headers), written with version headers. */
 export class BucketStore implements BucketStoreLike {
   constructor(
@@ -174,15 +211,10 @@ export class BucketStore implements BucketStoreLike {
    * entry is still `expectedRev` (0: no entry). Throws a CAS conflict when a write slipped in.
    */
   async write(key: string, v: Versioned, expectedRev: number): Promise<number> {
-    const h = natsHeaders();
-    h.set(Headers.ts, String(v.ts));
-    h.set(Headers.node, v.node_id);
-    if (v.deleted) h.set("KV-Operation", "DEL");
     const data = v.deleted ? new Uint8Array() : (v.value ?? new Uint8Array());
     try {
       const pa = await this.js.publish(kvSubject(this.bucket, key), data, {
-        headers: h,
-        expect: { lastSubjectSequence: expectedRev },
+        headers: mergerHeaders(v, expectedRev),
       });
       return pa.seq;
     } catch (err) {

@@ -148,6 +148,18 @@ export function kvStream(bucket: string): string {
 export function kvSubject(bucket: string, key: string): string {
   return `$KV.${bucket}.${key}`;
 }
+/** Every key of a bucket: the subject filter of its KV stream. */
+export function kvFilter(bucket: string): string {
+  return kvSubject(bucket, ">");
+}
+/** The key of a bucket's KV subject (the inverse of kvSubject); throws on a subject of another bucket. */
+export function kvKeyOf(bucket: string, subject: string): string {
+  const prefix = kvSubject(bucket, "");
+  if (!subject.startsWith(prefix) || subject.length === prefix.length) {
+    throw new Error(`${subject} is not a key subject of bucket ${bucket}`);
+  }
+  return subject.slice(prefix.length);
+}
 
 /** The version (LWW metadata) bucket of a data bucket: the commit point. */
 export function metaBucket(bucket: string): string {

@@ -9,7 +9,7 @@
  */
 import { SyncdError } from "../lib/errors.ts";
 import { type Versioned, compare, compareBytes, compareVersions, valueHash } from "../lib/lww.ts";
-import { type Op, opValue, opVersioned } from "../lib/op.ts";
+import { type Op, opValueSize, opVersioned } from "../lib/op.ts";
 import type { MergerMergeResponse } from "../lib/schemas.gen.ts";
 import {
   type BucketEntry,
@@ -19,6 +19,8 @@ import {
   type Version,
   coveredRev,
   isCasConflict,
+  mergerHeaderBytes,
+  mergerVersion,
 } from "../lib/stores.ts";
 
 /** The stores of one bucket. */
@@ -61,16 +63,21 @@ export const MergeResult = { applied: "applied", stale: "stale", duplicate: "dup
 const MAX_ATTEMPTS = 100;
 
 /**
- * True when the bucket shows version `m`: for a merger commit, the latest entry carries exactly
+ * True when the bucket shows version `metaVersion`: for a merger commit, the latest entry carries exactly
  * that version in its headers; for a stamped local write, the latest entry is that write.
  */
-export function bucketHolds(m: Version, l: BucketEntry | null, inc?: number): boolean {
-  if (!l) return false;
-  if (m.merged) {
-    if (l.version === null || !sameVersion(l.version, m) || l.deleted !== m.deleted) return false;
-    return m.deleted || !m.vh || valueHash(l.value) === m.vh;
+export function bucketHolds(metaVersion: Version, latest: BucketEntry | null, inc?: number): boolean {
+  if (!latest) return false;
+  if (metaVersion.merged) {
+    if (
+      latest.version === null ||
+      !sameVersion(latest.version, metaVersion) ||
+      latest.deleted !== metaVersion.deleted
+    )
+      return false;
+    return metaVersion.deleted || !metaVersion.vh || valueHash(latest.value) === metaVersion.vh;
   }
-  return l.version === null && l.rev === covered(m, l, inc);
+  return latest.version === null && latest.rev === covered(metaVersion, latest, inc);
 }
 
 /**
@@ -78,10 +85,10 @@ export function bucketHolds(m: Version, l: BucketEntry | null, inc?: number): bo
  * the bucket, or when the key's latest entry is older than it (the bucket was re-created and its
  * new incarnation not seen yet, or the entry was removed).
  */
-export function covered(m: Version | undefined, l: BucketEntry | null, inc?: number): number {
-  if (!m) return 0;
-  const r = coveredRev(m, inc);
-  return l !== null && l.rev < r ? 0 : r;
+export function covered(metaVersion: Version | undefined, latest: BucketEntry | null, inc?: number): number {
+  if (!metaVersion) return 0;
+  const r = coveredRev(metaVersion, inc);
+  return latest !== null && latest.rev < r ? 0 : r;
 }
 
 /**
@@ -90,14 +97,18 @@ export function covered(m: Version | undefined, l: BucketEntry | null, inc?: num
  * "unknown" when the bucket holds other bytes at the same version and this op does not carry
  * `_meta`'s bytes to compare them with.
  */
-export function bucketAhead(m: Version, l: BucketEntry | null, incoming: Versioned): boolean | "unknown" {
-  if (!l?.version) return false;
-  const c = compareVersions(l.version, m);
+export function bucketAhead(
+  metaVersion: Version,
+  latest: BucketEntry | null,
+  incoming: Versioned,
+): boolean | "unknown" {
+  if (!latest?.version) return false;
+  const c = compareVersions(latest.version, metaVersion);
   if (c !== 0) return c > 0;
-  if (l.deleted !== m.deleted) return l.deleted;
-  if (m.deleted || !m.vh || valueHash(l.value) === m.vh) return false;
-  if (!incoming.deleted && incoming.value && valueHash(incoming.value) === m.vh) {
-    return compareBytes(l.value, incoming.value) > 0;
+  if (latest.deleted !== metaVersion.deleted) return latest.deleted;
+  if (metaVersion.deleted || !metaVersion.vh || valueHash(latest.value) === metaVersion.vh) return false;
+  if (!incoming.deleted && incoming.value && valueHash(incoming.value) === metaVersion.vh) {
+    return compareBytes(latest.value, incoming.value) > 0;
   }
   return "unknown";
 }
@@ -107,8 +118,12 @@ export function bucketAhead(m: Version, l: BucketEntry | null, incoming: Version
  * revision is above everything `_meta` covers). The merger never overwrites it: it will be stamped
  * above whatever `_meta` holds then — it happened later — and win everywhere.
  */
-export function pendingLocal(m: Version | undefined, l: BucketEntry | null, inc?: number): boolean {
-  return l !== null && l.version === null && l.rev > covered(m, l, inc);
+export function pendingLocal(
+  metaVersion: Version | undefined,
+  latest: BucketEntry | null,
+  inc?: number,
+): boolean {
+  return latest !== null && latest.version === null && latest.rev > covered(metaVersion, latest, inc);
 }
 
 function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
@@ -116,8 +131,8 @@ function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_i
 }
 
 /** Two puts of the same version (only hand-made ops can differ in their bytes then). */
-function sameContentVersion(incoming: Versioned, m: Version): boolean {
-  return sameVersion(incoming, m) && !incoming.deleted && !m.deleted;
+function sameContentVersion(incoming: Versioned, metaVersion: Version): boolean {
+  return sameVersion(incoming, metaVersion) && !incoming.deleted && !metaVersion.deleted;
 }
 
 /**
@@ -134,17 +149,9 @@ function undecidable(b: BucketState, op: Op): SyncdError {
 }
 
 /** The register state `_meta` describes, with the value bytes when the bucket holds them. */
-function currentState(m: Version, l: BucketEntry | null, inc?: number): Versioned {
-  const value = l && !l.deleted && bucketHolds(m, l, inc) ? l.value : undefined;
-  return { ts: m.ts, node_id: m.node_id, deleted: m.deleted, value };
-}
-
-/**
- * Bytes the headers of a merger's write add to a message: the NATS/1.0 line, Syncd-Ts, Syncd-Node,
- * the expected-last-subject-sequence header, and slack for a KV-Operation marker.
- */
-export function headerOverhead(op: Op): number {
-  return 12 + 12 + 17 + 14 + op.node_id.length + 60 + 24;
+function currentState(metaVersion: Version, latest: BucketEntry | null, inc?: number): Versioned {
+  const value = latest && !latest.deleted && bucketHolds(metaVersion, latest, inc) ? latest.value : undefined;
+  return { ts: metaVersion.ts, node_id: metaVersion.node_id, deleted: metaVersion.deleted, value };
 }
 
 /** Check what does not depend on the site's state: bucket known, value size, clock skew. */
@@ -155,7 +162,7 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
   if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
     const limit = Math.min(...limits);
-    const size = opValue(op).length + headerOverhead(op);
+    const size = opValueSize(op) + mergerHeaderBytes({ ...op, deleted: false });
     if (size > limit) {
       throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }
@@ -167,6 +174,20 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
 /** Apply one (validated) op by LWW. Idempotent; safe to run concurrently with itself and the watcher. */
 export function applyOp(deps: MergeDeps, op: Op): Promise<MergerMergeResponse> {
   return applyAdmitted(deps, admit(deps, op), op);
+}
+
+/**
+ * Run one compare-and-set step; true when it lost a race (the caller reads `_meta` and the bucket
+ * again and starts over), any other error is thrown.
+ */
+async function lostRace(step: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await step();
+    return false;
+  } catch (err) {
+    if (isCasConflict(err)) return true;
+    throw err;
+  }
 }
 
 /** {@link applyOp} for an op `admit` already accepted, with the bucket it returned. */
@@ -184,28 +205,36 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
   let aheadOf: number | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     // _meta first, then the bucket: the bucket read is never older than the _meta read.
-    const m = await b.meta.get(op.key);
-    const l = await b.data.latest(op.key);
+    const metaEntry = await b.meta.get(op.key);
+    const latestEntry = await b.data.latest(op.key);
+    const metaVersion = metaEntry?.version;
+    const writeBucket = () => b.data.write(op.key, incoming, latestEntry?.rev ?? 0);
     // a merger wrote a newer version than the _meta we read: our read is stale. Unless a fresh read
     // of the same `_meta` revision shows it again: a merger commits `_meta` first, so that entry was
     // written behind the services' back and is no newer commit (LWW below decides over it).
-    const ahead = m ? bucketAhead(m.version, l, incoming) : false;
-    if (ahead === true && aheadOf !== m?.revision) {
-      aheadOf = m?.revision;
+    const ahead = metaVersion ? bucketAhead(metaVersion, latestEntry, incoming) : false;
+    if (ahead === true && aheadOf !== metaEntry?.revision) {
+      aheadOf = metaEntry?.revision;
       b.meta.invalidate?.(op.key);
       continue;
     }
     if (ahead === "unknown") throw undecidable(b, op);
     const inc = b.incarnation?.();
-    const current = m ? currentState(m.version, l, inc) : null;
+    const current = metaVersion ? currentState(metaVersion, latestEntry, inc) : null;
     let cmp = current ? compare(incoming, current) : 1;
     // same version, `_meta`'s bytes not in the bucket yet: only the value hash can tell them apart
-    if (m && current && cmp !== 0 && current.value === undefined && sameContentVersion(incoming, m.version)) {
-      if (!m.version.vh) cmp = compare(incoming, current);
-      else if (valueHash(incoming.value ?? new Uint8Array()) === m.version.vh) cmp = 0;
+    if (
+      metaVersion &&
+      current &&
+      cmp !== 0 &&
+      current.value === undefined &&
+      sameContentVersion(incoming, metaVersion)
+    ) {
+      if (!metaVersion.vh) cmp = compare(incoming, current);
+      else if (valueHash(incoming.value ?? new Uint8Array()) === metaVersion.vh) cmp = 0;
       else throw undecidable(b, op);
     }
-    if (m && current && cmp < 0) {
+    if (metaVersion && current && cmp < 0) {
       if (current.node_id !== incoming.node_id) {
         deps.onConflict?.({
           bucket: op.bucket,
@@ -215,48 +244,25 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
           winner: current,
         });
       }
-      return reply(MergeResult.stale, m.version);
+      return reply(MergeResult.stale, metaVersion);
     }
-    if (m && cmp === 0) {
+    if (metaVersion && cmp === 0) {
       const done = committed ? MergeResult.applied : MergeResult.duplicate;
-      if (bucketHolds(m.version, l, inc)) return reply(done, m.version);
+      if (bucketHolds(metaVersion, latestEntry, inc)) return reply(done, metaVersion);
       // a local write slipped in after the commit: it will be stamped above this version
-      if (pendingLocal(m.version, l, inc)) return reply(MergeResult.stale, m.version);
-      try {
-        await b.data.write(op.key, incoming, l?.rev ?? 0);
-      } catch (err) {
-        if (isCasConflict(err)) continue;
-        throw err;
-      }
-      return reply(done, m.version);
+      if (pendingLocal(metaVersion, latestEntry, inc)) return reply(MergeResult.stale, metaVersion);
+      if (await lostRace(writeBucket)) continue;
+      return reply(done, metaVersion);
     }
-    const pending = pendingLocal(m?.version, l, inc);
-    const cov = covered(m?.version, l, inc);
-    const version: Version = {
-      ts: op.ts,
-      node_id: op.node_id,
-      deleted: incoming.deleted,
-      rev: pending ? cov : Math.max(cov, l?.rev ?? 0),
-      ...(inc !== undefined ? { inc } : {}),
-      merged: true,
-      ...(incoming.deleted ? {} : { vh: valueHash(incoming.value ?? new Uint8Array()) }),
-    };
-    try {
-      await b.meta.cas(op.key, version, m);
-    } catch (err) {
-      if (isCasConflict(err)) continue;
-      throw err;
-    }
+    const pending = pendingLocal(metaVersion, latestEntry, inc);
+    const cov = covered(metaVersion, latestEntry, inc);
+    const version = mergerVersion(incoming, pending ? cov : Math.max(cov, latestEntry?.rev ?? 0), inc);
+    if (await lostRace(() => b.meta.cas(op.key, version, metaEntry))) continue;
     committed = true;
     if (pending) return reply(MergeResult.stale, version);
     // Always write, also a tombstone over "no entry": only the conditional write can tell
     // whether the bucket moved since it was read.
-    try {
-      await b.data.write(op.key, incoming, l?.rev ?? 0);
-    } catch (err) {
-      if (isCasConflict(err)) continue;
-      throw err;
-    }
+    if (await lostRace(writeBucket)) continue;
     if (current && current.node_id !== incoming.node_id && !(current.deleted && incoming.deleted)) {
       deps.onConflict?.({
         bucket: op.bucket,
@@ -279,9 +285,9 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
 export async function findVanished(b: BucketState, keys: AsyncIterable<string> | Iterable<string>) {
   const vanished = new Map<string, MetaEntry>();
   for await (const key of keys) {
-    const m = await b.meta.get(key);
-    if (!m || m.version.deleted) continue;
-    if ((await b.data.latest(key)) === null) vanished.set(key, m);
+    const metaEntry = await b.meta.get(key);
+    if (!metaEntry || metaEntry.version.deleted) continue;
+    if ((await b.data.latest(key)) === null) vanished.set(key, metaEntry);
   }
   return vanished;
 }
@@ -301,31 +307,28 @@ export async function repairVanished(
   let repaired = 0;
   for await (const op of ops) {
     if (vanished.size === 0) break;
-    const m = vanished.get(op.key);
-    if (!m || op.op !== "put" || op.ts !== m.version.ts || op.node_id !== m.version.node_id) continue;
+    const metaEntry = vanished.get(op.key);
+    if (
+      !metaEntry ||
+      op.op !== "put" ||
+      op.ts !== metaEntry.version.ts ||
+      op.node_id !== metaEntry.version.node_id
+    )
+      continue;
     const incoming = opVersioned(op);
     const value = incoming.value ?? new Uint8Array();
-    if (m.version.vh && valueHash(value) !== m.version.vh) continue;
+    if (metaEntry.version.vh && valueHash(value) !== metaEntry.version.vh) continue;
     vanished.delete(op.key);
-    const inc = b.incarnation?.();
-    const version: Version = {
-      ts: op.ts,
-      node_id: op.node_id,
-      deleted: false,
-      rev: 0,
-      ...(inc !== undefined ? { inc } : {}),
-      merged: true,
-      vh: valueHash(value),
-    };
+    const version = mergerVersion(incoming, 0, b.incarnation?.());
     try {
-      await b.meta.cas(op.key, version, m);
+      await b.meta.cas(op.key, version, metaEntry);
       await b.data.write(op.key, incoming, 0);
       repaired++;
     } catch (err) {
       // `_meta` or the bucket moved meanwhile: a newer write of the key is under way, nothing to repair
       if (isCasConflict(err)) continue;
       // any other refusal (e.g. too large): the key stays vanished, raised by the caller
-      vanished.set(op.key, m);
+      vanished.set(op.key, metaEntry);
     }
   }
   return repaired;

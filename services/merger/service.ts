@@ -200,26 +200,20 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     }
     return { nak: delay };
   };
-  const parsed = new WeakMap<JsMsg, Parsed>();
   const parse = (m: JsMsg): Parsed => {
-    let p = parsed.get(m);
-    if (!p) {
-      let op: Op | undefined;
-      try {
-        op = decodeOpMessage(m.data, m.headers);
-        p = { op, bucket: admit(deps, op) };
-      } catch (err) {
-        p = {
-          error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
-          ...(op ? { ts: op.ts, refused: op } : {}),
-        };
-      }
-      parsed.set(m, p);
+    let op: Op | undefined;
+    try {
+      op = decodeOpMessage(m.data, m.headers);
+      return { op, bucket: admit(deps, op) };
+    } catch (err) {
+      return {
+        error: isSyncdError(err) ? err : new SyncdError("SYNCD_ERR_INTERNAL", String(err)),
+        ...(op ? { ts: op.ts, refused: op } : {}),
+      };
     }
-    return p;
   };
 
-  const deadLetter = async (m: JsMsg, err: SyncdError): Promise<{ term: string }> => {
+  const deadLetter = async (m: JsMsg, err: SyncdError, p?: Parsed): Promise<{ term: string }> => {
     const h = natsHeaders();
     h.set(Headers.code, err.code);
     h.set(Headers.reason, err.message);
@@ -233,7 +227,6 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     counts.dead_lettered++;
     deadByCode[err.code] = (deadByCode[err.code] ?? 0) + 1;
     if (err.code === ("SYNCD_ERR_TOO_LARGE" satisfies ErrorCodeName)) {
-      const p = parsed.get(m);
       const op = p && ("op" in p ? p.op : p.refused);
       const subject = op ? `${op.bucket}/${op.key}` : m.subject;
       health.raise(Conditions.valueTooLarge, Severity.error, {
@@ -261,9 +254,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const ingressIncarnation = async () =>
     incarnationOf((await site.jsm.streams.info(Streams.ingress(config.site))).created);
   let ingressInc = await ingressIncarnation();
-  const handle = async (m: JsMsg) => {
-    const p = parse(m);
-    if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error);
+  const handle = async (m: JsMsg, p: Parsed) => {
+    if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error, p);
     try {
       // a journaled copy of a merge request: the endpoint already recorded its conflicts
       const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
@@ -277,6 +269,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           return deadLetter(
             m,
             new SyncdError("SYNCD_ERR_TOO_LARGE", `op message ${size} bytes > max_payload`),
+            p,
           );
         await publishOrdered(
           { js, jsm: site.jsm },
@@ -302,7 +295,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
       // a ts the clock refuses waits; other bad input is dead-lettered; a conflict (409) is retried
       if (isSyncdError(err) && isSkew(err)) return park(m, err, p.op.ts);
       if (isSyncdError(err) && err.status < 500 && err.code !== "SYNCD_ERR_CONFLICT")
-        return deadLetter(m, err);
+        return deadLetter(m, err, p);
       counts.errors++;
       lastError = (err as Error).message;
       throw err;
@@ -333,10 +326,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         concurrency: 64,
         log,
         subjectOf: (key) => key,
-        keyOf: (m) => {
-          const p = parse(m);
-          return "op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`;
-        },
+        decode: parse,
+        keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
         handle,
       }),
     );

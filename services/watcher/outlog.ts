@@ -138,21 +138,16 @@ export async function bridgeLegacyOut(
     durable,
     concurrency: 16,
     log: blog,
-    keyOf: (m) => {
+    decode: (m): Op | undefined => {
       try {
-        const op = parseOp(m.data);
-        return `${op.bucket}/${op.key}`;
+        return parseOp(m.data);
       } catch {
-        return `#${m.seq}`;
+        return undefined;
       }
     },
-    handle: async (m) => {
-      let op: Op;
-      try {
-        op = parseOp(m.data);
-      } catch {
-        return { ack: true };
-      }
+    keyOf: (m, op) => (op ? `${op.bucket}/${op.key}` : `#${m.seq}`),
+    handle: async (_m, op) => {
+      if (!op) return { ack: true };
       await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, op.bucket, op.key), op, {
         current: () =>
           currentOwnOp(

@@ -2,7 +2,6 @@
  * Wiring of syncd-watcher: one shared durable consumer per bucket on the bucket's stream, the
  * stamping handler, and the status endpoint.
  */
-import type { JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
@@ -20,13 +19,18 @@ import {
   isDeleteMarker,
   versionFromHeaders,
 } from "../lib/stores.ts";
-import { Durables, Headers, dlqSubject, endpointSubject, kvStream, kvSubject } from "../lib/subjects.ts";
+import {
+  Durables,
+  Headers,
+  dlqSubject,
+  endpointSubject,
+  kvFilter,
+  kvKeyOf,
+  kvStream,
+  kvSubject,
+} from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
 import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
-
-function keyOf(bucket: string, m: JsMsg): string {
-  return m.subject.slice(`$KV.${bucket}.`.length);
-}
 
 /** Start one consumer loop per bucket and add the status endpoint. */
 export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
@@ -103,7 +107,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     const durable = Durables.watcher(config.site, bucket);
     const ensure = () =>
       ensureConsumer(site.jsm, kvStream(bucket), durable, {
-        filter: `$KV.${bucket}.>`,
+        filter: kvFilter(bucket),
         deliver: "last_per_subject",
       });
     await ensure();
@@ -113,7 +117,8 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         stream: kvStream(bucket),
         durable,
         concurrency: 64,
-        keyOf: (m) => keyOf(bucket, m),
+        decode: (m) => kvKeyOf(bucket, m.subject),
+        keyOf: (_m, key) => key,
         log: blog,
         subjectOf: (key) => `${bucket}/${key}`,
         // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
@@ -131,9 +136,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             });
           }
         },
-        handle: async (m) => {
+        handle: async (m, key) => {
           const e: LocalEntry = {
-            key: keyOf(bucket, m),
+            key,
             rev: m.seq,
             deleted: isDeleteMarker(m.headers),
             value: m.data,

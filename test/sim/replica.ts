@@ -1,4 +1,4 @@
-import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
+import type { JetStreamPublishOptions, MsgRequest, PubAck, StoredMsg } from "@nats-io/jetstream";
 import type { Payload } from "@nats-io/nats-core";
 import {
   type ClockMode,
@@ -26,7 +26,7 @@ import {
  */
 import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
-import { type MetaCommit, SimBucket, SimMeta, SimOpLog } from "./stores.ts";
+import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";
 
 export type VersionId = { ts: number; node_id: string };
 
@@ -87,6 +87,8 @@ export type Stamp = { key: string; version: Version; held: VersionId | null };
 export type Network = {
   /** the watcher published an op (JetStream: the site's OUT stream, deduplicated by msgID) */
   publish(from: Replica, subject: string, payload: Uint8Array, msgID: string | undefined): PubAck;
+  /** the last message on a subject of the site's OUT stream (a per-key compacted log), null: none */
+  last(from: Replica, subject: string): { seq: number; data: Uint8Array } | null;
   /** a task threw: the run fails */
   fail(where: string, err: unknown): void;
 };
@@ -193,9 +195,6 @@ export class Replica {
     });
   }
 
-  /** the site's compacted OUT log, as the ordered publish reads it */
-  private readonly outLog = new SimOpLog();
-
   private watcherDeps(i: number): WatcherDeps {
     const ticker = new BlockTicker(this.clock, this.cfg.blockSize);
     return {
@@ -204,7 +203,15 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
-      jsm: this.outLog.reader,
+      // the simulated OUT log keeps the last message per subject, as the real one does
+      jsm: {
+        streams: {
+          getMessage: async (_stream: string, q: MsgRequest) => {
+            const m = "last_by_subj" in q ? this.net.last(this, q.last_by_subj) : null;
+            return m && ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg);
+          },
+        },
+      },
       js: {
         publish: async (
           subject: string,
@@ -214,7 +221,6 @@ export class Replica {
           await this.sim.step(`${this.site} watcher#${i} publish ${opts?.msgID ?? ""}`);
           const data =
             typeof payload === "string" ? new TextEncoder().encode(payload) : (payload ?? new Uint8Array());
-          this.outLog.record(subject, data);
           return this.net.publish(this, subject, data, opts?.msgID);
         },
       },

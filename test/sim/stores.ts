@@ -1,3 +1,5 @@
+import type { JetStreamPublishOptions, MsgRequest, PubAck, StoredMsg } from "@nats-io/jetstream";
+import type { Payload } from "@nats-io/nats-core";
 /**
  * In-memory stores with the semantics the protocol relies on, every call one scheduler step (with
  * faults on, a call may also fail before or after its effect):
@@ -14,7 +16,6 @@ import {
   type BucketEntry,
   type BucketStoreLike,
   CasConflictError,
-  type LastOpReader,
   type MetaEntry,
   type MetaStoreLike,
   type Version,
@@ -181,24 +182,35 @@ export class SimBucket implements BucketStoreLike {
 }
 
 /**
- * A site's compacted op log as the ordered publish (services/lib/oplog.ts) sees it: the last message
- * per subject. Record every publish with `record`; hand `reader` to the watcher as its `jsm`.
+ * A site's OUT stream as the watcher's ordered publish sees it: a log keeping the last message per
+ * subject (`getMessage` with `last_by_subj`), every publish handed to `onPublish` too.
  */
-export class SimOpLog {
-  private readonly last = new Map<string, { seq: number; data: Uint8Array; header: undefined }>();
-  private seq = 0;
-
-  /** A message published on `subject`. */
-  record(subject: string, data: Uint8Array): number {
-    this.last.set(subject, { seq: ++this.seq, data, header: undefined });
-    return this.seq;
-  }
-
-  /** What `lastOp` reads: the subject's last message, or null. */
-  readonly reader = {
-    streams: {
-      getMessage: async (_stream: string, q: { last_by_subj?: string }) =>
-        (q.last_by_subj ? this.last.get(q.last_by_subj) : undefined) ?? null,
+export function simOutLog(
+  stream: string,
+  onPublish: (subject: string, data: Uint8Array, msgID: string | undefined) => void = () => {},
+) {
+  const last = new Map<string, { seq: number; data: Uint8Array }>();
+  let seq = 0;
+  return {
+    js: {
+      publish: async (
+        subject: string,
+        payload?: Payload,
+        opts?: Partial<JetStreamPublishOptions>,
+      ): Promise<PubAck> => {
+        const data = typeof payload === "string" ? new TextEncoder().encode(payload) : (payload ?? EMPTY);
+        last.set(subject, { seq: ++seq, data });
+        onPublish(subject, data, opts?.msgID);
+        return { stream, seq, duplicate: false };
+      },
     },
-  } as unknown as LastOpReader;
+    jsm: {
+      streams: {
+        getMessage: async (_stream: string, q: MsgRequest): Promise<StoredMsg | null> => {
+          const m = "last_by_subj" in q ? last.get(q.last_by_subj) : undefined;
+          return m ? ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg) : null;
+        },
+      },
+    },
+  };
 }

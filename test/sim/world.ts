@@ -175,6 +175,8 @@ export class World {
   private readonly fates: Fate[];
   private fateIx = 0;
   private outSeq = 0;
+  /** each site's OUT log, compacted: the last message per subject */
+  private readonly outLast = new Map<string, { seq: number; data: Uint8Array }>();
   readonly stats: Stats = {
     steps: 0,
     published: 0,
@@ -219,6 +221,7 @@ export class World {
           choices,
           {
             publish: (from, subject, payload, msgID) => this.publish(from, subject, payload, msgID),
+            last: (from, subject) => this.outLast.get(`${from.site} ${subject}`) ?? null,
             fail: (where, err) => this.violations.push(`error in ${where}: ${(err as Error)?.stack ?? err}`),
           },
         ),
@@ -286,6 +289,15 @@ export class World {
     }
     const seq = ++this.outSeq;
     if (msgID !== undefined) this.msgIds.set(msgID, seq);
+    this.outLast.set(`${from.site} ${subject}`, { seq, data: payload });
+    // an ordered publish sending again, without msgID, an op of the site that lost its place in the log
+    if (msgID === undefined) {
+      const same = JSON.stringify(op);
+      if (!this.published.some((p) => p.from === from.site && JSON.stringify(p.op) === same))
+        this.violations.push(`I2 ${from.site} re-published ${same}, never published`);
+      this.broadcast(from, op);
+      return { stream, seq, duplicate: false };
+    }
     // I2: only local writes (entries without headers) are published, each as what it is
     const rev = Number(msgID?.slice(msgID.lastIndexOf(".") + 1));
     const e = from.bucket.at(rev);

@@ -16,7 +16,7 @@ import {
  * incarnation of the bucket (deleted and created again: revisions restart at 1) never makes a new
  * local write look superseded or already published, also before the new incarnation is noticed.
  */
-import { SimOpLog } from "../sim/stores.ts";
+import { simOutLog } from "../sim/stores.ts";
 
 const enc = new TextEncoder();
 
@@ -38,20 +38,17 @@ function memMeta(init: Record<string, Version>): MetaStoreLike & { map: Map<stri
 
 function watcher(meta: MetaStoreLike, extra: Partial<WatcherDeps>) {
   const published: { msgID: string; data: string }[] = [];
-  const log = new SimOpLog();
+  const log = simOutLog("OUT", (_subject, data, msgID) =>
+    published.push({ msgID: msgID ?? "", data: new TextDecoder().decode(data) }),
+  );
   const deps: WatcherDeps = {
     site: "a",
     nodeId: "a",
     bucket: "config",
     meta,
     tick: async () => 50,
-    js: {
-      publish: async (subject: string, data?: unknown, opts?: { msgID?: string }) => {
-        published.push({ msgID: opts?.msgID ?? "", data: new TextDecoder().decode(data as Uint8Array) });
-        return { stream: "OUT", seq: log.record(subject, data as Uint8Array), duplicate: false };
-      },
-    } as WatcherDeps["js"],
-    jsm: log.reader,
+    js: log.js,
+    jsm: log.jsm,
     ...extra,
   };
   return { deps, published };

@@ -12,9 +12,13 @@ import {
   decodeOpMessage,
   encodeOpMessage,
   encodeValue,
+  kvFilter,
+  kvKeyOf,
+  kvSubject,
   makeOp,
   opMessageSize,
   opValue,
+  opValueSize,
   parseOp,
 } from "../../services/mod.ts";
 
@@ -121,6 +125,7 @@ describe("op wire forms (I3: any value the bucket accepts fits in one op message
           const m = encodeOpMessage(op);
           const back = decodeOpMessage(m.data, m.headers);
           assert.deepEqual(opValue(back), del ? new Uint8Array() : value);
+          assert.equal(opValueSize(back), opValue(back).length, "the size without decoding");
           assert.equal(back.op, op.op);
           assert.ok(opMessageSize(m) <= Math.max(INLINE_OP_MAX, value.length + 200));
         },
@@ -154,5 +159,20 @@ describe("op wire forms (I3: any value the bucket accepts fits in one op message
       }),
     );
     assert.notEqual(MsgIds.localWrite("a", "in", 5), MsgIds.forwarded("a", 5));
+  });
+
+  it("a KV subject gives back its key; a subject of another bucket is refused", () => {
+    fc.assert(
+      fc.property(
+        fc.stringMatching(/^[a-zA-Z0-9_-]{1,8}$/),
+        fc.stringMatching(/^[-/_=.a-zA-Z0-9]{1,20}$/),
+        (bucket, key) => {
+          assert.equal(kvKeyOf(bucket, kvSubject(bucket, key)), key);
+          assert.throws(() => kvKeyOf(`${bucket}x`, kvSubject(bucket, key)));
+        },
+      ),
+    );
+    assert.equal(kvFilter("config"), "$KV.config.>");
+    assert.throws(() => kvKeyOf("config", "$KV.config_meta.k"));
   });
 });
