@@ -134,8 +134,27 @@ export class Membership {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failures = 0;
+  /** the hub sequence this site has applied up to, as last published (services/reconciler/tombstones.ts) */
+  private applied: number | undefined;
 
   constructor(private readonly deps: MembershipDeps) {}
+
+  /**
+   * Publish in this site's member record how far its merger has applied the hub aggregate (the
+   * tombstone collection mark). Kept across re-joins.
+   */
+  async publishApplied(seq: number): Promise<void> {
+    if (this.state !== "member" || !this.identity) return;
+    this.applied = seq;
+    const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
+    await claim(kv, memberKey(this.deps.self.site), this.record(this.identity));
+  }
+
+  private record(identity: string): Member {
+    const rec: Member = { ...this.deps.self, identity };
+    if (this.applied !== undefined) rec.applied = this.applied;
+    return rec;
+  }
 
   /** Join in the background (retrying while the hub cannot be reached). */
   start(): void {
@@ -184,7 +203,7 @@ export class Membership {
     const { self } = this.deps;
     this.identity ??= await siteIdentity(this.deps.kvm);
     const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
-    const rec: Member = { ...self, identity: this.identity };
+    const rec = this.record(this.identity);
     // check both claims before writing either: a refused site leaves nothing in the bucket
     for (const key of [domainKey(self.domain), memberKey(self.site)]) {
       const e = await kv.get(key);
