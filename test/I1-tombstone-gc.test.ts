@@ -83,6 +83,11 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
       message: "a never counted the tombstone as blocked",
     });
     assert.deepEqual((await status("a")).gc_blocked_by, ["c"]);
+    const io = { out: [] as string[], err: [] as string[] };
+    const sink = { out: (s: string) => io.out.push(s), err: (s: string) => io.err.push(s) };
+    await cli(["status", "--server", mesh.sites.a!.url], sink);
+    assert.match(io.out.join("\n"), /TOMBSTONES BLOCKED\/COLLECTIBLE/);
+    assert.match(io.out.join("\n"), /1\/0 \(c\)/, io.out.join("\n"));
     await new Promise((r) => setTimeout(r, 2 * MIN_AGE_MS));
     for (const s of ["a", "b"]) {
       const st = await stored(s, "k1");

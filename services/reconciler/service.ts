@@ -109,6 +109,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
         });
     },
   });
+  const hlc = config.clock === "hlc";
   const gc = new TombstoneGc({
     nc,
     jsm: site.jsm,
@@ -120,8 +121,8 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     membership,
     log,
     tuning: gcTuning,
+    hlc,
   });
-  const hlc = config.clock === "hlc";
   const reconciler = new Reconciler({
     nc,
     jsm: site.jsm,

@@ -60,6 +60,8 @@ export type GcDeps = {
   membership?: Membership | undefined;
   log: Logger;
   tuning: GcTuning;
+  /** HLC clock: a version's ts tells its age, so young tombstones are skipped without a read */
+  hlc?: boolean;
 };
 
 const SOURCE_HEADER = "Nats-Stream-Source";
@@ -111,11 +113,33 @@ export async function appliedHubSeq(jsm: JetStreamManager, site: string): Promis
   return h === undefined ? undefined : h - 1;
 }
 
+/** A pass's lowest mark `m` and the hub's last sequence `l` read after it. */
+export type Phase = { m: number; l: number };
+
+/**
+ * The two-phase barrier: given the earlier passes and this one's `(m, l)`, the greatest hub
+ * sequence `safe` such that some pass i had `m_i ≥ safe` and `m ≥ l_i` now — every tombstone at a
+ * hub sequence ≤ `safe` may be collected — and the history to keep (the best pass already reached
+ * and those not reached yet, at most 64).
+ */
+export function barrier(history: Phase[], m: number, l: number): { safe: number; history: Phase[] } {
+  const all = [...history, { m, l }];
+  let safe = 0;
+  let best: Phase | undefined;
+  for (const p of all)
+    if (p.l <= m && p.m >= safe) {
+      safe = p.m;
+      best = p;
+    }
+  const waiting = all.filter((p) => p.l > m);
+  return { safe, history: [...(best ? [best] : []), ...waiting].slice(-64) };
+}
+
 /** Tombstone collection of one reconciler instance. */
 export class TombstoneGc {
   readonly counts = new Map<string, TombstoneCounts>();
   /** (m_i, L_i) of earlier passes, oldest first */
-  private history: { m: number; l: number }[] = [];
+  private history: Phase[] = [];
   private published: number | undefined;
   /** `_meta` purge markers to remove in the next pass */
   private markers: { bucket: string; key: string; seq: number }[] = [];
@@ -177,12 +201,9 @@ export class TombstoneGc {
     const low = Math.min(...marks.values());
     this.lowest = { mark: low, sites: [...marks].filter(([, v]) => v === low).map(([s]) => s) };
     const l = (await this.hubJsm.streams.info(Streams.hub)).state.last_seq;
-    this.history.push({ m: low, l });
-    let safe = 0;
-    for (const p of this.history) if (p.l <= low) safe = Math.max(safe, p.m);
-    // keep the best entry already reached and those not reached yet
-    const reached = this.history.filter((p) => p.l <= low);
-    this.history = [...reached.slice(-1), ...this.history.filter((p) => p.l > low)].slice(-64);
+    const next = barrier(this.history, low, l);
+    this.history = next.history;
+    const safe = next.safe;
     for (const b of deps.buckets) await this.collectBucket(b, safe, now);
   }
 
@@ -199,6 +220,10 @@ export class TombstoneGc {
     const tombs = [...ix.tree.all()].filter((e) => e.deleted);
     c.total = tombs.length;
     for (const t of tombs) {
+      if (deps.hlc && !this.agedVersion(t.ts, true, now)) {
+        c.young++;
+        continue;
+      }
       const e = await meta.get(t.key);
       if (!e || e.operation !== "PUT") continue;
       let v: { ts?: unknown; node_id?: unknown; deleted?: unknown };
