@@ -246,12 +246,18 @@ export class TombstoneGc {
         continue;
       }
       c.collectible++;
-      if (await this.collect(bucket, meta, t.key, e.revision)) c.collected++;
+      if (await this.collect(bucket, meta, t.key, e.revision, ix)) c.collected++;
     }
   }
 
   /** Remove the delete marker, then the `_meta` tombstone at `rev`; false when a later write came. */
-  private async collect(bucket: string, meta: KV, key: string, rev: number): Promise<boolean> {
+  private async collect(
+    bucket: string,
+    meta: KV,
+    key: string,
+    rev: number,
+    ix: BucketIndex,
+  ): Promise<boolean> {
     const { jsm, log } = this.deps;
     const stream = kvStream(bucket);
     const subj = kvSubject(bucket, key);
@@ -259,6 +265,8 @@ export class TombstoneGc {
     if (last) {
       const op = last.header?.get("KV-Operation");
       if (op !== "DEL" && op !== "PURGE") return false;
+      // first, so a concurrent check of the stream does not take the removal for a loss
+      ix.forgetHeld(key);
       await jsm.streams.purge(stream, { filter: subj, seq: last.seq + 1 });
     }
     try {
