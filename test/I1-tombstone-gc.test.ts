@@ -82,7 +82,11 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
       timeout: 20_000,
       message: "a never counted the tombstone as blocked",
     });
-    assert.deepEqual((await status("a")).gc_blocked_by, ["c"]);
+    // the others' marks move past the delete; c's cannot
+    await until(async () => JSON.stringify((await status("a")).gc_blocked_by) === '["c"]', {
+      timeout: 20_000,
+      message: "a never named c alone as what collection waits for",
+    });
     const io = { out: [] as string[], err: [] as string[] };
     const sink = { out: (s: string) => io.out.push(s), err: (s: string) => io.err.push(s) };
     await cli(["status", "--server", mesh.sites.a!.url], sink);
@@ -134,5 +138,13 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
         timeout: 30_000,
         message: `${s} never collected the tombstone of k2 after c was removed`,
       });
+    // the removed site is forgotten: no peer, no mark that blocks
+    for (const s of ["a", "b"]) {
+      const st = await until(async () => {
+        const r = await status(s);
+        return r.peers.includes("c") ? null : r;
+      });
+      assert.ok(!(st.gc_blocked_by ?? []).includes("c"), `${s} still waits for c`);
+    }
   });
 });

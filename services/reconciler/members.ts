@@ -275,7 +275,7 @@ export class Membership {
         this.state = "removed";
         this.deps.log.error(
           { site },
-          "this site was removed from the mesh (syncd site remove): restart its services to join again",
+          "this site was removed from the mesh (syncd site remove): wipe its syncd state before it joins again (README Membership), or deletes collected meanwhile may come back",
         );
         return false;
       }
