@@ -117,6 +117,34 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
     }
   });
 
+  it("a partition: an older write made at a cut-off site and a delete made elsewhere; after the heal the delete wins and is collected, nothing comes back", async () => {
+    const a = await mesh.kv("a");
+    const c = await mesh.kv("c");
+    await a.put("k3", "v0");
+    await until(async () => (await contents(c)).get("k3") === "v0", { message: "k3 never reached c" });
+    await mesh.stopHub();
+    await c.put("k3", "stale");
+    // stamped at c (its version is older than the delete made after it at a)
+    await until(async () => (await versions(nc.c!)).get("k3")?.node_id === mesh.sites.c!.nodeId, {
+      message: "c never stamped its write of k3",
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    await a.delete("k3");
+    await new Promise((r) => setTimeout(r, 2 * MIN_AGE_MS));
+    assert.ok((await stored("a", "k3")).meta, "a collected the tombstone while cut off from the others");
+    await mesh.startHub();
+    for (const s of SITES)
+      await until(() => collected(s, "k3"), {
+        timeout: 120_000,
+        message: `${s} never collected the tombstone of k3:\n${mesh.logs(s, 30)}`,
+      });
+    for (const s of SITES) await call(nc[s]!, s, "reconciler", "run", {});
+    for (const s of SITES) {
+      assert.equal((await contents(await mesh.kv(s))).has("k3"), false, `k3 came back at ${s}`);
+      assert.equal((await versions(nc[s]!)).has("k3"), false, `k3's version came back at ${s}`);
+    }
+  });
+
   it("a removed site no longer blocks collection", async () => {
     const a = await mesh.kv("a");
     await a.put("k2", "v2");
