@@ -145,6 +145,7 @@ export class TombstoneGc {
   private markers: { bucket: string; key: string; seq: number }[] = [];
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private failing = false;
   private hubJsm: JetStreamManager | undefined;
   /** the lowest mark and the members holding it, at the last pass */
   lowest: { mark: number; sites: string[] } | undefined;
@@ -162,8 +163,11 @@ export class TombstoneGc {
       if (this.stopped) return;
       try {
         await this.pass();
+        this.failing = false;
       } catch (err) {
-        this.deps.log.warn({ err }, "tombstone collection pass failed");
+        // once per spell of failures (hub unreachable, a purge the site's permissions deny)
+        this.deps.log[this.failing ? "debug" : "warn"]({ err }, "tombstone collection pass failed");
+        this.failing = true;
       }
       if (!this.stopped) this.timer = setTimeout(loop, every);
     };
