@@ -282,7 +282,9 @@ export class TombstoneGc {
     const marker = await getMsg(jsm, kvStream(metaBucket(bucket)), {
       last_by_subj: kvSubject(metaBucket(bucket), key),
     });
-    if (marker && marker.seq > rev) this.markers.push({ bucket, key, seq: marker.seq });
+    // only our purge marker: a version committed right after it must stay
+    if (marker && marker.seq > rev && marker.header?.get("KV-Operation") === "PURGE")
+      this.markers.push({ bucket, key, seq: marker.seq });
     log.debug({ bucket, key }, "tombstone collected");
     return true;
   }
