@@ -11,7 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { run as cli } from "../services/cli/cli.ts";
 import type { ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
-import { kvStream, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import { Streams, kvStream, kvSubject, metaBucket, opsSubject } from "../services/lib/subjects.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, contents, startLinkedMesh, until, versions } from "./helpers.ts";
 
@@ -101,6 +101,12 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
     // c still holds its stale value
     assert.equal((await contents(await mesh.kv("c"))).get("k1"), "v1");
 
+    const opOf = async () =>
+      (await jetstreamManager(nc.a!)).streams.getMessage(Streams.out("a"), {
+        last_by_subj: opsSubject("a", "config", "k1"),
+      });
+    const deleteOp = await opOf();
+    assert.ok(deleteOp, "a's op log has no op of k1");
     await mesh.startServices("c");
     for (const s of SITES)
       await until(() => collected(s, "k1"), {
@@ -109,6 +115,8 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
       });
     const st = await status("a");
     assert.equal(st.tombstones?.config?.total, 0);
+    // collected without a new op: a's op log still ends with the delete
+    assert.equal((await opOf())?.seq, deleteOp?.seq, "collecting the tombstone published an op");
     // anti-entropy between every pair: nothing brings k1 back
     for (const s of SITES) await call(nc[s]!, s, "reconciler", "run", {});
     for (const s of SITES) {
