@@ -21,8 +21,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import * as path from "node:path";
 import type { ConnectionOptions } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { ConfigError, loadConfig } from "../services/lib/config.ts";
-import { connectNats } from "../services/lib/connect.ts";
+import { ConfigError, connectNats, loadConfig } from "../services/mod.ts";
 import { openOrCreateBucket } from "./lib/buckets.ts";
 import { isAlive, readPidFile, stopProc } from "./lib/proc.ts";
 import {

@@ -1,19 +1,26 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { SyncdError } from "../services/lib/errors.ts";
-import { valueHash } from "../services/lib/lww.ts";
-import type {
-  BucketEntry,
-  BucketStoreLike,
-  MetaEntry,
-  MetaStoreLike,
-  Version,
-} from "../services/lib/stores.ts";
-import { type EntriesDeps, type WireEntry, digest, entries } from "../services/reconciler/handlers.ts";
-import { PeerBook } from "../services/reconciler/peers.ts";
-import { Pump, RateLimiter, hashUnhashed } from "../services/reconciler/run.ts";
-import { VersionTree, plan } from "../services/reconciler/tree.ts";
-import { type ValueSource, readVersioned } from "../services/reconciler/values.ts";
+import {
+  type BucketEntry,
+  type BucketStoreLike,
+  type EntriesDeps,
+  type MetaEntry,
+  type MetaStoreLike,
+  PeerBook,
+  Pump,
+  RateLimiter,
+  SyncdError,
+  type ValueSource,
+  type Version,
+  VersionTree,
+  type WireEntry,
+  digest,
+  entries,
+  hashUnhashed,
+  plan,
+  readVersioned,
+  valueHash,
+} from "../services/mod.ts";
 
 const enc = new TextEncoder();
 

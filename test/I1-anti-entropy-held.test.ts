@@ -10,10 +10,14 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { run as cli } from "../services/cli/cli.ts";
-import type { DiffResult } from "../services/cli/diff.ts";
-import type { ReconcilerRunResponse, ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
-import { kvStream, kvSubject } from "../services/lib/subjects.ts";
+import {
+  type DiffResult,
+  type ReconcilerRunResponse,
+  type ReconcilerStatusResponse,
+  run as cli,
+  kvStream,
+  kvSubject,
+} from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, contents, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
 

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import fc from "fast-check";
-import { Reconciler, type ReconcilerDeps } from "../services/reconciler/reconciler.ts";
+import { Reconciler, type ReconcilerDeps } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 
 /** A reconciler that is never started: nextPeer and the peer book touch no connection. */
@@ -16,7 +16,7 @@ function reconcilerOf(site: string): Reconciler {
 
 const members = (names: string[]) => new Map(names.map((n) => [n, { domain: n }]));
 
-it("every peer exactly once in any N−1 consecutive rounds, whatever joins and leaves between", () => {
+it("I1 rotation: every peer exactly once in any N−1 consecutive rounds, whatever joins and leaves between", () => {
   fc.assert(
     fc.property(
       fc.uniqueArray(fc.stringMatching(/^[a-z][a-z0-9]{0,5}$/), { minLength: 2, maxLength: 20 }),
@@ -36,7 +36,7 @@ it("every peer exactly once in any N−1 consecutive rounds, whatever joins and 
   );
 });
 
-it("a removed member is forgotten and never picked again; a joining one is", () => {
+it("I1 rotation: a removed member is forgotten and never picked again; a joining one is", () => {
   const r = reconcilerOf("c");
   r.book.sync(members(["a", "b", "c", "d", "e"]));
   assert.deepEqual([r.nextPeer(), r.nextPeer(), r.nextPeer(), r.nextPeer()], ["a", "b", "d", "e"]);

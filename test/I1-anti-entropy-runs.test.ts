@@ -12,8 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import type { ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
-import { Streams } from "../services/lib/subjects.ts";
+import { type ReconcilerRunResponse, Streams } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, contents, plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
 

@@ -8,7 +8,7 @@ import {
   leafOf,
   plan,
   treeSource,
-} from "../services/reconciler/tree.ts";
+} from "../services/mod.ts";
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;

@@ -9,15 +9,20 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { valueHash } from "../services/lib/lww.ts";
-import { ServiceReplyError, requestJson } from "../services/lib/request.ts";
-import type {
-  ReconcilerDigestResponse,
-  ReconcilerEntriesResponse,
-  ReconcilerRunResponse,
-  ReconcilerStatusResponse,
-} from "../services/lib/schemas.gen.ts";
-import { Headers, endpointSubject, kvStream, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import {
+  Headers,
+  type ReconcilerDigestResponse,
+  type ReconcilerEntriesResponse,
+  type ReconcilerRunResponse,
+  type ReconcilerStatusResponse,
+  ServiceReplyError,
+  endpointSubject,
+  kvStream,
+  kvSubject,
+  metaBucket,
+  requestJson,
+  valueHash,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { contents, peersLinked, plantVersion, quiet, until, versions } from "./helpers.ts";
 

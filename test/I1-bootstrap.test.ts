@@ -10,8 +10,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import type { ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
-import { Streams, opsFilter } from "../services/lib/subjects.ts";
+import { type ReconcilerRunResponse, Streams, opsFilter } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { HUB_DOMAIN, call, contents, peersLinked, quiet, until, versions } from "./helpers.ts";
 

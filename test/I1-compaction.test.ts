@@ -9,14 +9,22 @@ import { after, before, describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { loadConfig } from "../services/lib/config.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import { makeOp } from "../services/lib/op.ts";
-import { currentOwnOp, lastOp, publishOrdered } from "../services/lib/oplog.ts";
-import { ensureOutStream } from "../services/lib/site.ts";
-import { MetaStore } from "../services/lib/stores.ts";
-import { Streams, metaBucket, opsSubject } from "../services/lib/subjects.ts";
-import { Outcome, type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+import {
+  MetaStore,
+  Outcome,
+  Streams,
+  type WatcherDeps,
+  createLogger,
+  currentOwnOp,
+  ensureOutStream,
+  lastOp,
+  loadConfig,
+  makeOp,
+  metaBucket,
+  opsSubject,
+  publishOrdered,
+  stampEntry,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, contents, quiet, startLinkedMesh, until } from "./helpers.ts";
 

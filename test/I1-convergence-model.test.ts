@@ -18,15 +18,26 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { valueHash } from "../services/lib/lww.ts";
-import { type Op, makeOp, parseOp } from "../services/lib/op.ts";
-import { type MergeDeps, admit, applyOp } from "../services/merger/handlers.ts";
-import { VersionTree, descend, plan, treeSource } from "../services/reconciler/tree.ts";
-import { readVersioned } from "../services/reconciler/values.ts";
-import { Outcome, type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+import {
+  type MergeDeps,
+  type Op,
+  Outcome,
+  VersionTree,
+  type WatcherDeps,
+  admit,
+  applyOp,
+  descend,
+  makeOp,
+  parseOp,
+  plan,
+  readVersioned,
+  stampEntry,
+  treeSource,
+  valueHash,
+} from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import { type Call, ManualSteps } from "./sim/sched.ts";
-import { SimBucket, SimMeta } from "./sim/stores.ts";
+import { SimBucket, SimMeta, SimOpLog } from "./sim/stores.ts";
 import { BUCKET, type Scenario, type Stats, World, scenario } from "./sim/world.ts";
 
 /**
@@ -128,6 +139,7 @@ function site(call: Call, name: string) {
     checkSkew: () => {},
   };
   const published: Op[] = [];
+  const log = new SimOpLog();
   let clock = 0;
   const watcher: WatcherDeps = {
     site: name,
@@ -135,9 +147,10 @@ function site(call: Call, name: string) {
     bucket: BUCKET,
     meta: meta.as("watcher"),
     tick: async () => ++clock,
-    jsm: { streams: { getMessage: async () => null } },
+    jsm: log.reader,
     js: {
-      publish: async (_subject, payload) => {
+      publish: async (subject, payload) => {
+        log.record(subject, payload as Uint8Array);
         published.push(parseOp(payload as Uint8Array));
         return { stream: `SYNCD_OUT_${name}`, seq: published.length, duplicate: false };
       },

@@ -12,8 +12,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { REPO_ROOT, findNatsServer } from "../scripts/lib/topology.ts";
-import { expiryProblem } from "../services/lib/stores.ts";
-import { Headers, kvStream, kvSubject } from "../services/lib/subjects.ts";
+import { Headers, expiryProblem, kvStream, kvSubject } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { until, versions } from "./helpers.ts";
 

@@ -11,9 +11,14 @@ import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { run as cli } from "../services/cli/cli.ts";
-import type { ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
-import { MEMBERS_BUCKET, Streams, domainKey, memberKey } from "../services/lib/subjects.ts";
+import {
+  MEMBERS_BUCKET,
+  type ReconcilerStatusResponse,
+  Streams,
+  run as cli,
+  domainKey,
+  memberKey,
+} from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, startLinkedMesh, until } from "./helpers.ts";
 

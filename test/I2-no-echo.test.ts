@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Streams } from "../services/lib/subjects.ts";
+import { Streams } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { HUB_DOMAIN, contents, quiet, startLinkedMesh, streamCount } from "./helpers.ts";
 

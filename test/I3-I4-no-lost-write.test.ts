@@ -11,9 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { opValue } from "../services/lib/op.ts";
-import type { Op } from "../services/lib/op.ts";
-import { Durables, Streams, kvStream, opsFilter } from "../services/lib/subjects.ts";
+import { Durables, type Op, Streams, kvStream, opValue, opsFilter } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { peersLinked, quiet, until, versions } from "./helpers.ts";
 import {

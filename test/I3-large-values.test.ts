@@ -11,8 +11,7 @@ import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
-import { encodeOpMessage, makeOp } from "../services/lib/op.ts";
-import { Headers, OPS_INGRESS, Streams, endpointSubject } from "../services/lib/subjects.ts";
+import { Headers, OPS_INGRESS, Streams, encodeOpMessage, endpointSubject, makeOp } from "../services/mod.ts";
 import { type LinkedMesh, call, plantVersion, startLinkedMesh, until } from "./helpers.ts";
 
 const ONE_MB = 1024 * 1024;

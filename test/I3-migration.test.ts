@@ -10,16 +10,16 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { valueHash } from "../services/lib/lww.ts";
-import { makeOp } from "../services/lib/op.ts";
 import {
   Durables,
   OPS_INGRESS,
   Streams,
   journalSubject,
   legacyOpsSubject,
+  makeOp,
   metaBucket,
-} from "../services/lib/subjects.ts";
+  valueHash,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { contents, until, versions } from "./helpers.ts";
 

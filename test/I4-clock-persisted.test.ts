@@ -5,8 +5,7 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceReplyError } from "../services/lib/request.ts";
-import type { ClockNowResponse, ClockTickResponse } from "../services/lib/schemas.gen.ts";
+import { type ClockNowResponse, type ClockTickResponse, ServiceReplyError } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call } from "./helpers.ts";
 

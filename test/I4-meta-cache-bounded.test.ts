@@ -14,9 +14,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { createLogger } from "../services/lib/logger.ts";
-import { CachedMetaStore } from "../services/lib/meta-cache.ts";
-import { MetaStore, type Version, isCasConflict } from "../services/lib/stores.ts";
+import { CachedMetaStore, MetaStore, type Version, createLogger, isCasConflict } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { contents, quiet, replicated, startLinkedMesh, until, versions } from "./helpers.ts";
 

@@ -17,21 +17,23 @@ import { after, before, describe, it } from "node:test";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import fc from "fast-check";
-import { compareVersions } from "../services/lib/lww.ts";
-import { makeOp } from "../services/lib/op.ts";
 import {
   CasConflictError,
+  type MergeDeps,
   type MetaEntry,
   type MetaStoreLike,
   type Version,
-} from "../services/lib/stores.ts";
-import { type MergeDeps, applyOp } from "../services/merger/handlers.ts";
-import { type WatcherDeps, stampEntry } from "../services/watcher/handlers.ts";
+  type WatcherDeps,
+  applyOp,
+  compareVersions,
+  makeOp,
+  stampEntry,
+} from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
 import type { Call } from "./sim/sched.ts";
-import { SimBucket, SimMeta } from "./sim/stores.ts";
+import { SimBucket, SimMeta, SimOpLog } from "./sim/stores.ts";
 
 describe("I4 a local overwrite is stamped above the version it replaced (real mesh)", () => {
   let mesh: Mesh;
@@ -159,14 +161,21 @@ describe("I4 model: stale _meta reads (a lagging watch-fed cache) and a clock fa
           checkSkew: () => {},
         }));
         let clock = 0;
+        const log = new SimOpLog();
         const watcher: WatcherDeps = {
           site: "a",
           nodeId: "site-a",
           bucket: "config",
           meta: caches[0]!,
           tick: async () => ++clock,
-          js: { publish: async () => ({ stream: "SYNCD_OUT_a", seq: 0, duplicate: false }) },
-          jsm: { streams: { getMessage: async () => null } },
+          js: {
+            publish: async (subject, payload) => ({
+              stream: "SYNCD_OUT_a",
+              seq: log.record(subject, payload as Uint8Array),
+              duplicate: false,
+            }),
+          },
+          jsm: log.reader,
         };
         let stamped = 0; // the local writes stamped so far (in revision order)
         const stampNext = async () => {

@@ -11,15 +11,23 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Svcm } from "@nats-io/services";
 import { pingSite } from "../scripts/lib/services.ts";
-import { clockService } from "../services/clock/service.ts";
-import { loadConfig } from "../services/lib/config.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import { Metrics } from "../services/lib/metrics.ts";
-import { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "../services/lib/runtime.ts";
-import { openSite } from "../services/lib/site.ts";
-import { AGENT_NAME, ServiceName, Streams, endpointSubject } from "../services/lib/subjects.ts";
-import { mergerService } from "../services/merger/service.ts";
-import { watcherService } from "../services/watcher/service.ts";
+import {
+  AGENT_NAME,
+  Metrics,
+  type Running,
+  type ServiceDef,
+  ServiceName,
+  SharedMetaCaches,
+  Streams,
+  VERSION,
+  clockService,
+  createLogger,
+  endpointSubject,
+  loadConfig,
+  mergerService,
+  openSite,
+  watcherService,
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { type LinkedMesh, quiet, startLinkedMesh, streamCount, until } from "./helpers.ts";
 import { type WriteRecord, checkOutcome, keySet, runWorkload, seedFromEnv, soakMs } from "./workload.ts";
@@ -199,7 +207,10 @@ describe("I5 agent mode: counters are per wired instance", () => {
           sum("merger", "merge", (d: { applied: number }) => d.applied),
           N,
         );
-        assert.equal(sum("merger", "merge", merged), 2 * N);
+        // (plus the site's own ops coming back from the hub: duplicates, counted by the consumer's
+        // instance; with one shared counter each instance would show the total and the sums double)
+        assert.ok(sum("merger", "merge", merged) >= 2 * N);
+        assert.ok(sum("merger", "merge", merged) <= 3 * N);
       } finally {
         for (const w of wired.reverse()) {
           await w.running.stop();

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceName } from "../services/lib/subjects.ts";
+import { ServiceName } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { peersLinked, quiet } from "./helpers.ts";
 import {

@@ -13,7 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Durables, ServiceName, Streams, kvStream } from "../services/lib/subjects.ts";
+import { Durables, ServiceName, Streams, kvStream } from "../services/mod.ts";
 import { type Mesh, type ServiceInstance, startMesh } from "./harness/mesh.ts";
 import { peersLinked, quiet, streamCount } from "./helpers.ts";
 import {

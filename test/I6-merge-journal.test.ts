@@ -11,8 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceReplyError } from "../services/lib/request.ts";
-import { kvStream, metaBucket } from "../services/lib/subjects.ts";
+import { ServiceReplyError, kvStream, metaBucket } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until, versions } from "./helpers.ts";
 

@@ -12,7 +12,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { SiteServices } from "../scripts/lib/services.ts";
 import { type ClusterSite, startClusterSite } from "../scripts/lib/topology.ts";
-import { CLOCK_BUCKET, Streams, kvStream, metaBucket } from "../services/lib/subjects.ts";
+import { CLOCK_BUCKET, Streams, kvStream, metaBucket } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, contents, peersLinked, until } from "./helpers.ts";
 

@@ -10,7 +10,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Durables, Streams, kvStream } from "../services/lib/subjects.ts";
+import { Durables, Streams, kvStream } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
 

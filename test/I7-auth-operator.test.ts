@@ -18,7 +18,7 @@ import { type NatsConnection, credsAuthenticator, nkeyAuthenticator } from "@nat
 import { createAccount, createOperator, createUser } from "@nats-io/nkeys";
 import { connect } from "@nats-io/transport-node";
 import { type Proc, freePort, sleep, spawnLogged, stopProc, tail } from "../scripts/lib/proc.ts";
-import { run } from "../services/cli/cli.ts";
+import { run } from "../services/mod.ts";
 import { waitFor } from "./harness/mesh.ts";
 
 const REPO = join(fileURLToPath(import.meta.url), "..", "..");

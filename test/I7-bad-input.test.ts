@@ -10,8 +10,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceReplyError } from "../services/lib/request.ts";
-import { Headers, OPS_INGRESS, ServiceName, Streams } from "../services/lib/subjects.ts";
+import { Headers, OPS_INGRESS, ServiceName, ServiceReplyError, Streams } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until } from "./helpers.ts";
 

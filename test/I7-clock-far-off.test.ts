@@ -7,13 +7,20 @@ import { fileURLToPath } from "node:url";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { run } from "../services/cli/cli.ts";
-import { type ClockDeps, Serial, observeTs } from "../services/clock/handlers.ts";
-import { Observer, Ticker } from "../services/lib/clock-client.ts";
-import { ClockMode, LAMPORT_CATCH_UP_MS } from "../services/lib/clock-rules.ts";
-import { isSyncdError } from "../services/lib/errors.ts";
-import type { ClockNowResponse, MergerStatusResponse } from "../services/lib/schemas.gen.ts";
-import { Streams } from "../services/lib/subjects.ts";
+import {
+  type ClockDeps,
+  ClockMode,
+  type ClockNowResponse,
+  LAMPORT_CATCH_UP_MS,
+  type MergerStatusResponse,
+  Observer,
+  Serial,
+  Streams,
+  Ticker,
+  isSyncdError,
+  observeTs,
+  run,
+} from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, startLinkedMesh, until } from "./helpers.ts";
 /**

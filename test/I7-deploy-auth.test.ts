@@ -8,9 +8,15 @@ import { after, before, describe, test } from "node:test";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { requestJson } from "../services/lib/request.ts";
-import type { ReconcilerEntriesResponse, ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
-import { Headers, endpointSubject, kvSubject, metaBucket } from "../services/lib/subjects.ts";
+import {
+  Headers,
+  type ReconcilerEntriesResponse,
+  type ReconcilerRunResponse,
+  endpointSubject,
+  kvSubject,
+  metaBucket,
+  requestJson,
+} from "../services/mod.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
 import { plantVersion } from "./helpers.ts";
 

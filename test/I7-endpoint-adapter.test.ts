@@ -15,10 +15,7 @@ import { after, before, describe, it } from "node:test";
 import type { Msg, NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";
 import { connect } from "@nats-io/transport-node";
-import { addEndpoint } from "../services/lib/adapter.ts";
-import { SyncdError } from "../services/lib/errors.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import type { ClockObserveRequest } from "../services/lib/schemas.gen.ts";
+import { type ClockObserveRequest, SyncdError, addEndpoint, createLogger } from "../services/mod.ts";
 import { checkMicroSchema } from "./micro-schemas.ts";
 
 const SERVICE = "adapter-test";

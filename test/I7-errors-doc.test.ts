@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { it } from "node:test";
-import { ErrorCode } from "../services/lib/errors.ts";
+import { ErrorCode } from "../services/mod.ts";
 
 it("I7 README's Errors table lists every registered code with its status, and nothing else", () => {
   const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");

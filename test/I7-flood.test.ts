@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { type NatsConnection, createInbox } from "@nats-io/nats-core";
-import { Durables, OPS_INGRESS, ServiceName, Streams } from "../services/lib/subjects.ts";
+import { Durables, OPS_INGRESS, ServiceName, Streams } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { contents, quiet, startLinkedMesh, until } from "./helpers.ts";
 

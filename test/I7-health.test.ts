@@ -9,12 +9,16 @@ import { after, before, describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { run } from "../services/cli/cli.ts";
-import { checkStores } from "../services/clock/service.ts";
-import { Conditions, health } from "../services/lib/health.ts";
-import { createLogger } from "../services/lib/logger.ts";
-import type { MergerStatusResponse, WatcherStatusResponse } from "../services/lib/schemas.gen.ts";
-import { kvStream } from "../services/lib/subjects.ts";
+import {
+  Conditions,
+  type MergerStatusResponse,
+  type WatcherStatusResponse,
+  checkStores,
+  createLogger,
+  health,
+  kvStream,
+  run,
+} from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, startLinkedMesh, until } from "./helpers.ts";
 import { collectStats } from "./workload.ts";

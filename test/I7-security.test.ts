@@ -34,16 +34,16 @@ import {
   renderSecureSiteConf,
   renderSiteUsersConf,
 } from "../scripts/lib/topology.ts";
-import { requestJson } from "../services/lib/request.ts";
-import type { ReconcilerRunResponse } from "../services/lib/schemas.gen.ts";
 import {
   Durables,
   Headers,
+  type ReconcilerRunResponse,
   Streams,
   endpointSubject,
   kvStream,
   kvSubject,
-} from "../services/lib/subjects.ts";
+  requestJson,
+} from "../services/mod.ts";
 import { type Mesh, eventually, sleep, startMesh, waitFor } from "./harness/mesh.ts";
 
 /** Distinct, greppable passwords. */

@@ -7,8 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { termTakesReason } from "../services/lib/consume.ts";
-import { Durables, OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
+import { Durables, OPS_INGRESS, Streams, termTakesReason } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { until } from "./helpers.ts";
 

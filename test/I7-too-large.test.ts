@@ -7,8 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { ServiceReplyError } from "../services/lib/request.ts";
-import { Headers, OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
+import { Headers, OPS_INGRESS, ServiceReplyError, Streams } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { call, until } from "./helpers.ts";
 

@@ -9,7 +9,7 @@ import { execFile } from "node:child_process";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
-import { ServiceName } from "../services/lib/subjects.ts";
+import { ServiceName } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { type CliResult, NATS_CLI, NATS_CLI_MISSING, cliEnv } from "./natscli.ts";
 

@@ -14,18 +14,23 @@ import { fileURLToPath } from "node:url";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { UsageError, parseCli, parseDuration } from "../services/cli/args.ts";
-import { descendMany, differingKeys } from "../services/cli/diff.ts";
-import { table } from "../services/cli/table.ts";
 import {
   Headers,
   OPS_INGRESS,
   ServiceName,
+  UsageError,
+  VersionTree,
+  descend,
+  descendMany,
+  differingKeys,
   endpointSubject,
   kvSubject,
   metaBucket,
-} from "../services/lib/subjects.ts";
-import { VersionTree, descend, treeSource } from "../services/reconciler/tree.ts";
+  parseCli,
+  parseDuration,
+  table,
+  treeSource,
+} from "../services/mod.ts";
 import { type Mesh, eventually, startMesh } from "./harness/mesh.ts";
 import { call, peersLinked, plantVersion, quiet } from "./helpers.ts";
 

@@ -8,8 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
-import type { Conflict } from "../services/lib/schemas.gen.ts";
-import { OPS_INGRESS, Streams } from "../services/lib/subjects.ts";
+import { type Conflict, OPS_INGRESS, Streams } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { until } from "./helpers.ts";
 

@@ -11,9 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { freePort, sleep } from "../scripts/lib/proc.ts";
-import { parseCli } from "../services/cli/args.ts";
-import { run } from "../services/cli/cli.ts";
-import { ConfigError, loadConfig } from "../services/lib/config.ts";
+import { ConfigError, loadConfig, parseCli, run } from "../services/mod.ts";
 
 const NATS_CLI = process.env.NATS_CLI ?? "/root/go/bin/nats";
 const NATS_SERVER = process.env.NATS_SERVER ?? "nats-server";

@@ -19,7 +19,7 @@ import * as path from "node:path";
 import { describe, test } from "node:test";
 import { SERVICE_KINDS } from "../scripts/lib/services.ts";
 import { REPO_ROOT, findNatsServer } from "../scripts/lib/topology.ts";
-import { usage } from "../services/lib/config.ts";
+import { usage } from "../services/mod.ts";
 
 const DEPLOY = path.join(REPO_ROOT, "deploy");
 const read = (p: string) => readFileSync(path.join(REPO_ROOT, p), "utf8");
@@ -357,8 +357,10 @@ describe("deploy/docker-compose.yml", () => {
     const hub = serverOf("nats-hub").conf;
     const hubLeafPort = portOf(asStr(asMap(hub.leafnodes, "leafnodes").listen, "leaf listen"));
     const names = [asStr(hub.server_name, "hub server_name")];
-    const domains: string[] = [];
-    assert.equal(hub.jetstream, undefined, "the hub runs no JetStream");
+    // the hub runs JetStream in its own domain (the services' default --hub-domain) for SYNCD_HUB
+    const hubJs = asMap(hub.jetstream, "the hub's jetstream block");
+    const domains: string[] = [asStr(hubJs.domain, "the hub's JetStream domain")];
+    assert.equal(hubJs.domain, "hub");
     for (const s of sites) {
       const c = serverOf(`nats-${s}`).conf;
       names.push(asStr(c.server_name, "server_name"));

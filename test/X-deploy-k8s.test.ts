@@ -10,8 +10,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse, parseAllDocuments } from "yaml";
-import { usage } from "../services/lib/config.ts";
-import { OPS_INGRESS } from "../services/lib/subjects.ts";
+import { OPS_INGRESS, usage } from "../services/mod.ts";
 
 const REPO = join(fileURLToPath(import.meta.url), "..", "..");
 const read = (rel: string) => readFileSync(join(REPO, rel), "utf8");

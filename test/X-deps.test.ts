@@ -213,7 +213,7 @@ describe("scripts/test.sh: two servers, the Go tools, one summary", () => {
   it("without Go: one line says what is skipped, one pass, the TAP summary last, exit 0", () => {
     const empty = mkdtempSync(path.join(os.tmpdir(), "syncd-nogo-"));
     try {
-      const r = testSh({ PATH: noGoPath, SYNCD_TOOLS_DIR: empty, TEST_FILTER: "unit/op" });
+      const r = testSh({ PATH: noGoPath, SYNCD_TOOLS_DIR: empty, TEST_FILTER: "unit/I7-op-parsing" });
       assert.equal(r.code, 0, r.out);
       assert.equal(r.out.match(/^test\.sh: skipped .*v2\.15\.2.*nats CLI/gm)?.length, 1, r.out);
       assert.equal(r.out.match(/^== node --test /gm)?.length, 1, r.out);
@@ -231,7 +231,7 @@ describe("scripts/test.sh: two servers, the Go tools, one summary", () => {
     const r = testSh({
       PATH: noGoPath,
       SYNCD_TOOLS_DIR: "/nonexistent",
-      TEST_FILTER: "unit/lww",
+      TEST_FILTER: "unit/I1-lww",
       TEST_TIMEOUT_MS: "1",
     });
     assert.notEqual(r.code, 0, r.out);

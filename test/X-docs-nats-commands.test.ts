@@ -21,7 +21,7 @@ import { Kvm } from "@nats-io/kv";
 import { connect } from "@nats-io/transport-node";
 import { freePort, freePortBlock, sleep } from "../scripts/lib/proc.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
-import { OPS_INGRESS, ServiceName } from "../services/lib/subjects.ts";
+import { OPS_INGRESS, ServiceName } from "../services/mod.ts";
 import { until } from "./helpers.ts";
 import { NATS_CLI, NATS_CLI_MISSING, cliEnv } from "./natscli.ts";
 

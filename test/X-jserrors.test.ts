@@ -13,7 +13,7 @@ import {
   isStreamNotFound,
   isTooLarge,
   isWrongLastSequence,
-} from "../services/lib/jserrors.ts";
+} from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 
 let mesh: Mesh;

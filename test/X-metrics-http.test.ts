@@ -10,8 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type Proc, freePort, spawnLogged, stopProc, tail } from "../scripts/lib/proc.ts";
-import { METRIC_NAMES } from "../services/lib/metrics.ts";
-import { Durables, Streams } from "../services/lib/subjects.ts";
+import { Durables, METRIC_NAMES, Streams } from "../services/mod.ts";
 import { type Mesh, startMesh, waitFor } from "./harness/mesh.ts";
 
 const REPO = join(fileURLToPath(import.meta.url), "..", "..");

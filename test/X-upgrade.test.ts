@@ -13,8 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KV } from "@nats-io/kv";
 import { type Proc, spawnLogged, stopProc, tail } from "../scripts/lib/proc.ts";
-import { parseOp } from "../services/lib/op.ts";
-import { OPS_INGRESS } from "../services/lib/subjects.ts";
+import { OPS_INGRESS, parseOp } from "../services/mod.ts";
 import { type Mesh, startMesh, waitFor } from "./harness/mesh.ts";
 
 const REPO = join(fileURLToPath(import.meta.url), "..", "..");

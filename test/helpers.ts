@@ -5,18 +5,18 @@
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { valueHash } from "../services/lib/lww.ts";
-import { requestJson } from "../services/lib/request.ts";
-import type { Version } from "../services/lib/schemas.gen.ts";
 import {
   Durables,
   Headers,
   Streams,
+  type Version,
   endpointSubject,
   kvStream,
   kvSubject,
   metaBucket,
-} from "../services/lib/subjects.ts";
+  requestJson,
+  valueHash,
+} from "../services/mod.ts";
 import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
 
 /** The harness's waitFor with the integration tests' defaults (15 s, polls every 100 ms). */
@@ -117,7 +117,13 @@ export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["co
   try {
     const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
     const hi = await hub.streams.info(Streams.hub);
-    return (hi.sources ?? []).every((s) => s.lag === 0);
+    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
+    // a stalled source reports lag 0 too: IN holds (at least) one op per subject the hub holds,
+    // and the hub one per subject the site's OUT holds
+    const out = await jsm.streams.info(Streams.out(site));
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
   } catch {
     return false;
   }

@@ -17,7 +17,7 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Empty, type Msg, type NatsConnection, createInbox } from "@nats-io/nats-core";
-import { QUEUE_GROUP, ServiceName } from "../services/lib/subjects.ts";
+import { QUEUE_GROUP, ServiceName } from "../services/mod.ts";
 import { type Mesh, eventually, sleep, startMesh } from "./harness/mesh.ts";
 import { type MicroKind, type SchemaCheck, checkMicroSchema as checkSchema } from "./micro-schemas.ts";
 import { NATS_CLI_MISSING, natsAsync, natsJson } from "./natscli.ts";

@@ -9,8 +9,7 @@
  * caught up: the `_meta` cache and the reconciler's version index hold K keys).
  */
 import { Kvm } from "@nats-io/kv";
-import type { ReconcilerStatusResponse } from "../../services/lib/schemas.gen.ts";
-import { metaBucket } from "../../services/lib/subjects.ts";
+import { type ReconcilerStatusResponse, metaBucket } from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,

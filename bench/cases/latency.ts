@@ -5,7 +5,7 @@
  */
 import { DeliverPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { KvWatchInclude } from "@nats-io/kv";
-import { kvStream } from "../../services/lib/subjects.ts";
+import { kvStream } from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,

@@ -10,14 +10,17 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
-import { valueHash } from "../../services/lib/lww.ts";
-import type {
-  ReconcilerDigestResponse,
-  ReconcilerEntriesResponse,
-  ReconcilerRunResponse,
-  ReconcilerStatusResponse,
-} from "../../services/lib/schemas.gen.ts";
-import { Headers, kvStream, kvSubject, metaBucket } from "../../services/lib/subjects.ts";
+import {
+  Headers,
+  type ReconcilerDigestResponse,
+  type ReconcilerEntriesResponse,
+  type ReconcilerRunResponse,
+  type ReconcilerStatusResponse,
+  kvStream,
+  kvSubject,
+  metaBucket,
+  valueHash,
+} from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,

@@ -5,7 +5,7 @@
  */
 import { StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { kvStream } from "../../services/lib/subjects.ts";
+import { kvStream } from "../../services/mod.ts";
 import type { MeshOptions } from "../../test/harness/mesh.ts";
 import {
   BUCKET,

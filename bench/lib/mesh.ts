@@ -11,8 +11,7 @@ import {
 } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { requestJson } from "../../services/lib/request.ts";
-import { Durables, Streams, endpointSubject, kvStream, metaBucket } from "../../services/lib/subjects.ts";
+import { Durables, Streams, endpointSubject, kvStream, metaBucket, requestJson } from "../../services/mod.ts";
 import { type Mesh, type MeshOptions, type ServiceKind, startMesh } from "../../test/harness/mesh.ts";
 import { log, pipelined, sleep, value100, waitUntil } from "./util.ts";
 

@@ -1,10 +1,7 @@
 /** KV bucket helpers for the launcher scripts and the test harness. */
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-
-function isNotFound(err: unknown): boolean {
-  return /not found|does not exist|10059/i.test(String((err as Error)?.message ?? err));
-}
+import { isStreamNotFound } from "../../services/mod.ts";
 
 /**
  * Open `bucket` on the server `nc` is connected to, creating it (history 1, as the services do) when
@@ -17,7 +14,7 @@ export async function openOrCreateBucket(nc: NatsConnection, bucket: string): Pr
     await kv.status();
     return kv;
   } catch (err) {
-    if (!isNotFound(err)) throw err;
+    if (!isStreamNotFound(err)) throw err;
   }
   return kvm.create(bucket, { history: 1 });
 }

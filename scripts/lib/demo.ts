@@ -26,18 +26,20 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { valueHash } from "../../services/lib/lww.ts";
-import { requestJson } from "../../services/lib/request.ts";
-import type { ClockNowResponse, Conflict, Version } from "../../services/lib/schemas.gen.ts";
 import {
+  type ClockNowResponse,
+  type Conflict,
   Durables,
   Headers,
   OPS_INGRESS,
   Streams,
+  type Version,
   endpointSubject,
   kvSubject,
   metaBucket,
-} from "../../services/lib/subjects.ts";
+  requestJson,
+  valueHash,
+} from "../../services/mod.ts";
 import { SERVICE_KINDS, pingSite } from "./services.ts";
 import { REPO_ROOT, certFiles } from "./topology.ts";
 

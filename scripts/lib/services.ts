@@ -12,7 +12,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import * as path from "node:path";
 import { type NatsConnection, createInbox } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { type ServiceKind, ServiceName } from "../../services/lib/subjects.ts";
+import { type ServiceKind, ServiceName } from "../../services/mod.ts";
 import {
   type Proc,
   describeExit,

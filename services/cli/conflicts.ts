@@ -1,10 +1,11 @@
+import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 /**
  * `syncd conflicts <bucket> [key] [--site s] [--limit n]`: the conflict records (schemas/
  * conflict.json) the mergers keep on each site's stream `SYNCD_CONFLICTS_<site>` (subject
  * `syncd.<site>.conflicts`), read with an ordered consumer through the site's JetStream domain and
  * filtered by bucket and key. A site whose stream does not exist yet simply has none.
  */
-import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
+import { isStreamNotFound } from "../lib/jserrors.ts";
 import type { Conflict } from "../lib/schemas.gen.ts";
 import { Streams } from "../lib/subjects.ts";
 import { CliError, expectArgs } from "./args.ts";
@@ -50,7 +51,7 @@ async function readSite(
     const jsm = await js.jetstreamManager(false);
     messages = (await jsm.streams.info(stream)).state.messages;
   } catch (err) {
-    if (/stream not found|10059/i.test(messageOf(err))) return { info: { ...info, exists: false }, records };
+    if (isStreamNotFound(err)) return { info: { ...info, exists: false }, records };
     throw new CliError(`site ${ref.site}: stream ${stream} (domain ${ref.domain}): ${messageOf(err)}`);
   }
   if (messages === 0) return { info, records };

@@ -1,11 +1,12 @@
+import { readFileSync } from "node:fs";
+import { jetstream } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
 /**
  * Keys across sites: `syncd get <bucket> <key>` (value and version at every site side by side,
  * through each site's `merger.get`), and `syncd put|del` (a user write through one site's KV, opened
  * in the site's JetStream domain so it works from any server of the mesh).
  */
-import { readFileSync } from "node:fs";
-import { jetstream } from "@nats-io/jetstream";
-import { type KV, Kvm } from "@nats-io/kv";
+import { isStreamNotFound } from "../lib/jserrors.ts";
 import { compare } from "../lib/lww.ts";
 import { ServiceReplyError } from "../lib/request.ts";
 import type { MergerGetResponse } from "../lib/schemas.gen.ts";
@@ -153,7 +154,7 @@ async function openBucket(ctx: Ctx, site: SiteRef, bucket: string): Promise<KV> 
     return kv;
   } catch (err) {
     const m = messageOf(err);
-    if (/stream not found|10059/i.test(m))
+    if (isStreamNotFound(err))
       throw new CliError(`bucket "${bucket}" does not exist at site ${site.site} (domain ${site.domain})`);
     throw new CliError(`cannot open bucket "${bucket}" at site ${site.site} (domain ${site.domain}): ${m}`);
   }

@@ -1,3 +1,5 @@
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 /**
  * `syncd site remove <name>`: take a site out of the mesh so it leaves nothing behind: its member
  * record and domain claim in the hub's members bucket, its source in the hub's aggregate stream;
@@ -5,8 +7,7 @@
  * they are the mesh's state (every other site holds them already, a new site bootstraps from them).
  * The site's services must be stopped first (a running site would register itself again).
  */
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { Kvm } from "@nats-io/kv";
+import { isNotFound } from "../lib/jserrors.ts";
 import { MEMBERS_BUCKET, Streams, domainKey, memberKey } from "../lib/subjects.ts";
 import { CliError, UsageError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
@@ -23,11 +24,6 @@ export type SiteRemoved = {
   domain_claim: boolean;
   hub_source: boolean;
 };
-
-function isNotFound(err: unknown): boolean {
-  const code = (err as { api_error?: { err_code?: number }; code?: number })?.api_error?.err_code;
-  return code === 10059 || code === 10058 || /not found/i.test(String((err as Error)?.message ?? err));
-}
 
 /** Run `site`. */
 export async function siteCommand(ctx: Ctx): Promise<Output> {

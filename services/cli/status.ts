@@ -1,3 +1,6 @@
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { type Condition, Conditions, Severity, needsPerson } from "../lib/health.ts";
 /**
  * `syncd status`: one table of the mesh. Per site: its services and instance counts (micro PING
  * metadata), the clock (`clock.now`), watcher position and lag (`watcher.status`), merger backlog
@@ -6,9 +9,7 @@
  * health conditions of every instance (from the `data` of its micro STATS), worst first.
  * `--check` makes the exit code 1 when a condition needs a person (severity error): the monitoring hook.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
-import { type Condition, Conditions, Severity, needsPerson } from "../lib/health.ts";
+import { isStreamNotFound } from "../lib/jserrors.ts";
 import type {
   ClockNowResponse,
   MergerStatusResponse,
@@ -162,10 +163,6 @@ async function siteStatus(
     conditions: conditionsOf(pings, services, errors),
     errors,
   };
-}
-
-function isStreamNotFound(err: unknown): boolean {
-  return /stream not found|10059/i.test(messageOf(err));
 }
 
 async function streamCounts(

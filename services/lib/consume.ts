@@ -11,8 +11,8 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
+import { isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
-import { isNotFound } from "./site.ts";
 
 /** What a handler decides for a message. */
 export type Disposition = { ack: true } | { term: string } | { nak: number };

@@ -7,6 +7,10 @@ import { JetStreamApiError } from "@nats-io/jetstream";
 
 /** The JetStream API error codes the services act on (nats-server errors.json). */
 export const ApiCode = {
+  /** JSInsufficientResourcesErr (a stream's max_bytes cannot be reserved in the store) */
+  insufficientResources: 10047,
+  /** JSNoMessageFoundErr */
+  noMessageFound: 10037,
   /** JSConsumerNotFoundErr */
   consumerNotFound: 10014,
   /** JSStreamMessageExceedsMaximumErr */
@@ -57,6 +61,11 @@ export function isNotFound(err: unknown): boolean {
   return hasCode(err, ApiCode.streamNotFound, ApiCode.consumerNotFound);
 }
 
+/** A message get found no message (that sequence or subject holds none). */
+export function isNoMessageFound(err: unknown): boolean {
+  return hasCode(err, ApiCode.noMessageFound);
+}
+
 /** A stream or consumer of that name exists already (another instance created it first). */
 export function isAlreadyExists(err: unknown): boolean {
   return hasCode(
@@ -71,6 +80,11 @@ export function isAlreadyExists(err: unknown): boolean {
 /** An expected-last-sequence publish lost a race (a compare-and-set conflict). */
 export function isWrongLastSequence(err: unknown): boolean {
   return hasCode(err, ApiCode.wrongLastSequence, ApiCode.wrongLastSequenceUnknown);
+}
+
+/** The server cannot reserve what a stream asks for (its max_bytes against the store). */
+export function isInsufficientResources(err: unknown): boolean {
+  return hasCode(err, ApiCode.insufficientResources);
 }
 
 /** The stream refused a message over its max message size (the bucket's max value size). */

@@ -24,6 +24,7 @@ import {
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
+import { isAlreadyExists, isInsufficientResources, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 import {
   OPS_INGRESS,
@@ -52,25 +53,6 @@ export type SiteHandles = {
 
 const NANOS_PER_MS = 1_000_000;
 const MiB = 1024 * 1024;
-
-/** JetStream API error codes this module acts on (nats-server errors.json). */
-export const JsCode = {
-  streamNotFound: 10059,
-  streamNameInUse: 10058,
-  insufficientResources: 10047,
-  wrongLastSequence: 10071,
-} as const;
-
-/** The JetStream API error code of an error, or undefined. */
-export function jsCode(err: unknown): number | undefined {
-  return err instanceof JetStreamApiError ? err.code : undefined;
-}
-
-/** True for JetStream's "stream/consumer not found" errors. */
-export function isNotFound(err: unknown): boolean {
-  const m = String((err as Error)?.message ?? err);
-  return /not found|does not exist|10059/i.test(m);
-}
 
 /**
  * Default byte limits when the configuration says 0 ("derive"): a share of the account's storage
@@ -113,7 +95,7 @@ export async function openOrCreateKv(
     await kv.status();
     return kv;
   } catch (err) {
-    if (!isNotFound(err)) throw err;
+    if (!isStreamNotFound(err)) throw err;
   }
   log.info({ bucket: name, replicas: opts.replicas ?? 1 }, "creating KV bucket");
   return kvm.create(name, { history: opts.history, replicas: opts.replicas ?? 1 });
@@ -169,7 +151,7 @@ export async function ensureStream(
       return await ensureStreamOnce(jsm, cfg, log);
     } catch (err) {
       const bytes = cfg.max_bytes ?? -1;
-      if (opts.fitBytes && jsCode(err) === JsCode.insufficientResources && bytes / 2 >= ByteBudget.floor) {
+      if (opts.fitBytes && isInsufficientResources(err) && bytes / 2 >= ByteBudget.floor) {
         log.warn(
           { stream: cfg.name, max_bytes: bytes, next: Math.floor(bytes / 2) },
           "the server's store cannot reserve this stream's byte limit; halving it",
@@ -187,7 +169,7 @@ async function ensureStreamOnce(jsm: JetStreamManager, want: StreamWant, log: Lo
   try {
     info = await jsm.streams.info(want.name);
   } catch (err) {
-    if (jsCode(err) !== JsCode.streamNotFound && !isNotFound(err)) throw err;
+    if (!isStreamNotFound(err)) throw err;
   }
   if (!info) {
     try {
@@ -195,7 +177,7 @@ async function ensureStreamOnce(jsm: JetStreamManager, want: StreamWant, log: Lo
       return await jsm.streams.add(want);
     } catch (err) {
       // another instance created it in between: check that one
-      if (jsCode(err) !== JsCode.streamNameInUse) throw err;
+      if (!isAlreadyExists(err)) throw err;
       info = await jsm.streams.info(want.name);
     }
   }
@@ -214,7 +196,7 @@ async function ensureStreamOnce(jsm: JetStreamManager, want: StreamWant, log: Lo
     log.warn({ stream: want.name, changes, sources: sources?.map((s) => s.name) }, "stream config updated");
     return updated;
   } catch (err) {
-    if (jsCode(err) === JsCode.insufficientResources) throw err;
+    if (isInsufficientResources(err)) throw err;
     throw new StreamDriftError(
       `stream ${want.name}: its config differs from the configured one (${JSON.stringify(changes)}) and the server refused the update (${(err as Error).message}); change or remove the stream by hand, or configure the values it has`,
       { cause: err },
@@ -394,7 +376,7 @@ export async function ensureHubRegistration(
     try {
       info = await hub.streams.info(Streams.hub);
     } catch (err) {
-      if (jsCode(err) !== JsCode.streamNotFound && !isNotFound(err)) throw err;
+      if (!isStreamNotFound(err)) throw err;
     }
     if (!info) {
       const acct = config.limits.hubMaxBytes > 0 ? 0 : await accountStorageLimit(hub);
@@ -413,7 +395,7 @@ export async function ensureHubRegistration(
         );
         added = true;
       } catch (err) {
-        if (jsCode(err) !== JsCode.streamNameInUse) throw err;
+        if (!isAlreadyExists(err)) throw err;
       }
       continue;
     }

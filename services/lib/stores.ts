@@ -2,10 +2,11 @@
  * Typed access to a site's per-bucket state: the `_meta` commit point (compare-and-set) and the
  * bucket's latest entry with the version headers a merger write carries.
  */
-import { JetStreamApiError, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/nats-core";
 import { SyncdError } from "./errors.ts";
+import { ApiCode, apiCode, isTooLarge, isWrongLastSequence } from "./jserrors.ts";
 import type { Versioned } from "./lww.ts";
 import type { Version } from "./schemas.gen.ts";
 import { Headers, kvStream, kvSubject } from "./subjects.ts";
@@ -14,9 +15,7 @@ export type { Version };
 
 /** JetStream's "wrong last sequence": a compare-and-set lost a race. */
 export function isCasConflict(err: unknown): boolean {
-  if (err instanceof CasConflictError) return true;
-  if (err instanceof JetStreamApiError) return err.code === 10071 || err.code === 10164;
-  return /wrong last sequence/i.test(String((err as Error)?.message ?? ""));
+  return err instanceof CasConflictError || isWrongLastSequence(err);
 }
 
 /**
@@ -158,7 +157,7 @@ export class BucketStore implements BucketStoreLike {
         ? await this.jsm.direct.getMessage(kvStream(this.bucket), q)
         : await this.jsm.streams.getMessage(kvStream(this.bucket), q);
     } catch (err) {
-      if (err instanceof JetStreamApiError && err.code === 10037) return null;
+      if (apiCode(err) === ApiCode.noMessageFound) return null;
       throw err;
     }
     if (!sm) return null;
@@ -187,7 +186,7 @@ export class BucketStore implements BucketStoreLike {
       });
       return pa.seq;
     } catch (err) {
-      if (/message size exceeds maximum/i.test(String((err as Error)?.message))) {
+      if (isTooLarge(err)) {
         throw new SyncdError(
           "SYNCD_ERR_TOO_LARGE",
           `key "${key}": value and version headers exceed the bucket's limit`,

@@ -7,9 +7,9 @@
 import type { JetStreamClient, JetStreamManager, StreamInfo } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { CONSUMER_CHECK_MS } from "../lib/consume.ts";
+import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { type Op, decodeOpMessage } from "../lib/op.ts";
-import { isNotFound } from "../lib/site.ts";
 import { incarnationOf } from "../lib/stores.ts";
 import { kvStream, metaBucket } from "../lib/subjects.ts";
 import { type BucketState, findVanished, repairVanished } from "./handlers.ts";

@@ -12,7 +12,7 @@
 import { randomUUID } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import { type KV, type KvWatchEntry, Kvm } from "@nats-io/kv";
-import type { NatsConnection, QueuedIterator } from "@nats-io/nats-core";
+import { Empty, type NatsConnection, type QueuedIterator } from "@nats-io/nats-core";
 import type { Logger } from "../lib/logger.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { ReconcilerMember } from "../lib/schemas.gen.ts";
@@ -89,7 +89,7 @@ export async function siteIdentity(kvm: Kvm): Promise<string> {
     try {
       await kv.create(IDENTITY_KEY, enc.encode(randomUUID()));
     } catch (err) {
-      if (!isCasConflict(err) && !/exists|wrong last sequence/i.test(String(err))) throw err;
+      if (!isCasConflict(err)) throw err;
     }
   }
 }
@@ -115,7 +115,7 @@ export async function claim(kv: KV, key: string, rec: Member): Promise<Member> {
       else await kv.create(key, enc.encode(JSON.stringify(want)));
       return want;
     } catch (err) {
-      if (isCasConflict(err) || /exists|wrong last sequence/i.test(String(err))) continue;
+      if (isCasConflict(err)) continue;
       throw err;
     }
   }
@@ -154,6 +154,16 @@ export class Membership {
     const rec: Member = { ...this.deps.self, identity };
     if (this.applied !== undefined) rec.applied = this.applied;
     return rec;
+  }
+
+  /** True when the hub's JetStream answers within `timeoutMs` (the site's link to the mesh is up). */
+  async hubReachable(timeoutMs: number): Promise<boolean> {
+    try {
+      await this.deps.nc.request(`$JS.${this.deps.hubDomain}.API.INFO`, Empty, { timeout: timeoutMs });
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Join in the background (retrying while the hub cannot be reached). */

@@ -219,7 +219,9 @@ export class Reconciler {
       if (this.stopped) return;
       try {
         const r = await this.discover();
-        for (const p of r.healed) this.onHeal(p.site);
+        // a member's heal is the hub's return: one run, with the next peer (flat in N)
+        if (this.deps.membership?.state !== "member") for (const p of r.healed) this.onHeal(p.site);
+        else if (r.healed.length > 0) this.onHeal(this.nextPeer() ?? r.healed[0]!.site);
       } catch (err) {
         this.deps.log.warn({ err }, "peer discovery failed");
       }
@@ -296,10 +298,32 @@ export class Reconciler {
     }
   }
 
+  /**
+   * A member's peers are reachable through the hub: while the hub's JetStream does not answer, every
+   * peer counts as unreachable; when it answers again, they have healed (the run on reconnect).
+   */
+  private async probeHub(): Promise<DiscoveryResult> {
+    const up = await this.deps.membership!.hubReachable(this.deps.tuning.pingWaitMs);
+    const peers = [...this.book.peers.values()];
+    const r: DiscoveryResult = { added: [], healed: [], lost: [] };
+    for (const p of peers) {
+      if (!up && p.reachable) {
+        this.book.markUnreachable(p.site);
+        r.lost.push(p);
+      } else if (up && !p.reachable) {
+        p.reachable = true;
+        r.healed.push(p);
+      }
+    }
+    for (const p of r.lost)
+      this.deps.log.warn({ peer: p.site }, "peer not reachable: the hub does not answer");
+    return r;
+  }
+
   private async discoverRound(): Promise<DiscoveryResult> {
     const state = this.deps.membership?.state;
     // a member learns its peers from the members bucket's changes; refused or removed: none
-    if (state === "member") return { added: [], healed: [], lost: [] };
+    if (state === "member") return this.probeHub();
     if (state === "refused" || state === "removed") {
       this.book.sync(new Map());
       return { added: [], healed: [], lost: [] };

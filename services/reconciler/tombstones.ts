@@ -24,8 +24,8 @@ import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
+import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
-import { isNotFound } from "../lib/site.ts";
 import { Durables, Streams, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
@@ -83,7 +83,7 @@ async function getMsg(jsm: JetStreamManager, stream: string, q: object): Promise
   try {
     return await jsm.streams.getMessage(stream, q as { seq: number });
   } catch (err) {
-    if (isNotFound(err) || /no message found|not found/i.test(String(err))) return null;
+    if (isNotFound(err) || isNoMessageFound(err)) return null;
     throw err;
   }
 }

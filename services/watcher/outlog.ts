@@ -9,12 +9,13 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { ensureHubRegistration, isNotFound } from "../lib/site.ts";
+import { ensureHubRegistration } from "../lib/site.ts";
 import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
 
 /** Seconds between re-checks of the hub registration once it is in place. */

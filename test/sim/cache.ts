@@ -5,12 +5,7 @@
  * it does not hold is read from the store; a lost compare-and-set or an invalidate forgets the key.
  * If the protocol converges through this, no correctness rests on the cache.
  */
-import {
-  type MetaEntry,
-  type MetaStoreLike,
-  type Version,
-  isCasConflict,
-} from "../../services/lib/stores.ts";
+import { type MetaEntry, type MetaStoreLike, type Version, isCasConflict } from "../../services/mod.ts";
 
 export class StaleMetaCache implements MetaStoreLike {
   private readonly cache = new Map<string, MetaEntry | null>();

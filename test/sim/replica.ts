@@ -1,28 +1,32 @@
 import type { JetStreamPublishOptions, PubAck } from "@nats-io/jetstream";
 import type { Payload } from "@nats-io/nats-core";
-import { type ClockMode, observe, reserve } from "../../services/lib/clock-rules.ts";
-import { KeyedGate } from "../../services/lib/consume.ts";
+import {
+  type ClockMode,
+  KeyedGate,
+  type LocalEntry,
+  type MergeDeps,
+  type MergerMergeResponse,
+  type MetaStoreLike,
+  type Op,
+  type Outcome,
+  type Version,
+  type WatcherDeps,
+  applyOp,
+  compareVersions,
+  isSyncdError,
+  observe,
+  reserve,
+  stampEntry,
+} from "../../services/mod.ts";
 /**
  * One simulated site: its stores, its clock, W watcher instances sharing the bucket's durable
  * consumer and M merger instances sharing the inbound op stream (I5), all running the real
  * `stampEntry` and `applyOp`. Like the real consumers, each instance handles the messages of one
  * key one after another (the real KeyedGate) and different keys, or different instances, at once.
  */
-import { isSyncdError } from "../../services/lib/errors.ts";
-import { compareVersions } from "../../services/lib/lww.ts";
-import type { Op } from "../../services/lib/op.ts";
-import type { MergerMergeResponse } from "../../services/lib/schemas.gen.ts";
-import type { MetaStoreLike, Version } from "../../services/lib/stores.ts";
-import { type MergeDeps, applyOp } from "../../services/merger/handlers.ts";
-import {
-  type LocalEntry,
-  type Outcome,
-  type WatcherDeps,
-  stampEntry,
-} from "../../services/watcher/handlers.ts";
 import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
-import { type MetaCommit, SimBucket, SimMeta } from "./stores.ts";
+import { type MetaCommit, SimBucket, SimMeta, SimOpLog } from "./stores.ts";
 
 export type VersionId = { ts: number; node_id: string };
 
@@ -189,6 +193,9 @@ export class Replica {
     });
   }
 
+  /** the site's compacted OUT log, as the ordered publish reads it */
+  private readonly outLog = new SimOpLog();
+
   private watcherDeps(i: number): WatcherDeps {
     const ticker = new BlockTicker(this.clock, this.cfg.blockSize);
     return {
@@ -197,8 +204,7 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
-      // the simulated OUT log is not compacted: every publish is ordered against nothing
-      jsm: { streams: { getMessage: async () => null } },
+      jsm: this.outLog.reader,
       js: {
         publish: async (
           subject: string,
@@ -208,6 +214,7 @@ export class Replica {
           await this.sim.step(`${this.site} watcher#${i} publish ${opts?.msgID ?? ""}`);
           const data =
             typeof payload === "string" ? new TextEncoder().encode(payload) : (payload ?? new Uint8Array());
+          this.outLog.record(subject, data);
           return this.net.publish(this, subject, data, opts?.msgID);
         },
       },

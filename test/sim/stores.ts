@@ -10,15 +10,16 @@
  *   last subject sequence, 0 = no entry); `put` / `delete` (a user's own writes: no headers); and
  *   the feed of every entry in revision order (what the watcher's durable consumer delivers).
  */
-import type { Versioned } from "../../services/lib/lww.ts";
 import {
   type BucketEntry,
   type BucketStoreLike,
   CasConflictError,
+  type LastOpReader,
   type MetaEntry,
   type MetaStoreLike,
   type Version,
-} from "../../services/lib/stores.ts";
+  type Versioned,
+} from "../../services/mod.ts";
 import type { Call } from "./sched.ts";
 
 const EMPTY = new Uint8Array();
@@ -177,4 +178,27 @@ export class SimBucket implements BucketStoreLike {
     for (const f of this.feeds) f(e);
     return e.rev;
   }
+}
+
+/**
+ * A site's compacted op log as the ordered publish (services/lib/oplog.ts) sees it: the last message
+ * per subject. Record every publish with `record`; hand `reader` to the watcher as its `jsm`.
+ */
+export class SimOpLog {
+  private readonly last = new Map<string, { seq: number; data: Uint8Array; header: undefined }>();
+  private seq = 0;
+
+  /** A message published on `subject`. */
+  record(subject: string, data: Uint8Array): number {
+    this.last.set(subject, { seq: ++this.seq, data, header: undefined });
+    return this.seq;
+  }
+
+  /** What `lastOp` reads: the subject's last message, or null. */
+  readonly reader = {
+    streams: {
+      getMessage: async (_stream: string, q: { last_by_subj?: string }) =>
+        (q.last_by_subj ? this.last.get(q.last_by_subj) : undefined) ?? null,
+    },
+  } as unknown as LastOpReader;
 }

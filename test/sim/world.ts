@@ -1,6 +1,26 @@
 import type { PubAck } from "@nats-io/jetstream";
 import fc from "fast-check";
-import type { ClockMode } from "../../services/lib/clock-rules.ts";
+import {
+  type ClockMode,
+  type Op,
+  VersionTree,
+  type Versioned,
+  applyOp,
+  compare,
+  compareBytes,
+  compareVersions,
+  descend,
+  isSyncdError,
+  makeOp,
+  opMsgId,
+  opVersioned,
+  opsSubject,
+  parseOp,
+  plan,
+  readVersioned,
+  treeSource,
+  valueHash,
+} from "../../services/mod.ts";
 /**
  * A simulated mesh: N replicas running the real watcher and merger code, a network that delivers
  * every published op to every other replica in an order the scheduler draws (some copies twice,
@@ -10,14 +30,6 @@ import type { ClockMode } from "../../services/lib/clock-rules.ts";
  * The model is the set of every op ever published; at quiescence each key must hold the greatest
  * of them by lww.compare (a tombstone: no key) at every replica, in the bucket and in `_meta`.
  */
-import { isSyncdError } from "../../services/lib/errors.ts";
-import { type Versioned, compare, compareBytes, compareVersions, valueHash } from "../../services/lib/lww.ts";
-import { type Op, makeOp, opVersioned, parseOp } from "../../services/lib/op.ts";
-import { opsSubject } from "../../services/lib/subjects.ts";
-import { applyOp } from "../../services/merger/handlers.ts";
-import { VersionTree, descend, plan, treeSource } from "../../services/reconciler/tree.ts";
-import { readVersioned } from "../../services/reconciler/values.ts";
-import { opMsgId } from "../../services/watcher/handlers.ts";
 import { Replica } from "./replica.ts";
 import { Choices, FaultError, type Faults, Sim } from "./sched.ts";
 

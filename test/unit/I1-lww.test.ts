@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { type Versioned, compare, compareVersions, merge, wins } from "../../services/lib/lww.ts";
+import { type Versioned, compare, compareVersions, merge, wins } from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 const enc = new TextEncoder();

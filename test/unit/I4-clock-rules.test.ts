@@ -10,7 +10,7 @@ import {
   observe,
   reserve,
   skewMs,
-} from "../../services/lib/clock-rules.ts";
+} from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 describe("I4 clock rules", () => {

@@ -4,9 +4,11 @@ import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import fc from "fast-check";
-import { SyncdError } from "../../services/lib/errors.ts";
 import {
+  Headers,
   INLINE_OP_MAX,
+  MsgIds,
+  SyncdError,
   decodeOpMessage,
   encodeOpMessage,
   encodeValue,
@@ -14,8 +16,7 @@ import {
   opMessageSize,
   opValue,
   parseOp,
-} from "../../services/lib/op.ts";
-import { Headers, MsgIds } from "../../services/lib/subjects.ts";
+} from "../../services/mod.ts";
 
 const enc = new TextEncoder();
 const good = { op: "put", bucket: "config", key: "app/theme", value: "dark", ts: 12, node_id: "site-a" };

@@ -8,8 +8,14 @@ import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { conditionsOf } from "../../services/cli/status.ts";
-import { Conditions, Health, MAX_CONDITIONS, Severity, needsPerson } from "../../services/lib/health.ts";
+import {
+  Conditions,
+  Health,
+  MAX_CONDITIONS,
+  Severity,
+  conditionsOf,
+  needsPerson,
+} from "../../services/mod.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const json = (p: string) => JSON.parse(readFileSync(path.join(REPO, p), "utf8"));

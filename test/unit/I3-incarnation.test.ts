@@ -1,13 +1,22 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  type MetaEntry,
+  type MetaStoreLike,
+  Outcome,
+  type Version,
+  type WatcherDeps,
+  bucketHolds,
+  covered,
+  pendingLocal,
+  stampEntry,
+} from "../../services/mod.ts";
 /**
  * I3 across bucket incarnations (issue #12 point 3): a revision `_meta` recorded in an earlier
  * incarnation of the bucket (deleted and created again: revisions restart at 1) never makes a new
  * local write look superseded or already published, also before the new incarnation is noticed.
  */
-import assert from "node:assert/strict";
-import { describe, it } from "node:test";
-import type { MetaEntry, MetaStoreLike, Version } from "../../services/lib/stores.ts";
-import { bucketHolds, covered, pendingLocal } from "../../services/merger/handlers.ts";
-import { Outcome, type WatcherDeps, stampEntry } from "../../services/watcher/handlers.ts";
+import { SimOpLog } from "../sim/stores.ts";
 
 const enc = new TextEncoder();
 
@@ -29,6 +38,7 @@ function memMeta(init: Record<string, Version>): MetaStoreLike & { map: Map<stri
 
 function watcher(meta: MetaStoreLike, extra: Partial<WatcherDeps>) {
   const published: { msgID: string; data: string }[] = [];
+  const log = new SimOpLog();
   const deps: WatcherDeps = {
     site: "a",
     nodeId: "a",
@@ -36,22 +46,12 @@ function watcher(meta: MetaStoreLike, extra: Partial<WatcherDeps>) {
     meta,
     tick: async () => 50,
     js: {
-      publish: async (_s: string, data?: unknown, opts?: { msgID?: string }) => {
+      publish: async (subject: string, data?: unknown, opts?: { msgID?: string }) => {
         published.push({ msgID: opts?.msgID ?? "", data: new TextDecoder().decode(data as Uint8Array) });
-        return { stream: "OUT", seq: published.length, duplicate: false };
+        return { stream: "OUT", seq: log.record(subject, data as Uint8Array), duplicate: false };
       },
     } as WatcherDeps["js"],
-    // the op log as the ordered publish reads it: its last message is the last one published
-    jsm: {
-      streams: {
-        getMessage: async () => {
-          const last = published.at(-1);
-          return last
-            ? { seq: published.length, data: new TextEncoder().encode(last.data), header: undefined }
-            : null;
-        },
-      },
-    } as unknown as WatcherDeps["jsm"],
+    jsm: log.reader,
     ...extra,
   };
   return { deps, published };

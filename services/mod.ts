@@ -1,0 +1,121 @@
+/**
+ * The public face of the services for tests, bench and scripts: everything they use of services/
+ * comes through here (as nats.js has a mod.ts per package). Services themselves never import it.
+ */
+export { UsageError, parseCli, parseDuration } from "./cli/args.ts";
+export { run } from "./cli/cli.ts";
+export { type DiffResult, descendMany, differingKeys } from "./cli/diff.ts";
+export { conditionsOf } from "./cli/status.ts";
+export { table } from "./cli/table.ts";
+export { type ClockDeps, Serial, observeTs } from "./clock/handlers.ts";
+export { checkStores, clockService } from "./clock/service.ts";
+export { addEndpoint } from "./lib/adapter.ts";
+export { Observer, Ticker } from "./lib/clock-client.ts";
+export {
+  ClockMode,
+  HLC_TICKS_PER_MS,
+  LAMPORT_CATCH_UP_MS,
+  admissible,
+  catchUp,
+  observe,
+  reserve,
+  skewMs,
+} from "./lib/clock-rules.ts";
+export { ConfigError, loadConfig, usage } from "./lib/config.ts";
+export { connectNats } from "./lib/connect.ts";
+export { KeyedGate, termTakesReason } from "./lib/consume.ts";
+export { ErrorCode, SyncdError, isSyncdError } from "./lib/errors.ts";
+export { Conditions, Health, MAX_CONDITIONS, Severity, health, needsPerson } from "./lib/health.ts";
+export {
+  isAlreadyExists,
+  isConsumerNotFound,
+  isNotFound,
+  isStreamNotFound,
+  isTooLarge,
+  isWrongLastSequence,
+} from "./lib/jserrors.ts";
+export { createLogger } from "./lib/logger.ts";
+export { type Versioned, compare, compareBytes, compareVersions, merge, valueHash, wins } from "./lib/lww.ts";
+export { CachedMetaStore } from "./lib/meta-cache.ts";
+export { METRIC_NAMES, Metrics } from "./lib/metrics.ts";
+export {
+  INLINE_OP_MAX,
+  type Op,
+  decodeOpMessage,
+  encodeOpMessage,
+  encodeValue,
+  makeOp,
+  opMessageSize,
+  opValue,
+  opVersioned,
+  parseOp,
+} from "./lib/op.ts";
+export { type LastOpReader, currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
+export { ServiceReplyError, requestJson } from "./lib/request.ts";
+export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
+export type {
+  ClockNowResponse,
+  ClockObserveRequest,
+  ClockTickResponse,
+  Conflict,
+  MergerMergeResponse,
+  MergerStatusResponse,
+  ReconcilerDigestResponse,
+  ReconcilerEntriesResponse,
+  ReconcilerRunResponse,
+  ReconcilerStatusResponse,
+  Version,
+  WatcherStatusResponse,
+} from "./lib/schemas.gen.ts";
+export { StreamDriftError, ensureMergerStreams, ensureOutStream, openSite } from "./lib/site.ts";
+export {
+  type BucketEntry,
+  type BucketStoreLike,
+  CasConflictError,
+  type MetaEntry,
+  MetaStore,
+  type MetaStoreLike,
+  expiryProblem,
+  isCasConflict,
+} from "./lib/stores.ts";
+export {
+  AGENT_NAME,
+  CLOCK_BUCKET,
+  Durables,
+  Headers,
+  MEMBERS_BUCKET,
+  MsgIds,
+  OPS_INGRESS,
+  QUEUE_GROUP,
+  type ServiceKind,
+  ServiceName,
+  Streams,
+  domainKey,
+  endpointSubject,
+  journalSubject,
+  kvStream,
+  kvSubject,
+  legacyOpsSubject,
+  memberKey,
+  metaBucket,
+  opsFilter,
+  opsSubject,
+} from "./lib/subjects.ts";
+export { type MergeDeps, admit, applyOp, bucketHolds, covered, pendingLocal } from "./merger/handlers.ts";
+export { mergerService } from "./merger/service.ts";
+export { type EntriesDeps, type WireEntry, digest, entries } from "./reconciler/handlers.ts";
+export { PeerBook } from "./reconciler/peers.ts";
+export { Reconciler, type ReconcilerDeps } from "./reconciler/reconciler.ts";
+export { Pump, RateLimiter, hashUnhashed } from "./reconciler/run.ts";
+export {
+  type KeyVersion,
+  VersionTree,
+  descend,
+  entryHash,
+  leafOf,
+  plan,
+  treeSource,
+} from "./reconciler/tree.ts";
+export { type ValueSource, readVersioned } from "./reconciler/values.ts";
+export { type LocalEntry, Outcome, type WatcherDeps, opMsgId, stampEntry } from "./watcher/handlers.ts";
+export { watcherService } from "./watcher/service.ts";
