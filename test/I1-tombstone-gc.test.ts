@@ -9,9 +9,15 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { run as cli } from "../services/cli/cli.ts";
-import type { ReconcilerStatusResponse } from "../services/lib/schemas.gen.ts";
-import { Streams, kvStream, kvSubject, metaBucket, opsSubject } from "../services/lib/subjects.ts";
+import {
+  type ReconcilerStatusResponse,
+  Streams,
+  run as cli,
+  kvStream,
+  kvSubject,
+  metaBucket,
+  opsSubject,
+} from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, contents, startLinkedMesh, until, versions } from "./helpers.ts";
 

@@ -7,8 +7,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { headers } from "@nats-io/nats-core";
 import fc from "fast-check";
-import { type Phase, barrier, hubSeqOf } from "../../services/reconciler/tombstones.ts";
-import { type KeyVersion, plan } from "../../services/reconciler/tree.ts";
+import { type KeyVersion, type Phase, barrier, hubSeqOf, plan } from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 describe("I1 tombstone collection rules", () => {
