@@ -138,6 +138,7 @@ export {
   plan,
   treeSource,
 } from "./reconciler/tree.ts";
+export { type Phase, barrier, hubSeqOf } from "./reconciler/tombstones.ts";
 export { type ValueSource, readVersioned } from "./reconciler/values.ts";
 export { type LocalEntry, Outcome, type WatcherDeps, opMsgId, stampEntry } from "./watcher/handlers.ts";
 export { watcherService } from "./watcher/service.ts";

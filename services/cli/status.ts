@@ -204,6 +204,16 @@ function lastReconcile(r: ReconcilerStatusResponse | null): string | null {
   return `${ago(r.last_run_at)}, moved ${moved}${failed ? `, ${failed} failed` : ""}`;
 }
 
+/** Tombstones waiting for collection: `blocked/collectible`, and the members they wait for. */
+function tombstones(r: ReconcilerStatusResponse | null): string | null {
+  if (!r?.tombstones) return null;
+  const t = Object.values(r.tombstones);
+  const blocked = t.reduce((n, x) => n + x.blocked, 0);
+  const collectible = t.reduce((n, x) => n + x.collectible, 0);
+  const by = blocked > 0 && r.gc_blocked_by?.length ? ` (${r.gc_blocked_by.join(",")})` : "";
+  return `${blocked}/${collectible}${by}`;
+}
+
 function render(statuses: SiteStatus[]): string {
   const short = (n: string) => n.replace(/^syncd-/, "");
   const rows = statuses.map((s) => {
@@ -225,6 +235,7 @@ function render(statuses: SiteStatus[]): string {
       lastReconcile(s.reconciler),
       s.dead_letters,
       s.conflicts,
+      tombstones(s.reconciler),
     ];
   });
   const t = table(
@@ -240,6 +251,7 @@ function render(statuses: SiteStatus[]): string {
       "LAST RECONCILE",
       "DEAD LETTERS",
       "CONFLICTS",
+      "TOMBSTONES BLOCKED/COLLECTIBLE",
     ],
     rows,
   );

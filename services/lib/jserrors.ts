@@ -61,6 +61,11 @@ export function isNotFound(err: unknown): boolean {
   return hasCode(err, ApiCode.streamNotFound, ApiCode.consumerNotFound);
 }
 
+/** A message get found no message (that sequence or subject holds none). */
+export function isNoMessageFound(err: unknown): boolean {
+  return hasCode(err, ApiCode.noMessageFound);
+}
+
 /** A stream or consumer of that name exists already (another instance created it first). */
 export function isAlreadyExists(err: unknown): boolean {
   return hasCode(

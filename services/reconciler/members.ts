@@ -134,8 +134,27 @@ export class Membership {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failures = 0;
+  /** the hub sequence this site has applied up to, as last published (services/reconciler/tombstones.ts) */
+  private applied: number | undefined;
 
   constructor(private readonly deps: MembershipDeps) {}
+
+  /**
+   * Publish in this site's member record how far its merger has applied the hub aggregate (the
+   * tombstone collection mark). Kept across re-joins.
+   */
+  async publishApplied(seq: number): Promise<void> {
+    if (this.state !== "member" || !this.identity) return;
+    this.applied = seq;
+    const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
+    await claim(kv, memberKey(this.deps.self.site), this.record(this.identity));
+  }
+
+  private record(identity: string): Member {
+    const rec: Member = { ...this.deps.self, identity };
+    if (this.applied !== undefined) rec.applied = this.applied;
+    return rec;
+  }
 
   /** True when the hub's JetStream answers within `timeoutMs` (the site's link to the mesh is up). */
   async hubReachable(timeoutMs: number): Promise<boolean> {
@@ -194,7 +213,7 @@ export class Membership {
     const { self } = this.deps;
     this.identity ??= await siteIdentity(this.deps.kvm);
     const kv = await membersBucket(this.deps.nc, this.deps.hubDomain, this.deps.hubReplicas || 1);
-    const rec: Member = { ...self, identity: this.identity };
+    const rec = this.record(this.identity);
     // check both claims before writing either: a refused site leaves nothing in the bucket
     for (const key of [domainKey(self.domain), memberKey(self.site)]) {
       const e = await kv.get(key);
@@ -266,7 +285,7 @@ export class Membership {
         this.state = "removed";
         this.deps.log.error(
           { site },
-          "this site was removed from the mesh (syncd site remove): restart its services to join again",
+          "this site was removed from the mesh (syncd site remove): wipe its syncd state before it joins again (README Membership), or deletes collected meanwhile may come back",
         );
         return false;
       }

@@ -17,6 +17,8 @@ import type {
 import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
+import type { TombstoneGc } from "./tombstones.ts";
+import type { KeyVersion } from "./tree.ts";
 import type { ValueSource } from "./values.ts";
 import type { BucketIndex } from "./versions.ts";
 
@@ -74,6 +76,13 @@ export type ReconcilerDeps = {
   tuning: ReconcilerTuning;
   /** the mesh membership (members bucket at the hub); without it, or until joined, peers come by PING */
   membership?: Membership;
+  /** tombstone collection, for its counts in status */
+  gc?: TombstoneGc;
+  /**
+   * a tombstone one side holds and the other has not at all that counts as absence (older than the
+   * collection's minimum age: one side may have collected it), so anti-entropy does not bring it back
+   */
+  absentLike?: (v: KeyVersion) => boolean;
 };
 
 const PROGRESS_LOG_MS = 5000;
@@ -182,6 +191,11 @@ export class Reconciler {
       running: this.running,
       counts: { ...this.counts },
     };
+    const gc = this.deps.gc;
+    if (gc) {
+      res.tombstones = gc.status();
+      if (gc.lowest) res.gc_blocked_by = gc.lowest.sites;
+    }
     const p = this.currentProgress();
     if (p) res.progress = p;
     if (this.lastRun) res.last_run = this.lastRun;
@@ -410,6 +424,7 @@ export class Reconciler {
               limiter: this.limiter,
               concurrency: tuning.concurrency,
               smallCount: tuning.smallCount,
+              ...(this.deps.absentLike ? { absentLike: this.deps.absentLike } : {}),
             },
             peer,
             bucket,

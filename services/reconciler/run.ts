@@ -102,6 +102,8 @@ export type RunDeps = {
   concurrency: number;
   /** stop descending where both sides hold at most this many keys */
   smallCount: number;
+  /** a tombstone that counts as absence when the other side has no entry for its key (see plan) */
+  absentLike?: (v: KeyVersion) => boolean;
 };
 
 const MAX_KEY_WARNINGS = 10;
@@ -247,7 +249,7 @@ export async function reconcile(
         const req = { bucket, prefixes: d.list.slice(i, i + LIST_BATCH) };
         for await (const page of remoteEntries(deps, peer, req, meter)) theirs.push(...page);
       }
-      const p = plan(deps.tree.entries(d.list), theirs);
+      const p = plan(deps.tree.entries(d.list), theirs, deps.absentLike);
       if (p.unhashed.length > 0) {
         const hashed = await hashUnhashed(deps, p, theirs);
         log.debug({ unhashed: p.unhashed.length, hashed }, "hashed values of versions without vh");

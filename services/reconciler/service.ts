@@ -21,6 +21,7 @@ import { endpointSubject, kvStream } from "../lib/subjects.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
 import { Membership } from "./members.ts";
 import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
+import { DEFAULT_GC, type GcTuning, TombstoneGc } from "./tombstones.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 
@@ -55,10 +56,22 @@ export function tuningFrom(env: NodeJS.ProcessEnv, intervalMs: number): Reconcil
   };
 }
 
+/**
+ * Tombstone collection settings: SYNCD_TOMBSTONE_MIN_AGE_MS (least age of a tombstone before it
+ * may be collected) and SYNCD_TOMBSTONE_GC_MS (between collection passes, 0 = no collection).
+ */
+export function gcTuningFrom(env: NodeJS.ProcessEnv): GcTuning {
+  return {
+    minAgeMs: envInt(env, "SYNCD_TOMBSTONE_MIN_AGE_MS", DEFAULT_GC.minAgeMs, 0),
+    intervalMs: envInt(env, "SYNCD_TOMBSTONE_GC_MS", DEFAULT_GC.intervalMs, 0),
+  };
+}
+
 /** Wire syncd-reconciler. */
 export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
   const { config, log, service, site, nc } = ctx;
   const tuning = tuningFrom(process.env, config.reconcileIntervalMs);
+  const gcTuning = gcTuningFrom(process.env);
   const indexes = new Map<string, BucketIndex>();
   const values = new Map<string, ValueSource>();
   for (const b of config.buckets) {
@@ -96,6 +109,20 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
         });
     },
   });
+  const hlc = config.clock === "hlc";
+  const gc = new TombstoneGc({
+    nc,
+    jsm: site.jsm,
+    site: config.site,
+    hubDomain: config.hubDomain,
+    buckets: config.buckets,
+    indexes,
+    metas: site.metas,
+    membership,
+    log,
+    tuning: gcTuning,
+    hlc,
+  });
   const reconciler = new Reconciler({
     nc,
     jsm: site.jsm,
@@ -108,6 +135,8 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     log,
     tuning,
     membership,
+    gc,
+    absentLike: (v) => v.deleted && gc.agedVersion(v.ts, hlc),
   });
   const treeOf = (bucket: string) => indexes.get(bucket)?.tree;
   const entriesDeps: EntriesDeps = {
@@ -197,9 +226,11 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
   );
   membership.start();
   reconciler.start();
+  gc.start();
   return {
     stop: async () => {
       reconciler.stop();
+      gc.stop();
       membership.stop();
       for (const ix of indexes.values()) ix.stop();
     },

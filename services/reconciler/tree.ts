@@ -380,9 +380,15 @@ export function contentsDiffer(a: VersionInfo, b: VersionInfo): boolean {
  * the tombstone wins. Equal versions of a put whose value hashes differ (only hand-made ops can
  * do that): the key moves both ways, and each side's merger keeps the greater value bytes (the
  * last tie-break of the register), so both end with the same one. Equal versions of a put where
- * only one side has a value hash: listed in `unhashed` (the caller may hash the local value).
+ * only one side has a value hash: listed in `unhashed` (the caller may hash the local value). A key
+ * only one side holds, as a tombstone for which `absentLike` is true (old enough to be collected
+ * at the other side), moves neither way: collected and not yet collected are the same state.
  */
-export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>): Plan {
+export function plan(
+  local: Iterable<KeyVersion>,
+  remote: Iterable<KeyVersion>,
+  absentLike: (v: KeyVersion) => boolean = () => false,
+): Plan {
   const mine = new Map<string, KeyVersion>();
   for (const e of local) mine.set(e.key, e);
   const out: Plan = { pull: [], push: [], unhashed: [], compared: mine.size };
@@ -393,7 +399,7 @@ export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>):
     const l = mine.get(r.key);
     if (!l) {
       out.compared++;
-      out.pull.push(r.key);
+      if (!absentLike(r)) out.pull.push(r.key);
       continue;
     }
     const c = compareVersions(r, l) || (r.deleted === l.deleted ? 0 : r.deleted ? 1 : -1);
@@ -408,6 +414,6 @@ export function plan(local: Iterable<KeyVersion>, remote: Iterable<KeyVersion>):
       out.push.push(r.key);
     } else if (!l.deleted && (l.vh === undefined) !== (r.vh === undefined)) out.unhashed.push(r.key);
   }
-  for (const k of mine.keys()) if (!seen.has(k)) out.push.push(k);
+  for (const [k, l] of mine) if (!seen.has(k) && !absentLike(l)) out.push.push(k);
   return out;
 }

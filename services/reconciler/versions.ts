@@ -263,6 +263,15 @@ export class BucketIndex {
     else if (!this.lostSince.has(key)) this.lostSince.set(key, Date.now());
   }
 
+  /**
+   * A key whose delete marker was removed on purpose (tombstone collection): no longer held, so
+   * the stream's smaller message count is no evidence of a loss.
+   */
+  forgetHeld(key: string): void {
+    const h = this.held.get(key);
+    if (h && h.h === "") this.held.delete(key);
+  }
+
   /** The tree to read (replaced wholesale after a watch restart). */
   get tree(): VersionTree {
     return this.current;
