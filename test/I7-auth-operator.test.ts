@@ -141,7 +141,8 @@ describe("I7 security, operator mode: JWT accounts, leaf remotes with credential
     const leafPort = await freePort();
     writeFileSync(
       join(dir, "hub.conf"),
-      `server_name: hub\nlisten: 127.0.0.1:${hubPort}\n${trust}\nleafnodes { listen: 127.0.0.1:${leafPort} }\n`,
+      // the hub runs JetStream in domain hub (SYNCD_HUB, syncd_members); SYNCD's JWT enables it there
+      `server_name: hub\nlisten: 127.0.0.1:${hubPort}\n${trust}\njetstream { domain: hub, store_dir: "${join(dir, "js-hub")}" }\nleafnodes { listen: 127.0.0.1:${leafPort} }\n`,
     );
     start("hub", NATS_SERVER, ["-c", join(dir, "hub.conf")]);
     for (const site of ["a", "b"]) {
