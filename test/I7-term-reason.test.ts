@@ -32,7 +32,7 @@ describe("I7 terminated bad ops", () => {
 
   it("I7 a bad op is terminated, with its error code as the reason where the server takes one, and nothing stays pending", async () => {
     const advisories: { reason?: string; stream: string; consumer: string }[] = [];
-    const sub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${Streams.in("a")}.>`, {
+    const sub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${Streams.ingress("a")}.>`, {
       callback: (_e, m) => {
         advisories.push(m.json());
       },
@@ -46,7 +46,7 @@ describe("I7 terminated bad ops", () => {
     else assert.ok(!adv.reason, `no reason on ${nc.info?.version}: ${JSON.stringify(adv)}`);
     const jsm = await jetstreamManager(nc);
     await until(
-      async () => (await jsm.consumers.info(Streams.in("a"), Durables.merger)).num_ack_pending === 0,
+      async () => (await jsm.consumers.info(Streams.ingress("a"), Durables.merger)).num_ack_pending === 0,
       {
         message: "the terminated op is not pending",
       },
