@@ -181,7 +181,10 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
             maxSkewMs: config.maxClockSkewMs,
             maxJump: config.maxClockJump,
           });
-    const wait = config.clock === ClockMode.hlc && a && !a.ok ? a.waitMs : LAMPORT_CATCH_UP_MS;
+    // Lamport: the first refusal moved the clock (catchUp), often within reach of the op: try it
+    // again soon, then once per catch-up step
+    const lamportWait = m.info.deliveryCount <= 1 ? 0 : LAMPORT_CATCH_UP_MS;
+    const wait = config.clock === ClockMode.hlc && a && !a.ok ? a.waitMs : lamportWait;
     const delay = Math.min(MAX_PARK_MS, Math.max(1000, wait));
     if (Date.now() - lastParkLog >= PARK_LOG_EVERY_MS) {
       log.error(
