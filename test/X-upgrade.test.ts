@@ -100,15 +100,28 @@ describe("rolling upgrade: old and new instances mixed at one site and across si
   });
 
   it(
-    "site a new (plus an old merger), site b old; then b upgraded one instance at a time",
+    "an older-release mesh: site a upgraded one instance at a time (an old merger kept), then site b",
     { skip: !old && `commit ${OLD_COMMIT} not in this clone` },
     async () => {
       mkdirSync(logDir, { recursive: true });
-      for (const kind of KINDS) start(`a-new-${kind}`, REPO, "a", kind);
-      start("a-old-merger", old!, "a", "merger");
-      for (const kind of KINDS) start(`b-old-${kind}`, old!, "b", kind);
+      // a mesh on the older release (full mesh: its reconcilers add the peer sources) ...
+      for (const kind of KINDS) {
+        start(`a-old-${kind}`, old!, "a", kind);
+        start(`b-old-${kind}`, old!, "b", kind);
+      }
       const [a, b] = [await mesh.kv("a"), await mesh.kv("b")];
-      await travels(a, b, "up.1", "a-new-to-b-old");
+      await travels(a, b, "up.0", "old-to-old");
+      await travels(b, a, "up.00", "old-to-old-back");
+      // ... then site a upgraded one instance at a time: b's writes keep reaching a
+      for (const kind of KINDS) {
+        start(`a-new-${kind}`, REPO, "a", kind);
+        await travels(b, a, `up.a.${kind}.mixed`, "during");
+        if (kind !== "merger") await stop(`a-old-${kind}`);
+        await travels(b, a, `up.a.${kind}.after`, "after");
+      }
+      // an upgraded site's writes reach a site still on the old version once it runs the new merger
+      // (README "Migration from the full mesh"); an old site's writes reach the upgraded ones at once
+      await a.put("up.1", "a-new-to-b-old");
       await travels(b, a, "up.2", "b-old-to-a-mixed");
       // a hand-made op with fields this version does not know, and a _meta record with one
       const nc = await mesh.connect("a");
@@ -125,7 +138,7 @@ describe("rolling upgrade: old and new instances mixed at one site and across si
           note: "x",
         }),
       );
-      await waitFor(async () => (await b.get("up.3"))?.string() === "extra", {
+      await waitFor(async () => (await a.get("up.3"))?.string() === "extra", {
         timeout: 45_000,
         message: "op with extra fields",
       });
@@ -137,12 +150,17 @@ describe("rolling upgrade: old and new instances mixed at one site and across si
       // upgrade b: per kind, start the new instance, then stop the old one; replication goes on
       for (const kind of KINDS) {
         start(`b-new-${kind}`, REPO, "b", kind);
-        await travels(a, b, `up.b.${kind}.mixed`, "during");
+        await travels(b, a, `up.b.${kind}.mixed`, "during");
         await stop(`b-old-${kind}`);
         await travels(b, a, `up.b.${kind}.after`, "after");
       }
       await stop("a-old-merger");
       await travels(a, b, "up.done", "all-new");
+      // what a wrote while b was old has arrived with b's upgrade
+      await waitFor(async () => (await b.get("up.1"))?.string() === "a-new-to-b-old", {
+        timeout: 45_000,
+        message: "a's write from before b's upgrade",
+      });
     },
   );
 });
