@@ -102,6 +102,9 @@ export {
   MsgIds,
   OPS_INGRESS,
   QUEUE_GROUP,
+  RELAY_PREFIX,
+  RELAY_REPLY_PREFIX,
+  HUB_RELAY_MAPPINGS,
   type ServiceKind,
   ServiceName,
   Streams,
@@ -120,6 +123,8 @@ export {
   metaBucket,
   opsFilter,
   opsSubject,
+  relayReplyPrefix,
+  relaySubject,
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";
@@ -128,6 +133,7 @@ export { mergerService } from "./merger/service.ts";
 export { type EntriesDeps, type WireEntry, digest, entries } from "./reconciler/handlers.ts";
 export { PeerBook } from "./reconciler/peers.ts";
 export { Reconciler, type ReconcilerDeps } from "./reconciler/reconciler.ts";
+export { MeshTransport, type Route } from "./reconciler/transport.ts";
 export { Pump, RateLimiter, hashUnhashed } from "./reconciler/run.ts";
 export {
   type KeyVersion,

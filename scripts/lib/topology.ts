@@ -33,6 +33,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
+import { RELAY_REPLY_PREFIX, relaySubject } from "../../services/mod.ts";
 import {
   type Proc,
   describeExit,
@@ -84,7 +85,12 @@ export type ServerState = {
   /** pid of the running server; undefined while stopped */
   pid?: number;
 };
-export type HubState = ServerState & { leafPort: number; leafUrl: string };
+export type HubState = ServerState & {
+  leafPort: number;
+  leafUrl: string;
+  /** the hub isolates leaf interest (`isolate_leafnode_interest`): sites reach each other through the relay */
+  isolate?: boolean;
+};
 export type SiteState = ServerState & { site: string; domain: string; storeDir: string };
 export type TopologyState = { dir: string; host: string; hub: HubState; sites: Record<string, SiteState> };
 
@@ -169,6 +175,11 @@ export type TopologyOptions = {
   siteInclude?: (site: string) => string | undefined;
   /** credentials of the probe connections (when the sites require auth) */
   auth?: { user: string; pass: string };
+  /**
+   * the hub isolates leaf interest (nats-server 2.12+; README "What the mesh is"): true, false, or
+   * "auto" (when the server supports it). Default: $SYNCD_HUB_ISOLATE (1, 0 or auto), else false.
+   */
+  isolate?: boolean | "auto";
   /** the secured variant (TLS, hub auth); needs `siteInclude` (the site users) and `auth` */
   secure?: SecureOptions;
 };
@@ -229,8 +240,9 @@ export function renderSecureHubConf(o: {
   adminPassword: string;
   leafPassword: string;
   storeDir: string;
+  isolate?: boolean;
 }): string {
-  return fill(HUB_SECURE_TEMPLATE, {
+  const t = fill(HUB_SECURE_TEMPLATE, {
     STORE_DIR: o.storeDir,
     HOST: o.host,
     CLIENT_PORT: String(o.clientPort),
@@ -240,6 +252,7 @@ export function renderSecureHubConf(o: {
     ADMIN_PASSWORD: o.adminPassword,
     LEAF_PASSWORD: o.leafPassword,
   });
+  return withIsolation(t, o.isolate ?? false, HUB_SECURE_TEMPLATE);
 }
 
 /**
@@ -277,15 +290,59 @@ function replaceOnce(text: string, from: string, to: string, file: string): stri
   return parts.join(to);
 }
 
-/** deploy/nats/hub.conf with the given address and ports. */
+/** The version of a nats-server binary (`nats-server --version`), e.g. [2, 15, 2]. */
+export function natsServerVersion(natsServer: string): [number, number, number] {
+  const out = execFileSync(natsServer, ["--version"], { encoding: "utf8" });
+  const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(out);
+  if (!m) throw new Error(`${natsServer} --version: no version in ${JSON.stringify(out.trim())}`);
+  return [Number(m[1]), Number(m[2]), Number(m[3])];
+}
+
+/** True when the server isolates leaf interest on request (`isolate_leafnode_interest`: 2.12+). */
+export function supportsLeafIsolation(natsServer: string): boolean {
+  const [major, minor] = natsServerVersion(natsServer);
+  return major > 2 || (major === 2 && minor >= 12);
+}
+
+/** Resolve the `isolate` option (or $SYNCD_HUB_ISOLATE) for a server binary. */
+export function resolveIsolate(
+  natsServer: string,
+  opt: boolean | "auto" | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): boolean {
+  const v = opt ?? envIsolate(env.SYNCD_HUB_ISOLATE);
+  if (v === "auto") return supportsLeafIsolation(natsServer);
+  if (v && !supportsLeafIsolation(natsServer))
+    throw new Error(`${natsServer} cannot isolate leaf interest (needs nats-server 2.12+)`);
+  return v;
+}
+
+function envIsolate(raw: string | undefined): boolean | "auto" {
+  if (raw === undefined || raw === "" || raw === "0" || raw === "false") return false;
+  if (raw === "auto") return "auto";
+  if (raw === "1" || raw === "true") return true;
+  throw new Error(`SYNCD_HUB_ISOLATE must be 1, 0 or auto, got ${JSON.stringify(raw)}`);
+}
+
+/** The line of the hub configs that isolates leaf interest (removed when the hub must not). */
+const ISOLATE_LINE = /^[ \t]*isolate_leafnode_interest: true.*\n/m;
+
+/** A hub config with its isolation line kept or removed. */
+function withIsolation(conf: string, isolate: boolean, file: string): string {
+  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no isolate_leafnode_interest line`);
+  return isolate ? conf : conf.replace(ISOLATE_LINE, "");
+}
+
+/** deploy/nats/hub.conf with the given address and ports (and isolation, default off). */
 export function renderHubConf(o: {
   host: string;
   clientPort: number;
   httpPort: number;
   leafPort: number;
   storeDir: string;
+  isolate?: boolean;
 }): string {
-  let t = readFileSync(HUB_CONF_FILE, "utf8");
+  let t = withIsolation(readFileSync(HUB_CONF_FILE, "utf8"), o.isolate ?? false, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.store, JSON.stringify(o.storeDir), HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.client, `${o.host}:${o.clientPort}`, HUB_CONF_FILE);
   t = replaceOnce(t, HUB_CONF_DEFAULTS.http, `${o.host}:${o.httpPort}`, HUB_CONF_FILE);
@@ -401,6 +458,8 @@ export class Topology {
     const httpPort = hp.http ?? ANY_PORT;
     const leafPort = hp.leaf ?? ANY_PORT;
     const hubDir = path.join(dir, "hub");
+    const natsServer = opts.natsServer ?? findNatsServer();
+    const isolate = resolveIsolate(natsServer, opts.isolate);
     const hub: Server = {
       kind: "hub",
       startedOnce: false,
@@ -410,6 +469,7 @@ export class Topology {
         clientPort,
         httpPort,
         leafPort,
+        ...(isolate ? { isolate } : {}),
         url: `nats://${host}:${clientPort}`,
         httpUrl: `http://${host}:${httpPort}`,
         leafUrl: `nats-leaf://${host}:${leafPort}`,
@@ -424,7 +484,7 @@ export class Topology {
       ownDir,
       keepDir: opts.keepDir ?? false,
       host,
-      natsServer: opts.natsServer ?? findNatsServer(),
+      natsServer,
       detached: opts.detached ?? false,
       timeoutMs: opts.timeoutMs ?? 20000,
       probe: opts.probe ?? true,
@@ -611,13 +671,21 @@ export class Topology {
     const portsFileDir = `\nports_file_dir: ${JSON.stringify(s.state.dir)}\n`;
     if (s.kind === "hub") {
       const h = s.state as HubState;
-      const o = { host, clientPort, httpPort, leafPort: h.leafPort, storeDir: path.join(h.dir, "store") };
+      const o = {
+        host,
+        clientPort,
+        httpPort,
+        leafPort: h.leafPort,
+        storeDir: path.join(h.dir, "store"),
+        isolate: h.isolate ?? false,
+      };
       const conf = sec
         ? renderSecureHubConf({
             ...o,
             certDir: sec.certDir,
             adminPassword: sec.adminPassword,
             leafPassword: sec.leafPassword,
+            isolate: o.isolate,
           })
         : renderHubConf(o);
       this.writeFile(h.confFile, conf + portsFileDir);
@@ -756,8 +824,12 @@ export class Topology {
     throw new Error(`leaf connections not up within ${limitMs} ms (${last})`);
   }
 
-  /** Request/reply from every running site to every other running site (needs the hub up). */
+  /**
+   * Request/reply from every running site to every other running site (needs the hub up); through
+   * the hub relay when the hub isolates leaf interest (a site does not see the others' subscriptions).
+   */
   async waitForMesh(limitMs = this.timeoutMs): Promise<void> {
+    const isolated = (this.hub as HubState).isolate === true;
     if (!this.hubServer.proc) return;
     const sites = [...this.siteServers.values()].filter((s) => s.proc).map((s) => s.state as SiteState);
     if (sites.length < 2) return;
@@ -769,6 +841,7 @@ export class Topology {
         const nc = await connect({
           servers: s.url,
           name: `topology-probe-${s.site}`,
+          ...(isolated ? { inboxPrefix: `${RELAY_REPLY_PREFIX}.${s.site}._topology` } : {}),
           ...(this.auth ? { user: this.auth.user, pass: this.auth.pass } : {}),
           ...(tls ? { tls } : {}),
         });
@@ -781,7 +854,8 @@ export class Topology {
           if (from === to) continue;
           for (;;) {
             try {
-              await nc.request(`_topology.probe.${to}`, "", { timeout: 250 });
+              const subject = `_topology.probe.${to}`;
+              await nc.request(isolated ? relaySubject(subject) : subject, "", { timeout: 250 });
               break;
             } catch {
               /* not yet */

@@ -234,3 +234,30 @@ export function domainKey(domain: string): string {
 /** The site-local bucket and key of the site's identity: a random id made once, kept with the site's data. */
 export const SITE_BUCKET = "syncd_site";
 export const IDENTITY_KEY = "identity";
+
+/**
+ * The hub relay (README "What the mesh is", isolated leaf interest): a hub with
+ * `isolate_leafnode_interest` does not tell a site about the other sites' subscriptions, so a site
+ * reaches another site's endpoints by publishing `syncd_via.<subject>`, which the hub maps back to
+ * `<subject>` (`mappings { "syncd_via.*.>": "{{wildcard(1)}}.>" }`); replies come back on
+ * `syncd_reply.>` (an identity mapping at the hub). A site learns one interest per mapping, whatever N.
+ */
+export const RELAY_PREFIX = "syncd_via";
+/** Root token of the reply subjects of requests relayed by the hub. */
+export const RELAY_REPLY_PREFIX = "syncd_reply";
+
+/** The subject to publish at a site so that the hub delivers it on `subject` (two tokens at least). */
+export function relaySubject(subject: string): string {
+  return `${RELAY_PREFIX}.${subject}`;
+}
+
+/** Prefix of the reply subjects of one relay client (`syncd_reply.<site>.<id>`). */
+export function relayReplyPrefix(site: string, id: string): string {
+  return `${RELAY_REPLY_PREFIX}.${site}.${id}`;
+}
+
+/** The hub's subject mappings that carry relayed requests and their replies (hub.conf `mappings`). */
+export const HUB_RELAY_MAPPINGS: Readonly<Record<string, string>> = {
+  [`${RELAY_PREFIX}.*.>`]: "{{wildcard(1)}}.>",
+  [`${RELAY_REPLY_PREFIX}.>`]: `${RELAY_REPLY_PREFIX}.>`,
+};

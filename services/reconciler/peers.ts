@@ -4,8 +4,9 @@
  * start), from `$SRV.PING.syncd-reconciler` answered by every reconciler instance of the mesh, each
  * reply's metadata naming its site and JetStream domain. No static peer lists.
  */
-import { Empty, type NatsConnection } from "@nats-io/nats-core";
+import { Empty, type Msg, type NatsConnection } from "@nats-io/nats-core";
 import { ServiceName, inCurrentMesh } from "../lib/subjects.ts";
+import type { MeshTransport } from "./transport.ts";
 
 /** A peer site as known from discovery. */
 export type Peer = {
@@ -29,17 +30,21 @@ type PingReply = { metadata?: Record<string, string> };
 /** Discoveries a known peer may miss before it counts as unreachable. */
 const MISSES_UNTIL_LOST = 2;
 
-/** Collect every PING reply for `waitMs`: the sites (other than `self`) and their domains. */
+/**
+ * Collect every PING reply for `waitMs`: the sites (other than `self`) and their domains. With a
+ * transport, the PING also goes through the hub relay (a hub that isolates leaf interest).
+ */
 export async function ping(
   nc: NatsConnection,
   self: string,
   waitMs = 500,
+  transport?: MeshTransport,
 ): Promise<Map<string, { domain: string; buckets?: string[] }>> {
   const found = new Map<string, { domain: string; buckets?: string[] }>();
-  const replies = await nc.requestMany(`$SRV.PING.${ServiceName.reconciler}`, Empty, {
-    strategy: "timer",
-    maxWait: waitMs,
-  });
+  const subject = `$SRV.PING.${ServiceName.reconciler}`;
+  const replies: AsyncIterable<Msg> | Msg[] = transport
+    ? await transport.collect(subject, Empty, waitMs)
+    : await nc.requestMany(subject, Empty, { strategy: "timer", maxWait: waitMs });
   for await (const m of replies) {
     let r: PingReply;
     try {

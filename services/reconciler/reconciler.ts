@@ -18,6 +18,7 @@ import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { TombstoneGc } from "./tombstones.ts";
+import type { MeshTransport } from "./transport.ts";
 import type { KeyVersion } from "./tree.ts";
 import type { ValueSource } from "./values.ts";
 import type { BucketIndex } from "./versions.ts";
@@ -83,6 +84,8 @@ export type ReconcilerDeps = {
    * collection's minimum age: one side may have collected it), so anti-entropy does not bring it back
    */
   absentLike?: (v: KeyVersion) => boolean;
+  /** how requests reach other sites (direct or relayed by the hub); default: direct only */
+  transport?: MeshTransport;
 };
 
 const PROGRESS_LOG_MS = 5000;
@@ -368,7 +371,7 @@ export class Reconciler {
       this.book.sync(new Map());
       return { added: [], healed: [], lost: [] };
     }
-    const found = await ping(this.deps.nc, this.deps.site, this.deps.tuning.pingWaitMs);
+    const found = await ping(this.deps.nc, this.deps.site, this.deps.tuning.pingWaitMs, this.deps.transport);
     const r = this.book.update(found);
     for (const p of r.added) {
       this.counts.peers_added++;
@@ -416,7 +419,7 @@ export class Reconciler {
           this.progress = { peer, bucket, phase: "digest", elapsed_ms: 0, startedMs: Date.now() };
           const { record: rec, peerUnavailable } = await reconcile(
             {
-              caller: { nc: this.deps.nc, timeoutMs: tuning.timeoutMs },
+              caller: { nc: this.deps.nc, timeoutMs: tuning.timeoutMs, transport: this.deps.transport },
               site: this.deps.site,
               tree: ix.tree,
               values,

@@ -4,6 +4,7 @@
  */
 import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
 import { ServiceReplyError, requestMessage } from "../lib/request.ts";
+import type { MeshTransport } from "./transport.ts";
 
 export { ServiceReplyError };
 
@@ -22,8 +23,26 @@ export class UnavailableError extends Error {
 /** Where the bytes of a run's requests and replies are added up. */
 export type Meter = { bytes: number };
 
-/** What a request needs. */
-export type Caller = { nc: NatsConnection; timeoutMs: number };
+/**
+ * What a request needs. With a transport, requests to other sites take whichever route the hub
+ * offers (direct, or relayed by a hub that isolates leaf interest: transport.ts).
+ */
+export type Caller = { nc: NatsConnection; timeoutMs: number; transport?: MeshTransport | undefined };
+
+const dec = new TextDecoder();
+
+async function viaTransport<T>(
+  t: MeshTransport,
+  subject: string,
+  msg: { data: Uint8Array; headers?: MsgHdrs | undefined },
+  timeoutMs: number,
+): Promise<{ value: T; bytes: number }> {
+  const m = await t.request(subject, msg, timeoutMs);
+  const code = m.headers?.get("Nats-Service-Error-Code");
+  if (code)
+    throw new ServiceReplyError(Number(code), m.headers?.get("Nats-Service-Error") ?? "error", subject);
+  return { value: JSON.parse(dec.decode(m.data)) as T, bytes: msg.data.length + m.data.length };
+}
 
 /**
  * Send a JSON request and return the parsed reply. Throws ServiceReplyError for an error reply and
@@ -41,7 +60,9 @@ export async function callMessage<T>(
   meter?: Meter,
 ): Promise<T> {
   try {
-    const r = await requestMessage<T>(c.nc, subject, msg, { timeout: c.timeoutMs });
+    const r = c.transport
+      ? await viaTransport<T>(c.transport, subject, msg, c.timeoutMs)
+      : await requestMessage<T>(c.nc, subject, msg, { timeout: c.timeoutMs });
     if (meter) meter.bytes += r.bytes;
     return r.value;
   } catch (err) {

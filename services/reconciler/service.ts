@@ -22,6 +22,7 @@ import { type EntriesDeps, digest, entries } from "./handlers.ts";
 import { Membership } from "./members.ts";
 import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
 import { DEFAULT_GC, type GcTuning, TombstoneGc } from "./tombstones.ts";
+import { MeshTransport } from "./transport.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 
@@ -123,8 +124,10 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     tuning: gcTuning,
     hlc,
   });
+  const transport = new MeshTransport(nc, config.site);
   const reconciler = new Reconciler({
     nc,
+    transport,
     jsm: site.jsm,
     site: config.site,
     nodeId: config.nodeId,
@@ -232,6 +235,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       reconciler.stop();
       gc.stop();
       membership.stop();
+      transport.close();
       for (const ix of indexes.values()) ix.stop();
     },
     statsData: () => reconciler.statsData(),
