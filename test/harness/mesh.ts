@@ -76,6 +76,8 @@ export type MeshOptions = {
    * `users.admin`), its leaf listener only user `leaf` (password `leafPassword`, default random).
    */
   tls?: boolean | { leafPassword?: string };
+  /** the hub isolates leaf interest (Topology's `isolate`: true, false or "auto"; default $SYNCD_HUB_ISOLATE, else false) */
+  isolate?: boolean | "auto";
 };
 
 export type MeshSite = {
@@ -313,6 +315,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
     topology = await Topology.start({
       sites: siteNames,
       dir,
+      ...(opts.isolate !== undefined ? { isolate: opts.isolate } : {}),
       ...(users
         ? {
             auth: adminAuth,
