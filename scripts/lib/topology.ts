@@ -324,13 +324,13 @@ function envIsolate(raw: string | undefined): boolean | "auto" {
   throw new Error(`SYNCD_HUB_ISOLATE must be 1, 0 or auto, got ${JSON.stringify(raw)}`);
 }
 
-/** The line of the hub configs that isolates leaf interest (removed when the hub must not). */
-const ISOLATE_LINE = /^[ \t]*isolate_leafnode_interest: true.*\n/m;
+/** The (commented) line of the hub configs that isolates leaf interest, uncommented to isolate. */
+const ISOLATE_LINE = /^([ \t]*)# (isolate_leafnode_interest: true)\b.*$/m;
 
-/** A hub config with its isolation line kept or removed. */
+/** A hub config with its isolation line uncommented, or left commented. */
 function withIsolation(conf: string, isolate: boolean, file: string): string {
-  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no isolate_leafnode_interest line`);
-  return isolate ? conf : conf.replace(ISOLATE_LINE, "");
+  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no "# isolate_leafnode_interest: true" line`);
+  return isolate ? conf.replace(ISOLATE_LINE, "$1$2") : conf;
 }
 
 /** deploy/nats/hub.conf with the given address and ports (and isolation, default off). */
