@@ -4,11 +4,15 @@
  * servers' monitoring endpoints: hub msgs/s while idle (/varz in+out msgs), the hub's and each
  * site's subscriptions (/subsz), idle CPU of the servers and the services, one write → last site,
  * bytes per op on a site's uplink (/leafz: the writer's out, a receiver's in, idle traffic
- * subtracted), and the catch-up time after a hub outage (30 s; quick 10 s). Only the topology in
- * this tree is measured: the full-mesh code path it replaced is gone (the issue's table is the
- * baseline).
+ * subtracted), the catch-up time after a hub outage (30 s; quick 10 s; BENCH_SITES_OUTAGE_S, 0 =
+ * skipped) and one anti-entropy run from the first site to the last. Each N runs twice when the
+ * server can isolate leaf interest (nats-server 2.12+): the hub without isolation (every site learns
+ * every other site's subscriptions) and with it (README "What the mesh is"; anti-entropy through
+ * the hub relay); BENCH_SITES_ISOLATE=0 or 1 runs one of them only. The full-mesh code path is gone
+ * (the issue's table is its baseline).
  */
 import type { KV } from "@nats-io/kv";
+import { findNatsServer, supportsLeafIsolation } from "../../scripts/lib/topology.ts";
 import { type Mesh, startMesh } from "../../test/harness/mesh.ts";
 import { type CpuSnapshot, cpuDelta, cpuSnapshot } from "../lib/procstat.ts";
 import { log, median, round, sleep, value100, waitUntil } from "../lib/util.ts";
@@ -17,6 +21,8 @@ import type { BenchContext, CaseDef } from "./types.ts";
 /** One N's figures. */
 export type SitesRow = {
   sites: number;
+  /** the hub isolates leaf interest */
+  isolated?: boolean;
   hub_msgs_s_idle: number;
   hub_subs: number;
   site_subs_mean: number;
@@ -31,6 +37,9 @@ export type SitesRow = {
   uplink_in_bytes_per_op: number;
   catch_up_ms: number;
   outage_s: number;
+  /** one anti-entropy run, first site → last site (nothing to move): ms, or the error */
+  reconcile_ms?: number;
+  reconcile_error?: string;
   error?: string;
 };
 
@@ -110,12 +119,18 @@ function pctOf(d: ReturnType<typeof cpuDelta>, want: number[], ms: number): numb
   return round((100 * cpu) / ms, 2);
 }
 
-async function measure(n: number, idleS: number, outageS: number): Promise<SitesRow> {
+async function measure(n: number, idleS: number, outageS: number, isolated: boolean): Promise<SitesRow> {
   const sites = siteNames(n);
-  log(`sites: starting ${n} sites`);
-  const mesh = await startMesh({ sites, readyTimeoutMs: 120_000, logLevel: process.env.LOG_LEVEL ?? "warn" });
+  log(`sites: starting ${n} sites${isolated ? " (hub isolates leaf interest)" : ""}`);
+  const mesh = await startMesh({
+    sites,
+    isolate: isolated,
+    readyTimeoutMs: 120_000,
+    logLevel: process.env.LOG_LEVEL ?? "warn",
+  });
   const row: SitesRow = {
     sites: n,
+    isolated,
     hub_msgs_s_idle: 0,
     hub_subs: 0,
     site_subs_mean: 0,
@@ -204,6 +219,27 @@ async function measure(n: number, idleS: number, outageS: number): Promise<Sites
     row.uplink_out_bytes_per_op = round((b1[0]!.out - b0[0]!.out - idleOut) / ops, 0);
     row.uplink_in_bytes_per_op = round((b1[1]!.in - b0[1]!.in - idleIn) / ops, 0);
 
+    // one anti-entropy run between the first and the last site (through the relay when isolated)
+    const first = sites[0]!;
+    const last = sites[sites.length - 1]!;
+    const nc = await mesh.connect(first);
+    const tr = performance.now();
+    try {
+      const r = await nc.request(`syncd.${first}.reconciler.run`, JSON.stringify({ peers: [last] }), {
+        timeout: 60_000,
+      });
+      const runs = (r.json() as { runs?: { error?: string }[] }).runs ?? [];
+      const err = runs.find((x) => x.error)?.error ?? (runs.length === 0 ? "no run" : undefined);
+      if (err) row.reconcile_error = err;
+      else row.reconcile_ms = round(performance.now() - tr);
+    } catch (err) {
+      row.reconcile_error = (err as Error).message;
+    }
+
+    if (outageS <= 0) {
+      log(`sites: ${n} → ${JSON.stringify(row)}`);
+      return row;
+    }
     // hub outage: writes at the first site wait in its log; catch-up after the hub is back
     await mesh.stopHub();
     for (let i = 0; i < 100; i++) await kvs[0]!.put(`bench.outage.${i}`, value100(`o${i}`));
@@ -230,13 +266,17 @@ export const sitesCase: CaseDef = {
       .map((x) => Number(x.trim()))
       .filter((x) => Number.isInteger(x) && x >= 2);
     const idleS = ctx.quick ? 10 : 20;
-    const outageS = ctx.quick ? 10 : 30;
+    const outageS = Number(process.env.BENCH_SITES_OUTAGE_S ?? (ctx.quick ? 10 : 30));
+    const want = process.env.BENCH_SITES_ISOLATE;
+    const canIsolate = supportsLeafIsolation(findNatsServer());
+    const variants = want === "0" ? [false] : want === "1" ? [true] : canIsolate ? [false, true] : [false];
     const rows: SitesRow[] = [];
-    for (const n of ns) rows.push(await measure(n, idleS, outageS));
+    for (const n of ns)
+      for (const isolated of variants) rows.push(await measure(n, idleS, outageS, isolated));
     return {
       rows,
       idle_s: idleS,
-      note: "hub-and-spoke topology with the members bucket (this tree); the full-mesh code path is gone, its figures are the issue's",
+      note: "hub-and-spoke topology with the members bucket (this tree), the hub without and with leaf-interest isolation; the full-mesh code path is gone, its figures are the issue's",
     };
   },
 };
@@ -245,6 +285,7 @@ export const sitesCase: CaseDef = {
 export function renderSites(r: SitesResult): string[] {
   const head = [
     "sites",
+    "hub isolates leaf interest",
     "hub msgs/s idle",
     "hub subs",
     "site subs (mean / max)",
@@ -252,13 +293,14 @@ export function renderSites(r: SitesResult): string[] {
     "one write → last site (ms, median of 5)",
     "uplink bytes per op (writer out / receiver in)",
     "catch-up after hub outage (ms)",
+    "anti-entropy run first → last site (ms)",
   ];
   const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
   for (const x of r.rows) {
     lines.push(
       x.error
-        ? `| ${x.sites} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.catch_up_ms} (${x.outage_s} s outage) |`,
+        ? `| ${x.sites} | ${x.isolated ? "yes" : "no"} | failed: ${x.error} |`
+        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
     );
   }
   return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
