@@ -179,6 +179,14 @@ describe(
       assert.equal(pushed.error, undefined, JSON.stringify(pushed));
       assert.equal(pushed.pushed, 12, JSON.stringify(pushed));
       assert.deepEqual([...(await contents(kv.c!))].sort(), [...want].sort());
+      const counts = (await call<Status>(nc.a!, "a", "reconciler", "status")).counts as Record<
+        string,
+        number
+      >;
+      assert.ok(
+        (counts.requests_relayed ?? 0) > 0,
+        `a's requests to c took no relay: ${JSON.stringify(counts)}`,
+      );
     });
 
     it("I1 isolated: a site learns none of a joining site's subscriptions; its count grows only by the hub's own", async (t) => {

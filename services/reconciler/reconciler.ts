@@ -192,7 +192,7 @@ export class Reconciler {
       peers: this.book.sites(),
       unreachable,
       running: this.running,
-      counts: { ...this.counts },
+      counts: { ...this.counts, ...this.routeCounts() },
     };
     const gc = this.deps.gc;
     if (gc) {
@@ -208,7 +208,23 @@ export class Reconciler {
 
   /** The micro STATS data of every endpoint. */
   statsData(): Record<string, unknown> {
-    return { ...this.counts, running: this.running, last_run_at: this.lastRunAt ?? null };
+    return {
+      ...this.counts,
+      ...this.routeCounts(),
+      running: this.running,
+      last_run_at: this.lastRunAt ?? null,
+    };
+  }
+
+  /** Requests to other sites by route (direct, through the hub relay) and route changes. */
+  private routeCounts(): Record<string, number> {
+    const t = this.deps.transport;
+    if (!t) return {};
+    return {
+      requests_direct: t.counts.direct,
+      requests_relayed: t.counts.relay,
+      route_switches: t.counts.switched,
+    };
   }
 
   /** One discovery round (shared when one is in progress), then the peers' sources. */
