@@ -128,12 +128,12 @@ export {
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";
+export { MeshTransport, type Route } from "./lib/transport.ts";
 export { type MergeDeps, admit, applyOp, bucketHolds, covered, pendingLocal } from "./merger/handlers.ts";
 export { mergerService } from "./merger/service.ts";
 export { type EntriesDeps, type WireEntry, digest, entries } from "./reconciler/handlers.ts";
 export { PeerBook } from "./reconciler/peers.ts";
 export { Reconciler, type ReconcilerDeps } from "./reconciler/reconciler.ts";
-export { MeshTransport, type Route } from "./reconciler/transport.ts";
 export { Pump, RateLimiter, hashUnhashed } from "./reconciler/run.ts";
 export {
   type KeyVersion,

@@ -6,7 +6,7 @@
  */
 import { Empty, type Msg, type NatsConnection } from "@nats-io/nats-core";
 import { ServiceName, inCurrentMesh } from "../lib/subjects.ts";
-import type { MeshTransport } from "./transport.ts";
+import type { MeshTransport } from "../lib/transport.ts";
 
 /** A peer site as known from discovery. */
 export type Peer = {

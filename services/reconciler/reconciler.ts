@@ -14,11 +14,11 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
+import type { MeshTransport } from "../lib/transport.ts";
 import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
 import { type Progress, RateLimiter, type RunRecord, emptyRecord, reconcile } from "./run.ts";
 import type { TombstoneGc } from "./tombstones.ts";
-import type { MeshTransport } from "./transport.ts";
 import type { KeyVersion } from "./tree.ts";
 import type { ValueSource } from "./values.ts";
 import type { BucketIndex } from "./versions.ts";

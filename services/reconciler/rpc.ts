@@ -4,7 +4,7 @@
  */
 import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
 import { ServiceReplyError, requestMessage } from "../lib/request.ts";
-import type { MeshTransport } from "./transport.ts";
+import type { MeshTransport } from "../lib/transport.ts";
 
 export { ServiceReplyError };
 

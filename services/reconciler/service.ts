@@ -18,11 +18,11 @@ import type {
 } from "../lib/schemas.gen.ts";
 import { BucketStore, MetaStore } from "../lib/stores.ts";
 import { endpointSubject, kvStream } from "../lib/subjects.ts";
+import { MeshTransport } from "../lib/transport.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
 import { Membership } from "./members.ts";
 import { DEFAULT_TUNING, Reconciler, type ReconcilerTuning } from "./reconciler.ts";
 import { DEFAULT_GC, type GcTuning, TombstoneGc } from "./tombstones.ts";
-import { MeshTransport } from "./transport.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 

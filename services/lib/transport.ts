@@ -1,5 +1,5 @@
 /**
- * How a reconciler reaches the endpoints of other sites. Two routes:
+ * How a service (the reconciler; any client at a site) reaches the endpoints of other sites. Two routes:
  * - direct: publish on the endpoint's subject. Works when the hub tells every site about every other
  *   site's subscriptions (east-west interest: nats-server before 2.12, or a hub without isolation);
  * - relay: publish on `syncd_via.<subject>`; the hub maps it back to `<subject>` and delivers it to
@@ -20,7 +20,7 @@ import {
   TimeoutError,
   nuid,
 } from "@nats-io/nats-core";
-import { relayReplyPrefix, relaySubject, siteSubjectPrefix } from "../lib/subjects.ts";
+import { relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
 
 /** The two ways to another site's endpoints. */
 export type Route = "direct" | "relay";
