@@ -17,6 +17,7 @@ import {
   metaBucket,
   plantVersion as plant,
   requestJson,
+  siteQuiet,
   valueHash,
 } from "../services/mod.ts";
 import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
@@ -70,38 +71,6 @@ export async function streamCount(jsm: JetStreamManager, stream: string): Promis
   return (await jsm.streams.info(stream)).state.messages;
 }
 
-/**
- * True when a site has nothing in flight: watcher and merger consumers drained, its inbound stream's
- * source and the hub aggregate's sources caught up.
- */
-export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["config"]): Promise<boolean> {
-  const jsm = await jetstreamManager(nc);
-  const consumers: [string, string][] = [
-    [Streams.in(site), Durables.merger],
-    [Streams.ingress(site), Durables.merger],
-    ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
-  ];
-  for (const [stream, durable] of consumers) {
-    const ci = await jsm.consumers.info(stream, durable);
-    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
-  }
-  const si = await jsm.streams.info(Streams.in(site));
-  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
-  try {
-    const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
-    const hi = await hub.streams.info(Streams.hub);
-    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
-    // a stalled source reports lag 0 too: IN holds (at least) one op per subject the hub holds,
-    // and the hub one per subject the site's OUT holds
-    const out = await jsm.streams.info(Streams.out(site));
-    return (
-      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
-    );
-  } catch {
-    return false;
-  }
-}
-
 /** The hub's JetStream domain in the tests (the services' default). */
 export const HUB_DOMAIN = "hub";
 
@@ -113,7 +82,11 @@ export async function quiet(
   let streak = 0;
   await until(
     async () => {
-      const all = await Promise.all(Object.entries(ncs).map(([s, nc]) => siteQuiet(nc, s)));
+      const all = await Promise.all(
+        Object.entries(ncs).map(([s, nc]) =>
+          siteQuiet(nc, s, { buckets: ["config"], hubDomain: HUB_DOMAIN }),
+        ),
+      );
       streak = all.every(Boolean) ? streak + 1 : 0;
       return streak >= 2;
     },

@@ -27,11 +27,13 @@ import type { Config } from "./config.ts";
 import { isAlreadyExists, isInsufficientResources, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 import {
+  Durables,
   OPS_INGRESS,
   Streams,
   conflictsSubject,
   dlqSubject,
   journalSubject,
+  kvStream,
   metaBucket,
   opsFilter,
 } from "./subjects.ts";
@@ -414,4 +416,41 @@ export async function ensureHubRegistration(
   throw new Error(
     `could not register ${mine.name} among the sources of ${Streams.hub}: it kept disappearing`,
   );
+}
+
+/**
+ * True when a site has nothing in flight: its watcher and merger consumers drained and acked, its
+ * inbound stream caught up with the hub's aggregate and the aggregate with the site's op log. A
+ * stalled source reports lag 0 too, so the counts are compared as well: IN holds at least one op per
+ * subject the aggregate holds, the aggregate one per subject the site's OUT holds. `domain`: the
+ * site's JetStream domain when `nc` is connected elsewhere; the hub unreachable counts as not quiet.
+ */
+export async function siteQuiet(
+  nc: NatsConnection,
+  site: string,
+  opts: { buckets: string[]; hubDomain: string; domain?: string },
+): Promise<boolean> {
+  const jsm = await jetstreamManager(nc, opts.domain ? { domain: opts.domain } : {});
+  const consumers: [string, string][] = [
+    [Streams.in(site), Durables.merger],
+    [Streams.ingress(site), Durables.merger],
+    ...opts.buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
+  ];
+  for (const [stream, durable] of consumers) {
+    const ci = await jsm.consumers.info(stream, durable);
+    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+  }
+  const si = await jsm.streams.info(Streams.in(site));
+  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
+  try {
+    const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
+    const out = await jsm.streams.info(Streams.out(site));
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
+  } catch {
+    return false;
+  }
 }
