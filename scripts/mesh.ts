@@ -19,10 +19,10 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import { Kvm } from "@nats-io/kv";
 import type { ConnectionOptions } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { ConfigError, connectNats, loadConfig } from "../services/mod.ts";
-import { openOrCreateBucket } from "./lib/buckets.ts";
+import { ConfigError, connectNats, loadConfig, openOrCreateKv } from "../services/mod.ts";
 import { isAlive, readPidFile, stopProc } from "./lib/proc.ts";
 import {
   type PingAnswer,
@@ -495,7 +495,7 @@ async function up(): Promise<number> {
     for (const s of sites) {
       const nc = await connect({ servers: topo.site(s).url, name: "syncd-up", ...adminConn(sec) });
       try {
-        for (const b of buckets) await openOrCreateBucket(nc, b);
+        for (const b of buckets) await openOrCreateKv(new Kvm(nc), b);
       } finally {
         await nc.close();
       }

@@ -77,7 +77,14 @@ export type {
   Version,
   WatcherStatusResponse,
 } from "./lib/schemas.gen.ts";
-export { StreamDriftError, ensureMergerStreams, ensureOutStream, openSite, siteQuiet } from "./lib/site.ts";
+export {
+  StreamDriftError,
+  ensureMergerStreams,
+  ensureOutStream,
+  openOrCreateKv,
+  openSite,
+  siteQuiet,
+} from "./lib/site.ts";
 export {
   type BucketEntry,
   type BucketStoreLike,

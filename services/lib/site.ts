@@ -85,12 +85,14 @@ export async function accountStorageLimit(jsm: JetStreamManager): Promise<number
   }
 }
 
-/** Open a KV bucket, creating it when it does not exist yet. */
+/**
+ * Open a KV bucket, creating it (history 1 and 1 replica unless told) when its stream does not exist;
+ * any other error (hub unreachable, no permission) is thrown, never answered by a create.
+ */
 export async function openOrCreateKv(
   kvm: Kvm,
   name: string,
-  log: Logger,
-  opts: { history: number; replicas?: number },
+  opts: { history?: number; replicas?: number; log?: Logger } = {},
 ): Promise<KV> {
   try {
     const kv = await kvm.open(name);
@@ -99,8 +101,9 @@ export async function openOrCreateKv(
   } catch (err) {
     if (!isStreamNotFound(err)) throw err;
   }
-  log.info({ bucket: name, replicas: opts.replicas ?? 1 }, "creating KV bucket");
-  return kvm.create(name, { history: opts.history, replicas: opts.replicas ?? 1 });
+  const replicas = opts.replicas ?? 1;
+  opts.log?.info({ bucket: name, replicas }, "creating KV bucket");
+  return kvm.create(name, { history: opts.history ?? 1, replicas });
 }
 
 /** A stream as a service wants it; `fitBytes`: max_bytes is a default that may shrink to fit the store. */
@@ -227,11 +230,11 @@ export async function openSite(nc: NatsConnection, config: Config, log: Logger):
   const metas = new Map<string, KV>();
   const maxValueSize = new Map<string, number>();
   for (const b of config.buckets) {
-    const kv = await openOrCreateKv(kvm, b, log, { history: 1, replicas });
+    const kv = await openOrCreateKv(kvm, b, { replicas, log });
     buckets.set(b, kv);
     const st = await kv.status();
     maxValueSize.set(b, st.maxValueSize);
-    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), log, { history: 1, replicas }));
+    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), { replicas, log }));
   }
   await ensureStream(
     jsm,
