@@ -2,6 +2,7 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
+import { after, before } from "node:test";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
@@ -154,5 +155,32 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
       s,
       sites.filter((p) => p !== s),
     );
+  return { mesh, nc, kv };
+}
+
+/**
+ * startLinkedMesh for the tests of the enclosing describe block: started in `before`, stopped in
+ * `after`. `nc` and `kv` are filled in by `before`; `mesh` stands for the mesh started there (using
+ * it outside the tests throws).
+ */
+export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+  let started: Mesh | undefined;
+  const mesh = new Proxy({} as Mesh, {
+    get(_, prop) {
+      if (!started) throw new Error("withLinkedMesh: the mesh is started in before(); use it in the tests");
+      return Reflect.get(started, prop, started);
+    },
+  });
+  before(async () => {
+    const linked = await startLinkedMesh(opts);
+    started = linked.mesh;
+    Object.assign(nc, linked.nc);
+    Object.assign(kv, linked.kv);
+  });
+  after(async () => {
+    await started?.stop();
+  });
   return { mesh, nc, kv };
 }
