@@ -2,10 +2,16 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { after, before } from "node:test";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
+import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
   Durables,
   Headers,
@@ -183,4 +189,62 @@ export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
     await started?.stop();
   });
   return { mesh, nc, kv };
+}
+
+/** How a script of scripts/ ended: exit code (null when killed), stdout and stderr, duration. */
+export type ScriptRun = { code: number | null; out: string; ms: number };
+
+/** Run `scripts/<script>` from the repo root with `env`, killed after `timeoutMs`. */
+export function runScript(script: string, env: NodeJS.ProcessEnv, timeoutMs = 120_000): ScriptRun {
+  const t0 = Date.now();
+  const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
+    cwd: REPO_ROOT,
+    env,
+    encoding: "utf8",
+    timeout: timeoutMs,
+    killSignal: "SIGKILL",
+  });
+  return { code: r.status, out: `${r.stdout}${r.stderr}`, ms: Date.now() - t0 };
+}
+
+/** A local mesh of ./scripts/up.sh: its MESH_DIR, the environment its scripts run with. */
+export type UpMesh = {
+  dir: string;
+  /** set in `before` */
+  env: NodeJS.ProcessEnv;
+  run: (script: string, timeoutMs?: number) => ScriptRun;
+};
+
+/**
+ * The environment of ./scripts/up.sh for the tests of the enclosing describe block: a temp MESH_DIR,
+ * sites a and b on free ports (set in `before`, with `extra` on top); the tests run up.sh themselves.
+ * `after` runs down.sh whatever happened and removes the dir (KEEP_MESH=1 keeps it).
+ */
+export function withUpMesh(name: string, extra: NodeJS.ProcessEnv = {}): UpMesh {
+  const m: UpMesh = {
+    dir: mkdtempSync(path.join(os.tmpdir(), `syncd-${name}-`)),
+    env: {},
+    run: (script, timeoutMs) => runScript(script, m.env, timeoutMs),
+  };
+  before(async () => {
+    const base = await freePortBlock(4);
+    m.env = {
+      ...process.env,
+      MESH_DIR: m.dir,
+      SITES: "a b",
+      HUB_PORT: String(await freePort()),
+      HUB_HTTP_PORT: String(await freePort()),
+      HUB_LEAF_PORT: String(await freePort()),
+      SITE_BASE_PORT: String(base),
+      SITE_PORT_STEP: "2",
+      NODE_TEST_CONTEXT: undefined,
+      ...extra,
+    };
+  });
+  after(() => {
+    if (m.env.MESH_DIR) m.run("down.sh");
+    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${m.dir}`);
+    else rmSync(m.dir, { recursive: true, force: true });
+  });
+  return m;
 }
