@@ -83,6 +83,7 @@ export {
   ensureOutStream,
   openOrCreateKv,
   openSite,
+  siteLinked,
   siteQuiet,
 } from "./lib/site.ts";
 export {

@@ -7,23 +7,21 @@ import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before } from "node:test";
-import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
-  Durables,
   Headers,
   type Planting,
-  Streams,
   type Version,
   endpointSubject,
-  kvStream,
   kvSubject,
   metaBucket,
   plantVersion as plant,
   requestJson,
+  siteLinked,
   siteQuiet,
   valueHash,
 } from "../services/mod.ts";
@@ -112,22 +110,10 @@ export async function peersLinked(
   peers: string[],
   timeout = 20_000,
 ): Promise<void> {
-  const jsm = await jetstreamManager(nc);
-  await until(
-    async () => {
-      try {
-        const si = await jsm.streams.info(Streams.in(site));
-        if (!(si.config.sources ?? []).some((s) => s.name === Streams.hub)) return false;
-        const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
-        const hi = await hub.streams.info(Streams.hub);
-        const names = new Set((hi.config.sources ?? []).map((s) => s.name));
-        return [site, ...peers].every((p) => names.has(Streams.out(p)));
-      } catch {
-        return false;
-      }
-    },
-    { timeout, message: `site ${site} and ${peers.join(",")} are not all linked through the hub` },
-  );
+  await until(() => siteLinked(nc, site, peers, { hubDomain: HUB_DOMAIN }), {
+    timeout,
+    message: `site ${site} and ${peers.join(",")} are not all linked through the hub`,
+  });
 }
 
 /** Call a syncd endpoint of a site. */

@@ -18,6 +18,7 @@ import {
   kvStream,
   metaBucket,
   requestJson,
+  siteLinked,
   siteQuiet,
 } from "../../services/mod.ts";
 import { type Mesh, type MeshOptions, type ServiceKind, startMesh } from "../../test/harness/mesh.ts";
@@ -105,18 +106,13 @@ export async function linked(bm: BenchMesh, timeoutMs = 60_000): Promise<void> {
   for (const s of bm.sites) {
     await waitUntil(
       `site ${s} linked through the hub to ${bm.sites.length - 1} peers`,
-      async () => {
-        try {
-          const si = await bm.conn[s]!.jsm.streams.info(Streams.in(s));
-          if (!(si.config.sources ?? []).some((x) => x.name === Streams.hub)) return false;
-          const hub = await jetstreamManager(bm.conn[s]!.nc, { domain: HUB_DOMAIN, timeout: 2000 });
-          const hi = await hub.streams.info(Streams.hub);
-          const names = new Set((hi.config.sources ?? []).map((x) => x.name));
-          return bm.sites.every((p) => names.has(Streams.out(p)));
-        } catch {
-          return false;
-        }
-      },
+      () =>
+        siteLinked(
+          bm.conn[s]!.nc,
+          s,
+          bm.sites.filter((p) => p !== s),
+          { hubDomain: HUB_DOMAIN },
+        ),
       timeoutMs,
       100,
     );

@@ -457,3 +457,27 @@ export async function siteQuiet(
     return false;
   }
 }
+
+/**
+ * True when replication is on between a site and `peers`: the site's inbound stream sources the hub's
+ * aggregate (the merger creates it so) and the aggregate sources the op log of the site and of each
+ * peer (their watchers register them). Any error (the hub unreachable) counts as not linked.
+ */
+export async function siteLinked(
+  nc: NatsConnection,
+  site: string,
+  peers: string[],
+  opts: { hubDomain: string; domain?: string },
+): Promise<boolean> {
+  try {
+    const jsm = await jetstreamManager(nc, opts.domain ? { domain: opts.domain } : {});
+    const si = await jsm.streams.info(Streams.in(site));
+    if (!(si.config.sources ?? []).some((s) => s.name === Streams.hub)) return false;
+    const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    const names = new Set((hi.config.sources ?? []).map((s) => s.name));
+    return [site, ...peers].every((p) => names.has(Streams.out(p)));
+  } catch {
+    return false;
+  }
+}
