@@ -33,13 +33,13 @@ import {
   pingSite,
 } from "./lib/services.ts";
 import {
-  REPO_ROOT,
   type SecureOptions,
   type SiteState,
   Topology,
   type TopologyState,
   certFiles,
   ensureCerts,
+  meshDir,
   randomPassword,
   renderSiteUsersConf,
 } from "./lib/topology.ts";
@@ -72,7 +72,6 @@ for (const k of FILE_ENV) {
 
 class UsageError extends Error {}
 
-const meshDir = (): string => (env.MESH_DIR ? fromCaller(env.MESH_DIR) : path.join(REPO_ROOT, ".mesh"));
 const stateFile = (): string => path.join(meshDir(), "mesh.json");
 const logDir = (): string => path.join(meshDir(), "logs");
 const siteLogDir = (site: string): string => path.join(logDir(), `site-${site}`);

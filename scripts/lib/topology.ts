@@ -51,6 +51,15 @@ import {
 
 /** The repository root (scripts/lib/../..). */
 export const REPO_ROOT: string = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+/**
+ * The local mesh's folder (mesh.json, pid files, logs): $MESH_DIR, relative to where the user ran the
+ * script (SYNCD_CALLER_CWD, passed by the shell wrappers), else <repo>/.mesh.
+ */
+export function meshDir(env: NodeJS.ProcessEnv = process.env): string {
+  const callerCwd = env.SYNCD_CALLER_CWD || process.cwd();
+  return env.MESH_DIR ? path.resolve(callerCwd, env.MESH_DIR) : path.join(REPO_ROOT, ".mesh");
+}
 export const HUB_CONF_FILE: string = path.join(REPO_ROOT, "deploy/nats/hub.conf");
 export const SITE_CONF_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site.conf.template");
 export const SITE_USERS_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site-users.conf.template");
