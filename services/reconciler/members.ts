@@ -16,6 +16,7 @@ import { Empty, type NatsConnection, type QueuedIterator } from "@nats-io/nats-c
 import type { Logger } from "../lib/logger.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { ReconcilerMember } from "../lib/schemas.gen.ts";
+import { openOrCreateKv } from "../lib/site.ts";
 import { isCasConflict } from "../lib/stores.ts";
 import { IDENTITY_KEY, MEMBERS_BUCKET, SITE_BUCKET, domainKey, memberKey } from "../lib/subjects.ts";
 
@@ -69,20 +70,9 @@ function parseMember(data: Uint8Array): Member | null {
   }
 }
 
-/** Open a KV bucket, creating it (history 1) when missing. */
-async function openOrCreate(kvm: Kvm, name: string, replicas = 1): Promise<KV> {
-  try {
-    const kv = await kvm.open(name);
-    await kv.status();
-    return kv;
-  } catch {
-    return kvm.create(name, { history: 1, replicas });
-  }
-}
-
 /** The site's identity, made once and kept at the site. */
 export async function siteIdentity(kvm: Kvm): Promise<string> {
-  const kv = await openOrCreate(kvm, SITE_BUCKET);
+  const kv = await openOrCreateKv(kvm, SITE_BUCKET);
   for (;;) {
     const e = await kv.get(IDENTITY_KEY);
     if (e?.operation === "PUT" && e.value.length > 0) return e.string();
@@ -96,7 +86,9 @@ export async function siteIdentity(kvm: Kvm): Promise<string> {
 
 /** The members bucket in the hub's domain (created when missing, with `replicas`). */
 export function membersBucket(nc: NatsConnection, hubDomain: string, replicas = 1): Promise<KV> {
-  return openOrCreate(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, replicas);
+  return openOrCreateKv(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, {
+    replicas,
+  });
 }
 
 /**
