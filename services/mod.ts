@@ -120,6 +120,7 @@ export {
   metaBucket,
   opsFilter,
   opsSubject,
+  refusedKey,
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";
