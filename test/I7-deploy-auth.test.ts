@@ -23,6 +23,7 @@ import {
   kvSubject,
   metaBucket,
   requestJson,
+  run as syncd,
 } from "../services/mod.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
 import { plantVersion } from "./helpers.ts";
@@ -210,6 +211,19 @@ describe("I7 deploy: per-site users (site-users.conf.template)", () => {
       assert.equal(c.severity, "warn");
       assert.match(c.message, /permissions violation/i);
       assert.equal(await collected("a", "gc.two"), false, "a collected without the permission");
+      // `syncd status` shows it (from the reconciler's micro STATS); a warning: --check passes
+      const out: string[] = [];
+      const auth = ["--user", "admin", "--password", users.admin];
+      const code = await syncd(
+        ["status", "--check", "--json", "--site", "a", "--server", mesh.sites.a!.url, ...auth],
+        { out: (t) => void out.push(t), err: (t) => void out.push(t) },
+        {},
+      );
+      const shown = (JSON.parse(out.join("\n")) as { sites: { conditions: { code: string }[] }[] }).sites
+        .flatMap((x) => x.conditions)
+        .map((x) => x.code);
+      assert.ok(shown.includes(Conditions.tombstoneGcFailed), out.join("\n"));
+      assert.equal(code, 0, out.join("\n"));
     } finally {
       reload(allowed);
     }
