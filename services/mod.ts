@@ -128,6 +128,7 @@ export {
   metaBucket,
   opsFilter,
   opsSubject,
+  refusedKey,
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";

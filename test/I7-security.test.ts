@@ -8,8 +8,8 @@
  * - nobody publishes what they must not: app and reader no op subject of a site, no journal, no merge,
  *   no `_meta`/clock write, no tampering with the services' durable consumers; reader no write at all
  *   (and it can read: kv get/keys/watch, micro discovery, status and get endpoints); a site's syncd
- *   user nothing of another site (op subject, journal, `$JS.<domain>.API`) and no destructive
- *   JetStream call even on its own site;
+ *   user nothing of another site (op subject, journal, `$JS.<domain>.API`, its member record) and
+ *   no destructive JetStream call even on its own site but the purges of tombstone collection;
  * - no password (syncd, app, reader, admin, leaf, nor a wrong one tried) appears in any server or
  *   service log, also after reconnects and refused logins;
  * - `SECURE=1 ./scripts/up.sh` starts such a mesh with per-site passwords and down.sh removes them.
@@ -391,8 +391,15 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
         "$JS.b.API.DIRECT.GET.KV_config",
         "$JS.b.API.CONSUMER.CREATE.SYNCD_OUT_b",
         "$JS.API.STREAM.DELETE.SYNCD_OUT_a",
-        "$JS.API.STREAM.PURGE.KV_config",
+        // purges: only the buckets' (tombstone collection), no op log, no clock
+        `$JS.API.STREAM.PURGE.${Streams.out("a")}`,
+        `$JS.API.STREAM.PURGE.${Streams.in("a")}`,
+        "$JS.API.STREAM.PURGE.KV_syncd_clock",
         "$JS.API.STREAM.MSG.DELETE.KV_config_meta",
+        // the members bucket at the hub: only its own record and domain claim
+        "$JS.hub.API.$KV.syncd_members.sites.b",
+        "$JS.hub.API.$KV.syncd_members.domains.b",
+        "$JS.hub.API.STREAM.PURGE.KV_syncd_members",
         "$JS.API.ACCOUNT.PURGE.$G",
       ]),
       [],
