@@ -77,7 +77,15 @@ export type {
   Version,
   WatcherStatusResponse,
 } from "./lib/schemas.gen.ts";
-export { StreamDriftError, ensureMergerStreams, ensureOutStream, openSite } from "./lib/site.ts";
+export {
+  StreamDriftError,
+  ensureMergerStreams,
+  ensureOutStream,
+  openOrCreateKv,
+  openSite,
+  siteLinked,
+  siteQuiet,
+} from "./lib/site.ts";
 export {
   type BucketEntry,
   type BucketStoreLike,
@@ -123,6 +131,7 @@ export {
   metaBucket,
   opsFilter,
   opsSubject,
+  refusedKey,
   relayReplyPrefix,
   relaySubject,
   siteSubjectPrefix,

@@ -27,6 +27,7 @@ import {
   startLinkedMesh,
   until,
   versions,
+  withLinkedMesh,
 } from "./helpers.ts";
 
 process.env.SYNCD_RECONCILE_DISCOVERY_MS = "1000";
@@ -38,19 +39,10 @@ type Status = {
 };
 
 describe("I1 anti-entropy runs: on reconnect, and with two reconcilers per site", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({
-      sites: ["a", "b"],
-      scale: { reconciler: 2 },
-      serviceArgs: ["--reconcile-interval", "0"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: ["a", "b"],
+    scale: { reconciler: 2 },
+    serviceArgs: ["--reconcile-interval", "0"],
   });
 
   const status = (site: string) => call<Status>(nc[site]!, site, "reconciler", "status");

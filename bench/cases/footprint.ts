@@ -22,7 +22,7 @@ import {
   stopQuietly,
   warmUp,
 } from "../lib/mesh.ts";
-import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
+import { cpuDelta, cpuOf, cpuSnapshot, rssOf } from "../lib/procstat.ts";
 import { kfmt, log, nowMs, pipelined, round, sleep, value100, waitUntil, withProgress } from "../lib/util.ts";
 import { loadSite } from "./reconcile.ts";
 import { WINDOW } from "./throughput.ts";
@@ -59,10 +59,7 @@ export type AgentFootprint = {
   ready_s: number;
 };
 
-const agentRss = (bm: BenchMesh): ProcRss[] =>
-  processes(bm)
-    .filter((p) => p.kind === "agent")
-    .map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+const agentRss = (bm: BenchMesh): ProcRss[] => rssOf(processes(bm).filter((p) => p.kind === "agent"));
 
 /** The one-process variant: idle after the warm-up, then at K keys per site. */
 export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
@@ -127,8 +124,7 @@ export const footprintCase: CaseDef = {
       log("footprint: starting hub + sites a, b with services");
       bm = await startBenchMesh();
       const procs = processes(bm);
-      const rss = (): ProcRss[] =>
-        procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+      const rss = (): ProcRss[] => rssOf(procs);
       await warmUp(bm, "a", `warm.${Date.now()}`);
       await sleep(2000);
       const idle = rss();
@@ -163,18 +159,7 @@ export const footprintCase: CaseDef = {
           ops_total: total,
           ops_s: Math.round(m / (ms / 1000)),
           rss: rss(),
-          cpu: procs.map((p) => {
-            const c = d.byPid.get(p.pid) ?? Number.NaN;
-            return {
-              pid: p.pid,
-              site: p.site,
-              name: p.name,
-              kind: p.kind,
-              cpu_ms: round(c),
-              us_per_op: round((c * 1000) / m),
-              pct_core: round((c / d.wall_ms) * 100),
-            };
-          }),
+          cpu: cpuOf(procs, d, m),
         });
         log(`footprint: ${kfmt(total)} ops, ${kfmt(out[r]!.ops_s)} ops/s applied`);
       }
