@@ -40,6 +40,8 @@ export const METRIC_NAMES = {
   reconcileFailures: "syncd_reconcile_failures_total",
   /** reconciler: entries moved, by direction pulled|pushed */
   reconcileMoved: "syncd_reconcile_moved_total",
+  /** merger (the site's FEED) and watcher (the hub's source of the site's op log): stalled sources re-armed, by stream */
+  sourceRearms: "syncd_source_rearms_total",
   /** health conditions this process has raised, by code and severity */
   conditions: "syncd_health_conditions",
 } as const;

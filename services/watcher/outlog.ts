@@ -14,50 +14,94 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
+import { RearmGate, rearmSource } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { ensureHubRegistration } from "../lib/site.ts";
+import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
 
-/** Seconds between re-checks of the hub registration once it is in place. */
+/** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;
+/** While the hub does not answer, the longest wait between two attempts (one error log per HUB_RECHECK_MS). */
+const FAILING_RETRY_MS = 4_000;
+/** After the connection to the site server is back, the first re-check waits this (for the leaf link). */
+const AFTER_RECONNECT_MS = 1_000;
 
 /**
  * Keep the site's outbound log among the sources of the hub's aggregate: now, then every
- * HUB_RECHECK_MS; while the hub is unreachable, an error log per attempt (backing off to the period).
+ * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled); while the hub is
+ * unreachable, attempts back off to FAILING_RETRY_MS, with an error log at most once per period. A source the hub has not heard
+ * from for a while although the hub answers here (so the leaf link is up both ways) is re-armed
+ * (services/lib/rearm.ts): the hub's server would otherwise wait out its back-off.
  */
 export function keepRegistered(
   nc: NatsConnection,
   config: Config,
   log: Logger,
   periodMs = HUB_RECHECK_MS,
-): { stop: () => void; registered: () => boolean } {
+  gate: RearmGate = new RearmGate(),
+): { stop: () => void; registered: () => boolean; rearms: () => number } {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  let running = false;
   let failures = 0;
   let ok = false;
+  let rearms = 0;
+  let lastErrorLog = 0;
+  const mine = siteSource(config.site, config.domain).name;
   const run = async () => {
+    if (running || stopped) return;
+    running = true;
+    let next = periodMs;
     try {
-      const added = await ensureHubRegistration(nc, config, log);
-      if (failures > 0 || added)
+      const r = await ensureHubRegistration(nc, config, log);
+      if (failures > 0 || r.added)
         log.info(
           { hubDomain: config.hubDomain, stream: Streams.hub },
           "the site's op log is a source of the hub",
         );
       failures = 0;
       ok = true;
+      const wait = gate.wait(r.source);
+      if (wait === 0) {
+        if (await rearmSource(await hubManager(nc, config.hubDomain), Streams.hub, mine)) {
+          gate.rearmed();
+          rearms++;
+          log.warn(
+            { stream: Streams.hub, source: mine, active_ns: r.source?.active },
+            "the hub's source of the site's op log stalled while the hub answers: re-armed it",
+          );
+          // other sites may have rewritten the source list meanwhile: make sure the entry is there
+          await ensureHubRegistration(nc, config, log);
+        }
+      } else next = Math.min(periodMs, Math.max(wait, 500));
     } catch (err) {
       failures++;
       ok = false;
-      log.error(
-        { err, hubDomain: config.hubDomain, attempt: failures },
-        "HUB NOT REACHABLE: cannot register the site's op log at the hub; local writes are kept in the log and replicate once it is registered; retrying",
-      );
+      next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
+      if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
+        lastErrorLog = Date.now();
+        log.error(
+          { err, hubDomain: config.hubDomain, attempt: failures },
+          "HUB NOT REACHABLE: cannot register the site's op log at the hub; local writes are kept in the log and replicate once it is registered; retrying",
+        );
+      }
     }
-    if (!stopped) timer = setTimeout(run, failures > 0 ? Math.min(500 * 2 ** failures, periodMs) : periodMs);
+    running = false;
+    if (!stopped) timer = setTimeout(run, next);
   };
   void run();
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (stopped) break;
+      if (s.type === "reconnect" && !running) {
+        clearTimeout(timer);
+        timer = setTimeout(run, AFTER_RECONNECT_MS);
+      }
+    }
+  })();
   return {
     registered: () => ok,
+    rearms: () => rearms,
     stop: () => {
       stopped = true;
       clearTimeout(timer);

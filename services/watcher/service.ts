@@ -22,6 +22,7 @@ import {
 import {
   Durables,
   Headers,
+  Streams,
   dlqSubject,
   endpointSubject,
   kvFilter,
@@ -190,6 +191,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             };
           }),
         ),
+        hub_rearms: hub.rearms(),
         ...(() => {
           const errs = [...loops.map((l) => l.problem()).filter(Boolean), ...(lastError ? [lastError] : [])];
           return errs.length > 0 ? { last_error: errs.join("; ") } : {};
@@ -204,6 +206,12 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     "local writes handled, by bucket and outcome",
     ["bucket", "outcome"],
     () => [...counts].flatMap(([bucket, c]) => byLabel("outcome", c, { bucket })),
+  );
+  ctx.metrics.counterFrom(
+    METRIC_NAMES.sourceRearms,
+    "stalled stream sources re-armed (removed and added again) while their other side answered, by stream",
+    ["stream"],
+    () => [{ labels: { stream: Streams.hub }, value: hub.rearms() }],
   );
   ctx.metrics.gaugeFrom(METRIC_NAMES.watcherLag, "local writes not yet turned into ops", ["bucket"], () =>
     Promise.all(
