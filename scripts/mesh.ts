@@ -657,8 +657,10 @@ async function hubCmd(args: string[]): Promise<number> {
   } else {
     const t0 = Date.now();
     await topo.startHub();
+    const linked = Date.now() - t0;
+    await topo.waitSourcesResumed("hub");
     console.log(
-      `hub started (pid ${topo.hub.pid}); every running site connected again after ${Date.now() - t0} ms`,
+      `hub started (pid ${topo.hub.pid}); every running site connected again after ${linked} ms, stream sources resumed after ${Date.now() - t0} ms`,
     );
   }
   saveTopology(st, topo);
@@ -689,8 +691,10 @@ async function serverCmd(args: string[]): Promise<number> {
     const s = topo.site(site);
     const ss = attachServices(site, s.dir, s.url, secureOf(st));
     await ss.waitReady();
+    const ready = Date.now() - t0;
+    await topo.waitSourcesResumed({ site });
     console.log(
-      `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${Date.now() - t0} ms`,
+      `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${ready} ms, stream sources resumed after ${Date.now() - t0} ms`,
     );
   }
   saveTopology(st, topo);

@@ -158,6 +158,7 @@ export function keepArmed(o: {
   const log = o.log.child({ stream: o.stream, source: o.source.name });
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  let failing = false;
   const run = async () => {
     let next = periodMs;
     try {
@@ -175,8 +176,11 @@ export function keepArmed(o: {
           log.warn({ active_ns: src?.active }, "source stalled while its other side answers: re-armed it");
         } else next = Math.min(periodMs, Math.max(wait, 500));
       }
+      failing = false;
     } catch (err) {
-      log.warn({ err }, "could not check the source; retrying");
+      // once per streak: while the site's server is down every round fails
+      if (!failing) log.warn({ err }, "could not check the source; retrying");
+      failing = true;
     }
     if (!stopped) timer = setTimeout(run, next);
   };
