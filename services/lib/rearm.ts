@@ -17,7 +17,7 @@ import type { JetStreamManager, StreamSource, StreamSourceInfo } from "@nats-io/
 import type { Logger } from "./logger.ts";
 
 /** Silence (no message or heartbeat) after which a source whose other side answers is stalled. */
-export const REARM_STALL_MS = 10_000;
+export const REARM_STALL_MS = 5_000;
 /**
  * How long a source may show no consumer at all (`active` -1: none since the stream or the server
  * started, or since the source was added) while its other side answers: a consumer made a moment
