@@ -111,7 +111,7 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
       HUB_LEAF_PORT: String(await freePort()),
       SITE_BASE_PORT: String(base),
       SITE_PORT_STEP: "2",
-      DEMO_WAIT: "90",
+      DEMO_WAIT: "45",
       DEMO_START: undefined,
       DEMO_RUN: undefined,
       SECURE: undefined,
