@@ -23,23 +23,39 @@ import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
 export const HUB_RECHECK_MS = 15_000;
 /** While the hub does not answer, the longest wait between two attempts (one error log per HUB_RECHECK_MS). */
 const FAILING_RETRY_MS = 4_000;
+/** A source heard from within this (ns) is healthy: it sends a heartbeat a second. */
+const HEARD_NS = 3e9;
+/** Ops stored this long before the hub last heard from the source may still be missing there. */
+const PENDING_MARGIN_MS = 5_000;
+/** While the hub's source is stalled but the log holds nothing new, re-check this often for new ops. */
+const IDLE_STALLED_RECHECK_MS = 5_000;
 /** After the connection to the site server is back, the first re-check waits this (for the leaf link). */
 const AFTER_RECONNECT_MS = 1_000;
 
 /**
  * Keep the site's outbound log among the sources of the hub's aggregate: now, then every
  * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled); while the hub is
- * unreachable, attempts back off to FAILING_RETRY_MS, with an error log at most once per period. A source the hub has not heard
- * from for a while although the hub answers here (so the leaf link is up both ways) is re-armed
- * (services/lib/rearm.ts): the hub's server would otherwise wait out its back-off.
+ * unreachable, attempts back off to FAILING_RETRY_MS, with an error log at most once per period. A
+ * source the hub has not heard from for a while although the hub answers here (so the leaf link is
+ * up both ways) is re-armed
+ * (services/lib/rearm.ts) when the log holds ops the hub may lack: the hub's server would otherwise
+ * wait out its back-off.
  */
 export function keepRegistered(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-  periodMs = HUB_RECHECK_MS,
-  gate: RearmGate = new RearmGate(),
+  opts: {
+    periodMs?: number;
+    gate?: RearmGate;
+    /** when the site's op log last stored an op (ms since the epoch; not a number when empty) */
+    outLastMs?: () => Promise<number>;
+  } = {},
 ): { stop: () => void; registered: () => boolean; rearms: () => number } {
+  const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
+  const gate = opts.gate ?? new RearmGate();
+  /** when the hub last heard from the source, as far as this instance saw */
+  let heardAt: number | undefined;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   let running = false;
@@ -48,6 +64,11 @@ export function keepRegistered(
   let rearms = 0;
   let lastErrorLog = 0;
   const mine = siteSource(config.site, config.domain).name;
+  const pending = async () => {
+    if (heardAt === undefined || !opts.outLastMs) return true;
+    const last = await opts.outLastMs();
+    return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
+  };
   const run = async () => {
     if (running || stopped) return;
     running = true;
@@ -61,8 +82,14 @@ export function keepRegistered(
         );
       failures = 0;
       ok = true;
+      const active = r.source?.active ?? -1;
+      // heard from with nothing left to deliver: the hub had every op stored before then
+      if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
       const wait = gate.wait(r.source);
-      if (wait === 0) {
+      // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
+      // when the log holds ops the hub may lack (the server's own retry takes the others in time)
+      if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);
+      else if (wait === 0) {
         if (await rearmSource(await hubManager(nc, config.hubDomain), Streams.hub, mine)) {
           gate.rearmed();
           rearms++;

@@ -57,7 +57,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
   const bridge = await bridgeLegacyOut({ ...logDeps, metas: site.metas, buckets: site.buckets }, log);
   if (bridge) loops.push(bridge);
-  const hub = keepRegistered(nc, config, log);
+  const hub = keepRegistered(nc, config, log, {
+    outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
+  });
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
