@@ -64,8 +64,12 @@ export function keepRegistered(
   let rearms = 0;
   let lastErrorLog = 0;
   const mine = siteSource(config.site, config.domain).name;
+  /** when the connection to the site's server came back last (the server restarted, or the link) */
+  let reconnectedAt = 0;
+  // a site's own outage: one site re-arms, whatever it holds; the hub's outage: every site at once,
+  // so only those with ops to send
   const pending = async () => {
-    if (heardAt === undefined || !opts.outLastMs) return true;
+    if (heardAt === undefined || reconnectedAt > heardAt || !opts.outLastMs) return true;
     const last = await opts.outLastMs();
     return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
   };
@@ -120,6 +124,7 @@ export function keepRegistered(
   void (async () => {
     for await (const s of nc.status()) {
       if (stopped) break;
+      if (s.type === "reconnect") reconnectedAt = Date.now();
       if (s.type === "reconnect" && !running) {
         clearTimeout(timer);
         timer = setTimeout(run, AFTER_RECONNECT_MS);
