@@ -71,6 +71,22 @@ export class Metrics {
     });
   }
 
+  private readonly rearmReaders: (() => Sample[])[] = [];
+
+  /**
+   * `syncd_source_rearms_total{stream}`, read from `read` at scrape time. Both the merger and the
+   * watcher re-arm sources; in one process (the agent) they share this one counter.
+   */
+  rearmsFrom(read: () => Sample[]): void {
+    if (this.rearmReaders.push(read) > 1) return;
+    this.counterFrom(
+      METRIC_NAMES.sourceRearms,
+      "stalled stream sources re-armed (removed and added again) while their other side answered, by stream",
+      ["stream"],
+      () => this.rearmReaders.flatMap((r) => r()),
+    );
+  }
+
   /** A gauge read at scrape time (may be async: a consumer's pending count). */
   gaugeFrom(
     name: MetricName,

@@ -459,12 +459,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     [],
     () => counts.conflicts,
   );
-  ctx.metrics.counterFrom(
-    METRIC_NAMES.sourceRearms,
-    "stalled stream sources re-armed (removed and added again) while their other side answered, by stream",
-    ["stream"],
-    () => [{ labels: { stream: Streams.in(config.site) }, value: counts.sources_rearmed }],
-  );
+  ctx.metrics.rearmsFrom(() => [
+    { labels: { stream: Streams.in(config.site) }, value: counts.sources_rearmed },
+  ]);
   ctx.metrics.gaugeFrom(METRIC_NAMES.mergerBacklog, "ops waiting in the inbound stream", [], async () => {
     const ci = await site.jsm.consumers.info(Streams.in(config.site), Durables.merger);
     return ci.num_pending;

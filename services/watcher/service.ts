@@ -209,12 +209,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     ["bucket", "outcome"],
     () => [...counts].flatMap(([bucket, c]) => byLabel("outcome", c, { bucket })),
   );
-  ctx.metrics.counterFrom(
-    METRIC_NAMES.sourceRearms,
-    "stalled stream sources re-armed (removed and added again) while their other side answered, by stream",
-    ["stream"],
-    () => [{ labels: { stream: Streams.hub }, value: hub.rearms() }],
-  );
+  ctx.metrics.rearmsFrom(() => [{ labels: { stream: Streams.hub }, value: hub.rearms() }]);
   ctx.metrics.gaugeFrom(METRIC_NAMES.watcherLag, "local writes not yet turned into ops", ["bucket"], () =>
     Promise.all(
       config.buckets.map(async (bucket): Promise<Sample> => {
