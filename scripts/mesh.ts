@@ -640,6 +640,17 @@ function attachTopology(st: MeshState): Topology {
   return Topology.attach(st.topology, sec ? topologySecure(sec) : {});
 }
 
+/** Wait for the stream sources a restart concerns; false (said on stderr) when they did not resume. */
+async function sourcesResumed(topo: Topology, scope: "hub" | { site: string }): Promise<boolean> {
+  try {
+    await topo.waitSourcesResumed(scope);
+    return true;
+  } catch (err) {
+    console.error(`the server runs, but ${(err as Error).message}`);
+    return false;
+  }
+}
+
 async function hubCmd(args: string[]): Promise<number> {
   const action = args[0];
   if (action !== "stop" && action !== "start") throw new UsageError("usage: hub.sh stop|start");
@@ -656,8 +667,11 @@ async function hubCmd(args: string[]): Promise<number> {
   } else {
     const t0 = Date.now();
     await topo.startHub();
+    const linked = Date.now() - t0;
+    saveTopology(st, topo);
+    if (!(await sourcesResumed(topo, "hub"))) return 1;
     console.log(
-      `hub started (pid ${topo.hub.pid}); every running site connected again after ${Date.now() - t0} ms`,
+      `hub started (pid ${topo.hub.pid}); every running site connected again after ${linked} ms, stream sources resumed after ${Date.now() - t0} ms`,
     );
   }
   saveTopology(st, topo);
@@ -688,8 +702,11 @@ async function serverCmd(args: string[]): Promise<number> {
     const s = topo.site(site);
     const ss = attachServices(site, s.dir, s.url, secureOf(st));
     await ss.waitReady();
+    const ready = Date.now() - t0;
+    saveTopology(st, topo);
+    if (!(await sourcesResumed(topo, { site }))) return 1;
     console.log(
-      `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${Date.now() - t0} ms`,
+      `site-${site} nats-server started (pid ${s.pid}); leaf connected${ss.running().length ? " and services answering" : ""} after ${ready} ms, stream sources resumed after ${Date.now() - t0} ms`,
     );
   }
   saveTopology(st, topo);

@@ -2,7 +2,8 @@
  * I1 on per-key compacted op logs (DESIGN §5): a log keeps one op per subject
  * `rep.kv.ops.<site>.<bucket>.<key>`, so the last op an origin publishes for a key must be the
  * greatest version it ever published for it. Racing publishers (two watcher instances of one site,
- * hand-made ops forwarded by the merger in any order) must not break that order.
+ * hand-made ops forwarded by the merger in any order) must not break that order. A source re-armed
+ * after an outage (services/lib/rearm.ts) resumes after the last message it stored.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -23,6 +24,7 @@ import {
   metaBucket,
   opsSubject,
   publishOrdered,
+  rearmSource,
   stampEntry,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
@@ -125,6 +127,42 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
     assert.equal(last?.op?.op, "put");
     assert.equal(last?.op && "value" in last.op ? last.op.value : undefined, "v2");
     assert.equal(last?.op?.ts, (await meta.get("k"))?.version.ts, "the log's last op is _meta's version");
+  });
+
+  it("I1 a re-armed cross-domain source resumes after its last sourced message: nothing replayed, nothing skipped", async () => {
+    // the shape of a site's FEED: a compacted stream whose only source is a stream in the hub's domain
+    const hub = await jetstreamManager(nc, { domain: "hub" });
+    const hubJs = jetstream(nc, { domain: "hub" });
+    const site = await jetstreamManager(nc);
+    await hub.streams.add({ name: "REARM_ORIGIN", subjects: ["rearm.>"] });
+    await site.streams.add({
+      name: "REARM_COPY",
+      max_msgs_per_subject: 1,
+      sources: [{ name: "REARM_ORIGIN", external: { api: "$JS.hub.API", deliver: "" } }],
+    });
+    const copied = async (n: number) => (await site.streams.info("REARM_COPY")).state.last_seq >= n;
+    for (let i = 1; i <= 5; i++) await hubJs.publish(`rearm.k${i}`, `v${i}`);
+    await until(() => copied(5), { message: "the source did not deliver" });
+    assert.equal(await rearmSource(site, "REARM_COPY", "REARM_ORIGIN"), true);
+    const cfg = (await site.streams.info("REARM_COPY")).config;
+    assert.deepEqual(
+      cfg.sources?.map((s) => s.name),
+      ["REARM_ORIGIN"],
+    );
+    assert.deepEqual(cfg.subjects ?? [], [], "the name subject the server gave it in between is gone");
+    for (let i = 6; i <= 10; i++) await hubJs.publish(`rearm.k${i}`, `v${i}`);
+    await hubJs.publish("rearm.k1", "v1.2");
+    await until(() => copied(11), { message: "the re-armed source did not deliver" });
+    // a replay from the origin's first message would store its 11 messages again
+    await new Promise((r) => setTimeout(r, 1500));
+    const st = (await site.streams.info("REARM_COPY")).state;
+    assert.equal(st.last_seq, 11, "every origin message stored once");
+    assert.equal(st.messages, 10);
+    assert.equal(
+      (await site.streams.getMessage("REARM_COPY", { last_by_subj: "rearm.k1" }))?.string(),
+      "v1.2",
+    );
+    assert.equal(await rearmSource(site, "REARM_COPY", "NO_SUCH_SOURCE"), false);
   });
 });
 

@@ -149,7 +149,7 @@ describe("I1 tombstone collection: every member applied it, old enough; no resur
     await mesh.startHub();
     for (const s of SITES)
       await until(() => collected(s, "k3"), {
-        timeout: 120_000,
+        timeout: 60_000,
         message: `${s} never collected the tombstone of k3:\n${mesh.logs(s, 30)}`,
       });
     for (const s of SITES) await call(nc[s]!, s, "reconciler", "run", {});

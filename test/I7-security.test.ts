@@ -418,9 +418,9 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     await kvA.put("sec.after-restart", "x");
     await eventually(
       async () => assert.equal((await (await mesh.kv("b")).get("sec.after-restart"))?.string(), "x"),
-      // a give-up, not a property: nats-server 2.10+ backs off its retries of the sources that failed
-      // while the site's server was down (about 40 s seen here; README "What happens when…")
-      { timeout: 90_000 },
+      // a give-up, not a property: the site's services re-arm the sources that failed while its
+      // server was down (README "What happens when…")
+      { timeout: 45_000 },
     );
     // a service started with a wrong password: refused, and says so without the password
     const bad = spawnSync(

@@ -82,7 +82,7 @@ const DEMOS: { script: string; expect: RegExp[] }[] = [
 
 describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
   const mesh = withUpMesh("demos", {
-    DEMO_WAIT: "90",
+    DEMO_WAIT: "45",
     DEMO_START: undefined,
     DEMO_RUN: undefined,
     SECURE: undefined,

@@ -11,8 +11,9 @@
 #
 # A secured mesh (SECURE=1 ./scripts/up.sh) works too: the demo acts as its operator, admin, over TLS.
 #
-# Environment: MESH_DIR, DEMO_START=1, DEMO_WAIT (seconds, default 90: the longest any one wait may take;
-# nats-server 2.10+ re-creates stream sources with a back-off after an outage), DEMO_CMD_TIMEOUT (seconds, default 90: the longest any one command may take).
+# Environment: MESH_DIR, DEMO_START=1, DEMO_WAIT (seconds, default 30: the longest any one wait may take),
+# DEMO_CMD_TIMEOUT (seconds, default 180: the longest any one command may take; ./scripts/hub.sh start
+# and server.sh start wait up to 150 s for the stream sources to resume).
 # Sets: A, B (the first two sites), A_URL, B_URL, HUB_URL, BUCKET, DEMO_SITES, DEMO_SCALE, RUN (a tag
 # that makes this run's keys unique: demos can run again and again on the same mesh).
 
@@ -32,8 +33,8 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export SYNCD_CALLER_CWD="$PWD"
 
-export DEMO_WAIT="${DEMO_WAIT:-90}"
-DEMO_CMD_TIMEOUT="${DEMO_CMD_TIMEOUT:-90}"
+export DEMO_WAIT="${DEMO_WAIT:-30}"
+DEMO_CMD_TIMEOUT="${DEMO_CMD_TIMEOUT:-180}"
 DEMO_T0=$SECONDS
 RUN="${DEMO_RUN:-$(date +%s)}"
 

@@ -264,7 +264,7 @@ async function expectCmd(args: string[]): Promise<void> {
     );
   const mesh = readMesh();
   const names = listOpt(values.sites, Object.keys(mesh.sites));
-  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 90));
+  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 30));
   const sites = await Sites.open(mesh, names);
   const t0 = Date.now();
   let last = new Map<string, Held>();
@@ -455,7 +455,7 @@ async function pubOpCmd(args: string[]): Promise<void> {
   if (!op || !values.site) throw new Usage("usage: pub-op '<op json>' --site s [--timeout S]");
   JSON.parse(op); // a typo in a demo should fail here, not in the dead-letter stream
   const site = values.site;
-  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 90));
+  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 30));
   const sites = await Sites.open(readMesh(), [site]);
   try {
     const nc = sites.conn(site);
@@ -488,7 +488,7 @@ async function waitBacklogCmd(args: string[]): Promise<void> {
   if (!values.site || !Number.isInteger(min) || min < 1)
     throw new Usage("usage: wait-backlog --site s --min N [--timeout S]");
   const site = values.site;
-  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 90));
+  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 30));
   const sites = await Sites.open(readMesh(), [site]);
   try {
     const jsm = await jetstreamManager(sites.conn(site));
@@ -524,7 +524,7 @@ async function conflictCmd(args: string[]): Promise<void> {
     throw new Usage("usage: conflict <bucket> <key> --loser V [--kind stale_op|overwritten] [--timeout S]");
   const mesh = readMesh();
   const names = Object.keys(mesh.sites);
-  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 90));
+  const timeoutMs = secondsOpt(values.timeout, Number(env.DEMO_WAIT || 30));
   const sites = await Sites.open(mesh, names);
   const t0 = Date.now();
   try {

@@ -399,6 +399,27 @@ function readPortsFile(file: string): { client: number; http: number } | undefin
 }
 
 /** A running (or partly stopped) hub + sites topology. */
+/** A source heard from within this (it sends a heartbeat a second) has resumed. */
+const SOURCE_HEARD_NS = 3e9;
+/** How long `waitSourcesResumed` waits by default: beyond nats-server's longest back-off (2 min). */
+export const SOURCES_RESUME_LIMIT_MS = 150_000;
+
+/** The part of a server's `/jsz?accounts=true&streams=true&config=true` read here. */
+type Jsz = {
+  config?: { domain?: string };
+  account_details?: {
+    stream_detail?: {
+      name: string;
+      sources?: {
+        name: string;
+        active: number;
+        external?: { api?: string };
+        error?: { description?: string };
+      }[];
+    }[];
+  }[];
+};
+
 export class Topology {
   readonly dir: string;
   readonly host: string;
@@ -877,6 +898,69 @@ export class Topology {
   async waitReady(): Promise<void> {
     await this.waitForLeafs();
     if (this.probe) await this.waitForMesh();
+  }
+
+  /**
+   * The stream sources between running servers that concern `scope` (the hub: every source whose
+   * stream or origin is at the hub; a site: those of its streams and those taken from its domain)
+   * and have not been heard from lately (read from each server's `/jsz`): `stream<source` per entry.
+   * A source whose origin server is not running is ignored.
+   */
+  async stalledSources(scope: "hub" | { site: string }): Promise<string[]> {
+    const running = [this.hubServer, ...this.siteServers.values()].filter((s) => this.running(s));
+    const views = await Promise.all(
+      running.map(async (s) => ({
+        s,
+        jsz: (await getJson(`${s.state.httpUrl}/jsz?accounts=true&streams=true&config=true`)) as
+          | Jsz
+          | undefined,
+      })),
+    );
+    const domains = new Map<string, Server>();
+    for (const v of views) if (v.jsz?.config?.domain) domains.set(v.jsz.config.domain, v.s);
+    const inScope = (s: Server) =>
+      scope === "hub"
+        ? s === this.hubServer
+        : s.kind === "site" && (s.state as SiteState).site === scope.site;
+    const stalled: string[] = [];
+    for (const { s, jsz } of views) {
+      if (!jsz) {
+        stalled.push(`${s.state.name}: /jsz does not answer`);
+        continue;
+      }
+      for (const acct of jsz.account_details ?? [])
+        for (const st of acct.stream_detail ?? [])
+          for (const src of st.sources ?? []) {
+            const dom = /^\$JS\.(.+)\.API$/.exec(src.external?.api ?? "")?.[1];
+            const origin = dom ? domains.get(dom) : s;
+            if (!origin || !(inScope(s) || inScope(origin))) continue;
+            if (!(src.active >= 0 && src.active < SOURCE_HEARD_NS))
+              stalled.push(
+                `${st.name}<${src.name} at ${s.state.name} (${src.active < 0 ? "no consumer" : `silent ${Math.round(src.active / 1e9)} s`}${src.error ? `: ${src.error.description}` : ""})`,
+              );
+          }
+    }
+    return stalled;
+  }
+
+  /**
+   * Resolves once {@link stalledSources} is empty for `scope` (ms waited); throws after `limitMs`
+   * naming the sources still stalled.
+   */
+  async waitSourcesResumed(
+    scope: "hub" | { site: string },
+    limitMs = SOURCES_RESUME_LIMIT_MS,
+  ): Promise<number> {
+    const t0 = Date.now();
+    for (;;) {
+      const stalled = await this.stalledSources(scope);
+      if (stalled.length === 0) return Date.now() - t0;
+      if (Date.now() - t0 > limitMs)
+        throw new Error(
+          `stream sources did not resume within ${Math.round(limitMs / 1000)} s: ${stalled.join("; ")} (are the site's services running? without them nats-server 2.10+ retries a failed source after a back-off of up to 2 min)`,
+        );
+      await sleep(250);
+    }
   }
 
   /** Stops the hub: every site keeps working locally but is cut off from the others. */

@@ -40,6 +40,8 @@ export const METRIC_NAMES = {
   reconcileFailures: "syncd_reconcile_failures_total",
   /** reconciler: entries moved, by direction pulled|pushed */
   reconcileMoved: "syncd_reconcile_moved_total",
+  /** merger (the site's FEED) and watcher (the hub's source of the site's op log): stalled sources re-armed, by stream */
+  sourceRearms: "syncd_source_rearms_total",
   /** health conditions this process has raised, by code and severity */
   conditions: "syncd_health_conditions",
 } as const;
@@ -67,6 +69,22 @@ export class Metrics {
         for (const s of samples(read())) if (s.value > 0) this.inc(s.labels ?? {}, s.value);
       },
     });
+  }
+
+  private readonly rearmReaders: (() => Sample[])[] = [];
+
+  /**
+   * `syncd_source_rearms_total{stream}`, read from `read` at scrape time. Both the merger and the
+   * watcher re-arm sources; in one process (the agent) they share this one counter.
+   */
+  rearmsFrom(read: () => Sample[]): void {
+    if (this.rearmReaders.push(read) > 1) return;
+    this.counterFrom(
+      METRIC_NAMES.sourceRearms,
+      "stalled stream sources re-armed (removed and added again) while their other side answered, by stream",
+      ["stream"],
+      () => this.rearmReaders.flatMap((r) => r()),
+    );
   }
 
   /** A gauge read at scrape time (may be async: a consumer's pending count). */

@@ -18,6 +18,7 @@ import {
   type StreamConfig,
   type StreamInfo,
   type StreamSource,
+  type StreamSourceInfo,
   jetstream,
   jetstreamManager,
 } from "@nats-io/jetstream";
@@ -362,17 +363,27 @@ export async function hubManager(nc: NatsConnection, hubDomain: string): Promise
   return jetstreamManager(nc, { domain: hubDomain, timeout: 5000 });
 }
 
+/** True when the hub's JetStream answers within `timeoutMs` (the site's leaf link is up both ways). */
+export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutMs = 2000): Promise<boolean> {
+  try {
+    await nc.request(`$JS.${hubDomain}.API.INFO`, "", { timeout: timeoutMs });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Make the site's outbound op log a source of the hub's aggregate (creating the aggregate when it is
  * missing). Stream updates are not compare-and-set: two sites registering at once may each write a
  * source list without the other's entry, so this re-reads after its update until its entry is there.
- * Returns true when it had to add the entry.
+ * Returns whether it had to add the entry, and what the hub reports of that source (when it was there).
  */
 export async function ensureHubRegistration(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-): Promise<boolean> {
+): Promise<{ added: boolean; source?: StreamSourceInfo }> {
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
   let added = false;
@@ -405,7 +416,10 @@ export async function ensureHubRegistration(
       continue;
     }
     const src = (info.config.sources ?? []).find((s) => s.name === mine.name);
-    if (src && src.external?.api === mine.external?.api) return added;
+    if (src && src.external?.api === mine.external?.api) {
+      const source = info.sources?.find((s) => s.name === mine.name);
+      return source ? { added, source } : { added };
+    }
     if (src)
       throw new Error(
         `${mine.name} is a source of ${Streams.hub} from another JetStream domain (${src.external?.api}): another site has this site's name; if that site is gone, run \`syncd site remove ${config.site}\``,

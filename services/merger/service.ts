@@ -17,6 +17,7 @@ import { isNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
 import { type Op, decodeOpMessage, encodeOpMessage, encodeValue, opMessageSize } from "../lib/op.ts";
 import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
+import { keepArmed } from "../lib/rearm.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -24,7 +25,7 @@ import type {
   MergerGetResponse,
   MergerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { ensureMergerStreams, hubManager, siteSource } from "../lib/site.ts";
+import { ensureMergerStreams, hubAnswers, hubManager, hubSource, siteSource } from "../lib/site.ts";
 import { BucketStore, incarnationOf } from "../lib/stores.ts";
 import {
   Durables,
@@ -80,6 +81,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     vanished: 0,
     repaired: 0,
     unrepaired: 0,
+    /** times this instance re-armed the FEED's stalled source of the hub */
+    sources_rearmed: 0,
   };
   /** dead-lettered ops by error code */
   const deadByCode: Record<string, number> = {};
@@ -337,6 +340,15 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     );
   }
   const cleanup = keepLegacySourcesPruned(nc, site.jsm, config, log);
+  // the FEED's source of the hub: re-armed when it stalls while the hub answers (services/lib/rearm.ts)
+  const armed = keepArmed({
+    jsm: site.jsm,
+    stream: Streams.in(config.site),
+    source: hubSource(config.hubDomain),
+    reachable: () => hubAnswers(nc, config.hubDomain),
+    log,
+    onRearm: () => counts.sources_rearmed++,
+  });
 
   const subject = (e: string) => endpointSubject(config.site, "merger", e);
   const d = { log };
@@ -448,6 +460,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     [],
     () => counts.conflicts,
   );
+  ctx.metrics.rearmsFrom(() => [
+    { labels: { stream: Streams.in(config.site) }, value: counts.sources_rearmed },
+  ]);
   ctx.metrics.gaugeFrom(METRIC_NAMES.mergerBacklog, "ops waiting in the inbound stream", [], async () => {
     const ci = await site.jsm.consumers.info(Streams.in(config.site), Durables.merger);
     return ci.num_pending;
@@ -455,6 +470,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   return {
     stop: async () => {
       cleanup.stop();
+      armed.stop();
       await Promise.all(monitors.map((m) => m.stop()));
       await Promise.all(loops.map((l) => l.stop()));
     },

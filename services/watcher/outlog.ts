@@ -14,50 +14,126 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
+import { RearmGate, rearmSource } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { ensureHubRegistration } from "../lib/site.ts";
+import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
 
-/** Seconds between re-checks of the hub registration once it is in place. */
+/** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;
+/** While the hub does not answer, the longest wait between two attempts (one error log per HUB_RECHECK_MS). */
+const FAILING_RETRY_MS = 4_000;
+/** A source heard from within this (ns) is healthy: it sends a heartbeat a second. */
+const HEARD_NS = 3e9;
+/** Ops stored this long before the hub last heard from the source may still be missing there. */
+const PENDING_MARGIN_MS = 5_000;
+/** While the hub's source is stalled but the log holds nothing new, re-check this often for new ops. */
+const IDLE_STALLED_RECHECK_MS = 5_000;
+/** After the connection to the site server is back, the first re-check waits this (for the leaf link). */
+const AFTER_RECONNECT_MS = 1_000;
 
 /**
  * Keep the site's outbound log among the sources of the hub's aggregate: now, then every
- * HUB_RECHECK_MS; while the hub is unreachable, an error log per attempt (backing off to the period).
+ * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled); while the hub is
+ * unreachable, attempts back off to FAILING_RETRY_MS, with an error log at most once per period. A
+ * source the hub has not heard from for a while although the hub answers here (so the leaf link is
+ * up both ways) is re-armed
+ * (services/lib/rearm.ts) when the log holds ops the hub may lack: the hub's server would otherwise
+ * wait out its back-off.
  */
 export function keepRegistered(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-  periodMs = HUB_RECHECK_MS,
-): { stop: () => void; registered: () => boolean } {
+  opts: {
+    periodMs?: number;
+    gate?: RearmGate;
+    /** when the site's op log last stored an op (ms since the epoch; not a number when empty) */
+    outLastMs?: () => Promise<number>;
+  } = {},
+): { stop: () => void; registered: () => boolean; rearms: () => number } {
+  const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
+  const gate = opts.gate ?? new RearmGate();
+  /** when the hub last heard from the source, as far as this instance saw */
+  let heardAt: number | undefined;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  let running = false;
   let failures = 0;
   let ok = false;
+  let rearms = 0;
+  let lastErrorLog = 0;
+  const mine = siteSource(config.site, config.domain).name;
+  /** when the connection to the site's server came back last (the server restarted, or the link) */
+  let reconnectedAt = 0;
+  // a site's own outage: one site re-arms, whatever it holds; the hub's outage: every site at once,
+  // so only those with ops to send
+  const pending = async () => {
+    if (heardAt === undefined || reconnectedAt > heardAt || !opts.outLastMs) return true;
+    const last = await opts.outLastMs();
+    return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
+  };
   const run = async () => {
+    if (running || stopped) return;
+    running = true;
+    let next = periodMs;
     try {
-      const added = await ensureHubRegistration(nc, config, log);
-      if (failures > 0 || added)
+      const r = await ensureHubRegistration(nc, config, log);
+      if (failures > 0 || r.added)
         log.info(
           { hubDomain: config.hubDomain, stream: Streams.hub },
           "the site's op log is a source of the hub",
         );
       failures = 0;
       ok = true;
+      const active = r.source?.active ?? -1;
+      // heard from with nothing left to deliver: the hub had every op stored before then
+      if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
+      const wait = gate.wait(r.source);
+      // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
+      // when the log holds ops the hub may lack (the server's own retry takes the others in time)
+      if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);
+      else if (wait === 0) {
+        if (await rearmSource(await hubManager(nc, config.hubDomain), Streams.hub, mine)) {
+          gate.rearmed();
+          rearms++;
+          log.warn(
+            { stream: Streams.hub, source: mine, active_ns: r.source?.active },
+            "the hub's source of the site's op log stalled while the hub answers: re-armed it",
+          );
+          // other sites may have rewritten the source list meanwhile: make sure the entry is there
+          await ensureHubRegistration(nc, config, log);
+        }
+      } else next = Math.min(periodMs, Math.max(wait, 500));
     } catch (err) {
       failures++;
       ok = false;
-      log.error(
-        { err, hubDomain: config.hubDomain, attempt: failures },
-        "HUB NOT REACHABLE: cannot register the site's op log at the hub; local writes are kept in the log and replicate once it is registered; retrying",
-      );
+      next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
+      if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
+        lastErrorLog = Date.now();
+        log.error(
+          { err, hubDomain: config.hubDomain, attempt: failures },
+          "HUB NOT REACHABLE: cannot register the site's op log at the hub; local writes are kept in the log and replicate once it is registered; retrying",
+        );
+      }
     }
-    if (!stopped) timer = setTimeout(run, failures > 0 ? Math.min(500 * 2 ** failures, periodMs) : periodMs);
+    running = false;
+    if (!stopped) timer = setTimeout(run, next);
   };
   void run();
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (stopped) break;
+      if (s.type === "reconnect") reconnectedAt = Date.now();
+      if (s.type === "reconnect" && !running) {
+        clearTimeout(timer);
+        timer = setTimeout(run, AFTER_RECONNECT_MS);
+      }
+    }
+  })();
   return {
     registered: () => ok,
+    rearms: () => rearms,
     stop: () => {
       stopped = true;
       clearTimeout(timer);

@@ -22,6 +22,7 @@ import {
 import {
   Durables,
   Headers,
+  Streams,
   dlqSubject,
   endpointSubject,
   kvFilter,
@@ -56,7 +57,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
   const bridge = await bridgeLegacyOut({ ...logDeps, metas: site.metas, buckets: site.buckets }, log);
   if (bridge) loops.push(bridge);
-  const hub = keepRegistered(nc, config, log);
+  const hub = keepRegistered(nc, config, log, {
+    outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
+  });
   for (const bucket of config.buckets) {
     const c: Record<Outcome | "errors", number> = {
       skipped_echo: 0,
@@ -190,6 +193,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             };
           }),
         ),
+        hub_rearms: hub.rearms(),
         ...(() => {
           const errs = [...loops.map((l) => l.problem()).filter(Boolean), ...(lastError ? [lastError] : [])];
           return errs.length > 0 ? { last_error: errs.join("; ") } : {};
@@ -205,6 +209,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     ["bucket", "outcome"],
     () => [...counts].flatMap(([bucket, c]) => byLabel("outcome", c, { bucket })),
   );
+  ctx.metrics.rearmsFrom(() => [{ labels: { stream: Streams.hub }, value: hub.rearms() }]);
   ctx.metrics.gaugeFrom(METRIC_NAMES.watcherLag, "local writes not yet turned into ops", ["bucket"], () =>
     Promise.all(
       config.buckets.map(async (bucket): Promise<Sample> => {

@@ -1,0 +1,194 @@
+/**
+ * Re-arming a stream source that the server left stalled. nats-server 2.10+ re-creates a source's
+ * consumer after a failure with a back-off of 10 s × failures, capped at 2 min: after a hub outage
+ * or a site server restart, ops would wait up to that long once the other side is back (2.9 retries
+ * every few seconds). A source the server has not heard from (no message, no heartbeat: it sends one
+ * a second) for {@link REARM_STALL_MS} while its other side answers is re-armed: removed from the
+ * stream's config and added again. A re-added source starts with no failures, so the server creates
+ * its consumer at once, and resumes after the last message it stored from that source (2.10+: the
+ * stream's index of its sources, rebuilt by a backward scan of the stream until that source's last
+ * message; 2.9: the same backward scan), so nothing is replayed from 1 and nothing is skipped.
+ *
+ * A {@link RearmGate} per source decides when: only while stalled, at most once per back-off that
+ * doubles with every re-arm that did not help (from the stall threshold to {@link REARM_MAX_GAP_MS}),
+ * reset once the source is heard from again.
+ */
+import type { JetStreamManager, StreamSource, StreamSourceInfo } from "@nats-io/jetstream";
+import type { Logger } from "./logger.ts";
+
+/** Silence (no message or heartbeat) after which a source whose other side answers is stalled. */
+export const REARM_STALL_MS = 5_000;
+/**
+ * How long a source may show no consumer at all (`active` -1: none since the stream or the server
+ * started, or since the source was added) while its other side answers: a consumer made a moment
+ * ago sends its first heartbeat within a second, so a longer wait means its creation failed.
+ */
+export const REARM_NEVER_MS = 3_000;
+/** The longest gap between two re-arms of a source that stays stalled. */
+export const REARM_MAX_GAP_MS = 10 * 60_000;
+/** Below this silence a source is healthy (heartbeats come every second). */
+const HEARD_MS = 3_000;
+
+/**
+ * How long a source has been silent by its own report (ms), or null when it never reported (`active`
+ * -1), or undefined when the stream has no such source.
+ */
+export function sourceSilence(src: StreamSourceInfo | undefined): number | null | undefined {
+  if (!src) return undefined;
+  return src.active >= 0 ? src.active / 1_000_000 : null;
+}
+
+/** When to re-arm one source, from what its stream info shows over time. */
+export class RearmGate {
+  /** when this gate first saw the source without a consumer (`active` -1) */
+  private neverSince: number | undefined;
+  /** re-arms since the source was last heard from */
+  private misses = 0;
+  private lastRearm = 0;
+
+  constructor(
+    private readonly o: { stallMs: number; neverMs: number; maxGapMs: number } = {
+      stallMs: REARM_STALL_MS,
+      neverMs: REARM_NEVER_MS,
+      maxGapMs: REARM_MAX_GAP_MS,
+    },
+  ) {}
+
+  /**
+   * Milliseconds until the source counts as stalled (0: it does), or Infinity when the stream has
+   * no such source or the source was just heard from; also records what the gate needs to know (first seen without a consumer, heard).
+   */
+  private untilStalled(src: StreamSourceInfo | undefined, now: number): number {
+    const s = sourceSilence(src);
+    if (s === undefined) return Number.POSITIVE_INFINITY;
+    if (s === null) {
+      this.neverSince ??= now;
+      return Math.max(this.o.neverMs - (now - this.neverSince), 0);
+    }
+    this.neverSince = undefined;
+    if (s >= HEARD_MS) return Math.max(this.o.stallMs - s, 0);
+    // heard from: nothing to expect before an observation that says otherwise
+    this.misses = 0;
+    return Number.POSITIVE_INFINITY;
+  }
+
+  private gap(): number {
+    return Math.min(this.o.stallMs * 2 ** Math.max(this.misses - 1, 0), this.o.maxGapMs);
+  }
+
+  /**
+   * Milliseconds until `due` may turn true (0: now), from what `src` shows: the source must be
+   * stalled, and a re-arm that did not help is repeated only after the stall threshold × 2^(misses−1),
+   * at most the max gap.
+   */
+  wait(src: StreamSourceInfo | undefined, now = Date.now()): number {
+    const stalled = this.untilStalled(src, now);
+    if (this.misses === 0) return stalled;
+    return Math.max(stalled, this.lastRearm + this.gap() - now);
+  }
+
+  /** True when the source should be re-armed now (call only while its other side answers). */
+  due(src: StreamSourceInfo | undefined, now = Date.now()): boolean {
+    return this.wait(src, now) === 0;
+  }
+
+  /** Record a re-arm made now. */
+  rearmed(now = Date.now()): void {
+    this.lastRearm = now;
+    this.misses++;
+    this.neverSince = now;
+  }
+}
+
+/**
+ * Add `src` to `stream` unless it is there. A stream the server saw without sources holds its own
+ * name as subject (the server's default); that subject goes when the source comes back, unless the
+ * stream had it with its sources (`keepNameSubject`).
+ */
+export async function restoreSource(
+  jsm: JetStreamManager,
+  stream: string,
+  src: StreamSource,
+  keepNameSubject = false,
+): Promise<boolean> {
+  const cfg = (await jsm.streams.info(stream)).config;
+  const others = (cfg.sources ?? []).filter((s) => s.name !== src.name);
+  if (others.length < (cfg.sources ?? []).length) return false;
+  const subjects = (cfg.subjects ?? []).filter((s) => keepNameSubject || s !== stream);
+  await jsm.streams.update(stream, { ...cfg, subjects, sources: [...others, src] });
+  return true;
+}
+
+/**
+ * Remove the source `name` from `stream` and add it again (two stream updates), so the server
+ * re-creates its consumer now. A stream left without sources gets its name as subject from the
+ * server in between; the second update takes it away again. Returns false when the stream has no
+ * such source (nothing done). When the second update fails, the source is missing: the caller's next
+ * round adds it back with {@link restoreSource} (resuming all the same).
+ */
+export async function rearmSource(jsm: JetStreamManager, stream: string, name: string): Promise<boolean> {
+  const before = (await jsm.streams.info(stream)).config;
+  const src = (before.sources ?? []).find((s) => s.name === name);
+  if (!src) return false;
+  const others = (before.sources ?? []).filter((s) => s.name !== name);
+  await jsm.streams.update(stream, { ...before, subjects: before.subjects ?? [], sources: others });
+  // the list is re-read before the source goes back: other writers (sites registering at the hub)
+  // may have changed it meanwhile
+  await restoreSource(jsm, stream, src, (before.subjects ?? []).includes(stream));
+  return true;
+}
+
+/**
+ * Keep one source of a stream armed: every `periodMs` (sooner while it looks stalled) read the
+ * stream's info; add the source back when the config lacks it; re-arm it when its gate says so and
+ * `reachable()` (its other side answers).
+ */
+export function keepArmed(o: {
+  jsm: JetStreamManager;
+  stream: string;
+  source: StreamSource;
+  reachable: () => Promise<boolean>;
+  log: Logger;
+  onRearm: () => void;
+  periodMs?: number;
+  gate?: RearmGate;
+}): { stop: () => void } {
+  const periodMs = o.periodMs ?? 5_000;
+  const gate = o.gate ?? new RearmGate();
+  const log = o.log.child({ stream: o.stream, source: o.source.name });
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  let failing = false;
+  const run = async () => {
+    let next = periodMs;
+    try {
+      const info = await o.jsm.streams.info(o.stream);
+      if (!(info.config.sources ?? []).some((s) => s.name === o.source.name)) {
+        if (await restoreSource(o.jsm, o.stream, o.source))
+          log.warn({}, "the source was missing: added it back");
+      } else {
+        const src = info.sources?.find((s) => s.name === o.source.name);
+        const wait = gate.wait(src);
+        if (wait === 0 && (await o.reachable())) {
+          await rearmSource(o.jsm, o.stream, o.source.name);
+          gate.rearmed();
+          o.onRearm();
+          log.warn({ active_ns: src?.active }, "source stalled while its other side answers: re-armed it");
+        } else next = Math.min(periodMs, Math.max(wait, 500));
+      }
+      failing = false;
+    } catch (err) {
+      // once per streak: while the site's server is down every round fails
+      if (!failing) log.warn({ err }, "could not check the source; retrying");
+      failing = true;
+    }
+    if (!stopped) timer = setTimeout(run, next);
+  };
+  timer = setTimeout(run, periodMs);
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}

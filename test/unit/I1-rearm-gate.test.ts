@@ -1,0 +1,78 @@
+/**
+ * I1 after outages, the rule that re-arms a stalled stream source (services/lib/rearm.ts): never
+ * while the source is heard from, at once when it has been silent past the threshold, after a
+ * shorter wait when it shows no consumer at all, and never in a loop: re-arms of a source that stays
+ * stalled are spaced by a gap that doubles up to a maximum, reset once it is heard from again.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { StreamSourceInfo } from "@nats-io/jetstream";
+import fc from "fast-check";
+import { RearmGate } from "../../services/mod.ts";
+import { fcParams } from "../fc.ts";
+
+const o = { stallMs: 5_000, neverMs: 3_000, maxGapMs: 60_000 };
+const src = (activeMs: number): StreamSourceInfo => ({
+  name: "SYNCD_HUB",
+  lag: 0,
+  active: activeMs < 0 ? -1 : activeMs * 1_000_000,
+});
+
+describe("I1 re-arm of a stalled source", () => {
+  it("I1 a source silent past the threshold is due at once; heard from or absent, never", () => {
+    const g = new RearmGate(o);
+    assert.equal(g.due(src(500), 0), false);
+    assert.equal(g.due(src(4_999), 1), false);
+    assert.equal(g.due(undefined, 2), false);
+    assert.equal(g.due(src(5_000), 3), true);
+  });
+
+  it("I1 a source without a consumer is due once the gate has seen it so for neverMs", () => {
+    const g = new RearmGate(o);
+    assert.equal(g.due(src(-1), 1_000), false);
+    assert.equal(g.wait(src(-1), 2_000), 2_000);
+    assert.equal(g.due(src(-1), 4_000), true);
+  });
+
+  it("I1 never in a loop: re-arms of a source that stays stalled are spaced by a doubling gap, reset once heard", () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            dt: fc.integer({ min: 1, max: 20_000 }),
+            // -1: no consumer; below 3 s: heard from; else silent that long
+            active: fc.oneof(
+              fc.constant(-1),
+              fc.integer({ min: 0, max: 2_999 }),
+              fc.integer({ min: 3_000, max: 600_000 }),
+            ),
+          }),
+          { maxLength: 200 },
+        ),
+        (obs) => {
+          const g = new RearmGate(o);
+          let now = 0;
+          let last: number | undefined;
+          let streak = 0;
+          for (const x of obs) {
+            now += x.dt;
+            const heard = x.active >= 0 && x.active < 3_000;
+            if (heard) streak = 0;
+            if (!g.due(src(x.active), now)) continue;
+            assert.ok(!heard, `due while heard from (active ${x.active} ms)`);
+            if (x.active >= 0) assert.ok(x.active >= o.stallMs);
+            if (streak > 0 && last !== undefined)
+              assert.ok(
+                now - last >= Math.min(o.stallMs * 2 ** (streak - 1), o.maxGapMs),
+                `re-arm ${streak + 1} of a streak ${now - last} ms after the previous one`,
+              );
+            g.rearmed(now);
+            last = now;
+            streak++;
+          }
+        },
+      ),
+      fcParams(),
+    );
+  });
+});
