@@ -15,7 +15,14 @@ import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
-import { type Op, decodeOpMessage, encodeOpMessage, encodeValue, opMessageSize } from "../lib/op.ts";
+import {
+  type Op,
+  decodeOpMessage,
+  encodeOpMessage,
+  encodeValue,
+  opMessageSize,
+  opVersioned,
+} from "../lib/op.ts";
 import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
@@ -45,6 +52,7 @@ import {
   type MergeDeps,
   admit,
   applyAdmitted,
+  greaterOp,
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
@@ -332,6 +340,26 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         decode: parse,
         keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
         handle,
+        // of a key's ops waiting together only the greatest is applied: the others are stale (LWW)
+        pick: (a, b) =>
+          "op" in a.decoded && "op" in b.decoded
+            ? greaterOp(
+                { op: a.decoded.op, handMade: a.m.subject === OPS_INGRESS },
+                { op: b.decoded.op, handMade: b.m.subject === OPS_INGRESS },
+              )
+            : null,
+        onSuperseded: (l, w) => {
+          counts.stale++;
+          if (!("op" in l.decoded) || !("op" in w.decoded) || l.m.subject === journal) return;
+          if (l.decoded.op.node_id === w.decoded.op.node_id) return;
+          recordConflict({
+            bucket: l.decoded.op.bucket,
+            key: l.decoded.op.key,
+            kind: "stale_op",
+            loser: opVersioned(l.decoded.op),
+            winner: opVersioned(w.decoded.op),
+          });
+        },
       }),
     );
   }
