@@ -63,6 +63,7 @@ export {
   type LastOpReader,
   currentOwnOp,
   lastOp,
+  metaHoldsOp,
   ownOpOf,
   publishOrdered,
   versionIsOp,

@@ -9,7 +9,11 @@
  * I3 (each local write published unless superseded by a newer local one), I4 (a stamp is above
  * every version the site held for the key, whatever the clock and its stale blocks). Watchers and
  * mergers may read `_meta` through a bounded cache of 1-2 keys that never learns from other writers
- * (sim/cache.ts): no correctness rests on the cache (#12.5).
+ * (sim/cache.ts): no correctness rests on the cache (#12.5). Each instance coalesces the messages of
+ * a key waiting behind a running one (#13: only the newest local write / greatest op runs, the others
+ * are settled with it; a failed winner puts the whole batch back, as kill -9 does), and the ordered
+ * publish takes its fast path (one fresh `_meta` read): at quiescence each site's compacted log must
+ * end, for every key whose `_meta` holds a stamp of the site, with exactly that op (#11.2).
  *
  * Replay a failure: FC_SEED=<seed> FC_RUNS=<n> runs the same cases again and shrinks again;
  * FC_SEED=<seed> FC_PATH=<first number of the printed path> runs the failing case directly. (A
@@ -102,6 +106,8 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.applied ?? 0) > 0 && (total.stale ?? 0) > 0 && (total.duplicate ?? 0) > 0);
+    // batches with several versions of one key happened, and the logs were checked
+    assert.ok((total.coalesced ?? 0) > 0 && (total.logsChecked ?? 0) > 0);
   });
 
   it("I1 I3 I4 I5: ops dropped too, anti-entropy repair (reconciler version tree + plan) → every replica equals the model", async (t) => {
@@ -126,6 +132,8 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.faults ?? 0) > 0 && (total.republished ?? 0) > 0);
+    // batches cut mid-way (the winner failed: nothing of the batch acked, all of it redelivered)
+    assert.ok((total.batchesCut ?? 0) > 0);
   });
 });
 

@@ -23,6 +23,11 @@ export type LocalEntry = {
   value: Uint8Array;
   /** the version in the entry's syncd headers (a merger wrote it — or someone forged them) */
   headers: { ts: number; node_id: string } | null;
+  /**
+   * delivered before and not acked: its op may have landed in the log without the check that
+   * follows a publish (the process died, or a reply was lost, in between)
+   */
+  redelivered?: boolean;
 };
 
 /** What the watcher's handlers need. */
@@ -105,6 +110,26 @@ async function publish(deps: WatcherDeps, e: LocalEntry, v: Version): Promise<Ou
 }
 
 /**
+ * After a redelivered entry turned out superseded: its earlier delivery may have published an op
+ * that landed after a newer one without checking the log afterwards (killed, or a reply lost, in
+ * between), so make sure the key's log ends with the site's current own version.
+ */
+async function repairLog(deps: WatcherDeps, key: string): Promise<void> {
+  if (!deps.current) return;
+  const cur = await deps.current(key);
+  if (!cur) return;
+  await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, deps.bucket, key), cur, {
+    current: () => deps.current!(key),
+  });
+}
+
+/** {@link Outcome.superseded}, once a redelivered entry's log is repaired. */
+async function superseded(deps: WatcherDeps, e: LocalEntry): Promise<Outcome> {
+  if (e.redelivered) await repairLog(deps, e.key);
+  return Outcome.superseded;
+}
+
+/**
  * True when a headed entry is a merger's write: `_meta` holds that version or a newer one (a merger
  * commits `_meta` before it writes the bucket). Headers claiming a version `_meta` never held were
  * written by someone else: the entry is a local write like any other.
@@ -131,11 +156,11 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
     if (cur) {
       let covered = coveredRev(cur.version, inc);
       if (covered > e.rev && deps.latestRev && ((await deps.latestRev(e.key)) ?? 0) < covered) covered = 0;
-      if (covered > e.rev) return Outcome.superseded;
+      if (covered > e.rev) return superseded(deps, e);
       if (covered === e.rev) {
         // stamped before (a redelivery after a crash): publish the same op again, the msg id dedupes it;
         // a merger commit covering this revision means a newer version replaced it
-        if (cur.version.merged || cur.version.node_id !== deps.nodeId) return Outcome.superseded;
+        if (cur.version.merged || cur.version.node_id !== deps.nodeId) return superseded(deps, e);
         return (await publish(deps, e, cur.version)) ?? Outcome.republished;
       }
     }
@@ -162,12 +187,15 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
 /**
  * Of two entries of one key waiting to be stamped, the one that replaces the other: the newer of two
  * local writes (entries without syncd headers); null when either has headers (an echo, or forged
- * headers, is decided by stampEntry). The other is acked as superseded once the winner is published.
+ * headers, is decided by stampEntry), or either is a redelivery. The other is acked as superseded
+ * once the winner is published.
  */
 export function newerLocal(
-  waiting: { rev: number; local: boolean },
-  newcomer: { rev: number; local: boolean },
+  waiting: { rev: number; local: boolean; redelivered?: boolean },
+  newcomer: { rev: number; local: boolean; redelivered?: boolean },
 ): "waiting" | "newcomer" | null {
   if (!waiting.local || !newcomer.local) return null;
+  // a redelivered entry may have to repair the log (see repairLog): it runs on its own
+  if (waiting.redelivered || newcomer.redelivered) return null;
   return waiting.rev >= newcomer.rev ? "waiting" : "newcomer";
 }

@@ -124,8 +124,16 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         // others before they were stamped (I3); entries with headers are never coalesced
         pick: (a, b) =>
           newerLocal(
-            { rev: a.m.seq, local: versionFromHeaders(a.m.headers) === null },
-            { rev: b.m.seq, local: versionFromHeaders(b.m.headers) === null },
+            {
+              rev: a.m.seq,
+              local: versionFromHeaders(a.m.headers) === null,
+              redelivered: a.m.info.redelivered,
+            },
+            {
+              rev: b.m.seq,
+              local: versionFromHeaders(b.m.headers) === null,
+              redelivered: b.m.info.redelivered,
+            },
           ),
         onSuperseded: () => {
           c.skipped_superseded++;
@@ -154,6 +162,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             deleted: isDeleteMarker(m.headers),
             value: m.data,
             headers: versionFromHeaders(m.headers),
+            redelivered: m.info.redelivered,
           };
           try {
             const outcome = await stampEntry(deps, e);
