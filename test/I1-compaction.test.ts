@@ -79,6 +79,8 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
       const data = await kvm.create("config", { history: 1 });
       const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
       const k = fast ? "fast" : "k";
+      /** what each fast-path check found */
+      const checks: boolean[] = [];
       const meta = new MetaStore(metaKv);
       const js = jetstream(nc);
       const jsm = await jetstreamManager(nc);
@@ -98,7 +100,15 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
         meta,
         jsm,
         current: (key) => currentOwnOp(metaKv, data, "site-a", "config", key),
-        ...(fast ? { holds: (op: Op) => metaHoldsOp(metaKv, op) } : {}),
+        ...(fast
+          ? {
+              holds: async (op: Op) => {
+                const h = await metaHoldsOp(metaKv, op);
+                checks.push(h);
+                return h;
+              },
+            }
+          : {}),
         tick: async () => ++clock,
         js: {
           publish: async (subject, payload, opts) => {
@@ -130,6 +140,8 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
       assert.equal(last?.op?.op, "put");
       assert.equal(last?.op && "value" in last.op ? last.op.value : undefined, "v2");
       assert.equal(last?.op?.ts, (await meta.get(k))?.version.ts, "the log's last op is _meta's version");
+      // the fast path: instance 2 found `_meta` holding its op; instance 1 did not (r2 was stamped)
+      if (fast) assert.deepEqual(checks, [true, false]);
     });
 });
 

@@ -180,8 +180,11 @@ export async function runConsumer<T = undefined>(args: {
     waiting: { m: JsMsg; decoded: T },
     newcomer: { m: JsMsg; decoded: T },
   ) => "waiting" | "newcomer" | null;
-  /** told about each loser of a coalesced batch that is acked with its winner (counts) */
-  onSuperseded?: (loser: { m: JsMsg; decoded: T }, winner: { m: JsMsg; decoded: T }) => void;
+  /**
+   * told about every message handled (with `pick`), once it and the losers coalesced with it are
+   * settled: `d` is the winner's disposition (the losers were acked with it iff it is an ack)
+   */
+  onBatch?: (winner: { m: JsMsg; decoded: T }, losers: { m: JsMsg; decoded: T }[], d: Disposition) => void;
   log: Logger;
   /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
   recreate?: () => Promise<void>;
@@ -254,9 +257,11 @@ export async function runConsumer<T = undefined>(args: {
     }
     trySettle(w.m, d);
     const ld = loserDisposition(d);
-    for (const l of losers) {
-      if ("ack" in ld) args.onSuperseded?.(l, w);
-      trySettle(l.m, ld);
+    for (const l of losers) trySettle(l.m, ld);
+    try {
+      args.onBatch?.(w, losers, d);
+    } catch (err) {
+      log.warn({ err }, "could not account for a batch");
     }
   };
   const pick = args.pick;

@@ -135,8 +135,8 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
               redelivered: b.m.info.redelivered,
             },
           ),
-        onSuperseded: () => {
-          c.skipped_superseded++;
+        onBatch: (_w, losers, d) => {
+          if ("ack" in d) c.skipped_superseded += losers.length;
         },
         log: blog,
         subjectOf: (key) => `${bucket}/${key}`,
