@@ -181,7 +181,7 @@ export async function runConsumer<T = undefined>(args: {
     newcomer: { m: JsMsg; decoded: T },
   ) => "waiting" | "newcomer" | null;
   /**
-   * told about every message handled (with `pick`), once it and the losers coalesced with it are
+   * told about every message handled, once it and the losers coalesced with it (with `pick`) are
    * settled: `d` is the winner's disposition (the losers were acked with it iff it is an ack)
    */
   onBatch?: (winner: { m: JsMsg; decoded: T }, losers: { m: JsMsg; decoded: T }[], d: Disposition) => void;
