@@ -23,7 +23,7 @@ export {
 } from "./lib/clock-rules.ts";
 export { ConfigError, loadConfig, usage } from "./lib/config.ts";
 export { connectNats } from "./lib/connect.ts";
-export { KeyedGate, termTakesReason } from "./lib/consume.ts";
+export { Coalescer, KeyedGate, loserDisposition, termTakesReason } from "./lib/consume.ts";
 export { ErrorCode, SyncdError, isSyncdError } from "./lib/errors.ts";
 export {
   type Condition,
@@ -59,7 +59,15 @@ export {
   opVersioned,
   parseOp,
 } from "./lib/op.ts";
-export { type LastOpReader, currentOwnOp, lastOp, publishOrdered } from "./lib/oplog.ts";
+export {
+  type LastOpReader,
+  currentOwnOp,
+  lastOp,
+  metaHoldsOp,
+  ownOpOf,
+  publishOrdered,
+  versionIsOp,
+} from "./lib/oplog.ts";
 export { type Planting, plantVersion } from "./lib/plant.ts";
 export { REARM_STALL_MS, RearmGate, rearmSource } from "./lib/rearm.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
@@ -139,7 +147,15 @@ export {
   useMesh,
 } from "./lib/subjects.ts";
 export { MeshTransport, type Route } from "./lib/transport.ts";
-export { type MergeDeps, admit, applyOp, bucketHolds, covered, pendingLocal } from "./merger/handlers.ts";
+export {
+  type MergeDeps,
+  admit,
+  applyOp,
+  bucketHolds,
+  covered,
+  greaterOp,
+  pendingLocal,
+} from "./merger/handlers.ts";
 export { mergerService } from "./merger/service.ts";
 export { type EntriesDeps, type WireEntry, digest, entries } from "./reconciler/handlers.ts";
 export { PeerBook } from "./reconciler/peers.ts";
@@ -156,5 +172,12 @@ export {
 } from "./reconciler/tree.ts";
 export { type Phase, barrier, hubSeqOf } from "./reconciler/tombstones.ts";
 export { type ValueSource, readVersioned } from "./reconciler/values.ts";
-export { type LocalEntry, Outcome, type WatcherDeps, opMsgId, stampEntry } from "./watcher/handlers.ts";
+export {
+  type LocalEntry,
+  Outcome,
+  type WatcherDeps,
+  newerLocal,
+  opMsgId,
+  stampEntry,
+} from "./watcher/handlers.ts";
 export { watcherService } from "./watcher/service.ts";

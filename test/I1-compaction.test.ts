@@ -12,6 +12,7 @@ import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
   MetaStore,
+  type Op,
   Outcome,
   Streams,
   type WatcherDeps,
@@ -22,6 +23,7 @@ import {
   loadConfig,
   makeOp,
   metaBucket,
+  metaHoldsOp,
   opsSubject,
   publishOrdered,
   rearmSource,
@@ -73,61 +75,76 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
     assert.equal(si.state.subjects?.[subject], 1, "one message per key");
   });
 
-  it("I1 two watcher instances racing on one key: the later stamp stays last even when it is published first", async () => {
-    const kvm = new Kvm(nc);
-    const data = await kvm.create("config", { history: 1 });
-    const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
-    const meta = new MetaStore(metaKv);
-    const js = jetstream(nc);
-    const jsm = await jetstreamManager(nc);
-    let release!: () => void;
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
-    let firstPublishReached!: () => void;
-    const reached = new Promise<void>((r) => {
-      firstPublishReached = r;
-    });
-    let clock = 1_000;
-    const instance = (held: boolean): WatcherDeps => ({
-      site: "a",
-      nodeId: "site-a",
-      bucket: "config",
-      meta,
-      jsm,
-      current: (key) => currentOwnOp(metaKv, data, "site-a", "config", key),
-      tick: async () => ++clock,
-      js: {
-        publish: async (subject, payload, opts) => {
-          if (held) {
-            firstPublishReached();
-            await gate;
-          }
-          return js.publish(subject, payload, opts);
+  for (const fast of [false, true])
+    it(`I1 two watcher instances racing on one key: the later stamp stays last even when it is published first${fast ? " (fast path: a fresh _meta read, no log reads)" : ""}`, async () => {
+      const kvm = new Kvm(nc);
+      const data = await kvm.create("config", { history: 1 });
+      const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
+      const k = fast ? "fast" : "k";
+      /** what each fast-path check found */
+      const checks: boolean[] = [];
+      const meta = new MetaStore(metaKv);
+      const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      let release!: () => void;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      let firstPublishReached!: () => void;
+      const reached = new Promise<void>((r) => {
+        firstPublishReached = r;
+      });
+      let clock = 1_000;
+      const instance = (held: boolean): WatcherDeps => ({
+        site: "a",
+        nodeId: "site-a",
+        bucket: "config",
+        meta,
+        jsm,
+        current: (key) => currentOwnOp(metaKv, data, "site-a", "config", key),
+        ...(fast
+          ? {
+              holds: async (op: Op) => {
+                const h = await metaHoldsOp(metaKv, op);
+                checks.push(h);
+                return h;
+              },
+            }
+          : {}),
+        tick: async () => ++clock,
+        js: {
+          publish: async (subject, payload, opts) => {
+            if (held) {
+              firstPublishReached();
+              await gate;
+            }
+            return js.publish(subject, payload, opts);
+          },
         },
-      },
+      });
+      const r1 = await data.put(k, "v1");
+      const r2 = await data.put(k, "v2");
+      const entry = (rev: number, v: string) => ({
+        key: k,
+        rev,
+        deleted: false,
+        value: new TextEncoder().encode(v),
+        headers: null,
+      });
+      // instance 1 stamps r1 and stalls just before its publish; instance 2 stamps r2 and publishes;
+      // then r1's op lands last, and instance 1 must publish r2's version again
+      const one = stampEntry(instance(true), entry(r1, "v1"));
+      await reached;
+      assert.equal(await stampEntry(instance(false), entry(r2, "v2")), Outcome.published);
+      release();
+      assert.equal(await one, Outcome.published);
+      const last = await lastOp(jsm, Streams.out("a"), opsSubject("a", "config", k));
+      assert.equal(last?.op?.op, "put");
+      assert.equal(last?.op && "value" in last.op ? last.op.value : undefined, "v2");
+      assert.equal(last?.op?.ts, (await meta.get(k))?.version.ts, "the log's last op is _meta's version");
+      // the fast path: instance 2 found `_meta` holding its op; instance 1 did not (r2 was stamped)
+      if (fast) assert.deepEqual(checks, [true, false]);
     });
-    const r1 = await data.put("k", "v1");
-    const r2 = await data.put("k", "v2");
-    const entry = (rev: number, v: string) => ({
-      key: "k",
-      rev,
-      deleted: false,
-      value: new TextEncoder().encode(v),
-      headers: null,
-    });
-    // instance 1 stamps r1 and stalls just before its publish; instance 2 stamps r2 and publishes;
-    // then r1's op lands last, and instance 1 must publish r2's version again
-    const one = stampEntry(instance(true), entry(r1, "v1"));
-    await reached;
-    assert.equal(await stampEntry(instance(false), entry(r2, "v2")), Outcome.published);
-    release();
-    assert.equal(await one, Outcome.published);
-    const last = await lastOp(jsm, Streams.out("a"), opsSubject("a", "config", "k"));
-    assert.equal(last?.op?.op, "put");
-    assert.equal(last?.op && "value" in last.op ? last.op.value : undefined, "v2");
-    assert.equal(last?.op?.ts, (await meta.get("k"))?.version.ts, "the log's last op is _meta's version");
-  });
 
   it("I1 a re-armed cross-domain source resumes after its last sourced message: nothing replayed, nothing skipped", async () => {
     // the shape of a site's FEED: a compacted stream whose only source is a stream in the hub's domain

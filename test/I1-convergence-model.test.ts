@@ -9,7 +9,11 @@
  * I3 (each local write published unless superseded by a newer local one), I4 (a stamp is above
  * every version the site held for the key, whatever the clock and its stale blocks). Watchers and
  * mergers may read `_meta` through a bounded cache of 1-2 keys that never learns from other writers
- * (sim/cache.ts): no correctness rests on the cache (#12.5).
+ * (sim/cache.ts): no correctness rests on the cache (#12.5). Each instance coalesces the messages of
+ * a key waiting behind a running one (#13: only the newest local write / greatest op runs, the others
+ * are settled with it; a failed winner puts the whole batch back, as kill -9 does), and the ordered
+ * publish takes its fast path (one fresh `_meta` read): at quiescence each site's compacted log must
+ * end, for every key whose `_meta` holds a stamp of the site, with exactly that op (#11.2).
  *
  * Replay a failure: FC_SEED=<seed> FC_RUNS=<n> runs the same cases again and shrinks again;
  * FC_SEED=<seed> FC_PATH=<first number of the printed path> runs the failing case directly. (A
@@ -19,6 +23,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import {
+  Coalescer,
+  KeyedGate,
   type MergeDeps,
   type Op,
   Outcome,
@@ -27,6 +33,7 @@ import {
   admit,
   applyOp,
   descend,
+  greaterOp,
   makeOp,
   parseOp,
   plan,
@@ -36,7 +43,7 @@ import {
   valueHash,
 } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
-import { type Call, ManualSteps } from "./sim/sched.ts";
+import { type Call, ManualSteps, settle } from "./sim/sched.ts";
 import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 import { BUCKET, type Scenario, type Stats, World, scenario } from "./sim/world.ts";
 
@@ -102,6 +109,8 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.applied ?? 0) > 0 && (total.stale ?? 0) > 0 && (total.duplicate ?? 0) > 0);
+    // batches with several versions of one key happened, and the logs were checked
+    assert.ok((total.coalesced ?? 0) > 0 && (total.logsChecked ?? 0) > 0);
   });
 
   it("I1 I3 I4 I5: ops dropped too, anti-entropy repair (reconciler version tree + plan) → every replica equals the model", async (t) => {
@@ -126,6 +135,8 @@ describe("I1 I3 I4 I5 convergence model: simulated replicas running the real sta
     );
     t.diagnostic(`totals over the runs: ${JSON.stringify(total)}`);
     assert.ok((total.faults ?? 0) > 0 && (total.republished ?? 0) > 0);
+    // batches cut mid-way (the winner failed: nothing of the batch acked, all of it redelivered)
+    assert.ok((total.batchesCut ?? 0) > 0);
   });
 });
 
@@ -543,6 +554,58 @@ describe("I1 I5 I6 counterexamples found by the model, replayed step by step", (
     const b = site(direct, "site-b");
     await applyOp(b.merge, d);
     assert.deepEqual(await toPull(b, a), ["k"], "the version trees of site-a and site-b are equal");
+  });
+
+  /**
+   * #13 batching, step by step: while a key's op runs, three more of it wait behind it and coalesce
+   * (the Coalescer the merger's consumer uses, with its choice of winner): only the greatest is
+   * applied, the others are acked as stale after it. Then a batch whose winner dies between the
+   * `_meta` commit and the bucket write (kill -9): nothing of it is acked; redelivered, the bucket
+   * ends with the batch's greatest op.
+   */
+  it("I1 I6 a batch of one key's ops applies only the greatest and acks the rest after it; a batch cut by kill -9 acks nothing", async () => {
+    const steps = new ManualSteps();
+    const b = site(steps.call, "site-b");
+    const acked: string[] = [];
+    let kill = false;
+    const gate = new Coalescer<Op>(
+      new KeyedGate(8),
+      (a, n) => (greaterOp({ op: a, handMade: false }, { op: n, handMade: false }) === "waiting" ? a : n),
+      async (w, losers) => {
+        const deps = kill ? dying(b) : b.merge;
+        try {
+          acked.push(`${w.ts}:${(await applyOp(deps, w)).result}`);
+          for (const l of losers) acked.push(`${l.ts}:stale`);
+        } catch {
+          // killed: neither the winner nor its losers are acked (all of them come again)
+        }
+      },
+    );
+    void gate.submit("k", put("k", 1, "site-a", "v1"));
+    await settle(); // it runs (waits on its first store call)
+    for (const ts of [3, 5, 2]) void gate.submit("k", put("k", ts, "site-c", `v${ts}`));
+    await steps.drain();
+    assert.deepEqual(acked, ["1:applied", "5:applied", "3:stale", "2:stale"]);
+    assert.equal(b.shows("k"), "v5");
+    assert.equal(gate.coalesced, 2);
+    // a batch cut by kill -9: 6 runs; 8 and 7 wait behind it (one batch, 8 wins) and die with 8
+    void gate.submit("k", put("k", 6, "site-a", "v6"));
+    await settle();
+    void gate.submit("k", put("k", 8, "site-c", "v8"));
+    void gate.submit("k", put("k", 7, "site-d", "v7"));
+    kill = true; // for the batch that starts next
+    await steps.drain();
+    assert.deepEqual(acked.slice(4), ["6:applied"], "a batch whose winner died acked something");
+    assert.equal(b.meta.peek("k")?.ts, 8, "the killed winner committed _meta");
+    assert.equal(b.shows("k"), "v6", "and never wrote the bucket");
+    // redelivered, in stream order
+    kill = false;
+    void gate.submit("k", put("k", 7, "site-d", "v7"));
+    await settle();
+    void gate.submit("k", put("k", 8, "site-c", "v8"));
+    await steps.drain();
+    assert.deepEqual(acked.slice(5), ["7:stale", "8:duplicate"]);
+    assert.equal(b.shows("k"), "v8");
   });
 
   /**

@@ -86,6 +86,57 @@ export class KeyedGate {
   }
 }
 
+/**
+ * Messages of one key that wait behind a running one, coalesced: of the messages a consumer has
+ * delivered for a key and not started yet, only the one that makes the others unnecessary runs
+ * (for LWW ops: the greatest version). `pick(waiting, newcomer)` names that one, or null when
+ * neither replaces the other (the newcomer then waits on its own, in order). `run` gets the winner
+ * and the losers; it settles the losers only once the winner's outcome is durable.
+ */
+export class Coalescer<M> {
+  private readonly waiting = new Map<string, { winner: M; losers: M[] }>();
+  /** messages that joined a waiting one instead of running */
+  coalesced = 0;
+
+  constructor(
+    private readonly gate: KeyedGate,
+    private readonly pick: (waiting: M, newcomer: M) => M | null,
+    private readonly run: (winner: M, losers: M[]) => Promise<void>,
+  ) {}
+
+  /** Resolves when the message is admitted (or joined a waiting one), not when it ends. */
+  async submit(key: string, m: M): Promise<void> {
+    const w = this.waiting.get(key);
+    if (w) {
+      const p = this.pick(w.winner, m);
+      if (p !== null) {
+        this.coalesced++;
+        if (p === m) {
+          w.losers.push(w.winner);
+          w.winner = m;
+        } else w.losers.push(m);
+        return;
+      }
+    }
+    const batch = { winner: m, losers: [] as M[] };
+    this.waiting.set(key, batch);
+    await this.gate.submit(key, async () => {
+      if (this.waiting.get(key) === batch) this.waiting.delete(key);
+      await this.run(batch.winner, batch.losers);
+    });
+  }
+}
+
+/**
+ * How the losers of a coalesced batch are settled: as the winner when it was acked (they are stale
+ * by then, and acked only after the winner's outcome is durable); otherwise put back at once, to be
+ * handled on their own (a winner redelivered or dead-lettered decides nothing for them).
+ */
+export function loserDisposition(winner: Disposition): Disposition {
+  if ("ack" in winner) return winner;
+  return { nak: "nak" in winner ? winner.nak : 0 };
+}
+
 /** A running consumer loop. */
 export type ConsumerLoop = {
   stop: () => Promise<void>;
@@ -121,6 +172,19 @@ export async function runConsumer<T = undefined>(args: {
   decode?: (m: JsMsg) => T;
   keyOf: (m: JsMsg, decoded: T) => string;
   handle: (m: JsMsg, decoded: T) => Promise<Disposition>;
+  /**
+   * Coalesce the waiting messages of a key (see Coalescer): which of two makes the other
+   * unnecessary, or null. Only the winner is handled; the losers are settled after it.
+   */
+  pick?: (
+    waiting: { m: JsMsg; decoded: T },
+    newcomer: { m: JsMsg; decoded: T },
+  ) => "waiting" | "newcomer" | null;
+  /**
+   * told about every message handled, once it and the losers coalesced with it (with `pick`) are
+   * settled: `d` is the winner's disposition (the losers were acked with it iff it is an ack)
+   */
+  onBatch?: (winner: { m: JsMsg; decoded: T }, losers: { m: JsMsg; decoded: T }[], d: Disposition) => void;
   log: Logger;
   /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
   recreate?: () => Promise<void>;
@@ -173,6 +237,44 @@ export async function runConsumer<T = undefined>(args: {
       else m.term();
     } else m.nak(d.nak);
   };
+  type Item = { m: JsMsg; decoded: T };
+  const trySettle = (m: JsMsg, d: Disposition) => {
+    try {
+      settle(m, d);
+    } catch (err) {
+      log.warn({ err }, "could not settle a message");
+    }
+  };
+  const runOne = async (key: string, w: Item, losers: Item[]) => {
+    let d: Disposition;
+    try {
+      d = await args.handle(w.m, w.decoded);
+      if (!("nak" in d)) wentThrough(key);
+    } catch (err) {
+      log.warn({ err, stream, seq: w.m.seq }, "message failed, will be redelivered");
+      failed(key, err);
+      d = { nak: 1000 };
+    }
+    trySettle(w.m, d);
+    const ld = loserDisposition(d);
+    for (const l of losers) trySettle(l.m, ld);
+    try {
+      args.onBatch?.(w, losers, d);
+    } catch (err) {
+      log.warn({ err }, "could not account for a batch");
+    }
+  };
+  const pick = args.pick;
+  const coalescer = pick
+    ? new Coalescer<Item & { key: string }>(
+        gate,
+        (a, b) => {
+          const p = pick(a, b);
+          return p === "waiting" ? a : p === "newcomer" ? b : null;
+        },
+        (w, losers) => runOne(w.key, w, losers),
+      )
+    : undefined;
   let poke: () => void = () => {};
   const start = async () => {
     const consumer = await js.consumers.get(stream, durable);
@@ -201,22 +303,8 @@ export async function runConsumer<T = undefined>(args: {
           continue;
         }
         const key = args.keyOf(m, decoded);
-        await gate.submit(key, async () => {
-          let d: Disposition;
-          try {
-            d = await args.handle(m, decoded);
-            if (!("nak" in d)) wentThrough(key);
-          } catch (err) {
-            log.warn({ err, stream, seq: m.seq }, "message failed, will be redelivered");
-            failed(key, err);
-            d = { nak: 1000 };
-          }
-          try {
-            settle(m, d);
-          } catch (err) {
-            log.warn({ err }, "could not settle a message");
-          }
-        });
+        if (coalescer) await coalescer.submit(key, { m, decoded, key });
+        else await gate.submit(key, () => runOne(key, { m, decoded }, []));
       }
     })();
     loop.catch((err) => log.error({ err, stream, durable }, "consumer loop ended"));

@@ -7,6 +7,17 @@
  * the site's current own version (`_meta`, read fresh), publishes that greatest one again. Why that
  * suffices: the publisher of the last message to land on a subject always checks after it landed,
  * and `_meta` holds every own version before it is published.
+ *
+ * The fast path (`holds`): every publisher of a site's log commits its op to `_meta` before it
+ * publishes it (the watcher stamps, the merger applies a hand-made op before forwarding it, the seed
+ * copies `_meta`), and `_meta` only moves up. So when `_meta`, read fresh after the publish landed,
+ * still holds exactly the op: (1) no greater op was published on the subject before it (it would
+ * have been committed first, and `_meta` would be above the op) — the read before the publish can
+ * be skipped; (2) any op that lands after it is published by someone who checks after it landed,
+ * when `_meta` is at least this op: that check either holds its own op (then it is equal or
+ * greater) or takes the slow path, which ends the log with the site's current own version. One
+ * fresh `_meta` read then replaces the two reads of the log and the read of the bucket
+ * (test/I1-convergence-model checks the log's last op per key at quiescence).
  */
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
@@ -69,11 +80,43 @@ export async function currentOwnOp(
   if (me?.operation !== "PUT") return null;
   const v = me.json<Version>();
   if (v.merged || v.node_id !== nodeId) return null;
-  if (v.deleted) return makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: true });
+  if (v.deleted) return ownOpOf(v, null, bucket, key);
   const d = await data.get(key);
   if (d?.operation !== "PUT") return null;
-  if (v.vh ? valueHash(d.value) !== v.vh : d.revision !== v.rev) return null;
-  return makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: false, value: d.value });
+  return ownOpOf(v, { rev: d.revision, deleted: false, value: d.value }, bucket, key);
+}
+
+/**
+ * {@link currentOwnOp} from what was read: `_meta`'s version of the key (fresh, own and not a
+ * merger's, else null) and the bucket's latest entry (needed for a put).
+ */
+export function ownOpOf(
+  v: Version,
+  latest: { rev: number; deleted: boolean; value: Uint8Array } | null,
+  bucket: string,
+  key: string,
+): Op | null {
+  if (v.deleted) return makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: true });
+  if (!latest || latest.deleted) return null;
+  if (v.vh ? valueHash(latest.value) !== v.vh : latest.rev !== v.rev) return null;
+  return makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: false, value: latest.value });
+}
+
+/**
+ * True when `_meta`'s version `v` (read fresh) is exactly `op`: same version, same kind, and for a
+ * put the same value hash (a version without one is never taken as proof).
+ */
+export function versionIsOp(v: Version | null | undefined, op: Op): boolean {
+  if (!v || v.ts !== op.ts || v.node_id !== op.node_id) return false;
+  const o = opVersioned(op);
+  if (v.deleted !== o.deleted) return false;
+  return o.deleted || (v.vh !== undefined && v.vh === valueHash(o.value ?? new Uint8Array()));
+}
+
+/** Whether `_meta` (read fresh, never from a cache) holds exactly `op` for its key: see {@link versionIsOp}. */
+export async function metaHoldsOp(meta: KV, op: Op): Promise<boolean> {
+  const me = await meta.get(op.key);
+  return me?.operation === "PUT" && me.value.length > 0 && versionIsOp(me.json<Version>(), op);
 }
 
 /**
@@ -88,11 +131,22 @@ export async function publishOrdered(
   stream: string,
   subject: string,
   op: Op,
-  opts: { msgID?: string; current?: () => Promise<Op | null> } = {},
+  opts: {
+    msgID?: string;
+    current?: () => Promise<Op | null>;
+    /**
+     * whether `_meta`, read fresh, holds exactly `op` (see metaHoldsOp): with it, the log is not
+     * read before the publish, and not after it when `_meta` still holds the op (the fast path)
+     */
+    holds?: () => Promise<boolean>;
+  } = {},
 ): Promise<OrderedResult> {
-  const first = await lastOp(deps.jsm, stream, subject);
-  if (first?.op && compare(opVersioned(first.op), opVersioned(op)) >= 0) return OrderedResult.superseded;
+  if (!opts.holds) {
+    const first = await lastOp(deps.jsm, stream, subject);
+    if (first?.op && compare(opVersioned(first.op), opVersioned(op)) >= 0) return OrderedResult.superseded;
+  }
   await publishOp(deps.js, subject, op, opts.msgID);
+  if (opts.holds && (await opts.holds())) return OrderedResult.published;
   let target = op;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const cur = (await opts.current?.()) ?? null;

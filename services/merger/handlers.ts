@@ -278,6 +278,20 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
 }
 
 /**
+ * Of two ops of one key waiting together, the one to apply: the greater by LWW (the other is stale
+ * and acked once the winner is durable); of equal ones a hand-made op (only it is forwarded), else
+ * the one waiting.
+ */
+export function greaterOp(
+  waiting: { op: Op; handMade: boolean },
+  newcomer: { op: Op; handMade: boolean },
+): "waiting" | "newcomer" {
+  const c = compare(opVersioned(waiting.op), opVersioned(newcomer.op));
+  if (c !== 0) return c > 0 ? "waiting" : "newcomer";
+  return newcomer.handMade && !waiting.handMade ? "newcomer" : "waiting";
+}
+
+/**
  * Keys whose value vanished from the bucket without an op: `_meta` holds a live version (a put)
  * while the bucket has no entry for the key — the bucket was purged or re-created, or the entry
  * removed. Returns key → the version `_meta` holds.

@@ -15,7 +15,14 @@ import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
-import { type Op, decodeOpMessage, encodeOpMessage, encodeValue, opMessageSize } from "../lib/op.ts";
+import {
+  type Op,
+  decodeOpMessage,
+  encodeOpMessage,
+  encodeValue,
+  opMessageSize,
+  opVersioned,
+} from "../lib/op.ts";
 import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
 import { keepArmed } from "../lib/rearm.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
@@ -46,6 +53,7 @@ import {
   type MergeDeps,
   admit,
   applyAdmitted,
+  greaterOp,
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
@@ -260,11 +268,26 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const ingressIncarnation = async () =>
     incarnationOf((await site.jsm.streams.info(Streams.ingress(config.site))).created);
   let ingressInc = await ingressIncarnation();
+  /**
+   * the conflicts of a message of the streams, recorded once its batch is settled (with those of
+   * the ops coalesced with it: they lost to what it lost to, else to it)
+   */
+  const conflictsOf = new WeakMap<JsMsg, Conflict[]>();
   const handle = async (m: JsMsg, p: Parsed) => {
     if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error, p);
     try {
-      // a journaled copy of a merge request: the endpoint already recorded its conflicts
-      const r = await applyAdmitted(m.subject === journal ? journalDeps : deps, p.bucket, p.op);
+      // a journaled copy of a merge request: the endpoint already recorded its conflicts; else the
+      // version a losing op lost to is kept for the ops coalesced with it (they lost to it too)
+      const d =
+        m.subject === journal
+          ? journalDeps
+          : {
+              ...deps,
+              onConflict: (c: Conflict) => {
+                conflictsOf.set(m, [...(conflictsOf.get(m) ?? []), c]);
+              },
+            };
+      const r = await applyAdmitted(d, p.bucket, p.op);
       counts[r.result]++;
       if (r.result === "applied") health.clear(Conditions.valueTooLarge, `${p.op.bucket}/${p.op.key}`);
       // a hand-made op goes to the site's log only as the key's current winner here
@@ -336,6 +359,40 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         decode: parse,
         keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
         handle,
+        // of a key's ops waiting together only the greatest is applied: the others are stale (LWW)
+        pick: (a, b) =>
+          "op" in a.decoded && "op" in b.decoded
+            ? greaterOp(
+                { op: a.decoded.op, handMade: a.m.subject === OPS_INGRESS },
+                { op: b.decoded.op, handMade: b.m.subject === OPS_INGRESS },
+              )
+            : null,
+        onBatch: (w, losers, d) => {
+          const found = conflictsOf.get(w.m) ?? [];
+          conflictsOf.delete(w.m);
+          const records = found.map((c) => ({ seq: w.m.seq, c }));
+          if ("ack" in d && "op" in w.decoded) {
+            counts.stale += losers.length;
+            // each lost to what the winner lost to, else to the winner
+            const lost = found.find((c) => c.kind === "stale_op")?.winner;
+            const winner = lost ?? opVersioned(w.decoded.op);
+            for (const l of losers) {
+              if (!("op" in l.decoded) || l.m.subject === journal || l.decoded.op.node_id === winner.node_id)
+                continue;
+              const loser = opVersioned(l.decoded.op);
+              const c: Conflict = {
+                bucket: l.decoded.op.bucket,
+                key: l.decoded.op.key,
+                kind: "stale_op",
+                loser,
+                winner,
+              };
+              records.push({ seq: l.m.seq, c });
+            }
+          }
+          // in stream order, as if the ops had been applied one by one
+          for (const r of records.sort((a, b) => a.seq - b.seq)) recordConflict(r.c);
+        },
       }),
     );
   }

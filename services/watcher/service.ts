@@ -8,7 +8,7 @@ import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
-import { currentOwnOp } from "../lib/oplog.ts";
+import { currentOwnOp, metaHoldsOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
 import { ensureOutStream } from "../lib/site.ts";
@@ -30,7 +30,7 @@ import {
   kvStream,
   kvSubject,
 } from "../lib/subjects.ts";
-import { type LocalEntry, Outcome, type WatcherDeps, stampEntry } from "./handlers.ts";
+import { type LocalEntry, Outcome, type WatcherDeps, newerLocal, stampEntry } from "./handlers.ts";
 import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
 /** Start one consumer loop per bucket and add the status endpoint. */
@@ -105,6 +105,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       jsm: site.jsm,
       current: (key: string) =>
         currentOwnOp(site.metas.get(bucket)!, site.buckets.get(bucket)!, config.nodeId, bucket, key),
+      holds: (op) => metaHoldsOp(site.metas.get(bucket)!, op),
       tick: () => ticker.tick(),
     };
     const durable = Durables.watcher(config.site, bucket);
@@ -122,6 +123,24 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         concurrency: 64,
         decode: (m) => kvKeyOf(bucket, m.subject),
         keyOf: (_m, key) => key,
+        // of a key's local writes waiting together, only the newest is stamped: it replaced the
+        // others before they were stamped (I3); entries with headers are never coalesced
+        pick: (a, b) =>
+          newerLocal(
+            {
+              rev: a.m.seq,
+              local: versionFromHeaders(a.m.headers) === null,
+              redelivered: a.m.info.redelivered,
+            },
+            {
+              rev: b.m.seq,
+              local: versionFromHeaders(b.m.headers) === null,
+              redelivered: b.m.info.redelivered,
+            },
+          ),
+        onBatch: (_w, losers, d) => {
+          if ("ack" in d) c.skipped_superseded += losers.length;
+        },
         log: blog,
         subjectOf: (key) => `${bucket}/${key}`,
         // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
@@ -146,6 +165,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             deleted: isDeleteMarker(m.headers),
             value: m.data,
             headers: versionFromHeaders(m.headers),
+            redelivered: m.info.redelivered,
           };
           try {
             const outcome = await stampEntry(deps, e);

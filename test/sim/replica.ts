@@ -2,6 +2,7 @@ import type { JetStreamPublishOptions, MsgRequest, PubAck, StoredMsg } from "@na
 import type { Payload } from "@nats-io/nats-core";
 import {
   type ClockMode,
+  Coalescer,
   KeyedGate,
   type LocalEntry,
   type MergeDeps,
@@ -13,16 +14,24 @@ import {
   type WatcherDeps,
   applyOp,
   compareVersions,
+  greaterOp,
   isSyncdError,
+  newerLocal,
   observe,
+  ownOpOf,
   reserve,
   stampEntry,
+  versionIsOp,
 } from "../../services/mod.ts";
 /**
  * One simulated site: its stores, its clock, W watcher instances sharing the bucket's durable
  * consumer and M merger instances sharing the inbound op stream (I5), all running the real
  * `stampEntry` and `applyOp`. Like the real consumers, each instance handles the messages of one
- * key one after another (the real KeyedGate) and different keys, or different instances, at once.
+ * key one after another (the real KeyedGate) and different keys, or different instances, at once,
+ * and coalesces the messages of a key that wait behind a running one (the real Coalescer with the
+ * services' own choice of winner: the newest local write, the greatest op): only the winner runs,
+ * the losers are settled with it — acked once it went through, redelivered when it failed (a batch
+ * cut by kill -9: nothing of it was acked, all of it comes again).
  */
 import { StaleMetaCache } from "./cache.ts";
 import { type Choices, FaultError, type Sim } from "./sched.ts";
@@ -108,6 +117,11 @@ export type ReplicaConfig = {
 };
 
 const GATE_LIMIT = 64;
+
+/** A Coalescer's pick from the services' choice of winner. */
+function pick<M>(a: M, b: M, which: "waiting" | "newcomer" | null): M | null {
+  return which === null ? null : which === "waiting" ? a : b;
+}
 /** a message that failed this often is a livelock, not bad luck */
 const MAX_DELIVERIES = 50;
 
@@ -124,9 +138,15 @@ export class Replica {
   readonly merges: MergerMergeResponse[] = [];
   /** greatest version ever committed to `_meta`, per key */
   private readonly maxHeld = new Map<string, VersionId>();
-  private readonly watcherGates: KeyedGate[];
+  private readonly watcherGates: Coalescer<{ entry: LocalEntry; delivery: number }>[];
   private readonly watchers: WatcherDeps[];
-  private readonly mergerGates: KeyedGate[];
+  private readonly mergerGates: Coalescer<{ op: Op; delivery: number }>[];
+  /** coalesced batches whose winner failed: nothing of them acked, every message redelivered (coverage) */
+  batchesCut = 0;
+  /** messages that joined a waiting one of their key instead of running (coverage) */
+  coalesced(): number {
+    return [...this.watcherGates, ...this.mergerGates].reduce((n, g) => n + g.coalesced, 0);
+  }
 
   constructor(
     private readonly sim: Sim,
@@ -145,9 +165,32 @@ export class Replica {
       checkSkew: () => {},
     };
     this.meta.onCommit = (c) => this.committed(c);
-    this.watcherGates = Array.from({ length: cfg.watchers }, () => new KeyedGate(GATE_LIMIT));
-    this.mergerGates = Array.from({ length: cfg.mergers }, () => new KeyedGate(GATE_LIMIT));
-    this.watchers = this.watcherGates.map((_, i) => this.watcherDeps(i));
+    this.watchers = Array.from({ length: cfg.watchers }, (_, i) => this.watcherDeps(i));
+    this.watcherGates = this.watchers.map(
+      (_, w) =>
+        new Coalescer<{ entry: LocalEntry; delivery: number }>(
+          new KeyedGate(GATE_LIMIT),
+          (a, b) =>
+            pick(
+              a,
+              b,
+              newerLocal(
+                { rev: a.entry.rev, local: a.entry.headers === null, redelivered: a.entry.redelivered },
+                { rev: b.entry.rev, local: b.entry.headers === null, redelivered: b.entry.redelivered },
+              ),
+            ),
+          (win, losers) => this.stamp(w, win, losers),
+        ),
+    );
+    this.mergerGates = Array.from(
+      { length: cfg.mergers },
+      (_, m) =>
+        new Coalescer<{ op: Op; delivery: number }>(
+          new KeyedGate(GATE_LIMIT),
+          (a, b) => pick(a, b, greaterOp({ op: a.op, handMade: false }, { op: b.op, handMade: false })),
+          (win, losers) => this.merge(m, win, losers),
+        ),
+    );
     this.bucket.feed((e) => {
       const entry: LocalEntry = {
         key: e.key,
@@ -165,34 +208,70 @@ export class Replica {
   /** The watcher's durable consumer hands an entry to one instance; a failure is redelivered. */
   private watch(entry: LocalEntry, delivery: number): void {
     const w = this.choices.next(this.watchers.length);
-    void this.watcherGates[w]!.submit(entry.key, async () => {
-      try {
-        const outcome = await stampEntry(this.watchers[w]!, entry);
-        const list = this.outcomes.get(entry.rev) ?? [];
-        list.push(outcome);
-        this.outcomes.set(entry.rev, list);
-      } catch (err) {
-        const where = `${this.site} watcher#${w} rev ${entry.rev}`;
-        if (!(err instanceof FaultError) || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
-        void this.sim.step(`${where} nak`).then(() => this.watch(entry, delivery + 1));
-      }
-    });
+    const e = { ...entry, redelivered: delivery > 1 };
+    void this.watcherGates[w]!.submit(entry.key, { entry: e, delivery });
+  }
+
+  private outcome(rev: number, o: Outcome): void {
+    const list = this.outcomes.get(rev) ?? [];
+    list.push(o);
+    this.outcomes.set(rev, list);
+  }
+
+  /** One watcher instance stamps the winner of a key's waiting entries; the losers go with it. */
+  private async stamp(
+    w: number,
+    win: { entry: LocalEntry; delivery: number },
+    losers: { entry: LocalEntry; delivery: number }[],
+  ): Promise<void> {
+    try {
+      this.outcome(win.entry.rev, await stampEntry(this.watchers[w]!, win.entry));
+      for (const l of losers) this.outcome(l.entry.rev, "skipped_superseded");
+    } catch (err) {
+      const where = `${this.site} watcher#${w} rev ${win.entry.rev}`;
+      if (!(err instanceof FaultError) || win.delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
+      if (losers.length > 0) this.batchesCut++;
+      for (const x of [win, ...losers])
+        void this.sim
+          .step(`${this.site} watcher#${w} rev ${x.entry.rev} nak`)
+          .then(() => this.watch(x.entry, x.delivery + 1));
+    }
   }
 
   /** An op arrived on the site's inbound stream: one merger instance applies it; a failure is redelivered. */
   deliver(op: Op, delivery = 1): void {
     const m = this.choices.next(this.mergerGates.length);
-    void this.mergerGates[m]!.submit(`${op.bucket}/${op.key}`, async () => {
-      try {
-        this.merges.push(await applyOp(this.mergeDeps, op));
-      } catch (err) {
-        const where = `${this.site} merger#${m} ${op.op} ${op.key} ${op.ts}/${op.node_id}`;
-        // like the real consumer: a fault or a conflict (409, decided later) is nak'd and redelivered
-        const retry = err instanceof FaultError || (isSyncdError(err) && err.code === "SYNCD_ERR_CONFLICT");
-        if (!retry || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
-        void this.sim.step(`${where} nak`).then(() => this.deliver(op, delivery + 1));
-      }
-    });
+    void this.mergerGates[m]!.submit(`${op.bucket}/${op.key}`, { op, delivery });
+  }
+
+  /** One merger instance applies the greatest of a key's waiting ops; the others are stale with it. */
+  private async merge(
+    m: number,
+    win: { op: Op; delivery: number },
+    losers: { op: Op; delivery: number }[],
+  ): Promise<void> {
+    const { op, delivery } = win;
+    try {
+      this.merges.push(await applyOp(this.mergeDeps, op));
+      for (const l of losers)
+        this.merges.push({
+          result: "stale",
+          bucket: l.op.bucket,
+          key: l.op.key,
+          ts: op.ts,
+          node_id: op.node_id,
+        });
+    } catch (err) {
+      const where = `${this.site} merger#${m} ${op.op} ${op.key} ${op.ts}/${op.node_id}`;
+      // like the real consumer: a fault or a conflict (409, decided later) is nak'd and redelivered
+      const retry = err instanceof FaultError || (isSyncdError(err) && err.code === "SYNCD_ERR_CONFLICT");
+      if (!retry || delivery >= MAX_DELIVERIES) return this.net.fail(where, err);
+      if (losers.length > 0) this.batchesCut++;
+      for (const x of [win, ...losers])
+        void this.sim
+          .step(`${this.site} merger#${m} ${x.op.op} ${x.op.key} ${x.op.ts}/${x.op.node_id} nak`)
+          .then(() => this.deliver(x.op, x.delivery + 1));
+    }
   }
 
   private watcherDeps(i: number): WatcherDeps {
@@ -203,14 +282,23 @@ export class Replica {
       bucket: this.cfg.bucket,
       meta: this.cached("watcher"),
       tick: () => ticker.tick(),
-      // the simulated OUT log keeps the last message per subject, as the real one does
+      // the simulated OUT log keeps the last message per subject, as the real one does; the
+      // ordered publish reads it, and `_meta` and the bucket fresh (never through a cache)
       jsm: {
         streams: {
-          getMessage: async (_stream: string, q: MsgRequest) => {
-            const m = "last_by_subj" in q ? this.net.last(this, q.last_by_subj) : null;
-            return m && ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg);
-          },
+          getMessage: (_stream: string, q: MsgRequest) =>
+            this.sim.call(`${this.site} watcher#${i} out.last`, () => {
+              const m = "last_by_subj" in q ? this.net.last(this, q.last_by_subj) : null;
+              return m && ({ seq: m.seq, data: m.data, header: undefined } as unknown as StoredMsg);
+            }),
         },
+      },
+      holds: async (op) => versionIsOp((await this.meta.get(op.key, "watcher"))?.version, op),
+      current: async (key) => {
+        const me = await this.meta.get(key, "watcher");
+        const v = me?.version;
+        if (!v || v.merged || v.node_id !== this.nodeId) return null;
+        return ownOpOf(v, v.deleted ? null : await this.bucket.latest(key), this.cfg.bucket, key);
       },
       js: {
         publish: async (

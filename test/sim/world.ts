@@ -20,6 +20,7 @@ import {
   readVersioned,
   treeSource,
   valueHash,
+  versionIsOp,
 } from "../../services/mod.ts";
 /**
  * A simulated mesh: N replicas running the real watcher and merger code, a network that delivers
@@ -159,6 +160,12 @@ export type Stats = {
   republished: number;
   /** stamped local writes never published because a newer remote op overtook them first */
   overtaken: number;
+  /** messages coalesced into a waiting one of their key (a batch with several versions of a key) */
+  coalesced: number;
+  /** coalesced batches whose winner failed (kill -9 mid-batch: none of it acked, all redelivered) */
+  batchesCut: number;
+  /** keys whose log ends with the site's own current version (checked at quiescence) */
+  logsChecked: number;
 };
 
 const show = (v: { ts: number; node_id: string; deleted?: boolean } | null | undefined): string =>
@@ -194,6 +201,9 @@ export class World {
     faults: 0,
     republished: 0,
     overtaken: 0,
+    coalesced: 0,
+    batchesCut: 0,
+    logsChecked: 0,
   };
 
   constructor(
@@ -290,11 +300,27 @@ export class World {
     const seq = ++this.outSeq;
     if (msgID !== undefined) this.msgIds.set(msgID, seq);
     this.outLast.set(`${from.site} ${subject}`, { seq, data: payload });
-    // an ordered publish sending again, without msgID, an op of the site that lost its place in the log
+    // an ordered publish sending again, without msgID, an op of the site that lost its place in the
+    // log: one it published, or the site's current own version (a stamp of a local write, whose own
+    // publish may not have landed yet)
     if (msgID === undefined) {
       const same = JSON.stringify(op);
-      if (!this.published.some((p) => p.from === from.site && JSON.stringify(p.op) === same))
-        this.violations.push(`I2 ${from.site} re-published ${same}, never published`);
+      if (!this.published.some((p) => p.from === from.site && JSON.stringify(p.op) === same)) {
+        const stamp = from.stamps.find(
+          (s) => s.key === op.key && s.version.ts === op.ts && s.version.node_id === op.node_id,
+        );
+        const e = stamp && from.bucket.at(stamp.version.rev);
+        const v = opVersioned(op);
+        const isStamp =
+          e !== undefined &&
+          e.version === null &&
+          e.key === op.key &&
+          e.deleted === v.deleted &&
+          (e.deleted || compareBytes(e.value, v.value!) === 0);
+        if (!isStamp)
+          this.violations.push(`I2 ${from.site} re-published ${same}, never published or stamped`);
+        this.published.push({ op, from: from.site, origin: "watcher" });
+      }
       this.broadcast(from, op);
       return { stream, seq, duplicate: false };
     }
@@ -485,6 +511,18 @@ export class World {
         if (s.held && compareVersions(s.version, s.held) <= 0)
           out.push(`I4 ${r.site} stamped ${s.key} ${show(s.version)} while holding ${show(s.held)}`);
       }
+      // the per-key compacted log ends with the site's own current version (#11.2): whenever
+      // `_meta` holds a stamp of this site, the last op on the key's subject is exactly that op
+      for (const [key, v] of r.meta.snapshot()) {
+        if (v.merged || v.node_id !== r.nodeId) continue;
+        const last = this.outLast.get(`${r.site} ${opsSubject(r.site, BUCKET, key)}`);
+        const op = last ? parseOp(last.data) : null;
+        this.stats.logsChecked++;
+        if (!op || !versionIsOp(v, op))
+          out.push(
+            `log ${r.site} ${key} ends with ${op ? JSON.stringify(op) : "nothing"}, _meta holds the own ${show(v)} (vh ${v.vh})`,
+          );
+      }
       // `_meta` only moves up (equal versions: only value → tombstone or a greater value)
       for (const c of r.meta.history) {
         if (!c.prev) continue;
@@ -534,6 +572,10 @@ export class World {
 
   /** Count merge results of every replica into the stats. */
   tally(): Stats {
+    for (const r of this.replicas) {
+      this.stats.coalesced += r.coalesced();
+      this.stats.batchesCut += r.batchesCut;
+    }
     for (const r of this.replicas)
       for (const m of r.merges) this.stats[m.result as "applied" | "stale" | "duplicate"]++;
     for (const r of this.replicas)
