@@ -5,15 +5,15 @@
  * follows that setting (`--meta-cache-max`), not the number of keys ever written. A key it does not
  * hold, one whose compare-and-set lost, or one a caller invalidates is read from the server. Until
  * the first eviction the cache holds every key of `_meta`, and a key it does not hold is absent.
+ * It is fed by the process's one watch of `_meta` (meta-watch.ts), which other followers share.
  */
 import type { KV, KvWatchEntry } from "@nats-io/kv";
-import type { QueuedIterator } from "@nats-io/nats-core";
 import type { Logger } from "./logger.ts";
+import { type MetaListener, MetaWatch } from "./meta-watch.ts";
 import type { Version } from "./schemas.gen.ts";
 import { type MetaEntry, MetaStore, type MetaStoreLike, isCasConflict } from "./stores.ts";
 
 const dec = new TextDecoder();
-const RESTART_MS = 1000;
 
 /** Default of `--meta-cache-max`: keys of `_meta` one cache holds. */
 export const DEFAULT_META_CACHE_MAX = 100_000;
@@ -25,11 +25,27 @@ export class CachedMetaStore implements MetaStoreLike {
   private readonly cache = new Map<string, MetaEntry | null>();
   private readonly stale = new Set<string>();
   private readonly max: number;
-  private watcher: QueuedIterator<KvWatchEntry> | undefined;
+  private watch: MetaWatch | undefined;
   private ready = false;
   /** every key of `_meta` is in the cache (nothing evicted since the watch caught up) */
   private complete = false;
-  private stopped = false;
+  private evictedAtReset = 0;
+  private readonly listener: MetaListener = {
+    reset: () => {
+      this.ready = false;
+      this.complete = false;
+      this.evictedAtReset = this.counts.evictions;
+    },
+    entry: (e) => this.apply(e),
+    caughtUp: () => {
+      this.ready = true;
+      this.complete = this.counts.evictions === this.evictedAtReset && this.cache.size <= this.max;
+    },
+    ended: () => {
+      this.ready = false;
+      this.complete = false;
+    },
+  };
   /** reads answered from the cache / read from the server / keys evicted */
   readonly counts = { hits: 0, reads: 0, evictions: 0 };
 
@@ -42,49 +58,31 @@ export class CachedMetaStore implements MetaStoreLike {
     this.max = Math.max(1, opts.maxEntries ?? DEFAULT_META_CACHE_MAX);
   }
 
-  /** Start the watch; resolves once the initial values went through the cache. */
+  /**
+   * Follow `_meta` through the process's shared watch of it (meta-watch.ts); resolves once the
+   * initial values went through the cache.
+   */
   async start(): Promise<void> {
-    const initial = (await this.kv.status()).values;
-    const it = await this.kv.watch({ key: ">" });
-    this.watcher = it;
-    const evictedBefore = this.counts.evictions;
-    let caughtUp!: () => void;
-    const done = new Promise<void>((r) => {
-      caughtUp = r;
-    });
-    const markReady = () => {
-      this.ready = true;
-      this.complete = this.counts.evictions === evictedBefore && this.cache.size <= this.max;
-      caughtUp();
-    };
-    if (initial === 0) markReady();
-    void (async () => {
-      try {
-        for await (const e of it) {
-          this.apply(e);
-          if (!this.ready && (e.isUpdate || e.delta === 0)) markReady();
-        }
-      } catch (err) {
-        this.log.warn({ err }, "meta watch failed");
-      }
-      this.ready = false;
-      this.complete = false;
-      caughtUp();
-      if (!this.stopped) {
-        this.log.warn("meta watch ended; reading _meta directly until it is back");
-        setTimeout(() => {
-          if (!this.stopped)
-            this.start().catch((err) => this.log.warn({ err }, "could not restart the meta watch"));
-        }, RESTART_MS).unref();
-      }
-    })();
-    await done;
+    if (this.watch) return;
+    const w = MetaWatch.acquire(this.kv, this.log);
+    this.watch = w;
+    try {
+      await w.listen(this.listener);
+    } catch (err) {
+      this.watch = undefined;
+      w.release();
+      throw err;
+    }
   }
 
-  /** Stop the watch. */
+  /** Stop following `_meta` (the shared watch stops with its last user). */
   stop(): void {
-    this.stopped = true;
-    this.watcher?.stop();
+    const w = this.watch;
+    this.watch = undefined;
+    this.ready = false;
+    this.complete = false;
+    w?.unlisten(this.listener);
+    w?.release();
   }
 
   /** The number of cached keys (known-absent ones included); never above `maxEntries`. */
