@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import {
+  HeldMap,
   type KeyVersion,
   VersionTree,
   descend,
@@ -416,4 +417,36 @@ describe("I1 anti-entropy: the compact version tree (law)", () => {
       fcParams({ numRuns: 200 }),
     );
   });
+});
+
+it("I1 law: the compact held map answers as a Map of what the bucket holds", () => {
+  const heldArb = fc.record({
+    rev: fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER)),
+    h: fc.oneof(fc.constant(""), fc.hexaString({ minLength: 16, maxLength: 16 }), fc.constant("odd")),
+  });
+  const opArb = fc.record({
+    key: fc.constantFrom("a", "b", "c", "d"),
+    held: fc.option(heldArb, { nil: null }),
+  });
+  fc.assert(
+    fc.property(fc.array(opArb, { maxLength: 80 }), (ops) => {
+      const m = new HeldMap();
+      const model = new Map<string, { rev: number; h: string }>();
+      for (const { key, held } of ops) {
+        if (held === null) assert.equal(m.delete(key), model.delete(key));
+        else {
+          m.set(key, held);
+          model.set(key, held);
+        }
+        assert.equal(m.size, model.size);
+        for (const k of ["a", "b", "c", "d"]) assert.deepEqual(m.get(k), model.get(k), k);
+        assert.deepEqual([...m.keys()].sort(), [...model.keys()].sort());
+        assert.deepEqual(
+          [...m.revs()].sort((x, y) => x - y),
+          [...model.values()].map((h) => h.rev).sort((x, y) => x - y),
+        );
+      }
+    }),
+    fcParams({ numRuns: 300 }),
+  );
 });
