@@ -42,6 +42,25 @@ export type NodeDigest = { prefix: string; hash: string; count: number };
 /** A key with its version, as listed by `entries`. */
 export type KeyVersion = VersionInfo & { key: string };
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/** Lower-case hex of `n` bytes of `a` from `off`. */
+export function bytesToHex(a: Uint8Array, off: number, n: number): string {
+  let h = "";
+  for (let i = off; i < off + n; i++) h += HEX[a[i]!]!;
+  return h;
+}
+
+/** The value of byte `i` of a hex string. */
+function hexByte(hex: string, i: number): number {
+  return Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+}
+
+/** Write a hex string's bytes into `out` at `off`. */
+export function hexToBytes(hex: string, out: Uint8Array, off: number): void {
+  for (let i = 0; i < hex.length >> 1; i++) out[off + i] = hexByte(hex, i);
+}
+
 /** The leaf of a key: the first `depth` hex chars of sha256(key), as an integer. */
 export function leafOf(key: string, depth: number = TREE_DEPTH): number {
   const d = createHash("sha256").update(key).digest();
@@ -143,7 +162,7 @@ export class VersionTree {
     let s = this.slots.get(key);
     const added = s === undefined;
     if (s !== undefined) {
-      if (this.ts[s] === v.ts && this.nodeIx[s] === nid && this.flags[s] === fl && this.vhOf(s) === vh)
+      if (this.ts[s] === v.ts && this.nodeIx[s] === nid && this.flags[s] === fl && this.sameVh(s, vh))
         return false;
       this.apply(this.leafOfSlot[s]!, this.eh.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), 0);
     } else {
@@ -159,7 +178,13 @@ export class VersionTree {
     this.nodeIx[s] = nid;
     this.flags[s] = fl;
     this.setVh(s, vh);
-    const h = entryHash(key, this.info(s));
+    const h = entryHash(key, {
+      ts: v.ts,
+      node_id: v.node_id,
+      deleted: v.deleted,
+      vh,
+      lost: (fl & F_LOST) !== 0,
+    });
     this.eh.set(h, s * HASH_BYTES);
     this.apply(this.leafOfSlot[s]!, h, added ? 1 : 0);
     return true;
@@ -252,16 +277,24 @@ export class VersionTree {
 
   private vhOf(s: number): string | undefined {
     if ((this.flags[s]! & F_VH) === 0) return undefined;
-    return (
-      this.oddVh.get(s) ??
-      Buffer.from(this.vh.buffer, this.vh.byteOffset + s * VH_BYTES, VH_BYTES).toString("hex")
-    );
+    return this.oddVh.get(s) ?? bytesToHex(this.vh, s * VH_BYTES, VH_BYTES);
+  }
+
+  private sameVh(s: number, vh: string | undefined): boolean {
+    if ((this.flags[s]! & F_VH) === 0 || vh === undefined)
+      return ((this.flags[s]! & F_VH) === 0) === (vh === undefined);
+    const odd = this.oddVh.get(s);
+    if (odd !== undefined) return odd === vh;
+    if (!VH_RE.test(vh)) return false;
+    const o = s * VH_BYTES;
+    for (let i = 0; i < VH_BYTES; i++) if (this.vh[o + i] !== hexByte(vh, i)) return false;
+    return true;
   }
 
   private setVh(s: number, vh: string | undefined): void {
     this.oddVh.delete(s);
     if (vh === undefined) return;
-    if (VH_RE.test(vh)) this.vh.set(Buffer.from(vh, "hex"), s * VH_BYTES);
+    if (VH_RE.test(vh)) hexToBytes(vh, this.vh, s * VH_BYTES);
     else this.oddVh.set(s, vh);
   }
 

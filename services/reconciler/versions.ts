@@ -23,7 +23,7 @@ import { type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { kvStream } from "../lib/subjects.ts";
-import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
+import { TREE_DEPTH, type VersionInfo, VersionTree, bytesToHex, hexToBytes } from "./tree.ts";
 
 const utf8 = new TextDecoder();
 const RESTART_DELAY_MS = 1000;
@@ -80,7 +80,7 @@ export class HeldMap {
     if (held.h === "") this.kind[s] = HELD_MARKER;
     else if (HASH_RE.test(held.h)) {
       this.kind[s] = HELD_HASH;
-      this.hash.set(Buffer.from(held.h, "hex"), s * 8);
+      hexToBytes(held.h, this.hash, s * 8);
     } else {
       this.kind[s] = HELD_ODD;
       this.odd.set(s, held.h);
@@ -110,7 +110,7 @@ export class HeldMap {
     const k = this.kind[s];
     if (k === HELD_MARKER) return "";
     if (k === HELD_ODD) return this.odd.get(s) ?? "";
-    return Buffer.from(this.hash.buffer, this.hash.byteOffset + s * 8, 8).toString("hex");
+    return bytesToHex(this.hash, s * 8, 8);
   }
 
   private alloc(): number {
@@ -191,6 +191,11 @@ export class BucketIndex {
   private watch: MetaWatch | undefined;
   private readonly listener: MetaListener = {
     reset: () => {
+      // the first pass fills the empty tree in place; any later one builds a fresh tree
+      if (!this.readyFlag && this.current.size === 0) {
+        this.building = undefined;
+        return;
+      }
       if (this.readyFlag)
         this.log.warn({ bucket: this.bucket }, "meta watch restarted, rebuilding the version index");
       this.building = new VersionTree(this.depth);
