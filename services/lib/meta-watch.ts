@@ -114,6 +114,7 @@ export class MetaWatch {
 
   private async start(): Promise<void> {
     clearTimeout(this.restartTimer);
+    if (this.refs === 0) return;
     const pass = ++this.pass;
     this.passes++;
     this.it?.stop();
