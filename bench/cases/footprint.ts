@@ -96,7 +96,7 @@ export async function loadedFootprint(quick: boolean, agent: boolean): Promise<L
     await Promise.all(bm.sites.map((s) => loadSite(bmm.conn[s]!.nc, K, base, () => {})));
     const t0 = nowMs();
     await Promise.all(bm.sites.map((s) => bmm.mesh.startServices(s)));
-    await linked(bm);
+    await linked(bm, 300_000);
     await quiet(bm, 300_000);
     for (const s of bm.sites)
       await waitUntil(
