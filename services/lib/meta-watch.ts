@@ -38,8 +38,13 @@ export class MetaWatch {
   /** the pass in progress (incremented by every start) */
   private pass = 0;
   private isCaughtUp = false;
-  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private waiters = new Map<MetaListener, { resolve: () => void; reject: (e: unknown) => void }>();
+  /** the listeners told `reset` by the pass in progress: only they get its entries */
+  private readonly inPass = new Set<MetaListener>();
   private starting: Promise<void> | undefined;
+  /** the pass being started has told its listeners `reset` */
+  private resetSent = false;
+  private startAgain = false;
   private restartTimer: NodeJS.Timeout | undefined;
   /** passes started (the first included) */
   passes = 0;
@@ -72,6 +77,7 @@ export class MetaWatch {
     if (this.refs > 0) return;
     registry.delete(this.kv);
     this.listeners.clear();
+    this.inPass.clear();
     clearTimeout(this.restartTimer);
     this.pass++;
     this.it?.stop();
@@ -85,12 +91,12 @@ export class MetaWatch {
    */
   async listen(l: MetaListener): Promise<void> {
     this.listeners.add(l);
-    const caught = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const caught = new Promise<void>((resolve, reject) => this.waiters.set(l, { resolve, reject }));
     this.scheduleStart();
     try {
       await caught;
     } catch (err) {
-      this.listeners.delete(l);
+      this.unlisten(l);
       throw err;
     }
   }
@@ -98,14 +104,23 @@ export class MetaWatch {
   /** Stop delivering to `l`. */
   unlisten(l: MetaListener): void {
     this.listeners.delete(l);
+    this.inPass.delete(l);
   }
 
-  /** Several listeners joining in one tick share one pass. */
+  /**
+   * Listeners joining before a pass's `reset` share that pass; one joining after it gets the next.
+   */
   private scheduleStart(): void {
-    if (this.starting) return;
+    if (this.starting) {
+      if (this.resetSent) this.startAgain = true;
+      return;
+    }
     this.starting = Promise.resolve().then(async () => {
       try {
-        await this.start();
+        do {
+          this.startAgain = false;
+          await this.start();
+        } while (this.startAgain && this.refs > 0);
       } finally {
         this.starting = undefined;
       }
@@ -120,6 +135,7 @@ export class MetaWatch {
     this.it?.stop();
     this.it = undefined;
     this.isCaughtUp = false;
+    this.resetSent = false;
     let it: QueuedIterator<KvWatchEntry>;
     try {
       const initial = (await this.kv.status()).values;
@@ -130,13 +146,18 @@ export class MetaWatch {
         return;
       }
       this.it = it;
-      for (const l of this.listeners) l.reset();
+      this.inPass.clear();
+      for (const l of this.listeners) {
+        this.inPass.add(l);
+        l.reset();
+      }
+      this.resetSent = true;
       if (initial === 0) this.markCaughtUp();
     } catch (err) {
       if (pass !== this.pass) return;
       const waiting = this.waiters;
-      this.waiters = [];
-      for (const w of waiting) w.reject(err);
+      this.waiters = new Map();
+      for (const w of waiting.values()) w.reject(err);
       this.endPass(err);
       return;
     }
@@ -148,7 +169,7 @@ export class MetaWatch {
     try {
       for await (const e of it) {
         if (pass !== this.pass) break;
-        for (const l of this.listeners) l.entry(e);
+        for (const l of this.inPass) l.entry(e);
         if (!this.isCaughtUp && (e.isUpdate || e.delta === 0)) this.markCaughtUp();
       }
     } catch (err) {
@@ -161,15 +182,18 @@ export class MetaWatch {
 
   private markCaughtUp(): void {
     this.isCaughtUp = true;
-    for (const l of this.listeners) l.caughtUp();
-    this.settle();
+    for (const l of this.inPass) {
+      l.caughtUp();
+      this.waiters.get(l)?.resolve();
+      this.waiters.delete(l);
+    }
   }
 
-  /** Resolve whoever waits for a catch-up (also when the watch ended: they read directly then). */
+  /** Resolve whoever waits for a catch-up (the watch ended or stopped: they read directly then). */
   private settle(): void {
     const waiting = this.waiters;
-    this.waiters = [];
-    for (const w of waiting) w.resolve();
+    this.waiters = new Map();
+    for (const w of waiting.values()) w.resolve();
   }
 
   private endPass(err: unknown): void {
