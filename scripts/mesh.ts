@@ -19,10 +19,10 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import { Kvm } from "@nats-io/kv";
 import type { ConnectionOptions } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { ConfigError, connectNats, loadConfig } from "../services/mod.ts";
-import { openOrCreateBucket } from "./lib/buckets.ts";
+import { ConfigError, connectNats, loadConfig, openOrCreateKv } from "../services/mod.ts";
 import { isAlive, readPidFile, stopProc } from "./lib/proc.ts";
 import {
   type PingAnswer,
@@ -33,13 +33,13 @@ import {
   pingSite,
 } from "./lib/services.ts";
 import {
-  REPO_ROOT,
   type SecureOptions,
   type SiteState,
   Topology,
   type TopologyState,
   certFiles,
   ensureCerts,
+  meshDir,
   randomPassword,
   renderSiteUsersConf,
 } from "./lib/topology.ts";
@@ -72,7 +72,6 @@ for (const k of FILE_ENV) {
 
 class UsageError extends Error {}
 
-const meshDir = (): string => (env.MESH_DIR ? fromCaller(env.MESH_DIR) : path.join(REPO_ROOT, ".mesh"));
 const stateFile = (): string => path.join(meshDir(), "mesh.json");
 const logDir = (): string => path.join(meshDir(), "logs");
 const siteLogDir = (site: string): string => path.join(logDir(), `site-${site}`);
@@ -495,7 +494,7 @@ async function up(): Promise<number> {
     for (const s of sites) {
       const nc = await connect({ servers: topo.site(s).url, name: "syncd-up", ...adminConn(sec) });
       try {
-        for (const b of buckets) await openOrCreateBucket(nc, b);
+        for (const b of buckets) await openOrCreateKv(new Kvm(nc), b);
       } finally {
         await nc.close();
       }

@@ -78,7 +78,15 @@ export type {
   Version,
   WatcherStatusResponse,
 } from "./lib/schemas.gen.ts";
-export { StreamDriftError, ensureMergerStreams, ensureOutStream, openSite } from "./lib/site.ts";
+export {
+  StreamDriftError,
+  ensureMergerStreams,
+  ensureOutStream,
+  openOrCreateKv,
+  openSite,
+  siteLinked,
+  siteQuiet,
+} from "./lib/site.ts";
 export {
   type BucketEntry,
   type BucketStoreLike,
@@ -121,6 +129,7 @@ export {
   metaBucket,
   opsFilter,
   opsSubject,
+  refusedKey,
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";

@@ -8,13 +8,10 @@
  *   leave the sites equal.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { type ReconcilerRunResponse, Streams } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, contents, plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
+import { call, contents, plantVersion, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 
 process.env.SYNCD_RECONCILE_DISCOVERY_MS = "1000";
 
@@ -25,19 +22,10 @@ type Status = {
 };
 
 describe("I1 anti-entropy runs: on reconnect, and with two reconcilers per site", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({
-      sites: ["a", "b"],
-      scale: { reconciler: 2 },
-      serviceArgs: ["--reconcile-interval", "0"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: ["a", "b"],
+    scale: { reconciler: 2 },
+    serviceArgs: ["--reconcile-interval", "0"],
   });
 
   const status = (site: string) => call<Status>(nc[site]!, site, "reconciler", "status");

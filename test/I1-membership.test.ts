@@ -1,8 +1,9 @@
 /**
  * I1 extended (#11.4): mesh membership through the hub's members bucket. A site joins with nothing
  * done at the others; a second site with the same name or the same JetStream domain is refused
- * loudly and the first keeps working; `syncd site remove` takes a stopped site out (member record,
- * domain claim, hub source) and the others forget it as a peer.
+ * loudly and the first keeps working, raising DUPLICATE_SITE (error) with the other server's identity
+ * until its attempt record is deleted; `syncd site remove` takes a stopped site out (member record,
+ * domain claim, refused attempts, hub source) and the others forget it as a peer.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -12,12 +13,14 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
+  Conditions,
   MEMBERS_BUCKET,
   type ReconcilerStatusResponse,
   Streams,
   run as cli,
   domainKey,
   memberKey,
+  refusedKey,
 } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, startLinkedMesh, until } from "./helpers.ts";
@@ -125,7 +128,18 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     assert.deepEqual(sc.peers, ["a", "b"]);
   });
 
-  it("a second site named like an existing one is refused; the first keeps working", async () => {
+  /** The DUPLICATE_SITE condition of a site's reconciler about `identity`, once it shows. */
+  const duplicate = (site: string, identity: string) =>
+    until(
+      async () => {
+        const s = await status(nc[site]!, site);
+        const c = s.conditions?.find((x) => x.code === Conditions.duplicateSite && x.subject === identity);
+        return c ? { status: s, condition: c } : null;
+      },
+      { timeout: 30_000, message: `${site} never raised ${Conditions.duplicateSite} for ${identity}` },
+    );
+
+  it("a second site named like an existing one is refused; the first keeps working and raises DUPLICATE_SITE until the attempt is dealt with", async () => {
     const before = await record(memberKey("a"));
     const { out, code } = await impostor(
       mesh.sites.c!.url,
@@ -135,12 +149,32 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     assert.match(out, /sites\.a is held by another site/);
     assert.equal(code, 1, "the later site refuses to run");
     assert.deepEqual(await record(memberKey("a")), before, "the first site's record is untouched");
-    const st = await until(async () => {
-      const s = await status(nc.a!, "a");
-      return s.instance !== "impostor" ? s : null;
-    });
+    // the impostor runs at c's server, so it has c's identity (kept in that server's syncd_site)
+    const impostorId = (await status(nc.c!, "c")).membership?.identity ?? "";
+    const { status: st, condition } = await duplicate("a", impostorId);
     assert.equal(st.membership?.state, "member");
-    assert.equal(st.severity, "ok");
+    assert.equal(condition.severity, "error");
+    assert.match(condition.message, /this site's name/);
+    assert.match(condition.message, /site a, domain c/);
+    assert.equal(condition.data?.server_name, nc.c!.info?.server_name);
+    assert.equal(condition.data?.server_id, nc.c!.info?.server_id);
+    assert.equal(condition.data?.key, memberKey("a"));
+    // shown by `syncd status`, and --check fails: a person must look
+    const io = { out: [] as string[], err: [] as string[] };
+    const sink = { out: (s: string) => io.out.push(s), err: (s: string) => io.err.push(s) };
+    const checked = await cli(["status", "--check", "--site", "a", "--server", mesh.sites.a!.url], sink);
+    assert.equal(checked, 1, io.out.join("\n"));
+    assert.match(io.out.join("\n"), /DUPLICATE_SITE/);
+    // dealt with (the impostor stopped or renamed): its record deleted, the condition clears
+    await members.delete(refusedKey("a", impostorId));
+    await until(
+      async () => {
+        const s = await status(nc.a!, "a");
+        return s.conditions?.some((x) => x.code === Conditions.duplicateSite) ? null : s;
+      },
+      { message: `${Conditions.duplicateSite} never cleared at a` },
+    );
+    assert.equal((await status(nc.a!, "a")).severity, "ok");
   });
 
   it("a duplicate site's watcher does not take the first site's place among the hub's sources", async () => {
@@ -169,6 +203,12 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     assert.equal(code, 1);
     assert.equal(await record(memberKey("d")), null);
     assert.equal((await record(domainKey("b")))?.site, "b");
+    // the owner of the domain sees it
+    const impostorId = (await status(nc.c!, "c")).membership?.identity ?? "";
+    const { condition } = await duplicate("b", impostorId);
+    assert.match(condition.message, /JetStream domain/);
+    assert.match(condition.message, /site d, domain b/);
+    await members.delete(refusedKey("b", impostorId));
   });
 
   it("syncd site remove: refused while the site runs; once stopped, nothing of it is left", async () => {
@@ -178,6 +218,17 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
     assert.equal(await cli(["site", "remove", "c", ...server], sink), 1);
     assert.match(io.err.join("\n"), /still running/);
     await mesh.stopServices("c");
+    // an attempt refused in c's name: removed with c
+    await members.put(
+      refusedKey("c", "someone"),
+      JSON.stringify({
+        key: "sites.c",
+        site: "c",
+        domain: "x",
+        identity: "someone",
+        at: new Date().toISOString(),
+      }),
+    );
     io.out.length = 0;
     assert.equal(await cli(["site", "remove", "c", ...server, "--json"], sink), 0, io.err.join("\n"));
     const res = JSON.parse(io.out.join("\n"));
@@ -187,7 +238,9 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
       member_record: true,
       domain_claim: true,
       hub_source: true,
+      refused_records: 1,
     });
+    assert.equal(await record(refusedKey("c", "someone")), null, "the refused record of c is left");
     assert.equal(await record(memberKey("c")), null);
     assert.equal(await record(domainKey("c")), null);
     const jsm = await jetstreamManager(hub, { domain: "hub" });

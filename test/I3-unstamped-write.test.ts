@@ -8,27 +8,15 @@
  * a guess from the clocks (the op here is stamped well after the write was issued).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { describe, it } from "node:test";
 import { OPS_INGRESS, type Op } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { quiet, startLinkedMesh, until, versions } from "./helpers.ts";
+import { quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 import { type WriteRecord, checkOutcome, putWrite, uniqueValue } from "./workload.ts";
 
 describe("I3 a local write not stamped yet is not overwritten by a newer remote op", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({
-      sites: ["a", "b"],
-      serviceArgs: ["--reconcile-interval", "0"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: ["a", "b"],
+    serviceArgs: ["--reconcile-interval", "0"],
   });
 
   it("I3 watcher down, local write, newer hand-made op: the write is kept, stamped above the op once the watcher is back, and wins at both sites", async () => {

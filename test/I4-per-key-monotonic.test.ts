@@ -13,9 +13,7 @@
  *   FC_SEED / FC_RUNS replay or deepen it (test/fc.ts).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { describe, it } from "node:test";
 import fc from "fast-check";
 import {
   CasConflictError,
@@ -30,24 +28,14 @@ import {
   stampEntry,
 } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { plantVersion, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
+import { plantVersion, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 import type { Call } from "./sim/sched.ts";
 import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 
 describe("I4 a local overwrite is stamped above the version it replaced (real mesh)", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({
-      sites: ["a", "b"],
-      serviceArgs: ["--reconcile-interval", "0"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: ["a", "b"],
+    serviceArgs: ["--reconcile-interval", "0"],
   });
 
   it("I4 a version 20 s ahead of the clock, never observed by it: the overwrite gets exactly _meta.ts + 1 and wins at both sites", async () => {

@@ -1,21 +1,29 @@
 /**
  * deploy/nats/site-users.conf.template: the four services work as user `syncd` with only the
- * permissions it grants (replication a → b, hand-made ops), and the users are refused what they must
- * not do (a site's services forging another site's ops, an app forging a site's op stream).
+ * permissions it grants (replication a → b, hand-made ops, membership at the hub, tombstone
+ * collection), and the users are refused what they must not do (a site's services forging another
+ * site's ops, an app forging a site's op stream). A site whose permissions deny the collection's
+ * purges raises TOMBSTONE_GC_FAILED until they are allowed again.
  */
 import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { jetstream } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import {
+  Conditions,
   Headers,
   type ReconcilerEntriesResponse,
   type ReconcilerRunResponse,
+  type ReconcilerStatusResponse,
   endpointSubject,
+  kvStream,
   kvSubject,
   metaBucket,
   requestJson,
+  run as syncd,
 } from "../services/mod.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
 import { plantVersion } from "./helpers.ts";
@@ -42,11 +50,16 @@ async function publishError(nc: NatsConnection, subject: string): Promise<string
 
 describe("I7 deploy: per-site users (site-users.conf.template)", () => {
   let mesh: Mesh;
+  const saved = { ...process.env };
 
   before(async () => {
+    // tombstones old enough within moments, a collection pass every 300 ms
+    process.env.SYNCD_TOMBSTONE_MIN_AGE_MS = "1000";
+    process.env.SYNCD_TOMBSTONE_GC_MS = "300";
     mesh = await startMesh({ users, serviceArgs: ["--reconcile-interval", "0"] });
   });
   after(async () => {
+    process.env = saved;
     await mesh?.stop();
   });
 
@@ -138,5 +151,89 @@ describe("I7 deploy: per-site users (site-users.conf.template)", () => {
       () => mesh.connect("a", { user: "app", pass: "wrong", maxReconnectAttempts: 0 }),
       /auth/i,
     );
+  });
+
+  test("I1 tombstones are collected as syncd (members bucket at the hub, purges of the buckets only); purges denied: TOMBSTONE_GC_FAILED (warn) until allowed again", async () => {
+    const admin = { a: await mesh.connect("a"), b: await mesh.connect("b") };
+    const status = (s: "a" | "b") =>
+      requestJson<ReconcilerStatusResponse>(admin[s], endpointSubject(s, "reconciler", "status"), {}).then(
+        (r) => r.value,
+      );
+    const gcFailed = async (s: "a" | "b") =>
+      (await status(s)).conditions?.find((c) => c.code === Conditions.tombstoneGcFailed);
+    /** neither the `_meta` entry nor the delete marker of `key` is left at `site` */
+    const collected = async (s: "a" | "b", key: string) => {
+      const jsm = await jetstreamManager(admin[s]);
+      const last = (stream: string, subj: string) =>
+        jsm.streams.getMessage(stream, { last_by_subj: subj }).catch(() => null);
+      return (
+        (await last(kvStream(metaBucket("config")), kvSubject(metaBucket("config"), key))) === null &&
+        (await last(kvStream("config"), kvSubject("config", key))) === null
+      );
+    };
+    for (const s of ["a", "b"] as const)
+      await waitFor(async () => (await status(s)).membership?.state === "member", {
+        timeout: 30_000,
+        message: `${s} never joined the mesh as syncd:\n${mesh.logs(s, 20)}`,
+      });
+    const app = await new Kvm(await mesh.connect("a", { user: "app", pass: users.app })).open("config");
+    const kvB = await mesh.kv("b");
+    const deleteEverywhere = async (key: string) => {
+      await app.put(key, "v");
+      await eventually(async () => assert.equal((await kvB.get(key))?.string(), "v"), { timeout: 15000 });
+      await app.delete(key);
+      await eventually(async () => assert.equal((await kvB.get(key))?.operation, "DEL"), { timeout: 15000 });
+    };
+    await deleteEverywhere("gc.one");
+    for (const s of ["a", "b"] as const)
+      await waitFor(() => collected(s, "gc.one"), {
+        timeout: 30_000,
+        message: `${s} never collected the tombstone of gc.one:\n${mesh.logs(s, 20)}`,
+      });
+    assert.equal(await gcFailed("a"), undefined);
+
+    // site a's users without the purge permission (the template before #12): reload its server
+    const usersConf = path.join(mesh.topology.site("a").dir, "users.conf");
+    const allowed = readFileSync(usersConf, "utf8");
+    const denied = allowed.replace(/^\s*"\$JS\.API\.STREAM\.PURGE\.KV_config(_meta)?".*$/gm, "");
+    assert.notEqual(denied, allowed, "no purge permission to remove in users.conf");
+    const reload = (text: string) => {
+      writeFileSync(usersConf, text, { mode: 0o600 });
+      process.kill(mesh.topology.site("a").pid ?? 0, "SIGHUP");
+    };
+    reload(denied);
+    try {
+      await deleteEverywhere("gc.two");
+      const c = await waitFor(() => gcFailed("a"), {
+        timeout: 30_000,
+        message: `a never raised ${Conditions.tombstoneGcFailed}:\n${mesh.logs("a", 20)}`,
+      });
+      assert.equal(c.severity, "warn");
+      assert.match(c.message, /permissions violation/i);
+      assert.equal(await collected("a", "gc.two"), false, "a collected without the permission");
+      // `syncd status` shows it (from the reconciler's micro STATS); a warning: --check passes
+      const out: string[] = [];
+      const auth = ["--user", "admin", "--password", users.admin];
+      const code = await syncd(
+        ["status", "--check", "--json", "--site", "a", "--server", mesh.sites.a!.url, ...auth],
+        { out: (t) => void out.push(t), err: (t) => void out.push(t) },
+        {},
+      );
+      const shown = (JSON.parse(out.join("\n")) as { sites: { conditions: { code: string }[] }[] }).sites
+        .flatMap((x) => x.conditions)
+        .map((x) => x.code);
+      assert.ok(shown.includes(Conditions.tombstoneGcFailed), out.join("\n"));
+      assert.equal(code, 0, out.join("\n"));
+    } finally {
+      reload(allowed);
+    }
+    await waitFor(() => collected("a", "gc.two"), {
+      timeout: 30_000,
+      message: `a never collected gc.two once allowed again:\n${mesh.logs("a", 20)}`,
+    });
+    await waitFor(async () => (await gcFailed("a")) === undefined, {
+      timeout: 30_000,
+      message: `${Conditions.tombstoneGcFailed} never cleared at a`,
+    });
   });
 });

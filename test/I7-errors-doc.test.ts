@@ -1,8 +1,8 @@
-/** The README's "Errors" table and the error-code registry (services/lib/errors.ts) agree. */
+/** The README's "Errors" table and the error-code registry (services/lib/errors.ts) agree; so do its Health table and the condition registry (services/lib/health.ts). */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { it } from "node:test";
-import { ErrorCode } from "../services/mod.ts";
+import { Conditions, ErrorCode } from "../services/mod.ts";
 
 it("I7 README's Errors table lists every registered code with its status, and nothing else", () => {
   const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
@@ -17,5 +17,17 @@ it("I7 README's Errors table lists every registered code with its status, and no
     [...rows].sort(),
     [...registry].sort(),
     "README.md Errors table and services/lib/errors.ts differ",
+  );
+});
+
+it("I7 README's Health table lists every condition code of the registry, and nothing else", () => {
+  const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+  const section = readme.split(/^### Health$/m)[1]?.split(/^#{2,3} /m)[0] ?? "";
+  const rows = [...section.matchAll(/^\| `([A-Z0-9_]+)` \|/gm)].map((m) => m[1]!);
+  assert.ok(rows.length > 0, "no conditions table in README.md's Health section");
+  assert.deepEqual(
+    [...rows].sort(),
+    Object.values(Conditions).sort(),
+    "README.md Health table and services/lib/health.ts Conditions differ",
   );
 });

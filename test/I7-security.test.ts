@@ -8,24 +8,23 @@
  * - nobody publishes what they must not: app and reader no op subject of a site, no journal, no merge,
  *   no `_meta`/clock write, no tampering with the services' durable consumers; reader no write at all
  *   (and it can read: kv get/keys/watch, micro discovery, status and get endpoints); a site's syncd
- *   user nothing of another site (op subject, journal, `$JS.<domain>.API`) and no destructive
- *   JetStream call even on its own site;
+ *   user nothing of another site (op subject, journal, `$JS.<domain>.API`, its member record) and
+ *   no destructive JetStream call even on its own site but the purges of tombstone collection;
  * - no password (syncd, app, reader, admin, leaf, nor a wrong one tried) appears in any server or
  *   service log, also after reconnects and refused logins;
  * - `SECURE=1 ./scripts/up.sh` starts such a mesh with per-site passwords and down.sh removes them.
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
-import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { type Proc, assertPortFree, freePort, getJson, spawnLogged, stopProc } from "../scripts/lib/proc.ts";
+import { type Proc, freePort, getJson, spawnLogged, stopProc } from "../scripts/lib/proc.ts";
 import { SERVICE_KINDS, pingSite } from "../scripts/lib/services.ts";
 import {
   REPO_ROOT,
@@ -45,6 +44,7 @@ import {
   requestJson,
 } from "../services/mod.ts";
 import { type Mesh, eventually, sleep, startMesh, waitFor } from "./harness/mesh.ts";
+import { withUpMesh } from "./helpers.ts";
 
 /** Distinct, greppable passwords. */
 const users = {
@@ -391,8 +391,15 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
         "$JS.b.API.DIRECT.GET.KV_config",
         "$JS.b.API.CONSUMER.CREATE.SYNCD_OUT_b",
         "$JS.API.STREAM.DELETE.SYNCD_OUT_a",
-        "$JS.API.STREAM.PURGE.KV_config",
+        // purges: only the buckets' (tombstone collection), no op log, no clock
+        `$JS.API.STREAM.PURGE.${Streams.out("a")}`,
+        `$JS.API.STREAM.PURGE.${Streams.in("a")}`,
+        "$JS.API.STREAM.PURGE.KV_syncd_clock",
         "$JS.API.STREAM.MSG.DELETE.KV_config_meta",
+        // the members bucket at the hub: only its own record and domain claim
+        "$JS.hub.API.$KV.syncd_members.sites.b",
+        "$JS.hub.API.$KV.syncd_members.domains.b",
+        "$JS.hub.API.STREAM.PURGE.KV_syncd_members",
         "$JS.API.ACCOUNT.PURGE.$G",
       ]),
       [],
@@ -520,55 +527,12 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
   });
 });
 
-/** A run of consecutive free ports: site a = base, base+1; b = base+2, base+3. */
-async function freeBlock(n: number): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const base = 20000 + n * Math.floor(Math.random() * (12000 / n));
-    try {
-      for (let p = base; p < base + n; p++) await assertPortFree("127.0.0.1", p);
-      return base;
-    } catch {
-      /* another block */
-    }
-  }
-  throw new Error(`no block of ${n} free ports`);
-}
-
 describe("SECURE=1 ./scripts/up.sh", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-up-secure-"));
-  let env: NodeJS.ProcessEnv;
-  const run = (script: string) => {
-    const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
-      cwd: REPO_ROOT,
-      env,
-      encoding: "utf8",
-      timeout: 120_000,
-    });
-    return { code: r.status, out: `${r.stdout}${r.stderr}` };
-  };
-
-  before(async () => {
-    env = {
-      ...process.env,
-      SECURE: "1",
-      MESH_DIR: dir,
-      SITES: "a b",
-      HUB_PORT: String(await freePort()),
-      HUB_HTTP_PORT: String(await freePort()),
-      HUB_LEAF_PORT: String(await freePort()),
-      SITE_BASE_PORT: String(await freeBlock(4)),
-      SITE_PORT_STEP: "2",
-      NODE_TEST_CONTEXT: undefined,
-    };
-  });
-  after(() => {
-    if (env) run("down.sh");
-    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${dir}`);
-    else rmSync(dir, { recursive: true, force: true });
-  });
+  const mesh = withUpMesh("up-secure", { SECURE: "1" });
+  const dir = mesh.dir;
 
   test("per-site passwords and TLS; app at a → reader at b; down.sh removes the secrets", async () => {
-    const up = run("up.sh");
+    const up = mesh.run("up.sh");
     assert.equal(up.code, 0, up.out);
     assert.match(up.out, /SECURE/);
     const state = JSON.parse(readFileSync(path.join(dir, "mesh.json"), "utf8")) as {
@@ -611,7 +575,7 @@ describe("SECURE=1 ./scripts/up.sh", () => {
     }
     assert.deepEqual(leaks(dir, all), []);
 
-    const down = run("down.sh");
+    const down = mesh.run("down.sh");
     assert.equal(down.code, 0, down.out);
     assert.throws(() => statSync(path.join(dir, "secrets")), /ENOENT/);
     assert.throws(() => statSync(path.join(dir, "site-a", "users.conf")), /ENOENT/);

@@ -6,26 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import * as os from "node:os";
+import { readdirSync } from "node:fs";
 import * as path from "node:path";
-import { after, before, describe, test } from "node:test";
-import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
+import { describe, test } from "node:test";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
-
-type Run = { code: number | null; out: string; ms: number };
-
-function run(script: string, env: NodeJS.ProcessEnv, timeoutMs = 120_000): Run {
-  const t0 = Date.now();
-  const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
-    cwd: REPO_ROOT,
-    env,
-    encoding: "utf8",
-    timeout: timeoutMs,
-    killSignal: "SIGKILL",
-  });
-  return { code: r.status, out: `${r.stdout}${r.stderr}`, ms: Date.now() - t0 };
-}
+import { withUpMesh } from "./helpers.ts";
 
 /** What each demo must print besides its PASS line (its key observations). */
 const DEMOS: { script: string; expect: RegExp[] }[] = [
@@ -96,34 +81,13 @@ const DEMOS: { script: string; expect: RegExp[] }[] = [
 ];
 
 describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-demos-"));
-  let env: NodeJS.ProcessEnv;
+  const mesh = withUpMesh("demos", {
+    DEMO_WAIT: "90",
+    DEMO_START: undefined,
+    DEMO_RUN: undefined,
+    SECURE: undefined,
+  });
   let up = false;
-
-  before(async () => {
-    const base = await freePortBlock(4);
-    env = {
-      ...process.env,
-      MESH_DIR: dir,
-      SITES: "a b",
-      HUB_PORT: String(await freePort()),
-      HUB_HTTP_PORT: String(await freePort()),
-      HUB_LEAF_PORT: String(await freePort()),
-      SITE_BASE_PORT: String(base),
-      SITE_PORT_STEP: "2",
-      DEMO_WAIT: "90",
-      DEMO_START: undefined,
-      DEMO_RUN: undefined,
-      SECURE: undefined,
-      NODE_TEST_CONTEXT: undefined,
-    };
-  });
-
-  after(() => {
-    if (env) run("down.sh", env);
-    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${dir}`);
-    else rmSync(dir, { recursive: true, force: true });
-  });
 
   test("every demo script is covered here", () => {
     const scripts = readdirSync(path.join(REPO_ROOT, "scripts"))
@@ -133,14 +97,14 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
   });
 
   test("without a mesh a demo says to run ./scripts/up.sh first", () => {
-    const r = run("demo-replication.sh", env, 60_000);
+    const r = mesh.run("demo-replication.sh", 60_000);
     assert.notEqual(r.code, 0, r.out);
     assert.match(r.out, /run \.\/scripts\/up\.sh first/);
     assert.match(r.out, /^FAIL demo-replication: /m);
   });
 
   test("up.sh starts the mesh", () => {
-    const r = run("up.sh", env);
+    const r = mesh.run("up.sh");
     assert.equal(r.code, 0, r.out);
     up = true;
   });
@@ -148,7 +112,7 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
   for (const d of DEMOS) {
     test(d.script, () => {
       assert.ok(up, "the mesh is up");
-      const r = run(d.script, env, 150_000);
+      const r = mesh.run(d.script, 150_000);
       const name = d.script.replace(/\.sh$/, "");
       assert.equal(r.code, 0, `${d.script} exited ${r.code} after ${r.ms} ms:\n${r.out}`);
       assert.match(r.out, new RegExp(`^PASS ${name}: `, "m"), r.out);
@@ -161,7 +125,7 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
     assert.ok(up, "the mesh is up");
     const r = spawnSync(process.execPath, ["--import", "tsx", "scripts/lib/demo.ts", "env"], {
       cwd: REPO_ROOT,
-      env,
+      env: mesh.env,
       encoding: "utf8",
       timeout: 30_000,
     });
@@ -170,7 +134,7 @@ describe("scripts/demo-*.sh against the local mesh of ./scripts/up.sh", () => {
 
   test("down.sh stops the mesh", () => {
     assert.ok(up, "the mesh is up");
-    const r = run("down.sh", env);
+    const r = mesh.run("down.sh");
     assert.equal(r.code, 0, r.out);
   });
 });

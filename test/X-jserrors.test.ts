@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
   isAlreadyExists,
@@ -13,6 +14,7 @@ import {
   isStreamNotFound,
   isTooLarge,
   isWrongLastSequence,
+  openOrCreateKv,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 
@@ -75,4 +77,29 @@ test("jserrors: each JetStream refusal is recognised by its API code, by exactly
   );
 
   assert.deepEqual(which(new Error("stream not found")), [], "message text alone is never enough");
+});
+
+test("X jserrors: openOrCreateKv creates a bucket only when its stream is not found", async () => {
+  const counted = (kvm: Kvm) => {
+    const made: string[] = [];
+    const create = kvm.create.bind(kvm);
+    kvm.create = (name, opts) => {
+      made.push(name);
+      return create(name, opts);
+    };
+    return made;
+  };
+  const kvm = new Kvm(nc);
+  const made = counted(kvm);
+  await (await openOrCreateKv(kvm, "made_here", { history: 3 })).put("k", "v");
+  const again = await openOrCreateKv(kvm, "made_here");
+  assert.equal((await again.get("k"))?.string(), "v", "the second call opens the bucket the first made");
+  assert.equal((await again.status()).history, 3);
+  assert.deepEqual(made, ["made_here"]);
+
+  const elsewhere = new Kvm(jetstream(nc, { domain: "nowhere", timeout: 1000 }));
+  const tried = counted(elsewhere);
+  const err = await thrown(openOrCreateKv(elsewhere, "members"));
+  assert.ok(!isStreamNotFound(err), "a JetStream that does not answer is not a missing stream");
+  assert.deepEqual(tried, [], "an error other than stream-not-found is thrown, not answered by a create");
 });

@@ -4,15 +4,13 @@
  * up.sh starts nothing, down.sh leaves no recorded process alive.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import * as os from "node:os";
+import { readFileSync, readdirSync } from "node:fs";
 import * as path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { connect } from "@nats-io/transport-node";
-import { freePort, freePortBlock, isAlive, readPidFile } from "../scripts/lib/proc.ts";
+import { isAlive, readPidFile } from "../scripts/lib/proc.ts";
 import { SERVICE_KINDS, pingSite } from "../scripts/lib/services.ts";
-import { REPO_ROOT } from "../scripts/lib/topology.ts";
+import { withUpMesh } from "./helpers.ts";
 
 type MeshJson = {
   hub: { url: string; pid: number | null };
@@ -21,16 +19,6 @@ type MeshJson = {
     { url: string; domain: string; node_id: string; pid: number | null; services_dir: string }
   >;
 };
-
-function run(script: string, env: NodeJS.ProcessEnv): { code: number | null; out: string } {
-  const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
-    cwd: REPO_ROOT,
-    env,
-    encoding: "utf8",
-    timeout: 120_000,
-  });
-  return { code: r.status, out: `${r.stdout}${r.stderr}` };
-}
 
 /** Every pid the mesh recorded: servers from mesh.json, services from their pid files. */
 function recordedPids(mesh: MeshJson): number[] {
@@ -47,40 +35,17 @@ function recordedPids(mesh: MeshJson): number[] {
 }
 
 describe("scripts/up.sh and scripts/down.sh", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "syncd-up-"));
-  let env: NodeJS.ProcessEnv;
+  const up = withUpMesh("up");
   let mesh: MeshJson;
   let pids: number[] = [];
 
-  before(async () => {
-    const base = await freePortBlock(4);
-    env = {
-      ...process.env,
-      MESH_DIR: dir,
-      SITES: "a b",
-      HUB_PORT: String(await freePort()),
-      HUB_HTTP_PORT: String(await freePort()),
-      HUB_LEAF_PORT: String(await freePort()),
-      SITE_BASE_PORT: String(base),
-      SITE_PORT_STEP: "2",
-      NODE_TEST_CONTEXT: undefined,
-    };
-  });
-
-  after(() => {
-    // whatever happened above: leave nothing running
-    if (env) run("down.sh", env);
-    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${dir}`);
-    else rmSync(dir, { recursive: true, force: true });
-  });
-
   test("up.sh starts the mesh and writes mesh.json", () => {
-    const r = run("up.sh", env);
+    const r = up.run("up.sh");
     assert.equal(r.code, 0, r.out);
-    mesh = JSON.parse(readFileSync(path.join(dir, "mesh.json"), "utf8")) as MeshJson;
-    assert.match(mesh.hub.url, new RegExp(`^nats://127\\.0\\.0\\.1:${env.HUB_PORT}$`));
+    mesh = JSON.parse(readFileSync(path.join(up.dir, "mesh.json"), "utf8")) as MeshJson;
+    assert.match(mesh.hub.url, new RegExp(`^nats://127\\.0\\.0\\.1:${up.env.HUB_PORT}$`));
     assert.deepEqual(Object.keys(mesh.sites), ["a", "b"]);
-    const base = Number(env.SITE_BASE_PORT);
+    const base = Number(up.env.SITE_BASE_PORT);
     assert.equal(mesh.sites.a?.url, `nats://127.0.0.1:${base}`);
     assert.equal(mesh.sites.b?.url, `nats://127.0.0.1:${base + 2}`);
     for (const s of ["a", "b"]) {
@@ -114,21 +79,21 @@ describe("scripts/up.sh and scripts/down.sh", () => {
 
   test("a second up.sh says it is running and starts nothing", () => {
     assert.ok(mesh, "up.sh ran");
-    const r = run("up.sh", env);
+    const r = up.run("up.sh");
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /already running/);
-    const again = JSON.parse(readFileSync(path.join(dir, "mesh.json"), "utf8")) as MeshJson;
+    const again = JSON.parse(readFileSync(path.join(up.dir, "mesh.json"), "utf8")) as MeshJson;
     assert.deepEqual(recordedPids(again), pids);
     for (const pid of pids) assert.ok(isAlive(pid), `pid ${pid} alive`);
   });
 
   test("down.sh stops every recorded process and removes the state", () => {
     assert.ok(mesh, "up.sh ran");
-    const r = run("down.sh", env);
+    const r = up.run("down.sh");
     assert.equal(r.code, 0, r.out);
     for (const pid of pids) assert.equal(isAlive(pid), false, `pid ${pid} still alive after down.sh`);
-    assert.throws(() => readFileSync(path.join(dir, "mesh.json")), /ENOENT/);
+    assert.throws(() => readFileSync(path.join(up.dir, "mesh.json")), /ENOENT/);
     // a second down is harmless
-    assert.equal(run("down.sh", env).code, 0);
+    assert.equal(up.run("down.sh").code, 0);
   });
 });

@@ -2,21 +2,27 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
-import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before } from "node:test";
+import { type JetStreamManager, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
+import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
-  Durables,
   Headers,
   type Planting,
-  Streams,
   type Version,
   endpointSubject,
-  kvStream,
   kvSubject,
   metaBucket,
   plantVersion as plant,
   requestJson,
+  siteLinked,
+  siteQuiet,
   valueHash,
 } from "../services/mod.ts";
 import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
@@ -70,38 +76,6 @@ export async function streamCount(jsm: JetStreamManager, stream: string): Promis
   return (await jsm.streams.info(stream)).state.messages;
 }
 
-/**
- * True when a site has nothing in flight: watcher and merger consumers drained, its inbound stream's
- * source and the hub aggregate's sources caught up.
- */
-export async function siteQuiet(nc: NatsConnection, site: string, buckets = ["config"]): Promise<boolean> {
-  const jsm = await jetstreamManager(nc);
-  const consumers: [string, string][] = [
-    [Streams.in(site), Durables.merger],
-    [Streams.ingress(site), Durables.merger],
-    ...buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
-  ];
-  for (const [stream, durable] of consumers) {
-    const ci = await jsm.consumers.info(stream, durable);
-    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
-  }
-  const si = await jsm.streams.info(Streams.in(site));
-  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
-  try {
-    const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
-    const hi = await hub.streams.info(Streams.hub);
-    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
-    // a stalled source reports lag 0 too: IN holds (at least) one op per subject the hub holds,
-    // and the hub one per subject the site's OUT holds
-    const out = await jsm.streams.info(Streams.out(site));
-    return (
-      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
-    );
-  } catch {
-    return false;
-  }
-}
-
 /** The hub's JetStream domain in the tests (the services' default). */
 export const HUB_DOMAIN = "hub";
 
@@ -113,7 +87,11 @@ export async function quiet(
   let streak = 0;
   await until(
     async () => {
-      const all = await Promise.all(Object.entries(ncs).map(([s, nc]) => siteQuiet(nc, s)));
+      const all = await Promise.all(
+        Object.entries(ncs).map(([s, nc]) =>
+          siteQuiet(nc, s, { buckets: ["config"], hubDomain: HUB_DOMAIN }),
+        ),
+      );
       streak = all.every(Boolean) ? streak + 1 : 0;
       return streak >= 2;
     },
@@ -132,22 +110,10 @@ export async function peersLinked(
   peers: string[],
   timeout = 20_000,
 ): Promise<void> {
-  const jsm = await jetstreamManager(nc);
-  await until(
-    async () => {
-      try {
-        const si = await jsm.streams.info(Streams.in(site));
-        if (!(si.config.sources ?? []).some((s) => s.name === Streams.hub)) return false;
-        const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
-        const hi = await hub.streams.info(Streams.hub);
-        const names = new Set((hi.config.sources ?? []).map((s) => s.name));
-        return [site, ...peers].every((p) => names.has(Streams.out(p)));
-      } catch {
-        return false;
-      }
-    },
-    { timeout, message: `site ${site} and ${peers.join(",")} are not all linked through the hub` },
-  );
+  await until(() => siteLinked(nc, site, peers, { hubDomain: HUB_DOMAIN }), {
+    timeout,
+    message: `site ${site} and ${peers.join(",")} are not all linked through the hub`,
+  });
 }
 
 /** Call a syncd endpoint of a site. */
@@ -182,4 +148,89 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
       sites.filter((p) => p !== s),
     );
   return { mesh, nc, kv };
+}
+
+/**
+ * startLinkedMesh for the tests of the enclosing describe block: started in `before`, stopped in
+ * `after`. `nc` and `kv` are filled in by `before`; `mesh` stands for the mesh started there (using
+ * it outside the tests throws).
+ */
+export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+  let started: Mesh | undefined;
+  const mesh = new Proxy({} as Mesh, {
+    get(_, prop) {
+      if (!started) throw new Error("withLinkedMesh: the mesh is started in before(); use it in the tests");
+      return Reflect.get(started, prop, started);
+    },
+  });
+  before(async () => {
+    const linked = await startLinkedMesh(opts);
+    started = linked.mesh;
+    Object.assign(nc, linked.nc);
+    Object.assign(kv, linked.kv);
+  });
+  after(async () => {
+    await started?.stop();
+  });
+  return { mesh, nc, kv };
+}
+
+/** How a script of scripts/ ended: exit code (null when killed), stdout and stderr, duration. */
+export type ScriptRun = { code: number | null; out: string; ms: number };
+
+/** Run `scripts/<script>` from the repo root with `env`, killed after `timeoutMs`. */
+export function runScript(script: string, env: NodeJS.ProcessEnv, timeoutMs = 120_000): ScriptRun {
+  const t0 = Date.now();
+  const r = spawnSync(path.join(REPO_ROOT, "scripts", script), [], {
+    cwd: REPO_ROOT,
+    env,
+    encoding: "utf8",
+    timeout: timeoutMs,
+    killSignal: "SIGKILL",
+  });
+  return { code: r.status, out: `${r.stdout}${r.stderr}`, ms: Date.now() - t0 };
+}
+
+/** A local mesh of ./scripts/up.sh: its MESH_DIR, the environment its scripts run with. */
+export type UpMesh = {
+  dir: string;
+  /** set in `before` */
+  env: NodeJS.ProcessEnv;
+  run: (script: string, timeoutMs?: number) => ScriptRun;
+};
+
+/**
+ * The environment of ./scripts/up.sh for the tests of the enclosing describe block: a temp MESH_DIR,
+ * sites a and b on free ports (set in `before`, with `extra` on top); the tests run up.sh themselves.
+ * `after` runs down.sh whatever happened and removes the dir (KEEP_MESH=1 keeps it).
+ */
+export function withUpMesh(name: string, extra: NodeJS.ProcessEnv = {}): UpMesh {
+  const m: UpMesh = {
+    dir: mkdtempSync(path.join(os.tmpdir(), `syncd-${name}-`)),
+    env: {},
+    run: (script, timeoutMs) => runScript(script, m.env, timeoutMs),
+  };
+  before(async () => {
+    const base = await freePortBlock(4);
+    m.env = {
+      ...process.env,
+      MESH_DIR: m.dir,
+      SITES: "a b",
+      HUB_PORT: String(await freePort()),
+      HUB_HTTP_PORT: String(await freePort()),
+      HUB_LEAF_PORT: String(await freePort()),
+      SITE_BASE_PORT: String(base),
+      SITE_PORT_STEP: "2",
+      NODE_TEST_CONTEXT: undefined,
+      ...extra,
+    };
+  });
+  after(() => {
+    if (m.env.MESH_DIR) m.run("down.sh");
+    if (process.env.KEEP_MESH === "1") console.error(`KEEP_MESH=1: kept ${m.dir}`);
+    else rmSync(m.dir, { recursive: true, force: true });
+  });
+  return m;
 }

@@ -5,15 +5,8 @@
  * Periodic anti-entropy is off: this is the op path alone.
  */
 import type { KV } from "@nats-io/kv";
-import {
-  type BenchMesh,
-  backlog,
-  call,
-  siteQuiet,
-  startBenchMesh,
-  stopQuietly,
-  warmUp,
-} from "../lib/mesh.ts";
+import { siteQuiet } from "../../services/mod.ts";
+import { type BenchMesh, QUIET, backlog, call, startBenchMesh, stopQuietly, warmUp } from "../lib/mesh.ts";
 import { kfmt, log, nowMs, pipelined, round, sleep, value100, withProgress } from "../lib/util.ts";
 import { WINDOW } from "./throughput.ts";
 import type { BenchContext, CaseDef } from "./types.ts";
@@ -108,7 +101,7 @@ export const conflictCase: CaseDef = {
         },
         async () => {
           while (nowMs() - tEnd < limitMs) {
-            const q = (await Promise.all([siteQuiet(a.jsm, "a", a.nc), siteQuiet(b.jsm, "b", b.nc)])).every(
+            const q = (await Promise.all([siteQuiet(a.nc, "a", QUIET), siteQuiet(b.nc, "b", QUIET)])).every(
               Boolean,
             );
             if (q) {

@@ -23,7 +23,7 @@ import {
   stopQuietly,
   warmUp,
 } from "../lib/mesh.ts";
-import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
+import { cpuDelta, cpuOf, cpuSnapshot, rssOf } from "../lib/procstat.ts";
 import { kfmt, log, nowMs, pipelined, round, sleep, value100, waitUntil, withProgress } from "../lib/util.ts";
 import { loadSite } from "./reconcile.ts";
 import { WINDOW } from "./throughput.ts";
@@ -63,9 +63,7 @@ export type AgentFootprint = {
 };
 
 const serviceRss = (bm: BenchMesh): ProcRss[] =>
-  processes(bm)
-    .filter((p) => p.kind !== "nats-server" && p.kind !== "hub")
-    .map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+  rssOf(processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub"));
 
 /** RSS of the service processes at K keys per site: one agent per site, or one process per service. */
 export type LoadedFootprint = {
@@ -149,8 +147,7 @@ export const footprintCase: CaseDef = {
       log("footprint: starting hub + sites a, b with services");
       bm = await startBenchMesh();
       const procs = processes(bm);
-      const rss = (): ProcRss[] =>
-        procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+      const rss = (): ProcRss[] => rssOf(procs);
       await warmUp(bm, "a", `warm.${Date.now()}`);
       await sleep(2000);
       const idle = rss();
@@ -185,18 +182,7 @@ export const footprintCase: CaseDef = {
           ops_total: total,
           ops_s: Math.round(m / (ms / 1000)),
           rss: rss(),
-          cpu: procs.map((p) => {
-            const c = d.byPid.get(p.pid) ?? Number.NaN;
-            return {
-              pid: p.pid,
-              site: p.site,
-              name: p.name,
-              kind: p.kind,
-              cpu_ms: round(c),
-              us_per_op: round((c * 1000) / m),
-              pct_core: round((c / d.wall_ms) * 100),
-            };
-          }),
+          cpu: cpuOf(procs, d, m),
         });
         log(`footprint: ${kfmt(total)} ops, ${kfmt(out[r]!.ops_s)} ops/s applied`);
       }

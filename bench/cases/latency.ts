@@ -4,7 +4,7 @@
  * the same for NATS-native sourcing (an ordered consumer on b's stream that sources a's KV_config).
  */
 import { DeliverPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
-import { KvWatchInclude } from "@nats-io/kv";
+import { type KV, KvWatchInclude } from "@nats-io/kv";
 import { kvKeyOf, kvStream } from "../../services/mod.ts";
 import {
   BUCKET,
@@ -136,6 +136,29 @@ async function pacedRun(
 /** Seconds of unrecorded load at the rate before each measured run. */
 const WARMUP_S = 1;
 
+/** What a paced run writes at a and where it sees the values arrive at b. */
+type Route = { kv: KV; sink: Sink; status: () => Promise<string>; pids: number[] };
+
+/** Per rate: a warm-up run (not recorded), `settle`, the measured run, `settle`. */
+async function sweep(
+  name: string,
+  rates: number[],
+  seconds: (r: number) => number,
+  p: Route,
+  settle: () => Promise<void>,
+): Promise<LatencyRun[]> {
+  const out: LatencyRun[] = [];
+  for (const rate of rates) {
+    const v = value100(`r${rate}`);
+    const put = (k: string) => p.kv.put(k, v);
+    await pacedRun(`latency/${name}@${rate} warm-up`, rate, WARMUP_S, put, p.sink, p.status, p.pids);
+    await settle();
+    out.push(await pacedRun(`latency/${name}@${rate}`, rate, seconds(rate), put, p.sink, p.status, p.pids));
+    await settle();
+  }
+  return out;
+}
+
 function keyIndex(key: string, prefix: string): number {
   return key.startsWith(prefix) ? Number(key.slice(prefix.length)) : -1;
 }
@@ -160,41 +183,21 @@ async function syncdLatency(rates: number[], seconds: (r: number) => number): Pr
         };
       },
     };
-    const out: LatencyRun[] = [];
-    const pids = processes(bm).map((p) => p.pid);
     const bmm = bm;
     const status = async () => {
       const bl = await backlog(bmm.conn.b!.jsm, "b");
       return `b merger backlog ${bl.merger}, source lag ${bl.source_lag}`;
     };
-    for (const rate of rates) {
-      const v = value100(`r${rate}`);
-      // warm-up at the rate (not recorded), then the measured run from a quiet mesh
-      await pacedRun(
-        `latency/syncd@${rate} warm-up`,
-        rate,
-        WARMUP_S,
-        (k) => a.kv.put(k, v),
-        sink,
-        status,
-        pids,
-      );
-      await quiet(bm, 120_000);
-      out.push(
-        await pacedRun(
-          `latency/syncd@${rate}`,
-          rate,
-          seconds(rate),
-          (k) => a.kv.put(k, v),
-          sink,
-          status,
-          pids,
-        ),
-      );
-      await quiet(bm, 120_000);
-      await sleep(500);
-    }
-    return out;
+    return await sweep(
+      "syncd",
+      rates,
+      seconds,
+      { kv: a.kv, sink, status, pids: processes(bm).map((p) => p.pid) },
+      async () => {
+        await quiet(bmm, 120_000);
+        await sleep(500);
+      },
+    );
   } finally {
     await stopQuietly(bm);
   }
@@ -229,35 +232,9 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
         };
       },
     };
-    const out: LatencyRun[] = [];
-    const pids = processes(bm).map((p) => p.pid);
     const status = async () => `NATIVE_SRC holds ${(await streamState(b.jsm, NATIVE_SRC)).messages}`;
-    for (const rate of rates) {
-      const v = value100(`r${rate}`);
-      await pacedRun(
-        `latency/native@${rate} warm-up`,
-        rate,
-        WARMUP_S,
-        (k) => a.kv.put(k, v),
-        sink,
-        status,
-        pids,
-      );
-      await sleep(500);
-      out.push(
-        await pacedRun(
-          `latency/native@${rate}`,
-          rate,
-          seconds(rate),
-          (k) => a.kv.put(k, v),
-          sink,
-          status,
-          pids,
-        ),
-      );
-      await sleep(500);
-    }
-    return out;
+    const pids = processes(bm).map((p) => p.pid);
+    return await sweep("native", rates, seconds, { kv: a.kv, sink, status, pids }, () => sleep(500));
   } finally {
     await stopQuietly(bm);
   }

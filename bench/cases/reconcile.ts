@@ -33,7 +33,7 @@ import {
   stopQuietly,
   streamState,
 } from "../lib/mesh.ts";
-import { rssMb } from "../lib/procstat.ts";
+import { rssOf } from "../lib/procstat.ts";
 import { kfmt, log, nowMs, pipelined, round, sleep, value100, waitUntil, withProgress } from "../lib/util.ts";
 import type { BenchContext, CaseDef, ProcRss } from "./types.ts";
 
@@ -143,10 +143,6 @@ async function fullListing(
   return { bytes, entries };
 }
 
-function rssAll(bm: BenchMesh): ProcRss[] {
-  return processes(bm).map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
-}
-
 export const reconcileCase: CaseDef = {
   name: "reconcile",
   title: "5. Reconcile cost: 100 differing entries among K keys per site",
@@ -234,7 +230,7 @@ export const reconcileCase: CaseDef = {
       const readyMs = nowMs() - ts0;
       log(`reconcile: services caught up in ${round(readyMs / 1000)} s`);
       await sleep(1000);
-      const rssAtK = rssAll(bm);
+      const rssAtK = rssOf(processes(bm));
 
       // the difference: DIFFS keys spread over the key space, half newer at a, half newer at b
       const now = Date.now() * 1000;
@@ -360,7 +356,7 @@ export const reconcileCase: CaseDef = {
       } catch (err) {
         log(`reconcile: second run failed: ${(err as Error).message}`);
       }
-      const rssAfter = rssAll(bm);
+      const rssAfter = rssOf(processes(bm));
 
       // what a full listing costs
       let computed = 0;

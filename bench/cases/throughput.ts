@@ -10,7 +10,6 @@ import type { MeshOptions } from "../../test/harness/mesh.ts";
 import {
   BUCKET,
   type BenchMesh,
-  type Measured,
   NATIVE_SRC,
   addNativeSource,
   backlog,
@@ -20,7 +19,7 @@ import {
   streamState,
   warmUp,
 } from "../lib/mesh.ts";
-import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
+import { cpuDelta, cpuOf, cpuSnapshot, rssOf } from "../lib/procstat.ts";
 import {
   kfmt,
   log,
@@ -62,10 +61,6 @@ export type SyncdRun = {
   /** CLOCK_MONOTONIC µs of the measured interval, to cut CPU profiles */
   window_us: [number, number];
 };
-
-function rssOf(procs: Measured[]): ProcRss[] {
-  return procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
-}
 
 /** Pipelined puts of n new keys at a; waits until b's bucket holds them all. On a running mesh. */
 export async function measureSyncd(
@@ -119,18 +114,7 @@ export async function measureSyncd(
   const us1 = monoUs();
   await poller;
   const d = cpuDelta(snap0, snap1);
-  const cpu: ProcCpu[] = procs.map((p) => {
-    const ms = d.byPid.get(p.pid) ?? Number.NaN;
-    return {
-      pid: p.pid,
-      site: p.site,
-      name: p.name,
-      kind: p.kind,
-      cpu_ms: round(ms),
-      us_per_op: round((ms * 1000) / n),
-      pct_core: round((ms / d.wall_ms) * 100),
-    };
-  });
+  const cpu: ProcCpu[] = cpuOf(procs, d, n);
   const meshMs = cpu.reduce((acc, c) => acc + (Number.isFinite(c.cpu_ms) ? c.cpu_ms : 0), 0);
   const r: SyncdRun = {
     label,

@@ -11,7 +11,16 @@ import {
 } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Durables, Streams, endpointSubject, kvStream, metaBucket, requestJson } from "../../services/mod.ts";
+import {
+  Durables,
+  Streams,
+  endpointSubject,
+  kvStream,
+  metaBucket,
+  requestJson,
+  siteLinked,
+  siteQuiet,
+} from "../../services/mod.ts";
 import { type Mesh, type MeshOptions, type ServiceKind, startMesh } from "../../test/harness/mesh.ts";
 import { log, pipelined, sleep, value100, waitUntil } from "./util.ts";
 
@@ -86,6 +95,9 @@ export async function openSite(mesh: Mesh, site: string, withMeta: boolean): Pro
 /** The hub's JetStream domain of the harness's mesh (the services' default). */
 export const HUB_DOMAIN = "hub";
 
+/** What `siteQuiet` checks at a bench site: the one bucket, the hub's domain. */
+export const QUIET = { buckets: [BUCKET], hubDomain: HUB_DOMAIN };
+
 /**
  * Wait until replication is on through the hub: the hub's aggregate sources every site's op log (the
  * watchers register them) and every site's FEED stream sources the aggregate (the merger creates it so).
@@ -94,18 +106,13 @@ export async function linked(bm: BenchMesh, timeoutMs = 60_000): Promise<void> {
   for (const s of bm.sites) {
     await waitUntil(
       `site ${s} linked through the hub to ${bm.sites.length - 1} peers`,
-      async () => {
-        try {
-          const si = await bm.conn[s]!.jsm.streams.info(Streams.in(s));
-          if (!(si.config.sources ?? []).some((x) => x.name === Streams.hub)) return false;
-          const hub = await jetstreamManager(bm.conn[s]!.nc, { domain: HUB_DOMAIN, timeout: 2000 });
-          const hi = await hub.streams.info(Streams.hub);
-          const names = new Set((hi.config.sources ?? []).map((x) => x.name));
-          return bm.sites.every((p) => names.has(Streams.out(p)));
-        } catch {
-          return false;
-        }
-      },
+      () =>
+        siteLinked(
+          bm.conn[s]!.nc,
+          s,
+          bm.sites.filter((p) => p !== s),
+          { hubDomain: HUB_DOMAIN },
+        ),
       timeoutMs,
       100,
     );
@@ -136,37 +143,6 @@ export async function streamState(
   return { messages: si.state.messages, last_seq: si.state.last_seq };
 }
 
-/**
- * Nothing in flight at a site: watcher and merger consumers drained and acked, its FEED caught up with
- * the hub's aggregate and the aggregate with the site's op log (a stalled source reports lag 0 too, so
- * the message counts are compared as well).
- */
-export async function siteQuiet(jsm: JetStreamManager, site: string, nc?: NatsConnection): Promise<boolean> {
-  const consumers: [string, string][] = [
-    [Streams.in(site), Durables.merger],
-    [Streams.ingress(site), Durables.merger],
-    [kvStream(BUCKET), Durables.watcher(site, BUCKET)],
-  ];
-  for (const [stream, durable] of consumers) {
-    const ci = await jsm.consumers.info(stream, durable);
-    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
-  }
-  const si = await jsm.streams.info(Streams.in(site));
-  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
-  if (!nc) return true;
-  try {
-    const hub = await jetstreamManager(nc, { domain: HUB_DOMAIN, timeout: 2000 });
-    const hi = await hub.streams.info(Streams.hub);
-    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
-    const out = await jsm.streams.info(Streams.out(site));
-    return (
-      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
-    );
-  } catch {
-    return false;
-  }
-}
-
 /** Work left at a site: pending + ack-pending of the watcher and merger consumers, source lag. */
 export async function backlog(
   jsm: JetStreamManager,
@@ -188,7 +164,7 @@ export async function quiet(bm: BenchMesh, timeoutMs: number): Promise<void> {
   await waitUntil(
     "mesh quiet",
     async () => {
-      const all = await Promise.all(bm.sites.map((s) => siteQuiet(bm.conn[s]!.jsm, s, bm.conn[s]!.nc)));
+      const all = await Promise.all(bm.sites.map((s) => siteQuiet(bm.conn[s]!.nc, s, QUIET)));
       streak = all.every(Boolean) ? streak + 1 : 0;
       return streak >= 2;
     },

@@ -1,5 +1,7 @@
 /** RSS and CPU time of processes, from Linux /proc. */
 import { readFileSync } from "node:fs";
+import type { ProcCpu, ProcRss } from "../cases/types.ts";
+import { round } from "./util.ts";
 
 const CLK_TCK = 100;
 
@@ -54,4 +56,28 @@ export function cpuDelta(
   for (const [pid, v] of a.byPid) byPid.set(pid, (b.byPid.get(pid) ?? Number.NaN) - v);
   const self = (b.self.user - a.self.user + b.self.system - a.self.system) / 1000;
   return { wall_ms: b.at - a.at, byPid, self_ms: self, machine_ms: b.machine - a.machine };
+}
+
+/** A measured process as the results name it. */
+type Named = { pid: number; site: string; name: string; kind: string };
+
+/** The RSS of each process now. */
+export function rssOf(procs: Named[]): ProcRss[] {
+  return procs.map((p) => ({ site: p.site, name: p.name, kind: p.kind, rss_mb: rssMb(p.pid) }));
+}
+
+/** The CPU of each process over an interval (`cpuDelta`) in which `ops` ops were done. */
+export function cpuOf(procs: Named[], d: ReturnType<typeof cpuDelta>, ops: number): ProcCpu[] {
+  return procs.map((p) => {
+    const ms = d.byPid.get(p.pid) ?? Number.NaN;
+    return {
+      pid: p.pid,
+      site: p.site,
+      name: p.name,
+      kind: p.kind,
+      cpu_ms: round(ms),
+      us_per_op: round((ms * 1000) / ops),
+      pct_core: round((ms / d.wall_ms) * 100),
+    };
+  });
 }

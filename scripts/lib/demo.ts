@@ -39,7 +39,7 @@ import {
   requestJson,
 } from "../../services/mod.ts";
 import { SERVICE_KINDS, pingSite } from "./services.ts";
-import { REPO_ROOT, certFiles } from "./topology.ts";
+import { certFiles, meshDir } from "./topology.ts";
 
 class Usage extends Error {}
 /** The observation is not what the demo expected: exit 1 with this message. */
@@ -68,9 +68,7 @@ type MeshJson = {
 };
 
 function meshFile(): string {
-  const callerCwd = env.SYNCD_CALLER_CWD || process.cwd();
-  const dir = env.MESH_DIR ? path.resolve(callerCwd, env.MESH_DIR) : path.join(REPO_ROOT, ".mesh");
-  return path.join(dir, "mesh.json");
+  return path.join(meshDir(env), "mesh.json");
 }
 
 function readMesh(): MeshJson {

@@ -11,6 +11,19 @@ import * as path from "node:path";
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `p`'s value, or undefined once `ms` passed; the timer is cleared either way, so it never keeps the process alive. */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const timeout = new Promise<undefined>((r) => {
+      t = setTimeout(() => r(undefined), ms);
+    });
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
 /** How a spawned process ended. */
 export type ExitInfo = { code: number | null; signal: NodeJS.Signals | null; error?: string };
 
@@ -190,10 +203,9 @@ function signal(p: Proc, sig: NodeJS.Signals): void {
 }
 
 async function waitGone(p: Proc, ms: number): Promise<boolean> {
-  if (p.child) {
+  if (p.child && p.exited) {
     if (p.exitInfo) return true;
-    const r = await Promise.race([p.exited, sleep(ms).then(() => undefined)]);
-    return r !== undefined;
+    return (await within(p.exited, ms)) !== undefined;
   }
   const t0 = Date.now();
   while (isAlive(p.pid, p.marker)) {

@@ -25,6 +25,7 @@ import {
   spawnLogged,
   stopProc,
   tail,
+  within,
 } from "./proc.ts";
 import { REPO_ROOT } from "./topology.ts";
 
@@ -486,7 +487,7 @@ export async function pingSite(
     await nc.flush();
     for (const kind of SERVICE_KINDS) nc.publish(`$SRV.PING.${ServiceName[kind]}`, "", { reply });
     await nc.flush();
-    await Promise.race([sleep(waitMs), done]);
+    await within(done, waitMs);
   } finally {
     sub.unsubscribe();
   }

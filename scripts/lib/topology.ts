@@ -51,6 +51,15 @@ import {
 
 /** The repository root (scripts/lib/../..). */
 export const REPO_ROOT: string = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+/**
+ * The local mesh's folder (mesh.json, pid files, logs): $MESH_DIR, relative to where the user ran the
+ * script (SYNCD_CALLER_CWD, passed by the shell wrappers), else <repo>/.mesh.
+ */
+export function meshDir(env: NodeJS.ProcessEnv = process.env): string {
+  const callerCwd = env.SYNCD_CALLER_CWD || process.cwd();
+  return env.MESH_DIR ? path.resolve(callerCwd, env.MESH_DIR) : path.join(REPO_ROOT, ".mesh");
+}
 export const HUB_CONF_FILE: string = path.join(REPO_ROOT, "deploy/nats/hub.conf");
 export const SITE_CONF_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site.conf.template");
 export const SITE_USERS_TEMPLATE: string = path.join(REPO_ROOT, "deploy/nats/site-users.conf.template");
@@ -191,6 +200,27 @@ export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string {
   );
 }
 
+/** What a site's server config is made from. */
+export type SiteConfValues = {
+  site: string;
+  host: string;
+  clientPort: number;
+  httpPort: number;
+  storeDir: string;
+  hubLeafUrl: string;
+};
+
+/** The placeholders both site templates share. */
+function siteFields(o: SiteConfValues): Record<string, string> {
+  return {
+    SITE: o.site,
+    HOST: o.host,
+    CLIENT_PORT: String(o.clientPort),
+    HTTP_PORT: String(o.httpPort),
+    STORE_DIR: o.storeDir,
+  };
+}
+
 function fill(file: string, values: Record<string, string>): string {
   return readFileSync(file, "utf8").replace(/\{\{([A-Z_]+)\}\}/g, (m, k: string) => {
     const v = values[k];
@@ -246,25 +276,12 @@ export function renderSecureHubConf(o: {
  * deploy/nats/site-secure.conf.template with its placeholders filled; `hubLeafUrl` without user
  * info (nats-leaf://host:port): the leaf user and password are put in here.
  */
-export function renderSecureSiteConf(o: {
-  site: string;
-  host: string;
-  clientPort: number;
-  httpPort: number;
-  storeDir: string;
-  hubLeafUrl: string;
-  certDir: string;
-  leafPassword: string;
-}): string {
+export function renderSecureSiteConf(o: SiteConfValues & { certDir: string; leafPassword: string }): string {
   const u = new URL(o.hubLeafUrl);
   u.username = "leaf";
   u.password = o.leafPassword;
   return fill(SITE_SECURE_TEMPLATE, {
-    SITE: o.site,
-    HOST: o.host,
-    CLIENT_PORT: String(o.clientPort),
-    HTTP_PORT: String(o.httpPort),
-    STORE_DIR: o.storeDir,
+    ...siteFields(o),
     CERT_DIR: path.resolve(o.certDir),
     HUB_LEAF_URL: u.toString().replace(/\/$/, ""),
   });
@@ -294,22 +311,8 @@ export function renderHubConf(o: {
 }
 
 /** deploy/nats/site.conf.template with its placeholders filled. */
-export function renderSiteConf(o: {
-  site: string;
-  host: string;
-  clientPort: number;
-  httpPort: number;
-  storeDir: string;
-  hubLeafUrl: string;
-}): string {
-  return fill(SITE_CONF_TEMPLATE, {
-    SITE: o.site,
-    HOST: o.host,
-    CLIENT_PORT: String(o.clientPort),
-    HTTP_PORT: String(o.httpPort),
-    STORE_DIR: o.storeDir,
-    HUB_LEAF_URL: o.hubLeafUrl,
-  });
+export function renderSiteConf(o: SiteConfValues): string {
+  return fill(SITE_CONF_TEMPLATE, { ...siteFields(o), HUB_LEAF_URL: o.hubLeafUrl });
 }
 
 type Server = {

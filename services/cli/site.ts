@@ -2,13 +2,14 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 /**
  * `syncd site remove <name>`: take a site out of the mesh so it leaves nothing behind: its member
- * record and domain claim in the hub's members bucket, its source in the hub's aggregate stream;
+ * record and domain claim in the hub's members bucket (and the records of duplicates refused in its
+ * name, `refused.<name>.>`), its source in the hub's aggregate stream;
  * the other sites' reconcilers see the record go and forget the peer. Its ops stay in the aggregate:
  * they are the mesh's state (every other site holds them already, a new site bootstraps from them).
  * The site's services must be stopped first (a running site would register itself again).
  */
 import { isNotFound } from "../lib/jserrors.ts";
-import { MEMBERS_BUCKET, Streams, domainKey, memberKey } from "../lib/subjects.ts";
+import { MEMBERS_BUCKET, Streams, domainKey, memberKey, refusedKey } from "../lib/subjects.ts";
 import { CliError, UsageError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
 import { findSites } from "./nats.ts";
@@ -23,6 +24,8 @@ export type SiteRemoved = {
   member_record: boolean;
   domain_claim: boolean;
   hub_source: boolean;
+  /** records of duplicates refused in its name or domain, removed */
+  refused_records: number;
 };
 
 /** Run `site`. */
@@ -42,6 +45,7 @@ export async function siteCommand(ctx: Ctx): Promise<Output> {
     member_record: false,
     domain_claim: false,
     hub_source: false,
+    refused_records: 0,
   };
   const js = jetstream(ctx.nc, { domain: hubDomain, timeout: ctx.cli.conn.timeoutMs });
   let kv: Awaited<ReturnType<Kvm["open"]>> | undefined;
@@ -73,6 +77,10 @@ export async function siteCommand(ctx: Ctx): Promise<Output> {
       await kv.purge(memberKey(site));
       out.member_record = true;
     }
+    const refused: string[] = [];
+    for await (const k of await kv.keys(refusedKey(site, ">"))) refused.push(k);
+    for (const k of refused) await kv.purge(k);
+    out.refused_records = refused.length;
   }
   const jsm = await jetstreamManager(ctx.nc, { domain: hubDomain, timeout: ctx.cli.conn.timeoutMs });
   try {
@@ -91,6 +99,7 @@ export async function siteCommand(ctx: Ctx): Promise<Output> {
     out.member_record ? "member record" : undefined,
     out.domain_claim ? `claim of domain ${out.domain}` : undefined,
     out.hub_source ? `source ${Streams.out(site)} of ${Streams.hub}` : undefined,
+    out.refused_records > 0 ? `${out.refused_records} record(s) of duplicates refused` : undefined,
   ].filter(Boolean);
   const text =
     what.length === 0

@@ -24,7 +24,7 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     skew_refused: 0,
     jump_refused: 0,
   };
-  const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, log, { history: 1, replicas: site.replicas });
+  const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, { replicas: site.replicas, log });
   const deps: ClockDeps = {
     kv,
     mode: config.clock,

@@ -55,6 +55,10 @@ export const Conditions = {
   valuesLost: "VALUES_LOST",
   /** the mesh refused this site (its name or JetStream domain is another site's) or removed it */
   siteRefused: "SITE_REFUSED",
+  /** tombstone collection passes fail (a purge the site's permissions deny, the hub unreachable) */
+  tombstoneGcFailed: "TOMBSTONE_GC_FAILED",
+  /** another server tried to join the mesh with this site's name or JetStream domain and was refused */
+  duplicateSite: "DUPLICATE_SITE",
   /** a service kind has no instance answering at a site (found by `syncd status`, not raised by a service) */
   serviceDown: "SERVICE_DOWN",
   /** a part of a site's status (an endpoint, a stream) could not be read (found by `syncd status`) */

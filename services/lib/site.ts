@@ -27,11 +27,13 @@ import type { Config } from "./config.ts";
 import { isAlreadyExists, isInsufficientResources, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 import {
+  Durables,
   OPS_INGRESS,
   Streams,
   conflictsSubject,
   dlqSubject,
   journalSubject,
+  kvStream,
   metaBucket,
   opsFilter,
 } from "./subjects.ts";
@@ -83,12 +85,14 @@ export async function accountStorageLimit(jsm: JetStreamManager): Promise<number
   }
 }
 
-/** Open a KV bucket, creating it when it does not exist yet. */
+/**
+ * Open a KV bucket, creating it (history 1 and 1 replica unless told) when its stream does not exist;
+ * any other error (hub unreachable, no permission) is thrown, never answered by a create.
+ */
 export async function openOrCreateKv(
   kvm: Kvm,
   name: string,
-  log: Logger,
-  opts: { history: number; replicas?: number },
+  opts: { history?: number; replicas?: number; log?: Logger } = {},
 ): Promise<KV> {
   try {
     const kv = await kvm.open(name);
@@ -97,8 +101,9 @@ export async function openOrCreateKv(
   } catch (err) {
     if (!isStreamNotFound(err)) throw err;
   }
-  log.info({ bucket: name, replicas: opts.replicas ?? 1 }, "creating KV bucket");
-  return kvm.create(name, { history: opts.history, replicas: opts.replicas ?? 1 });
+  const replicas = opts.replicas ?? 1;
+  opts.log?.info({ bucket: name, replicas }, "creating KV bucket");
+  return kvm.create(name, { history: opts.history ?? 1, replicas });
 }
 
 /** A stream as a service wants it; `fitBytes`: max_bytes is a default that may shrink to fit the store. */
@@ -225,11 +230,11 @@ export async function openSite(nc: NatsConnection, config: Config, log: Logger):
   const metas = new Map<string, KV>();
   const maxValueSize = new Map<string, number>();
   for (const b of config.buckets) {
-    const kv = await openOrCreateKv(kvm, b, log, { history: 1, replicas });
+    const kv = await openOrCreateKv(kvm, b, { replicas, log });
     buckets.set(b, kv);
     const st = await kv.status();
     maxValueSize.set(b, st.maxValueSize);
-    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), log, { history: 1, replicas }));
+    metas.set(b, await openOrCreateKv(kvm, metaBucket(b), { replicas, log }));
   }
   await ensureStream(
     jsm,
@@ -414,4 +419,65 @@ export async function ensureHubRegistration(
   throw new Error(
     `could not register ${mine.name} among the sources of ${Streams.hub}: it kept disappearing`,
   );
+}
+
+/**
+ * True when a site has nothing in flight: its watcher and merger consumers drained and acked, its
+ * inbound stream caught up with the hub's aggregate and the aggregate with the site's op log. A
+ * stalled source reports lag 0 too, so the counts are compared as well: IN holds at least one op per
+ * subject the aggregate holds, the aggregate one per subject the site's OUT holds. `domain`: the
+ * site's JetStream domain when `nc` is connected elsewhere; the hub unreachable counts as not quiet.
+ */
+export async function siteQuiet(
+  nc: NatsConnection,
+  site: string,
+  opts: { buckets: string[]; hubDomain: string; domain?: string },
+): Promise<boolean> {
+  const jsm = await jetstreamManager(nc, opts.domain ? { domain: opts.domain } : {});
+  const consumers: [string, string][] = [
+    [Streams.in(site), Durables.merger],
+    [Streams.ingress(site), Durables.merger],
+    ...opts.buckets.map((b): [string, string] => [kvStream(b), Durables.watcher(site, b)]),
+  ];
+  for (const [stream, durable] of consumers) {
+    const ci = await jsm.consumers.info(stream, durable);
+    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+  }
+  const si = await jsm.streams.info(Streams.in(site));
+  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
+  try {
+    const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
+    const out = await jsm.streams.info(Streams.out(site));
+    return (
+      si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)
+    );
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * True when replication is on between a site and `peers`: the site's inbound stream sources the hub's
+ * aggregate (the merger creates it so) and the aggregate sources the op log of the site and of each
+ * peer (their watchers register them). Any error (the hub unreachable) counts as not linked.
+ */
+export async function siteLinked(
+  nc: NatsConnection,
+  site: string,
+  peers: string[],
+  opts: { hubDomain: string; domain?: string },
+): Promise<boolean> {
+  try {
+    const jsm = await jetstreamManager(nc, opts.domain ? { domain: opts.domain } : {});
+    const si = await jsm.streams.info(Streams.in(site));
+    if (!(si.config.sources ?? []).some((s) => s.name === Streams.hub)) return false;
+    const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
+    const hi = await hub.streams.info(Streams.hub);
+    const names = new Set((hi.config.sources ?? []).map((s) => s.name));
+    return [site, ...peers].every((p) => names.has(Streams.out(p)));
+  } catch {
+    return false;
+  }
 }

@@ -231,6 +231,13 @@ export function memberKey(site: string): string {
 export function domainKey(domain: string): string {
   return `domains.${domain}`;
 }
+/**
+ * The record of a site refused as a duplicate (schemas/reconciler/refused.json): `owner` holds the
+ * contested name or domain, `identity` is the refused site's. Prefix `refused.<owner>.` for all of an owner's.
+ */
+export function refusedKey(owner: string, identity: string): string {
+  return `refused.${owner}.${identity}`;
+}
 /** The site-local bucket and key of the site's identity: a random id made once, kept with the site's data. */
 export const SITE_BUCKET = "syncd_site";
 export const IDENTITY_KEY = "identity";

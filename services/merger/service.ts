@@ -318,6 +318,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           } catch (err) {
             if (!isNotFound(err)) throw err;
             log.error({ stream }, "a stream the merger consumes was deleted: creating it again");
+            await new Promise((r) => setTimeout(r, DELETED_STREAM_SETTLE_MS));
             await ensureMergerStreams(site.jsm, config, site.replicas, log);
           }
           await ensure();
@@ -472,6 +473,14 @@ export const mergerService: ServiceDef = {
       durable: Durables.merger,
     })),
 };
+
+/**
+ * How long the merger waits before making a deleted stream again. nats-server 2.9.10 removes a
+ * deleted stream's files after its delete request has returned: a stream of the same name made
+ * within moments had its store directory removed under it (`open …/msgs/1.blk: no such file or
+ * directory` in the server log) and stored and delivered nothing (test/I6-recreated.test.ts).
+ */
+export const DELETED_STREAM_SETTLE_MS = 2000;
 
 /** Seconds between checks for full-mesh peer sources that the hub has made redundant. */
 const PRUNE_PERIOD_MS = 15_000;

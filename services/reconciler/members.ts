@@ -7,20 +7,38 @@
  *
  * A claim already held by another identity is another site with the same name or domain: this site
  * is refused (state "refused", logged as an error, anti-entropy off); the site that claimed first is
- * not touched. A site rebuilt from scratch has a new identity: `syncd site remove <name>` first.
+ * not touched, but sees it: the refused site records its attempt under `refused.<owner>.<identity>`
+ * (schemas/reconciler/refused.json), and the owner's watch raises DUPLICATE_SITE (error) while that
+ * record exists, at most {@link REFUSED_KEEP_MS} after the last attempt. A site rebuilt from scratch
+ * has a new identity: `syncd site remove <name>` first.
  */
 import { randomUUID } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import { type KV, type KvWatchEntry, Kvm } from "@nats-io/kv";
 import { Empty, type NatsConnection, type QueuedIterator } from "@nats-io/nats-core";
+import { Conditions, Severity, health } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import { validate } from "../lib/schema-registry.ts";
-import type { ReconcilerMember } from "../lib/schemas.gen.ts";
+import type { ReconcilerMember, ReconcilerRefused } from "../lib/schemas.gen.ts";
+import { openOrCreateKv } from "../lib/site.ts";
 import { isCasConflict } from "../lib/stores.ts";
-import { IDENTITY_KEY, MEMBERS_BUCKET, SITE_BUCKET, domainKey, memberKey } from "../lib/subjects.ts";
+import {
+  IDENTITY_KEY,
+  MEMBERS_BUCKET,
+  SITE_BUCKET,
+  domainKey,
+  memberKey,
+  refusedKey,
+} from "../lib/subjects.ts";
 
 /** A member record (schemas/reconciler/member.json). */
 export type Member = ReconcilerMember;
+
+/** The record of a refused join attempt (schemas/reconciler/refused.json). */
+export type RefusedAttempt = ReconcilerRefused;
+
+/** How long after its last attempt a refused site's record keeps DUPLICATE_SITE raised at the owner (24 h). */
+export const REFUSED_KEEP_MS = 24 * 3600_000;
 
 /** joining: not registered yet (hub unreachable or without JetStream); member; refused; removed. */
 export type MembershipState = "joining" | "member" | "refused" | "removed";
@@ -59,6 +77,7 @@ export class MembershipRefused extends Error {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const SITES_PREFIX = "sites.";
+const REFUSED_PREFIX = "refused.";
 
 function parseMember(data: Uint8Array): Member | null {
   try {
@@ -69,20 +88,18 @@ function parseMember(data: Uint8Array): Member | null {
   }
 }
 
-/** Open a KV bucket, creating it (history 1) when missing. */
-async function openOrCreate(kvm: Kvm, name: string, replicas = 1): Promise<KV> {
+function parseRefused(data: Uint8Array): RefusedAttempt | null {
   try {
-    const kv = await kvm.open(name);
-    await kv.status();
-    return kv;
+    const v: unknown = JSON.parse(dec.decode(data));
+    return validate("reconciler/refused.json", v) === null ? (v as RefusedAttempt) : null;
   } catch {
-    return kvm.create(name, { history: 1, replicas });
+    return null;
   }
 }
 
 /** The site's identity, made once and kept at the site. */
 export async function siteIdentity(kvm: Kvm): Promise<string> {
-  const kv = await openOrCreate(kvm, SITE_BUCKET);
+  const kv = await openOrCreateKv(kvm, SITE_BUCKET);
   for (;;) {
     const e = await kv.get(IDENTITY_KEY);
     if (e?.operation === "PUT" && e.value.length > 0) return e.string();
@@ -96,7 +113,9 @@ export async function siteIdentity(kvm: Kvm): Promise<string> {
 
 /** The members bucket in the hub's domain (created when missing, with `replicas`). */
 export function membersBucket(nc: NatsConnection, hubDomain: string, replicas = 1): Promise<KV> {
-  return openOrCreate(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, replicas);
+  return openOrCreateKv(new Kvm(jetstream(nc, { domain: hubDomain, timeout: 5000 })), MEMBERS_BUCKET, {
+    replicas,
+  });
 }
 
 /**
@@ -131,6 +150,7 @@ export class Membership {
   /** the other sites, by name */
   readonly members = new Map<string, Member>();
   private watcher: QueuedIterator<KvWatchEntry> | undefined;
+  private kv: KV | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failures = 0;
@@ -218,7 +238,10 @@ export class Membership {
     for (const key of [domainKey(self.domain), memberKey(self.site)]) {
       const e = await kv.get(key);
       const have = e?.operation === "PUT" ? parseMember(e.value) : null;
-      if (have && have.identity !== this.identity) throw new MembershipRefused(key, have);
+      if (have && have.identity !== this.identity) {
+        await this.recordAttempt(kv, key, have);
+        throw new MembershipRefused(key, have);
+      }
     }
     await claim(kv, domainKey(self.domain), {
       site: self.site,
@@ -237,12 +260,72 @@ export class Membership {
     }
   }
 
-  /** Watch `sites.>`: initial values once, then changes; restart (re-join) when the watch ends. */
+  /**
+   * Leave a record of this refused attempt for the site holding `key` (its reconciler raises
+   * DUPLICATE_SITE): who tried, from which server, when. Best effort: the refusal stands without it.
+   */
+  private async recordAttempt(kv: KV, key: string, holder: Member): Promise<void> {
+    const { self, nc, log } = this.deps;
+    const id = refusedKey(holder.site, this.identity ?? "");
+    try {
+      const e = await kv.get(id);
+      const prev = e?.operation === "PUT" ? parseRefused(e.value) : null;
+      const rec: RefusedAttempt = {
+        key,
+        site: self.site,
+        domain: self.domain,
+        identity: this.identity ?? "",
+        ...(nc.info?.server_id ? { server_id: nc.info.server_id } : {}),
+        ...(nc.info?.server_name ? { server_name: nc.info.server_name } : {}),
+        at: new Date().toISOString(),
+        attempts: (prev?.attempts ?? 0) + 1,
+      };
+      await kv.put(id, enc.encode(JSON.stringify(rec)));
+    } catch (err) {
+      log.warn({ err, key: id }, "could not record the refused attempt in the members bucket");
+    }
+  }
+
+  /**
+   * A refused attempt on this site's name or domain (`refused.<self>.<identity>`): raise
+   * DUPLICATE_SITE while the record is there and younger than {@link REFUSED_KEEP_MS}; delete an
+   * older one.
+   */
+  private applyRefused(e: KvWatchEntry): void {
+    const own = `${REFUSED_PREFIX}${this.deps.self.site}.`;
+    if (!e.key.startsWith(own)) return;
+    const subject = e.key.slice(own.length);
+    const r = e.operation === "PUT" ? parseRefused(e.value) : null;
+    const at = r ? Date.parse(r.at) : Number.NaN;
+    const left = (Number.isFinite(at) ? at : e.created.getTime()) + REFUSED_KEEP_MS - Date.now();
+    if (e.operation !== "PUT" || left <= 0) {
+      health.clear(Conditions.duplicateSite, subject);
+      if (e.operation === "PUT") void this.kv?.delete(e.key).catch(() => {});
+      return;
+    }
+    const who = r
+      ? `site ${r.site}, domain ${r.domain}, server ${r.server_name ?? "?"} (${r.server_id ?? "?"}), identity ${r.identity}`
+      : `identity ${subject}`;
+    const message = `another server tried to join the mesh with this site's ${r?.key.startsWith("domains.") ? "JetStream domain" : "name"} and was refused (${who}; ${r?.attempts ?? 1} attempt(s), last ${r?.at ?? e.created.toISOString()}): give it a name and domain of its own, or stop it; then delete ${MEMBERS_BUCKET} ${e.key}`;
+    this.deps.log.error({ attempt: r ?? undefined, key: e.key }, `DUPLICATE SITE: ${message}`);
+    health.raise(Conditions.duplicateSite, Severity.error, {
+      message,
+      subject,
+      ttlMs: left,
+      ...(r ? { data: { ...r } } : {}),
+    });
+  }
+
+  /**
+   * Watch the members bucket (`sites.>` for the members, `refused.<self>.>` for duplicates of this
+   * site): initial values once, then changes; restart (re-join) when the watch ends.
+   */
   private async follow(kv: KV): Promise<void> {
     this.watcher?.stop();
+    this.kv = kv;
     const seen = new Set<string>();
     const initial = (await kv.status()).values;
-    const it = await kv.watch({ key: `${SITES_PREFIX}>` });
+    const it = await kv.watch({ key: ">" });
     this.watcher = it;
     let caughtUp: () => void = () => {};
     const done = new Promise<void>((r) => {
@@ -253,7 +336,7 @@ export class Membership {
     void (async () => {
       try {
         for await (const e of it) {
-          seen.add(e.key.slice(SITES_PREFIX.length));
+          if (e.key.startsWith(SITES_PREFIX)) seen.add(e.key.slice(SITES_PREFIX.length));
           if (this.apply(e) && isCaughtUp) this.deps.onChange();
           if (!isCaughtUp && (e.isUpdate || e.delta === 0)) {
             isCaughtUp = true;
@@ -279,6 +362,8 @@ export class Membership {
 
   /** Fold one record in; true when the other sites' records changed. */
   private apply(e: KvWatchEntry): boolean {
+    if (e.key.startsWith(REFUSED_PREFIX)) this.applyRefused(e);
+    if (!e.key.startsWith(SITES_PREFIX)) return false;
     const site = e.key.slice(SITES_PREFIX.length);
     if (site === this.deps.self.site) {
       if (e.operation !== "PUT") {

@@ -24,6 +24,7 @@ import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
+import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { Durables, Streams, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
@@ -146,6 +147,8 @@ export class TombstoneGc {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failing = false;
+  /** passes in a row that found this site still joining the mesh */
+  private joiningPasses = 0;
   private hubJsm: JetStreamManager | undefined;
   /** the lowest mark and the members holding it, at the last pass */
   lowest: { mark: number; sites: string[] } | undefined;
@@ -163,11 +166,16 @@ export class TombstoneGc {
       if (this.stopped) return;
       try {
         await this.pass();
+        if (this.failing) health.clear(Conditions.tombstoneGcFailed, this.deps.site);
         this.failing = false;
       } catch (err) {
-        // once per spell of failures (hub unreachable, a purge the site's permissions deny)
+        // logged once per spell of failures (hub unreachable, a purge the site's permissions deny)
         this.deps.log[this.failing ? "debug" : "warn"]({ err }, "tombstone collection pass failed");
         this.failing = true;
+        health.raise(Conditions.tombstoneGcFailed, Severity.warn, {
+          message: `tombstone collection fails: ${(err as Error).message}; tombstones stay until a pass succeeds`,
+          subject: this.deps.site,
+        });
       }
       if (!this.stopped) this.timer = setTimeout(loop, every);
     };
@@ -189,7 +197,11 @@ export class TombstoneGc {
     const { deps } = this;
     await this.dropMarkers();
     const m = deps.membership;
+    if (m?.state === "joining" && this.joiningPasses++ > 0)
+      // a site that cannot join (hub unreachable, the members bucket denied) never collects
+      throw new Error("this site is not a member of the mesh (the members bucket cannot be reached)");
     if (!m || m.state !== "member") return;
+    this.joiningPasses = 0;
     this.hubJsm ??= await jetstreamManager(deps.nc, { domain: deps.hubDomain, timeout: 5000 });
     const applied = await appliedHubSeq(deps.jsm, deps.site);
     if (applied === undefined) return;

@@ -15,10 +15,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { inspect } from "node:util";
-import type { KV } from "@nats-io/kv";
+import { type KV, Kvm } from "@nats-io/kv";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { openOrCreateBucket } from "../../scripts/lib/buckets.ts";
 import { killAttachedSync, sleep } from "../../scripts/lib/proc.ts";
 import {
   type Scale,
@@ -34,6 +33,7 @@ import {
   randomPassword,
   renderSiteUsersConf,
 } from "../../scripts/lib/topology.ts";
+import { openOrCreateKv } from "../../services/mod.ts";
 
 export { parseScale, sleep };
 export type { CertFiles, ServiceInstance, ServiceKind, Scale };
@@ -279,7 +279,7 @@ export async function startMesh(opts: MeshOptions = {}): Promise<Mesh> {
         nc = await mesh.connect(site, { name: `test-kv-${site}` });
         kvConns.set(site, nc);
       }
-      return openOrCreateBucket(nc, bucket);
+      return openOrCreateKv(new Kvm(nc), bucket);
     },
     stopHub: () => topo().stopHub(),
     startHub: () => topo().startHub(),
