@@ -44,7 +44,8 @@ export {
 } from "./lib/jserrors.ts";
 export { createLogger } from "./lib/logger.ts";
 export { type Versioned, compare, compareBytes, compareVersions, merge, valueHash, wins } from "./lib/lww.ts";
-export { CachedMetaStore } from "./lib/meta-cache.ts";
+export { CachedMetaStore, EntryColumns } from "./lib/meta-cache.ts";
+export { MetaWatch } from "./lib/meta-watch.ts";
 export { METRIC_NAMES, Metrics } from "./lib/metrics.ts";
 export {
   INLINE_OP_MAX,
@@ -171,6 +172,7 @@ export {
   treeSource,
 } from "./reconciler/tree.ts";
 export { type Phase, barrier, hubSeqOf } from "./reconciler/tombstones.ts";
+export { HeldMap } from "./reconciler/versions.ts";
 export { type ValueSource, readVersioned } from "./reconciler/values.ts";
 export {
   type LocalEntry,

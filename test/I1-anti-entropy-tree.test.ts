@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import {
+  HeldMap,
   type KeyVersion,
   VersionTree,
   descend,
@@ -9,6 +11,7 @@ import {
   plan,
   treeSource,
 } from "../services/mod.ts";
+import { fcParams } from "./fc.ts";
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -333,4 +336,117 @@ describe("I1 anti-entropy: reconciler value hashes (vh)", () => {
     const t = plan([k("x", "00000000000000aa")], [k("x", undefined, true)]);
     assert.deepEqual([t.pull, t.push], [["x"], []]);
   });
+});
+
+describe("I1 anti-entropy: the compact version tree (law)", () => {
+  /** Every node digest by definition: per prefix, the XOR of the entry hashes of the keys below it. */
+  function reference(
+    model: Map<string, KeyVersion>,
+    depth: number,
+  ): Map<string, { hash: string; count: number }> {
+    const acc = new Map<string, { h: Buffer; count: number }>();
+    for (const [key, v] of model) {
+      const leaf = leafOf(key, depth).toString(16).padStart(depth, "0");
+      const h = entryHash(key, v);
+      for (let l = 0; l <= depth; l++) {
+        const p = leaf.slice(0, l);
+        const a = acc.get(p) ?? { h: Buffer.alloc(32), count: 0 };
+        for (let i = 0; i < 32; i++) a.h[i] = a.h[i]! ^ h[i]!;
+        a.count++;
+        acc.set(p, a);
+      }
+    }
+    return new Map([...acc].map(([p, a]) => [p, { hash: a.h.toString("hex"), count: a.count }]));
+  }
+
+  const versionArb = fc.record({
+    ts: fc.oneof(
+      fc.nat({ max: 20 }),
+      fc.constant(Number.MAX_SAFE_INTEGER),
+      fc.integer({ min: 1e15, max: 2e15 }),
+    ),
+    node_id: fc.constantFrom("site-a", "site-b", "ä-site"),
+    deleted: fc.boolean(),
+    vh: fc.option(fc.oneof(fc.hexaString({ minLength: 16, maxLength: 16 }), fc.constant("not-hex")), {
+      nil: undefined,
+    }),
+    lost: fc.option(fc.boolean(), { nil: undefined }),
+  });
+  const opArb = fc.record({
+    key: fc.oneof(fc.string({ maxLength: 4 }), fc.constantFrom("k", "k.1", "k.2", "ü/ß")),
+    v: fc.option(versionArb, { nil: null }),
+  });
+
+  it("I1 law: after any sets and deletes, every node digest, get and listing equal the definition (the old tree's)", () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 300 }), fc.integer({ min: 1, max: 3 }), (ops, depth) => {
+        const t = new VersionTree(depth);
+        const model = new Map<string, KeyVersion>();
+        for (const { key, v } of ops) {
+          if (v === null) {
+            assert.equal(t.delete(key), model.delete(key));
+            continue;
+          }
+          const vh = v.deleted ? undefined : v.vh;
+          const norm: KeyVersion = {
+            key,
+            ts: v.ts,
+            node_id: v.node_id,
+            deleted: v.deleted,
+            ...(vh !== undefined ? { vh } : {}),
+            ...(!v.deleted && v.lost ? { lost: true } : {}),
+          };
+          const before = model.get(key);
+          t.set(key, { ts: v.ts, node_id: v.node_id, deleted: v.deleted, vh: v.vh, lost: v.lost });
+          model.set(key, norm);
+          assert.deepEqual(t.get(key), (({ key: _k, ...rest }) => rest)(norm), `get ${key} (was ${before})`);
+        }
+        assert.equal(t.size, model.size);
+        const ref = reference(model, depth);
+        const got = dump(t).map((s) => JSON.parse(s) as { prefix: string; hash: string; count: number });
+        const nonEmpty = [...ref].filter(([, a]) => a.count > 0);
+        assert.equal(got.filter((n) => n.count > 0).length, nonEmpty.length);
+        for (const n of got) {
+          const want = ref.get(n.prefix) ?? { hash: "0".repeat(64), count: 0 };
+          assert.deepEqual({ hash: n.hash, count: n.count }, want, `node "${n.prefix}"`);
+        }
+        const listed = [...t.entries([""])];
+        assert.deepEqual(listed.map((e) => e.key).sort(), [...model.keys()].sort());
+        for (const e of listed) assert.deepEqual(e, model.get(e.key));
+      }),
+      fcParams({ numRuns: 200 }),
+    );
+  });
+});
+
+it("I1 law: the compact held map answers as a Map of what the bucket holds", () => {
+  const heldArb = fc.record({
+    rev: fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER)),
+    h: fc.oneof(fc.constant(""), fc.hexaString({ minLength: 16, maxLength: 16 }), fc.constant("odd")),
+  });
+  const opArb = fc.record({
+    key: fc.constantFrom("a", "b", "c", "d"),
+    held: fc.option(heldArb, { nil: null }),
+  });
+  fc.assert(
+    fc.property(fc.array(opArb, { maxLength: 80 }), (ops) => {
+      const m = new HeldMap();
+      const model = new Map<string, { rev: number; h: string }>();
+      for (const { key, held } of ops) {
+        if (held === null) assert.equal(m.delete(key), model.delete(key));
+        else {
+          m.set(key, held);
+          model.set(key, held);
+        }
+        assert.equal(m.size, model.size);
+        for (const k of ["a", "b", "c", "d"]) assert.deepEqual(m.get(k), model.get(k), k);
+        assert.deepEqual([...m.keys()].sort(), [...model.keys()].sort());
+        assert.deepEqual(
+          [...m.revs()].sort((x, y) => x - y),
+          [...model.values()].map((h) => h.rev).sort((x, y) => x - y),
+        );
+      }
+    }),
+    fcParams({ numRuns: 300 }),
+  );
 });

@@ -5,16 +5,30 @@
  * does not hold is read from the server, a stale entry loses its compare-and-set and is read again.
  *
  * - the cache itself on a real server: 400 keys, 16 cached, every read right, also for keys changed
- *   behind its back; its size never above the setting;
+ *   behind its back; its size never above the setting; two followers of one `_meta` KV handle (the
+ *   watcher's and merger's cache, the reconciler's index in the agent) share one watch;
+ * - the cache's compact entries (law): what goes in comes out, in least-recently-used order;
  * - a mesh whose services run with `--meta-cache-max 8`: 2 sites × 150 keys, half of them written at
  *   both sites, then "read, then overwrite" at the other site: every site holds the same versions and
  *   values, and every overwrite is stamped above the version it replaced.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { CachedMetaStore, MetaStore, type Version, createLogger, isCasConflict } from "../services/mod.ts";
+import fc from "fast-check";
+import {
+  CachedMetaStore,
+  EntryColumns,
+  type MetaEntry,
+  MetaStore,
+  MetaWatch,
+  type Version,
+  createLogger,
+  isCasConflict,
+} from "../services/mod.ts";
+import { fcParams } from "./fc.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { contents, quiet, replicated, startLinkedMesh, until, versions } from "./helpers.ts";
 
@@ -77,6 +91,90 @@ describe("I4 / I1 with a bounded _meta cache", () => {
         cache.stop();
       }
     });
+
+    it("two followers of one _meta handle share one watch; each answers right; the last one out stops it", async () => {
+      const jsm = await jetstreamManager(nc);
+      // consumers someone is subscribed to (a stopped watch's ephemeral consumer lingers a while)
+      const consumers = async () => {
+        let n = 0;
+        for await (const c of jsm.consumers.list("KV_cachetest_meta")) if (c.push_bound) n++;
+        return n;
+      };
+      const base = await consumers();
+      const first = new CachedMetaStore(kv, log);
+      const second = new CachedMetaStore(kv, log);
+      await first.start();
+      const w = MetaWatch.acquire(kv, log);
+      try {
+        await second.start();
+        assert.equal(w.users, 3);
+        assert.equal(await consumers(), base + 1, "one consumer for both caches");
+        await new MetaStore(kv).cas("shared.1", version(77), null);
+        for (const c of [first, second])
+          await until(async () => (await c.get("shared.1"))?.version.ts === 77 && c.counts.hits > 0, {
+            message: "a cache missed the write",
+          });
+      } finally {
+        first.stop();
+        second.stop();
+        w.release();
+      }
+      assert.equal(w.users, 0);
+      await until(async () => (await consumers()) === base, {
+        message: "the watch outlived its users",
+      });
+    });
+  });
+
+  it("I4 law: the compact entries give back every version as it went in, and evict the least recently used", () => {
+    const versionArb = fc.record(
+      {
+        ts: fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER)),
+        node_id: fc.constantFrom("site-a", "site-b", "ß"),
+        deleted: fc.boolean(),
+        rev: fc.nat(),
+        merged: fc.boolean(),
+        inc: fc.integer({ min: 0, max: 2e12 }),
+        vh: fc.oneof(fc.hexaString({ minLength: 16, maxLength: 16 }), fc.constant("XYZ")),
+        extra: fc.string(),
+      },
+      { requiredKeys: ["ts", "node_id", "deleted", "rev"] },
+    );
+    const opArb = fc.record({
+      key: fc.constantFrom("a", "b", "c", "d", "e", "f"),
+      e: fc.option(fc.record({ version: versionArb, revision: fc.nat() }), { nil: null }),
+      touch: fc.boolean(),
+      max: fc.integer({ min: 1, max: 6 }),
+    });
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 60 }), (ops) => {
+        const cols = new EntryColumns();
+        const model = new Map<string, MetaEntry | null>();
+        for (const { key, e, touch, max } of ops) {
+          if (touch && model.has(key)) {
+            cols.touch(key);
+            const m = model.get(key)!;
+            model.delete(key);
+            model.set(key, m);
+          } else {
+            const copy = e && { ...e, version: { ...e.version } as Version };
+            cols.set(key, copy);
+            model.delete(key);
+            model.set(key, e);
+          }
+          while (model.size > max) {
+            cols.evictOldest();
+            model.delete(model.keys().next().value as string);
+          }
+          assert.equal(cols.size, model.size);
+          for (const [k, m] of model) {
+            assert.deepEqual(cols.get(k), m, k);
+            assert.equal(cols.revisionOf(k), m === null ? null : m.revision);
+          }
+        }
+      }),
+      fcParams({ numRuns: 300 }),
+    );
   });
 
   describe("a mesh with --meta-cache-max 8", () => {

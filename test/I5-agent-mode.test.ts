@@ -23,8 +23,10 @@ import {
   clockService,
   createLogger,
   endpointSubject,
+  kvStream,
   loadConfig,
   mergerService,
+  metaBucket,
   openSite,
   watcherService,
 } from "../services/mod.ts";
@@ -74,6 +76,29 @@ describe("I5 agent mode: a site's four services in one process", { timeout: 600_
       };
       const agentConns = connz.connections.filter((c) => c.name?.startsWith(`${AGENT_NAME}-${s}-`));
       assert.equal(agentConns.length, 1, `site ${s}: connections of the agent`);
+    }
+  });
+
+  it("I5 one `_meta` watch per process per bucket: the agent's cache and version index share it", async () => {
+    for (const s of SITES) {
+      const jsm = await jetstreamManager(lm.nc[s]!);
+      const delivers = new Set<string>();
+      for await (const c of jsm.consumers.list(kvStream(metaBucket("config"))))
+        if (c.config.deliver_subject) delivers.add(c.config.deliver_subject);
+      const connz = (await (await fetch(`${mesh.sites[s]!.monitorUrl}/connz?limit=1024&subs=1`)).json()) as {
+        connections: { name?: string; subscriptions_list?: string[] }[];
+      };
+      const watchesOf = (prefix: string) =>
+        connz.connections
+          .filter((c) => c.name?.startsWith(prefix))
+          .flatMap((c) => c.subscriptions_list ?? [])
+          .filter((sub) => delivers.has(sub)).length;
+      assert.equal(watchesOf(`${AGENT_NAME}-${s}-`), 1, `site ${s}: watches of ${s}'s _meta by the agent`);
+      assert.equal(
+        watchesOf(`${ServiceName.merger}-${s}-`),
+        1,
+        `site ${s}: watches of ${s}'s _meta by merger-2`,
+      );
     }
   });
 

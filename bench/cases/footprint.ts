@@ -6,7 +6,8 @@
  * case 5 (the reconcile mesh holds K keys per site); per-op CPU of case 1 from its run.
  * One-process variant: the same site's four services as one agent process (services/agent), RSS
  * idle (same warm-up) and at K keys per site (loaded as in case 5, then the agents started and
- * caught up: the `_meta` cache and the reconciler's version index hold K keys).
+ * caught up: the `_meta` cache and the reconciler's version index hold K keys). And each service
+ * alone (one process per service) at K keys per site, loaded the same way.
  */
 import { Kvm } from "@nats-io/kv";
 import { type ReconcilerStatusResponse, metaBucket } from "../../services/mod.ts";
@@ -48,6 +49,8 @@ export type FootprintResult = {
   growth_mb_per_10k_ops: { site: string; name: string; kind: string; mb: number }[];
   /** the one-process variant (absent in results of runs before it existed) */
   agent?: AgentFootprint;
+  /** each service in its own process at K keys per site (absent in results of runs before it existed) */
+  alone?: LoadedFootprint;
 };
 
 /** RSS of each site's agent process (the four services in one process). */
@@ -59,27 +62,29 @@ export type AgentFootprint = {
   ready_s: number;
 };
 
-const agentRss = (bm: BenchMesh): ProcRss[] => rssOf(processes(bm).filter((p) => p.kind === "agent"));
+const serviceRss = (bm: BenchMesh): ProcRss[] =>
+  rssOf(processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub"));
 
-/** The one-process variant: idle after the warm-up, then at K keys per site. */
-export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
+/** RSS of the service processes at K keys per site: one agent per site, or one process per service. */
+export type LoadedFootprint = {
+  keys_per_site: number;
+  at_k: ProcRss[];
+  /** seconds from starting the services on the loaded sites until caught up */
+  ready_s: number;
+};
+
+/**
+ * K keys per site loaded directly (as in case 5), then the services started on them (one agent per
+ * site, or each service alone) and caught up: the `_meta` cache and the reconciler's version index
+ * hold K keys. RSS of every service process.
+ */
+export async function loadedFootprint(quick: boolean, agent: boolean): Promise<LoadedFootprint> {
   const K = quick ? 10_000 : 100_000;
+  const what = agent ? "agents" : "services";
   let bm: BenchMesh | undefined;
-  let idle: ProcRss[];
   try {
-    log("footprint/agent: starting hub + sites a, b with one agent process per site");
-    bm = await startBenchMesh({ agent: true });
-    await warmUp(bm, "a", `warm.${Date.now()}`);
-    await sleep(2000);
-    idle = agentRss(bm);
-    log(`footprint/agent: idle RSS ${idle.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`);
-  } finally {
-    await stopQuietly(bm);
-  }
-  bm = undefined;
-  try {
-    log(`footprint/agent: loading ${kfmt(K)} keys per site directly, then starting the agents`);
-    bm = await startBenchMesh({ services: false, agent: true });
+    log(`footprint/${what}: loading ${kfmt(K)} keys per site directly, then starting the ${what}`);
+    bm = await startBenchMesh({ services: false, agent });
     for (const s of bm.sites) {
       await new Kvm(bm.conn[s]!.nc).create(metaBucket(BUCKET), { history: 1 });
       bm.conn[s] = await openSite(bm.mesh, s, true);
@@ -89,7 +94,7 @@ export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
     await Promise.all(bm.sites.map((s) => loadSite(bmm.conn[s]!.nc, K, base, () => {})));
     const t0 = nowMs();
     await Promise.all(bm.sites.map((s) => bmm.mesh.startServices(s)));
-    await linked(bm);
+    await linked(bm, 300_000);
     await quiet(bm, 300_000);
     for (const s of bm.sites)
       await waitUntil(
@@ -103,14 +108,32 @@ export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
       );
     const readyS = round((nowMs() - t0) / 1000);
     await sleep(1000);
-    const atK = agentRss(bm);
+    const atK = serviceRss(bm);
     log(
-      `footprint/agent: at ${kfmt(K)} keys RSS ${atK.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`,
+      `footprint/${what}: at ${kfmt(K)} keys RSS ${atK.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`,
     );
-    return { idle, keys_per_site: K, at_k: atK, ready_s: readyS };
+    return { keys_per_site: K, at_k: atK, ready_s: readyS };
   } finally {
     await stopQuietly(bm);
   }
+}
+
+/** The one-process variant: idle after the warm-up, then at K keys per site. */
+export async function agentFootprint(quick: boolean): Promise<AgentFootprint> {
+  let bm: BenchMesh | undefined;
+  let idle: ProcRss[];
+  try {
+    log("footprint/agent: starting hub + sites a, b with one agent process per site");
+    bm = await startBenchMesh({ agent: true });
+    await warmUp(bm, "a", `warm.${Date.now()}`);
+    await sleep(2000);
+    idle = serviceRss(bm);
+    log(`footprint/agent: idle RSS ${idle.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`);
+  } finally {
+    await stopQuietly(bm);
+  }
+  const loaded = await loadedFootprint(quick, true);
+  return { idle, ...loaded };
 }
 
 export const footprintCase: CaseDef = {
@@ -179,6 +202,7 @@ export const footprintCase: CaseDef = {
       await stopQuietly(bm);
       bm = undefined;
       const agent = await agentFootprint(ctx.quick);
+      const alone = await loadedFootprint(ctx.quick, false);
       return {
         idle,
         keyset: KEYSET,
@@ -187,6 +211,7 @@ export const footprintCase: CaseDef = {
         growth_from_ops: growthFrom,
         growth_mb_per_10k_ops: growth,
         agent,
+        alone,
       };
     } finally {
       await stopQuietly(bm);

@@ -67,7 +67,7 @@ export async function startBenchMesh(
     ...(o.agent !== undefined ? { agent: o.agent } : {}),
     serviceArgs: ["--reconcile-interval", "0", ...(o.serviceArgs ?? [])],
     logLevel: process.env.LOG_LEVEL ?? "info",
-    readyTimeoutMs: 60_000,
+    readyTimeoutMs: Number(process.env.BENCH_READY_MS ?? 60_000),
   });
   try {
     const conn: Record<string, SiteConn> = {};

@@ -3,7 +3,8 @@
  * with the standard metadata, run until SIGTERM/SIGINT, then drain. `runServices` does the same for
  * several kinds in one process (the site agent): one connection, one set of site handles, one
  * `_meta` cache per bucket, one metrics registry and one http port, shared by every service of the
- * process; still one micro service per kind.
+ * process; still one micro service per kind. The `_meta` cache and the reconciler's version index
+ * follow `_meta` through one watch per bucket (meta-watch.ts, keyed by the site's `_meta` handle).
  */
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type Service, Svcm } from "@nats-io/services";

@@ -42,26 +42,23 @@ export type NodeDigest = { prefix: string; hash: string; count: number };
 /** A key with its version, as listed by `entries`. */
 export type KeyVersion = VersionInfo & { key: string };
 
-class Rec {
-  constructor(
-    readonly key: string,
-    public ts: number,
-    public node_id: string,
-    public deleted: boolean,
-    public vh: string | undefined,
-    readonly leaf: number,
-    public lost = false,
-  ) {}
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 
-  info(): VersionInfo {
-    const v = withVh({ ts: this.ts, node_id: this.node_id, deleted: this.deleted }, this.vh);
-    return this.lost ? { ...v, lost: true } : v;
-  }
+/** Lower-case hex of `n` bytes of `a` from `off`. */
+export function bytesToHex(a: Uint8Array, off: number, n: number): string {
+  let h = "";
+  for (let i = off; i < off + n; i++) h += HEX[a[i]!]!;
+  return h;
 }
 
-/** A version with `vh` only when there is one (no `vh: undefined` key). */
-function withVh<T extends object>(v: T, vh: string | undefined): T & { vh?: string } {
-  return vh === undefined ? v : { ...v, vh };
+/** The value of byte `i` of a hex string. */
+function hexByte(hex: string, i: number): number {
+  return Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+}
+
+/** Write a hex string's bytes into `out` at `off`. */
+export function hexToBytes(hex: string, out: Uint8Array, off: number): void {
+  for (let i = 0; i < hex.length >> 1; i++) out[off + i] = hexByte(hex, i);
 }
 
 /** The leaf of a key: the first `depth` hex chars of sha256(key), as an integer. */
@@ -92,15 +89,40 @@ export function isPrefix(p: string, depth: number = TREE_DEPTH): boolean {
   return p.length <= depth && /^[0-9a-f]*$/.test(p);
 }
 
-/** An in-memory version tree of one bucket. */
+const F_DELETED = 1;
+const F_VH = 2;
+const F_LOST = 4;
+const VH_BYTES = 8;
+const MIN_CAPACITY = 256;
+const VH_RE = /^[0-9a-f]{16}$/;
+
+/**
+ * An in-memory version tree of one bucket, in compact columns: per key a slot in typed arrays (ts,
+ * interned node id, flags, the 8-byte value hash, the 32-byte entry hash, its leaf and the next key
+ * of that leaf), plus the key itself (needed to list a differing leaf). About 130 bytes per key.
+ */
 export class VersionTree {
   readonly depth: number;
   private readonly offsets: number[];
   private readonly hashes: Uint8Array;
   private readonly counts: Uint32Array;
-  private readonly keys = new Map<string, Rec>();
-  private readonly leaves: (Rec[] | undefined)[];
-  private readonly nodeIds = new Map<string, string>();
+  private readonly heads: Int32Array;
+  private readonly slots = new Map<string, number>();
+  private keyOf: (string | undefined)[] = [];
+  private cap = 0;
+  private used = 0;
+  private freeHead = -1;
+  private ts = new Float64Array(0);
+  private nodeIx = new Uint32Array(0);
+  private flags = new Uint8Array(0);
+  private vh = new Uint8Array(0);
+  private eh = new Uint8Array(0);
+  private leafOfSlot = new Uint32Array(0);
+  private next = new Int32Array(0);
+  /** value hashes that are not 16 hex chars (hand-made), by slot */
+  private readonly oddVh = new Map<number, string>();
+  private readonly nodeIds = new Map<string, number>();
+  private readonly nodeNames: string[] = [];
 
   constructor(depth: number = TREE_DEPTH) {
     if (!Number.isInteger(depth) || depth < 1 || depth > 6)
@@ -114,17 +136,18 @@ export class VersionTree {
     }
     this.hashes = new Uint8Array(total * HASH_BYTES);
     this.counts = new Uint32Array(total);
-    this.leaves = new Array(16 ** depth);
+    this.heads = new Int32Array(16 ** depth).fill(-1);
   }
 
   /** Number of keys (tombstones included). */
   get size(): number {
-    return this.keys.size;
+    return this.slots.size;
   }
 
   /** The version of a key, if indexed. */
   get(key: string): VersionInfo | undefined {
-    return this.keys.get(key)?.info();
+    const s = this.slots.get(key);
+    return s === undefined ? undefined : this.info(s);
   }
 
   /**
@@ -133,46 +156,57 @@ export class VersionTree {
    */
   set(key: string, v: VersionInfo): boolean {
     const vh = v.deleted ? undefined : v.vh;
-    const lost = !v.deleted && v.lost === true;
-    const old = this.keys.get(key);
-    if (old) {
-      if (
-        old.ts === v.ts &&
-        old.node_id === v.node_id &&
-        old.deleted === v.deleted &&
-        old.vh === vh &&
-        old.lost === lost
-      )
+    const fl =
+      (v.deleted ? F_DELETED : 0) | (vh !== undefined ? F_VH : 0) | (!v.deleted && v.lost ? F_LOST : 0);
+    const nid = this.intern(v.node_id);
+    let s = this.slots.get(key);
+    const added = s === undefined;
+    if (s !== undefined) {
+      if (this.ts[s] === v.ts && this.nodeIx[s] === nid && this.flags[s] === fl && this.sameVh(s, vh))
         return false;
-      this.apply(old.leaf, entryHash(key, old), 0);
-      old.ts = v.ts;
-      old.node_id = this.intern(v.node_id);
-      old.deleted = v.deleted;
-      old.vh = vh;
-      old.lost = lost;
-      this.apply(old.leaf, entryHash(key, old), 0);
-      return true;
+      this.apply(this.leafOfSlot[s]!, this.eh.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), 0);
+    } else {
+      s = this.alloc();
+      this.slots.set(key, s);
+      this.keyOf[s] = key;
+      const leaf = leafOf(key, this.depth);
+      this.leafOfSlot[s] = leaf;
+      this.next[s] = this.heads[leaf]!;
+      this.heads[leaf] = s;
     }
-    const rec = new Rec(key, v.ts, this.intern(v.node_id), v.deleted, vh, leafOf(key, this.depth), lost);
-    this.keys.set(key, rec);
-    const bucket = this.leaves[rec.leaf];
-    if (bucket) bucket.push(rec);
-    else this.leaves[rec.leaf] = [rec];
-    this.apply(rec.leaf, entryHash(key, rec), 1);
+    this.ts[s] = v.ts;
+    this.nodeIx[s] = nid;
+    this.flags[s] = fl;
+    this.setVh(s, vh);
+    const h = entryHash(key, {
+      ts: v.ts,
+      node_id: v.node_id,
+      deleted: v.deleted,
+      vh,
+      lost: (fl & F_LOST) !== 0,
+    });
+    this.eh.set(h, s * HASH_BYTES);
+    this.apply(this.leafOfSlot[s]!, h, added ? 1 : 0);
     return true;
   }
 
   /** Remove a key. Returns false when it was not indexed. */
   delete(key: string): boolean {
-    const rec = this.keys.get(key);
-    if (!rec) return false;
-    this.keys.delete(key);
-    const bucket = this.leaves[rec.leaf]!;
-    const i = bucket.indexOf(rec);
-    bucket[i] = bucket[bucket.length - 1]!;
-    bucket.pop();
-    if (bucket.length === 0) this.leaves[rec.leaf] = undefined;
-    this.apply(rec.leaf, entryHash(key, rec), -1);
+    const s = this.slots.get(key);
+    if (s === undefined) return false;
+    this.slots.delete(key);
+    const leaf = this.leafOfSlot[s]!;
+    if (this.heads[leaf] === s) this.heads[leaf] = this.next[s]!;
+    else {
+      let p = this.heads[leaf]!;
+      while (this.next[p] !== s) p = this.next[p]!;
+      this.next[p] = this.next[s]!;
+    }
+    this.apply(leaf, this.eh.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), -1);
+    this.keyOf[s] = undefined;
+    this.oddVh.delete(s);
+    this.next[s] = this.freeHead;
+    this.freeHead = s;
     return true;
   }
 
@@ -210,12 +244,14 @@ export class VersionTree {
     const startLeaf = after === undefined ? -1 : leafOf(after, this.depth);
     for (const [lo, hi] of ranges) {
       for (let leaf = Math.max(lo, startLeaf); leaf < hi; leaf++) {
-        const bucket = this.leaves[leaf];
-        if (!bucket) continue;
-        const recs = bucket.length > 1 ? [...bucket].sort((a, b) => cmpStr(a.key, b.key)) : bucket;
-        for (const r of recs) {
-          if (leaf === startLeaf && after !== undefined && cmpStr(r.key, after) <= 0) continue;
-          yield { key: r.key, ...r.info() };
+        if (this.heads[leaf] === -1) continue;
+        const keys: string[] = [];
+        for (let s = this.heads[leaf]!; s !== -1; s = this.next[s]!) keys.push(this.keyOf[s]!);
+        if (keys.length > 1) keys.sort(cmpStr);
+        for (const key of keys) {
+          if (leaf === startLeaf && after !== undefined && cmpStr(key, after) <= 0) continue;
+          const s = this.slots.get(key);
+          if (s !== undefined) yield { key, ...this.info(s) };
         }
       }
     }
@@ -223,7 +259,69 @@ export class VersionTree {
 
   /** Every key with its version, in no particular order. */
   *all(): Generator<KeyVersion> {
-    for (const r of this.keys.values()) yield { key: r.key, ...r.info() };
+    for (const [key, s] of this.slots) yield { key, ...this.info(s) };
+  }
+
+  private info(s: number): VersionInfo {
+    const fl = this.flags[s]!;
+    const v: VersionInfo = {
+      ts: this.ts[s]!,
+      node_id: this.nodeNames[this.nodeIx[s]!]!,
+      deleted: (fl & F_DELETED) !== 0,
+    };
+    const vh = this.vhOf(s);
+    if (vh !== undefined) v.vh = vh;
+    if (fl & F_LOST) v.lost = true;
+    return v;
+  }
+
+  private vhOf(s: number): string | undefined {
+    if ((this.flags[s]! & F_VH) === 0) return undefined;
+    return this.oddVh.get(s) ?? bytesToHex(this.vh, s * VH_BYTES, VH_BYTES);
+  }
+
+  private sameVh(s: number, vh: string | undefined): boolean {
+    if ((this.flags[s]! & F_VH) === 0 || vh === undefined)
+      return ((this.flags[s]! & F_VH) === 0) === (vh === undefined);
+    const odd = this.oddVh.get(s);
+    if (odd !== undefined) return odd === vh;
+    if (!VH_RE.test(vh)) return false;
+    const o = s * VH_BYTES;
+    for (let i = 0; i < VH_BYTES; i++) if (this.vh[o + i] !== hexByte(vh, i)) return false;
+    return true;
+  }
+
+  private setVh(s: number, vh: string | undefined): void {
+    this.oddVh.delete(s);
+    if (vh === undefined) return;
+    if (VH_RE.test(vh)) hexToBytes(vh, this.vh, s * VH_BYTES);
+    else this.oddVh.set(s, vh);
+  }
+
+  private alloc(): number {
+    if (this.freeHead !== -1) {
+      const s = this.freeHead;
+      this.freeHead = this.next[s]!;
+      return s;
+    }
+    if (this.used === this.cap) this.grow(Math.max(MIN_CAPACITY, this.cap * 2));
+    return this.used++;
+  }
+
+  private grow(cap: number): void {
+    const g = <T extends Float64Array | Uint32Array | Uint8Array | Int32Array>(a: T, n: number): T => {
+      const b = new (a.constructor as new (n: number) => T)(n);
+      b.set(a);
+      return b;
+    };
+    this.ts = g(this.ts, cap);
+    this.nodeIx = g(this.nodeIx, cap);
+    this.flags = g(this.flags, cap);
+    this.vh = g(this.vh, cap * VH_BYTES);
+    this.eh = g(this.eh, cap * HASH_BYTES);
+    this.leafOfSlot = g(this.leafOfSlot, cap);
+    this.next = g(this.next, cap);
+    this.cap = cap;
   }
 
   /** Leaf ranges [lo, hi) covered by some prefixes, sorted and merged. */
@@ -268,11 +366,12 @@ export class VersionTree {
     }
   }
 
-  private intern(s: string): string {
+  private intern(s: string): number {
     const have = this.nodeIds.get(s);
     if (have !== undefined) return have;
-    this.nodeIds.set(s, s);
-    return s;
+    this.nodeIds.set(s, this.nodeNames.length);
+    this.nodeNames.push(s);
+    return this.nodeNames.length - 1;
   }
 }
 

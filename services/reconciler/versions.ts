@@ -1,7 +1,8 @@
 /**
- * The version index of one bucket: `<bucket>_meta` watched into a VersionTree (initial values, then
- * every update; deleted or purged meta keys leave the tree). If the watch ends unexpectedly, a fresh
- * tree is built from a new watch and swapped in once it has caught up.
+ * The version index of one bucket: `<bucket>_meta` followed into a VersionTree (initial values, then
+ * every update; deleted or purged meta keys leave the tree), through the process's one watch of
+ * `_meta` (meta-watch.ts: shared with the `_meta` cache in the site agent). Every pass of that watch
+ * (a restart, or another follower joining) builds a fresh tree, swapped in once it has caught up.
  *
  * What the bucket itself holds enters the tree too (#12.2): the data bucket is watched into a
  * HeldMap (per key: the revision of its latest entry and the hash of the value it holds, "" for a
@@ -18,10 +19,11 @@ import type { QueuedIterator } from "@nats-io/nats-core";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
+import { type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { kvStream } from "../lib/subjects.ts";
-import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
+import { TREE_DEPTH, type VersionInfo, VersionTree, bytesToHex, hexToBytes } from "./tree.ts";
 
 const utf8 = new TextDecoder();
 const RESTART_DELAY_MS = 1000;
@@ -39,8 +41,94 @@ export function parseVersion(data: Uint8Array): Version | null {
 
 /** What the data bucket holds for a key: its latest entry's revision and value hash ("" = marker). */
 export type Held = { rev: number; h: string };
-/** Per key, what the data bucket holds. */
-export type HeldMap = Map<string, Held>;
+
+const HELD_MARKER = 1;
+const HELD_HASH = 2;
+const HELD_ODD = 3;
+const HASH_RE = /^[0-9a-f]{16}$/;
+
+/**
+ * Per key, what the data bucket holds, in compact columns: a slot per key with its revision and
+ * the 8-byte value hash (about 70 bytes per key with the key itself).
+ */
+export class HeldMap {
+  private readonly slots = new Map<string, number>();
+  private rev = new Float64Array(0);
+  private kind = new Uint8Array(0);
+  private hash = new Uint8Array(0);
+  private readonly odd = new Map<number, string>();
+  private readonly free: number[] = [];
+  private used = 0;
+
+  get size(): number {
+    return this.slots.size;
+  }
+
+  get(key: string): Held | undefined {
+    const s = this.slots.get(key);
+    return s === undefined ? undefined : { rev: this.rev[s]!, h: this.hashOf(s) };
+  }
+
+  set(key: string, held: Held): void {
+    let s = this.slots.get(key);
+    if (s === undefined) {
+      s = this.free.pop() ?? this.alloc();
+      this.slots.set(key, s);
+    }
+    this.rev[s] = held.rev;
+    this.odd.delete(s);
+    if (held.h === "") this.kind[s] = HELD_MARKER;
+    else if (HASH_RE.test(held.h)) {
+      this.kind[s] = HELD_HASH;
+      hexToBytes(held.h, this.hash, s * 8);
+    } else {
+      this.kind[s] = HELD_ODD;
+      this.odd.set(s, held.h);
+    }
+  }
+
+  delete(key: string): boolean {
+    const s = this.slots.get(key);
+    if (s === undefined) return false;
+    this.slots.delete(key);
+    this.odd.delete(s);
+    this.kind[s] = 0;
+    this.free.push(s);
+    return true;
+  }
+
+  keys(): IterableIterator<string> {
+    return this.slots.keys();
+  }
+
+  /** The revision of every held key. */
+  *revs(): Generator<number> {
+    for (const s of this.slots.values()) yield this.rev[s]!;
+  }
+
+  private hashOf(s: number): string {
+    const k = this.kind[s];
+    if (k === HELD_MARKER) return "";
+    if (k === HELD_ODD) return this.odd.get(s) ?? "";
+    return bytesToHex(this.hash, s * 8, 8);
+  }
+
+  private alloc(): number {
+    if (this.used === this.rev.length) {
+      const cap = Math.max(256, this.rev.length * 2);
+      const rev = new Float64Array(cap);
+      rev.set(this.rev);
+      const kind = new Uint8Array(cap);
+      kind.set(this.kind);
+      const hash = new Uint8Array(cap * 8);
+      hash.set(this.hash);
+      this.rev = rev;
+      this.kind = kind;
+      this.hash = hash;
+    }
+    return this.used++;
+  }
+}
 
 /** The data bucket of an index, and how to read its stream's state. */
 export type DataSide = { kv: KV; jsm: JetStreamManager };
@@ -98,9 +186,29 @@ async function follow(
 /** A bucket's live version tree. */
 export class BucketIndex {
   private current: VersionTree;
-  private watcher: QueuedIterator<KvWatchEntry> | undefined;
+  /** the tree a pass of the `_meta` watch is filling, swapped in once it caught up */
+  private building: VersionTree | undefined;
+  private watch: MetaWatch | undefined;
+  private readonly listener: MetaListener = {
+    reset: () => {
+      // the first pass fills the empty tree in place; any later one builds a fresh tree
+      if (!this.readyFlag && this.current.size === 0) {
+        this.building = undefined;
+        return;
+      }
+      if (this.readyFlag)
+        this.log.warn({ bucket: this.bucket }, "meta watch restarted, rebuilding the version index");
+      this.building = new VersionTree(this.depth);
+    },
+    entry: (e) => this.apply(this.building ?? this.current, e),
+    caughtUp: () => this.swapIn(),
+    ended: (err) => {
+      if (err) this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
+      this.building = undefined;
+    },
+  };
   private dataWatcher: QueuedIterator<KvWatchEntry> | undefined;
-  private held: HeldMap = new Map();
+  private held = new HeldMap();
   private streamCreated: string | undefined;
   /** the highest revision the data watch delivered */
   private maxRev = 0;
@@ -162,10 +270,10 @@ export class BucketIndex {
         if (!(await this.seen(st.last_seq))) return false;
         let minRev = Number.POSITIVE_INFINITY;
         let count = 0;
-        for (const h of this.held.values()) {
-          if (h.rev > st.last_seq) continue;
+        for (const rev of this.held.revs()) {
+          if (rev > st.last_seq) continue;
           count++;
-          if (h.rev < minRev) minRev = h.rev;
+          if (rev < minRev) minRev = rev;
         }
         if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
         else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
@@ -196,7 +304,7 @@ export class BucketIndex {
     const data = this.data!;
     this.dataWatcher?.stop();
     this.dataWatcher = undefined;
-    const fresh: HeldMap = new Map();
+    const fresh = new HeldMap();
     let freshMax = 0;
     let live = false;
     let created: string | undefined;
@@ -282,10 +390,21 @@ export class BucketIndex {
     return this.readyFlag;
   }
 
-  /** Start watching; resolves when the initial values are indexed. */
+  /**
+   * Start following `_meta` through the process's shared watch of it (meta-watch.ts); resolves
+   * when the initial values are indexed.
+   */
   async start(): Promise<void> {
     if (this.data) await this.rescan();
-    await this.watch(this.current);
+    const w = MetaWatch.acquire(this.meta, this.log);
+    this.watch = w;
+    try {
+      await w.listen(this.listener);
+    } catch (err) {
+      this.watch = undefined;
+      w.release();
+      throw err;
+    }
     this.readyFlag = true;
     this.log.info({ bucket: this.bucket, keys: this.current.size }, "version index ready");
   }
@@ -293,40 +412,23 @@ export class BucketIndex {
   /** Stop watching. */
   stop(): void {
     this.stopped = true;
-    this.watcher?.stop();
+    const w = this.watch;
+    this.watch = undefined;
+    w?.unlisten(this.listener);
+    w?.release();
     this.dataWatcher?.stop();
   }
 
-  private async watch(tree: VersionTree): Promise<void> {
-    const it = await follow(
-      this.meta,
-      (e) => this.apply(tree, e),
-      (err) => {
-        if (err) this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
-        if (!this.stopped) this.restart();
-      },
-    );
-    this.watcher = it;
-  }
-
-  private restart(): void {
-    this.log.warn({ bucket: this.bucket }, "meta watch ended, rebuilding the version index");
-    setTimeout(() => {
-      if (this.stopped) return;
-      const fresh = new VersionTree(this.depth);
-      this.watch(fresh).then(
-        () => {
-          this.current = fresh;
-          this.lostSince.clear();
-          for (const e of fresh.all()) this.refresh(fresh, e.key);
-          this.log.info({ bucket: this.bucket, keys: fresh.size }, "version index rebuilt");
-        },
-        (err: unknown) => {
-          this.log.warn({ err, bucket: this.bucket }, "could not restart the meta watch");
-          if (!this.stopped) this.restart();
-        },
-      );
-    }, RESTART_DELAY_MS).unref();
+  /** A pass caught up: its tree replaces the current one, with every key's `lost` mark recomputed. */
+  private swapIn(): void {
+    const fresh = this.building;
+    if (!fresh) return;
+    this.building = undefined;
+    const rebuilt = this.readyFlag;
+    this.current = fresh;
+    this.lostSince.clear();
+    for (const e of fresh.all()) this.refresh(fresh, e.key);
+    if (rebuilt) this.log.info({ bucket: this.bucket, keys: fresh.size }, "version index rebuilt");
   }
 
   private apply(tree: VersionTree, e: KvWatchEntry): void {
