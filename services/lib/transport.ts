@@ -9,7 +9,10 @@
  * Replies come back on `syncd_reply.<site>.<id>.<n>` (one subscription per transport, identity-mapped
  * at the hub), whichever route the request took. A request tries the route that worked last; when
  * nothing at all listens there ("no responders", known at once, so nothing was delivered) it tries
- * the other one and keeps it. Requests to this site's own endpoints always go direct.
+ * the other one and keeps it. Requests to this site's own endpoints always go direct. The relay has no
+ * "no responders" of its own (the hub holds the mapping's interest whatever site it names), so a
+ * request that falls back to it waits at most {@link RELAY_PROBE_MS}: a site that is nowhere costs a
+ * run a few seconds, not its whole timeout.
  */
 import {
   type Msg,
@@ -21,6 +24,9 @@ import {
   nuid,
 } from "@nats-io/nats-core";
 import { relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
+
+/** How long a request tried on the relay after "no responders" on the direct route waits for a reply. */
+export const RELAY_PROBE_MS = 3000;
 
 /** The two ways to another site's endpoints. */
 export type Route = "direct" | "relay";
@@ -69,7 +75,14 @@ export class MeshTransport {
     } catch (err) {
       if (!(err instanceof NoRespondersError)) throw err;
       const other: Route = first === "direct" ? "relay" : "direct";
-      const m = await this.once(other, subject, msg, timeoutMs);
+      // the relay cannot say "no responders" (the hub has the mapping's interest, not the site's):
+      // a probe of it gives up sooner, so a site that is nowhere fails fast
+      const m = await this.once(
+        other,
+        subject,
+        msg,
+        other === "relay" ? Math.min(timeoutMs, RELAY_PROBE_MS) : timeoutMs,
+      );
       if (this.route === first) {
         this.route = other;
         this.counts.switched++;

@@ -422,7 +422,11 @@ export class Reconciler {
       const peers = (req.peers ?? this.book.sites()).filter((s) => s !== this.deps.site);
       for (const peer of [...new Set(peers)]) {
         const known = this.book.peers.get(peer);
-        let unavailable: string | undefined;
+        // a site neither the members bucket nor discovery knows: say so at once rather than wait
+        // for a reply nobody can send (through the hub relay there is no "no responders")
+        let unavailable: string | undefined = known
+          ? undefined
+          : "unknown peer: not a member of the mesh, not found by discovery";
         for (const bucket of buckets) {
           if (known?.buckets && !known.buckets.includes(bucket)) continue;
           const ix = this.deps.indexes.get(bucket);
