@@ -48,6 +48,8 @@ const backsOff = (nc: NatsConnection) => {
  * hub waits 30 s for an answer before the next one, with a back-off.
  */
 const SERVER_RETRYING_MS = Math.max(REARM_STALL_MS, 10_000) + 12_000;
+/** How long a FEED source the server reports as failed stays failed before the hub comes back. */
+const SERVER_FAILING_MS = 12_000;
 
 describe("I1 convergence after partitions, by store-and-forward", () => {
   let mesh: Mesh;
@@ -91,11 +93,22 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
           s,
           (await call<MergerStatusResponse>(nc[s]!, s, "merger", "status")).counts.sources_rearmed ?? 0,
         );
-        // the outage lasts until the site's server is stuck in its own retry of the FEED's source
-        await until(async () => ((await feedSource(nc[s]!, s))?.active ?? 0) / 1e6 >= SERVER_RETRYING_MS, {
-          timeout: 60_000,
-          message: `site ${s}'s FEED source not silent yet`,
-        });
+        // the outage lasts until the site's server is stuck in its own retry of the FEED's source:
+        // silent for long, or failed (2.15 reports the failed consumer create as an error, active -1)
+        // and then left failing for a while (its back-off grows with each failure)
+        let failedAt: number | undefined;
+        await until(
+          async () => {
+            const x = await feedSource(nc[s]!, s);
+            if (x?.error) failedAt ??= Date.now();
+            else failedAt = undefined;
+            return (
+              (x?.active ?? 0) / 1e6 >= SERVER_RETRYING_MS ||
+              (failedAt !== undefined && Date.now() - failedAt >= SERVER_FAILING_MS)
+            );
+          },
+          { timeout: 60_000, message: `site ${s}'s FEED source not silent yet` },
+        );
       }
     // two sites write one key while cut off: the greater of the two stamped versions wins (each
     // watcher stamps when it processes the write, so which one that is depends on the machine's load)
