@@ -70,7 +70,7 @@ export {
   versionIsOp,
 } from "./lib/oplog.ts";
 export { type Planting, plantVersion } from "./lib/plant.ts";
-export { REARM_STALL_MS, RearmGate, rearmSource } from "./lib/rearm.ts";
+export { REARM_STALL_MS, RearmGate, rearmSource, sourcesBackOff } from "./lib/rearm.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {

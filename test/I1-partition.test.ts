@@ -19,6 +19,7 @@ import {
   REARM_STALL_MS,
   Streams,
   opValue,
+  sourcesBackOff,
 } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
@@ -38,10 +39,7 @@ const feedSource = async (nc: NatsConnection, site: string): Promise<StreamSourc
     (s) => s.name === Streams.hub,
   );
 /** nats-server 2.10+ backs off re-creating a failed source (2.9 retries every few seconds). */
-const backsOff = (nc: NatsConnection) => {
-  const [maj = 0, min = 0] = (nc.info?.version ?? "0.0").split(".").map(Number);
-  return maj > 2 || (maj === 2 && min >= 10);
-};
+const backsOff = (nc: NatsConnection) => sourcesBackOff(nc.info?.version);
 /**
  * Silence of a FEED's source after which the server's own retry is surely under way: its health
  * check (every 10 s) has seen the source stalled, and the request it then sends to the unreachable

@@ -12,9 +12,18 @@
  * A {@link RearmGate} per source decides when: only while stalled, at most once per back-off that
  * doubles with every re-arm that did not help (from the stall threshold to {@link REARM_MAX_GAP_MS}),
  * reset once the source is heard from again.
+ *
+ * Only against nats-server 2.10+ ({@link sourcesBackOff}): 2.9 retries within seconds by itself, and
+ * a source re-added there reports a stale `lag` until its next message.
  */
 import type { JetStreamManager, StreamSource, StreamSourceInfo } from "@nats-io/jetstream";
 import type { Logger } from "./logger.ts";
+
+/** True for a nats-server version (`x.y.z`) that backs off re-creating failed sources (2.10+). */
+export function sourcesBackOff(version: string | undefined): boolean {
+  const [maj = 0, min = 0] = (version ?? "0.0").split(".").map(Number);
+  return maj > 2 || (maj === 2 && min >= 10);
+}
 
 /** Silence (no message or heartbeat) after which a source whose other side answers is stalled. */
 export const REARM_STALL_MS = 5_000;
@@ -152,6 +161,8 @@ export function keepArmed(o: {
   onRearm: () => void;
   periodMs?: number;
   gate?: RearmGate;
+  /** false: only add the source back when missing, never re-arm it (see {@link sourcesBackOff}) */
+  rearm?: boolean;
 }): { stop: () => void } {
   const periodMs = o.periodMs ?? 5_000;
   const gate = o.gate ?? new RearmGate();
@@ -169,7 +180,8 @@ export function keepArmed(o: {
       } else {
         const src = info.sources?.find((s) => s.name === o.source.name);
         const wait = gate.wait(src);
-        if (wait === 0 && (await o.reachable())) {
+        if (o.rearm === false) next = periodMs;
+        else if (wait === 0 && (await o.reachable())) {
           await rearmSource(o.jsm, o.stream, o.source.name);
           gate.rearmed();
           o.onRearm();

@@ -24,7 +24,7 @@ import {
   opVersioned,
 } from "../lib/op.ts";
 import { currentOwnOp, publishOrdered } from "../lib/oplog.ts";
-import { keepArmed } from "../lib/rearm.ts";
+import { keepArmed, sourcesBackOff } from "../lib/rearm.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
   EmptyRequest,
@@ -405,6 +405,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     reachable: () => hubAnswers(nc, config.hubDomain),
     log,
     onRearm: () => counts.sources_rearmed++,
+    rearm: sourcesBackOff(nc.info?.version),
   });
 
   const subject = (e: string) => endpointSubject(config.site, "merger", e);

@@ -14,7 +14,7 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
-import { RearmGate, rearmSource } from "../lib/rearm.ts";
+import { RearmGate, rearmSource, sourcesBackOff } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
@@ -89,7 +89,8 @@ export function keepRegistered(
       const active = r.source?.active ?? -1;
       // heard from with nothing left to deliver: the hub had every op stored before then
       if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
-      const wait = gate.wait(r.source);
+      // the hub's server is taken to be of the site's generation (services/lib/rearm.ts sourcesBackOff)
+      const wait = sourcesBackOff(nc.info?.version) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
       // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
       // when the log holds ops the hub may lack (the server's own retry takes the others in time)
       if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);
