@@ -126,6 +126,7 @@ export {
   type ServiceKind,
   ServiceName,
   Streams,
+  hubSeqOf,
   currentMesh,
   domainKey,
   endpointSubject,
@@ -171,7 +172,7 @@ export {
   plan,
   treeSource,
 } from "./reconciler/tree.ts";
-export { type Phase, barrier, hubSeqOf } from "./reconciler/tombstones.ts";
+export { type Phase, barrier } from "./reconciler/tombstones.ts";
 export { HeldMap } from "./reconciler/versions.ts";
 export { type ValueSource, readVersioned } from "./reconciler/values.ts";
 export {

@@ -33,6 +33,7 @@ import {
   Streams,
   conflictsSubject,
   dlqSubject,
+  hubSeqOf,
   journalSubject,
   kvStream,
   metaBucket,
@@ -458,10 +459,18 @@ export async function siteQuiet(
     if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
   }
   const si = await jsm.streams.info(Streams.in(site));
-  if (!(si.sources ?? []).every((s) => s.lag === 0)) return false;
   try {
     const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
     const hi = await hub.streams.info(Streams.hub);
+    if (!(si.sources ?? []).every((s) => s.lag === 0)) {
+      // nats-server 2.9 keeps a stale lag when the hub compacted messages it had not delivered yet:
+      // the FEED's last message says how far it really got
+      const last =
+        si.state.last_seq > 0
+          ? await jsm.streams.getMessage(Streams.in(site), { seq: si.state.last_seq })
+          : null;
+      if ((hubSeqOf(last?.header) ?? 0) < hi.state.last_seq) return false;
+    }
     if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
     const out = await jsm.streams.info(Streams.out(site));
     return (

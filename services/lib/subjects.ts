@@ -268,3 +268,19 @@ export const HUB_RELAY_MAPPINGS: Readonly<Record<string, string>> = {
   [`${RELAY_PREFIX}.*.>`]: "{{wildcard(1)}}.>",
   [`${RELAY_REPLY_PREFIX}.>`]: `${RELAY_REPLY_PREFIX}.>`,
 };
+
+/** The header a sourced message carries naming its origin stream and sequence. */
+const SOURCE_HEADER = "Nats-Stream-Source";
+
+/** The hub sequence a FEED message was sourced from (its `Nats-Stream-Source` naming SYNCD_HUB). */
+export function hubSeqOf(h: { values(k: string): string[] } | undefined): number | undefined {
+  if (!h) return undefined;
+  let out: number | undefined;
+  for (const v of h.values(SOURCE_HEADER)) {
+    const [name, seq] = v.trim().split(/\s+/);
+    if (!name || !seq || !name.startsWith(Streams.hub)) continue;
+    const n = Number(seq);
+    if (Number.isSafeInteger(n) && n > 0) out = n;
+  }
+  return out;
+}

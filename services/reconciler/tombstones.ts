@@ -27,7 +27,7 @@ import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
-import { Durables, Streams, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
+import { Durables, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
 
@@ -64,21 +64,6 @@ export type GcDeps = {
   /** HLC clock: a version's ts tells its age, so young tombstones are skipped without a read */
   hlc?: boolean;
 };
-
-const SOURCE_HEADER = "Nats-Stream-Source";
-
-/** The hub sequence a FEED message was sourced from (its `Nats-Stream-Source` naming SYNCD_HUB). */
-export function hubSeqOf(h: MsgHdrs | undefined): number | undefined {
-  if (!h) return undefined;
-  let out: number | undefined;
-  for (const v of h.values(SOURCE_HEADER)) {
-    const [name, seq] = v.trim().split(/\s+/);
-    if (!name || !seq || !name.startsWith(Streams.hub)) continue;
-    const n = Number(seq);
-    if (Number.isSafeInteger(n) && n > 0) out = n;
-  }
-  return out;
-}
 
 async function getMsg(jsm: JetStreamManager, stream: string, q: object): Promise<StoredMsg | null> {
   try {
