@@ -92,14 +92,14 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
           (await call<MergerStatusResponse>(nc[s]!, s, "merger", "status")).counts.sources_rearmed ?? 0,
         );
         // the outage lasts until the site's server is stuck in its own retry of the FEED's source:
-        // silent for long, or failed (2.15 reports the failed consumer create as an error, active -1)
-        // and then left failing for a while (its back-off grows with each failure)
+        // silent for long, or failed (2.15 reports a failed consumer create as an error or active -1,
+        // and a retry in progress clears it) and then left down a while (its back-off grows)
         let failedAt: number | undefined;
         await until(
           async () => {
             const x = await feedSource(nc[s]!, s);
-            if (x?.error) failedAt ??= Date.now();
-            else failedAt = undefined;
+            // failed once (an error, or no consumer at all): the server's back-off has begun
+            if (x?.error || (x?.active ?? 0) < 0) failedAt ??= Date.now();
             return (
               (x?.active ?? 0) / 1e6 >= SERVER_RETRYING_MS ||
               (failedAt !== undefined && Date.now() - failedAt >= SERVER_FAILING_MS)
