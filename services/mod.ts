@@ -95,6 +95,8 @@ export {
   openSite,
   siteLinked,
   siteQuiet,
+  sourcedUpTo,
+  type Sourced,
 } from "./lib/site.ts";
 export {
   type BucketEntry,
@@ -127,6 +129,7 @@ export {
   ServiceName,
   Streams,
   hubSeqOf,
+  sourceSeqOf,
   currentMesh,
   domainKey,
   endpointSubject,

@@ -280,9 +280,22 @@ describe("syncd CLI on a two-site mesh", () => {
         reconciler: { peers: string[] } | null;
         dead_letters: number | null;
         conflicts: number | null;
+        caught_up: boolean | null;
+        sourced: { hub: { caughtUp: boolean } | null; feed: { caughtUp: boolean } | null };
         errors: string[];
       }[];
     };
+    // the hub holds each site's last op and each FEED the hub's last (not the servers' lag alone)
+    await eventually(async () => {
+      const c = await json<Status>("status");
+      assert.deepEqual(
+        c.sites.map((s) => [s.site, s.caught_up, s.sourced.hub?.caughtUp, s.sourced.feed?.caughtUp]),
+        [
+          ["a", true, true, true],
+          ["b", true, true, true],
+        ],
+      );
+    });
     const st = await json<Status>("status");
     assert.deepEqual(
       st.sites.map((s) => s.site),

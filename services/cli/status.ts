@@ -5,7 +5,9 @@ import { type Condition, Conditions, Severity, needsPerson } from "../lib/health
  * `syncd status`: one table of the mesh. Per site: its services and instance counts (micro PING
  * metadata), the clock (`clock.now`), watcher position and lag (`watcher.status`), merger backlog
  * and counts (`merger.status`), the last reconcile (`reconciler.status`), and the message counts of
- * the dead-letter and conflict streams (stream info through the site's JetStream domain), and the
+ * the dead-letter and conflict streams (stream info through the site's JetStream domain), whether the
+ * hub's aggregate holds the site's last op and the site's FEED the aggregate's last (lib/site.ts
+ * `sourcedUpTo`: the server's source lag alone stays stale on nats-server 2.9), and the
  * health conditions of every instance (from the `data` of its micro STATS), worst first.
  * `--check` makes the exit code 1 when a condition needs a person (severity error): the monitoring hook.
  */
@@ -16,6 +18,7 @@ import type {
   ReconcilerStatusResponse,
   WatcherStatusResponse,
 } from "../lib/schemas.gen.ts";
+import { type Sourced, sourcedUpTo } from "../lib/site.ts";
 import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
 import { expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
@@ -37,6 +40,10 @@ export type SiteStatus = {
   dead_letters: number | null;
   /** messages on SYNCD_CONFLICTS_<site>; 0 when the stream does not exist yet */
   conflicts: number | null;
+  /** how far the hub's aggregate has sourced the site's op log, and the site's FEED the aggregate (null: unreadable) */
+  sourced: { hub: Sourced | null; feed: Sourced | null };
+  /** both caught up (null: one could not be read) */
+  caught_up: boolean | null;
   /** every instance's health conditions, worst first, plus the ones status itself finds (a service down) */
   conditions: SiteCondition[];
   errors: string[];
@@ -59,6 +66,7 @@ export async function statusCommand(ctx: Ctx): Promise<Output> {
         s,
         pings.filter((p) => p.metadata?.site === s.site),
         ctx.cli.conn.timeoutMs,
+        ctx.cli.hubDomain,
       ),
     ),
   );
@@ -128,6 +136,7 @@ async function siteStatus(
   ref: SiteRef,
   pings: MicroStats[],
   timeoutMs: number,
+  hubDomain: string,
 ): Promise<SiteStatus> {
   const errors: string[] = [];
   const services: Record<string, number> = Object.fromEntries(KINDS.map((k) => [k, 0]));
@@ -142,12 +151,22 @@ async function siteStatus(
     }
   };
   const streams = streamCounts(nc, ref, timeoutMs, errors);
-  const [clock, watcher, merger, reconciler, counts] = await Promise.all([
+  const sourced = async (where: { stream: string; domain: string }, origin: string) => {
+    try {
+      return await sourcedUpTo(nc, { ...where, timeoutMs }, origin);
+    } catch (err) {
+      errors.push(`how far ${where.stream} sourced ${origin}: ${messageOf(err)}`);
+      return null;
+    }
+  };
+  const [clock, watcher, merger, reconciler, counts, hub, feed] = await Promise.all([
     get<ClockNowResponse>("clock", "now"),
     get<WatcherStatusResponse>("watcher", "status"),
     get<MergerStatusResponse>("merger", "status"),
     get<ReconcilerStatusResponse>("reconciler", "status"),
     streams,
+    sourced({ stream: Streams.hub, domain: hubDomain }, Streams.out(ref.site)),
+    sourced({ stream: Streams.in(ref.site), domain: ref.domain }, Streams.hub),
   ]);
   return {
     site: ref.site,
@@ -160,6 +179,8 @@ async function siteStatus(
     reconciler,
     dead_letters: counts.dlq,
     conflicts: counts.conflicts,
+    sourced: { hub, feed },
+    caught_up: hub && feed ? hub.caughtUp && feed.caughtUp : null,
     conditions: conditionsOf(pings, services, errors),
     errors,
   };
@@ -214,6 +235,22 @@ function tombstones(r: ReconcilerStatusResponse | null): string | null {
   return `${blocked}/${collectible}${by}`;
 }
 
+/** `yes`, or what is behind: `hub 120/130` (origin sequences) or `feed lag 3`; null when unreadable. */
+function caughtUp(s: SiteStatus): string | null {
+  const { hub, feed } = s.sourced;
+  if (!hub || !feed) return null;
+  const behind = (what: string, x: Sourced) =>
+    x.caughtUp
+      ? []
+      : [
+          x.originLast !== undefined && x.upTo !== undefined
+            ? `${what} ${x.upTo}/${x.originLast}`
+            : `${what} ${x.lag === undefined ? "no source" : `lag ${x.lag}`}`,
+        ];
+  const b = [...behind("hub", hub), ...behind("feed", feed)];
+  return b.length === 0 ? "yes" : `no (${b.join(", ")})`;
+}
+
 function render(statuses: SiteStatus[]): string {
   const short = (n: string) => n.replace(/^syncd-/, "");
   const rows = statuses.map((s) => {
@@ -230,6 +267,7 @@ function render(statuses: SiteStatus[]): string {
       s.clock ? `${s.clock.ts} ${s.clock.mode}` : null,
       position,
       lag,
+      caughtUp(s),
       s.merger?.pending,
       s.merger ? `${c.applied ?? 0}/${c.stale ?? 0}/${c.duplicate ?? 0}` : null,
       lastReconcile(s.reconciler),
@@ -246,6 +284,7 @@ function render(statuses: SiteStatus[]): string {
       "CLOCK",
       "WATCHER POSITION",
       "LAG",
+      "CAUGHT UP",
       "BACKLOG",
       "APPLIED/STALE/DUP",
       "LAST RECONCILE",

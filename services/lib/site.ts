@@ -25,7 +25,7 @@ import {
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
-import { isAlreadyExists, isInsufficientResources, isStreamNotFound } from "./jserrors.ts";
+import { isAlreadyExists, isInsufficientResources, isNoMessageFound, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 import {
   Durables,
@@ -33,11 +33,11 @@ import {
   Streams,
   conflictsSubject,
   dlqSubject,
-  hubSeqOf,
   journalSubject,
   kvStream,
   metaBucket,
   opsFilter,
+  sourceSeqOf,
 } from "./subjects.ts";
 
 /** Handles a service uses on its site. */
@@ -436,10 +436,81 @@ export async function ensureHubRegistration(
   );
 }
 
+/** How far a stream has sourced one of its origins ({@link sourcedUpTo}). */
+export type Sourced = {
+  /** the stream's source of that origin as the server reports it (undefined: no such source) */
+  lag: number | undefined;
+  /** the origin's sequence of the last message the stream holds from it (0: none); undefined when the lag decided */
+  upTo?: number;
+  /** the origin's last sequence; undefined when the lag decided */
+  originLast?: number;
+  /** the stream holds the origin's last message, or the server reports a lag of 0 */
+  caughtUp: boolean;
+};
+
+/** The JetStream API of a source's origin: its `external.api`, else the stream's own. */
+async function originManager(
+  nc: NatsConnection,
+  src: StreamSource,
+  own: JetStreamManager,
+  timeoutMs: number,
+): Promise<JetStreamManager> {
+  const api = src.external?.api;
+  if (!api) return own;
+  const d = /^\$JS\.(.+)\.API$/.exec(api);
+  return jetstreamManager(
+    nc,
+    d ? { domain: d[1]!, timeout: timeoutMs } : { apiPrefix: api, timeout: timeoutMs },
+  );
+}
+
+/**
+ * How far stream `stream` (in JetStream domain `domain`, else `nc`'s own) has sourced its origin
+ * stream `origin`. A lag of 0 reported by the server is trusted. Otherwise the lag may be stale:
+ * nats-server 2.9 counts into it the origin's messages that were compacted away (one message per
+ * subject) before they were delivered, and it stays so until the next message. Then the stream's
+ * last message from the origin decides: its `Nats-Stream-Source` header gives the origin sequence it
+ * was copied from, caught up when that is the origin's `last_seq` (the origin's last message is never
+ * compacted). The last message from the origin is the stream's last when the origin is its only
+ * source, else the last on the origin's subject (the origin must have one subject; else the lag decides).
+ * `info`: the stream's info when already read. Throws when a stream cannot be read.
+ */
+export async function sourcedUpTo(
+  nc: NatsConnection,
+  where: { stream: string; domain?: string; info?: StreamInfo; timeoutMs?: number },
+  origin: string,
+): Promise<Sourced> {
+  const timeout = where.timeoutMs ?? 2000;
+  const jsm = await jetstreamManager(nc, where.domain ? { domain: where.domain, timeout } : { timeout });
+  const info = where.info ?? (await jsm.streams.info(where.stream));
+  const cfg = (info.config.sources ?? []).find((s) => s.name === origin);
+  const lag = info.sources?.find((s) => s.name === origin)?.lag;
+  if (!cfg || lag === undefined) return { lag, caughtUp: false };
+  if (lag === 0) return { lag, caughtUp: true };
+  const oi = await (await originManager(nc, cfg, jsm, timeout)).streams.info(origin);
+  const originLast = oi.state.last_seq;
+  const only = (info.config.sources ?? []).length === 1;
+  const subjects = cfg.filter_subject ? [cfg.filter_subject] : (oi.config.subjects ?? []);
+  if (!only && subjects.length !== 1) return { lag, originLast, caughtUp: originLast === 0 };
+  let last: { header?: { values(k: string): string[] } } | null = null;
+  try {
+    last = only
+      ? info.state.last_seq > 0
+        ? await jsm.streams.getMessage(where.stream, { seq: info.state.last_seq })
+        : null
+      : await jsm.streams.getMessage(where.stream, { last_by_subj: subjects[0]! });
+  } catch (err) {
+    if (!isNoMessageFound(err)) throw err;
+  }
+  const upTo = sourceSeqOf(last?.header, origin) ?? 0;
+  return { lag, upTo, originLast, caughtUp: upTo >= originLast };
+}
+
 /**
  * True when a site has nothing in flight: its watcher and merger consumers drained and acked, its
- * inbound stream caught up with the hub's aggregate and the aggregate with the site's op log. A
- * stalled source reports lag 0 too, so the counts are compared as well: IN holds at least one op per
+ * inbound stream caught up with the hub's aggregate and the aggregate with every site's op log
+ * ({@link sourcedUpTo}: not the server's lag alone, which nats-server 2.9 leaves stale). A stalled
+ * source reports lag 0 too, so the counts are compared as well: IN holds at least one op per
  * subject the aggregate holds, the aggregate one per subject the site's OUT holds. `domain`: the
  * site's JetStream domain when `nc` is connected elsewhere; the hub unreachable counts as not quiet.
  */
@@ -462,16 +533,12 @@ export async function siteQuiet(
   try {
     const hub = await jetstreamManager(nc, { domain: opts.hubDomain, timeout: 2000 });
     const hi = await hub.streams.info(Streams.hub);
-    if (!(si.sources ?? []).every((s) => s.lag === 0)) {
-      // nats-server 2.9 keeps a stale lag when the hub compacted messages it had not delivered yet:
-      // the FEED's last message says how far it really got
-      const last =
-        si.state.last_seq > 0
-          ? await jsm.streams.getMessage(Streams.in(site), { seq: si.state.last_seq })
-          : null;
-      if ((hubSeqOf(last?.header) ?? 0) < hi.state.last_seq) return false;
+    const feed = { stream: Streams.in(site), info: si, ...(opts.domain ? { domain: opts.domain } : {}) };
+    if (!(await sourcedUpTo(nc, feed, Streams.hub)).caughtUp) return false;
+    for (const s of hi.config.sources ?? []) {
+      const at = { stream: Streams.hub, domain: opts.hubDomain, info: hi };
+      if (!(await sourcedUpTo(nc, at, s.name)).caughtUp) return false;
     }
-    if (!(hi.sources ?? []).every((s) => s.lag === 0)) return false;
     const out = await jsm.streams.info(Streams.out(site));
     return (
       si.state.messages >= hi.state.messages && (hi.state.num_subjects ?? 0) >= (out.state.num_subjects ?? 0)

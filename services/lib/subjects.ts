@@ -272,15 +272,27 @@ export const HUB_RELAY_MAPPINGS: Readonly<Record<string, string>> = {
 /** The header a sourced message carries naming its origin stream and sequence. */
 const SOURCE_HEADER = "Nats-Stream-Source";
 
-/** The hub sequence a FEED message was sourced from (its `Nats-Stream-Source` naming SYNCD_HUB). */
-export function hubSeqOf(h: { values(k: string): string[] } | undefined): number | undefined {
+/**
+ * The sequence in origin stream `origin` a sourced message was copied from: its `Nats-Stream-Source`
+ * header names the origin (`<name>` or `<name>:<hash of the external API prefix>`) and the sequence;
+ * undefined when the message was not sourced from that stream.
+ */
+export function sourceSeqOf(
+  h: { values(k: string): string[] } | undefined,
+  origin: string,
+): number | undefined {
   if (!h) return undefined;
   let out: number | undefined;
   for (const v of h.values(SOURCE_HEADER)) {
     const [name, seq] = v.trim().split(/\s+/);
-    if (!name || !seq || !name.startsWith(Streams.hub)) continue;
+    if (!name || !seq || name.split(":")[0] !== origin) continue;
     const n = Number(seq);
     if (Number.isSafeInteger(n) && n > 0) out = n;
   }
   return out;
+}
+
+/** The hub sequence a FEED message was sourced from (its `Nats-Stream-Source` naming SYNCD_HUB). */
+export function hubSeqOf(h: { values(k: string): string[] } | undefined): number | undefined {
+  return sourceSeqOf(h, Streams.hub);
 }
