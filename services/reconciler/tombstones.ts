@@ -27,6 +27,7 @@ import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
+import { sourcedUpTo } from "../lib/site.ts";
 import { Durables, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
@@ -192,8 +193,12 @@ export class TombstoneGc {
     if (applied === undefined) return;
     // published only once the hub holds all of this site's own ops (every op made before `applied`)
     const hub = await this.hubJsm.streams.info(Streams.hub);
-    const own = (hub.sources ?? []).find((s) => s.name === Streams.out(deps.site));
-    if (own && own.lag === 0 && applied !== this.published) {
+    const own = await sourcedUpTo(
+      deps.nc,
+      { stream: Streams.hub, domain: deps.hubDomain, info: hub, timeoutMs: 5000 },
+      Streams.out(deps.site),
+    );
+    if (own.caughtUp && applied !== this.published) {
       await m.publishApplied(applied);
       this.published = applied;
     }
