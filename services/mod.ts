@@ -70,7 +70,13 @@ export {
   versionIsOp,
 } from "./lib/oplog.ts";
 export { type Planting, plantVersion } from "./lib/plant.ts";
-export { REARM_STALL_MS, RearmGate, rearmSource, sourcesBackOff } from "./lib/rearm.ts";
+export {
+  REARM_STALL_MS,
+  RearmGate,
+  rearmSource,
+  sourcesBackOff,
+  versionOfStreamConfig,
+} from "./lib/rearm.ts";
 export { ServiceReplyError, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {
@@ -89,6 +95,7 @@ export type {
 } from "./lib/schemas.gen.ts";
 export {
   StreamDriftError,
+  ensureHubRegistration,
   ensureMergerStreams,
   ensureOutStream,
   openOrCreateKv,

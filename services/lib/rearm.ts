@@ -13,7 +13,8 @@
  * doubles with every re-arm that did not help (from the stall threshold to {@link REARM_MAX_GAP_MS}),
  * reset once the source is heard from again.
  *
- * Only against nats-server 2.10+ ({@link sourcesBackOff}): 2.9 retries within seconds by itself, and
+ * Only against nats-server 2.10+ ({@link sourcesBackOff}) — the version of the server that holds the
+ * stream ({@link versionOfStreamConfig} for the hub's): 2.9 retries within seconds by itself, and
  * a source re-added there reports a stale `lag` until its next message.
  */
 import type { JetStreamManager, StreamSource, StreamSourceInfo } from "@nats-io/jetstream";
@@ -23,6 +24,19 @@ import type { Logger } from "./logger.ts";
 export function sourcesBackOff(version: string | undefined): boolean {
   const [maj = 0, min = 0] = (version ?? "0.0").split(".").map(Number);
   return maj > 2 || (maj === 2 && min >= 10);
+}
+
+/**
+ * The version of the nats-server whose stream info carries this stream config, at least as far as
+ * {@link sourcesBackOff} needs it: 2.11+ names itself in the config's metadata (`_nats.ver`); 2.10
+ * added config fields it always writes (`compression`, `consumer_limits`), answered as "2.10.0"; 2.9
+ * knows neither ("2.9.0"). This is how a site learns the version of another server, the hub's, whose
+ * stream it reads through JetStream (the connection's `info.version` is the site server's own).
+ */
+export function versionOfStreamConfig(cfg: object): string {
+  const ver = (cfg as { metadata?: Record<string, string> }).metadata?.["_nats.ver"];
+  if (ver && /^\d+\.\d+\.\d+/.test(ver)) return ver;
+  return "compression" in cfg || "consumer_limits" in cfg ? "2.10.0" : "2.9.0";
 }
 
 /** Silence (no message or heartbeat) after which a source whose other side answers is stalled. */

@@ -27,6 +27,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
 import { isAlreadyExists, isInsufficientResources, isNoMessageFound, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
+import { versionOfStreamConfig } from "./rearm.ts";
 import {
   Durables,
   OPS_INGRESS,
@@ -378,13 +379,14 @@ export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutM
  * Make the site's outbound op log a source of the hub's aggregate (creating the aggregate when it is
  * missing). Stream updates are not compare-and-set: two sites registering at once may each write a
  * source list without the other's entry, so this re-reads after its update until its entry is there.
- * Returns whether it had to add the entry, and what the hub reports of that source (when it was there).
+ * Returns whether it had to add the entry, what the hub reports of that source (when it was there),
+ * and the lowest version of the hub's server ({@link versionOfStreamConfig}).
  */
 export async function ensureHubRegistration(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-): Promise<{ added: boolean; source?: StreamSourceInfo }> {
+): Promise<{ added: boolean; source?: StreamSourceInfo; hubVersion: string }> {
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
   let added = false;
@@ -419,7 +421,8 @@ export async function ensureHubRegistration(
     const src = (info.config.sources ?? []).find((s) => s.name === mine.name);
     if (src && src.external?.api === mine.external?.api) {
       const source = info.sources?.find((s) => s.name === mine.name);
-      return source ? { added, source } : { added };
+      const hubVersion = versionOfStreamConfig(info.config);
+      return source ? { added, source, hubVersion } : { added, hubVersion };
     }
     if (src)
       throw new Error(

@@ -89,8 +89,8 @@ export function keepRegistered(
       const active = r.source?.active ?? -1;
       // heard from with nothing left to deliver: the hub had every op stored before then
       if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
-      // the hub's server is taken to be of the site's generation (services/lib/rearm.ts sourcesBackOff)
-      const wait = sourcesBackOff(nc.info?.version) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
+      // the hub's server makes the source's consumer: its version decides (not the site's)
+      const wait = sourcesBackOff(r.hubVersion) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
       // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
       // when the log holds ops the hub may lack (the server's own retry takes the others in time)
       if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);

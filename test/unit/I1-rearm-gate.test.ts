@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { StreamSourceInfo } from "@nats-io/jetstream";
 import fc from "fast-check";
-import { RearmGate } from "../../services/mod.ts";
+import { RearmGate, sourcesBackOff, versionOfStreamConfig } from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 const o = { stallMs: 5_000, neverMs: 3_000, maxGapMs: 60_000 };
@@ -74,5 +74,72 @@ describe("I1 re-arm of a stalled source", () => {
       ),
       fcParams(),
     );
+  });
+});
+
+/** SYNCD_HUB's config as a site read it through the hub's JetStream API (recorded 2026-11-30). */
+const HUB_CONFIG = {
+  "2.9.10": {
+    name: "SYNCD_HUB",
+    retention: "limits",
+    max_consumers: -1,
+    max_msgs: -1,
+    max_bytes: 1073741824,
+    max_age: 0,
+    max_msgs_per_subject: 1,
+    max_msg_size: -1,
+    discard: "old",
+    storage: "file",
+    num_replicas: 1,
+    duplicate_window: 120000000000,
+    sources: [{ name: "SYNCD_OPS_a", external: { api: "$JS.a.API", deliver: "" } }],
+    allow_direct: false,
+    mirror_direct: false,
+    sealed: false,
+    deny_delete: false,
+    deny_purge: false,
+    allow_rollup_hdrs: false,
+  },
+  "2.15.2": {
+    name: "SYNCD_HUB",
+    retention: "limits",
+    max_consumers: -1,
+    max_msgs: -1,
+    max_bytes: 1073741824,
+    max_age: 0,
+    max_msgs_per_subject: 1,
+    max_msg_size: -1,
+    discard: "old",
+    storage: "file",
+    num_replicas: 1,
+    sources: [{ name: "SYNCD_OPS_a", external: { api: "$JS.a.API", deliver: "" } }],
+    compression: "none",
+    allow_direct: false,
+    mirror_direct: false,
+    sealed: false,
+    deny_delete: false,
+    deny_purge: false,
+    allow_rollup_hdrs: false,
+    consumer_limits: {},
+    allow_msg_ttl: false,
+    metadata: { "_nats.level": "5", "_nats.req.level": "0", "_nats.ver": "2.15.2" },
+  },
+};
+
+describe("I1 the hub's server version, seen from a site", () => {
+  it("I1 a site learns the hub's version from the hub's stream config, whatever its own server is", () => {
+    // recorded with a 2.9.10 site under a 2.15.2 hub and the other way round: the site's own
+    // version (nc.info.version) said the opposite both times
+    const old = versionOfStreamConfig(HUB_CONFIG["2.9.10"]);
+    const current = versionOfStreamConfig(HUB_CONFIG["2.15.2"]);
+    assert.equal(old, "2.9.0");
+    assert.equal(current, "2.15.2");
+    assert.equal(sourcesBackOff(old), false, "a 2.9 hub retries its sources by itself: no re-arm");
+    assert.equal(sourcesBackOff(current), true);
+    // 2.10 writes the new fields without naming itself in the metadata
+    const { metadata: _, ...v210 } = HUB_CONFIG["2.15.2"];
+    assert.equal(versionOfStreamConfig(v210), "2.10.0");
+    assert.equal(sourcesBackOff(versionOfStreamConfig(v210)), true);
+    assert.equal(versionOfStreamConfig({ ...v210, metadata: { "_nats.ver": "bogus" } }), "2.10.0");
   });
 });
