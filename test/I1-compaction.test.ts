@@ -211,38 +211,39 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
       for (let i = 0; i < n; i++) ps.push(js.publish(`upto.a.k${i % 5}`, `v${i}`));
       await Promise.all(ps);
     };
-    await burst(2000);
-    const originLast = (await site.streams.info("UPTO_A")).state.last_seq;
     const agg = { stream: "UPTO_AGG", domain: "hub" };
     const feed = { stream: "UPTO_FEED" };
-    await until(async () => (await sourcedUpTo(nc, agg, "UPTO_A")).caughtUp, {
-      message: "the aggregate never held the origin's last message",
-    });
-    await until(async () => (await sourcedUpTo(nc, feed, "UPTO_AGG")).caughtUp, {
-      message: "the feed never held the aggregate's last message",
-    });
-    const a = await sourcedUpTo(nc, agg, "UPTO_A");
-    const f = await sourcedUpTo(nc, feed, "UPTO_AGG");
-    t.diagnostic(`server ${nc.info?.version}: aggregate lag ${a.lag}, feed lag ${f.lag}`);
-    if (a.lag !== 0) assert.equal(a.upTo, originLast, "the aggregate's last message from UPTO_A is its last");
-    assert.equal((await sourcedUpTo(nc, agg, "UPTO_B")).caughtUp, true, "the other source too");
-    if (/^2\.9\./.test(nc.info?.version ?? "")) {
-      // what makes the fallback necessary: 2.9 never brings these lags back to 0
-      await new Promise((r) => setTimeout(r, 1500));
-      const lags = [(await hub.streams.info("UPTO_AGG")).sources?.find((s) => s.name === "UPTO_A")?.lag];
-      lags.push((await site.streams.info("UPTO_FEED")).sources?.[0]?.lag);
-      assert.ok(
-        lags.some((l) => (l ?? 0) > 0),
-        `stale lag expected on 2.9, got ${lags}`,
-      );
+    const old = /^2\.9\./.test(nc.info?.version ?? "");
+    // on 2.9 a burst leaves the lag stale most of the time: burst again until one does (at most 5)
+    let stale = false;
+    for (let round = 0; round < (old ? 5 : 1) && !stale; round++) {
+      await burst(2000);
+      const originLast = (await site.streams.info("UPTO_A")).state.last_seq;
+      await until(async () => (await sourcedUpTo(nc, agg, "UPTO_A")).caughtUp, {
+        message: "the aggregate never held the origin's last message",
+      });
+      await until(async () => (await sourcedUpTo(nc, feed, "UPTO_AGG")).caughtUp, {
+        message: "the feed never held the aggregate's last message",
+      });
+      const a = await sourcedUpTo(nc, agg, "UPTO_A");
+      const f = await sourcedUpTo(nc, feed, "UPTO_AGG");
+      t.diagnostic(`server ${nc.info?.version}: aggregate lag ${a.lag}, feed lag ${f.lag}`);
+      // caught up with a lag above 0: the lag is stale, the stream holds the origin's last message
+      if (a.lag !== 0)
+        assert.equal(a.upTo, originLast, "the aggregate's last message from UPTO_A is its last");
+      if (f.lag !== 0) assert.equal(f.upTo, f.originLast);
+      stale = a.lag !== 0 || f.lag !== 0;
     }
+    // what makes the fallback necessary
+    if (old) assert.ok(stale, "nats-server 2.9 left no lag stale in 5 bursts");
+    assert.equal((await sourcedUpTo(nc, agg, "UPTO_B")).caughtUp, true, "the other source too");
     // a stream not caught up: the feed as it was before a message it has not got (its lag said 1)
     const before = await site.streams.info("UPTO_FEED");
-    const stale = { ...before, sources: before.sources?.map((s) => ({ ...s, lag: 1 })) };
+    const snapshot = { ...before, sources: before.sources?.map((s) => ({ ...s, lag: 1 })) };
     const aggLast = (await hub.streams.info("UPTO_AGG")).state.last_seq;
     await js.publish("upto.b.k", "b2");
     await until(async () => (await hub.streams.info("UPTO_AGG")).state.last_seq > aggLast);
-    const behind = await sourcedUpTo(nc, { ...feed, info: stale }, "UPTO_AGG");
+    const behind = await sourcedUpTo(nc, { ...feed, info: snapshot }, "UPTO_AGG");
     assert.equal(behind.caughtUp, false, JSON.stringify(behind));
     assert.ok((behind.upTo ?? 0) < (behind.originLast ?? 0));
     assert.equal((await sourcedUpTo(nc, feed, "NO_SUCH_SOURCE")).caughtUp, false);

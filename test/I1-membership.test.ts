@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type JetStreamManager, type StreamConfig, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
@@ -18,9 +18,15 @@ import {
   type ReconcilerStatusResponse,
   Streams,
   run as cli,
+  createLogger,
   domainKey,
+  ensureHubRegistration,
+  loadConfig,
   memberKey,
+  rearmSource,
   refusedKey,
+  sourcesBackOff,
+  versionOfStreamConfig,
 } from "../services/mod.ts";
 import type { Mesh } from "./harness/mesh.ts";
 import { call, startLinkedMesh, until } from "./helpers.ts";
@@ -256,5 +262,60 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
       );
       assert.ok((st.counts.peers_removed ?? 0) >= 1);
     }
+  });
+
+  it("I1 the hub's source list: registrations raced against re-arms and a site remove; every writer's own change holds", async () => {
+    const jsm = await jetstreamManager(hub, { domain: "hub" });
+    const names = async () =>
+      new Set(((await jsm.streams.info(Streams.hub)).config.sources ?? []).map((s) => s.name));
+    const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
+    // sites that only register (their op logs do not exist: the hub's sources of them just wait)
+    const joining = ["r1", "r2", "r3", "r4"];
+    const reg = (site: string) =>
+      ensureHubRegistration(nc.a!, loadConfig(["--site", site, "--domain", "a"], {}), log);
+    await reg("gone");
+    const sink = { out: () => {}, err: () => {} };
+    const [results] = await Promise.all([
+      Promise.all(joining.map(reg)),
+      rearmSource(jsm, Streams.hub, Streams.out("a")),
+      rearmSource(jsm, Streams.hub, Streams.out("b")),
+      cli(["site", "remove", "gone", "--server", mesh.sites.b!.url], sink),
+    ]);
+    // no waiting: each writer checked its own change after the others' writes in flight had landed
+    const have = await names();
+    for (const s of ["a", "b", ...joining]) assert.ok(have.has(Streams.out(s)), `${s} lost: ${[...have]}`);
+    assert.ok(!have.has(Streams.out("gone")), "the removed site came back");
+    // the hub's version as the site sees it (every server here is one binary)
+    const hubVersion = results[0]!.hubVersion;
+    assert.equal(sourcesBackOff(hubVersion), sourcesBackOff(hub.info?.version));
+    assert.equal(hubVersion, versionOfStreamConfig((await jsm.streams.info(Streams.hub)).config));
+    // deterministic: another writer read the list in the re-arm's gap (without a) and writes it
+    // just after the re-arm put a back; the re-arm's check must see a gone and add it again
+    let n = 0;
+    let gap: StreamConfig | undefined;
+    const streams = new Proxy(jsm.streams, {
+      get(t, p) {
+        if (p === "update")
+          return async (name: string, cfg: StreamConfig) => {
+            const r = await t.update(name, cfg);
+            n++;
+            if (n === 1) gap = r.config;
+            if (n === 2) await t.update(name, gap!);
+            return r;
+          };
+        const v = Reflect.get(t, p);
+        return typeof v === "function" ? v.bind(t) : v;
+      },
+    });
+    assert.equal(await rearmSource({ streams } as JetStreamManager, Streams.hub, Streams.out("a")), true);
+    assert.ok(n >= 3, `the re-arm did not write a back after the stale write (${n} updates)`);
+    assert.ok((await names()).has(Streams.out("a")), "the re-armed source was lost");
+    for (const s of joining)
+      assert.equal(await cli(["site", "remove", s, "--server", mesh.sites.b!.url], sink), 0);
+    const left = await names();
+    assert.ok(
+      joining.every((s) => !left.has(Streams.out(s))),
+      `${[...left]}`,
+    );
   });
 });

@@ -9,6 +9,7 @@ import { Kvm } from "@nats-io/kv";
  * The site's services must be stopped first (a running site would register itself again).
  */
 import { isNotFound } from "../lib/jserrors.ts";
+import { editSources } from "../lib/rearm.ts";
 import { MEMBERS_BUCKET, Streams, domainKey, memberKey, refusedKey } from "../lib/subjects.ts";
 import { CliError, UsageError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
@@ -84,13 +85,12 @@ export async function siteCommand(ctx: Ctx): Promise<Output> {
   }
   const jsm = await jetstreamManager(ctx.nc, { domain: hubDomain, timeout: ctx.cli.conn.timeoutMs });
   try {
-    const info = await jsm.streams.info(Streams.hub);
-    const sources = info.config.sources ?? [];
-    const keep = sources.filter((s) => s.name !== Streams.out(site));
-    if (keep.length !== sources.length) {
-      await jsm.streams.update(Streams.hub, { ...info.config, sources: keep });
-      out.hub_source = true;
-    }
+    // checked after the write until it holds: a watcher's update based on an earlier read may put it back
+    out.hub_source = await editSources(jsm, Streams.hub, (cfg) => {
+      const sources = cfg.sources ?? [];
+      const keep = sources.filter((s) => s.name !== Streams.out(site));
+      return keep.length === sources.length ? undefined : { ...cfg, sources: keep };
+    });
   } catch (err) {
     if (!isNotFound(err))
       throw new CliError(`cannot update ${Streams.hub} in domain ${hubDomain}: ${String(err)}`);

@@ -17,7 +17,7 @@
  * stream ({@link versionOfStreamConfig} for the hub's): 2.9 retries within seconds by itself, and
  * a source re-added there reports a stale `lag` until its next message.
  */
-import type { JetStreamManager, StreamSource, StreamSourceInfo } from "@nats-io/jetstream";
+import type { JetStreamManager, StreamConfig, StreamSource, StreamSourceInfo } from "@nats-io/jetstream";
 import type { Logger } from "./logger.ts";
 
 /** True for a nats-server version (`x.y.z`) that backs off re-creating failed sources (2.10+). */
@@ -123,41 +123,89 @@ export class RearmGate {
   }
 }
 
+/** Pause after a write to a stream's source list before checking it: 100–400 ms, random. */
+export const SETTLE_MS = { min: 100, max: 400 } as const;
+/** Writes of one change to a source list before giving up (each followed by a check). */
+const EDIT_ATTEMPTS = 20;
+
+const settle = () =>
+  new Promise((r) => setTimeout(r, SETTLE_MS.min + Math.random() * (SETTLE_MS.max - SETTLE_MS.min)));
+
 /**
- * Add `src` to `stream` unless it is there. A stream the server saw without sources holds its own
- * name as subject (the server's default); that subject goes when the source comes back, unless the
- * stream had it with its sources (`keepNameSubject`).
+ * Make one change to a stream's config hold although stream updates are not compare-and-set (a
+ * writer that read the config before this write and writes after it puts the old list back). Reads
+ * the config, lets `edit` return the config to write (undefined: the change holds), writes it, waits
+ * a random moment ({@link SETTLE_MS}: longer than a read-modify-write of another writer takes, so a
+ * write based on a read before this one has landed) and reads again, until a read needs no write.
+ * Returns whether it wrote. Throws what `edit` throws, and after {@link EDIT_ATTEMPTS} writes.
  */
+export async function editSources(
+  jsm: JetStreamManager,
+  stream: string,
+  edit: (cfg: StreamConfig) => StreamConfig | undefined,
+): Promise<boolean> {
+  let wrote = false;
+  for (let attempt = 0; attempt < EDIT_ATTEMPTS; attempt++) {
+    const next = edit((await jsm.streams.info(stream)).config);
+    if (!next) return wrote;
+    await jsm.streams.update(stream, next);
+    wrote = true;
+    await settle();
+  }
+  throw new Error(`${stream}: a change to its sources did not hold after ${EDIT_ATTEMPTS} writes`);
+}
+
+/**
+ * The config with `src` added when it lacks a source of that name (undefined when it has one). A
+ * stream the server saw without sources holds its own name as subject (the server's default); that
+ * subject goes when the source comes back, unless the stream had it with its sources (`keepNameSubject`).
+ */
+function withSource(
+  cfg: StreamConfig,
+  src: StreamSource,
+  keepNameSubject: boolean,
+): StreamConfig | undefined {
+  if ((cfg.sources ?? []).some((s) => s.name === src.name)) return undefined;
+  const subjects = (cfg.subjects ?? []).filter((s) => keepNameSubject || s !== cfg.name);
+  return { ...cfg, subjects, sources: [...(cfg.sources ?? []), src] };
+}
+
+/** Add `src` to `stream` unless it is there, until the addition holds ({@link editSources}). */
 export async function restoreSource(
   jsm: JetStreamManager,
   stream: string,
   src: StreamSource,
   keepNameSubject = false,
 ): Promise<boolean> {
-  const cfg = (await jsm.streams.info(stream)).config;
-  const others = (cfg.sources ?? []).filter((s) => s.name !== src.name);
-  if (others.length < (cfg.sources ?? []).length) return false;
-  const subjects = (cfg.subjects ?? []).filter((s) => keepNameSubject || s !== stream);
-  await jsm.streams.update(stream, { ...cfg, subjects, sources: [...others, src] });
-  return true;
+  return editSources(jsm, stream, (cfg) => withSource(cfg, src, keepNameSubject));
 }
 
 /**
- * Remove the source `name` from `stream` and add it again (two stream updates), so the server
- * re-creates its consumer now. A stream left without sources gets its name as subject from the
- * server in between; the second update takes it away again. Returns false when the stream has no
- * such source (nothing done). When the second update fails, the source is missing: the caller's next
- * round adds it back with {@link restoreSource} (resuming all the same).
+ * Remove the source `name` from `stream` and add it again, so the server re-creates its consumer
+ * now. The two updates follow each other with no read in between (the second starts from the
+ * config the first returned), so the source is missing for one update's round trip, and any other
+ * writer's change made meanwhile is lost only if it lands in that gap — its writer's own check puts
+ * it back. Then the re-added source is checked until it holds ({@link editSources}). A stream left
+ * without sources gets its name as subject from the server in between; the second update takes it
+ * away again. Returns false when the stream has no such source (nothing done). When the second
+ * update fails, the source is missing: the caller's next round adds it back with {@link restoreSource}
+ * (resuming all the same).
  */
 export async function rearmSource(jsm: JetStreamManager, stream: string, name: string): Promise<boolean> {
   const before = (await jsm.streams.info(stream)).config;
   const src = (before.sources ?? []).find((s) => s.name === name);
   if (!src) return false;
+  const keep = (before.subjects ?? []).includes(stream);
   const others = (before.sources ?? []).filter((s) => s.name !== name);
-  await jsm.streams.update(stream, { ...before, subjects: before.subjects ?? [], sources: others });
-  // the list is re-read before the source goes back: other writers (sites registering at the hub)
-  // may have changed it meanwhile
-  await restoreSource(jsm, stream, src, (before.subjects ?? []).includes(stream));
+  const removed = await jsm.streams.update(stream, {
+    ...before,
+    subjects: before.subjects ?? [],
+    sources: others,
+  });
+  const back = withSource(removed.config, src, keep);
+  if (back) await jsm.streams.update(stream, back);
+  await settle();
+  await restoreSource(jsm, stream, src, keep);
   return true;
 }
 

@@ -102,8 +102,6 @@ export function keepRegistered(
             { stream: Streams.hub, source: mine, active_ns: r.source?.active },
             "the hub's source of the site's op log stalled while the hub answers: re-armed it",
           );
-          // other sites may have rewritten the source list meanwhile: make sure the entry is there
-          await ensureHubRegistration(nc, config, log);
         }
       } else next = Math.min(periodMs, Math.max(wait, 500));
     } catch (err) {
