@@ -124,6 +124,19 @@ describe("I4 / I1 with a bounded _meta cache", () => {
         message: "the watch outlived its users",
       });
     });
+
+    it("I4 a follower whose watch cannot start drops its use of it once, however often it leaves", async () => {
+      const gone = await new Kvm(nc).create("cachegone_meta", { history: 1 });
+      await (await jetstreamManager(nc)).streams.delete("KV_cachegone_meta");
+      const other = MetaWatch.acquire(gone, log);
+      const f = MetaWatch.follow(gone, { reset() {}, entry() {}, caughtUp() {}, ended() {} }, log);
+      await assert.rejects(f.caughtUp);
+      f.leave();
+      f.leave();
+      assert.equal(other.users, 1, "another user's hold of the watch was dropped");
+      other.release();
+      assert.equal(other.users, 0);
+    });
   });
 
   it("I4 law: the compact entries give back every version as it went in, and evict the least recently used", () => {

@@ -9,7 +9,7 @@
  */
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import type { Logger } from "./logger.ts";
-import { type MetaListener, MetaWatch } from "./meta-watch.ts";
+import { type Following, type MetaListener, MetaWatch } from "./meta-watch.ts";
 import type { Version } from "./schemas.gen.ts";
 import { type MetaEntry, MetaStore, type MetaStoreLike, isCasConflict } from "./stores.ts";
 
@@ -25,7 +25,7 @@ export class CachedMetaStore implements MetaStoreLike {
   private readonly cache = new EntryColumns();
   private readonly stale = new Set<string>();
   private readonly max: number;
-  private watch: MetaWatch | undefined;
+  private watch: Following | undefined;
   private ready = false;
   /** every key of `_meta` is in the cache (nothing evicted since the watch caught up) */
   private complete = false;
@@ -64,13 +64,12 @@ export class CachedMetaStore implements MetaStoreLike {
    */
   async start(): Promise<void> {
     if (this.watch) return;
-    const w = MetaWatch.acquire(this.kv, this.log);
-    this.watch = w;
+    const f = MetaWatch.follow(this.kv, this.listener, this.log);
+    this.watch = f;
     try {
-      await w.listen(this.listener);
+      await f.caughtUp;
     } catch (err) {
-      this.watch = undefined;
-      w.release();
+      if (this.watch === f) this.watch = undefined;
       throw err;
     }
   }
@@ -81,8 +80,7 @@ export class CachedMetaStore implements MetaStoreLike {
     this.watch = undefined;
     this.ready = false;
     this.complete = false;
-    w?.unlisten(this.listener);
-    w?.release();
+    w?.leave();
   }
 
   /** The number of cached keys (known-absent ones included); never above `maxEntries`. */

@@ -5,7 +5,8 @@
  * once, not once per consumer of it.
  *
  * The registry is keyed by the `_meta` KV handle, which names one connection and one bucket; it is
- * reference counted (`acquire` / `release`) and the watch stops with its last user. A listener that
+ * reference counted (`acquire` / `release`, or `follow` and its `leave` for one listener) and the
+ * watch stops with its last user. A listener that
  * joins a running watch needs the initial values too: the watch starts a new pass (every listener
  * gets `reset`, the initial values, then `caughtUp`). A watch that ends unexpectedly tells every
  * listener (`ended`) and starts a new pass a second later.
@@ -29,6 +30,14 @@ export type MetaListener = {
 };
 
 const registry = new WeakMap<KV, MetaWatch>();
+
+/** One listener's use of the shared watch of a `_meta` ({@link MetaWatch.follow}). */
+export type Following = {
+  /** resolves once the listener has seen the initial values; rejects (the use already left) when the watch cannot start */
+  caughtUp: Promise<void>;
+  /** stop following: the listener gets nothing more and its use of the watch is dropped (once, however often called) */
+  leave(): void;
+};
 
 /** The shared watch of one `_meta` bucket. */
 export class MetaWatch {
@@ -63,6 +72,26 @@ export class MetaWatch {
     }
     w.refs++;
     return w;
+  }
+
+  /**
+   * Follow `kv` with `l` through the process's watch of it: acquire it and listen. Leaving twice,
+   * or after the watch failed to start, drops the use once.
+   */
+  static follow(kv: KV, l: MetaListener, log: Logger): Following {
+    const w = MetaWatch.acquire(kv, log);
+    let left = false;
+    const leave = () => {
+      if (left) return;
+      left = true;
+      w.unlisten(l);
+      w.release();
+    };
+    const caughtUp = w.listen(l).catch((err: unknown) => {
+      leave();
+      throw err;
+    });
+    return { caughtUp, leave };
   }
 
   /** Users holding this watch. */

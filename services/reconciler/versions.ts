@@ -19,7 +19,7 @@ import type { QueuedIterator } from "@nats-io/nats-core";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
-import { type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
+import { type Following, type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { kvStream } from "../lib/subjects.ts";
@@ -188,7 +188,7 @@ export class BucketIndex {
   private current: VersionTree;
   /** the tree a pass of the `_meta` watch is filling, swapped in once it caught up */
   private building: VersionTree | undefined;
-  private watch: MetaWatch | undefined;
+  private watch: Following | undefined;
   private readonly listener: MetaListener = {
     reset: () => {
       // the first pass fills the empty tree in place; any later one builds a fresh tree
@@ -396,13 +396,12 @@ export class BucketIndex {
    */
   async start(): Promise<void> {
     if (this.data) await this.rescan();
-    const w = MetaWatch.acquire(this.meta, this.log);
-    this.watch = w;
+    const f = MetaWatch.follow(this.meta, this.listener, this.log);
+    this.watch = f;
     try {
-      await w.listen(this.listener);
+      await f.caughtUp;
     } catch (err) {
-      this.watch = undefined;
-      w.release();
+      if (this.watch === f) this.watch = undefined;
       throw err;
     }
     this.readyFlag = true;
@@ -414,8 +413,7 @@ export class BucketIndex {
     this.stopped = true;
     const w = this.watch;
     this.watch = undefined;
-    w?.unlisten(this.listener);
-    w?.release();
+    w?.leave();
     this.dataWatcher?.stop();
   }
 
