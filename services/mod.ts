@@ -156,6 +156,7 @@ export {
   bucketHolds,
   covered,
   greaterOp,
+  ownOpSettled,
   pendingLocal,
 } from "./merger/handlers.ts";
 export { mergerService } from "./merger/service.ts";

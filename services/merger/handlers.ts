@@ -278,6 +278,25 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
 }
 
 /**
+ * What `_meta` already says about an op this site published itself (its origin subject
+ * `rep.kv.ops.<site>.…` in the site's FEED, back from the hub's aggregate): such an op was committed
+ * to this site's `_meta` before it was published, so `_meta` holds it or a greater version. Returns
+ * the outcome without a store call when the `_meta` entry read (the watch-fed cache) shows that —
+ * "duplicate" for the same write, "stale" for a newer version of the same node (no conflict to
+ * record) — and null when it does not (a wiped `_meta`, a site rejoining under its name, a cache
+ * behind, a newer version of another node): the op is then applied as any other.
+ */
+export function ownOpSettled(metaEntry: MetaEntry | null, op: Op): "duplicate" | "stale" | null {
+  const v = metaEntry?.version;
+  if (!v) return null;
+  const c = compareVersions(v, op);
+  if (c > 0) return v.node_id === op.node_id ? MergeResult.stale : null;
+  if (c < 0 || v.deleted !== (op.op === "delete")) return null;
+  if (v.deleted || !v.vh) return MergeResult.duplicate;
+  return valueHash(opVersioned(op).value ?? new Uint8Array()) === v.vh ? MergeResult.duplicate : null;
+}
+
+/**
  * Of two ops of one key waiting together, the one to apply: the greater by LWW (the other is stale
  * and acked once the winner is durable); of equal ones a hand-made op (only it is forwarded), else
  * the one waiting.
