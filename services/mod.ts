@@ -156,6 +156,7 @@ export {
   bucketHolds,
   covered,
   greaterOp,
+  headerBytesBound,
   ownOpSettled,
   pendingLocal,
 } from "./merger/handlers.ts";

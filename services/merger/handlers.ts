@@ -154,6 +154,15 @@ function currentState(metaVersion: Version, latest: BucketEntry | null, inc?: nu
   return { ts: metaVersion.ts, node_id: metaVersion.node_id, deleted: metaVersion.deleted, value };
 }
 
+/**
+ * At least the bytes of a merger write's version headers ({@link mergerHeaderBytes}) for a node id:
+ * the fixed lines (`NATS/1.0`, `Syncd-Ts`, `Syncd-Node`, the delete marker, the revision condition,
+ * each with a 16-digit number at most) fit in 160 bytes, the node id in 3 bytes per UTF-16 unit.
+ */
+export function headerBytesBound(nodeId: string): number {
+  return 160 + 3 * nodeId.length;
+}
+
 /** Check what does not depend on the site's state: bucket known, value size, clock skew. */
 export function admit(deps: MergeDeps, op: Op): BucketState {
   const b = deps.buckets.get(op.bucket);
@@ -162,7 +171,12 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
   if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
     const limit = Math.min(...limits);
-    const size = opValueSize(op) + mergerHeaderBytes({ ...op, deleted: false });
+    const value = opValueSize(op);
+    // the headers are built only when the value comes near the limit
+    const size =
+      value + headerBytesBound(op.node_id) <= limit
+        ? value
+        : value + mergerHeaderBytes({ ...op, deleted: false });
     if (size > limit) {
       throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }
