@@ -166,6 +166,8 @@ export {
   bucketHolds,
   covered,
   greaterOp,
+  headerBytesBound,
+  ownOpSettled,
   pendingLocal,
 } from "./merger/handlers.ts";
 export { mergerService } from "./merger/service.ts";

@@ -6,12 +6,13 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { freePort, sleep } from "../scripts/lib/proc.ts";
-import { ConfigError, loadConfig, parseCli, run } from "../services/mod.ts";
+import { ConfigError, connectNats, loadConfig, parseCli, run } from "../services/mod.ts";
 
 const NATS_CLI = process.env.NATS_CLI ?? "/root/go/bin/nats";
 const NATS_SERVER = process.env.NATS_SERVER ?? "nats-server";
@@ -237,6 +238,44 @@ describe("connection options: one module, natscli spellings", () => {
       errs.length = 0;
       assert.equal(await run(["micro", "ls", "-s", url, "--no-context"], io, {}), 1);
       assert.match(errs.join(), /authorization/i);
+    });
+
+    it("X: a service connection builds no Error for a request that got its reply; timeouts and no responders still reject", async () => {
+      // nats.js resolves a request, then cancels it, which builds RequestError("cancelled") for a settled
+      // promise (10-13 % of the merger's CPU); connectNats stops that (services/lib/request.ts)
+      const errorsJs = join(
+        dirname(createRequire(import.meta.url).resolve("@nats-io/nats-core")),
+        "errors.js",
+      );
+      const errorsMod = createRequire(import.meta.url)(errorsJs) as {
+        RequestError: new (m?: string, o?: ErrorOptions) => Error;
+      };
+      const Original = errorsMod.RequestError;
+      let built = 0;
+      errorsMod.RequestError = class extends Original {
+        constructor(m?: string, o?: ErrorOptions) {
+          super(m, o);
+          built++;
+        }
+      };
+      const nc = await connectNats({ natsUrl: [url], auth: { token: "s3cret" } }, "x-conn-options");
+      try {
+        const sub = nc.subscribe("x.echo", { callback: (_e, m) => void m.respond(m.data) });
+        const replies = await Promise.all(Array.from({ length: 50 }, () => nc.request("x.echo", "hi")));
+        assert.ok(replies.every((m) => m.string() === "hi"));
+        assert.equal(built, 0, "RequestError built for requests that got their reply");
+        await assert.rejects(
+          nc.request("x.nobody", "hi", { timeout: 2000 }),
+          (e: Error) => e instanceof Error,
+        );
+        const silent = nc.subscribe("x.silent", { callback: () => {} });
+        await assert.rejects(nc.request("x.silent", "hi", { timeout: 200 }), /timeout/i);
+        sub.unsubscribe();
+        silent.unsubscribe();
+      } finally {
+        errorsMod.RequestError = Original;
+        await nc.close();
+      }
     });
   });
 });

@@ -12,6 +12,7 @@ import {
   nkeyAuthenticator,
 } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
+import { quietSettledRequests } from "./request.ts";
 
 export type { NatsConnection };
 
@@ -273,6 +274,7 @@ export type ServiceConnConfig = {
 /** Connect a service with the config's servers and credentials: endless reconnects; waits for the first connect. */
 export async function connectNats(config: ServiceConnConfig, name: string): Promise<NatsConnection> {
   const { nkeySeedFile, ...auth } = config.auth;
+  quietSettledRequests();
   return connect({
     ...connectOptions({ servers: config.natsUrl, ...auth, ...(nkeySeedFile ? { nkey: nkeySeedFile } : {}) }),
     name,

@@ -154,6 +154,15 @@ function currentState(metaVersion: Version, latest: BucketEntry | null, inc?: nu
   return { ts: metaVersion.ts, node_id: metaVersion.node_id, deleted: metaVersion.deleted, value };
 }
 
+/**
+ * At least the bytes of a merger write's version headers ({@link mergerHeaderBytes}) for a node id:
+ * the fixed lines (`NATS/1.0`, `Syncd-Ts`, `Syncd-Node`, the delete marker, the revision condition,
+ * each with a 16-digit number at most) fit in 160 bytes, the node id in 3 bytes per UTF-16 unit.
+ */
+export function headerBytesBound(nodeId: string): number {
+  return 160 + 3 * nodeId.length;
+}
+
 /** Check what does not depend on the site's state: bucket known, value size, clock skew. */
 export function admit(deps: MergeDeps, op: Op): BucketState {
   const b = deps.buckets.get(op.bucket);
@@ -162,7 +171,12 @@ export function admit(deps: MergeDeps, op: Op): BucketState {
   if (op.op === "put" && limits.length > 0) {
     // the server counts headers toward the limit: the version headers must fit too
     const limit = Math.min(...limits);
-    const size = opValueSize(op) + mergerHeaderBytes({ ...op, deleted: false });
+    const value = opValueSize(op);
+    // the headers are built only when the value comes near the limit
+    const size =
+      value + headerBytesBound(op.node_id) <= limit
+        ? value
+        : value + mergerHeaderBytes({ ...op, deleted: false });
     if (size > limit) {
       throw new SyncdError("SYNCD_ERR_TOO_LARGE", `${size} > ${limit} bytes (value and version headers)`);
     }
@@ -275,6 +289,25 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
     return reply(MergeResult.applied, version);
   }
   throw new SyncdError("SYNCD_ERR_CONFLICT", `key "${op.key}": lost ${MAX_ATTEMPTS} races`);
+}
+
+/**
+ * What `_meta` already says about an op this site published itself (its origin subject
+ * `rep.kv.ops.<site>.…` in the site's FEED, back from the hub's aggregate): such an op was committed
+ * to this site's `_meta` before it was published, so `_meta` holds it or a greater version. Returns
+ * the outcome without a store call when the `_meta` entry read (the watch-fed cache) shows that —
+ * "duplicate" for the same write, "stale" for a newer version of the same node (no conflict to
+ * record) — and null when it does not (a wiped `_meta`, a site rejoining under its name, a cache
+ * behind, a newer version of another node): the op is then applied as any other.
+ */
+export function ownOpSettled(metaEntry: MetaEntry | null, op: Op): "duplicate" | "stale" | null {
+  const v = metaEntry?.version;
+  if (!v) return null;
+  const c = compareVersions(v, op);
+  if (c > 0) return v.node_id === op.node_id ? MergeResult.stale : null;
+  if (c < 0 || v.deleted !== (op.op === "delete")) return null;
+  if (v.deleted || !v.vh) return MergeResult.duplicate;
+  return valueHash(opVersioned(op).value ?? new Uint8Array()) === v.vh ? MergeResult.duplicate : null;
 }
 
 /**

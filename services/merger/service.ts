@@ -44,6 +44,7 @@ import {
   endpointSubject,
   forwardMsgId,
   journalSubject,
+  opsFilter,
   opsSubject,
 } from "../lib/subjects.ts";
 import {
@@ -54,6 +55,7 @@ import {
   admit,
   applyAdmitted,
   greaterOp,
+  ownOpSettled,
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
@@ -91,6 +93,8 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
     unrepaired: 0,
     /** times this instance re-armed the FEED's stalled source of the hub */
     sources_rearmed: 0,
+    /** of the duplicate and stale ops, this site's own ops back from the hub, settled by `_meta` alone */
+    own_settled: 0,
   };
   /** dead-lettered ops by error code */
   const deadByCode: Record<string, number> = {};
@@ -261,6 +265,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   };
 
   const journal = journalSubject(config.site);
+  const ownOrigin = opsFilter(config.site).slice(0, -1);
   const journalDeps: MergeDeps = { ...deps, onConflict: undefined };
   const durable = Durables.merger;
   await ensureMergerStreams(site.jsm, config, site.replicas, log);
@@ -276,6 +281,15 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const handle = async (m: JsMsg, p: Parsed) => {
     if ("error" in p) return isSkew(p.error) ? park(m, p.error, p.ts) : deadLetter(m, p.error, p);
     try {
+      // this site's own op back from the hub: settled by `_meta` (the watch-fed cache) when it holds it
+      if (m.subject.startsWith(ownOrigin)) {
+        const settled = ownOpSettled(await p.bucket.meta.get(p.op.key), p.op);
+        if (settled) {
+          counts[settled]++;
+          counts.own_settled++;
+          return { ack: true } as const;
+        }
+      }
       // a journaled copy of a merge request: the endpoint already recorded its conflicts; else the
       // version a losing op lost to is kept for the ops coalesced with it (they lost to it too)
       const d =

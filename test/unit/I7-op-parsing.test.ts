@@ -9,13 +9,16 @@ import {
   INLINE_OP_MAX,
   MsgIds,
   SyncdError,
+  admit,
   decodeOpMessage,
   encodeOpMessage,
   encodeValue,
+  headerBytesBound,
   kvFilter,
   kvKeyOf,
   kvSubject,
   makeOp,
+  mergerHeaderBytes,
   opMessageSize,
   opValue,
   opValueSize,
@@ -174,5 +177,43 @@ describe("op wire forms (I3: any value the bucket accepts fits in one op message
     );
     assert.equal(kvFilter("config"), "$KV.config.>");
     assert.throws(() => kvKeyOf("config", "$KV.config_meta.k"));
+  });
+});
+
+describe("I7 a value too large with its version headers is refused before anything is written", () => {
+  it("I7 admit refuses exactly the puts whose value and version headers exceed the limit (headers built only near it)", () => {
+    fc.assert(
+      fc.property(
+        fc.string({ unit: "binary", minLength: 1, maxLength: 80 }).filter((s) => !/[\r\n]/.test(s)),
+        fc.integer({ min: 0, max: 400 }),
+        fc.integer({ min: -300, max: 300 }),
+        fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+        (nodeId, size, slack, ts) => {
+          const headers = mergerHeaderBytes({ ts: Number.MAX_SAFE_INTEGER, node_id: nodeId, deleted: false });
+          assert.ok(headers <= headerBytesBound(nodeId), `bound ${headerBytesBound(nodeId)} < ${headers}`);
+          const limit = Math.max(0, size + headers + slack);
+          const deps = {
+            buckets: new Map([["config", { maxValueSize: limit } as never]]),
+            observe: async () => {},
+            checkSkew: () => {},
+          };
+          const op = makeOp({
+            bucket: "config",
+            key: "k",
+            ts,
+            nodeId,
+            deleted: false,
+            value: new Uint8Array(size),
+          });
+          const fits = opValueSize(op) + mergerHeaderBytes({ ...op, deleted: false }) <= limit;
+          if (fits) admit(deps, op);
+          else
+            assert.throws(
+              () => admit(deps, op),
+              (e: SyncdError) => e.code === "SYNCD_ERR_TOO_LARGE",
+            );
+        },
+      ),
+    );
   });
 });
