@@ -2,7 +2,7 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -156,25 +156,7 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
  * it outside the tests throws).
  */
 export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
-  const nc: Record<string, NatsConnection> = {};
-  const kv: Record<string, KV> = {};
-  let started: Mesh | undefined;
-  const mesh = new Proxy({} as Mesh, {
-    get(_, prop) {
-      if (!started) throw new Error("withLinkedMesh: the mesh is started in before(); use it in the tests");
-      return Reflect.get(started, prop, started);
-    },
-  });
-  before(async () => {
-    const linked = await startLinkedMesh(opts);
-    started = linked.mesh;
-    Object.assign(nc, linked.nc);
-    Object.assign(kv, linked.kv);
-  });
-  after(async () => {
-    await started?.stop();
-  });
-  return { mesh, nc, kv };
+  return meshOfBlock("withLinkedMesh", () => startLinkedMesh(opts));
 }
 
 /** How a script of scripts/ ended: exit code (null when killed), stdout and stderr, duration. */
@@ -233,4 +215,69 @@ export function withUpMesh(name: string, extra: NodeJS.ProcessEnv = {}): UpMesh 
     else rmSync(m.dir, { recursive: true, force: true });
   });
   return m;
+}
+
+/**
+ * startMesh for the tests of the enclosing describe block, without waiting for replication (see
+ * withLinkedMesh): started in `before` with a connection to every site in `nc`, stopped in `after`.
+ */
+export function withMesh(opts: MeshOptions = {}): Omit<LinkedMesh, "kv"> {
+  return meshOfBlock("withMesh", async () => {
+    const mesh = await startMesh(opts);
+    const nc: Record<string, NatsConnection> = {};
+    for (const s of opts.sites ?? ["a", "b"]) nc[s] = await mesh.connect(s);
+    return { mesh, nc, kv: {} };
+  });
+}
+
+/** A mesh `start`ed in `before` and stopped in `after`; `mesh` forwards to it once started. */
+function meshOfBlock(name: string, start: () => Promise<LinkedMesh>): LinkedMesh {
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+  let started: Mesh | undefined;
+  const mesh = new Proxy({} as Mesh, {
+    get(_, prop) {
+      if (!started) throw new Error(`${name}: the mesh is started in before(); use it in the tests`);
+      return Reflect.get(started, prop, started);
+    },
+  });
+  before(async () => {
+    const m = await start();
+    started = m.mesh;
+    Object.assign(nc, m.nc);
+    Object.assign(kv, m.kv);
+  });
+  after(async () => {
+    await started?.stop();
+  });
+  return { mesh, nc, kv };
+}
+
+/** How the syncd CLI ended: exit code (null when killed), stdout, stderr. */
+export type CliRun = { code: number | null; stdout: string; stderr: string };
+
+/**
+ * Run the syncd CLI (services/cli/main.ts under tsx, or `entry` instead) from the repo root with
+ * `args`, in `env` (default: this process's environment without NATS_* settings).
+ */
+export function runSyncdCli(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; entry?: string[] } = {},
+): Promise<CliRun> {
+  const env =
+    opts.env ?? Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_")));
+  const entry = opts.entry ?? ["--import", "tsx", path.join(REPO_ROOT, "services", "cli", "main.ts")];
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [...entry, ...args], { cwd: REPO_ROOT, env });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    p.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
 }
