@@ -30,7 +30,7 @@ import {
   stampEntry,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { call, contents, quiet, startLinkedMesh, until } from "./helpers.ts";
+import { call, contents, quiet, until, withLinkedMesh } from "./helpers.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
 const config = loadConfig(["--site", "a"], {});
@@ -184,15 +184,7 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
 });
 
 describe("I1 hand-made ops are forwarded only as the key's current winner", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-
-  before(async () => {
-    ({ mesh, nc } = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] }));
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   const hand = (key: string, ts: number, value: string) =>
     JSON.stringify({ op: "put", bucket: "config", key, value, ts, node_id: "hand" });

@@ -13,21 +13,14 @@ import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, Streams, kvStream } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { call, until, withLinkedMesh } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
 
 describe("I6 re-created streams and consumers", () => {
-  let m: LinkedMesh;
+  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
   const T = { timeout: 30_000 };
-
-  before(async () => {
-    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-  });
-  after(async () => {
-    await m?.mesh.stop();
-  });
 
   const textAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.string();
 

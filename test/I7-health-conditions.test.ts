@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import {
@@ -21,7 +21,7 @@ import {
   metaBucket,
   run,
 } from "../services/mod.ts";
-import { HUB_DOMAIN, type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { HUB_DOMAIN, call, until, withLinkedMesh } from "./helpers.ts";
 
 type Cond = { code: string; severity: string; subject?: string; service: string; message: string };
 type Checked = { code: number; conditions: Cond[] };
@@ -30,14 +30,7 @@ const ONE_MB = 1024 * 1024;
 const T = { timeout: 60_000, interval: 500 };
 
 describe("I7 every condition of #12 in syncd status", () => {
-  let m: LinkedMesh;
-
-  before(async () => {
-    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-  });
-  after(async () => {
-    await m?.mesh.stop();
-  });
+  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   /** `syncd status --check --json --site <site>`: its exit code and the site's conditions. */
   const check = async (site: string): Promise<Checked> => {

@@ -5,10 +5,9 @@
  * such and `--check` exits 0 then.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import {
   Conditions,
   type MergerStatusResponse,
@@ -19,23 +18,13 @@ import {
   kvStream,
   run,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, startLinkedMesh, until } from "./helpers.ts";
+import { call, until, withLinkedMesh } from "./helpers.ts";
 import { collectStats } from "./workload.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "t", level: "silent" });
 
 describe("I7 health model", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  before(async () => {
-    const m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-    mesh = m.mesh;
-    nc = m.nc;
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   it("every service shows its conditions in STATS data and in its status; a healthy mesh passes --check", async () => {
     for (const svc of ["syncd-clock", "syncd-watcher", "syncd-merger", "syncd-reconciler"]) {

@@ -11,10 +11,9 @@ import * as path from "node:path";
 import { before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
-  Headers,
   OPS_INGRESS,
   ServiceName,
   UsageError,
@@ -23,7 +22,6 @@ import {
   descendMany,
   differingKeys,
   endpointSubject,
-  kvSubject,
   metaBucket,
   parseCli,
   parseDuration,
