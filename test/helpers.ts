@@ -131,8 +131,11 @@ export async function call<T>(
 /** A started mesh with a connection and the `config` bucket of every site, each site sourcing every other. */
 export type LinkedMesh = { mesh: Mesh; nc: Record<string, NatsConnection>; kv: Record<string, KV> };
 
+/** startMesh's options, and how long to wait for the links (default 20 s). */
+export type LinkedMeshOptions = MeshOptions & { linkTimeoutMs?: number };
+
 /** Start a mesh and wait until every site's IN stream sources every other site (replication is on). */
-export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMesh> {
+export async function startLinkedMesh(opts: LinkedMeshOptions = {}): Promise<LinkedMesh> {
   const sites = opts.sites ?? ["a", "b"];
   const mesh = await startMesh({ ...opts, sites });
   const nc: Record<string, NatsConnection> = {};
@@ -146,6 +149,7 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
       nc[s]!,
       s,
       sites.filter((p) => p !== s),
+      opts.linkTimeoutMs,
     );
   return { mesh, nc, kv };
 }
@@ -155,7 +159,7 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
  * `after`. `nc` and `kv` are filled in by `before`; `mesh` stands for the mesh started there (using
  * it outside the tests throws).
  */
-export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
+export function withLinkedMesh(opts: LinkedMeshOptions = {}): LinkedMesh {
   return meshOfBlock("withLinkedMesh", () => startLinkedMesh(opts));
 }
 
