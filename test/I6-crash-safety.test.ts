@@ -14,6 +14,7 @@ import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Durables, ServiceName, Streams, kvStream } from "../services/mod.ts";
 import type { ServiceInstance } from "./harness/mesh.ts";
 import { quiet, streamCount, withLinkedMesh } from "./helpers.ts";
+import { prng } from "./sim/sched.ts";
 import {
   type WriteRecord,
   checkOutcome,
@@ -22,7 +23,6 @@ import {
   keySet,
   putWrite,
   readStream,
-  rng,
   runWorkload,
   seedFromEnv,
   soakMs,
@@ -89,7 +89,7 @@ describe("I6 crash safety", () => {
 
   it("I6 kill -9 of random service instances (every kind) during a write workload: nothing lost, converged, nothing published twice", async () => {
     const seed = seedFromEnv("CHAOS_SEED");
-    const random = rng(seed ^ 0x5eed);
+    const random = prng(seed ^ 0x5eed);
     const maxKills = Number(process.env.CHAOS_KILLS ?? 20);
     const MIN_KILLS = Math.min(5, maxKills);
     const t0 = Date.now();
