@@ -13,7 +13,7 @@ import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, Streams, kvStream } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { call, until, withLinkedMesh } from "./helpers.ts";
+import { call, loseValue, until, withLinkedMesh } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
@@ -140,12 +140,7 @@ describe("I6 re-created streams and consumers", () => {
   });
 
   it("I1 a vanished value with no op left to repair from is counted and raised in the merger's status", async () => {
-    await m.kv.a!.put("lost.k", "L");
-    await until(async () => (await textAt("b", "lost.k")) === "L", T);
-    const jsm = await jetstreamManager(m.nc.a!);
-    await jsm.streams.purge(Streams.out("a"));
-    await jsm.streams.purge(Streams.in("a"));
-    await jsm.streams.purge(kvStream("config"));
+    await loseValue(m, "a", "b", "lost.k", "L", T.timeout);
     const st = await until(
       async () => {
         const s = await call<Status>(m.nc.a!, "a", "merger", "status");

@@ -12,16 +12,8 @@ import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import {
-  Conditions,
-  MEMBERS_BUCKET,
-  Streams,
-  kvStream,
-  memberKey,
-  metaBucket,
-  run,
-} from "../services/mod.ts";
-import { HUB_DOMAIN, call, until, withLinkedMesh } from "./helpers.ts";
+import { Conditions, MEMBERS_BUCKET, kvStream, memberKey, metaBucket, run } from "../services/mod.ts";
+import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh } from "./helpers.ts";
 
 type Cond = { code: string; severity: string; subject?: string; service: string; message: string };
 type Checked = { code: number; conditions: Cond[] };
@@ -156,12 +148,7 @@ describe("I7 every condition of #12 in syncd status", () => {
   });
 
   it("VALUES_LOST and DIVERGENCE_REPAIRED: values gone with no op to repair from are an error; anti-entropy brings them back (a warning) and the error clears", async () => {
-    await m.kv.a!.put("lost.k", "L");
-    await until(async () => (await textAt("b", "lost.k")) === "L", T);
-    const jsm = await jetstreamManager(m.nc.a!);
-    await jsm.streams.purge(Streams.out("a"));
-    await jsm.streams.purge(Streams.in("a"));
-    await jsm.streams.purge(kvStream("config"));
+    await loseValue(m, "a", "b", "lost.k", "L", T.timeout);
     const c = await raised("a", Conditions.valuesLost, "error", "config");
     assert.equal(c.code, 1);
     assert.equal(find(c, Conditions.valuesLost, "config")?.service, "syncd-merger");

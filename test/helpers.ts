@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before } from "node:test";
-import { type JetStreamManager, jetstream } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
@@ -15,8 +15,10 @@ import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
   Headers,
   type Planting,
+  Streams,
   type Version,
   endpointSubject,
+  kvStream,
   kvSubject,
   metaBucket,
   plantVersion as plant,
@@ -284,4 +286,27 @@ export function runSyncdCli(
     p.on("error", reject);
     p.on("close", (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * A value lost at `site` with no op left to repair it from: `key` written there, and once `peer`
+ * holds it, the site's op logs and its `config` bucket purged (its `_meta` still holds the version).
+ */
+export async function loseValue(
+  m: LinkedMesh,
+  site: string,
+  peer: string,
+  key: string,
+  value: string,
+  timeout = 30_000,
+): Promise<void> {
+  await m.kv[site]!.put(key, value);
+  await until(async () => (await m.kv[peer]!.get(key))?.string() === value, {
+    timeout,
+    message: `${key} did not reach ${peer}`,
+  });
+  const jsm = await jetstreamManager(m.nc[site]!);
+  await jsm.streams.purge(Streams.out(site));
+  await jsm.streams.purge(Streams.in(site));
+  await jsm.streams.purge(kvStream("config"));
 }
