@@ -52,6 +52,17 @@ async function syncd(args: string[]): Promise<{ code: number; out: string }> {
   return { code, out: lines.join("\n") };
 }
 
+/** Wait until site a's merger has parked an op; its status then. */
+function parked(nc: NatsConnection): Promise<MergerStatusResponse> {
+  return until(
+    async () => {
+      const s = await call<MergerStatusResponse>(nc, "a", "merger", "status");
+      return (s.counts.parked ?? 0) > 0 ? s : null;
+    },
+    { message: "the op was not parked" },
+  );
+}
+
 async function dlqCount(nc: NatsConnection, site: string): Promise<number> {
   const jsm = await jetstreamManager(nc);
   try {
@@ -98,13 +109,7 @@ describe("I7 clock far off", () => {
         ts,
         node_id: "operator",
       });
-      const st = await until(
-        async () => {
-          const s = await call<MergerStatusResponse>(nc.a!, "a", "merger", "status");
-          return (s.counts.parked ?? 0) > 0 ? s : null;
-        },
-        { message: "the op was not parked" },
-      );
+      const st = await parked(nc.a!);
       const cond = st.conditions?.find((c) => c.code === "CLOCK_SKEW_REFUSED");
       assert.equal(cond?.severity, "error");
       assert.equal(await (await mesh.kv("a")).get("future.key"), null, "applied before it was acceptable");
@@ -143,13 +148,7 @@ describe("I7 clock far off", () => {
         ts: Number.MAX_SAFE_INTEGER,
         node_id: "operator",
       });
-      const st = await until(
-        async () => {
-          const s = await call<MergerStatusResponse>(nc.a!, "a", "merger", "status");
-          return (s.counts.parked ?? 0) > 0 ? s : null;
-        },
-        { message: "the op was not parked" },
-      );
+      const st = await parked(nc.a!);
       assert.ok(st.conditions?.some((c) => c.code === "CLOCK_JUMP_REFUSED" && c.severity === "error"));
       const clock = await call<ClockNowResponse>(nc.a!, "a", "clock", "now");
       assert.ok(clock.ts < 1_000_000, `clock at ${clock.ts}`);
