@@ -13,17 +13,8 @@ THEME="partition.$RUN.theme"
 LANG_KEY="partition.$RUN.lang"
 SIZE="partition.$RUN.size"
 
-hub_stopped=0
-restore() {
-  if [ "$hub_stopped" = 1 ]; then
-    echo "(restoring the hub: ./scripts/hub.sh start)"
-    DEMO_CMD_TIMEOUT=180 _bounded ./scripts/hub.sh start >/dev/null 2>&1 || echo "could not restart the hub: run ./scripts/hub.sh start" >&2
-  fi
-}
-trap restore EXIT
-
 step "stop the hub: sites $A and $B are cut off from each other"
-hub_stopped=1
+restore_on_exit "the hub" 180 ./scripts/hub.sh start
 run ./scripts/hub.sh stop
 
 step "write while cut off: $THEME = dark at site $A, then = light at site $B a moment later; one more key on each side"
@@ -40,7 +31,7 @@ check expect "$BUCKET" "$SIZE" --deleted --sites "$B" --timeout 5
 
 step "heal: start the hub (returns once the sites' leaf connections and the stream sources are back)"
 run ./scripts/hub.sh start
-hub_stopped=0
+restored
 
 step "the ops written during the partition cross now; the later write of $THEME (site $B's) wins at every site"
 check expect "$BUCKET" "$LANG_KEY" --value es

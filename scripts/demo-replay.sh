@@ -13,22 +13,12 @@ K1="replay.$RUN.mode"
 K2="replay.$RUN.size"
 K3="replay.$RUN.banner"
 
-services_stopped=0
-restore() {
-  if [ "$services_stopped" = 1 ]; then
-    echo "(restoring site $B's services: ./scripts/site.sh $B start)"
-    DEMO_CMD_TIMEOUT=120 _bounded ./scripts/site.sh "$B" start --bucket "$DEMO_BUCKETS" ${DEMO_SCALE:+--scale "$DEMO_SCALE"} >/dev/null 2>&1 ||
-      echo "could not restart site $B's services: run ./scripts/site.sh $B start" >&2
-  fi
-}
-trap restore EXIT
-
 step "a key both sites hold, to delete later"
 run syncd --server "$A_URL" put "$BUCKET" "$K3" "welcome" --site "$A"
 check expect "$BUCKET" "$K3" --value welcome
 
 step "stop site $B's services (clock, watcher, merger, reconciler); its nats-server keeps running"
-services_stopped=1
+restore_on_exit "site $B's services" 120 ./scripts/site.sh "$B" start --bucket "$DEMO_BUCKETS" ${DEMO_SCALE:+--scale "$DEMO_SCALE"}
 run ./scripts/site.sh "$B" stop
 
 step "write at site $A while site $B's services are down: two puts and a delete"
@@ -43,7 +33,7 @@ check expect "$BUCKET" "$K3" --value welcome --sites "$B" --timeout 3
 
 step "start site $B's services again: the merger replays what it missed"
 run ./scripts/site.sh "$B" start --bucket "$DEMO_BUCKETS" ${DEMO_SCALE:+--scale "$DEMO_SCALE"}
-services_stopped=0
+restored
 check expect "$BUCKET" "$K1" --value maintenance
 check expect "$BUCKET" "$K2" --value xl
 check expect "$BUCKET" "$K3" --deleted

@@ -37,10 +37,11 @@ if [ "${#files[@]}" -eq 0 ]; then
   echo "no test files${TEST_FILTER:+ matching TEST_FILTER=$TEST_FILTER}" >&2
   exit 1
 fi
-# Integration files: those that start nats-servers (the harness, the topology, the scripts).
+# Integration files: those that start nats-servers (the harness and its helpers in test/helpers.ts, the
+# topology, the scripts).
 integration=()
 for f in "${files[@]}"; do
-  if grep -qE 'harness/mesh|scripts/lib/(topology|services)|NATS_SERVER|nats-server|scripts/[a-z-]+\.sh' "$f"; then
+  if grep -qE 'harness/mesh|(start|with)(Linked|Up)?Mesh\(|scripts/lib/(topology|services)|NATS_SERVER|nats-server|scripts/[a-z-]+\.sh' "$f"; then
     integration+=("$f")
   fi
 done

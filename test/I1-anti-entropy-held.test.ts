@@ -6,10 +6,9 @@
  * severity error).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import { type KV, Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { Kvm } from "@nats-io/kv";
 import {
   type DiffResult,
   type ReconcilerRunResponse,
@@ -18,28 +17,21 @@ import {
   kvStream,
   kvSubject,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, contents, quiet, startLinkedMesh, until, versions } from "./helpers.ts";
+import { call, contents, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 
 const BUCKET = "config";
+// for the services of this file's mesh: a value missing this long is indexed lost
+process.env.SYNCD_RECONCILE_LOST_GRACE_MS = "300";
 
 describe("I1 anti-entropy: what the buckets hold", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
   const jsm = {} as Record<string, JetStreamManager>;
+  const { mesh, nc, kv } = withLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] });
 
   before(async () => {
-    process.env.SYNCD_RECONCILE_LOST_GRACE_MS = "300";
-    ({ mesh, nc, kv } = await startLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] }));
     for (const s of ["a", "b"]) jsm[s] = await jetstreamManager(nc[s]!);
     for (let i = 0; i < 20; i++) await kv.a!.put(`k.${i}`, `value ${i}`);
     await until(async () => (await contents(kv.b!)).size === 20, { message: "seed replicated" });
     await quiet({ a: nc.a!, b: nc.b! });
-  });
-  after(async () => {
-    Reflect.deleteProperty(process.env, "SYNCD_RECONCILE_LOST_GRACE_MS");
-    await mesh?.stop();
   });
 
   const run = (site: string, peer: string) =>

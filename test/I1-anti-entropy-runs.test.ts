@@ -11,20 +11,16 @@
  *   both ways (pulled and pushed), and a site's subscription count does not grow when a site joins.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { findNatsServer, supportsLeafIsolation } from "../scripts/lib/topology.ts";
 import { type ReconcilerRunResponse, Streams, endpointSubject, kvStream } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
 import {
   call,
   contents,
   peersLinked,
   plantVersion,
   quiet,
-  startLinkedMesh,
   until,
   versions,
   withLinkedMesh,
@@ -118,24 +114,18 @@ describe(
     skip: supportsLeafIsolation(findNatsServer()) ? false : "nats-server < 2.12 cannot isolate leaf interest",
   },
   () => {
-    let mesh: Mesh;
-    let nc: Record<string, NatsConnection>;
-    let kv: Record<string, KV>;
     const sites = ["a", "b", "c"];
+    const { mesh, nc, kv } = withLinkedMesh({
+      sites,
+      isolate: true,
+      serviceArgs: ["--reconcile-interval", "0"],
+    });
 
     before(async () => {
-      ({ mesh, nc, kv } = await startLinkedMesh({
-        sites,
-        isolate: true,
-        serviceArgs: ["--reconcile-interval", "0"],
-      }));
       for (let i = 0; i < 12; i++) await kv.a!.put(`iso.${i}`, `v${i}`);
       for (const s of sites)
         await until(async () => (await contents(kv[s]!)).size === 12, { message: `seed at ${s}` });
       await quiet(nc);
-    });
-    after(async () => {
-      await mesh?.stop();
     });
 
     const run = (site: string, peer: string) =>

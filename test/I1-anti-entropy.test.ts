@@ -5,7 +5,7 @@
  * moving exactly the differing entries; equal sites move nothing.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
@@ -23,33 +23,28 @@ import {
   requestJson,
   valueHash,
 } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, peersLinked, plantVersion, quiet, until, versions } from "./helpers.ts";
+import { contents, plantVersion, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 
 const BUCKET = "config";
 type Site = "a" | "b";
 type V = { ts: number; node_id: string; deleted: boolean };
 
 describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () => {
-  let mesh: Mesh;
-  const nc = {} as Record<Site, NatsConnection>;
-  const kv = {} as Record<Site, KV>;
+  const { nc, kv } = withLinkedMesh({
+    sites: ["a", "b"],
+    serviceArgs: ["--reconcile-interval", "0"],
+  }) as {
+    nc: Record<Site, NatsConnection>;
+    kv: Record<Site, KV>;
+  };
   const meta = {} as Record<Site, KV>;
   const js = {} as Record<Site, JetStreamClient>;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
     for (const s of ["a", "b"] as const) {
-      nc[s] = await mesh.connect(s);
-      kv[s] = await mesh.kv(s);
       meta[s] = await new Kvm(nc[s]).open(metaBucket(BUCKET));
       js[s] = jetstream(nc[s]);
     }
-    await peersLinked(nc.a, "a", ["b"]);
-    await peersLinked(nc.b, "b", ["a"]);
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   const call = async <T>(site: Site, endpoint: string, body: unknown, timeout = 30_000): Promise<T> =>

@@ -6,31 +6,22 @@
  * replicates like the others. Adding it needs no change at the existing sites.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { type ReconcilerRunResponse, Streams, opsFilter } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { HUB_DOMAIN, call, contents, peersLinked, quiet, until, versions } from "./helpers.ts";
+import {
+  HUB_DOMAIN,
+  call,
+  contents,
+  peersLinked,
+  quiet,
+  until,
+  versions,
+  withLinkedMesh,
+} from "./helpers.ts";
 
 describe("I1 a site joining late gets the whole state", () => {
-  let mesh: Mesh;
-  const nc: Record<string, NatsConnection> = {};
-  const kv: Record<string, KV> = {};
-
-  before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-    for (const s of ["a", "b"]) {
-      nc[s] = await mesh.connect(s);
-      kv[s] = await mesh.kv(s);
-    }
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc, kv } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   it("I1 bootstrap: streams and anti-entropy bring every key and tombstone to the new site", async () => {
     // old history, then purged from a's op stream: only anti-entropy can still carry it

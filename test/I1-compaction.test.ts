@@ -6,10 +6,9 @@
  * after an outage (services/lib/rearm.ts) resumes after the last message it stored.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import {
   MetaStore,
   type Op,
@@ -30,27 +29,19 @@ import {
   sourcedUpTo,
   stampEntry,
 } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { call, contents, quiet, startLinkedMesh, until } from "./helpers.ts";
+import { call, contents, quiet, until, withLinkedMesh, withMesh } from "./helpers.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
 const config = loadConfig(["--site", "a"], {});
 
 describe("I1 compacted op logs keep each key's greatest version (no services)", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
+  const { nc } = withMesh({ sites: ["a"], services: false });
   before(async () => {
-    mesh = await startMesh({ sites: ["a"], services: false });
-    nc = await mesh.connect("a");
-    await ensureOutStream(await jetstreamManager(nc), config, 1, log);
-  });
-  after(async () => {
-    await mesh?.stop();
+    await ensureOutStream(await jetstreamManager(nc.a!), config, 1, log);
   });
 
   it("I1 ordered publish: 40 versions of one key published concurrently in random order leave the greatest", async () => {
-    const deps = { js: jetstream(nc), jsm: await jetstreamManager(nc) };
+    const deps = { js: jetstream(nc.a!), jsm: await jetstreamManager(nc.a!) };
     const subject = opsSubject("a", "config", "race");
     const order = Array.from({ length: 40 }, (_, i) => i + 1).sort(() => Math.random() - 0.5);
     await Promise.all(
@@ -78,15 +69,15 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
 
   for (const fast of [false, true])
     it(`I1 two watcher instances racing on one key: the later stamp stays last even when it is published first${fast ? " (fast path: a fresh _meta read, no log reads)" : ""}`, async () => {
-      const kvm = new Kvm(nc);
+      const kvm = new Kvm(nc.a!);
       const data = await kvm.create("config", { history: 1 });
       const metaKv = await kvm.create(metaBucket("config"), { history: 1 });
       const k = fast ? "fast" : "k";
       /** what each fast-path check found */
       const checks: boolean[] = [];
       const meta = new MetaStore(metaKv);
-      const js = jetstream(nc);
-      const jsm = await jetstreamManager(nc);
+      const js = jetstream(nc.a!);
+      const jsm = await jetstreamManager(nc.a!);
       let release!: () => void;
       const gate = new Promise<void>((r) => {
         release = r;
@@ -149,9 +140,9 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
 
   it("I1 a re-armed cross-domain source resumes after its last sourced message: nothing replayed, nothing skipped", async () => {
     // the shape of a site's FEED: a compacted stream whose only source is a stream in the hub's domain
-    const hub = await jetstreamManager(nc, { domain: "hub" });
-    const hubJs = jetstream(nc, { domain: "hub" });
-    const site = await jetstreamManager(nc);
+    const hub = await jetstreamManager(nc.a!, { domain: "hub" });
+    const hubJs = jetstream(nc.a!, { domain: "hub" });
+    const site = await jetstreamManager(nc.a!);
     await hub.streams.add({ name: "REARM_ORIGIN", subjects: ["rearm.>"] });
     await site.streams.add({
       name: "REARM_COPY",
@@ -251,15 +242,7 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
 });
 
 describe("I1 hand-made ops are forwarded only as the key's current winner", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-
-  before(async () => {
-    ({ mesh, nc } = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] }));
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   const hand = (key: string, ts: number, value: string) =>
     JSON.stringify({ op: "put", bucket: "config", key, value, ts, node_id: "hand" });

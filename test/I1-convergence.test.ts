@@ -4,26 +4,14 @@
  * at every site.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { OPS_INGRESS, type Op, Streams, compareVersions } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
+import { contents, quiet, streamCount, until, versions, withLinkedMesh } from "./helpers.ts";
 import { publishedOps } from "./workload.ts";
 
 describe("I1 convergence between two leaf sites", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({ sites: ["a", "b"] }));
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { nc, kv } = withLinkedMesh({ sites: ["a", "b"] });
 
   const valueAt = async (site: string, key: string) => {
     const e = await kv[site]!.get(key);

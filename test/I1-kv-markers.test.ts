@@ -7,14 +7,13 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { REPO_ROOT, findNatsServer } from "../scripts/lib/topology.ts";
 import { Headers, expiryProblem, kvStream, kvSubject } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { until, versions } from "./helpers.ts";
+import { until, versions, withMesh } from "./helpers.ts";
 
 const SERVER_VERSION = execFileSync(findNatsServer(), ["--version"], { encoding: "utf8" })
   .replace(/^.*v/, "")
@@ -23,20 +22,16 @@ const [MAJOR = 0, MINOR = 0] = SERVER_VERSION.split(".").map(Number);
 const HAS_MARKERS = MAJOR > 2 || (MAJOR === 2 && MINOR >= 11);
 
 describe("I1 expiry: buckets whose entries expire", () => {
-  let mesh: Mesh;
+  const { mesh, nc } = withMesh({ sites: ["a", "b"], services: false, buckets: ["config", "ttl"] });
   let ncA: NatsConnection;
   let ncB: NatsConnection;
 
   before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"], services: false, buckets: ["config", "ttl"] });
-    [ncA, ncB] = [await mesh.connect("a"), await mesh.connect("b")];
+    [ncA, ncB] = [nc.a!, nc.b!];
     if (HAS_MARKERS)
       for (const nc of [ncA, ncB]) await new Kvm(nc).create("ttl", { history: 1, markerTTL: 60_000 });
     await mesh.startServices("a");
     await mesh.startServices("b");
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   it("I1 expiryProblem: expiry without delete markers is a problem, with markers or without expiry it is not", () => {

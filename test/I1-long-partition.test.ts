@@ -5,30 +5,18 @@
  * anti-entropy run, and a new site bootstraps from the compacted logs alone, tombstones included.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { Streams } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { contents, peersLinked, startLinkedMesh, until, versions } from "./helpers.ts";
+import { contents, peersLinked, until, versions, withLinkedMesh } from "./helpers.ts";
 
 const SITES = ["a", "b", "c"];
 const sorted = (m: Map<string, string>) => JSON.stringify([...m].sort());
 
 describe("I1 partitions of any length, by the compacted logs alone", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({
-      sites: SITES,
-      serviceArgs: ["--reconcile-interval", "0", "--ops-max-age", "1"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: SITES,
+    serviceArgs: ["--reconcile-interval", "0", "--ops-max-age", "1"],
   });
 
   it("I1 a site offline far longer than the old retention catches up, tombstones included", async () => {

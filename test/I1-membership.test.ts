@@ -28,20 +28,17 @@ import {
   sourcesBackOff,
   versionOfStreamConfig,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, startLinkedMesh, until } from "./helpers.ts";
+import { call, until, withLinkedMesh } from "./helpers.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 describe("I1 membership: join, refuse duplicates, remove", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
+  const { mesh, nc } = withLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] });
   let hub: NatsConnection;
   let members: KV;
   const spawned: ChildProcess[] = [];
 
   before(async () => {
-    ({ mesh, nc } = await startLinkedMesh({ serviceArgs: ["--reconcile-interval", "0"] }));
     hub = await mesh.connectHub();
     members = await until(async () => {
       try {
@@ -53,9 +50,8 @@ describe("I1 membership: join, refuse duplicates, remove", () => {
       }
     });
   });
-  after(async () => {
+  after(() => {
     for (const p of spawned) p.kill("SIGKILL");
-    await mesh?.stop();
   });
 
   const status = (n: NatsConnection, site: string) =>

@@ -8,9 +8,8 @@
  * (services/lib/rearm.ts): counted in their status, the source heard from again.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { type StreamSourceInfo, jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
   type MergerStatusResponse,
@@ -21,8 +20,7 @@ import {
   opValue,
   sourcesBackOff,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, contents, quiet, startLinkedMesh, streamCount, until, versions } from "./helpers.ts";
+import { call, contents, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 import { publishedOps } from "./workload.ts";
 
 const SITES = ["a", "b", "c"];
@@ -50,16 +48,7 @@ const SERVER_RETRYING_MS = Math.max(REARM_STALL_MS, 10_000) + 12_000;
 const SERVER_FAILING_MS = 12_000;
 
 describe("I1 convergence after partitions, by store-and-forward", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] }));
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc, kv } = withLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] });
 
   const same = async () => {
     const all = await Promise.all(SITES.map((s) => contents(kv[s]!)));

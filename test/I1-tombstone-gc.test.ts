@@ -6,9 +6,8 @@
  * does not bring the key back (anti-entropy included). A removed site no longer blocks collection.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
 import {
   type ReconcilerStatusResponse,
   Streams,
@@ -18,26 +17,16 @@ import {
   metaBucket,
   opsSubject,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, contents, startLinkedMesh, until, versions } from "./helpers.ts";
+import { call, contents, until, versions, withLinkedMesh } from "./helpers.ts";
 
 const SITES = ["a", "b", "c"];
 const MIN_AGE_MS = 1500;
+// for the services of this file's mesh
+process.env.SYNCD_TOMBSTONE_MIN_AGE_MS = String(MIN_AGE_MS);
+process.env.SYNCD_TOMBSTONE_GC_MS = "300";
 
 describe("I1 tombstone collection: every member applied it, old enough; no resurrection", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  const saved = { ...process.env };
-
-  before(async () => {
-    process.env.SYNCD_TOMBSTONE_MIN_AGE_MS = String(MIN_AGE_MS);
-    process.env.SYNCD_TOMBSTONE_GC_MS = "300";
-    ({ mesh, nc } = await startLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] }));
-  });
-  after(async () => {
-    process.env = saved;
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] });
 
   const status = (site: string) => call<ReconcilerStatusResponse>(nc[site]!, site, "reconciler", "status");
   /** What a site stores for a key: its `_meta` entry (if any) and its bucket's last message (if any). */

@@ -3,25 +3,13 @@
  * every stream stops growing, and equals the number of local writes.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { Streams } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { HUB_DOMAIN, contents, quiet, startLinkedMesh, streamCount } from "./helpers.ts";
+import { HUB_DOMAIN, contents, quiet, streamCount, withLinkedMesh } from "./helpers.ts";
 
 describe("I2 no echo", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
-
-  before(async () => {
-    ({ mesh, nc, kv } = await startLinkedMesh({ sites: ["a", "b"] }));
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { nc, kv } = withLinkedMesh({ sites: ["a", "b"] });
 
   it("I2 each local write is published exactly once; applied remote writes are not published again", async () => {
     const jsm = { a: await jetstreamManager(nc.a!), b: await jetstreamManager(nc.b!) };

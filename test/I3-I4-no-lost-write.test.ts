@@ -7,13 +7,10 @@
  * a version 30 s ahead of this site's clock.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, type Op, Streams, kvStream, opValue, opsFilter } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { peersLinked, quiet, until, versions } from "./helpers.ts";
+import { quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 import {
   type WriteRecord,
   checkOutcome,
@@ -30,24 +27,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const withoutInc = (id: string) => id.replace(/@\d+(?=\.\d+$)/, "");
 
 describe("I3 no lost write, I4 read-then-overwrite", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-  let kv: Record<string, KV>;
+  const { nc, kv } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
   let js: Record<string, JetStreamClient>;
   /** every local write of this file, for the final checks */
   const writes: WriteRecord[] = [];
   const handMade: Op[] = [];
 
-  before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
-    kv = { a: await mesh.kv("a"), b: await mesh.kv("b") };
+  before(() => {
     js = { a: jetstream(nc.a!), b: jetstream(nc.b!) };
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   /** The ops of a site's OUT log by message id (the log keeps one op per key: see `captured`). */
@@ -233,18 +220,7 @@ describe("I3 no lost write, I4 read-then-overwrite", () => {
  * another site's watcher acking the same stream sequence.
  */
 describe("I3 a local write the watcher still holds is not lost to another site's ack", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection>;
-
-  before(async () => {
-    mesh = await startMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-    nc = { a: await mesh.connect("a"), b: await mesh.connect("b") };
-    await peersLinked(nc.a!, "a", ["b"]);
-    await peersLinked(nc.b!, "b", ["a"]);
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   it("I3 a write held by site a's watcher (clock down) is published once the clock is back, although site b's watcher acked the same stream sequence meanwhile", async () => {
     const kvA = await mesh.kv("a");

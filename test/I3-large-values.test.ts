@@ -8,27 +8,23 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { Headers, OPS_INGRESS, Streams, encodeOpMessage, endpointSubject, makeOp } from "../services/mod.ts";
-import { type LinkedMesh, call, plantVersion, startLinkedMesh, until } from "./helpers.ts";
+import { call, plantVersion, until, withLinkedMesh } from "./helpers.ts";
 
 const ONE_MB = 1024 * 1024;
 
 type WatcherStatus = { buckets: { bucket: string; counts: Record<string, number> }[]; last_error?: string };
 
 describe("I3 large values", () => {
-  let m: LinkedMesh;
+  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
-  before(async () => {
-    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+  before(() => {
     // the limit these cases are about: nats-server's default max_payload, announced to clients
     assert.equal(m.nc.a!.info?.max_payload, ONE_MB);
     assert.equal(m.nc.b!.info?.max_payload, ONE_MB);
-  });
-  after(async () => {
-    await m?.mesh.stop();
   });
 
   const bytesAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.value;

@@ -13,7 +13,7 @@
  *   values, and every overwrite is stamped above the version it replaced.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
@@ -29,25 +29,18 @@ import {
   isCasConflict,
 } from "../services/mod.ts";
 import { fcParams } from "./fc.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { contents, quiet, replicated, startLinkedMesh, until, versions } from "./helpers.ts";
+import { contents, quiet, replicated, until, versions, withLinkedMesh, withMesh } from "./helpers.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "t", level: "silent" });
 const version = (ts: number, node = "site-x"): Version => ({ ts, node_id: node, deleted: false, rev: 1 });
 
 describe("I4 / I1 with a bounded _meta cache", () => {
-  const meshes: Mesh[] = [];
-  after(async () => {
-    await Promise.all(meshes.map((m) => m.stop()));
-  });
-
   describe("CachedMetaStore on a real server", () => {
+    const m = withMesh({ sites: ["a"], services: false });
     let nc: NatsConnection;
     let kv: KV;
     before(async () => {
-      const mesh = await startMesh({ sites: ["a"], services: false });
-      meshes.push(mesh);
-      nc = await mesh.connect("a");
+      nc = m.nc.a!;
       kv = await new Kvm(nc).create("cachetest_meta", { history: 1 });
     });
 
@@ -191,12 +184,11 @@ describe("I4 / I1 with a bounded _meta cache", () => {
   });
 
   describe("a mesh with --meta-cache-max 8", () => {
+    const { nc, kv } = withLinkedMesh({
+      sites: ["a", "b"],
+      serviceArgs: ["--meta-cache-max", "8", "--reconcile-interval", "0"],
+    });
     it("converges and stamps every overwrite above what it replaced", async () => {
-      const { mesh, nc, kv } = await startLinkedMesh({
-        sites: ["a", "b"],
-        serviceArgs: ["--meta-cache-max", "8", "--reconcile-interval", "0"],
-      });
-      meshes.push(mesh);
       const N = 150;
       const writes: Promise<unknown>[] = [];
       for (let i = 0; i < N; i++) {

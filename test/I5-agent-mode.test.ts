@@ -7,8 +7,9 @@
  * And the counters of two instances wired in one process do not mix.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
 import { Svcm } from "@nats-io/services";
 import { pingSite } from "../scripts/lib/services.ts";
 import {
@@ -30,31 +31,22 @@ import {
   openSite,
   watcherService,
 } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { type LinkedMesh, quiet, startLinkedMesh, streamCount, until } from "./helpers.ts";
+import { quiet, streamCount, until, withLinkedMesh, withMesh } from "./helpers.ts";
 import { type WriteRecord, checkOutcome, keySet, runWorkload, seedFromEnv, soakMs } from "./workload.ts";
 
 const SITES = ["a", "b"];
 
 describe("I5 agent mode: a site's four services in one process", { timeout: 600_000 }, () => {
-  let lm: LinkedMesh;
-  let mesh: Mesh;
+  // a second merger at a: the agent runs instance 1 of every kind, merger-2 runs on its own
+  const lm = withLinkedMesh({
+    sites: SITES,
+    agent: true,
+    scale: { merger: 2 },
+    serviceArgs: ["--reconcile-interval", "0"],
+    readyTimeoutMs: 60_000,
+  });
+  const { mesh } = lm;
   const writes: WriteRecord[] = [];
-
-  before(async () => {
-    // a second merger at a: the agent runs instance 1 of every kind, merger-2 runs on its own
-    lm = await startLinkedMesh({
-      sites: SITES,
-      agent: true,
-      scale: { merger: 2 },
-      serviceArgs: ["--reconcile-interval", "0"],
-      readyTimeoutMs: 60_000,
-    });
-    mesh = lm.mesh;
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
 
   it("I5 one agent process per site, four micro services in it, one connection; more instances of a kind beside it", async () => {
     for (const s of SITES) {
@@ -156,21 +148,16 @@ describe("I5 agent mode: a site's four services in one process", { timeout: 600_
 });
 
 describe("I5 agent mode: counters are per wired instance", () => {
-  let lm: LinkedMesh;
-
+  const { mesh, nc: ncs } = withMesh({ sites: ["a"], services: false, agent: true });
+  let kvA: KV;
   before(async () => {
-    const mesh = await startMesh({ sites: ["a"], services: false, agent: true });
-    lm = { mesh, nc: { a: await mesh.connect("a") }, kv: { a: await mesh.kv("a") } };
-  });
-  after(async () => {
-    await lm?.mesh.stop();
+    kvA = await mesh.kv("a");
   });
 
   it(
     "two instances of clock, watcher and merger wired in one process count only their own work",
     { timeout: 120_000 },
     async () => {
-      const mesh = lm.mesh;
       const nc = await mesh.connect("a", { name: "two-instances" });
       const config = loadConfig(
         ["--site", "a", "--nats-url", mesh.sites.a!.url, "--reconcile-interval", "0"],
@@ -217,7 +204,7 @@ describe("I5 agent mode: counters are per wired instance", () => {
         // every put stamped and published by one of the two watchers
         const published = () =>
           sum("watcher", "status", (d: { config?: { published: number } }) => d.config?.published ?? 0);
-        for (let i = 0; i < N; i++) await lm.kv.a!.put(`two.${i}`, `v${i}`);
+        for (let i = 0; i < N; i++) await kvA.put(`two.${i}`, `v${i}`);
         await until(() => published() >= N, { message: "watchers published" });
         // each merge request is applied once, by the endpoint or by the consumer of its journaled copy
         for (let i = 0; i < N; i++) {
@@ -248,13 +235,12 @@ describe("I5 agent mode: counters are per wired instance", () => {
   );
 
   it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
-    const mesh = lm.mesh;
     const started = await mesh.startServices("a", "merger=0,reconciler=0");
     assert.deepEqual(
       started.map((i) => i.name),
       ["agent-1"],
     );
-    const found = await pingSite(lm.nc.a!, "a", 500);
+    const found = await pingSite(ncs.a!, "a", 500);
     assert.deepEqual(found.map((f) => `${f.name}/${f.instance}`).sort(), [
       `${ServiceName.clock}/agent-1`,
       `${ServiceName.watcher}/agent-1`,

@@ -6,11 +6,9 @@
  * really shared the work.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { describe, it } from "node:test";
 import { ServiceName } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { peersLinked, quiet } from "./helpers.ts";
+import { quiet, withLinkedMesh } from "./helpers.ts";
 import {
   type MicroStats,
   checkOutcome,
@@ -33,28 +31,13 @@ function dataOf(stats: MicroStats[], site: string, endpoint: string): Record<str
 const num = (v: unknown) => (typeof v === "number" ? v : 0);
 
 describe("I5 scale-out: several instances of each service per site", () => {
-  let mesh: Mesh;
-  const nc: Record<string, NatsConnection> = {};
-
-  before(async () => {
-    // anti-entropy off: convergence must come from the op streams alone
-    mesh = await startMesh({
-      sites: SITES,
-      scale: "merger=3,watcher=2,clock=2",
-      serviceArgs: ["--reconcile-interval", "0"],
-      readyTimeoutMs: 60_000,
-    });
-    for (const s of SITES) nc[s] = await mesh.connect(s);
-    for (const s of SITES)
-      await peersLinked(
-        nc[s]!,
-        s,
-        SITES.filter((p) => p !== s),
-        30_000,
-      );
-  });
-  after(async () => {
-    await mesh?.stop();
+  // anti-entropy off: convergence must come from the op streams alone
+  const { nc } = withLinkedMesh({
+    sites: SITES,
+    scale: "merger=3,watcher=2,clock=2",
+    serviceArgs: ["--reconcile-interval", "0"],
+    readyTimeoutMs: 60_000,
+    linkTimeoutMs: 30_000,
   });
 
   it("I5 concurrent writers on every site, 3 mergers + 2 watchers + 2 clocks per site: converged, nothing lost, no echo, work shared", async () => {

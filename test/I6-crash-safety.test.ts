@@ -9,13 +9,12 @@
  * graceful (SIGTERM) rather than kill -9.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, ServiceName, Streams, kvStream } from "../services/mod.ts";
-import { type Mesh, type ServiceInstance, startMesh } from "./harness/mesh.ts";
-import { peersLinked, quiet, streamCount } from "./helpers.ts";
+import type { ServiceInstance } from "./harness/mesh.ts";
+import { quiet, streamCount, withLinkedMesh } from "./helpers.ts";
+import { prng } from "./sim/sched.ts";
 import {
   type WriteRecord,
   checkOutcome,
@@ -24,7 +23,6 @@ import {
   keySet,
   putWrite,
   readStream,
-  rng,
   runWorkload,
   seedFromEnv,
   soakMs,
@@ -35,35 +33,19 @@ const SITES = ["a", "b"];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("I6 crash safety", () => {
-  let mesh: Mesh;
-  const nc: Record<string, NatsConnection> = {};
-  const kv: Record<string, KV> = {};
+  const { mesh, nc, kv } = withLinkedMesh({
+    sites: SITES,
+    scale: "merger=2,watcher=2,clock=2",
+    // anti-entropy off: what is lost on the op path must show, not be repaired behind our back
+    serviceArgs: ["--reconcile-interval", "0"],
+    readyTimeoutMs: 60_000,
+    linkTimeoutMs: 30_000,
+  });
   let jsm: JetStreamManager;
   const writes: WriteRecord[] = [];
 
   before(async () => {
-    mesh = await startMesh({
-      sites: SITES,
-      scale: "merger=2,watcher=2,clock=2",
-      // anti-entropy off: what is lost on the op path must show, not be repaired behind our back
-      serviceArgs: ["--reconcile-interval", "0"],
-      readyTimeoutMs: 60_000,
-    });
-    for (const s of SITES) {
-      nc[s] = await mesh.connect(s);
-      kv[s] = await mesh.kv(s);
-    }
     jsm = await jetstreamManager(nc.a!);
-    for (const s of SITES)
-      await peersLinked(
-        nc[s]!,
-        s,
-        SITES.filter((p) => p !== s),
-        30_000,
-      );
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   /** Sequential writes of distinct keys at a site until stopped. */
@@ -107,7 +89,7 @@ describe("I6 crash safety", () => {
 
   it("I6 kill -9 of random service instances (every kind) during a write workload: nothing lost, converged, nothing published twice", async () => {
     const seed = seedFromEnv("CHAOS_SEED");
-    const random = rng(seed ^ 0x5eed);
+    const random = prng(seed ^ 0x5eed);
     const maxKills = Number(process.env.CHAOS_KILLS ?? 20);
     const MIN_KILLS = Math.min(5, maxKills);
     const t0 = Date.now();

@@ -7,34 +7,28 @@
  * site's IN stream first and is applied again."
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { ServiceReplyError, kvStream, metaBucket } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { call, until, versions } from "./helpers.ts";
+import { call, until, versions, withMesh } from "./helpers.ts";
 
 describe("I6 the merge endpoint's journal", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
+  const { mesh, nc } = withMesh({ sites: ["a"], serviceArgs: ["--reconcile-interval", "0"] });
   let kv: KV;
   let jsm: JetStreamManager;
-
   before(async () => {
-    mesh = await startMesh({ sites: ["a"], serviceArgs: ["--reconcile-interval", "0"] });
-    nc = await mesh.connect("a");
     kv = await mesh.kv("a");
-    jsm = await jetstreamManager(nc);
-  });
-  after(async () => {
-    await mesh?.stop();
+    jsm = await jetstreamManager(nc.a!);
   });
 
   it("I6 a merge whose apply fails after the journal publish is applied by the consumer, without a resend", async () => {
     const ts = Date.now() * 1000;
     const op = { op: "put", bucket: "config", key: "journal.k", value: "journaled", ts, node_id: "site-j" };
-    const merged = await call<{ result: string }>(nc, "a", "merger", "merge", { ...op, key: "journal.warm" });
+    const merged = await call<{ result: string }>(nc.a!, "a", "merger", "merge", {
+      ...op,
+      key: "journal.warm",
+    });
     assert.equal(merged.result, "applied");
     // _meta refuses any new key from now on
     const stream = kvStream(metaBucket("config"));
@@ -42,7 +36,7 @@ describe("I6 the merge endpoint's journal", () => {
     const held = (await jsm.streams.info(stream)).state.messages;
     await jsm.streams.update(stream, { ...cfg, max_msgs: held, discard: "new" as typeof cfg.discard });
     try {
-      await assert.rejects(call(nc, "a", "merger", "merge", op), (err: unknown) => {
+      await assert.rejects(call(nc.a!, "a", "merger", "merge", op), (err: unknown) => {
         assert.ok(err instanceof ServiceReplyError, String(err));
         assert.ok(err.status >= 500, `status ${err.status}: ${err.message}`);
         return true;
@@ -56,7 +50,7 @@ describe("I6 the merge endpoint's journal", () => {
       timeout: 30_000,
       message: "the journaled op was never applied",
     });
-    const v = (await versions(nc)).get("journal.k");
+    const v = (await versions(nc.a!)).get("journal.k");
     assert.deepEqual([v?.ts, v?.node_id], [ts, "site-j"]);
   });
 });

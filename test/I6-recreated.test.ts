@@ -7,27 +7,19 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, Streams, kvStream } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { call, loseValue, until, withLinkedMesh, withMesh } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
 
 describe("I6 re-created streams and consumers", () => {
-  let m: LinkedMesh;
+  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
   const T = { timeout: 30_000 };
-
-  before(async () => {
-    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-  });
-  after(async () => {
-    await m?.mesh.stop();
-  });
 
   const textAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.string();
 
@@ -147,12 +139,7 @@ describe("I6 re-created streams and consumers", () => {
   });
 
   it("I1 a vanished value with no op left to repair from is counted and raised in the merger's status", async () => {
-    await m.kv.a!.put("lost.k", "L");
-    await until(async () => (await textAt("b", "lost.k")) === "L", T);
-    const jsm = await jetstreamManager(m.nc.a!);
-    await jsm.streams.purge(Streams.out("a"));
-    await jsm.streams.purge(Streams.in("a"));
-    await jsm.streams.purge(kvStream("config"));
+    await loseValue(m, "a", "b", "lost.k", "L", T.timeout);
     const st = await until(
       async () => {
         const s = await call<Status>(m.nc.a!, "a", "merger", "status");
@@ -166,24 +153,14 @@ describe("I6 re-created streams and consumers", () => {
 });
 
 describe("I1 a bucket whose values expire (max age)", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
   // a watcher refuses such a bucket at start (expiries without delete markers would not replicate:
   // test/I1-kv-markers.test.ts); a merger alone keeps working and must not bring expired values back
+  const m = withMesh({ sites: ["a"], services: false, buckets: ["config", "ttl"], scale: { watcher: 0 } });
+  let nc: NatsConnection;
   before(async () => {
-    mesh = await startMesh({
-      sites: ["a"],
-      services: false,
-      buckets: ["config", "ttl"],
-      scale: { watcher: 0 },
-    });
-    nc = await mesh.connect("a");
+    nc = m.nc.a!;
     await new Kvm(nc).create("ttl", { history: 1, ttl: 2000 });
-    await mesh.startServices("a");
-  });
-  after(async () => {
-    await mesh?.stop();
+    await m.mesh.startServices("a");
   });
 
   it("I1 an expired value is reported (vanished), not brought back", async () => {

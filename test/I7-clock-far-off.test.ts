@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
@@ -21,8 +21,7 @@ import {
   observeTs,
   run,
 } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { call, startLinkedMesh, until } from "./helpers.ts";
+import { call, until, withLinkedMesh } from "./helpers.ts";
 /**
  * I7 bad input, the clock (#12.4): no op can push a site's clock to its end, and a ts the clock
  * refuses is not a verdict but a wait, the same at every site:
@@ -53,6 +52,17 @@ async function syncd(args: string[]): Promise<{ code: number; out: string }> {
   return { code, out: lines.join("\n") };
 }
 
+/** Wait until site a's merger has parked an op; its status then. */
+function parked(nc: NatsConnection): Promise<MergerStatusResponse> {
+  return until(
+    async () => {
+      const s = await call<MergerStatusResponse>(nc, "a", "merger", "status");
+      return (s.counts.parked ?? 0) > 0 ? s : null;
+    },
+    { message: "the op was not parked" },
+  );
+}
+
 async function dlqCount(nc: NatsConnection, site: string): Promise<number> {
   const jsm = await jetstreamManager(nc);
   try {
@@ -63,23 +73,14 @@ async function dlqCount(nc: NatsConnection, site: string): Promise<number> {
 }
 
 describe("I7 clock far off", () => {
-  const meshes: Mesh[] = [];
-  after(async () => {
-    await Promise.all(meshes.map((m) => m.stop()));
+  // HLC, for the HLC cases and the skewed hosts
+  const hlc = withLinkedMesh({
+    sites: ["a", "b"],
+    serviceArgs: ["--max-clock-skew", String(SKEW_MS), "--reconcile-interval", "0"],
   });
 
   describe("HLC", () => {
-    let mesh: Mesh;
-    let nc: Record<string, NatsConnection>;
-    before(async () => {
-      const m = await startLinkedMesh({
-        sites: ["a", "b"],
-        serviceArgs: ["--max-clock-skew", String(SKEW_MS), "--reconcile-interval", "0"],
-      });
-      mesh = m.mesh;
-      nc = m.nc;
-      meshes.push(mesh);
-    });
+    const { mesh, nc } = hlc;
 
     it("the README's hand-made op example works as written", async (t) => {
       if (!NATS_CLI) return t.skip(NATS_CLI_MISSING || "no nats CLI");
@@ -108,13 +109,7 @@ describe("I7 clock far off", () => {
         ts,
         node_id: "operator",
       });
-      const st = await until(
-        async () => {
-          const s = await call<MergerStatusResponse>(nc.a!, "a", "merger", "status");
-          return (s.counts.parked ?? 0) > 0 ? s : null;
-        },
-        { message: "the op was not parked" },
-      );
+      const st = await parked(nc.a!);
       const cond = st.conditions?.find((c) => c.code === "CLOCK_SKEW_REFUSED");
       assert.equal(cond?.severity, "error");
       assert.equal(await (await mesh.kv("a")).get("future.key"), null, "applied before it was acceptable");
@@ -138,17 +133,10 @@ describe("I7 clock far off", () => {
   });
 
   describe("Lamport", () => {
-    let mesh: Mesh;
-    let nc: Record<string, NatsConnection>;
-    before(async () => {
-      const m = await startLinkedMesh({
-        sites: ["a", "b"],
-        clock: "lamport",
-        serviceArgs: ["--max-clock-jump", "1000", "--reconcile-interval", "0"],
-      });
-      mesh = m.mesh;
-      nc = m.nc;
-      meshes.push(mesh);
+    const { mesh, nc } = withLinkedMesh({
+      sites: ["a", "b"],
+      clock: "lamport",
+      serviceArgs: ["--max-clock-jump", "1000", "--reconcile-interval", "0"],
     });
 
     it("an op stamped 2^53-1 cannot push the clock to its end; the site keeps replicating", async () => {
@@ -160,13 +148,7 @@ describe("I7 clock far off", () => {
         ts: Number.MAX_SAFE_INTEGER,
         node_id: "operator",
       });
-      const st = await until(
-        async () => {
-          const s = await call<MergerStatusResponse>(nc.a!, "a", "merger", "status");
-          return (s.counts.parked ?? 0) > 0 ? s : null;
-        },
-        { message: "the op was not parked" },
-      );
+      const st = await parked(nc.a!);
       assert.ok(st.conditions?.some((c) => c.code === "CLOCK_JUMP_REFUSED" && c.severity === "error"));
       const clock = await call<ClockNowResponse>(nc.a!, "a", "clock", "now");
       assert.ok(clock.ts < 1_000_000, `clock at ${clock.ts}`);
@@ -239,7 +221,7 @@ describe("I7 clock far off", () => {
       "a ticker on a host so loaded that every block is old when it arrives still hands out timestamps",
       { timeout: 20_000 },
       async () => {
-        const nc = await meshes[0]!.connect("a");
+        const nc = await hlc.mesh.connect("a");
         let mono = 0;
         const ticker = new Ticker(nc, "a", {
           hlc: true,
@@ -256,8 +238,7 @@ describe("I7 clock far off", () => {
 
     for (const offset of [50_000, -50_000]) {
       it(`a watcher's ticker and a merger's observer on a host ${offset > 0 ? "ahead" : "behind"} by 50 s`, async () => {
-        const mesh = meshes[0]!;
-        const nc = await mesh.connect("a");
+        const nc = await hlc.mesh.connect("a");
         const hostNow = () => Date.now() + offset;
         const ticker = new Ticker(nc, "a", { hlc: true, maxBlockAgeMs: 1000 });
         const first = await ticker.tick();

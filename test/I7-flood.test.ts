@@ -7,12 +7,11 @@
  * Memory under load is the benchmark's business (bench/), not a pass/fail check here.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { type NatsConnection, createInbox } from "@nats-io/nats-core";
 import { Durables, OPS_INGRESS, ServiceName, Streams } from "../services/mod.ts";
-import type { Mesh } from "./harness/mesh.ts";
-import { contents, quiet, startLinkedMesh, until } from "./helpers.ts";
+import { contents, quiet, until, withLinkedMesh } from "./helpers.ts";
 
 const BAD = Number(process.env.FLOOD_BAD ?? 10_000);
 const GOOD = Number(process.env.FLOOD_GOOD ?? 1_000);
@@ -36,17 +35,9 @@ async function pingSite(nc: NatsConnection, name: string, site: string, giveUpMs
 }
 
 describe("I7 flood of bad ops", () => {
-  let mesh: Mesh;
-  let nc: Record<string, NatsConnection> = {};
-
-  before(async () => {
-    ({ mesh, nc } = await startLinkedMesh({
-      sites: ["a", "b"],
-      serviceArgs: ["--reconcile-interval", "0", "--log-level", "error"],
-    }));
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc } = withLinkedMesh({
+    sites: ["a", "b"],
+    serviceArgs: ["--reconcile-interval", "0", "--log-level", "error"],
   });
 
   it(`I7 ${BAD} bad ops among ${GOOD} good ones: every good one applied everywhere; site a's four services answer PING while the flood is pending`, async (t) => {

@@ -3,11 +3,11 @@
  * always get a reply (a value or a coded error), and no service dies.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
 import fc from "fast-check";
 import { fcParams } from "./fc.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { withMesh } from "./helpers.ts";
 
 type Info = { name: string; id: string; endpoints: { name: string; subject: string }[] };
 
@@ -22,19 +22,10 @@ async function discover(nc: NatsConnection): Promise<Info[]> {
 }
 
 describe("I7 fuzz every endpoint", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
-  before(async () => {
-    mesh = await startMesh({ sites: ["a"], serviceArgs: ["--reconcile-interval", "0"] });
-    nc = await mesh.connect("a");
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { mesh, nc } = withMesh({ sites: ["a"], serviceArgs: ["--reconcile-interval", "0"] });
 
   it("I7 random bytes and random JSON always get a reply; every service survives", async () => {
-    const infos = await discover(nc);
+    const infos = await discover(nc.a!);
     const subjects = [...new Set(infos.flatMap((i) => i.endpoints.map((e) => e.subject)))];
     assert.ok(subjects.length >= 10, `found only ${subjects.length} endpoints`);
     const payload = fc.oneof(
@@ -66,7 +57,7 @@ describe("I7 fuzz every endpoint", () => {
         const body = subject.endsWith(".reconciler.run")
           ? new TextEncoder().encode('{"peers":["nobody"]}')
           : data;
-        const r = await nc.request(subject, body, { timeout: 10_000 });
+        const r = await nc.a!.request(subject, body, { timeout: 10_000 });
         requests++;
         const code = r.headers?.get("Nats-Service-Error-Code");
         if (code) {
@@ -85,7 +76,7 @@ describe("I7 fuzz every endpoint", () => {
       fcParams({ numRuns: 300 }),
     );
     assert.ok(errors > 0 && requests > errors);
-    const after = await discover(nc);
+    const after = await discover(nc.a!);
     assert.deepEqual(
       after.map((i) => i.id).sort(),
       infos.map((i) => i.id).sort(),

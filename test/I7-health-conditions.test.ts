@@ -1,5 +1,10 @@
 /**
- * I7 (nothing silent, #12.6), extended to every condition of #12: each is raised by the service that
+ * I7 (nothing silent, #12.6): one health model on real servers — every service's STATS data and
+ * status endpoint carry its conditions; a store near its limits is raised (error when a full store
+ * refuses writes, a warning for a log that drops its oldest); `syncd status` shows a healthy mesh as
+ * such and `--check` exits 0 then.
+ *
+ * Extended to every condition of #12, on the same mesh: each is raised by the service that
  * detects it, shows in `syncd status --json` (from the instances' micro STATS data) with its severity,
  * makes `syncd status --check` exit 1 when a person is needed (severity error) and 0 for a warning,
  * and is cleared when it is over. On real servers and real service processes:
@@ -9,35 +14,34 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import {
   Conditions,
   MEMBERS_BUCKET,
-  Streams,
+  type MergerStatusResponse,
+  type WatcherStatusResponse,
+  checkStores,
+  createLogger,
+  health,
   kvStream,
   memberKey,
   metaBucket,
   run,
 } from "../services/mod.ts";
-import { HUB_DOMAIN, type LinkedMesh, call, startLinkedMesh, until } from "./helpers.ts";
+import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh } from "./helpers.ts";
+import { collectStats } from "./workload.ts";
 
 type Cond = { code: string; severity: string; subject?: string; service: string; message: string };
 type Checked = { code: number; conditions: Cond[] };
 
 const ONE_MB = 1024 * 1024;
+const log = createLogger({ service: "test", site: "a", instance: "t", level: "silent" });
 const T = { timeout: 60_000, interval: 500 };
 
 describe("I7 every condition of #12 in syncd status", () => {
-  let m: LinkedMesh;
-
-  before(async () => {
-    m = await startLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
-  });
-  after(async () => {
-    await m?.mesh.stop();
-  });
+  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
 
   /** `syncd status --check --json --site <site>`: its exit code and the site's conditions. */
   const check = async (site: string): Promise<Checked> => {
@@ -81,6 +85,68 @@ describe("I7 every condition of #12 in syncd status", () => {
       { ...T, message: `--check passes at ${site}` },
     );
   const textAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.string();
+
+  it("every service shows its conditions in STATS data and in its status; a healthy mesh passes --check", async () => {
+    for (const svc of ["syncd-clock", "syncd-watcher", "syncd-merger", "syncd-reconciler"]) {
+      const stats = await until(async () => {
+        const s = await collectStats(m.nc.a!, svc);
+        return s.length >= 2 ? s : null;
+      });
+      for (const s of stats) {
+        const withData = s.endpoints.filter((e) => e.data && typeof e.data === "object");
+        assert.ok(withData.length > 0, `${svc}: no STATS data`);
+        for (const e of withData)
+          assert.ok(Array.isArray((e.data as { conditions?: unknown }).conditions), `${svc}.${e.name}`);
+      }
+    }
+    const w = await call<WatcherStatusResponse>(m.nc.a!, "a", "watcher", "status");
+    const mg = await call<MergerStatusResponse>(m.nc.b!, "b", "merger", "status");
+    assert.deepEqual(w.conditions, []);
+    assert.deepEqual(mg.conditions, []);
+    const lines: string[] = [];
+    const io = { out: (s: string) => void lines.push(s), err: (s: string) => void lines.push(s) };
+    const code = await run(["status", "--check", "--server", m.mesh.sites.a!.url], io, {});
+    assert.equal(code, 0, lines.join("\n"));
+    assert.match(lines.join("\n"), /health: ok/);
+  });
+
+  it("a store near its limits is raised: error when full means refused writes, warn for a rotating log", async () => {
+    const kvm = new Kvm(m.nc.a!);
+    const small = await kvm.create("nearly_full", { max_bytes: 4096, history: 1 });
+    const value = "x".repeat(20);
+    for (let i = 0; ; i++) {
+      try {
+        await small.put(`k${i}`, value);
+      } catch {
+        break;
+      }
+    }
+    const jsm = await jetstreamManager(m.nc.a!);
+    await jsm.streams.add({
+      name: "ROTATING_LOG",
+      subjects: ["rotating.log"],
+      max_msgs: 10,
+      discard: "old",
+    } as never);
+    for (let i = 0; i < 20; i++) await jetstream(m.nc.a!).publish("rotating.log", "m");
+    const usage = await checkStores(jsm, [kvStream("nearly_full"), "ROTATING_LOG", "NO_SUCH_STREAM"], log);
+    assert.equal(usage.filter((u) => u.name !== "account storage" && u.name !== "account memory").length, 2);
+    const byName = new Map(
+      health
+        .list()
+        .filter((c) => c.code === Conditions.storeFilling)
+        .map((c) => [c.subject, c]),
+    );
+    assert.equal(byName.get(kvStream("nearly_full"))?.severity, "error", JSON.stringify([...byName]));
+    assert.equal(byName.get("ROTATING_LOG")?.severity, "warn");
+    // emptied: cleared
+    await jsm.streams.purge(kvStream("nearly_full"));
+    await checkStores(jsm, [kvStream("nearly_full")], log);
+    assert.ok(!health.list().some((c) => c.subject === kvStream("nearly_full")));
+    // the mesh is shared with the cases below
+    await jsm.streams.delete(kvStream("nearly_full"));
+    await jsm.streams.delete("ROTATING_LOG");
+  });
 
   it("VALUE_TOO_LARGE: a local write too large to travel is raised by the watcher (error); a later write of the key clears it", async () => {
     await m.kv.a!.put("edge", new Uint8Array(randomBytes(ONE_MB - 64)));
@@ -163,12 +229,7 @@ describe("I7 every condition of #12 in syncd status", () => {
   });
 
   it("VALUES_LOST and DIVERGENCE_REPAIRED: values gone with no op to repair from are an error; anti-entropy brings them back (a warning) and the error clears", async () => {
-    await m.kv.a!.put("lost.k", "L");
-    await until(async () => (await textAt("b", "lost.k")) === "L", T);
-    const jsm = await jetstreamManager(m.nc.a!);
-    await jsm.streams.purge(Streams.out("a"));
-    await jsm.streams.purge(Streams.in("a"));
-    await jsm.streams.purge(kvStream("config"));
+    await loseValue(m, "a", "b", "lost.k", "L", T.timeout);
     const c = await raised("a", Conditions.valuesLost, "error", "config");
     assert.equal(c.code, 1);
     assert.equal(find(c, Conditions.valuesLost, "config")?.service, "syncd-merger");

@@ -4,24 +4,13 @@
  * ones (Debian's 2.9.10) the merger terminates without one.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, OPS_INGRESS, Streams, termTakesReason } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { until } from "./helpers.ts";
+import { until, withMesh } from "./helpers.ts";
 
 describe("I7 terminated bad ops", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
-  before(async () => {
-    mesh = await startMesh({ sites: ["a"] });
-    nc = await mesh.connect("a");
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { nc } = withMesh({ sites: ["a"] });
 
   it("I7 termTakesReason: 2.10.4 and later", () => {
     for (const v of ["2.10.4", "2.10.22", "2.11.0", "2.15.2", "v2.12.0-RC.1", "3.0.0"])
@@ -32,19 +21,19 @@ describe("I7 terminated bad ops", () => {
 
   it("I7 a bad op is terminated, with its error code as the reason where the server takes one, and nothing stays pending", async () => {
     const advisories: { reason?: string; stream: string; consumer: string }[] = [];
-    const sub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${Streams.ingress("a")}.>`, {
+    const sub = nc.a!.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${Streams.ingress("a")}.>`, {
       callback: (_e, m) => {
         advisories.push(m.json());
       },
     });
-    await nc.flush();
-    nc.publish(OPS_INGRESS, "not json");
+    await nc.a!.flush();
+    nc.a!.publish(OPS_INGRESS, "not json");
     const adv = await until(() => advisories[0], { message: "a termination advisory" });
     sub.unsubscribe();
     assert.equal(adv.consumer, Durables.merger);
-    if (termTakesReason(nc.info?.version)) assert.match(adv.reason ?? "", /^SYNCD_ERR_NOT_JSON: /);
-    else assert.ok(!adv.reason, `no reason on ${nc.info?.version}: ${JSON.stringify(adv)}`);
-    const jsm = await jetstreamManager(nc);
+    if (termTakesReason(nc.a!.info?.version)) assert.match(adv.reason ?? "", /^SYNCD_ERR_NOT_JSON: /);
+    else assert.ok(!adv.reason, `no reason on ${nc.a!.info?.version}: ${JSON.stringify(adv)}`);
+    const jsm = await jetstreamManager(nc.a!);
     await until(
       async () => (await jsm.consumers.info(Streams.ingress("a"), Durables.merger)).num_ack_pending === 0,
       {

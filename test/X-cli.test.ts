@@ -6,16 +6,14 @@
  * conflict log; exit codes 2 (usage) and 1 (error, one line, no stack trace).
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
-import { after, before, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
+import { before, describe, it } from "node:test";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
-  Headers,
   OPS_INGRESS,
   ServiceName,
   UsageError,
@@ -24,43 +22,18 @@ import {
   descendMany,
   differingKeys,
   endpointSubject,
-  kvSubject,
   metaBucket,
   parseCli,
   parseDuration,
   table,
   treeSource,
 } from "../services/mod.ts";
-import { type Mesh, eventually, startMesh } from "./harness/mesh.ts";
-import { call, peersLinked, plantVersion, quiet } from "./helpers.ts";
+import { type Mesh, eventually } from "./harness/mesh.ts";
+import { call, plantVersion, quiet, runSyncdCli as runCli, withLinkedMesh, withMesh } from "./helpers.ts";
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = path.join(REPO, "services/cli/main.ts");
 const BUCKET = "config";
 const SITES = ["a", "b"] as const;
 type Site = (typeof SITES)[number];
-
-type Run = { code: number | null; stdout: string; stderr: string };
-
-/** The environment of the CLI: no NATS_* settings of the caller leak in. */
-const cliEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_")));
-
-/** Run the CLI with some arguments (as `node --import tsx services/cli/main.ts …`). */
-function runCli(args: string[], entry: string[] = ["--import", "tsx", MAIN]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [...entry, ...args], { cwd: REPO, env: cliEnv });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d: Buffer) => {
-      stdout += d.toString();
-    });
-    p.stderr.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    p.on("error", reject);
-    p.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe("syncd CLI pieces", () => {
   const tree = (entries: [string, number, string, boolean?][]) => {
@@ -142,9 +115,12 @@ describe("syncd CLI pieces", () => {
 });
 
 describe("syncd CLI on a two-site mesh", () => {
-  let mesh: Mesh;
+  const { mesh, nc } = withLinkedMesh({
+    sites: [...SITES],
+    scale: { clock: 1, watcher: 1, merger: 1, reconciler: 1 },
+    serviceArgs: ["--reconcile-interval", "0"],
+  }) as { mesh: Mesh; nc: Record<Site, NatsConnection> };
   let server: string;
-  const nc = {} as Record<Site, NatsConnection>;
   const js = {} as Record<Site, JetStreamClient>;
   const meta = {} as Record<Site, KV>;
 
@@ -158,23 +134,11 @@ describe("syncd CLI on a two-site mesh", () => {
   };
 
   before(async () => {
-    mesh = await startMesh({
-      sites: [...SITES],
-      scale: { clock: 1, watcher: 1, merger: 1, reconciler: 1 },
-      serviceArgs: ["--reconcile-interval", "0"],
-    });
     server = mesh.sites.a!.url;
     for (const s of SITES) {
-      nc[s] = await mesh.connect(s);
       js[s] = jetstream(nc[s]);
-      await mesh.kv(s);
       meta[s] = await new Kvm(nc[s]).open(metaBucket(BUCKET));
     }
-    await peersLinked(nc.a, "a", ["b"]);
-    await peersLinked(nc.b, "b", ["a"]);
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   it("usage errors exit 2, other errors exit 1 with one line and no stack trace", async () => {
@@ -183,7 +147,7 @@ describe("syncd CLI on a two-site mesh", () => {
       runCli(["bogus"]),
       runCli(["get", BUCKET]),
       runCli(["status", "--server", "nats://127.0.0.1:1", "--timeout", "1s"]),
-      runCli(["--version"], [path.join(REPO, "services/cli/syncd.mjs")]),
+      runCli(["--version"], { entry: [path.join(REPO_ROOT, "services/cli/syncd.mjs")] }),
     ]);
     assert.equal(help.code, 0);
     assert.match(help.stdout, /^usage: syncd/);
@@ -196,7 +160,7 @@ describe("syncd CLI on a two-site mesh", () => {
     assert.equal(refused.stderr.trim().split("\n").length, 1, refused.stderr);
     assert.doesNotMatch(refused.stderr, /\n\s+at /);
     // the bin shim registers tsx itself
-    const pkg = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")) as { version: string };
+    const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, "package.json"), "utf8")) as { version: string };
     assert.equal(shim.code, 0, shim.stderr);
     assert.equal(shim.stdout.trim(), pkg.version);
   });
@@ -506,14 +470,9 @@ describe("syncd CLI on a two-site mesh", () => {
 
 describe("syncd CLI with NATS auth (deploy/nats/site-users.conf.template)", () => {
   const users = { syncd: "syncd-secret", app: "app-secret", admin: "admin-secret" };
-  let mesh: Mesh;
-
+  const { mesh } = withMesh({ sites: ["a"], services: false, users });
   before(async () => {
-    mesh = await startMesh({ sites: ["a"], services: false, users });
     await mesh.kv("a");
-  });
-  after(async () => {
-    await mesh?.stop();
   });
 
   it("--user/--password (or $NATS_USER/$NATS_PASSWORD) pass through; a refused login is exit 1", async () => {

@@ -5,9 +5,8 @@
  * single server; a subject another stream holds is refused by both servers.)
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
 import {
   StreamDriftError,
   Streams,
@@ -16,25 +15,16 @@ import {
   ensureOutStream,
   loadConfig,
 } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { withMesh } from "./helpers.ts";
 
 const log = createLogger({ service: "test", site: "a", instance: "test", level: "silent" });
 const NANOS = 1_000_000_000;
 
 describe("config drift of the streams the services own", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
-  before(async () => {
-    mesh = await startMesh({ sites: ["a"], services: false });
-    nc = await mesh.connect("a");
-  });
-  after(async () => {
-    await mesh?.stop();
-  });
+  const { nc } = withMesh({ sites: ["a"], services: false });
 
   it("a changed limit is applied to the existing stream on the next start", async () => {
-    const jsm = await jetstreamManager(nc);
+    const jsm = await jetstreamManager(nc.a!);
     await ensureMergerStreams(jsm, loadConfig(["--site", "a", "--ops-max-age", "600"], {}), 1, log);
     assert.equal((await jsm.streams.info(Streams.ingress("a"))).config.max_age, 600 * NANOS);
     await ensureMergerStreams(jsm, loadConfig(["--site", "a", "--ops-max-age", "60"], {}), 1, log);
@@ -51,7 +41,7 @@ describe("config drift of the streams the services own", () => {
   });
 
   it("a change the server refuses stops the start with a clear error", async () => {
-    const jsm = await jetstreamManager(nc);
+    const jsm = await jetstreamManager(nc.a!);
     // site q's op log exists with other subjects, and another stream holds the ones it needs now
     await jsm.streams.add({ name: Streams.out("q"), subjects: ["old.q.>"] });
     await jsm.streams.add({ name: "SOMEONE_ELSE", subjects: ["rep.kv.ops.q.>"] });

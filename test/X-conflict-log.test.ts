@@ -5,12 +5,11 @@
  * drops the oldest records beyond them.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { type Conflict, OPS_INGRESS, Streams } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { until } from "./helpers.ts";
+import { until, withMesh } from "./helpers.ts";
 
 async function conflicts(nc: NatsConnection, site: string): Promise<Conflict[]> {
   const jsm = await jetstreamManager(nc);
@@ -26,25 +25,16 @@ async function conflicts(nc: NatsConnection, site: string): Promise<Conflict[]> 
 const MAX = 5;
 
 describe("conflict log", () => {
-  let mesh: Mesh;
-  let nc: NatsConnection;
-
-  before(async () => {
-    mesh = await startMesh({
-      sites: ["a"],
-      serviceArgs: ["--conflicts-max-msgs", String(MAX), "--conflicts-max-age", "3600"],
-    });
-    nc = await mesh.connect("a");
-  });
-  after(async () => {
-    await mesh?.stop();
+  const { mesh, nc } = withMesh({
+    sites: ["a"],
+    serviceArgs: ["--conflicts-max-msgs", String(MAX), "--conflicts-max-age", "3600"],
   });
 
   it("a losing op and an overwritten value are recorded with both versions", async () => {
     const kv = await mesh.kv("a");
     const base = Date.now() * 1000;
     const put = (value: string, ts: number, node_id: string) =>
-      nc.publish(
+      nc.a!.publish(
         OPS_INGRESS,
         JSON.stringify({ op: "put", bucket: "config", key: "c.k", value, ts, node_id }),
       );
@@ -54,7 +44,7 @@ describe("conflict log", () => {
     await until(async () => (await kv.get("c.k"))?.string() === "second");
     put("late", base + 5, "site-z"); // loses to site-y: stale_op
     const got = await until(async () => {
-      const c = (await conflicts(nc, "a")).filter((r) => r.key === "c.k");
+      const c = (await conflicts(nc.a!, "a")).filter((r) => r.key === "c.k");
       return c.length >= 2 ? c : null;
     });
     const over = got.find((c) => c.kind === "overwritten")!;
@@ -68,7 +58,7 @@ describe("conflict log", () => {
   });
 
   it(`the conflict stream is bounded: max_msgs ${MAX} and max_age 1 h configured, the oldest records dropped`, async () => {
-    const jsm = await jetstreamManager(nc);
+    const jsm = await jetstreamManager(nc.a!);
     const cfg = (await jsm.streams.info(Streams.conflicts("a"))).config;
     assert.equal(cfg.max_msgs, MAX);
     assert.equal(cfg.max_age, 3600 * 1_000_000_000);
@@ -76,14 +66,14 @@ describe("conflict log", () => {
     const base = Date.now() * 1000;
     const op = (value: string, ts: number, node_id = "site-l") =>
       JSON.stringify({ op: "put", bucket: "config", key: "c.bound", value, ts, node_id });
-    nc.publish(OPS_INGRESS, op("winner", base + 1000, "site-w"));
+    nc.a!.publish(OPS_INGRESS, op("winner", base + 1000, "site-w"));
     await until(async () => (await kv.get("c.bound"))?.string() === "winner");
     const N = 3 * MAX;
-    for (let i = 0; i < N; i++) nc.publish(OPS_INGRESS, op(`loser-${i}`, base + i)); // each one loses
-    await nc.flush();
+    for (let i = 0; i < N; i++) nc.a!.publish(OPS_INGRESS, op(`loser-${i}`, base + i)); // each one loses
+    await nc.a!.flush();
     await until(
       async () =>
-        (await conflicts(nc, "a")).some((c) => c.key === "c.bound" && c.loser.value === `loser-${N - 1}`),
+        (await conflicts(nc.a!, "a")).some((c) => c.key === "c.bound" && c.loser.value === `loser-${N - 1}`),
       { message: "the last losing op was not recorded" },
     );
     const st = (await jsm.streams.info(Streams.conflicts("a"))).state;

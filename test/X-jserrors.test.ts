@@ -3,10 +3,9 @@
  * really sends (by API code), and only that one.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
 import {
   isAlreadyExists,
   isConsumerNotFound,
@@ -16,18 +15,9 @@ import {
   isWrongLastSequence,
   openOrCreateKv,
 } from "../services/mod.ts";
-import { type Mesh, startMesh } from "./harness/mesh.ts";
+import { withMesh } from "./helpers.ts";
 
-let mesh: Mesh;
-let nc: NatsConnection;
-before(async () => {
-  mesh = await startMesh({ sites: ["a"], services: false });
-  nc = await mesh.connect("a");
-});
-after(async () => {
-  await nc?.close();
-  await mesh?.stop();
-});
+const { nc } = withMesh({ sites: ["a"], services: false });
 
 const all = { isAlreadyExists, isNotFound, isTooLarge, isWrongLastSequence } as const;
 
@@ -48,8 +38,8 @@ async function thrown(p: Promise<unknown>): Promise<unknown> {
 }
 
 test("jserrors: each JetStream refusal is recognised by its API code, by exactly one predicate", async () => {
-  const jsm = await jetstreamManager(nc);
-  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc.a!);
+  const js = jetstream(nc.a!);
 
   const noStream = await thrown(jsm.streams.info("NOPE"));
   assert.deepEqual(which(noStream), ["isNotFound"]);
@@ -89,7 +79,7 @@ test("X jserrors: openOrCreateKv creates a bucket only when its stream is not fo
     };
     return made;
   };
-  const kvm = new Kvm(nc);
+  const kvm = new Kvm(nc.a!);
   const made = counted(kvm);
   await (await openOrCreateKv(kvm, "made_here", { history: 3 })).put("k", "v");
   const again = await openOrCreateKv(kvm, "made_here");
@@ -97,7 +87,7 @@ test("X jserrors: openOrCreateKv creates a bucket only when its stream is not fo
   assert.equal((await again.status()).history, 3);
   assert.deepEqual(made, ["made_here"]);
 
-  const elsewhere = new Kvm(jetstream(nc, { domain: "nowhere", timeout: 1000 }));
+  const elsewhere = new Kvm(jetstream(nc.a!, { domain: "nowhere", timeout: 1000 }));
   const tried = counted(elsewhere);
   const err = await thrown(openOrCreateKv(elsewhere, "members"));
   assert.ok(!isStreamNotFound(err), "a JetStream that does not answer is not a missing stream");

@@ -6,10 +6,7 @@
  * `syncd micro ls`, `syncd status`), endpoint subjects and the members buckets are separate.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
@@ -23,10 +20,8 @@ import {
   requestJson,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
-import { HUB_DOMAIN, until } from "./helpers.ts";
+import { HUB_DOMAIN, runSyncdCli, until } from "./helpers.ts";
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = path.join(REPO, "services/cli/main.ts");
 const GREEN = meshNames();
 const BLUE = meshNames("blue");
 const SITES = ["a", "b", "c", "d"] as const;
@@ -36,21 +31,7 @@ const cliEnv = Object.fromEntries(
   Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_") && k !== "SYNCD_MESH"),
 );
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ["--import", "tsx", MAIN, ...args], { cwd: REPO, env: cliEnv });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d: Buffer) => {
-      stdout += d.toString();
-    });
-    p.stderr.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    p.on("error", reject);
-    p.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => runSyncdCli(args, { env: cliEnv });
 
 describe("X mesh namespace: two meshes on one hub never see each other", () => {
   let mesh: Mesh;

@@ -2,12 +2,12 @@
  * Assertions and waits shared by the integration tests: reading buckets and versions, counting ops,
  * and waiting until a mesh is quiet (every consumer and source caught up).
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before } from "node:test";
-import { type JetStreamManager, jetstream } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
 import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
@@ -15,8 +15,10 @@ import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
   Headers,
   type Planting,
+  Streams,
   type Version,
   endpointSubject,
+  kvStream,
   kvSubject,
   metaBucket,
   plantVersion as plant,
@@ -131,8 +133,11 @@ export async function call<T>(
 /** A started mesh with a connection and the `config` bucket of every site, each site sourcing every other. */
 export type LinkedMesh = { mesh: Mesh; nc: Record<string, NatsConnection>; kv: Record<string, KV> };
 
+/** startMesh's options, and how long to wait for the links (default 20 s). */
+export type LinkedMeshOptions = MeshOptions & { linkTimeoutMs?: number };
+
 /** Start a mesh and wait until every site's IN stream sources every other site (replication is on). */
-export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMesh> {
+export async function startLinkedMesh(opts: LinkedMeshOptions = {}): Promise<LinkedMesh> {
   const sites = opts.sites ?? ["a", "b"];
   const mesh = await startMesh({ ...opts, sites });
   const nc: Record<string, NatsConnection> = {};
@@ -146,6 +151,7 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
       nc[s]!,
       s,
       sites.filter((p) => p !== s),
+      opts.linkTimeoutMs,
     );
   return { mesh, nc, kv };
 }
@@ -155,26 +161,8 @@ export async function startLinkedMesh(opts: MeshOptions = {}): Promise<LinkedMes
  * `after`. `nc` and `kv` are filled in by `before`; `mesh` stands for the mesh started there (using
  * it outside the tests throws).
  */
-export function withLinkedMesh(opts: MeshOptions = {}): LinkedMesh {
-  const nc: Record<string, NatsConnection> = {};
-  const kv: Record<string, KV> = {};
-  let started: Mesh | undefined;
-  const mesh = new Proxy({} as Mesh, {
-    get(_, prop) {
-      if (!started) throw new Error("withLinkedMesh: the mesh is started in before(); use it in the tests");
-      return Reflect.get(started, prop, started);
-    },
-  });
-  before(async () => {
-    const linked = await startLinkedMesh(opts);
-    started = linked.mesh;
-    Object.assign(nc, linked.nc);
-    Object.assign(kv, linked.kv);
-  });
-  after(async () => {
-    await started?.stop();
-  });
-  return { mesh, nc, kv };
+export function withLinkedMesh(opts: LinkedMeshOptions = {}): LinkedMesh {
+  return meshOfBlock("withLinkedMesh", () => startLinkedMesh(opts));
 }
 
 /** How a script of scripts/ ended: exit code (null when killed), stdout and stderr, duration. */
@@ -233,4 +221,92 @@ export function withUpMesh(name: string, extra: NodeJS.ProcessEnv = {}): UpMesh 
     else rmSync(m.dir, { recursive: true, force: true });
   });
   return m;
+}
+
+/**
+ * startMesh for the tests of the enclosing describe block, without waiting for replication (see
+ * withLinkedMesh): started in `before` with a connection to every site in `nc`, stopped in `after`.
+ */
+export function withMesh(opts: MeshOptions = {}): Omit<LinkedMesh, "kv"> {
+  return meshOfBlock("withMesh", async () => {
+    const mesh = await startMesh(opts);
+    const nc: Record<string, NatsConnection> = {};
+    for (const s of opts.sites ?? ["a", "b"]) nc[s] = await mesh.connect(s);
+    return { mesh, nc, kv: {} };
+  });
+}
+
+/** A mesh `start`ed in `before` and stopped in `after`; `mesh` forwards to it once started. */
+function meshOfBlock(name: string, start: () => Promise<LinkedMesh>): LinkedMesh {
+  const nc: Record<string, NatsConnection> = {};
+  const kv: Record<string, KV> = {};
+  let started: Mesh | undefined;
+  const mesh = new Proxy({} as Mesh, {
+    get(_, prop) {
+      if (!started) throw new Error(`${name}: the mesh is started in before(); use it in the tests`);
+      return Reflect.get(started, prop, started);
+    },
+  });
+  before(async () => {
+    const m = await start();
+    started = m.mesh;
+    Object.assign(nc, m.nc);
+    Object.assign(kv, m.kv);
+  });
+  after(async () => {
+    await started?.stop();
+  });
+  return { mesh, nc, kv };
+}
+
+/** How the syncd CLI ended: exit code (null when killed), stdout, stderr. */
+export type CliRun = { code: number | null; stdout: string; stderr: string };
+
+/**
+ * Run the syncd CLI (services/cli/main.ts under tsx, or `entry` instead) from the repo root with
+ * `args`, in `env` (default: this process's environment without NATS_* settings).
+ */
+export function runSyncdCli(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; entry?: string[] } = {},
+): Promise<CliRun> {
+  const env =
+    opts.env ?? Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NATS_")));
+  const entry = opts.entry ?? ["--import", "tsx", path.join(REPO_ROOT, "services", "cli", "main.ts")];
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [...entry, ...args], { cwd: REPO_ROOT, env });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    p.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * A value lost at `site` with no op left to repair it from: `key` written there, and once `peer`
+ * holds it, the site's op logs and its `config` bucket purged (its `_meta` still holds the version).
+ */
+export async function loseValue(
+  m: LinkedMesh,
+  site: string,
+  peer: string,
+  key: string,
+  value: string,
+  timeout = 30_000,
+): Promise<void> {
+  await m.kv[site]!.put(key, value);
+  await until(async () => (await m.kv[peer]!.get(key))?.string() === value, {
+    timeout,
+    message: `${key} did not reach ${peer}`,
+  });
+  const jsm = await jetstreamManager(m.nc[site]!);
+  await jsm.streams.purge(Streams.out(site));
+  await jsm.streams.purge(Streams.in(site));
+  await jsm.streams.purge(kvStream("config"));
 }

@@ -39,22 +39,11 @@ import {
   parseOp,
 } from "../services/mod.ts";
 import { versions } from "./helpers.ts";
+import { prng } from "./sim/sched.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A small seeded PRNG (mulberry32): the same seed gives the same workload decisions. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A seed from the environment variable `name` (printed so a run can be replayed), else a fresh one. */
 export function seedFromEnv(name: string): number {
@@ -152,7 +141,7 @@ export type WorkloadResult = { writes: WriteRecord[]; failed: number; elapsedMs:
 /** Run concurrent writers on every site until the time or count runs out; every write recorded. */
 export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   const bucket = o.bucket ?? "config";
-  const random = rng(o.seed);
+  const random = prng(o.seed);
   const writes: WriteRecord[] = [];
   let failed = 0;
   const t0 = Date.now();

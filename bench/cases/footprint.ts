@@ -1,22 +1,6 @@
-/**
- * Case 6: footprint. RSS (VmRSS) of every service process idle, then after each of R rounds of M puts
- * over a fixed set of 1 000 keys (the key count stays constant, the op count grows: memory that keeps
- * growing over the second half of the rounds grows with ops), with the CPU time per put of every
- * process per round. RSS at K keys comes from
- * case 5 (the reconcile mesh holds K keys per site); per-op CPU of case 1 from its run.
- * One-process variant: the same site's four services as one agent process (services/agent), RSS
- * idle (same warm-up) and at K keys per site (loaded as in case 5, then the agents started and
- * caught up: the `_meta` cache and the reconciler's version index hold K keys). And each service
- * alone (one process per service) at K keys per site, loaded the same way.
- */
-import { Kvm } from "@nats-io/kv";
-import { type ReconcilerStatusResponse, metaBucket } from "../../services/mod.ts";
 import {
-  BUCKET,
   type BenchMesh,
-  call,
   linked,
-  openSite,
   processes,
   quiet,
   startBenchMesh,
@@ -24,8 +8,8 @@ import {
   warmUp,
 } from "../lib/mesh.ts";
 import { cpuDelta, cpuOf, cpuSnapshot, rssOf } from "../lib/procstat.ts";
-import { kfmt, log, nowMs, pipelined, round, sleep, value100, waitUntil, withProgress } from "../lib/util.ts";
-import { loadSite } from "./reconcile.ts";
+import { kfmt, log, nowMs, pipelined, round, sleep, value100, withProgress } from "../lib/util.ts";
+import { indexHolds, loadSite, prepareLoad } from "./reconcile.ts";
 import { WINDOW } from "./throughput.ts";
 import type { BenchContext, CaseDef, ProcCpu, ProcRss } from "./types.ts";
 
@@ -85,10 +69,7 @@ export async function loadedFootprint(quick: boolean, agent: boolean): Promise<L
   try {
     log(`footprint/${what}: loading ${kfmt(K)} keys per site directly, then starting the ${what}`);
     bm = await startBenchMesh({ services: false, agent });
-    for (const s of bm.sites) {
-      await new Kvm(bm.conn[s]!.nc).create(metaBucket(BUCKET), { history: 1 });
-      bm.conn[s] = await openSite(bm.mesh, s, true);
-    }
+    await prepareLoad(bm);
     const base = (Date.now() - 3_600_000) * 1000;
     const bmm = bm;
     await Promise.all(bm.sites.map((s) => loadSite(bmm.conn[s]!.nc, K, base, () => {})));
@@ -96,16 +77,7 @@ export async function loadedFootprint(quick: boolean, agent: boolean): Promise<L
     await Promise.all(bm.sites.map((s) => bmm.mesh.startServices(s)));
     await linked(bm, 300_000);
     await quiet(bm, 300_000);
-    for (const s of bm.sites)
-      await waitUntil(
-        `reconciler index of ${s} holds ${K} keys`,
-        async () =>
-          (await call<ReconcilerStatusResponse>(bmm.conn[s]!.nc, s, "reconciler", "status")).value.keys[
-            BUCKET
-          ] === K,
-        300_000,
-        200,
-      );
+    for (const s of bm.sites) await indexHolds(bmm, s, K);
     const readyS = round((nowMs() - t0) / 1000);
     await sleep(1000);
     const atK = serviceRss(bm);

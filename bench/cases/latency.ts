@@ -3,9 +3,9 @@
  * recorded, and the time the value is readable at b (a watch on b's bucket, matched by key). Next to
  * the same for NATS-native sourcing (an ordered consumer on b's stream that sources a's KV_config).
  */
-import { DeliverPolicy, StorageType, jetstreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy } from "@nats-io/jetstream";
 import { type KV, KvWatchInclude } from "@nats-io/kv";
-import { kvKeyOf, kvStream } from "../../services/mod.ts";
+import { kvKeyOf } from "../../services/mod.ts";
 import {
   BUCKET,
   type BenchMesh,

@@ -143,6 +143,27 @@ async function fullListing(
   return { bytes, entries };
 }
 
+/** Make every site of a mesh without services ready for loadSite: its `_meta` bucket, opened. */
+export async function prepareLoad(bm: BenchMesh): Promise<void> {
+  for (const s of bm.sites) {
+    await new Kvm(bm.conn[s]!.nc).create(metaBucket(BUCKET), { history: 1 });
+    bm.conn[s] = await openSite(bm.mesh, s, true);
+  }
+}
+
+/** Wait until a site's reconciler has indexed `k` keys of the bucket (after loadSite). */
+export function indexHolds(bm: BenchMesh, site: string, k: number): Promise<void> {
+  return waitUntil(
+    `reconciler index of ${site} holds ${k} keys`,
+    async () =>
+      (await call<ReconcilerStatusResponse>(bm.conn[site]!.nc, site, "reconciler", "status")).value.keys[
+        BUCKET
+      ] === k,
+    300_000,
+    200,
+  );
+}
+
 export const reconcileCase: CaseDef = {
   name: "reconcile",
   title: "5. Reconcile cost: 100 differing entries among K keys per site",
@@ -152,10 +173,7 @@ export const reconcileCase: CaseDef = {
     try {
       log(`reconcile: starting hub + sites a, b without services; loading ${kfmt(K)} keys per site directly`);
       bm = await startBenchMesh({ services: false });
-      for (const s of bm.sites) {
-        await new Kvm(bm.conn[s]!.nc).create(metaBucket(BUCKET), { history: 1 });
-        bm.conn[s] = await openSite(bm.mesh, s, true);
-      }
+      await prepareLoad(bm);
       const base = (Date.now() - 3_600_000) * 1000;
       const loaded: Record<string, number> = { a: 0, b: 0 };
       const tl0 = nowMs();
@@ -214,17 +232,7 @@ export const reconcileCase: CaseDef = {
         },
         async () => {
           await quiet(bmm, 300_000);
-          for (const s of ["a", "b"]) {
-            await waitUntil(
-              `reconciler index of ${s} holds ${K} keys`,
-              async () =>
-                (await call<ReconcilerStatusResponse>(bmm.conn[s]!.nc, s, "reconciler", "status")).value.keys[
-                  BUCKET
-                ] === K,
-              300_000,
-              200,
-            );
-          }
+          for (const s of ["a", "b"]) await indexHolds(bmm, s, K);
         },
       );
       const readyMs = nowMs() - ts0;

@@ -1,9 +1,3 @@
-/**
- * Case 1 (and the engine of cases 4 and the profile run): sustained pipelined puts at site a until
- * every one is applied at site b, next to NATS-native cross-domain sourcing with the same writer and
- * the raw local put rate at a with no replication.
- */
-import { StorageType, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { kvStream } from "../../services/mod.ts";
 import type { MeshOptions } from "../../test/harness/mesh.ts";

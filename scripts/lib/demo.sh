@@ -7,7 +7,9 @@
 #    here as `node --import tsx services/cli/main.ts`) and runs it, bounded by DEMO_CMD_TIMEOUT;
 #  - `check SUBCOMMAND...` runs an observation of scripts/lib/demo.ts (every wait bounded by
 #    DEMO_WAIT seconds) and fails the demo when it does not hold;
-#  - `fail MSG` prints "FAIL <demo>: MSG" and exits 1; `pass MSG` prints "PASS <demo>: MSG".
+#  - `fail MSG` prints "FAIL <demo>: MSG" and exits 1; `pass MSG` prints "PASS <demo>: MSG";
+#  - `restore_on_exit WHAT TIMEOUT CMD...` before a demo stops part of the mesh: on exit, whatever
+#    happened, CMD runs (bounded by TIMEOUT seconds) unless `restored` said the demo put it back itself.
 #
 # A secured mesh (SECURE=1 ./scripts/up.sh) works too: the demo acts as its operator, admin, over TLS.
 #
@@ -78,6 +80,24 @@ run() {
     _bounded "${cmd[@]}" || rc=$?
   fi
   [ "$rc" = 0 ] || fail "exit code $rc from: $(_shown "$@")"
+}
+
+# Put back on exit what the demo stopped (see the header), unless `restored` ran since.
+_restore_what=""
+_restore_timeout=0
+_restore_cmd=()
+restore_on_exit() {
+  _restore_what=$1
+  _restore_timeout=$2
+  _restore_cmd=("${@:3}")
+  trap _restore EXIT
+}
+restored() { _restore_cmd=(); }
+_restore() {
+  [ "${#_restore_cmd[@]}" -gt 0 ] || return 0
+  echo "(restoring $_restore_what: $(_shown "${_restore_cmd[@]}"))"
+  DEMO_CMD_TIMEOUT=$_restore_timeout _bounded "${_restore_cmd[@]}" >/dev/null 2>&1 ||
+    echo "could not restart $_restore_what: run $(_shown "${_restore_cmd[@]}")" >&2
 }
 
 # scripts/lib/demo.ts, bounded in time; its output goes to stdout.
