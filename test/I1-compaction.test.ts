@@ -176,9 +176,9 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
 
   it("I1 sourced up to: a source's lag left stale by the origin's compaction (nats-server 2.9) does not hide that the stream holds the origin's last message", async (t) => {
     // the shapes of a site's FEED (one source, the hub's aggregate) and of the aggregate (a source per site)
-    const hub = await jetstreamManager(nc, { domain: "hub" });
-    const site = await jetstreamManager(nc);
-    const js = jetstream(nc);
+    const hub = await jetstreamManager(nc.a!, { domain: "hub" });
+    const site = await jetstreamManager(nc.a!);
+    const js = jetstream(nc.a!);
     const ext = (domain: string) => ({ api: `$JS.${domain}.API`, deliver: "" });
     await site.streams.add({ name: "UPTO_A", subjects: ["upto.a.>"], max_msgs_per_subject: 1 });
     await site.streams.add({ name: "UPTO_B", subjects: ["upto.b.>"], max_msgs_per_subject: 1 });
@@ -204,21 +204,21 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
     };
     const agg = { stream: "UPTO_AGG", domain: "hub" };
     const feed = { stream: "UPTO_FEED" };
-    const old = /^2\.9\./.test(nc.info?.version ?? "");
+    const old = /^2\.9\./.test(nc.a!.info?.version ?? "");
     // on 2.9 a burst leaves the lag stale most of the time: burst again until one does (at most 5)
     let stale = false;
     for (let round = 0; round < (old ? 5 : 1) && !stale; round++) {
       await burst(2000);
       const originLast = (await site.streams.info("UPTO_A")).state.last_seq;
-      await until(async () => (await sourcedUpTo(nc, agg, "UPTO_A")).caughtUp, {
+      await until(async () => (await sourcedUpTo(nc.a!, agg, "UPTO_A")).caughtUp, {
         message: "the aggregate never held the origin's last message",
       });
-      await until(async () => (await sourcedUpTo(nc, feed, "UPTO_AGG")).caughtUp, {
+      await until(async () => (await sourcedUpTo(nc.a!, feed, "UPTO_AGG")).caughtUp, {
         message: "the feed never held the aggregate's last message",
       });
-      const a = await sourcedUpTo(nc, agg, "UPTO_A");
-      const f = await sourcedUpTo(nc, feed, "UPTO_AGG");
-      t.diagnostic(`server ${nc.info?.version}: aggregate lag ${a.lag}, feed lag ${f.lag}`);
+      const a = await sourcedUpTo(nc.a!, agg, "UPTO_A");
+      const f = await sourcedUpTo(nc.a!, feed, "UPTO_AGG");
+      t.diagnostic(`server ${nc.a!.info?.version}: aggregate lag ${a.lag}, feed lag ${f.lag}`);
       // caught up with a lag above 0: the lag is stale, the stream holds the origin's last message
       if (a.lag !== 0)
         assert.equal(a.upTo, originLast, "the aggregate's last message from UPTO_A is its last");
@@ -227,17 +227,17 @@ describe("I1 compacted op logs keep each key's greatest version (no services)", 
     }
     // what makes the fallback necessary
     if (old) assert.ok(stale, "nats-server 2.9 left no lag stale in 5 bursts");
-    assert.equal((await sourcedUpTo(nc, agg, "UPTO_B")).caughtUp, true, "the other source too");
+    assert.equal((await sourcedUpTo(nc.a!, agg, "UPTO_B")).caughtUp, true, "the other source too");
     // a stream not caught up: the feed as it was before a message it has not got (its lag said 1)
     const before = await site.streams.info("UPTO_FEED");
     const snapshot = { ...before, sources: before.sources?.map((s) => ({ ...s, lag: 1 })) };
     const aggLast = (await hub.streams.info("UPTO_AGG")).state.last_seq;
     await js.publish("upto.b.k", "b2");
     await until(async () => (await hub.streams.info("UPTO_AGG")).state.last_seq > aggLast);
-    const behind = await sourcedUpTo(nc, { ...feed, info: snapshot }, "UPTO_AGG");
+    const behind = await sourcedUpTo(nc.a!, { ...feed, info: snapshot }, "UPTO_AGG");
     assert.equal(behind.caughtUp, false, JSON.stringify(behind));
     assert.ok((behind.upTo ?? 0) < (behind.originLast ?? 0));
-    assert.equal((await sourcedUpTo(nc, feed, "NO_SUCH_SOURCE")).caughtUp, false);
+    assert.equal((await sourcedUpTo(nc.a!, feed, "NO_SUCH_SOURCE")).caughtUp, false);
   });
 });
 
