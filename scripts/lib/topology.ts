@@ -186,7 +186,7 @@ export type TopologyOptions = {
   auth?: { user: string; pass: string };
   /**
    * the hub isolates leaf interest (nats-server 2.12+; README "What the mesh is"): true, false, or
-   * "auto" (when the server supports it). Default: $SYNCD_HUB_ISOLATE (1, 0 or auto), else false.
+   * "auto" (when the server supports it). Default: $SYNCD_HUB_ISOLATE (1, 0 or auto), else "auto".
    */
   isolate?: boolean | "auto";
   /** the secured variant (TLS, hub auth); needs `siteInclude` (the site users) and `auth` */
@@ -335,8 +335,8 @@ export function resolveIsolate(
 }
 
 function envIsolate(raw: string | undefined): boolean | "auto" {
-  if (raw === undefined || raw === "" || raw === "0" || raw === "false") return false;
-  if (raw === "auto") return "auto";
+  if (raw === undefined || raw === "" || raw === "auto") return "auto";
+  if (raw === "0" || raw === "false") return false;
   if (raw === "1" || raw === "true") return true;
   throw new Error(`SYNCD_HUB_ISOLATE must be 1, 0 or auto, got ${JSON.stringify(raw)}`);
 }

@@ -19,7 +19,16 @@ import type {
 import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
 import { expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
-import { type MicroStats, type SiteRef, ask, discover, messageOf, pickSites, sitesOf } from "./nats.ts";
+import {
+  type MeshClient,
+  type MicroStats,
+  type SiteRef,
+  ask,
+  discover,
+  messageOf,
+  pickSites,
+  sitesOf,
+} from "./nats.ts";
 import { ago, table } from "./table.ts";
 
 /** The status of one site; a part that could not be read is null, with the reason in `errors`. */
@@ -50,12 +59,12 @@ const KINDS = Object.values(ServiceName);
 /** Run `status`. */
 export async function statusCommand(ctx: Ctx): Promise<Output> {
   expectArgs(ctx.cli, 0, 0, "status [--site s] [--check]");
-  const pings = (await discover<MicroStats>(ctx.nc, "STATS")).filter((p) => p.name.startsWith("syncd-"));
+  const pings = (await discover<MicroStats>(ctx.mesh, "STATS")).filter((p) => p.name.startsWith("syncd-"));
   const sites = pickSites(sitesOf(pings), ctx.cli.site);
   const statuses = await Promise.all(
     sites.map((s) =>
       siteStatus(
-        ctx.nc,
+        ctx.mesh,
         s,
         pings.filter((p) => p.metadata?.site === s.site),
         ctx.cli.conn.timeoutMs,
@@ -124,7 +133,7 @@ export function conditionsOf(
 }
 
 async function siteStatus(
-  nc: NatsConnection,
+  mesh: MeshClient,
   ref: SiteRef,
   pings: MicroStats[],
   timeoutMs: number,
@@ -135,13 +144,13 @@ async function siteStatus(
   const node = pings.find((p) => p.metadata?.node_id)?.metadata?.node_id ?? ref.node_id ?? null;
   const get = async <T>(service: "clock" | "watcher" | "merger" | "reconciler", endpoint: string) => {
     try {
-      return await ask<T>(nc, endpointSubject(ref.site, service, endpoint), {}, timeoutMs);
+      return await ask<T>(mesh, ref.site, service, endpoint, {}, timeoutMs);
     } catch (err) {
       errors.push(`${service}.${endpoint}: ${messageOf(err)}`);
       return null;
     }
   };
-  const streams = streamCounts(nc, ref, timeoutMs, errors);
+  const streams = streamCounts(mesh, ref, timeoutMs, errors);
   const [clock, watcher, merger, reconciler, counts] = await Promise.all([
     get<ClockNowResponse>("clock", "now"),
     get<WatcherStatusResponse>("watcher", "status"),
@@ -166,14 +175,15 @@ async function siteStatus(
 }
 
 async function streamCounts(
-  nc: NatsConnection,
+  mesh: MeshClient,
   ref: SiteRef,
   timeoutMs: number,
   errors: string[],
 ): Promise<{ dlq: number | null; conflicts: number | null }> {
   let jsm: Awaited<ReturnType<typeof jetstreamManager>>;
   try {
-    jsm = await jetstreamManager(nc, { domain: ref.domain, timeout: timeoutMs, checkAPI: false });
+    const to = await mesh.jetStream(ref.domain, timeoutMs);
+    jsm = await jetstreamManager(to.nc, { ...to.opts, checkAPI: false });
   } catch (err) {
     errors.push(`JetStream of domain ${ref.domain}: ${messageOf(err)}`);
     return { dlq: null, conflicts: null };
