@@ -71,7 +71,7 @@ export {
 } from "./lib/oplog.ts";
 export { type Planting, plantVersion } from "./lib/plant.ts";
 export { REARM_STALL_MS, RearmGate, rearmSource, sourcesBackOff } from "./lib/rearm.ts";
-export { ServiceReplyError, requestJson } from "./lib/request.ts";
+export { ServiceReplyError, parseReply, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {
   ClockNowResponse,
@@ -148,7 +148,7 @@ export {
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";
-export { MeshTransport, type Route } from "./lib/transport.ts";
+export { MeshTransport, type Route, requestAnywhere } from "./lib/transport.ts";
 export {
   type MergeDeps,
   admit,

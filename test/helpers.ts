@@ -19,8 +19,9 @@ import {
   endpointSubject,
   kvSubject,
   metaBucket,
+  parseReply,
   plantVersion as plant,
-  requestJson,
+  requestAnywhere,
   siteLinked,
   siteQuiet,
   valueHash,
@@ -116,7 +117,7 @@ export async function peersLinked(
   });
 }
 
-/** Call a syncd endpoint of a site. */
+/** Call a syncd endpoint of a site, from a connection at any site (through the hub relay when the hub isolates leaf interest). */
 export async function call<T>(
   nc: NatsConnection,
   site: string,
@@ -124,8 +125,9 @@ export async function call<T>(
   endpoint: string,
   body: unknown = {},
 ): Promise<T> {
-  return (await requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout: 10_000 }))
-    .value;
+  const subject = endpointSubject(site, service, endpoint);
+  const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
+  return parseReply<T>(await requestAnywhere(nc, subject, { data }, 10_000), subject, data.length).value;
 }
 
 /** A started mesh with a connection and the `config` bucket of every site, each site sourcing every other. */

@@ -17,7 +17,8 @@ import {
   endpointSubject,
   kvStream,
   metaBucket,
-  requestJson,
+  parseReply,
+  requestAnywhere,
   siteLinked,
   siteQuiet,
 } from "../../services/mod.ts";
@@ -196,7 +197,9 @@ export async function call<T>(
   body: unknown = {},
   timeout = 10_000,
 ): Promise<{ value: T; bytes: number }> {
-  return requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout });
+  const subject = endpointSubject(site, service, endpoint);
+  const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
+  return parseReply<T>(await requestAnywhere(nc, subject, { data }, timeout), subject, data.length);
 }
 
 /** Stop the bench mesh, logging (not throwing) a failure. */

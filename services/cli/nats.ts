@@ -26,7 +26,7 @@ import {
   relayReplyPrefix,
   relaySubject,
 } from "../lib/subjects.ts";
-import type { Route } from "../lib/transport.ts";
+import { type Route, isNoResponders } from "../lib/transport.ts";
 import { CliError, type ConnOptions } from "./args.ts";
 
 /** The site token of the CLI's relay reply subjects (`syncd_reply.cli.<id>.<n>`; any token works). */
@@ -200,11 +200,6 @@ export async function ask<T>(
 }
 
 const enc = new TextEncoder();
-
-function isNoResponders(err: unknown): boolean {
-  if (err instanceof NoRespondersError) return true;
-  return err instanceof RequestError && err.isNoResponders();
-}
 
 function isTimeout(err: unknown): boolean {
   let e: unknown = err;
