@@ -341,13 +341,13 @@ function envIsolate(raw: string | undefined): boolean | "auto" {
   throw new Error(`SYNCD_HUB_ISOLATE must be 1, 0 or auto, got ${JSON.stringify(raw)}`);
 }
 
-/** The (commented) line of the hub configs that isolates leaf interest, uncommented to isolate. */
-const ISOLATE_LINE = /^([ \t]*)# (isolate_leafnode_interest: true)\b.*$/m;
+/** The line of the hub configs that isolates leaf interest (on as shipped), commented out not to isolate. */
+const ISOLATE_LINE = /^([ \t]*)(?:# )?(isolate_leafnode_interest: true)\b(.*)$/m;
 
-/** A hub config with its isolation line uncommented, or left commented. */
+/** A hub config with its isolation line on, or commented out (a 2.9-2.11 hub refuses the field). */
 function withIsolation(conf: string, isolate: boolean, file: string): string {
-  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no "# isolate_leafnode_interest: true" line`);
-  return isolate ? conf.replace(ISOLATE_LINE, "$1$2") : conf;
+  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no "isolate_leafnode_interest: true" line`);
+  return conf.replace(ISOLATE_LINE, isolate ? "$1$2$3" : "$1# $2$3");
 }
 
 /** deploy/nats/hub.conf with the given address and ports (and isolation, default off). */
