@@ -122,6 +122,7 @@ export {
   QUEUE_GROUP,
   RELAY_PREFIX,
   RELAY_REPLY_PREFIX,
+  CLIENT_REPLY_SITE,
   HUB_RELAY_MAPPINGS,
   type ServiceKind,
   ServiceName,

@@ -19,6 +19,7 @@ import { connect } from "@nats-io/transport-node";
 import { connectOptions } from "../lib/connect.ts";
 import { ServiceReplyError, parseReply } from "../lib/request.ts";
 import {
+  CLIENT_REPLY_SITE,
   type ServiceKind,
   ServiceName,
   endpointSubject,
@@ -28,9 +29,6 @@ import {
 } from "../lib/subjects.ts";
 import { type Route, isNoResponders } from "../lib/transport.ts";
 import { CliError, type ConnOptions } from "./args.ts";
-
-/** The site token of the CLI's relay reply subjects (`syncd_reply.cli.<id>.<n>`; any token works). */
-const CLI_REPLY_SITE = "cli";
 
 /** Connect once (a CLI does not wait for a server to come back); throws CliError. */
 export async function connectCli(o: ConnOptions, inboxPrefix?: string): Promise<NatsConnection> {
@@ -98,7 +96,7 @@ export function isReplyStatus(err: unknown, status: number): err is ServiceReply
 export class MeshClient {
   private readonly routes = new Map<string, Route>();
   private readonly jsRoutes = new Map<string, Promise<Route>>();
-  private readonly replyPrefix = relayReplyPrefix(CLI_REPLY_SITE, nuid.next());
+  private readonly replyPrefix = relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next());
   private relayConn: Promise<NatsConnection> | undefined;
   private seq = 0;
 
@@ -150,7 +148,7 @@ export class MeshClient {
   }
 
   private relay(): Promise<NatsConnection> {
-    this.relayConn ??= this.openRelay(relayReplyPrefix(CLI_REPLY_SITE, nuid.next()));
+    this.relayConn ??= this.openRelay(relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next()));
     return this.relayConn;
   }
 

@@ -24,7 +24,7 @@ import {
   TimeoutError,
   nuid,
 } from "@nats-io/nats-core";
-import { relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
+import { CLIENT_REPLY_SITE, relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
 
 /** How long a request tried on the relay after "no responders" on the direct route waits for a reply. */
 export const RELAY_PROBE_MS = 3000;
@@ -48,7 +48,7 @@ type Pending =
 /**
  * One request from a connection at any site (or at the hub) to a subject of any site, without
  * state: direct first, and on "no responders" (nothing delivered) once more through the relay with
- * a reply subject under `syncd_reply.<self>`. For one-off callers (tests, tools); a service that
+ * a reply subject under `syncd_reply.<self>` (default `syncd_reply.cli`). For one-off callers (tests, tools); a service that
  * sends many uses {@link MeshTransport}, which remembers the route. Throws NoRespondersError or
  * TimeoutError like `nc.request`.
  */
@@ -57,7 +57,7 @@ export async function requestAnywhere(
   subject: string,
   msg: OutMsg,
   timeoutMs: number,
-  self = "any",
+  self = CLIENT_REPLY_SITE,
 ): Promise<Msg> {
   const headers = msg.headers ? { headers: msg.headers } : {};
   try {
