@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { isAlive } from "../scripts/lib/proc.ts";
+import { findNatsServer, supportsLeafIsolation } from "../scripts/lib/topology.ts";
 import { relaySubject, requestAnywhere } from "../services/mod.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
 
@@ -39,6 +40,13 @@ describe("harness: startMesh({services: false})", () => {
     assert.equal(mesh.sites.b?.nodeId, "site-b");
     assert.match(mesh.hub.url, /^nats:\/\/127\.0\.0\.1:\d+$/);
     assert.notEqual(mesh.sites.a?.url, mesh.sites.b?.url);
+  });
+
+  test("the hub isolates leaf interest by default when its server can (2.12+): then a reaches b through the relay only", async () => {
+    if (process.env.SYNCD_HUB_ISOLATE === undefined)
+      assert.equal(mesh.topology.hub.isolate === true, supportsLeafIsolation(findNatsServer()));
+    if (mesh.topology.hub.isolate)
+      await assert.rejects(a.request("harness.echo", "direct", { timeout: 1000 }), /no responders/i);
   });
 
   test("a core request from a reaches a responder on b", async () => {
