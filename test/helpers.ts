@@ -22,6 +22,7 @@ import {
   parseReply,
   plantVersion as plant,
   requestAnywhere,
+  requestJson,
   siteLinked,
   siteQuiet,
   valueHash,
@@ -117,7 +118,17 @@ export async function peersLinked(
   });
 }
 
-/** Call a syncd endpoint of a site, from a connection at any site (through the hub relay when the hub isolates leaf interest). */
+/** Whether a connection is to a server of `site` (server_name `site-<site>`, `site-<site>-<n>` in a cluster). */
+export function atSite(nc: NatsConnection, site: string): boolean {
+  const name = nc.info?.server_name ?? "";
+  return name === `site-${site}` || new RegExp(`^site-${site}-\\d+$`).test(name);
+}
+
+/**
+ * Call a syncd endpoint of a site: directly from a connection at that site (no responders fails at
+ * once, as tests that wait for a restarting service expect), else directly or through the hub relay
+ * (a hub that isolates leaf interest).
+ */
 export async function call<T>(
   nc: NatsConnection,
   site: string,
@@ -126,6 +137,7 @@ export async function call<T>(
   body: unknown = {},
 ): Promise<T> {
   const subject = endpointSubject(site, service, endpoint);
+  if (atSite(nc, site)) return (await requestJson<T>(nc, subject, body, { timeout: 10_000 })).value;
   const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
   return parseReply<T>(await requestAnywhere(nc, subject, { data }, 10_000), subject, data.length).value;
 }

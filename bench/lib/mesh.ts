@@ -19,6 +19,7 @@ import {
   metaBucket,
   parseReply,
   requestAnywhere,
+  requestJson,
   siteLinked,
   siteQuiet,
 } from "../../services/mod.ts";
@@ -198,8 +199,12 @@ export async function call<T>(
   timeout = 10_000,
 ): Promise<{ value: T; bytes: number }> {
   const subject = endpointSubject(site, service, endpoint);
-  const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
-  return parseReply<T>(await requestAnywhere(nc, subject, { data }, timeout), subject, data.length);
+  // a connection at another site reaches it directly or through the hub relay (isolated leaf interest)
+  if (nc.info?.server_name !== `site-${site}`) {
+    const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
+    return parseReply<T>(await requestAnywhere(nc, subject, { data }, timeout), subject, data.length);
+  }
+  return requestJson<T>(nc, subject, body, { timeout });
 }
 
 /** Stop the bench mesh, logging (not throwing) a failure. */
