@@ -90,8 +90,8 @@ export function isReplyStatus(err: unknown, status: number): err is ServiceReply
  * the route that worked last for its site, and the other one on "no responders" (known at once,
  * nothing was delivered); discovery publishes on both routes; another site's JetStream is reached
  * through `syncd_via.$JS.<domain>.API` on a second connection whose inboxes are relay reply subjects.
- * A user allowed neither `syncd_via.>` nor `syncd_reply.>` (deploy/nats/site-users.conf.template's
- * app and reader) sees its own site only under isolation, as `nats micro ls` does.
+ * A user not allowed the relay subjects (`syncd_via.<subject>`, `syncd_reply.cli.>`; see
+ * deploy/nats/site-users.conf.template) sees its own site only under isolation, as `nats micro ls` does.
  */
 export class MeshClient {
   private readonly routes = new Map<string, Route>();
