@@ -83,7 +83,15 @@ type MeshState = {
   started_at: string;
   buckets: string[];
   scale: string;
-  hub: { url: string; monitor_url: string; leaf_url: string; pid: number | null; log: string };
+  hub: {
+    url: string;
+    monitor_url: string;
+    leaf_url: string;
+    pid: number | null;
+    log: string;
+    /** the hub isolates leaf interest: a site's own clients see that site only */
+    isolated: boolean;
+  };
   sites: Record<
     string,
     {
@@ -231,6 +239,7 @@ function buildState(
       leaf_url: t.hub.leafUrl,
       pid: t.hub.pid ?? null,
       log: t.hub.logFile,
+      isolated: t.hub.isolate === true,
     },
     sites: Object.fromEntries(
       Object.entries(t.sites).map(([k, s]) => [

@@ -15,8 +15,9 @@
 #              (syncd, app, reader, admin; random passwords in $MESH_DIR/secrets/), TLS on every client
 #              port and mutual TLS + a password on the leaf connections (certificates in
 #              $MESH_DIR/certs, made by ./scripts/gen-certs.sh), the hub for admin only
-#   SYNCD_HUB_ISOLATE=0   auto: the hub isolates leaf interest when nats-server is 2.12+ (1: must);
-#              a site then sees only its own services (mesh-wide commands: at the hub's port)
+#   SYNCD_HUB_ISOLATE=auto   the hub isolates leaf interest when nats-server is 2.12+ (1: must, 0: never);
+#              a site's own clients then see only its services (`nats micro ls`); `syncd` reaches
+#              every site through the hub relay
 set -euo pipefail
 export SYNCD_CALLER_CWD="$PWD"   # relative paths given by the user are meant from here
 cd "$(dirname "$0")/.."

@@ -77,7 +77,7 @@ export {
   sourcesBackOff,
   versionOfStreamConfig,
 } from "./lib/rearm.ts";
-export { ServiceReplyError, requestJson } from "./lib/request.ts";
+export { ServiceReplyError, parseReply, requestJson } from "./lib/request.ts";
 export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
 export type {
   ClockNowResponse,
@@ -131,6 +131,7 @@ export {
   QUEUE_GROUP,
   RELAY_PREFIX,
   RELAY_REPLY_PREFIX,
+  CLIENT_REPLY_SITE,
   HUB_RELAY_MAPPINGS,
   type ServiceKind,
   ServiceName,
@@ -158,7 +159,7 @@ export {
   siteSubjectPrefix,
   useMesh,
 } from "./lib/subjects.ts";
-export { MeshTransport, type Route } from "./lib/transport.ts";
+export { MeshTransport, type Route, requestAnywhere } from "./lib/transport.ts";
 export {
   type MergeDeps,
   admit,

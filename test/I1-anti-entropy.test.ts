@@ -48,7 +48,7 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
   });
 
   const call = async <T>(site: Site, endpoint: string, body: unknown, timeout = 30_000): Promise<T> =>
-    (await requestJson<T>(nc.a, endpointSubject(site, "reconciler", endpoint), body, { timeout })).value;
+    (await requestJson<T>(nc[site], endpointSubject(site, "reconciler", endpoint), body, { timeout })).value;
 
   /**
    * Write a version behind the services' back, as a merger commits it: bucket entry with headers,

@@ -41,6 +41,7 @@ import {
   endpointSubject,
   kvStream,
   kvSubject,
+  requestAnywhere,
   requestJson,
 } from "../services/mod.ts";
 import { type Mesh, eventually, sleep, startMesh, waitFor } from "./harness/mesh.ts";
@@ -299,7 +300,12 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
       ["a", "reconciler", "status"],
       ["a", "clock", "now"],
     ] as const)
-      await requestJson(rd, endpointSubject(site, svc, ep), {});
+      await requestAnywhere(
+        rd,
+        endpointSubject(site, svc, ep),
+        { data: new TextEncoder().encode("{}") },
+        5000,
+      );
     const got = await requestJson<{ value?: string }>(rd, endpointSubject("a", "merger", "get"), {
       bucket: "config",
       key: "sec.read",

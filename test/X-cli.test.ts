@@ -185,6 +185,14 @@ describe("syncd CLI on a two-site mesh", () => {
         [...kinds].sort(),
       );
     assert.equal(new Set(rows.map((r) => r.id)).size, 8);
+    if (mesh.topology.hub.isolate) {
+      // the hub isolates leaf interest (the default on 2.12+): a client at a does not reach b's
+      // endpoints directly; the CLI, connected to a, found them through the hub relay
+      const direct = await nc
+        .a!.request(endpointSubject("b", "clock", "now"), "{}", { timeout: 2000 })
+        .then(() => "answered", String);
+      assert.match(direct, /no responders/i, "site a reaches b directly: the hub does not isolate");
+    }
 
     // the table for people: a header, one aligned row per instance, a count
     const t = await syncd("micro", "ls");

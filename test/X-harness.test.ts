@@ -1,6 +1,6 @@
 /**
  * Self-test of the test harness and of the site config it renders: core request/reply crosses the
- * hub, a stopped hub partitions the sites and a restarted one heals them, `rep.kv.ops` stays in its
+ * hub (directly, or through the hub relay when the hub isolates leaf interest), a stopped hub partitions the sites and a restarted one heals them, `rep.kv.ops` stays in its
  * site, and no server outlives a crashed test process.
  */
 import assert from "node:assert/strict";
@@ -9,7 +9,14 @@ import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { isAlive } from "../scripts/lib/proc.ts";
+import { findNatsServer, supportsLeafIsolation } from "../scripts/lib/topology.ts";
+import { relaySubject, requestAnywhere } from "../services/mod.ts";
 import { type Mesh, eventually, startMesh, waitFor } from "./harness/mesh.ts";
+
+const enc = new TextEncoder();
+/** A request from a connection at one site to a responder at another: direct or through the relay. */
+const ask = (nc: NatsConnection, subject: string, text: string) =>
+  requestAnywhere(nc, subject, { data: enc.encode(text) }, 500);
 
 describe("harness: startMesh({services: false})", () => {
   let mesh: Mesh;
@@ -35,8 +42,15 @@ describe("harness: startMesh({services: false})", () => {
     assert.notEqual(mesh.sites.a?.url, mesh.sites.b?.url);
   });
 
+  test("the hub isolates leaf interest by default when its server can (2.12+): then a reaches b through the relay only", async () => {
+    if (process.env.SYNCD_HUB_ISOLATE === undefined)
+      assert.equal(mesh.topology.hub.isolate === true, supportsLeafIsolation(findNatsServer()));
+    if (mesh.topology.hub.isolate)
+      await assert.rejects(a.request("harness.echo", "direct", { timeout: 1000 }), /no responders/i);
+  });
+
   test("a core request from a reaches a responder on b", async () => {
-    const r = await waitFor(() => a.request("harness.echo", "hi", { timeout: 500 }), {
+    const r = await waitFor(() => ask(a, "harness.echo", "hi"), {
       message: "a -> b request",
     });
     assert.equal(r.string(), "b got hi");
@@ -50,8 +64,8 @@ describe("harness: startMesh({services: false})", () => {
     // interest needs a few ms to reach a: wait until the site-scoped subject arrives
     await waitFor(
       async () => {
-        a.publish("rep.kv.ops", "x");
-        a.publish("rep.kv.ops.a", "y");
+        for (const subject of ["rep.kv.ops", relaySubject("rep.kv.ops")]) a.publish(subject, "x");
+        for (const subject of ["rep.kv.ops.a", relaySubject("rep.kv.ops.a")]) a.publish(subject, "y");
         await a.flush();
         await new Promise((r) => setTimeout(r, 20));
         return got.includes("own y");
@@ -74,7 +88,7 @@ describe("harness: startMesh({services: false})", () => {
     const err = await waitFor(
       async () => {
         try {
-          await a.request("harness.echo", "cut", { timeout: 500 });
+          await ask(a, "harness.echo", "cut");
           return undefined;
         } catch (e) {
           return /no responders/i.test(String(e)) ? String(e) : undefined;
@@ -85,7 +99,7 @@ describe("harness: startMesh({services: false})", () => {
     assert.match(err, /no responders/i);
     await mesh.startHub();
     await eventually(async () => {
-      const r = await a.request("harness.echo", "healed", { timeout: 500 });
+      const r = await ask(a, "harness.echo", "healed");
       assert.equal(r.string(), "b got healed");
     });
   });
@@ -101,7 +115,7 @@ describe("harness: startMesh({services: false})", () => {
     const c = await mesh.addSite("c", { services: false });
     assert.equal(c.domain, "c");
     const nc = await mesh.connect("c");
-    const r = await waitFor(() => nc.request("harness.echo", "from c", { timeout: 500 }), {
+    const r = await waitFor(() => ask(nc, "harness.echo", "from c"), {
       message: "c -> b",
     });
     assert.equal(r.string(), "b got from c");

@@ -17,7 +17,8 @@ import {
   Streams,
   endpointSubject,
   meshNames,
-  requestJson,
+  parseReply,
+  requestAnywhere,
 } from "../services/mod.ts";
 import { type Mesh, startMesh } from "./harness/mesh.ts";
 import { HUB_DOMAIN, runSyncdCli, until } from "./helpers.ts";
@@ -145,9 +146,14 @@ describe("X mesh namespace: two meshes on one hub never see each other", () => {
   });
 
   it("discovery, endpoints and membership are per mesh (PING metadata, peers, members buckets, CLI)", async () => {
-    // endpoints: a blue site answers on blue's subjects only
-    const status = async (s: Site, subject: string) =>
-      (await requestJson<ReconcilerStatusResponse>(nc.a, subject, {}, { timeout: 5000 })).value;
+    // endpoints: a blue site answers on blue's subjects only (from a, directly or through the hub relay)
+    const ask = async (subject: string, timeout: number) =>
+      parseReply<ReconcilerStatusResponse>(
+        await requestAnywhere(nc.a, subject, { data: new TextEncoder().encode("{}") }, timeout),
+        subject,
+        2,
+      ).value;
+    const status = (_s: Site, subject: string) => ask(subject, 5000);
     await until(
       async () => {
         const a = await status("a", endpointSubject("a", "reconciler", "status"));
@@ -157,12 +163,13 @@ describe("X mesh namespace: two meshes on one hub never see each other", () => {
       { timeout: 30_000, message: "the reconcilers' peers are not their own mesh's sites" },
     );
     await assert.rejects(
-      requestJson(nc.a, endpointSubject("c", "reconciler", "status"), {}, { timeout: 1500 }),
+      ask(endpointSubject("c", "reconciler", "status"), 1500),
       "site c must not answer on the default mesh's subject",
     );
 
-    // $SRV.PING: the metadata names the mesh
-    const replies = await nc.a.requestMany("$SRV.PING.syncd-merger", "", {
+    // $SRV.PING: the metadata names the mesh (asked at the hub, which sees every site)
+    const hub = await mesh.connectHub();
+    const replies = await hub.requestMany("$SRV.PING.syncd-merger", "", {
       strategy: "timer",
       maxWait: 1500,
     });

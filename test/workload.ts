@@ -24,6 +24,7 @@ import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jets
 import { type KV, Kvm } from "@nats-io/kv";
 import { type NatsConnection, headers } from "@nats-io/nats-core";
 import {
+  CLIENT_REPLY_SITE,
   type Conflict,
   OPS_INGRESS,
   type Op,
@@ -37,6 +38,8 @@ import {
   opValue,
   opVersioned,
   parseOp,
+  relayReplyPrefix,
+  relaySubject,
 } from "../services/mod.ts";
 import { versions } from "./helpers.ts";
 import { prng } from "./sim/sched.ts";
@@ -479,20 +482,27 @@ export async function publishHandMade(nc: NatsConnection, op: Op): Promise<void>
   await nc.flush();
 }
 
-/** Micro STATS of every instance of a service (all sites): the replies within `ms`. */
+/**
+ * Micro STATS of every instance of a service (all sites): the replies within `ms`, asked directly
+ * and through the hub relay (a hub that isolates leaf interest), one per instance.
+ */
 export async function collectStats(nc: NatsConnection, service: string, ms = 1000): Promise<MicroStats[]> {
-  const out: MicroStats[] = [];
-  const inbox = `_INBOX.stats.${Math.random().toString(36).slice(2)}`;
+  const out = new Map<string, MicroStats>();
+  const inbox = `${relayReplyPrefix(CLIENT_REPLY_SITE, Math.random().toString(36).slice(2))}.stats`;
   const sub = nc.subscribe(inbox, {
     callback: (err, m) => {
-      if (!err) out.push(JSON.parse(dec.decode(m.data)) as MicroStats);
+      if (err || m.data.length === 0) return;
+      const s = JSON.parse(dec.decode(m.data)) as MicroStats;
+      if (!out.has(s.id)) out.set(s.id, s);
     },
   });
+  await nc.flush();
   nc.publish(`$SRV.STATS.${service}`, "", { reply: inbox });
+  nc.publish(relaySubject(`$SRV.STATS.${service}`), "", { reply: inbox });
   await nc.flush();
   await sleep(ms);
   sub.unsubscribe();
-  return out;
+  return [...out.values()];
 }
 
 /** The parts of a micro STATS reply the tests read. */

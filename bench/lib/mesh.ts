@@ -17,6 +17,8 @@ import {
   endpointSubject,
   kvStream,
   metaBucket,
+  parseReply,
+  requestAnywhere,
   requestJson,
   siteLinked,
   siteQuiet,
@@ -196,7 +198,13 @@ export async function call<T>(
   body: unknown = {},
   timeout = 10_000,
 ): Promise<{ value: T; bytes: number }> {
-  return requestJson<T>(nc, endpointSubject(site, service, endpoint), body, { timeout });
+  const subject = endpointSubject(site, service, endpoint);
+  // a connection at another site reaches it directly or through the hub relay (isolated leaf interest)
+  if (nc.info?.server_name !== `site-${site}`) {
+    const data = new TextEncoder().encode(JSON.stringify(body ?? {}));
+    return parseReply<T>(await requestAnywhere(nc, subject, { data }, timeout), subject, data.length);
+  }
+  return requestJson<T>(nc, subject, body, { timeout });
 }
 
 /** Stop the bench mesh, logging (not throwing) a failure. */

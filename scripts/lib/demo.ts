@@ -181,8 +181,8 @@ async function envCmd(): Promise<void> {
   const mesh = readMesh();
   const names = Object.keys(mesh.sites);
   if (names.length < 2) throw new MeshProblem(`the mesh has ${names.length} site(s); the demos need two`, 4);
-  // every site's server answers, and from the first site every site's four services answer: that
-  // also proves the hub links the sites
+  // every site's server answers, and from the first site every site's four services answer (also
+  // through the hub relay: a hub that isolates leaf interest): that also proves the hub links the sites
   const problems: string[] = [];
   const first = names[0] as string;
   let nc: NatsConnection | undefined;
@@ -203,7 +203,7 @@ async function envCmd(): Promise<void> {
   }
   if (nc && problems.length === 0) {
     try {
-      const answers = await pingSite(nc, undefined, 400);
+      const answers = await pingSite(nc, undefined, 400, undefined, true);
       for (const n of names) {
         const kinds = new Set(answers.filter((a) => a.site === n).map((a) => a.kind));
         const missing = SERVICE_KINDS.filter((k) => !kinds.has(k));

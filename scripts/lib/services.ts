@@ -10,9 +10,15 @@
  */
 import { readFileSync, readdirSync } from "node:fs";
 import * as path from "node:path";
-import { type NatsConnection, createInbox } from "@nats-io/nats-core";
+import { type NatsConnection, createInbox, nuid } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
-import { type ServiceKind, ServiceName } from "../../services/mod.ts";
+import {
+  CLIENT_REPLY_SITE,
+  type ServiceKind,
+  ServiceName,
+  relayReplyPrefix,
+  relaySubject,
+} from "../../services/mod.ts";
 import {
   type Proc,
   describeExit,
@@ -445,7 +451,8 @@ export type PingAnswer = {
 
 /**
  * Every syncd service instance that answers `$SRV.PING.syncd-<kind>` within `waitMs`, optionally only
- * those whose `metadata.site` is `site`.
+ * those whose `metadata.site` is `site`. `relay`: also ask through the hub relay, so that a
+ * connection at one site hears every site's instances when the hub isolates leaf interest.
  */
 export async function pingSite(
   nc: NatsConnection,
@@ -453,9 +460,10 @@ export async function pingSite(
   waitMs = 300,
   /** stop collecting early once this holds for the answers so far */
   enough?: (answers: PingAnswer[]) => boolean,
+  relay = false,
 ): Promise<PingAnswer[]> {
   const out: PingAnswer[] = [];
-  const reply = createInbox();
+  const reply = relay ? `${relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next())}.ping` : createInbox();
   let wake: (() => void) | undefined;
   const done = new Promise<void>((r) => {
     wake = r;
@@ -485,7 +493,11 @@ export async function pingSite(
   });
   try {
     await nc.flush();
-    for (const kind of SERVICE_KINDS) nc.publish(`$SRV.PING.${ServiceName[kind]}`, "", { reply });
+    for (const kind of SERVICE_KINDS) {
+      const subject = `$SRV.PING.${ServiceName[kind]}`;
+      nc.publish(subject, "", { reply });
+      if (relay) nc.publish(relaySubject(subject), "", { reply });
+    }
     await nc.flush();
     await within(done, waitMs);
   } finally {

@@ -186,7 +186,7 @@ export type TopologyOptions = {
   auth?: { user: string; pass: string };
   /**
    * the hub isolates leaf interest (nats-server 2.12+; README "What the mesh is"): true, false, or
-   * "auto" (when the server supports it). Default: $SYNCD_HUB_ISOLATE (1, 0 or auto), else false.
+   * "auto" (when the server supports it). Default: $SYNCD_HUB_ISOLATE (1, 0 or auto), else "auto".
    */
   isolate?: boolean | "auto";
   /** the secured variant (TLS, hub auth); needs `siteInclude` (the site users) and `auth` */
@@ -335,19 +335,19 @@ export function resolveIsolate(
 }
 
 function envIsolate(raw: string | undefined): boolean | "auto" {
-  if (raw === undefined || raw === "" || raw === "0" || raw === "false") return false;
-  if (raw === "auto") return "auto";
+  if (raw === undefined || raw === "" || raw === "auto") return "auto";
+  if (raw === "0" || raw === "false") return false;
   if (raw === "1" || raw === "true") return true;
   throw new Error(`SYNCD_HUB_ISOLATE must be 1, 0 or auto, got ${JSON.stringify(raw)}`);
 }
 
-/** The (commented) line of the hub configs that isolates leaf interest, uncommented to isolate. */
-const ISOLATE_LINE = /^([ \t]*)# (isolate_leafnode_interest: true)\b.*$/m;
+/** The line of the hub configs that isolates leaf interest (on as shipped), commented out not to isolate. */
+const ISOLATE_LINE = /^([ \t]*)(?:# )?(isolate_leafnode_interest: true)\b(.*)$/m;
 
-/** A hub config with its isolation line uncommented, or left commented. */
+/** A hub config with its isolation line on, or commented out (a 2.9-2.11 hub refuses the field). */
 function withIsolation(conf: string, isolate: boolean, file: string): string {
-  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no "# isolate_leafnode_interest: true" line`);
-  return isolate ? conf.replace(ISOLATE_LINE, "$1$2") : conf;
+  if (!ISOLATE_LINE.test(conf)) throw new Error(`${file}: no "isolate_leafnode_interest: true" line`);
+  return conf.replace(ISOLATE_LINE, isolate ? "$1$2$3" : "$1# $2$3");
 }
 
 /** deploy/nats/hub.conf with the given address and ports (and isolation, default off). */

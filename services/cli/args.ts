@@ -95,7 +95,8 @@ ${Object.entries(FLAGS)
   -h, --help                 this text
   --version                  the package version
 
-Sites are found with $SRV.PING.syncd-merger (metadata site, domain).
+Sites are found with $SRV.PING.syncd-merger (metadata site, domain), asked directly and through the
+hub relay (syncd_via.>), so any server of the mesh will do, also when the hub isolates leaf interest.
 Exit codes: 0 ok, 1 error (status --check: also a condition that needs a person), 2 usage error.`;
 
 type Flag = keyof typeof FLAGS;

@@ -11,7 +11,7 @@ import type { Ctx, Output } from "./context.ts";
 import { diffCommand } from "./diff.ts";
 import { delCommand, getCommand, putCommand } from "./keys.ts";
 import { microCommand } from "./micro.ts";
-import { connectCli, messageOf } from "./nats.ts";
+import { MeshClient, connectCli, messageOf } from "./nats.ts";
 import { reconcileCommand } from "./reconcile.ts";
 import { siteCommand } from "./site.ts";
 import { statusCommand } from "./status.ts";
@@ -139,15 +139,18 @@ export async function run(argv: string[], io: Io, env: NodeJS.ProcessEnv = proce
     return fail(err, io, env);
   }
   let nc: NatsConnection | undefined;
+  let mesh: MeshClient | undefined;
   try {
     nc = await connectCli(cli.conn);
-    const ctx: Ctx = { nc, cli, warn: (m) => io.err(`syncd: ${m}`) };
+    mesh = new MeshClient(nc, (inboxPrefix) => connectCli(cli.conn, inboxPrefix));
+    const ctx: Ctx = { nc, mesh, cli, warn: (m) => io.err(`syncd: ${m}`) };
     const output = await cmd.run(ctx);
     io.out(cli.json ? JSON.stringify(output.data, null, 2) : output.text);
     return output.exitCode ?? 0;
   } catch (err) {
     return fail(err, io, env);
   } finally {
+    await mesh?.close();
     await nc?.close().catch(() => {});
   }
 }

@@ -10,7 +10,7 @@ import type { Conflict } from "../lib/schemas.gen.ts";
 import { Streams } from "../lib/subjects.ts";
 import { CliError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
-import { type SiteRef, cmp, findSites, messageOf, pickSites } from "./nats.ts";
+import { type MeshClient, type SiteRef, cmp, findSites, messageOf, pickSites } from "./nats.ts";
 import { clip, table } from "./table.ts";
 
 /** What was read at one site. */
@@ -38,7 +38,7 @@ const dec = new TextDecoder();
 
 /** Read every record of a site's conflict stream that matches. */
 async function readSite(
-  js: JetStreamClient,
+  mesh: MeshClient,
   ref: SiteRef,
   match: (c: Conflict) => boolean,
   timeoutMs: number,
@@ -47,7 +47,10 @@ async function readSite(
   const info: SiteConflicts = { site: ref.site, domain: ref.domain, exists: true, scanned: 0, matched: 0 };
   const records: Conflict[] = [];
   let messages: number;
+  let js: JetStreamClient;
   try {
+    const to = await mesh.jetStream(ref.domain, timeoutMs);
+    js = jetstream(to.nc, to.opts);
     const jsm = await js.jetstreamManager(false);
     messages = (await jsm.streams.info(stream)).state.messages;
   } catch (err) {
@@ -103,12 +106,12 @@ export async function conflictsCommand(ctx: Ctx): Promise<Output> {
     string,
     string | undefined,
   ];
-  const sites = pickSites(await findSites(ctx.nc), ctx.cli.site, true);
+  const sites = pickSites(await findSites(ctx.mesh), ctx.cli.site, true);
   const match = (c: Conflict) => c.bucket === bucket && (key === undefined || c.key === key);
   const timeout = ctx.cli.conn.timeoutMs;
   const read = await Promise.all(
     sites.map((s) =>
-      readSite(jetstream(ctx.nc, { domain: s.domain, timeout }), s, match, timeout).catch((err) => {
+      readSite(ctx.mesh, s, match, timeout).catch((err) => {
         throw err instanceof CliError ? err : new CliError(`site ${s.site}: ${messageOf(err)}`);
       }),
     ),

@@ -172,14 +172,14 @@ function newestOf(row: Record<string, SiteVersion | null>): string[] {
 export async function diffCommand(ctx: Ctx): Promise<Output> {
   const [bucket] = expectArgs(ctx.cli, 1, 1, "diff <bucket>") as [string];
   if (ctx.cli.site !== undefined) throw new UsageError("diff compares every site; --site does not apply");
-  const sites = (await findSites(ctx.nc)).map((s) => s.site);
+  const sites = (await findSites(ctx.mesh)).map((s) => s.site);
   if (sites.length < 2)
     throw new CliError(`diff needs two sites or more; found ${sites.length ? sites.join(", ") : "none"}`);
   const timeout = ctx.cli.conn.timeoutMs;
   const meter = { bytes: 0 };
   const call = async <T>(site: string, endpoint: string, body: unknown): Promise<T> => {
     try {
-      const r = await request<T>(ctx.nc, endpointSubject(site, "reconciler", endpoint), body, timeout);
+      const r = await request<T>(ctx.mesh, site, "reconciler", endpoint, body, timeout);
       meter.bytes += r.bytes;
       return r.value;
     } catch (err) {

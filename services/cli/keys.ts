@@ -71,8 +71,10 @@ function order(a: KeyAtSite, b: KeyAtSite): number {
 export async function keyAt(ctx: Ctx, site: string, bucket: string, key: string): Promise<KeyAtSite> {
   try {
     const r = await ask<MergerGetResponse>(
-      ctx.nc,
-      endpointSubject(site, "merger", "get"),
+      ctx.mesh,
+      site,
+      "merger",
+      "get",
       { bucket, key },
       ctx.cli.conn.timeoutMs,
     );
@@ -107,7 +109,7 @@ export function compareSites(answers: KeyAtSite[]): { differ: boolean; newest: s
 export async function getCommand(ctx: Ctx): Promise<Output> {
   const [bucket, key] = expectArgs(ctx.cli, 2, 2, "get <bucket> <key> [--site s]") as [string, string];
   checkBucketKey(bucket, key);
-  const sites = pickSites(await findSites(ctx.nc), ctx.cli.site);
+  const sites = pickSites(await findSites(ctx.mesh), ctx.cli.site);
   const answers = await Promise.all(sites.map((s) => keyAt(ctx, s.site, bucket, key)));
   const errors = answers.filter((a) => a.state === "error");
   if (errors.length === answers.length)
@@ -135,7 +137,7 @@ export async function getCommand(ctx: Ctx): Promise<Output> {
 
 /** The one site a write goes to: --site, or the only site there is. */
 async function writeSite(ctx: Ctx, synopsis: string): Promise<SiteRef> {
-  const found = await findSites(ctx.nc);
+  const found = await findSites(ctx.mesh);
   if (ctx.cli.site === undefined) {
     if (found.length === 1) return found[0]!;
     if (found.length === 0) throw new CliError("no syncd site found (is the mesh up?); name one with --site");
@@ -147,9 +149,9 @@ async function writeSite(ctx: Ctx, synopsis: string): Promise<SiteRef> {
 }
 
 async function openBucket(ctx: Ctx, site: SiteRef, bucket: string): Promise<KV> {
-  const js = jetstream(ctx.nc, { domain: site.domain, timeout: ctx.cli.conn.timeoutMs });
   try {
-    const kv = await new Kvm(js).open(bucket);
+    const to = await ctx.mesh.jetStream(site.domain, ctx.cli.conn.timeoutMs);
+    const kv = await new Kvm(jetstream(to.nc, to.opts)).open(bucket);
     await kv.status();
     return kv;
   } catch (err) {

@@ -43,7 +43,7 @@ function nothing(name: string | undefined, id: string | undefined): CliError {
 }
 
 async function microLs(ctx: Ctx, name: string | undefined): Promise<Output> {
-  const infos = await discover<MicroInfo>(ctx.nc, "INFO", name);
+  const infos = await discover<MicroInfo>(ctx.mesh, "INFO", name);
   const rows: MicroLsRow[] = infos.map((i) => ({
     name: i.name,
     id: i.id,
@@ -63,7 +63,7 @@ async function microLs(ctx: Ctx, name: string | undefined): Promise<Output> {
 }
 
 async function microInfo(ctx: Ctx, name: string | undefined, id: string | undefined): Promise<Output> {
-  const infos = await discover<MicroInfo>(ctx.nc, "INFO", name, id);
+  const infos = await discover<MicroInfo>(ctx.mesh, "INFO", name, id);
   if (infos.length === 0) throw nothing(name, id);
   const blocks = infos.map((i) => {
     const md = i.metadata ?? {};
@@ -93,7 +93,7 @@ async function microInfo(ctx: Ctx, name: string | undefined, id: string | undefi
 }
 
 async function microStats(ctx: Ctx, name: string | undefined, id: string | undefined): Promise<Output> {
-  const stats = await discover<MicroStats>(ctx.nc, "STATS", name, id);
+  const stats = await discover<MicroStats>(ctx.mesh, "STATS", name, id);
   if (stats.length === 0) throw nothing(name, id);
   const rows = stats.flatMap((s) =>
     (s.endpoints ?? []).map((e) => [

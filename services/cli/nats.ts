@@ -1,25 +1,37 @@
 /**
  * The CLI's NATS side: one connection (no reconnects, clear errors), JSON requests to syncd
  * endpoints with errors a person can read, micro discovery ($SRV.PING|INFO|STATS) collected until
- * quiet, and the sites of the mesh.
+ * quiet, and the sites of the mesh — reached directly or through the hub relay ({@link MeshClient}).
  */
 import { readFileSync } from "node:fs";
+import type { JetStreamOptions } from "@nats-io/jetstream";
 import {
   Empty,
+  type Msg,
   type NatsConnection,
   NoRespondersError,
   RequestError,
   TimeoutError,
   createInbox,
+  nuid,
 } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { connectOptions } from "../lib/connect.ts";
-import { ServiceReplyError, requestJson } from "../lib/request.ts";
-import { ServiceName, inCurrentMesh } from "../lib/subjects.ts";
+import { ServiceReplyError, parseReply } from "../lib/request.ts";
+import {
+  CLIENT_REPLY_SITE,
+  type ServiceKind,
+  ServiceName,
+  endpointSubject,
+  inCurrentMesh,
+  relayReplyPrefix,
+  relaySubject,
+} from "../lib/subjects.ts";
+import { type Route, isNoResponders } from "../lib/transport.ts";
 import { CliError, type ConnOptions } from "./args.ts";
 
 /** Connect once (a CLI does not wait for a server to come back); throws CliError. */
-export async function connectCli(o: ConnOptions): Promise<NatsConnection> {
+export async function connectCli(o: ConnOptions, inboxPrefix?: string): Promise<NatsConnection> {
   for (const [file, what] of [
     [o.creds, "credentials file"],
     [o.nkey, "nkey seed file"],
@@ -37,6 +49,7 @@ export async function connectCli(o: ConnOptions): Promise<NatsConnection> {
       name: "syncd-cli",
       timeout: o.timeoutMs,
       maxReconnectAttempts: 0,
+      ...(inboxPrefix ? { inboxPrefix } : {}),
     });
   } catch (err) {
     throw new CliError(`cannot connect to ${o.servers.join(",")}: ${messageOf(err)}`);
@@ -71,17 +84,98 @@ export function isReplyStatus(err: unknown, status: number): err is ServiceReply
 }
 
 /**
- * Request a syncd endpoint. Throws ServiceReplyError for an error reply (callers that expect one,
- * like a 404, catch it), NoAnswerError when nobody answered, CliError otherwise.
+ * The CLI's way to every site (README "What the mesh is"): the server it is connected to reaches its
+ * own site, and the others too unless the hub isolates leaf interest. Then the hub relay carries
+ * what the direct route cannot (services/lib/transport.ts, same route logic): a request tries
+ * the route that worked last for its site, and the other one on "no responders" (known at once,
+ * nothing was delivered); discovery publishes on both routes; another site's JetStream is reached
+ * through `syncd_via.$JS.<domain>.API` on a second connection whose inboxes are relay reply subjects.
+ * A user not allowed the relay subjects (`syncd_via.<subject>`, `syncd_reply.cli.>`; see
+ * deploy/nats/site-users.conf.template) sees its own site only under isolation, as `nats micro ls` does.
+ */
+export class MeshClient {
+  private readonly routes = new Map<string, Route>();
+  private readonly jsRoutes = new Map<string, Promise<Route>>();
+  private readonly replyPrefix = relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next());
+  private relayConn: Promise<NatsConnection> | undefined;
+  private seq = 0;
+
+  /** `openRelay(inboxPrefix)` connects again, with that inbox prefix (used once, when needed). */
+  constructor(
+    readonly nc: NatsConnection,
+    private readonly openRelay: (inboxPrefix: string) => Promise<NatsConnection>,
+  ) {}
+
+  /** A reply subject under the relay's reply root. */
+  relayInbox(): string {
+    return `${this.replyPrefix}.${++this.seq}`;
+  }
+
+  /** Send a request to a subject of `site`; throws NoRespondersError when neither route has any. */
+  async request(site: string, subject: string, data: Uint8Array, timeoutMs: number): Promise<Msg> {
+    const first = this.routes.get(site) ?? "direct";
+    try {
+      return await this.once(first, subject, data, timeoutMs);
+    } catch (err) {
+      if (!isNoResponders(err)) throw err;
+      const other: Route = first === "direct" ? "relay" : "direct";
+      const m = await this.once(other, subject, data, timeoutMs);
+      this.routes.set(site, other);
+      return m;
+    }
+  }
+
+  private once(route: Route, subject: string, data: Uint8Array, timeout: number): Promise<Msg> {
+    if (route === "direct") return this.nc.request(subject, data, { timeout });
+    return this.nc.request(relaySubject(subject), data, { timeout, noMux: true, reply: this.relayInbox() });
+  }
+
+  /**
+   * The connection and JetStream options that reach the JetStream of `domain`: directly when
+   * `$JS.<domain>.API.INFO` has a responder here, else through the relay.
+   */
+  async jetStream(domain: string, timeout: number): Promise<{ nc: NatsConnection; opts: JetStreamOptions }> {
+    let route = this.jsRoutes.get(domain);
+    if (!route) {
+      route = this.nc.request(`$JS.${domain}.API.INFO`, Empty, { timeout }).then(
+        (): Route => "direct",
+        (err): Route => (isNoResponders(err) ? "relay" : "direct"),
+      );
+      this.jsRoutes.set(domain, route);
+    }
+    if ((await route) === "direct") return { nc: this.nc, opts: { domain, timeout } };
+    return { nc: await this.relay(), opts: { apiPrefix: relaySubject(`$JS.${domain}.API`), timeout } };
+  }
+
+  private relay(): Promise<NatsConnection> {
+    this.relayConn ??= this.openRelay(relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next()));
+    return this.relayConn;
+  }
+
+  /** Close the relay connection, if one was opened (the caller closes `nc`). */
+  async close(): Promise<void> {
+    const c = this.relayConn;
+    this.relayConn = undefined;
+    if (c) await (await c.catch(() => undefined))?.close().catch(() => {});
+  }
+}
+
+/**
+ * Request a syncd endpoint of a site. Throws ServiceReplyError for an error reply (callers that
+ * expect one, like a 404, catch it), NoAnswerError when nobody answered, CliError otherwise.
  */
 export async function request<T>(
-  nc: NatsConnection,
-  subject: string,
+  mesh: MeshClient,
+  site: string,
+  service: ServiceKind,
+  endpoint: string,
   body: unknown,
   timeoutMs: number,
 ): Promise<{ value: T; bytes: number }> {
+  const subject = endpointSubject(site, service, endpoint);
   try {
-    return await requestJson<T>(nc, subject, body, { timeout: timeoutMs });
+    const data = enc.encode(JSON.stringify(body ?? {}));
+    return parseReply<T>(await mesh.request(site, subject, data, timeoutMs), subject, data.length);
   } catch (err) {
     if (err instanceof ServiceReplyError) throw err;
     if (isNoResponders(err)) throw new NoAnswerError(subject, "no responders");
@@ -93,18 +187,17 @@ export async function request<T>(
 
 /** The value of a request (see {@link request}). */
 export async function ask<T>(
-  nc: NatsConnection,
-  subject: string,
+  mesh: MeshClient,
+  site: string,
+  service: ServiceKind,
+  endpoint: string,
   body: unknown,
   timeoutMs: number,
 ): Promise<T> {
-  return (await request<T>(nc, subject, body, timeoutMs)).value;
+  return (await request<T>(mesh, site, service, endpoint, body, timeoutMs)).value;
 }
 
-function isNoResponders(err: unknown): boolean {
-  if (err instanceof NoRespondersError) return true;
-  return err instanceof RequestError && err.isNoResponders();
-}
+const enc = new TextEncoder();
 
 function isTimeout(err: unknown): boolean {
   let e: unknown = err;
@@ -126,17 +219,21 @@ export function asCliError(what: string, err: unknown): CliError {
 export type CollectOptions = { maxMs?: number; quietMs?: number };
 
 /**
- * Publish an empty request and collect every reply until nothing came for `quietMs` (after the
- * first one) or `maxMs` passed — what `nats micro` does for $SRV requests.
+ * Publish an empty request, directly and through the hub relay (every other site when the hub
+ * isolates leaf interest), and collect every reply until nothing came for `quietMs` (after the
+ * first one) or `maxMs` passed — what `nats micro` does for $SRV requests. An instance reached both
+ * ways answers twice.
  */
 export async function collect(
-  nc: NatsConnection,
+  mesh: MeshClient,
   subject: string,
   o: CollectOptions = {},
 ): Promise<Uint8Array[]> {
+  const { nc } = mesh;
   const maxMs = o.maxMs ?? 1000;
   const quietMs = o.quietMs ?? 300;
   const inbox = createInbox();
+  const relayInbox = mesh.relayInbox();
   const out: Uint8Array[] = [];
   let quiet: ReturnType<typeof setTimeout> | undefined;
   let finish: () => void = () => {};
@@ -144,22 +241,23 @@ export async function collect(
     finish = resolve;
   });
   const all = setTimeout(() => finish(), maxMs);
-  const sub = nc.subscribe(inbox, {
-    callback: (err, m) => {
-      if (err) return;
-      out.push(m.data);
-      clearTimeout(quiet);
-      quiet = setTimeout(() => finish(), quietMs);
-    },
-  });
+  const callback = (err: Error | null, m: Msg) => {
+    if (err) return;
+    if (m.data.length === 0 && m.headers?.code === 503) return;
+    out.push(m.data);
+    clearTimeout(quiet);
+    quiet = setTimeout(() => finish(), quietMs);
+  };
+  const subs = [nc.subscribe(inbox, { callback }), nc.subscribe(relayInbox, { callback })];
   try {
     await nc.flush();
     nc.publish(subject, Empty, { reply: inbox });
+    nc.publish(relaySubject(subject), Empty, { reply: relayInbox });
     await done;
   } finally {
     clearTimeout(all);
     clearTimeout(quiet);
-    sub.unsubscribe();
+    for (const sub of subs) sub.unsubscribe();
   }
   return out;
 }
@@ -207,7 +305,7 @@ const dec = new TextDecoder();
 
 /** `$SRV.<verb>[.name[.id]]`, every reply that parses (syncd's only of the mesh in use), sorted by name, site, id. */
 export async function discover<T extends MicroIdentity>(
-  nc: NatsConnection,
+  mesh: MeshClient,
   verb: MicroVerb,
   name?: string,
   id?: string,
@@ -216,7 +314,7 @@ export async function discover<T extends MicroIdentity>(
   const subject = ["$SRV", verb, ...(name ? [name] : []), ...(name && id ? [id] : [])].join(".");
   const out: T[] = [];
   const seen = new Set<string>();
-  for (const data of await collect(nc, subject, o)) {
+  for (const data of await collect(mesh, subject, o)) {
     let v: unknown;
     try {
       v = JSON.parse(dec.decode(data));
@@ -245,8 +343,8 @@ export function cmp(a: string, b: string): number {
 export type SiteRef = { site: string; domain: string; node_id?: string };
 
 /** The sites of the mesh: `$SRV.PING.syncd-merger` metadata (site, domain), sorted by name. */
-export async function findSites(nc: NatsConnection, o?: CollectOptions): Promise<SiteRef[]> {
-  return sitesOf(await discover(nc, "PING", ServiceName.merger, undefined, o));
+export async function findSites(mesh: MeshClient, o?: CollectOptions): Promise<SiteRef[]> {
+  return sitesOf(await discover(mesh, "PING", ServiceName.merger, undefined, o));
 }
 
 /** The distinct sites of some micro replies (metadata site, domain, node_id), sorted. */

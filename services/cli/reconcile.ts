@@ -19,7 +19,7 @@ const MIN_RUN_TIMEOUT_MS = 120_000;
 /** Run `reconcile`. */
 export async function reconcileCommand(ctx: Ctx): Promise<Output> {
   expectArgs(ctx.cli, 0, 0, "reconcile [--site s] [--bucket b] [--peer p,...]");
-  const sites = pickSites(await findSites(ctx.nc), ctx.cli.site);
+  const sites = pickSites(await findSites(ctx.mesh), ctx.cli.site);
   const body: ReconcilerRunRequest = {
     ...(ctx.cli.bucket ? { bucket: ctx.cli.bucket } : {}),
     ...(ctx.cli.peers ? { peers: ctx.cli.peers } : {}),
@@ -30,14 +30,7 @@ export async function reconcileCommand(ctx: Ctx): Promise<Output> {
   for (const s of sites) {
     let r: ReconcilerRunResponse;
     try {
-      r = (
-        await request<ReconcilerRunResponse>(
-          ctx.nc,
-          endpointSubject(s.site, "reconciler", "run"),
-          body,
-          timeout,
-        )
-      ).value;
+      r = (await request<ReconcilerRunResponse>(ctx.mesh, s.site, "reconciler", "run", body, timeout)).value;
     } catch (err) {
       throw asCliError(`reconcile at site ${s.site}`, err);
     }

@@ -36,7 +36,7 @@ export async function siteCommand(ctx: Ctx): Promise<Output> {
   if (!/^[A-Za-z0-9_-]+$/.test(name!))
     throw new UsageError(`site name must match [A-Za-z0-9_-]+, got "${name}"`);
   const site = name!;
-  const running = (await findSites(ctx.nc)).find((s) => s.site === site);
+  const running = (await findSites(ctx.mesh)).find((s) => s.site === site);
   if (running)
     throw new CliError(`site ${site} is still running (its merger answers): stop its services first`);
   const hubDomain = ctx.cli.hubDomain;

@@ -22,7 +22,16 @@ import { type Sourced, sourcedUpTo } from "../lib/site.ts";
 import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
 import { expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
-import { type MicroStats, type SiteRef, ask, discover, messageOf, pickSites, sitesOf } from "./nats.ts";
+import {
+  type MeshClient,
+  type MicroStats,
+  type SiteRef,
+  ask,
+  discover,
+  messageOf,
+  pickSites,
+  sitesOf,
+} from "./nats.ts";
 import { ago, table } from "./table.ts";
 
 /** The status of one site; a part that could not be read is null, with the reason in `errors`. */
@@ -57,12 +66,12 @@ const KINDS = Object.values(ServiceName);
 /** Run `status`. */
 export async function statusCommand(ctx: Ctx): Promise<Output> {
   expectArgs(ctx.cli, 0, 0, "status [--site s] [--check]");
-  const pings = (await discover<MicroStats>(ctx.nc, "STATS")).filter((p) => p.name.startsWith("syncd-"));
+  const pings = (await discover<MicroStats>(ctx.mesh, "STATS")).filter((p) => p.name.startsWith("syncd-"));
   const sites = pickSites(sitesOf(pings), ctx.cli.site);
   const statuses = await Promise.all(
     sites.map((s) =>
       siteStatus(
-        ctx.nc,
+        ctx.mesh,
         s,
         pings.filter((p) => p.metadata?.site === s.site),
         ctx.cli.conn.timeoutMs,
@@ -132,7 +141,7 @@ export function conditionsOf(
 }
 
 async function siteStatus(
-  nc: NatsConnection,
+  mesh: MeshClient,
   ref: SiteRef,
   pings: MicroStats[],
   timeoutMs: number,
@@ -144,16 +153,16 @@ async function siteStatus(
   const node = pings.find((p) => p.metadata?.node_id)?.metadata?.node_id ?? ref.node_id ?? null;
   const get = async <T>(service: "clock" | "watcher" | "merger" | "reconciler", endpoint: string) => {
     try {
-      return await ask<T>(nc, endpointSubject(ref.site, service, endpoint), {}, timeoutMs);
+      return await ask<T>(mesh, ref.site, service, endpoint, {}, timeoutMs);
     } catch (err) {
       errors.push(`${service}.${endpoint}: ${messageOf(err)}`);
       return null;
     }
   };
-  const streams = streamCounts(nc, ref, timeoutMs, errors);
+  const streams = streamCounts(mesh, ref, timeoutMs, errors);
   const sourced = async (where: { stream: string; domain: string }, origin: string) => {
     try {
-      return await sourcedUpTo(nc, { ...where, timeoutMs }, origin);
+      return await sourcedUpTo(mesh.nc, { ...where, timeoutMs, reach: (d, t) => mesh.jetStream(d, t) }, origin);
     } catch (err) {
       errors.push(`how far ${where.stream} sourced ${origin}: ${messageOf(err)}`);
       return null;
@@ -187,14 +196,15 @@ async function siteStatus(
 }
 
 async function streamCounts(
-  nc: NatsConnection,
+  mesh: MeshClient,
   ref: SiteRef,
   timeoutMs: number,
   errors: string[],
 ): Promise<{ dlq: number | null; conflicts: number | null }> {
   let jsm: Awaited<ReturnType<typeof jetstreamManager>>;
   try {
-    jsm = await jetstreamManager(nc, { domain: ref.domain, timeout: timeoutMs, checkAPI: false });
+    const to = await mesh.jetStream(ref.domain, timeoutMs);
+    jsm = await jetstreamManager(to.nc, { ...to.opts, checkAPI: false });
   } catch (err) {
     errors.push(`JetStream of domain ${ref.domain}: ${messageOf(err)}`);
     return { dlq: null, conflicts: null };

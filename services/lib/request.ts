@@ -44,10 +44,19 @@ export async function requestMessage<T>(
     timeout: opts.timeout ?? 5000,
     ...(msg.headers ? { headers: msg.headers } : {}),
   });
+  return parseReply<T>(m, subject, payload.length);
+}
+
+/** A reply parsed as JSON (`bytes`: `requestBytes` + the reply's); throws ServiceReplyError for an error reply. */
+export function parseReply<T>(
+  m: { data: Uint8Array; headers?: MsgHdrs | undefined },
+  subject: string,
+  requestBytes: number,
+): { value: T; bytes: number } {
   const code = m.headers?.get("Nats-Service-Error-Code");
   if (code)
     throw new ServiceReplyError(Number(code), m.headers?.get("Nats-Service-Error") ?? "error", subject);
-  return { value: JSON.parse(dec.decode(m.data)) as T, bytes: payload.length + m.data.length };
+  return { value: JSON.parse(dec.decode(m.data)) as T, bytes: requestBytes + m.data.length };
 }
 
 const SETTLED = Symbol("syncd.settled");

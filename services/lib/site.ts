@@ -13,6 +13,7 @@ import {
   JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
+  type JetStreamOptions,
   RetentionPolicy,
   StorageType,
   type StreamConfig,
@@ -457,15 +458,29 @@ async function originManager(
   src: StreamSource,
   own: JetStreamManager,
   timeoutMs: number,
+  reach?: JetStreamReach,
 ): Promise<JetStreamManager> {
   const api = src.external?.api;
   if (!api) return own;
   const d = /^\$JS\.(.+)\.API$/.exec(api);
+  if (d && reach) {
+    const to = await reach(d[1]!, timeoutMs);
+    return jetstreamManager(to.nc, { ...to.opts, checkAPI: false });
+  }
   return jetstreamManager(
     nc,
     d ? { domain: d[1]!, timeout: timeoutMs } : { apiPrefix: api, timeout: timeoutMs },
   );
 }
+
+/**
+ * How a client reaches the JetStream API of another domain (directly, or through the hub relay when
+ * the hub isolates leaf interest: the CLI's MeshClient.jetStream).
+ */
+export type JetStreamReach = (
+  domain: string,
+  timeoutMs: number,
+) => Promise<{ nc: NatsConnection; opts: JetStreamOptions }>;
 
 /**
  * How far stream `stream` (in JetStream domain `domain`, else `nc`'s own) has sourced its origin
@@ -480,17 +495,22 @@ async function originManager(
  */
 export async function sourcedUpTo(
   nc: NatsConnection,
-  where: { stream: string; domain?: string; info?: StreamInfo; timeoutMs?: number },
+  where: { stream: string; domain?: string; info?: StreamInfo; timeoutMs?: number; reach?: JetStreamReach },
   origin: string,
 ): Promise<Sourced> {
   const timeout = where.timeoutMs ?? 2000;
-  const jsm = await jetstreamManager(nc, where.domain ? { domain: where.domain, timeout } : { timeout });
+  const jsm =
+    where.domain && where.reach
+      ? await where
+          .reach(where.domain, timeout)
+          .then((to) => jetstreamManager(to.nc, { ...to.opts, checkAPI: false }))
+      : await jetstreamManager(nc, where.domain ? { domain: where.domain, timeout } : { timeout });
   const info = where.info ?? (await jsm.streams.info(where.stream));
   const cfg = (info.config.sources ?? []).find((s) => s.name === origin);
   const lag = info.sources?.find((s) => s.name === origin)?.lag;
   if (!cfg || lag === undefined) return { lag, caughtUp: false };
   if (lag === 0) return { lag, caughtUp: true };
-  const oi = await (await originManager(nc, cfg, jsm, timeout)).streams.info(origin);
+  const oi = await (await originManager(nc, cfg, jsm, timeout, where.reach)).streams.info(origin);
   const originLast = oi.state.last_seq;
   const only = (info.config.sources ?? []).length === 1;
   const subjects = cfg.filter_subject ? [cfg.filter_subject] : (oi.config.subjects ?? []);

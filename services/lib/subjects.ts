@@ -252,6 +252,8 @@ export const IDENTITY_KEY = "identity";
 export const RELAY_PREFIX = "syncd_via";
 /** Root token of the reply subjects of requests relayed by the hub. */
 export const RELAY_REPLY_PREFIX = "syncd_reply";
+/** The site token of relay replies of clients that are no service (the syncd CLI, tools): `syncd_reply.cli.>`. */
+export const CLIENT_REPLY_SITE = "cli";
 
 /** The subject to publish at a site so that the hub delivers it on `subject` (two tokens at least). */
 export function relaySubject(subject: string): string {

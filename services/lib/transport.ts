@@ -19,11 +19,12 @@ import {
   type MsgHdrs,
   type NatsConnection,
   NoRespondersError,
+  RequestError,
   type Subscription,
   TimeoutError,
   nuid,
 } from "@nats-io/nats-core";
-import { relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
+import { CLIENT_REPLY_SITE, relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
 
 /** How long a request tried on the relay after "no responders" on the direct route waits for a reply. */
 export const RELAY_PROBE_MS = 3000;
@@ -43,6 +44,40 @@ type Pending =
       timer: NodeJS.Timeout;
     }
   | { kind: "many"; got: Msg[] };
+
+/**
+ * One request from a connection at any site (or at the hub) to a subject of any site, without
+ * state: direct first, and on "no responders" (nothing delivered) once more through the relay with
+ * a reply subject under `syncd_reply.<self>` (default `syncd_reply.cli`). For one-off callers (tests, tools); a service that
+ * sends many uses {@link MeshTransport}, which remembers the route. Throws NoRespondersError or
+ * TimeoutError like `nc.request`.
+ */
+export async function requestAnywhere(
+  nc: NatsConnection,
+  subject: string,
+  msg: OutMsg,
+  timeoutMs: number,
+  self = CLIENT_REPLY_SITE,
+): Promise<Msg> {
+  const headers = msg.headers ? { headers: msg.headers } : {};
+  try {
+    return await nc.request(subject, msg.data, { timeout: timeoutMs, ...headers });
+  } catch (err) {
+    if (!isNoResponders(err)) throw err;
+  }
+  return nc.request(relaySubject(subject), msg.data, {
+    timeout: timeoutMs,
+    noMux: true,
+    reply: `${relayReplyPrefix(self, nuid.next())}.1`,
+    ...headers,
+  });
+}
+
+/** Whether a request failed for want of any responder (nats.js wraps it in a RequestError). */
+export function isNoResponders(err: unknown): boolean {
+  if (err instanceof NoRespondersError) return true;
+  return err instanceof RequestError && err.isNoResponders();
+}
 
 /** Requests to other sites' endpoints, by whichever route the hub offers. */
 export class MeshTransport {

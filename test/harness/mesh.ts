@@ -76,7 +76,7 @@ export type MeshOptions = {
    * `users.admin`), its leaf listener only user `leaf` (password `leafPassword`, default random).
    */
   tls?: boolean | { leafPassword?: string };
-  /** the hub isolates leaf interest (Topology's `isolate`: true, false or "auto"; default $SYNCD_HUB_ISOLATE, else false) */
+  /** the hub isolates leaf interest (Topology's `isolate`: true, false or "auto"; default $SYNCD_HUB_ISOLATE, else "auto": isolated on 2.12+) */
   isolate?: boolean | "auto";
 };
 
