@@ -3,8 +3,12 @@
  * default 100 000) loaded behind the services' back (as bench case 5), then the services started on them
  * (one agent per site, or STARTUP_AGENT=0 one process per service). Every 2 s it logs each phase's
  * progress (watcher and merger backlog, source lag, the reconciler index's keys, RSS); at the end the
- * seconds until linked, quiet and indexed. STARTUP_PROFILE=<dir> writes a .cpuprofile per service process.
+ * seconds until linked, quiet and indexed. STARTUP_PROFILE=<dir> writes a .cpuprofile per service process;
+ * STARTUP_MEM=<dir> logs each process's memory split at the end (bench/lib/mem-probe.mjs);
+ * STARTUP_NODE_FLAGS passes V8 flags to the service processes (NODE_OPTIONS).
  */
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
 import { type ReconcilerStatusResponse, metaBucket } from "../services/mod.ts";
 import { loadSite } from "./cases/reconcile.ts";
@@ -26,15 +30,25 @@ import { log, nowMs, round, waitUntil } from "./lib/util.ts";
 const K = Number(process.env.STARTUP_KEYS ?? 100_000);
 const agent = process.env.STARTUP_AGENT !== "0";
 const profDir = process.env.STARTUP_PROFILE;
+/** a dir: each service process writes its memory split there (bench/lib/mem-probe.mjs) */
+const memDir = process.env.STARTUP_MEM;
+/** extra V8 flags for the service processes (NODE_OPTIONS), e.g. "--max-semi-space-size=2" */
+const nodeFlags = process.env.STARTUP_NODE_FLAGS;
 
 async function main(): Promise<void> {
   log(`services run ${ensureBuild()}`);
+  const flags: string[] = [];
   if (profDir) {
-    const flags = `--import=${new URL("./lib/cpu-profiler.mjs", import.meta.url).pathname}`;
-    process.env.NODE_OPTIONS = process.env.NODE_OPTIONS ? `${process.env.NODE_OPTIONS} ${flags}` : flags;
+    flags.push(`--import=${new URL("./lib/cpu-profiler.mjs", import.meta.url).pathname}`);
     process.env.SYNCD_BENCH_CPUPROF_DIR = profDir;
     process.env.SYNCD_BENCH_CPUPROF_INTERVAL_US = "1000";
   }
+  if (memDir) {
+    flags.push(`--import=${new URL("./lib/mem-probe.mjs", import.meta.url).pathname}`);
+    process.env.SYNCD_BENCH_MEM_DIR = memDir;
+  }
+  if (nodeFlags) flags.push(nodeFlags);
+  const saved = process.env.NODE_OPTIONS;
   const bm: BenchMesh = await startBenchMesh({ services: false, agent });
   try {
     for (const s of bm.sites) {
@@ -47,9 +61,11 @@ async function main(): Promise<void> {
     const t0 = nowMs();
     const at = (): number => round((nowMs() - t0) / 1000, 1);
     const marks: Record<string, number> = {};
+    if (flags.length > 0) process.env.NODE_OPTIONS = [saved, ...flags].filter(Boolean).join(" ");
     await Promise.all(bm.sites.map((s) => bm.mesh.startServices(s)));
     marks.started = at();
-    if (profDir) Reflect.deleteProperty(process.env, "NODE_OPTIONS");
+    if (saved === undefined) Reflect.deleteProperty(process.env, "NODE_OPTIONS");
+    else process.env.NODE_OPTIONS = saved;
     let done = false;
     const ticker = (async () => {
       while (!done) {
@@ -98,6 +114,8 @@ async function main(): Promise<void> {
     if (process.env.STARTUP_LOGS)
       for (const l of bm.mesh.logs(undefined, 400).split("\n"))
         if (new RegExp(process.env.STARTUP_LOGS).test(l)) log(l.slice(0, 300));
+    if (memDir)
+      for (const f of readdirSync(memDir)) log(`memory ${f} ${readFileSync(join(memDir, f), "utf8")}`);
     log(`marks ${JSON.stringify(marks)} rss ${rss.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(" ")}`);
   } finally {
     await bm.stop();
