@@ -4,7 +4,7 @@
  * and the migration from the full-mesh topology (a fresh log is seeded from `_meta`; the legacy
  * outbound stream, which watchers of the previous version may still write to, is bridged into it).
  */
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
@@ -17,7 +17,8 @@ import { OrderedResult, currentOwnOp, metaHoldsOp, publishOrdered } from "../lib
 import { RearmGate, rearmSource, sourcesBackOff } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
-import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
+import { isDeleteMarker } from "../lib/stores.ts";
+import { Durables, Streams, kvFilter, kvKeyOf, kvStream, metaBucket, opsSubject } from "../lib/subjects.ts";
 
 /** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;
@@ -153,15 +154,40 @@ type LogDeps = {
 export const SEED_CONCURRENCY = 64;
 
 /**
+ * Every key of a KV bucket with its latest entry, read once through an ordered pull consumer (last
+ * per subject): one pass over the stream, no request per key, at most one pull batch held at a time.
+ */
+async function* latestEntries(
+  js: JetStreamClient,
+  bucket: string,
+): AsyncGenerator<{ key: string; m: JsMsg }> {
+  const c = await js.consumers.get(kvStream(bucket), {
+    filter_subjects: kvFilter(bucket),
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  });
+  if ((await c.info()).num_pending === 0) return;
+  const it = await c.consume({ max_messages: 256 });
+  try {
+    for await (const m of it) {
+      yield { key: kvKeyOf(bucket, m.subject), m };
+      if (m.info.pending === 0) break;
+    }
+  } finally {
+    await it.close();
+  }
+}
+
+/**
  * Rebuild a fresh outbound log from `_meta`: every version the site holds (its own, hand-made and
  * other sites' ops alike, tombstones included) whose value the bucket still shows. Publishes are
  * ordered, so running it next to the live watcher (or twice) never replaces a greater version.
- * Keys are streamed from `_meta` and handled `concurrency` at a time (a loaded bucket of 100 000
- * keys took minutes one key at a time). Each publish takes the ordered fast path (services/lib/oplog.ts):
- * the seed copies `_meta`, so a fresh `_meta` read that still holds the op proves the log ends with it.
+ * `_meta` is read in one pass and its keys handled `concurrency` at a time (one key at a time, a
+ * loaded bucket of 100 000 keys took minutes). Each publish takes the ordered fast path
+ * (services/lib/oplog.ts): the seed copies `_meta`, so a fresh `_meta` read that still holds the op
+ * proves the log ends with it.
  */
 export async function seedOutLog(
-  deps: LogDeps,
+  deps: LogDeps & { js: JetStreamClient },
   bucket: string,
   meta: KV,
   data: KV,
@@ -171,10 +197,14 @@ export async function seedOutLog(
   let seeded = 0;
   let failure: { err: unknown } | undefined;
   const inFlight = new Set<Promise<void>>();
-  const seedKey = async (key: string): Promise<boolean> => {
-    const me = await meta.get(key);
-    if (me?.operation !== "PUT") return false;
-    const v = me.json<Version>();
+  const seedKey = async (key: string, m: JsMsg): Promise<boolean> => {
+    if (isDeleteMarker(m.headers) || m.data.length === 0) return false;
+    let v: Version;
+    try {
+      v = m.json<Version>();
+    } catch {
+      return false;
+    }
     let op: Op;
     if (v.deleted) op = makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: true });
     else {
@@ -191,9 +221,9 @@ export async function seedOutLog(
     });
     return r === OrderedResult.published;
   };
-  for await (const key of await meta.keys()) {
+  for await (const { key, m } of latestEntries(deps.js, metaBucket(bucket))) {
     if (failure) break;
-    const p: Promise<void> = seedKey(key).then(
+    const p: Promise<void> = seedKey(key, m).then(
       (published) => {
         if (published) seeded++;
       },
