@@ -5,7 +5,8 @@
  * progress (watcher and merger backlog, source lag, the reconciler index's keys, RSS); at the end the
  * seconds until linked, quiet and indexed. STARTUP_PROFILE=<dir> writes a .cpuprofile per service process;
  * STARTUP_MEM=<dir> logs each process's memory split at the end (bench/lib/mem-probe.mjs);
- * STARTUP_NODE_FLAGS passes V8 flags to the service processes (NODE_OPTIONS).
+ * STARTUP_NODE_FLAGS passes V8 flags to the service processes (NODE_OPTIONS); RSS again after
+ * STARTUP_SETTLE_S (30) seconds idle.
  */
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -34,6 +35,8 @@ const profDir = process.env.STARTUP_PROFILE;
 const memDir = process.env.STARTUP_MEM;
 /** extra V8 flags for the service processes (NODE_OPTIONS), e.g. "--max-semi-space-size=2" */
 const nodeFlags = process.env.STARTUP_NODE_FLAGS;
+/** RSS is taken 1 s after the catch-up, and again after this many seconds idle */
+const settleS = Number(process.env.STARTUP_SETTLE_S ?? 30);
 
 async function main(): Promise<void> {
   log(`services run ${ensureBuild()}`);
@@ -117,6 +120,12 @@ async function main(): Promise<void> {
     if (memDir)
       for (const f of readdirSync(memDir)) log(`memory ${f} ${readFileSync(join(memDir, f), "utf8")}`);
     log(`marks ${JSON.stringify(marks)} rss ${rss.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(" ")}`);
+    await new Promise((r) => setTimeout(r, settleS * 1000));
+    const later = rssOf(processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub"));
+    if (memDir)
+      for (const f of readdirSync(memDir))
+        log(`memory +${settleS}s ${f} ${readFileSync(join(memDir, f), "utf8")}`);
+    log(`rss +${settleS}s idle ${later.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(" ")}`);
   } finally {
     await bm.stop();
   }
