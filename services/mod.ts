@@ -2,6 +2,7 @@
  * The public face of the services for tests, bench and scripts: everything they use of services/
  * comes through here (as nats.js has a mod.ts per package). Services themselves never import it.
  */
+export { type IdleGcOptions, startIdleGc } from "./agent/idle-gc.ts";
 export { UsageError, parseCli, parseDuration } from "./cli/args.ts";
 export { run } from "./cli/cli.ts";
 export { type DiffResult, descendMany, differingKeys } from "./cli/diff.ts";
