@@ -6,7 +6,7 @@
  */
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { type NatsConnection, TimeoutError } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { isNotFound } from "../lib/jserrors.ts";
@@ -152,6 +152,8 @@ type LogDeps = {
 
 /** Keys the seed handles at once: their round trips overlap, and at most this many values are held. */
 export const SEED_CONCURRENCY = 64;
+/** Tries per key when a request of the seed times out (a busy server): the ordered publish is safe to repeat. */
+const SEED_TRIES = 5;
 
 /**
  * Every key of a KV bucket with its latest entry, read once through an ordered pull consumer (last
@@ -184,7 +186,7 @@ async function* latestEntries(
  * `_meta` is read in one pass and its keys handled `concurrency` at a time (one key at a time, a
  * loaded bucket of 100 000 keys took minutes). Each publish takes the ordered fast path
  * (services/lib/oplog.ts): the seed copies `_meta`, so a fresh `_meta` read that still holds the op
- * proves the log ends with it.
+ * proves the log ends with it. A key whose requests time out (a busy server) is tried again.
  */
 export async function seedOutLog(
   deps: LogDeps & { js: JetStreamClient },
@@ -221,9 +223,19 @@ export async function seedOutLog(
     });
     return r === OrderedResult.published;
   };
+  const seedKeyPatiently = async (key: string, m: JsMsg): Promise<boolean> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await seedKey(key, m);
+      } catch (err) {
+        if (!(err instanceof TimeoutError) || attempt >= SEED_TRIES) throw err;
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+      }
+    }
+  };
   for await (const { key, m } of latestEntries(deps.js, metaBucket(bucket))) {
     if (failure) break;
-    const p: Promise<void> = seedKey(key, m).then(
+    const p: Promise<void> = seedKeyPatiently(key, m).then(
       (published) => {
         if (published) seeded++;
       },
