@@ -2,7 +2,6 @@
  * The public face of the services for tests, bench and scripts: everything they use of services/
  * comes through here (as nats.js has a mod.ts per package). Services themselves never import it.
  */
-export { type IdleGcOptions, startIdleGc } from "./agent/idle-gc.ts";
 export { UsageError, parseCli, parseDuration } from "./cli/args.ts";
 export { run } from "./cli/cli.ts";
 export { type DiffResult, descendMany, differingKeys } from "./cli/diff.ts";
@@ -36,6 +35,7 @@ export {
   health,
   needsPerson,
 } from "./lib/health.ts";
+export { type IdleGcOptions, startIdleGc } from "./lib/idle-gc.ts";
 export {
   isAlreadyExists,
   isConsumerNotFound,

@@ -4,8 +4,7 @@
  * each discoverable with `nats micro ls` — sharing one NATS connection, the site handles and one
  * `_meta` cache per bucket. `--services clock,merger` (or SYNCD_SERVICES) runs only some of them.
  * More instances of any kind can run anywhere with `node services/run.mjs <kind>`. The agent is the
- * composition root: the one place that imports several services. Once idle after a busy period it
- * collects the heap that period grew (idle-gc.ts; `SYNCD_IDLE_GC=0` turns that off).
+ * composition root: the one place that imports several services.
  */
 import { clockService } from "../clock/service.ts";
 import { type ServiceDef, runServices } from "../lib/runtime.ts";
@@ -13,7 +12,6 @@ import { AGENT_NAME, type ServiceKind } from "../lib/subjects.ts";
 import { mergerService } from "../merger/service.ts";
 import { reconcilerService } from "../reconciler/service.ts";
 import { watcherService } from "../watcher/service.ts";
-import { startIdleGc } from "./idle-gc.ts";
 
 // clock first: the watcher and the merger call it as soon as they consume
 const all: ServiceDef[] = [clockService, watcherService, mergerService, reconcilerService];
@@ -41,8 +39,6 @@ if (spec !== undefined && spec !== "") {
   }
   defs = all.filter((d) => want.includes(d.kind as ServiceKind));
 }
-// the heap a catch-up grows is given back once the process idles (idle-gc.ts); SYNCD_IDLE_GC=0: off
-if (process.env.SYNCD_IDLE_GC !== "0") startIdleGc();
 await runServices(
   defs,
   AGENT_NAME,

@@ -1,5 +1,5 @@
 /**
- * X (the agent's memory): idle-gc (services/agent/idle-gc.ts) gives back the heap a busy period
+ * X (a service process's memory): idle-gc (services/lib/idle-gc.ts) gives back the heap a busy period
  * grew once the process idles, and leaves a heap that did not grow alone.
  */
 import assert from "node:assert/strict";

@@ -1,8 +1,8 @@
 /**
- * Give back the heap a busy period grew. A catch-up (the agent started on 100 000 loaded keys, a
- * site back from a partition) grows V8's heap far above what stays live (measured: old space 120 MB
- * committed, 35 MB live), and V8 returns it only when its memory reducer happens to run, often not
- * at all while the process idles. So: every `periodMs`, when the process used less than
+ * Give back the heap a busy period grew, in every service process (runtime.ts). A catch-up (a
+ * site's services started on 100 000 loaded keys, a site back from a partition) grows V8's heap far
+ * above what stays live (measured in the agent: old space 120 MB committed, 35 MB live), and V8
+ * returns it only when its memory reducer happens to run, often not at all while the process idles. So: every `periodMs`, when the process used less than
  * `idleCpuPct` of a core over the period and its heap grew by `growthMb` or more since the last
  * collection made here, collect once (a full, compacting GC: tens of ms, only while idle).
  */
