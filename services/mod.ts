@@ -21,6 +21,7 @@ export {
   reserve,
   skewMs,
 } from "./lib/clock-rules.ts";
+export { Columns, Hash8Column, Interner } from "./lib/columns.ts";
 export { ConfigError, loadConfig, usage } from "./lib/config.ts";
 export { connectNats } from "./lib/connect.ts";
 export { Coalescer, KeyedGate, loserDisposition, termTakesReason } from "./lib/consume.ts";
@@ -34,6 +35,7 @@ export {
   health,
   needsPerson,
 } from "./lib/health.ts";
+export { type IdleGcOptions, startIdleGc } from "./lib/idle-gc.ts";
 export {
   isAlreadyExists,
   isConsumerNotFound,

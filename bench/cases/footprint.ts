@@ -14,6 +14,8 @@ import { WINDOW } from "./throughput.ts";
 import type { BenchContext, CaseDef, ProcCpu, ProcRss } from "./types.ts";
 
 const KEYSET = 1000;
+/** Seconds idle after the catch-up before RSS is taken again (services/agent/idle-gc.ts acts within ~10 s). */
+const SETTLE_S = 20;
 
 export type FootprintRound = {
   ops_total: number;
@@ -53,6 +55,8 @@ const serviceRss = (bm: BenchMesh): ProcRss[] =>
 export type LoadedFootprint = {
   keys_per_site: number;
   at_k: ProcRss[];
+  /** RSS after SETTLE_S seconds idle (the agent gives back the heap the catch-up grew); absent in older results */
+  settled?: ProcRss[];
   /** seconds from starting the services on the loaded sites until caught up */
   ready_s: number;
 };
@@ -84,7 +88,12 @@ export async function loadedFootprint(quick: boolean, agent: boolean): Promise<L
     log(
       `footprint/${what}: at ${kfmt(K)} keys RSS ${atK.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`,
     );
-    return { keys_per_site: K, at_k: atK, ready_s: readyS };
+    await sleep(SETTLE_S * 1000);
+    const settled = serviceRss(bm);
+    log(
+      `footprint/${what}: ${SETTLE_S} s later RSS ${settled.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(", ")} MB`,
+    );
+    return { keys_per_site: K, at_k: atK, settled, ready_s: readyS };
   } finally {
     await stopQuietly(bm);
   }

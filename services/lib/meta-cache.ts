@@ -8,6 +8,7 @@
  * It is fed by the process's one watch of `_meta` (meta-watch.ts), which other followers share.
  */
 import type { KV, KvWatchEntry } from "@nats-io/kv";
+import { Columns, HASH8_RE, Hash8Column, Interner } from "./columns.ts";
 import type { Logger } from "./logger.ts";
 import { type Following, type MetaListener, MetaWatch } from "./meta-watch.ts";
 import type { Version } from "./schemas.gen.ts";
@@ -163,8 +164,6 @@ const F_HAS_MERGED = 16;
 const F_INC = 32;
 const F_VH = 64;
 const VERSION_KEYS = new Set(["ts", "node_id", "deleted", "rev", "merged", "inc", "vh"]);
-const VH_RE = /^[0-9a-f]{16}$/;
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 
 /** True when a version fits the columns exactly (else it is kept as it came). */
 function packable(v: Version): boolean {
@@ -176,30 +175,28 @@ function packable(v: Version): boolean {
     typeof v.rev === "number" &&
     (v.merged === undefined || typeof v.merged === "boolean") &&
     (v.inc === undefined || typeof v.inc === "number") &&
-    (v.vh === undefined || (typeof v.vh === "string" && VH_RE.test(v.vh)))
+    (v.vh === undefined || (typeof v.vh === "string" && HASH8_RE.test(v.vh)))
   );
 }
 
 /**
- * The cache's entries in compact columns (about 110 bytes per key with the key itself, where
- * parsed versions took about 300): per key a slot with the `_meta` revision and the version's
+ * The cache's entries in compact columns (columns.ts; about 110 bytes per key with the key itself,
+ * where parsed versions took about 300): per key a slot with the `_meta` revision and the version's
  * fields, node ids interned. The map's order is the least-recently-used order. A version with
  * other fields or types than version.json's is kept as it came.
  */
 export class EntryColumns {
   private readonly slots = new Map<string, number>();
-  private revision = new Float64Array(0);
-  private ts = new Float64Array(0);
-  private rev = new Float64Array(0);
-  private inc = new Float64Array(0);
-  private vh = new Uint8Array(0);
-  private node = new Uint32Array(0);
-  private flags = new Uint8Array(0);
+  private readonly cols = new Columns();
+  private readonly revision = this.cols.f64();
+  private readonly ts = this.cols.f64();
+  private readonly rev = this.cols.f64();
+  private readonly inc = this.cols.f64();
+  private readonly vh = new Hash8Column(this.cols);
+  private readonly node = this.cols.u32();
+  private readonly flags = this.cols.u8();
   private readonly odd = new Map<number, Version>();
-  private readonly free: number[] = [];
-  private used = 0;
-  private readonly nodeIds = new Map<string, number>();
-  private readonly nodeNames: string[] = [];
+  private readonly nodes = new Interner();
 
   get size(): number {
     return this.slots.size;
@@ -209,24 +206,20 @@ export class EntryColumns {
   get(key: string): MetaEntry | null | undefined {
     const s = this.slots.get(key);
     if (s === undefined) return undefined;
-    const f = this.flags[s]!;
+    const f = this.flags.a[s]!;
     if (f & F_NULL) return null;
-    const revision = this.revision[s]!;
+    const revision = this.revision.a[s]!;
     const odd = this.odd.get(s);
     if (odd) return { version: odd, revision };
     const v: Version = {
-      ts: this.ts[s]!,
-      node_id: this.nodeNames[this.node[s]!]!,
+      ts: this.ts.a[s]!,
+      node_id: this.nodes.name(this.node.a[s]!),
       deleted: (f & F_DELETED) !== 0,
-      rev: this.rev[s]!,
+      rev: this.rev.a[s]!,
     };
     if (f & F_HAS_MERGED) v.merged = (f & F_MERGED) !== 0;
-    if (f & F_INC) v.inc = this.inc[s]!;
-    if (f & F_VH) {
-      let h = "";
-      for (let i = s * 8; i < s * 8 + 8; i++) h += HEX[this.vh[i]!]!;
-      v.vh = h;
-    }
+    if (f & F_INC) v.inc = this.inc.a[s]!;
+    if (f & F_VH) v.vh = this.vh.get(s);
     return { version: v, revision };
   }
 
@@ -234,7 +227,7 @@ export class EntryColumns {
   revisionOf(key: string): number | null | undefined {
     const s = this.slots.get(key);
     if (s === undefined) return undefined;
-    return this.flags[s]! & F_NULL ? null : this.revision[s]!;
+    return this.flags.a[s]! & F_NULL ? null : this.revision.a[s]!;
   }
 
   /** Make a key the most recently used. */
@@ -248,18 +241,18 @@ export class EntryColumns {
   /** Set a key's entry and make it the most recently used. */
   set(key: string, e: MetaEntry | null): void {
     let s = this.slots.get(key);
-    if (s === undefined) s = this.free.pop() ?? this.alloc();
+    if (s === undefined) s = this.cols.alloc();
     else this.slots.delete(key);
     this.slots.set(key, s);
     this.odd.delete(s);
     if (e === null) {
-      this.flags[s] = F_USED | F_NULL;
+      this.flags.a[s] = F_USED | F_NULL;
       return;
     }
-    this.revision[s] = e.revision;
+    this.revision.a[s] = e.revision;
     const v = e.version;
     if (!packable(v)) {
-      this.flags[s] = F_USED;
+      this.flags.a[s] = F_USED;
       this.odd.set(s, v);
       return;
     }
@@ -267,16 +260,16 @@ export class EntryColumns {
     if (v.merged !== undefined) f |= F_HAS_MERGED | (v.merged ? F_MERGED : 0);
     if (v.inc !== undefined) {
       f |= F_INC;
-      this.inc[s] = v.inc;
+      this.inc.a[s] = v.inc;
     }
     if (v.vh !== undefined) {
       f |= F_VH;
-      for (let i = 0; i < 8; i++) this.vh[s * 8 + i] = Number.parseInt(v.vh.slice(i * 2, i * 2 + 2), 16);
+      this.vh.set(s, v.vh);
     }
-    this.flags[s] = f;
-    this.ts[s] = v.ts;
-    this.rev[s] = v.rev;
-    this.node[s] = this.intern(v.node_id);
+    this.flags.a[s] = f;
+    this.ts.a[s] = v.ts;
+    this.rev.a[s] = v.rev;
+    this.node.a[s] = this.nodes.id(v.node_id);
   }
 
   /** Drop the least recently used key. */
@@ -286,34 +279,7 @@ export class EntryColumns {
     const [key, s] = first.value;
     this.slots.delete(key);
     this.odd.delete(s);
-    this.flags[s] = 0;
-    this.free.push(s);
-  }
-
-  private alloc(): number {
-    if (this.used === this.flags.length) {
-      const cap = Math.max(256, this.flags.length * 2);
-      const grow = <T extends Float64Array | Uint32Array | Uint8Array>(a: T, n: number): T => {
-        const b = new (a.constructor as new (n: number) => T)(n);
-        b.set(a);
-        return b;
-      };
-      this.revision = grow(this.revision, cap);
-      this.ts = grow(this.ts, cap);
-      this.rev = grow(this.rev, cap);
-      this.inc = grow(this.inc, cap);
-      this.vh = grow(this.vh, cap * 8);
-      this.node = grow(this.node, cap);
-      this.flags = grow(this.flags, cap);
-    }
-    return this.used++;
-  }
-
-  private intern(s: string): number {
-    const have = this.nodeIds.get(s);
-    if (have !== undefined) return have;
-    this.nodeIds.set(s, this.nodeNames.length);
-    this.nodeNames.push(s);
-    return this.nodeNames.length - 1;
+    this.flags.a[s] = 0;
+    this.cols.release(s);
   }
 }

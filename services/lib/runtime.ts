@@ -12,6 +12,7 @@ import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { health } from "./health.ts";
 import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
+import { startIdleGc } from "./idle-gc.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { CachedMetaStore } from "./meta-cache.ts";
 import { METRIC_NAMES, Metrics, registerConditions } from "./metrics.ts";
@@ -145,6 +146,9 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
     level: config.logLevel,
   });
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+  // the heap a catch-up grows is given back once the process idles (idle-gc.ts); SYNCD_IDLE_GC=0: off
+  if (process.env.SYNCD_IDLE_GC !== "0")
+    startIdleGc({ onCollect: (c) => log.debug(c, "idle gc: gave back the heap a busy period grew") });
   process.on("uncaughtException", (err) => {
     log.fatal({ err }, "uncaught exception, exiting");
     process.exit(1);

@@ -16,6 +16,7 @@
  * small or leaf nodes: the cost follows the difference, not the bucket.
  */
 import { createHash } from "node:crypto";
+import { Columns, Hash8Column, Interner } from "../lib/columns.ts";
 import { compareVersions } from "../lib/lww.ts";
 
 /** Default tree depth: 4 hex chars → 65 536 leaves. */
@@ -41,25 +42,6 @@ export type NodeDigest = { prefix: string; hash: string; count: number };
 
 /** A key with its version, as listed by `entries`. */
 export type KeyVersion = VersionInfo & { key: string };
-
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-/** Lower-case hex of `n` bytes of `a` from `off`. */
-export function bytesToHex(a: Uint8Array, off: number, n: number): string {
-  let h = "";
-  for (let i = off; i < off + n; i++) h += HEX[a[i]!]!;
-  return h;
-}
-
-/** The value of byte `i` of a hex string. */
-function hexByte(hex: string, i: number): number {
-  return Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-}
-
-/** Write a hex string's bytes into `out` at `off`. */
-export function hexToBytes(hex: string, out: Uint8Array, off: number): void {
-  for (let i = 0; i < hex.length >> 1; i++) out[off + i] = hexByte(hex, i);
-}
 
 /** The leaf of a key: the first `depth` hex chars of sha256(key), as an integer. */
 export function leafOf(key: string, depth: number = TREE_DEPTH): number {
@@ -92,12 +74,9 @@ export function isPrefix(p: string, depth: number = TREE_DEPTH): boolean {
 const F_DELETED = 1;
 const F_VH = 2;
 const F_LOST = 4;
-const VH_BYTES = 8;
-const MIN_CAPACITY = 256;
-const VH_RE = /^[0-9a-f]{16}$/;
 
 /**
- * An in-memory version tree of one bucket, in compact columns: per key a slot in typed arrays (ts,
+ * An in-memory version tree of one bucket, in compact columns (lib/columns.ts): per key a slot (ts,
  * interned node id, flags, the 8-byte value hash, the 32-byte entry hash, its leaf and the next key
  * of that leaf), plus the key itself (needed to list a differing leaf). About 130 bytes per key.
  */
@@ -108,21 +87,17 @@ export class VersionTree {
   private readonly counts: Uint32Array;
   private readonly heads: Int32Array;
   private readonly slots = new Map<string, number>();
-  private keyOf: (string | undefined)[] = [];
-  private cap = 0;
-  private used = 0;
-  private freeHead = -1;
-  private ts = new Float64Array(0);
-  private nodeIx = new Uint32Array(0);
-  private flags = new Uint8Array(0);
-  private vh = new Uint8Array(0);
-  private eh = new Uint8Array(0);
-  private leafOfSlot = new Uint32Array(0);
-  private next = new Int32Array(0);
-  /** value hashes that are not 16 hex chars (hand-made), by slot */
-  private readonly oddVh = new Map<number, string>();
-  private readonly nodeIds = new Map<string, number>();
-  private readonly nodeNames: string[] = [];
+  private readonly keyOf: (string | undefined)[] = [];
+  private readonly cols = new Columns();
+  private readonly ts = this.cols.f64();
+  private readonly nodeIx = this.cols.u32();
+  private readonly flags = this.cols.u8();
+  private readonly vh = new Hash8Column(this.cols);
+  private readonly eh = this.cols.u8(HASH_BYTES);
+  private readonly leafOfSlot = this.cols.u32();
+  /** the next key's slot in the same leaf, -1 at the end */
+  private readonly next = this.cols.i32();
+  private readonly nodes = new Interner();
 
   constructor(depth: number = TREE_DEPTH) {
     if (!Number.isInteger(depth) || depth < 1 || depth > 6)
@@ -158,26 +133,32 @@ export class VersionTree {
     const vh = v.deleted ? undefined : v.vh;
     const fl =
       (v.deleted ? F_DELETED : 0) | (vh !== undefined ? F_VH : 0) | (!v.deleted && v.lost ? F_LOST : 0);
-    const nid = this.intern(v.node_id);
+    const nid = this.nodes.id(v.node_id);
     let s = this.slots.get(key);
     const added = s === undefined;
     if (s !== undefined) {
-      if (this.ts[s] === v.ts && this.nodeIx[s] === nid && this.flags[s] === fl && this.sameVh(s, vh))
+      if (
+        this.ts.a[s] === v.ts &&
+        this.nodeIx.a[s] === nid &&
+        this.flags.a[s] === fl &&
+        (vh === undefined || this.vh.equals(s, vh))
+      )
         return false;
-      this.apply(this.leafOfSlot[s]!, this.eh.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), 0);
+      this.apply(this.leafOfSlot.a[s]!, this.eh.a.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), 0);
     } else {
-      s = this.alloc();
+      s = this.cols.alloc();
       this.slots.set(key, s);
       this.keyOf[s] = key;
       const leaf = leafOf(key, this.depth);
-      this.leafOfSlot[s] = leaf;
-      this.next[s] = this.heads[leaf]!;
+      this.leafOfSlot.a[s] = leaf;
+      this.next.a[s] = this.heads[leaf]!;
       this.heads[leaf] = s;
     }
-    this.ts[s] = v.ts;
-    this.nodeIx[s] = nid;
-    this.flags[s] = fl;
-    this.setVh(s, vh);
+    this.ts.a[s] = v.ts;
+    this.nodeIx.a[s] = nid;
+    this.flags.a[s] = fl;
+    if (vh === undefined) this.vh.clear(s);
+    else this.vh.set(s, vh);
     const h = entryHash(key, {
       ts: v.ts,
       node_id: v.node_id,
@@ -185,8 +166,8 @@ export class VersionTree {
       vh,
       lost: (fl & F_LOST) !== 0,
     });
-    this.eh.set(h, s * HASH_BYTES);
-    this.apply(this.leafOfSlot[s]!, h, added ? 1 : 0);
+    this.eh.a.set(h, s * HASH_BYTES);
+    this.apply(this.leafOfSlot.a[s]!, h, added ? 1 : 0);
     return true;
   }
 
@@ -195,18 +176,18 @@ export class VersionTree {
     const s = this.slots.get(key);
     if (s === undefined) return false;
     this.slots.delete(key);
-    const leaf = this.leafOfSlot[s]!;
-    if (this.heads[leaf] === s) this.heads[leaf] = this.next[s]!;
+    const leaf = this.leafOfSlot.a[s]!;
+    const next = this.next.a;
+    if (this.heads[leaf] === s) this.heads[leaf] = next[s]!;
     else {
       let p = this.heads[leaf]!;
-      while (this.next[p] !== s) p = this.next[p]!;
-      this.next[p] = this.next[s]!;
+      while (next[p] !== s) p = next[p]!;
+      next[p] = next[s]!;
     }
-    this.apply(leaf, this.eh.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), -1);
+    this.apply(leaf, this.eh.a.subarray(s * HASH_BYTES, (s + 1) * HASH_BYTES), -1);
     this.keyOf[s] = undefined;
-    this.oddVh.delete(s);
-    this.next[s] = this.freeHead;
-    this.freeHead = s;
+    this.vh.clear(s);
+    this.cols.release(s);
     return true;
   }
 
@@ -246,7 +227,7 @@ export class VersionTree {
       for (let leaf = Math.max(lo, startLeaf); leaf < hi; leaf++) {
         if (this.heads[leaf] === -1) continue;
         const keys: string[] = [];
-        for (let s = this.heads[leaf]!; s !== -1; s = this.next[s]!) keys.push(this.keyOf[s]!);
+        for (let s = this.heads[leaf]!; s !== -1; s = this.next.a[s]!) keys.push(this.keyOf[s]!);
         if (keys.length > 1) keys.sort(cmpStr);
         for (const key of keys) {
           if (leaf === startLeaf && after !== undefined && cmpStr(key, after) <= 0) continue;
@@ -263,65 +244,15 @@ export class VersionTree {
   }
 
   private info(s: number): VersionInfo {
-    const fl = this.flags[s]!;
+    const fl = this.flags.a[s]!;
     const v: VersionInfo = {
-      ts: this.ts[s]!,
-      node_id: this.nodeNames[this.nodeIx[s]!]!,
+      ts: this.ts.a[s]!,
+      node_id: this.nodes.name(this.nodeIx.a[s]!),
       deleted: (fl & F_DELETED) !== 0,
     };
-    const vh = this.vhOf(s);
-    if (vh !== undefined) v.vh = vh;
+    if (fl & F_VH) v.vh = this.vh.get(s);
     if (fl & F_LOST) v.lost = true;
     return v;
-  }
-
-  private vhOf(s: number): string | undefined {
-    if ((this.flags[s]! & F_VH) === 0) return undefined;
-    return this.oddVh.get(s) ?? bytesToHex(this.vh, s * VH_BYTES, VH_BYTES);
-  }
-
-  private sameVh(s: number, vh: string | undefined): boolean {
-    if ((this.flags[s]! & F_VH) === 0 || vh === undefined)
-      return ((this.flags[s]! & F_VH) === 0) === (vh === undefined);
-    const odd = this.oddVh.get(s);
-    if (odd !== undefined) return odd === vh;
-    if (!VH_RE.test(vh)) return false;
-    const o = s * VH_BYTES;
-    for (let i = 0; i < VH_BYTES; i++) if (this.vh[o + i] !== hexByte(vh, i)) return false;
-    return true;
-  }
-
-  private setVh(s: number, vh: string | undefined): void {
-    this.oddVh.delete(s);
-    if (vh === undefined) return;
-    if (VH_RE.test(vh)) hexToBytes(vh, this.vh, s * VH_BYTES);
-    else this.oddVh.set(s, vh);
-  }
-
-  private alloc(): number {
-    if (this.freeHead !== -1) {
-      const s = this.freeHead;
-      this.freeHead = this.next[s]!;
-      return s;
-    }
-    if (this.used === this.cap) this.grow(Math.max(MIN_CAPACITY, this.cap * 2));
-    return this.used++;
-  }
-
-  private grow(cap: number): void {
-    const g = <T extends Float64Array | Uint32Array | Uint8Array | Int32Array>(a: T, n: number): T => {
-      const b = new (a.constructor as new (n: number) => T)(n);
-      b.set(a);
-      return b;
-    };
-    this.ts = g(this.ts, cap);
-    this.nodeIx = g(this.nodeIx, cap);
-    this.flags = g(this.flags, cap);
-    this.vh = g(this.vh, cap * VH_BYTES);
-    this.eh = g(this.eh, cap * HASH_BYTES);
-    this.leafOfSlot = g(this.leafOfSlot, cap);
-    this.next = g(this.next, cap);
-    this.cap = cap;
   }
 
   /** Leaf ranges [lo, hi) covered by some prefixes, sorted and merged. */
@@ -364,14 +295,6 @@ export class VersionTree {
       this.counts[i] = this.counts[i]! + delta;
       v = Math.floor(v / 16);
     }
-  }
-
-  private intern(s: string): number {
-    const have = this.nodeIds.get(s);
-    if (have !== undefined) return have;
-    this.nodeIds.set(s, this.nodeNames.length);
-    this.nodeNames.push(s);
-    return this.nodeNames.length - 1;
   }
 }
 

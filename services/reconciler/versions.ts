@@ -16,6 +16,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import type { QueuedIterator } from "@nats-io/nats-core";
+import { Columns, Hash8Column } from "../lib/columns.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
@@ -23,7 +24,7 @@ import { type Following, type MetaListener, MetaWatch } from "../lib/meta-watch.
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { kvStream } from "../lib/subjects.ts";
-import { TREE_DEPTH, type VersionInfo, VersionTree, bytesToHex, hexToBytes } from "./tree.ts";
+import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
 const utf8 = new TextDecoder();
 const RESTART_DELAY_MS = 1000;
@@ -44,21 +45,17 @@ export type Held = { rev: number; h: string };
 
 const HELD_MARKER = 1;
 const HELD_HASH = 2;
-const HELD_ODD = 3;
-const HASH_RE = /^[0-9a-f]{16}$/;
 
 /**
- * Per key, what the data bucket holds, in compact columns: a slot per key with its revision and
- * the 8-byte value hash (about 70 bytes per key with the key itself).
+ * Per key, what the data bucket holds, in compact columns (lib/columns.ts): a slot per key with its
+ * revision and the 8-byte value hash (about 70 bytes per key with the key itself).
  */
 export class HeldMap {
   private readonly slots = new Map<string, number>();
-  private rev = new Float64Array(0);
-  private kind = new Uint8Array(0);
-  private hash = new Uint8Array(0);
-  private readonly odd = new Map<number, string>();
-  private readonly free: number[] = [];
-  private used = 0;
+  private readonly cols = new Columns();
+  private readonly rev = this.cols.f64();
+  private readonly kind = this.cols.u8();
+  private readonly hash = new Hash8Column(this.cols);
 
   get size(): number {
     return this.slots.size;
@@ -66,24 +63,22 @@ export class HeldMap {
 
   get(key: string): Held | undefined {
     const s = this.slots.get(key);
-    return s === undefined ? undefined : { rev: this.rev[s]!, h: this.hashOf(s) };
+    return s === undefined ? undefined : { rev: this.rev.a[s]!, h: this.hashOf(s) };
   }
 
   set(key: string, held: Held): void {
     let s = this.slots.get(key);
     if (s === undefined) {
-      s = this.free.pop() ?? this.alloc();
+      s = this.cols.alloc();
       this.slots.set(key, s);
     }
-    this.rev[s] = held.rev;
-    this.odd.delete(s);
-    if (held.h === "") this.kind[s] = HELD_MARKER;
-    else if (HASH_RE.test(held.h)) {
-      this.kind[s] = HELD_HASH;
-      hexToBytes(held.h, this.hash, s * 8);
+    this.rev.a[s] = held.rev;
+    if (held.h === "") {
+      this.kind.a[s] = HELD_MARKER;
+      this.hash.clear(s);
     } else {
-      this.kind[s] = HELD_ODD;
-      this.odd.set(s, held.h);
+      this.kind.a[s] = HELD_HASH;
+      this.hash.set(s, held.h);
     }
   }
 
@@ -91,9 +86,9 @@ export class HeldMap {
     const s = this.slots.get(key);
     if (s === undefined) return false;
     this.slots.delete(key);
-    this.odd.delete(s);
-    this.kind[s] = 0;
-    this.free.push(s);
+    this.hash.clear(s);
+    this.kind.a[s] = 0;
+    this.cols.release(s);
     return true;
   }
 
@@ -103,30 +98,11 @@ export class HeldMap {
 
   /** The revision of every held key. */
   *revs(): Generator<number> {
-    for (const s of this.slots.values()) yield this.rev[s]!;
+    for (const s of this.slots.values()) yield this.rev.a[s]!;
   }
 
   private hashOf(s: number): string {
-    const k = this.kind[s];
-    if (k === HELD_MARKER) return "";
-    if (k === HELD_ODD) return this.odd.get(s) ?? "";
-    return bytesToHex(this.hash, s * 8, 8);
-  }
-
-  private alloc(): number {
-    if (this.used === this.rev.length) {
-      const cap = Math.max(256, this.rev.length * 2);
-      const rev = new Float64Array(cap);
-      rev.set(this.rev);
-      const kind = new Uint8Array(cap);
-      kind.set(this.kind);
-      const hash = new Uint8Array(cap * 8);
-      hash.set(this.hash);
-      this.rev = rev;
-      this.kind = kind;
-      this.hash = hash;
-    }
-    return this.used++;
+    return this.kind.a[s] === HELD_MARKER ? "" : this.hash.get(s);
   }
 }
 

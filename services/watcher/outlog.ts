@@ -4,20 +4,21 @@
  * and the migration from the full-mesh topology (a fresh log is seeded from `_meta`; the legacy
  * outbound stream, which watchers of the previous version may still write to, is bridged into it).
  */
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { type NatsConnection, TimeoutError } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
-import { OrderedResult, currentOwnOp, publishOrdered } from "../lib/oplog.ts";
+import { OrderedResult, currentOwnOp, metaHoldsOp, publishOrdered } from "../lib/oplog.ts";
 import { RearmGate, rearmSource, sourcesBackOff } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
-import { Durables, Streams, opsSubject } from "../lib/subjects.ts";
+import { isDeleteMarker } from "../lib/stores.ts";
+import { Durables, Streams, kvFilter, kvKeyOf, kvStream, metaBucket, opsSubject } from "../lib/subjects.ts";
 
 /** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;
@@ -147,38 +148,105 @@ type LogDeps = {
   jsm: Pick<JetStreamManager, "streams">;
 };
 
+/** Keys the seed handles at once: their round trips overlap, and at most this many values are held. */
+export const SEED_CONCURRENCY = 64;
+/** Tries per key when a request of the seed times out (a busy server): the ordered publish is safe to repeat. */
+const SEED_TRIES = 5;
+
+/**
+ * Every key of a KV bucket with its latest entry, read once through an ordered pull consumer (last
+ * per subject): one pass over the stream, no request per key, at most one pull batch held at a time.
+ */
+async function* latestEntries(
+  js: JetStreamClient,
+  bucket: string,
+): AsyncGenerator<{ key: string; m: JsMsg }> {
+  const c = await js.consumers.get(kvStream(bucket), {
+    filter_subjects: kvFilter(bucket),
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  });
+  if ((await c.info()).num_pending === 0) return;
+  const it = await c.consume({ max_messages: 256 });
+  try {
+    for await (const m of it) {
+      yield { key: kvKeyOf(bucket, m.subject), m };
+      if (m.info.pending === 0) break;
+    }
+  } finally {
+    await it.close();
+  }
+}
+
 /**
  * Rebuild a fresh outbound log from `_meta`: every version the site holds (its own, hand-made and
  * other sites' ops alike, tombstones included) whose value the bucket still shows. Publishes are
  * ordered, so running it next to the live watcher (or twice) never replaces a greater version.
+ * `_meta` is read in one pass and its keys handled `concurrency` at a time (one key at a time, a
+ * loaded bucket of 100 000 keys took minutes). Each publish takes the ordered fast path
+ * (services/lib/oplog.ts): the seed copies `_meta`, so a fresh `_meta` read that still holds the op
+ * proves the log ends with it. A key whose requests time out (a busy server) is tried again.
  */
 export async function seedOutLog(
-  deps: LogDeps,
+  deps: LogDeps & { js: JetStreamClient },
   bucket: string,
   meta: KV,
   data: KV,
   log: Logger,
+  concurrency = SEED_CONCURRENCY,
 ): Promise<number> {
   let seeded = 0;
-  for await (const key of await meta.keys()) {
-    const me = await meta.get(key);
-    if (me?.operation !== "PUT") continue;
-    const v = me.json<Version>();
+  let failure: { err: unknown } | undefined;
+  const inFlight = new Set<Promise<void>>();
+  const seedKey = async (key: string, m: JsMsg): Promise<boolean> => {
+    if (isDeleteMarker(m.headers) || m.data.length === 0) return false;
+    let v: Version;
+    try {
+      v = m.json<Version>();
+    } catch {
+      return false;
+    }
     let op: Op;
     if (v.deleted) op = makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: true });
     else {
       const d = await data.get(key);
-      if (d?.operation !== "PUT") continue;
+      if (d?.operation !== "PUT") return false;
       const matches = v.vh ? valueHash(d.value) === v.vh : d.revision === v.rev;
       // a newer local write is stamped by the watcher; a newer merger write is in its origin's log
-      if (!matches) continue;
+      if (!matches) return false;
       op = makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: false, value: d.value });
     }
     const r = await publishOrdered(deps, Streams.out(deps.site), opsSubject(deps.site, bucket, key), op, {
+      holds: () => metaHoldsOp(meta, op),
       current: () => currentOwnOp(meta, data, deps.nodeId, bucket, key),
     });
-    if (r === OrderedResult.published) seeded++;
+    return r === OrderedResult.published;
+  };
+  const seedKeyPatiently = async (key: string, m: JsMsg): Promise<boolean> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await seedKey(key, m);
+      } catch (err) {
+        if (!(err instanceof TimeoutError) || attempt >= SEED_TRIES) throw err;
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+      }
+    }
+  };
+  for await (const { key, m } of latestEntries(deps.js, metaBucket(bucket))) {
+    if (failure) break;
+    const p: Promise<void> = seedKeyPatiently(key, m).then(
+      (published) => {
+        if (published) seeded++;
+      },
+      (err: unknown) => {
+        failure ??= { err };
+      },
+    );
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+    if (inFlight.size >= concurrency) await Promise.race(inFlight);
   }
+  await Promise.all(inFlight);
+  if (failure) throw failure.err;
   log.info({ bucket, seeded }, "seeded the outbound op log from _meta");
   return seeded;
 }
