@@ -162,7 +162,11 @@ async function siteStatus(
   const streams = streamCounts(mesh, ref, timeoutMs, errors);
   const sourced = async (where: { stream: string; domain: string }, origin: string) => {
     try {
-      return await sourcedUpTo(mesh.nc, { ...where, timeoutMs, reach: (d, t) => mesh.jetStream(d, t) }, origin);
+      return await sourcedUpTo(
+        mesh.nc,
+        { ...where, timeoutMs, reach: (d, t) => mesh.jetStream(d, t) },
+        origin,
+      );
     } catch (err) {
       errors.push(`how far ${where.stream} sourced ${origin}: ${messageOf(err)}`);
       return null;
