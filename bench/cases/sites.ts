@@ -11,8 +11,11 @@
  * the hub relay); BENCH_SITES_ISOLATE=0 or 1 runs one of them only. The full-mesh code path is gone
  * (the issue's table is its baseline).
  */
-import type { KV } from "@nats-io/kv";
+import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { type KV, KvWatchInclude } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { findNatsServer, supportsLeafIsolation } from "../../scripts/lib/topology.ts";
+import { Streams, opsSubject } from "../../services/mod.ts";
 import { type Mesh, startMesh } from "../../test/harness/mesh.ts";
 import { type CpuSnapshot, cpuDelta, cpuSnapshot } from "../lib/procstat.ts";
 import { log, median, round, sleep, value100, waitUntil } from "../lib/util.ts";
@@ -33,6 +36,8 @@ export type SitesRow = {
   /** per site: servers + services of one site, mean over the sites */
   idle_cpu_per_site_pct: number;
   write_to_last_site_ms: number;
+  /** the same write's op in the last site's FEED: NATS's own sourcing through the hub (ms, median of 5) */
+  write_to_last_feed_ms?: number;
   uplink_out_bytes_per_op: number;
   uplink_in_bytes_per_op: number;
   catch_up_ms: number;
@@ -84,6 +89,66 @@ async function reachedAll(kvs: KV[], key: string, t0: number, timeoutMs: number)
     }),
   );
   return round(last);
+}
+
+/**
+ * Watch `key` at every site (the watches exist before the write, so nothing polls while the op
+ * travels: polling N sites every few ms loads the host in proportion to N), and the op for it in
+ * every site's FEED (what NATS's own sourcing delivers, through the hub, before any service acts);
+ * then `since(t0)` gives the ms from t0 until the last site holds it: in its FEED, in its bucket.
+ */
+async function arrivals(
+  kvs: KV[],
+  ncs: NatsConnection[],
+  sites: string[],
+  key: string,
+): Promise<{ since: (t0: number, timeoutMs: number) => Promise<{ feed: number; bucket: number }> }> {
+  const bucketAt: number[] = [];
+  const feedAt: number[] = [];
+  const watches = await Promise.all(kvs.map((kv) => kv.watch({ key, include: KvWatchInclude.UpdatesOnly })));
+  const subject = opsSubject(sites[0]!, "config", key);
+  const feeds = await Promise.all(
+    ncs.map(async (nc, i) => {
+      const c = await jetstream(nc).consumers.get(Streams.in(sites[i]!), {
+        filter_subjects: [subject],
+        deliver_policy: DeliverPolicy.New,
+      });
+      return c.consume();
+    }),
+  );
+  const first = async <T>(it: AsyncIterable<T>, ok: (e: T) => boolean, at: number[]) => {
+    for await (const e of it) {
+      if (ok(e)) {
+        at.push(performance.now());
+        break;
+      }
+    }
+  };
+  const got = [
+    ...watches.map((w) => first(w, (e) => e.operation === "PUT", bucketAt)),
+    ...feeds.map((f) => first(f, () => true, feedAt)),
+  ];
+  return {
+    since: async (t0, timeoutMs) => {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          Promise.all(got),
+          new Promise((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`${key} not replicated in ${timeoutMs} ms`)),
+              timeoutMs,
+            );
+          }),
+        ]);
+      } finally {
+        clearTimeout(timer);
+        for (const w of watches) w.stop();
+        for (const f of feeds) f.stop();
+      }
+      return { feed: round(Math.max(...feedAt) - t0), bucket: round(Math.max(...bucketAt) - t0) };
+    },
+  };
 }
 
 function pids(
@@ -188,15 +253,23 @@ async function measure(n: number, idleS: number, outageS: number, isolated: bool
     row.site_subs_mean = round(subs.reduce((a, b) => a + b, 0) / subs.length, 1);
     row.site_subs_max = Math.max(...subs);
 
-    // one write → last site (median of 5)
+    // one write → last site (median of 5), seen by watches made before the write
     const lat: number[] = [];
+    const feedLat: number[] = [];
+    const ncs: NatsConnection[] = [];
+    for (const s of sites) ncs.push(await mesh.connect(s));
     for (let i = 0; i < 5; i++) {
       const key = `bench.one.${i}`;
+      const seen = await arrivals(kvs, ncs, sites, key);
       const t = performance.now();
       await kvs[0]!.put(key, value100(key));
-      lat.push(await reachedAll(kvs, key, t, 60_000));
+      const r = await seen.since(t, 60_000);
+      lat.push(r.bucket);
+      feedLat.push(r.feed);
     }
+    for (const nc of ncs) await nc.close();
     row.write_to_last_site_ms = median(lat);
+    row.write_to_last_feed_ms = median(feedLat);
 
     // bytes per op on the uplinks: the writer's out, a receiver's in; idle bytes subtracted
     const writer = mesh.sites[sites[0]!]!.monitorUrl;
@@ -290,7 +363,7 @@ export function renderSites(r: SitesResult): string[] {
     "hub subs",
     "site subs (mean / max)",
     "idle CPU servers / services / per site (% core)",
-    "one write → last site (ms, median of 5)",
+    "one write → last site (ms, median of 5): bucket / its op in the FEED (NATS's own part)",
     "uplink bytes per op (writer out / receiver in)",
     "catch-up after hub outage (ms)",
     "anti-entropy run first → last site (ms)",
@@ -300,7 +373,7 @@ export function renderSites(r: SitesResult): string[] {
     lines.push(
       x.error
         ? `| ${x.sites} | ${x.isolated ? "yes" : "no"} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
+        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
     );
   }
   return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
