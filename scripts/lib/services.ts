@@ -370,7 +370,8 @@ export class SiteServices {
   }
 
   /**
-   * Wait until every running instance answers `$SRV.PING.syncd-<kind>` (counted by `metadata.site`,
+   * Wait until every running instance answers `$SRV.INFO.syncd-<kind>` with its endpoints, i.e. is
+   * wired (counted by `metadata.site`,
    * and by `metadata.instance` when the services report it). Throws with the log tail of an instance
    * whose process exited, or on timeout.
    */
@@ -389,7 +390,7 @@ export class SiteServices {
             );
           }
         }
-        const found = await pingSite(nc, this.site, 300, (a) => missingOf(want, a).length === 0);
+        const found = await pingSite(nc, this.site, 300, (a) => missingOf(want, a).length === 0, false, true);
         missing = missingOf(want, found);
         if (missing.length === 0) return;
         if (Date.now() - t0 > timeoutMs) {
@@ -453,6 +454,8 @@ export type PingAnswer = {
  * Every syncd service instance that answers `$SRV.PING.syncd-<kind>` within `waitMs`, optionally only
  * those whose `metadata.site` is `site`. `relay`: also ask through the hub relay, so that a
  * connection at one site hears every site's instances when the hub isolates leaf interest.
+ * `wired`: ask `$SRV.INFO` instead and count only instances that list their endpoints (a service
+ * answers PING from its start, before its wiring has added the endpoints).
  */
 export async function pingSite(
   nc: NatsConnection,
@@ -461,6 +464,7 @@ export async function pingSite(
   /** stop collecting early once this holds for the answers so far */
   enough?: (answers: PingAnswer[]) => boolean,
   relay = false,
+  wired = false,
 ): Promise<PingAnswer[]> {
   const out: PingAnswer[] = [];
   const reply = relay ? `${relayReplyPrefix(CLIENT_REPLY_SITE, nuid.next())}.ping` : createInbox();
@@ -472,9 +476,15 @@ export async function pingSite(
     callback: (err, m) => {
       if (err) return;
       try {
-        const r = m.json<{ name?: string; id?: string; metadata?: Record<string, string> }>();
+        const r = m.json<{
+          name?: string;
+          id?: string;
+          metadata?: Record<string, string>;
+          endpoints?: unknown[];
+        }>();
         const kind = (r.name ?? "").replace(/^syncd-/, "");
         if (!isKind(kind) || !r.id) return;
+        if (wired && !r.endpoints?.length) return;
         const md = r.metadata ?? {};
         if (site !== undefined && md.site !== site) return;
         out.push({
@@ -494,7 +504,7 @@ export async function pingSite(
   try {
     await nc.flush();
     for (const kind of SERVICE_KINDS) {
-      const subject = `$SRV.PING.${ServiceName[kind]}`;
+      const subject = `$SRV.${wired ? "INFO" : "PING"}.${ServiceName[kind]}`;
       nc.publish(subject, "", { reply });
       if (relay) nc.publish(relaySubject(subject), "", { reply });
     }
