@@ -100,6 +100,8 @@ describe("I3 migration from the full mesh, by the services on start", () => {
       sites: SITES,
       services: false,
       serviceArgs: ["--reconcile-interval", "0"],
+      // the full mesh sources every peer's stream across domains: the hub must not isolate leaf interest
+      isolate: false,
     });
     for (const s of SITES) nc[s] = await mesh.connect(s);
     for (const s of SITES)
