@@ -40,10 +40,11 @@ describe("I1 partitions of any length, by the compacted logs alone", () => {
     });
     const vc = await versions(nc.c!);
     for (let i = 0; i < 5; i++) assert.equal(vc.get(`long.a.${i}`)?.deleted, true, `tombstone long.a.${i}`);
-    // compacted: a's log holds one op per key though it published 95
+    // compacted: a's log holds one op per key though it published more (up to 95: the watcher may
+    // publish only the greatest of several versions of a key it handles in one batch)
     const out = await (await jetstreamManager(nc.a!)).streams.info(Streams.out("a"));
     assert.equal(out.state.messages, 30);
-    assert.ok(out.state.last_seq >= 95, `last_seq ${out.state.last_seq}`);
+    assert.ok(out.state.last_seq > 30 && out.state.last_seq <= 95, `last_seq ${out.state.last_seq}`);
     assert.equal(out.config.max_age, 0);
     assert.equal(out.config.max_msgs_per_subject, 1);
   });
