@@ -120,6 +120,18 @@ type Step =
   | { kind: "local"; key: string; deleted: boolean }
   | { kind: "stamp" };
 
+/** The op of remote step `i`: a version of another node, value `r<i>`. */
+function remoteOp(s: Extract<Step, { kind: "remote" }>, i: number) {
+  return makeOp({
+    bucket: "config",
+    key: s.key,
+    ts: s.ts,
+    nodeId: s.node,
+    deleted: s.deleted,
+    value: enc.encode(`r${i}`),
+  });
+}
+
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
   fc.record({
     kind: fc.constant("remote" as const),
@@ -170,14 +182,7 @@ describe("I4 model: stale _meta reads (a lagging watch-fed cache) and a clock fa
         };
         for (const [i, s] of steps.entries()) {
           if (s.kind === "remote") {
-            const op = makeOp({
-              bucket: "config",
-              key: s.key,
-              ts: s.ts,
-              nodeId: s.node,
-              deleted: s.deleted,
-              value: enc.encode(`r${i}`),
-            });
+            const op = remoteOp(s, i);
             await applyOp(mergers[i % 2]!, op);
           } else if (s.kind === "local") {
             await (s.deleted ? data.delete(s.key) : data.put(s.key, enc.encode(`l${i}`)));
@@ -259,14 +264,7 @@ describe("I1 model: a site's own ops back from the hub, settled by `_meta` alone
         let back = 0;
         for (const [i, s] of steps.entries()) {
           if (s.kind === "remote") {
-            const op = makeOp({
-              bucket: "config",
-              key: s.key,
-              ts: s.ts,
-              nodeId: s.node,
-              deleted: s.deleted,
-              value: enc.encode(`r${i}`),
-            });
+            const op = remoteOp(s, i);
             await applyOp(site.merger, op);
           } else if (s.kind === "local") {
             await (s.deleted ? data.delete(s.key) : data.put(s.key, enc.encode(`l${i}`)));
