@@ -4,7 +4,10 @@
  * above what stays live (measured in the agent: old space 120 MB committed, 35 MB live), and V8
  * returns it only when its memory reducer happens to run, often not at all while the process idles. So: every `periodMs`, when the process used less than
  * `idleCpuPct` of a core over the period and its heap grew by `growthMb` or more since the last
- * collection made here, collect once (a full, compacting GC: tens of ms, only while idle).
+ * collection made here, collect once (a full, compacting GC: tens of ms, only while idle). That
+ * collection leaves V8's young generation at the size the busy period grew it to (32 MB of new space
+ * in a service); V8 shrinks it only in a collection that sees a low allocation rate over its last 5 s,
+ * so a second collection follows once the process stayed idle `followUpMs` after the first.
  */
 import { getHeapStatistics, setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -16,8 +19,15 @@ export type IdleGcOptions = {
   idleCpuPct?: number;
   /** collect when the V8 heap grew by this much (MB) since the last collection made here */
   growthMb?: number;
-  /** told after each collection: heap before and after (MB), how long it took (ms) */
-  onCollect?: (c: { heap_mb_before: number; heap_mb_after: number; ms: number }) => void;
+  /** the second collection, once idle this long after the first (ms, whole periods; V8 rates allocation over 5 s) */
+  followUpMs?: number;
+  /** told after each collection: heap before and after (MB), how long it took (ms), which of the two */
+  onCollect?: (c: {
+    heap_mb_before: number;
+    heap_mb_after: number;
+    ms: number;
+    why: "growth" | "follow-up";
+  }) => void;
 };
 
 /** The collector V8 exposes with --expose-gc, taken without the command-line flag. */
@@ -37,24 +47,38 @@ export function startIdleGc(opts: IdleGcOptions = {}): { stop: () => void; colle
   const gc = exposedGc();
   let n = 0;
   if (!gc) return { stop: () => {}, collections: () => 0 };
+  const followUpMs = opts.followUpMs ?? 5_000;
   let base = getHeapStatistics().total_heap_size;
   let cpu = process.cpuUsage();
+  /** idle periods needed before the follow-up collection (V8 rates allocation over its last 5 s) */
+  const followUpTicks = Math.max(1, Math.ceil(followUpMs / periodMs));
+  /** idle periods since the growth collection, while its follow-up is due */
+  let sinceGrowth: number | undefined;
+  const collect = (why: "growth" | "follow-up", total: number): void => {
+    const t0 = performance.now();
+    gc();
+    n++;
+    base = getHeapStatistics().total_heap_size;
+    sinceGrowth = why === "growth" ? 0 : undefined;
+    opts.onCollect?.({
+      heap_mb_before: Math.round(total / 1_048_576),
+      heap_mb_after: Math.round(base / 1_048_576),
+      ms: Math.round(performance.now() - t0),
+      why,
+    });
+  };
   const timer = setInterval(() => {
     const used = process.cpuUsage(cpu);
     cpu = process.cpuUsage();
     const pct = ((used.user + used.system) / 1000 / periodMs) * 100;
     const total = getHeapStatistics().total_heap_size;
     if (total < base) base = total;
-    if (pct >= idlePct || total - base < growth) return;
-    const t0 = performance.now();
-    gc();
-    n++;
-    base = getHeapStatistics().total_heap_size;
-    opts.onCollect?.({
-      heap_mb_before: Math.round(total / 1_048_576),
-      heap_mb_after: Math.round(base / 1_048_576),
-      ms: Math.round(performance.now() - t0),
-    });
+    if (pct >= idlePct) {
+      if (sinceGrowth !== undefined) sinceGrowth = 0;
+      return;
+    }
+    if (total - base >= growth) collect("growth", total);
+    else if (sinceGrowth !== undefined && ++sinceGrowth >= followUpTicks) collect("follow-up", total);
   }, periodMs);
   timer.unref();
   return { stop: () => clearInterval(timer), collections: () => n };
