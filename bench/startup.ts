@@ -4,7 +4,8 @@
  * (one agent per site, or STARTUP_AGENT=0 one process per service). Every 2 s it logs each phase's
  * progress (watcher and merger backlog, source lag, the reconciler index's keys, RSS); at the end the
  * seconds until linked, quiet and indexed. STARTUP_PROFILE=<dir> writes a .cpuprofile per service process;
- * STARTUP_MEM=<dir> logs each process's memory split at the end (bench/lib/mem-probe.mjs);
+ * STARTUP_MEM=<dir> logs each process's memory split at the end (bench/lib/mem-probe.mjs) and its RSS by
+ * mapping (procstat.ts mapsOf);
  * STARTUP_NODE_FLAGS passes V8 flags to the service processes (NODE_OPTIONS); RSS again after
  * STARTUP_SETTLE_S (30) seconds idle.
  */
@@ -25,7 +26,7 @@ import {
   quiet,
   startBenchMesh,
 } from "./lib/mesh.ts";
-import { rssOf } from "./lib/procstat.ts";
+import { mapsOf, rssOf } from "./lib/procstat.ts";
 import { log, nowMs, round, waitUntil } from "./lib/util.ts";
 
 const K = Number(process.env.STARTUP_KEYS ?? 100_000);
@@ -114,11 +115,14 @@ async function main(): Promise<void> {
     await ticker;
     await new Promise((r) => setTimeout(r, 1000));
     const rss = rssOf(processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub"));
-    if (process.env.STARTUP_LOGS)
-      for (const l of bm.mesh.logs(undefined, 400).split("\n"))
-        if (new RegExp(process.env.STARTUP_LOGS).test(l)) log(l.slice(0, 300));
     if (memDir)
       for (const f of readdirSync(memDir)) log(`memory ${f} ${readFileSync(join(memDir, f), "utf8")}`);
+    const services = processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub");
+    const logMaps = (when: string): void => {
+      if (memDir)
+        for (const p of services) log(`maps ${when} ${p.site}/${p.name} ${JSON.stringify(mapsOf(p.pid))}`);
+    };
+    logMaps("+1s");
     log(`marks ${JSON.stringify(marks)} rss ${rss.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(" ")}`);
     await new Promise((r) => setTimeout(r, settleS * 1000));
     const later = rssOf(processes(bm).filter((p) => p.kind !== "nats-server" && p.kind !== "hub"));
@@ -126,6 +130,10 @@ async function main(): Promise<void> {
       for (const f of readdirSync(memDir))
         log(`memory +${settleS}s ${f} ${readFileSync(join(memDir, f), "utf8")}`);
     log(`rss +${settleS}s idle ${later.map((p) => `${p.site}/${p.name} ${p.rss_mb}`).join(" ")}`);
+    logMaps(`+${settleS}s`);
+    if (process.env.STARTUP_LOGS)
+      for (const l of bm.mesh.logs(undefined, 400).split("\n"))
+        if (new RegExp(process.env.STARTUP_LOGS).test(l)) log(l.slice(0, 300));
   } finally {
     await bm.stop();
   }

@@ -81,3 +81,32 @@ export function cpuOf(procs: Named[], d: ReturnType<typeof cpuDelta>, ops: numbe
     };
   });
 }
+
+/**
+ * RSS of a process by mapping (/proc/<pid>/smaps, MB), read from outside so that the process does not
+ * allocate for it: the brk heap (glibc's main arena), anonymous mappings by size (V8's pages are
+ * 256 KB, its new space two 16 MB semi-spaces, large objects one mapping each), file-backed (the node
+ * binary, libraries). Empty when the process is gone.
+ */
+export function mapsOf(pid: number): Record<string, number> {
+  const out: Record<string, number> = { brk: 0, anon_le1m: 0, anon_1m_32m: 0, anon_gt32m: 0, file: 0 };
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return {};
+  }
+  let cls = "file";
+  for (const line of text.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (m) {
+      const size = Number.parseInt(m[2] as string, 16) - Number.parseInt(m[1] as string, 16);
+      const name = m[3] as string;
+      if (name === "[heap]") cls = "brk";
+      else if (name === "" || name.startsWith("[anon")) {
+        cls = size <= 1_048_576 ? "anon_le1m" : size <= 32 * 1_048_576 ? "anon_1m_32m" : "anon_gt32m";
+      } else cls = "file";
+    } else if (line.startsWith("Rss:")) out[cls] = (out[cls] ?? 0) + Number(line.split(/\s+/)[1]) * 1024;
+  }
+  return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, Math.round((v / 1_048_576) * 10) / 10]));
+}

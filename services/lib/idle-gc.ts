@@ -9,7 +9,7 @@
  * in a service); V8 shrinks it only in a collection that sees a low allocation rate over its last 5 s,
  * so a second collection follows once the process stayed idle `followUpMs` after the first.
  */
-import { getHeapStatistics, setFlagsFromString } from "node:v8";
+import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 
 /** How idle-gc decides. */
@@ -27,6 +27,8 @@ export type IdleGcOptions = {
     heap_mb_after: number;
     ms: number;
     why: "growth" | "follow-up";
+    /** the young generation's size after it (MB) */
+    new_space_mb: number;
   }) => void;
 };
 
@@ -65,6 +67,9 @@ export function startIdleGc(opts: IdleGcOptions = {}): { stop: () => void; colle
       heap_mb_after: Math.round(base / 1_048_576),
       ms: Math.round(performance.now() - t0),
       why,
+      new_space_mb: Math.round(
+        (getHeapSpaceStatistics().find((s) => s.space_name === "new_space")?.space_size ?? 0) / 1_048_576,
+      ),
     });
   };
   const timer = setInterval(() => {

@@ -148,7 +148,7 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
   // the heap a catch-up grows is given back once the process idles (idle-gc.ts); SYNCD_IDLE_GC=0: off
   if (process.env.SYNCD_IDLE_GC !== "0")
-    startIdleGc({ onCollect: (c) => log.debug(c, "idle gc: gave back the heap a busy period grew") });
+    startIdleGc({ onCollect: (c) => log.info(c, "idle gc: gave back the heap a busy period grew") });
   process.on("uncaughtException", (err) => {
     log.fatal({ err }, "uncaught exception, exiting");
     process.exit(1);
