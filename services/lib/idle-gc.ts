@@ -7,7 +7,7 @@
  * collection made here, collect once (a full, compacting GC: tens of ms, only while idle). That
  * collection leaves V8's young generation at the size the busy period grew it to (32 MB of new space
  * in a service); V8 shrinks it only in a collection that sees a low allocation rate over its last 5 s,
- * so a second collection follows once the process stayed idle `followUpMs` after the first.
+ * so a second collection follows once the process stayed idle `followUpMs` (10 s) after the first.
  */
 import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -19,7 +19,7 @@ export type IdleGcOptions = {
   idleCpuPct?: number;
   /** collect when the V8 heap grew by this much (MB) since the last collection made here */
   growthMb?: number;
-  /** the second collection, once idle this long after the first (ms, whole periods; V8 rates allocation over 5 s) */
+  /** the second collection, once idle this long after the first (ms, whole periods; default 10 s: V8 rates allocation over its last 5 s, the idle stretch must cover that) */
   followUpMs?: number;
   /** told after each collection: heap before and after (MB), how long it took (ms), which of the two */
   onCollect?: (c: {
@@ -49,7 +49,7 @@ export function startIdleGc(opts: IdleGcOptions = {}): { stop: () => void; colle
   const gc = exposedGc();
   let n = 0;
   if (!gc) return { stop: () => {}, collections: () => 0 };
-  const followUpMs = opts.followUpMs ?? 5_000;
+  const followUpMs = opts.followUpMs ?? 10_000;
   let base = getHeapStatistics().total_heap_size;
   let cpu = process.cpuUsage();
   /** idle periods needed before the follow-up collection (V8 rates allocation over its last 5 s) */

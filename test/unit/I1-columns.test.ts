@@ -173,7 +173,7 @@ describe("I1 compact columns (services/lib/columns.ts)", () => {
     );
   });
 
-  it("I1 the map of what the bucket holds answers as a Map (markers, hex and hand-made hashes, slot reuse)", () => {
+  it("I1 the map of what the bucket holds answers as a Map (markers, hex and hand-made hashes, slot reuse, count up to a revision)", () => {
     const held = fc.record({ rev: fc.nat(), h: fc.oneof(fc.constant(""), hash8) });
     fc.assert(
       fc.property(fc.array(fc.tuple(key, fc.option(held)), { maxLength: 300 }), (ops) => {
@@ -190,6 +190,14 @@ describe("I1 compact columns (services/lib/columns.ts)", () => {
         for (const [k, v] of m) assert.deepEqual(h.get(k), v);
         assert.deepEqual([...h.keys()].sort(), [...m.keys()].sort());
         assert.deepEqual([...h.revs()].sort(), [...m.values()].map((v) => v.rev).sort());
+        for (const upTo of [0, 1, 7, Number.MAX_SAFE_INTEGER]) {
+          const revs = [...m.values()].map((v) => v.rev).filter((r) => r <= upTo);
+          const want = {
+            count: revs.length,
+            minRev: revs.length ? Math.min(...revs) : Number.POSITIVE_INFINITY,
+          };
+          assert.deepEqual(h.countUpTo(upTo), want);
+        }
       }),
       fcParams(),
     );
