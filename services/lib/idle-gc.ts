@@ -17,7 +17,7 @@ export type IdleGcOptions = {
   periodMs?: number;
   /** below this share of one core over a period (percent), the process counts as idle */
   idleCpuPct?: number;
-  /** collect when the V8 heap grew by this much (MB) since the last collection made here */
+  /** collect when the V8 heap grew by this much (MB, default 16: a reconciler's periodic run grows the young generation by ~31 MB) since the last collection made here */
   growthMb?: number;
   /** the second collection, once idle this long after the first (ms, whole periods; default 10 s: V8 rates allocation over its last 5 s, the idle stretch must cover that) */
   followUpMs?: number;
@@ -45,7 +45,7 @@ function exposedGc(): (() => void) | undefined {
 export function startIdleGc(opts: IdleGcOptions = {}): { stop: () => void; collections: () => number } {
   const periodMs = opts.periodMs ?? 5_000;
   const idlePct = opts.idleCpuPct ?? 5;
-  const growth = (opts.growthMb ?? 32) * 1_048_576;
+  const growth = (opts.growthMb ?? 16) * 1_048_576;
   const gc = exposedGc();
   let n = 0;
   if (!gc) return { stop: () => {}, collections: () => 0 };
