@@ -117,7 +117,6 @@ function* causes(err: unknown): Generator<unknown> {
 export function isTransientNatsError(err: unknown): boolean {
   for (const e of causes(err)) {
     if (e instanceof TimeoutError || e instanceof NoRespondersError) return true;
-    if (e instanceof RequestError && e.isNoResponders()) return true;
   }
   return false;
 }

@@ -87,7 +87,16 @@ export class SharedMetaCaches {
       const kv = this.site.metas.get(bucket);
       if (!kv) return Promise.reject(new Error(`bucket ${bucket} is not one of this site's buckets`));
       const cache = new CachedMetaStore(kv, this.log.child({ bucket }), this.opts);
-      c = cache.start().then(() => cache);
+      // a start that failed (a request timed out) is not kept: the next call starts it again
+      const started: Promise<CachedMetaStore> = cache.start().then(
+        () => cache,
+        (err: unknown) => {
+          cache.stop();
+          if (this.caches.get(bucket) === started) this.caches.delete(bucket);
+          throw err;
+        },
+      );
+      c = started;
       this.caches.set(bucket, c);
     }
     return c;
@@ -198,9 +207,10 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
   if (process.env.SYNCD_IDLE_GC !== "0")
     startIdleGc({ onCollect: (c) => log.debug(c, "idle gc: gave back the heap a busy period grew") });
   // a NATS error thrown where nothing catches it failed one request or subscription, not the
-  // process: counted and logged, the services go on; anything else is a bug whose state is unknown
+  // process: counted and logged, the services go on (unless the connection is closed for good);
+  // anything else is a bug whose state is unknown: exit, the supervisor restarts (nothing is lost, I6)
   process.on("uncaughtException", (err) => {
-    if (isNatsError(err)) {
+    if (isNatsError(err) && state.nc?.isClosed() !== true) {
       processErrors.uncaught++;
       log.error({ err }, "uncaught NATS error: counted, going on");
       return;

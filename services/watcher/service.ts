@@ -60,7 +60,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const hub = keepRegistered(nc, config, log, {
     outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
   });
-  // a wiring that fails half-way (it is tried again) leaves no loop running
+  // a wiring that fails half-way (it is tried again) leaves nothing running
   try {
     for (const bucket of config.buckets) {
       const c: Record<Outcome | "errors", number> = {
@@ -188,6 +188,7 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       blog.info({ durable }, "watching bucket");
     }
   } catch (err) {
+    hub.stop();
     await Promise.all(loops.map((l) => l.stop()));
     throw err;
   }
