@@ -238,20 +238,6 @@ describe("I5 agent mode: counters are per wired instance", () => {
     },
   );
 
-  it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
-    const started = await mesh.startServices("a", "merger=0,reconciler=0");
-    assert.deepEqual(
-      started.map((i) => i.name),
-      ["agent-1"],
-    );
-    const found = await pingSite(ncs.a!, "a", 500);
-    assert.deepEqual(found.map((f) => `${f.name}/${f.instance}`).sort(), [
-      `${ServiceName.clock}/agent-1`,
-      `${ServiceName.watcher}/agent-1`,
-    ]);
-    await mesh.stopServices("a");
-  });
-
   it("I5 a service answers PING only once its endpoints are in place: wired unannounced, then announced", async () => {
     const nc = await mesh.connect("a", { name: "announce" });
     const name = "syncd-announce-test";
@@ -388,4 +374,18 @@ describe("I5 agent mode: counters are per wired instance", () => {
       }
     },
   );
+
+  it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
+    const started = await mesh.startServices("a", "merger=0,reconciler=0");
+    assert.deepEqual(
+      started.map((i) => i.name),
+      ["agent-1"],
+    );
+    const found = await pingSite(ncs.a!, "a", 500);
+    assert.deepEqual(found.map((f) => `${f.name}/${f.instance}`).sort(), [
+      `${ServiceName.clock}/agent-1`,
+      `${ServiceName.watcher}/agent-1`,
+    ]);
+    await mesh.stopServices("a");
+  });
 });
