@@ -375,6 +375,7 @@ async function startAll(defs: ServiceDef[], a: StartArgs): Promise<SharedMetaCac
     } catch (err) {
       refuseOnDrift(err, log);
       if (attempt >= 10) throw err;
+      processErrors.startup++;
       log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
       await new Promise((r) => setTimeout(r, 1000 * attempt));
     }
