@@ -88,6 +88,7 @@ export {
   SharedMetaCaches,
   VERSION,
   processErrors,
+  runService,
   unannouncedService,
 } from "./lib/runtime.ts";
 export type {

@@ -7,6 +7,7 @@
  * And the counters of two instances wired in one process do not mix.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -374,6 +375,44 @@ describe("I5 agent mode: counters are per wired instance", () => {
       }
     },
   );
+
+  it("I6 an uncaught NATS error is counted and the process goes on; any other uncaught error still exits", async () => {
+    /** the fixture service's process: its output so far, its exit */
+    const start = (env: NodeJS.ProcessEnv) => {
+      const p = spawn(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          "test/fixtures/throwing-service.ts",
+          ...["--site", "a", "--nats-url", mesh.sites.a!.url, "--http-port", "0", "--http-host", "127.0.0.1"],
+        ],
+        { env: { ...process.env, ...env, NODE_TEST_CONTEXT: undefined, LOG_LEVEL: "info" } },
+      );
+      let out = "";
+      p.stdout.on("data", (d) => void (out += d));
+      p.stderr.on("data", (d) => void (out += d));
+      const exited = new Promise<number | null>((r) => p.on("exit", (code) => r(code)));
+      return { p, out: () => out, exited };
+    };
+    const going = start({});
+    try {
+      await until(() => going.out().includes("uncaught NATS error"), {
+        message: "the uncaught NATS error logged",
+      });
+      const port = Number(/"port":(\d+),"msg":"http port open/.exec(going.out())?.[1]);
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.match(metrics, /syncd_process_errors_total\{[^}]*origin="uncaught"[^}]*\} 1\n/);
+      assert.equal(going.p.exitCode, null, `the process goes on:\n${going.out()}`);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    } finally {
+      going.p.kill("SIGTERM");
+      await going.exited;
+    }
+    const bug = start({ THROW_BUG: "1" });
+    assert.equal(await bug.exited, 1, bug.out());
+    assert.match(bug.out(), /uncaught exception, exiting/);
+  });
 
   it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
     const started = await mesh.startServices("a", "merger=0,reconciler=0");
