@@ -4,7 +4,9 @@
  * starting more instances of one kind; one NATS connection per agent. The core checks run again in
  * this mode: I1 convergence, I2 no echo, I3 no lost write (a concurrent workload with deletes and
  * binary values, checked by checkOutcome) and I6 (the agent killed with kill -9 during the workload).
- * And the counters of two instances wired in one process do not mix.
+ * And the counters of two instances wired in one process do not mix; a service answers PING only
+ * once its endpoints are in place; a start-up whose requests time out (the site server paused) is
+ * tried again instead of exiting; an uncaught NATS error is counted, not fatal.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -390,8 +392,11 @@ describe("I5 agent mode: counters are per wired instance", () => {
         { env: { ...process.env, ...env, NODE_TEST_CONTEXT: undefined, LOG_LEVEL: "info" } },
       );
       let out = "";
-      p.stdout.on("data", (d) => void (out += d));
-      p.stderr.on("data", (d) => void (out += d));
+      const add = (d: Buffer) => {
+        out += d;
+      };
+      p.stdout.on("data", add);
+      p.stderr.on("data", add);
       const exited = new Promise<number | null>((r) => p.on("exit", (code) => r(code)));
       return { p, out: () => out, exited };
     };
