@@ -39,9 +39,11 @@ export { type IdleGcOptions, startIdleGc } from "./lib/idle-gc.ts";
 export {
   isAlreadyExists,
   isConsumerNotFound,
+  isNatsError,
   isNotFound,
   isStreamNotFound,
   isTooLarge,
+  isTransientNatsError,
   isWrongLastSequence,
 } from "./lib/jserrors.ts";
 export { createLogger } from "./lib/logger.ts";
@@ -80,7 +82,15 @@ export {
   versionOfStreamConfig,
 } from "./lib/rearm.ts";
 export { ServiceReplyError, parseReply, requestJson } from "./lib/request.ts";
-export { type Running, type ServiceDef, SharedMetaCaches, VERSION } from "./lib/runtime.ts";
+export {
+  type Running,
+  type ServiceDef,
+  SharedMetaCaches,
+  VERSION,
+  processErrors,
+  runService,
+  unannouncedService,
+} from "./lib/runtime.ts";
 export type {
   ClockNowResponse,
   ClockObserveRequest,

@@ -4,12 +4,17 @@
  * starting more instances of one kind; one NATS connection per agent. The core checks run again in
  * this mode: I1 convergence, I2 no echo, I3 no lost write (a concurrent workload with deletes and
  * binary values, checked by checkOutcome) and I6 (the agent killed with kill -9 during the workload).
- * And the counters of two instances wired in one process do not mix.
+ * And the counters of two instances wired in one process do not mix; a service answers PING only
+ * once its endpoints are in place; a start-up whose requests time out (the site server paused) is
+ * tried again instead of exiting; an uncaught NATS error is counted, not fatal.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
+import { Empty } from "@nats-io/nats-core";
 import { Svcm } from "@nats-io/services";
 import { pingSite } from "../scripts/lib/services.ts";
 import {
@@ -24,11 +29,13 @@ import {
   clockService,
   createLogger,
   endpointSubject,
+  isTransientNatsError,
   kvStream,
   loadConfig,
   mergerService,
   metaBucket,
   openSite,
+  unannouncedService,
   watcherService,
 } from "../services/mod.ts";
 import { quiet, streamCount, until, withLinkedMesh, withMesh } from "./helpers.ts";
@@ -233,6 +240,184 @@ describe("I5 agent mode: counters are per wired instance", () => {
       }
     },
   );
+
+  it("I5 a service answers PING only once its endpoints are in place: wired unannounced, then announced", async () => {
+    const nc = await mesh.connect("a", { name: "announce" });
+    const name = "syncd-announce-test";
+    const subject = (e: string) => `announce.test.${e}`;
+    try {
+      const { service, announce } = unannouncedService(nc, { name, version: VERSION, queue: "syncd" });
+      service.addEndpoint("one", { subject: subject("one"), handler: (_e, m) => m.respond("1") });
+      await nc.flush();
+      // the endpoint answers already; PING, INFO and STATS not yet
+      assert.equal((await nc.request(subject("one"), Empty)).string(), "1");
+      for (const verb of ["PING", "INFO", "STATS"])
+        await assert.rejects(
+          nc.request(`$SRV.${verb}.${name}`, Empty, { timeout: 2000 }),
+          isTransientNatsError,
+        );
+      service.addEndpoint("two", { subject: subject("two"), handler: (_e, m) => m.respond("2") });
+      await announce();
+      const ping = (await nc.request(`$SRV.PING.${name}`, Empty)).json<{ id: string }>();
+      const info = (await nc.request(`$SRV.INFO.${name}.${ping.id}`, Empty)).json<{
+        endpoints: { name: string }[];
+      }>();
+      assert.deepEqual(
+        info.endpoints.map((e) => e.name),
+        ["one", "two"],
+      );
+      // announcing subscribed no endpoint twice: one request, one more count, one answer
+      assert.equal((await nc.request(subject("one"), Empty)).string(), "1");
+      const stats = (await nc.request(`$SRV.STATS.${name}.${ping.id}`, Empty)).json<{
+        endpoints: { name: string; num_requests: number }[];
+      }>();
+      assert.equal(stats.endpoints.find((e) => e.name === "one")?.num_requests, 2);
+      await service.stop();
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it(
+    "I5 the agent's first PING answer of each service comes with every endpoint in INFO",
+    { timeout: 120_000 },
+    async () => {
+      const nc = await mesh.connect("a", { name: "first-ping" });
+      const kinds = [ServiceName.clock, ServiceName.watcher, ServiceName.merger, ServiceName.reconciler];
+      /** INFO's endpoints of each service, asked right after its first PING answer */
+      const first = new Map<string, string[]>();
+      const info = async (svc: string, id: string) =>
+        (await nc.request(`$SRV.INFO.${svc}.${id}`, Empty, { timeout: 5000 }))
+          .json<{ endpoints: { name: string }[] }>()
+          .endpoints.map((e) => e.name)
+          .sort();
+      let polling = true;
+      const poll = (async () => {
+        while (polling && first.size < kinds.length) {
+          await Promise.all(
+            kinds
+              .filter((k) => !first.has(k))
+              .map(async (k) => {
+                const m = await nc.request(`$SRV.PING.${k}`, Empty, { timeout: 200 }).catch(() => null);
+                if (m && !first.has(k)) first.set(k, await info(k, m.json<{ id: string }>().id));
+              }),
+          );
+        }
+      })();
+      try {
+        await mesh.startServices("a");
+        await until(() => first.size === kinds.length, { message: "every service answered PING" });
+        const found = await pingSite(nc, "a", 500);
+        for (const k of kinds) {
+          const f = found.find((x) => x.name === k);
+          assert.ok(f, `${k} answers PING`);
+          const all = await info(k, f.id);
+          assert.ok(all.length > 0, `${k} has endpoints`);
+          assert.deepEqual(first.get(k), all, `${k}: INFO at its first PING answer lists every endpoint`);
+        }
+      } finally {
+        polling = false;
+        await poll;
+        await mesh.stopServices("a");
+        await nc.close();
+      }
+    },
+  );
+
+  it(
+    "I6 requests of the agent's start-up that time out (site server paused while the services wire) are retried: no exit, ready after",
+    { timeout: 120_000 },
+    async () => {
+      const server = mesh.topology.site("a");
+      const pause = () => process.kill(server.pid!, "SIGSTOP");
+      const resume = () => process.kill(server.pid!, "SIGCONT");
+      const starting = mesh.startServices("a");
+      const agent = mesh.services("a").find((i) => i.kind === "agent");
+      assert.ok(agent && agent.pid > 0, "the agent runs");
+      const log = () => readFileSync(agent.logFile, "utf8");
+      const mark = log().length;
+      const lines = () => log().slice(mark).split("\n");
+      const ready = (svc: string) => (l: string) =>
+        l.includes(`"svc":"${svc}"`) && l.includes(`"msg":"ready"`);
+      const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+      try {
+        // the server runs in short slices (every request of the agent waits for one) until the clock
+        // is wired; then it stays paused while the other services wire, past twice the JetStream API
+        // timeout (5 s): a request of the wiring times out
+        for (let i = 0; i < 10_000; i++) {
+          pause();
+          await sleep(20);
+          if (lines().some(ready(ServiceName.clock)) || !agent.alive()) break;
+          resume();
+          await sleep(2);
+        }
+        assert.ok(lines().some(ready(ServiceName.clock)), `the clock wired:\n${agent.logTail(20)}`);
+        assert.ok(!lines().some(ready(ServiceName.reconciler)), "paused before the last service wired");
+        await sleep(12_000);
+      } finally {
+        resume();
+      }
+      try {
+        await starting;
+        assert.ok(agent.alive(), `the agent still runs:\n${agent.logTail(20)}`);
+        assert.ok(!lines().some((l) => l.includes("uncaught")), agent.logTail(20));
+        assert.ok(
+          lines().some((l) => l.includes("cannot wire the service yet") && l.includes("TimeoutError")),
+          `a wiring request timed out and was retried:\n${agent.logTail(20)}`,
+        );
+        const found = await pingSite(ncs.a!, "a", 500);
+        assert.deepEqual(found.map((f) => f.name).sort(), [
+          ServiceName.clock,
+          ServiceName.merger,
+          ServiceName.reconciler,
+          ServiceName.watcher,
+        ]);
+      } finally {
+        await mesh.stopServices("a");
+      }
+    },
+  );
+
+  it("I6 an uncaught NATS error is counted and the process goes on; any other uncaught error still exits", async () => {
+    /** the fixture service's process: its output so far, its exit */
+    const start = (env: NodeJS.ProcessEnv) => {
+      const p = spawn(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          "test/fixtures/throwing-service.ts",
+          ...["--site", "a", "--nats-url", mesh.sites.a!.url, "--http-port", "0", "--http-host", "127.0.0.1"],
+        ],
+        { env: { ...process.env, ...env, NODE_TEST_CONTEXT: undefined, LOG_LEVEL: "info" } },
+      );
+      let out = "";
+      const add = (d: Buffer) => {
+        out += d;
+      };
+      p.stdout.on("data", add);
+      p.stderr.on("data", add);
+      const exited = new Promise<number | null>((r) => p.on("exit", (code) => r(code)));
+      return { p, out: () => out, exited };
+    };
+    const going = start({});
+    try {
+      await until(() => going.out().includes("uncaught NATS error"), {
+        message: "the uncaught NATS error logged",
+      });
+      const port = Number(/"port":(\d+),"msg":"http port open/.exec(going.out())?.[1]);
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.match(metrics, /syncd_process_errors_total\{[^}]*origin="uncaught"[^}]*\} 1\n/);
+      assert.equal(going.p.exitCode, null, `the process goes on:\n${going.out()}`);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    } finally {
+      going.p.kill("SIGTERM");
+      await going.exited;
+    }
+    const bug = start({ THROW_BUG: "1" });
+    assert.equal(await bug.exited, 1, bug.out());
+    assert.match(bug.out(), /uncaught exception, exiting/);
+  });
 
   it("an agent started with fewer kinds (scale 0 for the others) runs and announces only those", async () => {
     const started = await mesh.startServices("a", "merger=0,reconciler=0");

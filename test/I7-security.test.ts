@@ -488,9 +488,9 @@ describe("I7 security: the secured mesh (users + TLS)", () => {
     const kvB = await mesh.kv("b");
     await eventually(
       async () => assert.equal((await kvB.get("sec.forged-headers"))?.string(), "local only?"),
-      {
-        timeout: 4000,
-      },
+      // a give-up, not a property: it follows a's server restart above, and CI (2 cores) once
+      // needed more than 4 s there
+      { timeout: 15000 },
     );
   });
 

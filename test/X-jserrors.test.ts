@@ -9,9 +9,11 @@ import { Kvm } from "@nats-io/kv";
 import {
   isAlreadyExists,
   isConsumerNotFound,
+  isNatsError,
   isNotFound,
   isStreamNotFound,
   isTooLarge,
+  isTransientNatsError,
   isWrongLastSequence,
   openOrCreateKv,
 } from "../services/mod.ts";
@@ -92,4 +94,22 @@ test("X jserrors: openOrCreateKv creates a bucket only when its stream is not fo
   const err = await thrown(openOrCreateKv(elsewhere, "members"));
   assert.ok(!isStreamNotFound(err), "a JetStream that does not answer is not a missing stream");
   assert.deepEqual(tried, [], "an error other than stream-not-found is thrown, not answered by a create");
+});
+
+test("X jserrors: a request that times out or that nobody answers is transient; a refusal is a NATS error, not transient", async () => {
+  const sub = nc.a!.subscribe("x.slow", { callback: () => {} });
+  await nc.a!.flush();
+  const slow = await thrown(nc.a!.request("x.slow", "", { timeout: 200 }));
+  sub.unsubscribe();
+  const noResponders = await thrown(nc.a!.request("x.nobody", "", { timeout: 2000 }));
+  const jsm = await jetstreamManager(nc.a!);
+  const viaApi = await thrown(jetstreamManager(nc.a!, { domain: "nowhere", timeout: 300 }));
+  const refused = await thrown(jsm.streams.info("NOPE2"));
+  for (const [what, err] of Object.entries({ slow, noResponders, viaApi })) {
+    assert.ok(isTransientNatsError(err), `${what}: transient`);
+    assert.ok(isNatsError(err), `${what}: a NATS error`);
+  }
+  assert.ok(!isTransientNatsError(refused) && isNatsError(refused), "a refusal: a NATS error, not transient");
+  for (const err of [new Error("timeout"), new TypeError("x"), undefined, "timeout"])
+    assert.ok(!isTransientNatsError(err) && !isNatsError(err), `${String(err)}: not a NATS error`);
 });

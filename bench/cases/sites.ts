@@ -11,13 +11,14 @@
  * the hub relay); BENCH_SITES_ISOLATE=0 or 1 runs one of them only. The full-mesh code path is gone
  * (the issue's table is its baseline).
  */
+import { availableParallelism } from "node:os";
 import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import { type KV, KvWatchInclude } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { findNatsServer, supportsLeafIsolation } from "../../scripts/lib/topology.ts";
 import { Streams, opsSubject } from "../../services/mod.ts";
 import { type Mesh, startMesh } from "../../test/harness/mesh.ts";
-import { type CpuSnapshot, cpuDelta, cpuSnapshot } from "../lib/procstat.ts";
+import { type CpuSnapshot, cpuDelta, cpuSnapshot, schedMs } from "../lib/procstat.ts";
 import { log, median, round, sleep, value100, waitUntil } from "../lib/util.ts";
 import type { BenchContext, CaseDef } from "./types.ts";
 
@@ -38,6 +39,13 @@ export type SitesRow = {
   write_to_last_site_ms: number;
   /** the same write's op in the last site's FEED: NATS's own sourcing through the hub (ms, median of 5) */
   write_to_last_feed_ms?: number;
+  /** one write → the second site, the services of every other site stopped (ms, median of 5) */
+  write_to_site_alone_ms?: number;
+  /** CPU of one lone write per site (ms, mean over the sites): its services, its nats-server */
+  lone_op_cpu_services_ms?: number;
+  lone_op_cpu_server_ms?: number;
+  /** N × (services + server) per site / this host's cores: the floor of "one write → last site" here */
+  host_bound_ms?: number;
   uplink_out_bytes_per_op: number;
   uplink_in_bytes_per_op: number;
   catch_up_ms: number;
@@ -72,6 +80,54 @@ async function leafBytes(monitorUrl: string): Promise<{ in: number; out: number 
     o += x.out_bytes;
   }
   return { in: i, out: o };
+}
+
+/**
+ * CPU (ms, per site, mean over the sites) of one lone write at the first site: the median over
+ * PAIRS pairs of 1 s windows, one with the write and one without, of their difference; per-thread
+ * scheduler time (ns), so short bursts count exactly. `host_bound_ms`: all sites' CPU for one write over this host's
+ * cores — the least one write → last site can take when every site shares this host.
+ */
+const PAIRS = 9;
+
+async function loneOpCpu(
+  mesh: Mesh,
+  sites: string[],
+  kv: KV,
+): Promise<Pick<SitesRow, "lone_op_cpu_services_ms" | "lone_op_cpu_server_ms" | "host_bound_ms">> {
+  const p = pids(mesh, sites);
+  const servers = new Set(p.servers);
+  const window = async (write: string | null) => {
+    const all = [...p.servers.filter((x) => x !== mesh.topology.hub.pid), ...p.services];
+    const a = all.map(schedMs);
+    if (write) await kv.put(write, value100(write));
+    await sleep(1000);
+    let srv = 0;
+    let svc = 0;
+    all.forEach((pid, i) => {
+      const d = schedMs(pid) - a[i]!;
+      if (servers.has(pid)) srv += d;
+      else svc += d;
+    });
+    return { srv, svc };
+  };
+  // median over pairs (a window with the write, then one without) of the difference: a periodic
+  // burst (timers, heartbeats) lands in either window of a pair, the median leaves it out
+  const svcs: number[] = [];
+  const srvs: number[] = [];
+  for (let i = 0; i < PAIRS; i++) {
+    const b = await window(`bench.lone.${i}`);
+    const q = await window(null);
+    svcs.push((b.svc - q.svc) / sites.length);
+    srvs.push((b.srv - q.srv) / sites.length);
+  }
+  const svc = round(Math.max(0, median(svcs)), 2);
+  const srv = round(Math.max(0, median(srvs)), 2);
+  return {
+    lone_op_cpu_services_ms: svc,
+    lone_op_cpu_server_ms: srv,
+    host_bound_ms: round(((svc + srv) * sites.length) / availableParallelism(), 1),
+  };
 }
 
 /** Wait until every site's bucket holds `key` with `value`; resolves with ms since `t0`. */
@@ -309,17 +365,34 @@ async function measure(n: number, idleS: number, outageS: number, isolated: bool
       row.reconcile_error = (err as Error).message;
     }
 
-    if (outageS <= 0) {
-      log(`sites: ${n} → ${JSON.stringify(row)}`);
-      return row;
+    if (outageS > 0) {
+      // hub outage: writes at the first site wait in its log; catch-up after the hub is back
+      await mesh.stopHub();
+      for (let i = 0; i < 100; i++) await kvs[0]!.put(`bench.outage.${i}`, value100(`o${i}`));
+      await sleep(outageS * 1000);
+      const th = performance.now();
+      await mesh.startHub();
+      row.catch_up_ms = await reachedAll(kvs, "bench.outage.99", th, 300_000);
     }
-    // hub outage: writes at the first site wait in its log; catch-up after the hub is back
-    await mesh.stopHub();
-    for (let i = 0; i < 100; i++) await kvs[0]!.put(`bench.outage.${i}`, value100(`o${i}`));
-    await sleep(outageS * 1000);
-    const th = performance.now();
-    await mesh.startHub();
-    row.catch_up_ms = await reachedAll(kvs, "bench.outage.99", th, 300_000);
+
+    // what one lone write costs a site (CPU, every process of it), and the path alone: the second
+    // site's latency once no other site's services compete for this host's cores
+    Object.assign(row, await loneOpCpu(mesh, sites, kvs[0]!));
+    for (const s of sites.slice(2)) await mesh.stopServices(s);
+    await sleep(2000);
+    const two = [sites[0]!, sites[1]!];
+    const pair = [kvs[0]!, kvs[1]!];
+    const pairNc = [await mesh.connect(sites[0]!), await mesh.connect(sites[1]!)];
+    const alone: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const key = `bench.alone.${i}`;
+      const seen = await arrivals(pair, pairNc, two, key);
+      const t = performance.now();
+      await kvs[0]!.put(key, value100(key));
+      alone.push((await seen.since(t, 60_000)).bucket);
+    }
+    for (const c of pairNc) await c.close();
+    row.write_to_site_alone_ms = median(alone);
     log(`sites: ${n} → ${JSON.stringify(row)}`);
   } catch (err) {
     row.error = (err as Error).message;
@@ -364,6 +437,9 @@ export function renderSites(r: SitesResult): string[] {
     "site subs (mean / max)",
     "idle CPU servers / services / per site (% core)",
     "one write → last site (ms, median of 5): bucket / its op in the FEED (NATS's own part)",
+    "one write → second site, other sites' services stopped (ms)",
+    "CPU of one lone write per site: services / server (ms)",
+    "sites × that / cores (ms)",
     "uplink bytes per op (writer out / receiver in)",
     "catch-up after hub outage (ms)",
     "anti-entropy run first → last site (ms)",
@@ -373,7 +449,7 @@ export function renderSites(r: SitesResult): string[] {
     lines.push(
       x.error
         ? `| ${x.sites} | ${x.isolated ? "yes" : "no"} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
+        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.write_to_site_alone_ms ?? "–"} | ${x.lone_op_cpu_services_ms ?? "–"} / ${x.lone_op_cpu_server_ms ?? "–"} | ${x.host_bound_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
     );
   }
   return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];

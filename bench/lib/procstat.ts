@@ -1,5 +1,5 @@
 /** RSS and CPU time of processes, from Linux /proc. */
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import type { ProcCpu, ProcRss } from "../cases/types.ts";
 import { round } from "./util.ts";
 
@@ -22,6 +22,22 @@ export function cpuMs(pid: number): number {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
+ * CPU time of a process in ms from the scheduler's per-thread accounting (the schedstat file of
+ * each thread under /proc/<pid>/task, ns): exact for bursts far shorter than a clock tick; threads that exited are not counted. NaN when
+ * the process is gone.
+ */
+export function schedMs(pid: number): number {
+  try {
+    let ns = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`))
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, "utf8").split(" ")[0]);
+    return ns / 1e6;
   } catch {
     return Number.NaN;
   }

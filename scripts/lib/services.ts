@@ -319,6 +319,11 @@ export class SiteServices {
     if (inAgent.length > 0) {
       let inst = this.instances.find((i) => i.kind === "agent" && i.n === 1);
       if (!inst?.alive()) {
+        // a stopped agent started again with other kinds runs those
+        if (inst && inst.kinds.join() !== inAgent.join()) {
+          this.instances.splice(this.instances.indexOf(inst), 1);
+          inst = undefined;
+        }
         if (!inst) {
           inst = new ServiceInstance(this, "agent", 1, inAgent);
           this.instances.push(inst);

@@ -271,31 +271,26 @@ export type MicroIdentity = {
   metadata?: Record<string, string> | null;
 };
 
+/** An endpoint as `$SRV.INFO` and `$SRV.STATS` name it. */
+type MicroEndpoint = { name: string; subject: string; queue_group?: string };
+
 /** A `$SRV.INFO` reply. */
 export type MicroInfo = MicroIdentity & {
   description?: string;
-  endpoints?: {
-    name: string;
-    subject: string;
-    queue_group?: string;
-    metadata?: Record<string, string> | null;
-  }[];
+  endpoints?: (MicroEndpoint & { metadata?: Record<string, string> | null })[];
 };
 
 /** A `$SRV.STATS` reply. */
 export type MicroStats = MicroIdentity & {
   started?: string;
-  endpoints?: {
-    name: string;
-    subject: string;
-    queue_group?: string;
+  endpoints?: (MicroEndpoint & {
     num_requests: number;
     num_errors: number;
     last_error?: string;
     processing_time: number;
     average_processing_time: number;
     data?: unknown;
-  }[];
+  })[];
 };
 
 /** The micro verbs. */

@@ -3,7 +3,17 @@
  * `errors.json`, nats.js's `JetStreamApiCodes`) — never by message
  * text, which changes between server versions.
  */
-import { JetStreamApiError } from "@nats-io/jetstream";
+import { JetStreamApiError, JetStreamError } from "@nats-io/jetstream";
+import {
+  ClosedConnectionError,
+  ConnectionError,
+  DrainingConnectionError,
+  NoRespondersError,
+  PermissionViolationError,
+  ProtocolError,
+  RequestError,
+  TimeoutError,
+} from "@nats-io/nats-core";
 
 /** The JetStream API error codes the services act on (nats-server errors.json). */
 export const ApiCode = {
@@ -90,4 +100,45 @@ export function isInsufficientResources(err: unknown): boolean {
 /** The stream refused a message over its max message size (the bucket's max value size). */
 export function isTooLarge(err: unknown): boolean {
   return hasCode(err, ApiCode.messageExceedsMaximum);
+}
+
+/** The error, then its `cause`s (a few deep). */
+function* causes(err: unknown): Generator<unknown> {
+  for (let e = err, depth = 0; e && depth < 5; depth++) {
+    yield e;
+    e = (e as { cause?: unknown }).cause;
+  }
+}
+
+/**
+ * A failure worth trying again: a request timed out or nobody answered it (a server paused or
+ * overloaded, a JetStream still electing its leaders), by the nats.js error classes.
+ */
+export function isTransientNatsError(err: unknown): boolean {
+  for (const e of causes(err)) {
+    if (e instanceof TimeoutError || e instanceof NoRespondersError) return true;
+  }
+  return false;
+}
+
+/**
+ * An error of the NATS client (a request, a subscription, the connection or the JetStream API failed),
+ * by class: one operation failed, not the process's own state.
+ */
+export function isNatsError(err: unknown): boolean {
+  for (const e of causes(err))
+    if (
+      e instanceof TimeoutError ||
+      e instanceof NoRespondersError ||
+      e instanceof RequestError ||
+      e instanceof ClosedConnectionError ||
+      e instanceof DrainingConnectionError ||
+      e instanceof ConnectionError ||
+      e instanceof ProtocolError ||
+      e instanceof PermissionViolationError ||
+      e instanceof JetStreamError ||
+      e instanceof JetStreamApiError
+    )
+      return true;
+  return false;
 }

@@ -44,6 +44,8 @@ export const METRIC_NAMES = {
   sourceRearms: "syncd_source_rearms_total",
   /** health conditions this process has raised, by code and severity */
   conditions: "syncd_health_conditions",
+  /** NATS errors the process went on after, by where they surfaced: startup|uncaught|rejection */
+  processErrors: "syncd_process_errors_total",
 } as const;
 export type MetricName = (typeof METRIC_NAMES)[keyof typeof METRIC_NAMES];
 

@@ -6,13 +6,16 @@
  * process; still one micro service per kind. The `_meta` cache and the reconciler's version index
  * follow `_meta` through one watch per bucket (meta-watch.ts, keyed by the site's `_meta` handle).
  */
+import { createRequire } from "node:module";
+import path from "node:path";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { type Service, Svcm } from "@nats-io/services";
+import type { Service, ServiceConfig } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
 import { health } from "./health.ts";
 import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { startIdleGc } from "./idle-gc.ts";
+import { isNatsError, isTransientNatsError } from "./jserrors.ts";
 import { type Logger, createLogger } from "./logger.ts";
 import { CachedMetaStore } from "./meta-cache.ts";
 import { METRIC_NAMES, Metrics, registerConditions } from "./metrics.ts";
@@ -84,7 +87,16 @@ export class SharedMetaCaches {
       const kv = this.site.metas.get(bucket);
       if (!kv) return Promise.reject(new Error(`bucket ${bucket} is not one of this site's buckets`));
       const cache = new CachedMetaStore(kv, this.log.child({ bucket }), this.opts);
-      c = cache.start().then(() => cache);
+      // a start that failed (a request timed out) is not kept: the next call starts it again
+      const started: Promise<CachedMetaStore> = cache.start().then(
+        () => cache,
+        (err: unknown) => {
+          cache.stop();
+          if (this.caches.get(bucket) === started) this.caches.delete(bucket);
+          throw err;
+        },
+      );
+      c = started;
       this.caches.set(bucket, c);
     }
     return c;
@@ -94,6 +106,48 @@ export class SharedMetaCaches {
   async stop(): Promise<void> {
     for (const c of this.caches.values()) (await c.catch(() => undefined))?.stop();
   }
+}
+
+/**
+ * Errors the process went on after, by where they surfaced (`syncd_process_errors_total{origin}`):
+ * a NATS request of a service's wiring that failed and was tried again (startup), a NATS error thrown
+ * where nothing catches it (uncaught), a rejection nothing handles (rejection).
+ */
+export const processErrors = { startup: 0, uncaught: 0, rejection: 0 };
+
+type ServiceImpl = Service & { handlers: unknown[]; start(): Promise<Service> };
+let serviceImplClass: (new (nc: NatsConnection, config: ServiceConfig) => ServiceImpl) | undefined;
+
+/**
+ * A micro service that is not announced yet: endpoints added to it subscribe (and answer) at once,
+ * while `$SRV.PING`/`INFO`/`STATS` get no answer from it until `announce()`. Wire, then announce: a
+ * service that answers PING has every endpoint (what `Svcm.add` cannot do: it starts the service
+ * first). @nats-io/services does not export its ServiceImpl, whose `start()` subscribes the control
+ * subjects and, again, every endpoint in `handlers`: `announce` hands it none.
+ */
+export function unannouncedService(
+  nc: NatsConnection,
+  config: ServiceConfig,
+): { service: Service; announce: () => Promise<void> } {
+  if (!serviceImplClass) {
+    const require = createRequire(import.meta.url);
+    const lib = path.dirname(require.resolve("@nats-io/services"));
+    serviceImplClass = (require(path.join(lib, "service.js")) as { ServiceImpl: typeof serviceImplClass })
+      .ServiceImpl;
+  }
+  const impl = new serviceImplClass!(nc, config);
+  return {
+    service: impl,
+    announce: async () => {
+      const endpoints = impl.handlers;
+      impl.handlers = [];
+      try {
+        await impl.start();
+      } finally {
+        impl.handlers = [...endpoints, ...impl.handlers];
+      }
+    },
+  };
 }
 
 /** The metadata every instance announces (micro metadata values are strings). */
@@ -145,11 +199,22 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
     instance: config.instance,
     level: config.logLevel,
   });
-  process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+  process.on("unhandledRejection", (err) => {
+    processErrors.rejection++;
+    log.error({ err }, "unhandled rejection");
+  });
   // the heap a catch-up grows is given back once the process idles (idle-gc.ts); SYNCD_IDLE_GC=0: off
   if (process.env.SYNCD_IDLE_GC !== "0")
     startIdleGc({ onCollect: (c) => log.info(c, "idle gc: gave back the heap a busy period grew") });
+  // a NATS error thrown where nothing catches it failed one request or subscription, not the
+  // process: counted and logged, the services go on (unless the connection is closed for good);
+  // anything else is a bug whose state is unknown: exit, the supervisor restarts (nothing is lost, I6)
   process.on("uncaughtException", (err) => {
+    if (isNatsError(err) && state.nc?.isClosed() !== true) {
+      processErrors.uncaught++;
+      log.error({ err }, "uncaught NATS error: counted, going on");
+      return;
+    }
     log.fatal({ err }, "uncaught exception, exiting");
     process.exit(1);
   });
@@ -205,6 +270,9 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
     (await readyz()).ok ? 1 : 0,
   );
   registerConditions(metrics);
+  metrics.counterFrom(METRIC_NAMES.processErrors, "errors the process went on after", ["origin"], () =>
+    Object.entries(processErrors).map(([origin, value]) => ({ labels: { origin }, value })),
+  );
   let http: HttpServer | undefined;
   if (config.httpPort !== undefined) {
     try {
@@ -240,58 +308,15 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
         log.warn({ status: s.type }, "connection status");
     }
   })();
-  let site: SiteHandles | undefined;
-  // a JetStream that is still electing its leaders (a fresh or recovering cluster) answers with
-  // timeouts for a while: opening the site is idempotent, so try again
-  for (let attempt = 1; !site; attempt++) {
-    try {
-      site = await openSite(nc, config, log);
-    } catch (err) {
-      refuseOnDrift(err, log);
-      if (attempt >= 10) throw err;
-      log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
-      await new Promise((r) => setTimeout(r, 1000 * attempt));
-    }
-  }
-  state.site = site;
-  const caches = new SharedMetaCaches(site, log, { maxEntries: config.metaCacheMax });
-  const svcm = new Svcm(nc);
+  // a start-up that fails is logged and exits here: a rejection of runServices would reach the
+  // entry module's top-level await, which Node reports as an uncaught exception
   const started: { service: Service; running: Running }[] = [];
-  for (const def of defs) {
-    // in the agent every line names its service; alone, the root logger already does
-    const slog = single ? log : log.child({ svc: ServiceName[def.kind] });
-    const wired: { running?: Running } = {};
-    const service = await svcm.add({
-      name: ServiceName[def.kind],
-      version: VERSION,
-      description: def.description,
-      metadata: serviceMetadata(config),
-      queue: "syncd",
-      statsHandler: async (ep) => {
-        const endpoint = (ep as unknown as { name: string }).name;
-        return withConditions((wired.running?.statsData ?? def.statsData)?.(endpoint));
-      },
-    });
-    let running: Running;
-    try {
-      running = await def.wire({
-        config,
-        log: slog,
-        nc,
-        site,
-        service,
-        metaCache: (bucket) => caches.get(bucket),
-        metrics,
-      });
-    } catch (err) {
-      refuseOnDrift(err, log);
-      throw err;
-    }
-    wired.running = running;
-    started.push({ service, running });
-    slog.info({ id: service.info().id }, "ready");
-  }
-  state.wired = true;
+  const caches = await startAll(defs, { config, log, nc, metrics, single, state, started }).catch(
+    (err: unknown) => {
+      log.fatal({ err }, "cannot start");
+      return process.exit(1);
+    },
+  );
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -325,4 +350,87 @@ function refuseOnDrift(err: unknown, log: Logger): void {
     "refusing to start: a stream's config cannot be brought to the configured one",
   );
   process.exit(2);
+}
+
+/** What {@link startAll} needs of runServices. */
+type StartArgs = {
+  config: Config;
+  log: Logger;
+  nc: NatsConnection;
+  metrics: Metrics;
+  single: boolean;
+  state: { site?: SiteHandles; wired: boolean };
+  started: { service: Service; running: Running }[];
+};
+
+/** Open the site, then wire and announce each service in order; returns the shared `_meta` caches. */
+async function startAll(defs: ServiceDef[], a: StartArgs): Promise<SharedMetaCaches> {
+  const { config, log, nc, metrics, single, state, started } = a;
+  let site: SiteHandles | undefined;
+  // a JetStream that is still electing its leaders (a fresh or recovering cluster) answers with
+  // timeouts for a while: opening the site is idempotent, so try again
+  for (let attempt = 1; !site; attempt++) {
+    try {
+      site = await openSite(nc, config, log);
+    } catch (err) {
+      refuseOnDrift(err, log);
+      if (attempt >= 10) throw err;
+      processErrors.startup++;
+      log.warn({ err, attempt }, "cannot open the site's JetStream state yet; retrying");
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
+  }
+  state.site = site;
+  const caches = new SharedMetaCaches(site, log, { maxEntries: config.metaCacheMax });
+  for (const def of defs) {
+    // in the agent every line names its service; alone, the root logger already does
+    const slog = single ? log : log.child({ svc: ServiceName[def.kind] });
+    slog.info("wiring");
+    let running: Running | undefined;
+    let service: Service | undefined;
+    // a request of the wiring that times out (a server paused or overloaded, a JetStream electing
+    // its leaders) is tried again with a new, unannounced service; anything else ends the start-up
+    for (let attempt = 1; !running; attempt++) {
+      const wired: { running?: Running } = {};
+      const s = unannouncedService(nc, {
+        name: ServiceName[def.kind],
+        version: VERSION,
+        description: def.description,
+        metadata: serviceMetadata(config),
+        queue: "syncd",
+        statsHandler: async (ep) => {
+          const endpoint = (ep as unknown as { name: string }).name;
+          return withConditions((wired.running?.statsData ?? def.statsData)?.(endpoint));
+        },
+      });
+      try {
+        wired.running = await def.wire({
+          config,
+          log: slog,
+          nc,
+          site,
+          service: s.service,
+          metaCache: (bucket) => caches.get(bucket),
+          metrics,
+        });
+      } catch (err) {
+        refuseOnDrift(err, log);
+        await s.service.stop().catch(() => {});
+        if (!isTransientNatsError(err)) throw err;
+        processErrors.startup++;
+        const retryMs = Math.min(10_000, 1000 * attempt);
+        slog.warn({ err, attempt, retry_ms: retryMs }, "cannot wire the service yet; retrying");
+        await new Promise((r) => setTimeout(r, retryMs));
+        continue;
+      }
+      // PING answers from here on: every endpoint is in place
+      await s.announce();
+      running = wired.running;
+      service = s.service;
+    }
+    started.push({ service: service!, running });
+    slog.info({ id: service!.info().id }, "ready");
+  }
+  state.wired = true;
+  return caches;
 }

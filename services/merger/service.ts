@@ -346,69 +346,79 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   };
   const streams = [Streams.in(config.site), Streams.ingress(config.site)];
   const loops: ConsumerLoop[] = [];
-  for (const stream of streams) {
-    const ensure = () => ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
-    await ensure();
-    loops.push(
-      await runConsumer({
-        // a stream deleted: make the merger's streams (and their hub source) again, then the durable
-        recreate: async () => {
-          try {
-            await site.jsm.streams.info(stream);
-          } catch (err) {
-            if (!isNotFound(err)) throw err;
-            log.error({ stream }, "a stream the merger consumes was deleted: creating it again");
-            await new Promise((r) => setTimeout(r, DELETED_STREAM_SETTLE_MS));
-            await ensureMergerStreams(site.jsm, config, site.replicas, log);
-          }
-          await ensure();
-          ingressInc = await ingressIncarnation();
-        },
-        js: site.js,
-        stream,
-        durable,
-        concurrency: 64,
-        log,
-        subjectOf: (key) => key,
-        decode: parse,
-        keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
-        handle,
-        // of a key's ops waiting together only the greatest is applied: the others are stale (LWW)
-        pick: (a, b) =>
-          "op" in a.decoded && "op" in b.decoded
-            ? greaterOp(
-                { op: a.decoded.op, handMade: a.m.subject === OPS_INGRESS },
-                { op: b.decoded.op, handMade: b.m.subject === OPS_INGRESS },
-              )
-            : null,
-        onBatch: (w, losers, d) => {
-          const found = conflictsOf.get(w.m) ?? [];
-          conflictsOf.delete(w.m);
-          const records = found.map((c) => ({ seq: w.m.seq, c }));
-          if ("ack" in d && "op" in w.decoded) {
-            counts.stale += losers.length;
-            // each lost to what the winner lost to, else to the winner
-            const lost = found.find((c) => c.kind === "stale_op")?.winner;
-            const winner = lost ?? opVersioned(w.decoded.op);
-            for (const l of losers) {
-              if (!("op" in l.decoded) || l.m.subject === journal || l.decoded.op.node_id === winner.node_id)
-                continue;
-              const loser = opVersioned(l.decoded.op);
-              const c: Conflict = {
-                bucket: l.decoded.op.bucket,
-                key: l.decoded.op.key,
-                kind: "stale_op",
-                loser,
-                winner,
-              };
-              records.push({ seq: l.m.seq, c });
+  // a wiring that fails half-way (it is tried again) leaves no loop running
+  try {
+    for (const stream of streams) {
+      const ensure = () => ensureConsumer(site.jsm, stream, durable, { deliver: "all" });
+      await ensure();
+      loops.push(
+        await runConsumer({
+          // a stream deleted: make the merger's streams (and their hub source) again, then the durable
+          recreate: async () => {
+            try {
+              await site.jsm.streams.info(stream);
+            } catch (err) {
+              if (!isNotFound(err)) throw err;
+              log.error({ stream }, "a stream the merger consumes was deleted: creating it again");
+              await new Promise((r) => setTimeout(r, DELETED_STREAM_SETTLE_MS));
+              await ensureMergerStreams(site.jsm, config, site.replicas, log);
             }
-          }
-          // in stream order, as if the ops had been applied one by one
-          for (const r of records.sort((a, b) => a.seq - b.seq)) recordConflict(r.c);
-        },
-      }),
-    );
+            await ensure();
+            ingressInc = await ingressIncarnation();
+          },
+          js: site.js,
+          stream,
+          durable,
+          concurrency: 64,
+          log,
+          subjectOf: (key) => key,
+          decode: parse,
+          keyOf: (m, p) => ("op" in p ? `${p.op.bucket}/${p.op.key}` : `#${m.seq}`),
+          handle,
+          // of a key's ops waiting together only the greatest is applied: the others are stale (LWW)
+          pick: (a, b) =>
+            "op" in a.decoded && "op" in b.decoded
+              ? greaterOp(
+                  { op: a.decoded.op, handMade: a.m.subject === OPS_INGRESS },
+                  { op: b.decoded.op, handMade: b.m.subject === OPS_INGRESS },
+                )
+              : null,
+          onBatch: (w, losers, d) => {
+            const found = conflictsOf.get(w.m) ?? [];
+            conflictsOf.delete(w.m);
+            const records = found.map((c) => ({ seq: w.m.seq, c }));
+            if ("ack" in d && "op" in w.decoded) {
+              counts.stale += losers.length;
+              // each lost to what the winner lost to, else to the winner
+              const lost = found.find((c) => c.kind === "stale_op")?.winner;
+              const winner = lost ?? opVersioned(w.decoded.op);
+              for (const l of losers) {
+                if (
+                  !("op" in l.decoded) ||
+                  l.m.subject === journal ||
+                  l.decoded.op.node_id === winner.node_id
+                )
+                  continue;
+                const loser = opVersioned(l.decoded.op);
+                const c: Conflict = {
+                  bucket: l.decoded.op.bucket,
+                  key: l.decoded.op.key,
+                  kind: "stale_op",
+                  loser,
+                  winner,
+                };
+                records.push({ seq: l.m.seq, c });
+              }
+            }
+            // in stream order, as if the ops had been applied one by one
+            for (const r of records.sort((a, b) => a.seq - b.seq)) recordConflict(r.c);
+          },
+        }),
+      );
+    }
+  } catch (err) {
+    await Promise.all(loops.map((l) => l.stop()));
+    throw err;
   }
   const cleanup = keepLegacySourcesPruned(nc, site.jsm, config, log);
   // the FEED's source of the hub: re-armed when it stalls while the hub answers (services/lib/rearm.ts)

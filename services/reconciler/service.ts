@@ -88,7 +88,11 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     });
     indexes.set(b, ix);
   }
-  await Promise.all([...indexes.values()].map((ix) => ix.start()));
+  // a wiring that fails here (it is tried again) leaves no watch running
+  await Promise.all([...indexes.values()].map((ix) => ix.start())).catch((err: unknown) => {
+    for (const ix of indexes.values()) ix.stop();
+    throw err;
+  });
 
   const membership = new Membership({
     nc,

@@ -60,130 +60,137 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const hub = keepRegistered(nc, config, log, {
     outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
   });
-  for (const bucket of config.buckets) {
-    const c: Record<Outcome | "errors", number> = {
-      skipped_echo: 0,
-      skipped_superseded: 0,
-      published: 0,
-      republished: 0,
-      too_large: 0,
-      errors: 0,
-    };
-    counts.set(bucket, c);
-    const meta = await ctx.metaCache(bucket);
-    const blog = log.child({ bucket });
-    const data = new BucketStore(bucket, site.jsm, site.js, false);
-    let inc = await bucketIncarnation(site.jsm, bucket);
-    const deps: WatcherDeps = {
-      incarnation: () => inc,
-      latestRev: async (key) => (await data.latest(key))?.rev ?? null,
-      maxPayload: nc.info?.max_payload,
-      // the op cannot travel: keep it (without its value) on the dead-letter stream and raise it
-      onTooLarge: async (op, rev, err) => {
-        const { value: _v, encoding: _e, ...rest } = op;
-        const h = natsHeaders();
-        h.set(Headers.code, err.code);
-        h.set(Headers.reason, err.message);
-        h.set(Headers.origin, `${kvStream(bucket)}:${rev}:${kvSubject(bucket, op.key)}`);
-        await site.js.publish(dlqSubject(config.site), JSON.stringify(rest), { headers: h });
-        lastError = `${err.code}: ${err.message}`;
-        health.raise(Conditions.valueTooLarge, Severity.error, {
-          message: `local write of ${bucket}/${op.key} (rev ${rev}) cannot travel: ${err.message}; dead-lettered, the other sites keep their value`,
-          subject: `${bucket}/${op.key}`,
-          data: { bucket, key: op.key, rev },
-        });
-        blog.error(
-          { code: err.code, key: op.key, reason: err.message },
-          "local write too large to replicate",
-        );
-      },
-      site: config.site,
-      nodeId: config.nodeId,
-      bucket,
-      meta,
-      js: site.js,
-      jsm: site.jsm,
-      current: (key: string) =>
-        currentOwnOp(site.metas.get(bucket)!, site.buckets.get(bucket)!, config.nodeId, bucket, key),
-      holds: (op) => metaHoldsOp(site.metas.get(bucket)!, op),
-      tick: () => ticker.tick(),
-    };
-    const durable = Durables.watcher(config.site, bucket);
-    const ensure = () =>
-      ensureConsumer(site.jsm, kvStream(bucket), durable, {
-        filter: kvFilter(bucket),
-        deliver: "last_per_subject",
-      });
-    await ensure();
-    loops.push(
-      await runConsumer({
+  // a wiring that fails half-way (it is tried again) leaves nothing running
+  try {
+    for (const bucket of config.buckets) {
+      const c: Record<Outcome | "errors", number> = {
+        skipped_echo: 0,
+        skipped_superseded: 0,
+        published: 0,
+        republished: 0,
+        too_large: 0,
+        errors: 0,
+      };
+      counts.set(bucket, c);
+      const meta = await ctx.metaCache(bucket);
+      const blog = log.child({ bucket });
+      const data = new BucketStore(bucket, site.jsm, site.js, false);
+      let inc = await bucketIncarnation(site.jsm, bucket);
+      const deps: WatcherDeps = {
+        incarnation: () => inc,
+        latestRev: async (key) => (await data.latest(key))?.rev ?? null,
+        maxPayload: nc.info?.max_payload,
+        // the op cannot travel: keep it (without its value) on the dead-letter stream and raise it
+        onTooLarge: async (op, rev, err) => {
+          const { value: _v, encoding: _e, ...rest } = op;
+          const h = natsHeaders();
+          h.set(Headers.code, err.code);
+          h.set(Headers.reason, err.message);
+          h.set(Headers.origin, `${kvStream(bucket)}:${rev}:${kvSubject(bucket, op.key)}`);
+          await site.js.publish(dlqSubject(config.site), JSON.stringify(rest), { headers: h });
+          lastError = `${err.code}: ${err.message}`;
+          health.raise(Conditions.valueTooLarge, Severity.error, {
+            message: `local write of ${bucket}/${op.key} (rev ${rev}) cannot travel: ${err.message}; dead-lettered, the other sites keep their value`,
+            subject: `${bucket}/${op.key}`,
+            data: { bucket, key: op.key, rev },
+          });
+          blog.error(
+            { code: err.code, key: op.key, reason: err.message },
+            "local write too large to replicate",
+          );
+        },
+        site: config.site,
+        nodeId: config.nodeId,
+        bucket,
+        meta,
         js: site.js,
-        stream: kvStream(bucket),
-        durable,
-        concurrency: 64,
-        decode: (m) => kvKeyOf(bucket, m.subject),
-        keyOf: (_m, key) => key,
-        // of a key's local writes waiting together, only the newest is stamped: it replaced the
-        // others before they were stamped (I3); entries with headers are never coalesced
-        pick: (a, b) =>
-          newerLocal(
-            {
-              rev: a.m.seq,
-              local: versionFromHeaders(a.m.headers) === null,
-              redelivered: a.m.info.redelivered,
-            },
-            {
-              rev: b.m.seq,
-              local: versionFromHeaders(b.m.headers) === null,
-              redelivered: b.m.info.redelivered,
-            },
-          ),
-        onBatch: (_w, losers, d) => {
-          if ("ack" in d) c.skipped_superseded += losers.length;
-        },
-        log: blog,
-        subjectOf: (key) => `${bucket}/${key}`,
-        // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
-        // entries (deliver last_per_subject); revisions of the old incarnation suppress nothing
-        recreate: ensure,
-        onGone: async () => {
-          const was = inc;
-          inc = await bucketIncarnation(site.jsm, bucket);
-          if (inc !== was) {
-            blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
-            health.raise(Conditions.bucketRecreated, Severity.warn, {
-              message: `bucket ${bucket} was re-created: the watcher re-seeded from its current entries`,
-              subject: bucket,
-              ttlMs: EVENT_TTL_MS,
-            });
-          }
-        },
-        handle: async (m, key) => {
-          const e: LocalEntry = {
-            key,
-            rev: m.seq,
-            deleted: isDeleteMarker(m.headers),
-            value: m.data,
-            headers: versionFromHeaders(m.headers),
-            redelivered: m.info.redelivered,
-          };
-          try {
-            const outcome = await stampEntry(deps, e);
-            c[outcome]++;
-            if (outcome === Outcome.published) health.clear(Conditions.valueTooLarge, `${bucket}/${e.key}`);
-            if (outcome === Outcome.published)
-              blog.debug({ key: e.key, rev: e.rev }, "published local write");
-            return { ack: true };
-          } catch (err) {
-            c.errors++;
-            lastError = (err as Error).message;
-            throw err;
-          }
-        },
-      }),
-    );
-    loopOf.set(bucket, loops[loops.length - 1]!);
-    blog.info({ durable }, "watching bucket");
+        jsm: site.jsm,
+        current: (key: string) =>
+          currentOwnOp(site.metas.get(bucket)!, site.buckets.get(bucket)!, config.nodeId, bucket, key),
+        holds: (op) => metaHoldsOp(site.metas.get(bucket)!, op),
+        tick: () => ticker.tick(),
+      };
+      const durable = Durables.watcher(config.site, bucket);
+      const ensure = () =>
+        ensureConsumer(site.jsm, kvStream(bucket), durable, {
+          filter: kvFilter(bucket),
+          deliver: "last_per_subject",
+        });
+      await ensure();
+      loops.push(
+        await runConsumer({
+          js: site.js,
+          stream: kvStream(bucket),
+          durable,
+          concurrency: 64,
+          decode: (m) => kvKeyOf(bucket, m.subject),
+          keyOf: (_m, key) => key,
+          // of a key's local writes waiting together, only the newest is stamped: it replaced the
+          // others before they were stamped (I3); entries with headers are never coalesced
+          pick: (a, b) =>
+            newerLocal(
+              {
+                rev: a.m.seq,
+                local: versionFromHeaders(a.m.headers) === null,
+                redelivered: a.m.info.redelivered,
+              },
+              {
+                rev: b.m.seq,
+                local: versionFromHeaders(b.m.headers) === null,
+                redelivered: b.m.info.redelivered,
+              },
+            ),
+          onBatch: (_w, losers, d) => {
+            if ("ack" in d) c.skipped_superseded += losers.length;
+          },
+          log: blog,
+          subjectOf: (key) => `${bucket}/${key}`,
+          // the bucket deleted or re-created: read its new incarnation, then re-seed from its latest
+          // entries (deliver last_per_subject); revisions of the old incarnation suppress nothing
+          recreate: ensure,
+          onGone: async () => {
+            const was = inc;
+            inc = await bucketIncarnation(site.jsm, bucket);
+            if (inc !== was) {
+              blog.error({ was, now: inc }, "bucket was re-created: re-seeding from its current entries");
+              health.raise(Conditions.bucketRecreated, Severity.warn, {
+                message: `bucket ${bucket} was re-created: the watcher re-seeded from its current entries`,
+                subject: bucket,
+                ttlMs: EVENT_TTL_MS,
+              });
+            }
+          },
+          handle: async (m, key) => {
+            const e: LocalEntry = {
+              key,
+              rev: m.seq,
+              deleted: isDeleteMarker(m.headers),
+              value: m.data,
+              headers: versionFromHeaders(m.headers),
+              redelivered: m.info.redelivered,
+            };
+            try {
+              const outcome = await stampEntry(deps, e);
+              c[outcome]++;
+              if (outcome === Outcome.published) health.clear(Conditions.valueTooLarge, `${bucket}/${e.key}`);
+              if (outcome === Outcome.published)
+                blog.debug({ key: e.key, rev: e.rev }, "published local write");
+              return { ack: true };
+            } catch (err) {
+              c.errors++;
+              lastError = (err as Error).message;
+              throw err;
+            }
+          },
+        }),
+      );
+      loopOf.set(bucket, loops[loops.length - 1]!);
+      blog.info({ durable }, "watching bucket");
+    }
+  } catch (err) {
+    hub.stop();
+    await Promise.all(loops.map((l) => l.stop()));
+    throw err;
   }
   addEndpoint<EmptyRequest, WatcherStatusResponse>(
     service,

@@ -482,7 +482,8 @@ export class World {
         this.stats.republished += got.filter((o) => o === "republished").length;
         const published = got.filter((o) => o === "published").length;
         if (published > 1) out.push(`I3 ${what} stamped ${published} times`);
-        if (published === 1 || (got.includes("republished") && this.wasPublished(r.site, e.rev))) continue;
+        // published by a delivery whose outcome a fault lost (the op is in the model), or republished
+        if (published === 1 || this.wasPublished(r.site, e.rev)) continue;
         if (got.every((o) => o === "skipped_superseded") && newestLocal.get(e.key)! > e.rev) {
           this.stats.superseded++;
           continue;
@@ -496,7 +497,9 @@ export class World {
         if (
           stamped &&
           now &&
-          compareVersions(now, stamped.version) > 0 &&
+          // newer, or a hand-made op of the very same version that wins the tie (a merger wrote it)
+          (compareVersions(now, stamped.version) > 0 ||
+            (compareVersions(now, stamped.version) === 0 && now.merged === true)) &&
           got.includes("skipped_superseded")
         ) {
           this.stats.overtaken++;
