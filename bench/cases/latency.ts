@@ -15,6 +15,7 @@ import {
   processes,
   quiet,
   startBenchMesh,
+  startNativeMesh,
   stopQuietly,
   streamState,
   warmUp,
@@ -207,7 +208,7 @@ async function nativeLatency(rates: number[], seconds: (r: number) => number): P
   let bm: BenchMesh | undefined;
   try {
     log("latency/native: starting hub + sites a, b without services");
-    bm = await startBenchMesh({ services: false });
+    bm = await startNativeMesh();
     const a = bm.conn.a!;
     const b = bm.conn.b!;
     await addNativeSource(b);

@@ -9,6 +9,7 @@ import {
   backlog,
   processes,
   startBenchMesh,
+  startNativeMesh,
   stopQuietly,
   streamState,
   warmUp,
@@ -170,7 +171,7 @@ export async function nativeThroughput(label: string, n: number): Promise<Native
   let bm: BenchMesh | undefined;
   try {
     log(`${label}: starting hub + sites a, b without services`);
-    bm = await startBenchMesh({ services: false });
+    bm = await startNativeMesh();
     const a = bm.conn.a!;
     const b = bm.conn.b!;
     // warm up the writer and the server (same as the syncd run's warm-up)

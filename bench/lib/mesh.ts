@@ -58,6 +58,8 @@ export async function startBenchMesh(
     serviceArgs?: string[];
     /** each site's services in one agent process */
     agent?: boolean;
+    /** the hub isolates leaf interest (default: the harness's, "auto") */
+    isolate?: boolean;
   } = {},
 ): Promise<BenchMesh> {
   const sites = o.sites ?? ["a", "b"];
@@ -67,6 +69,7 @@ export async function startBenchMesh(
     services,
     ...(o.scale ? { scale: o.scale } : {}),
     ...(o.agent !== undefined ? { agent: o.agent } : {}),
+    ...(o.isolate !== undefined ? { isolate: o.isolate } : {}),
     serviceArgs: ["--reconcile-interval", "0", ...(o.serviceArgs ?? [])],
     logLevel: process.env.LOG_LEVEL ?? "info",
     readyTimeoutMs: Number(process.env.BENCH_READY_MS ?? 60_000),
@@ -220,6 +223,15 @@ export async function stopQuietly(bm: BenchMesh | undefined): Promise<void> {
 
 /** The native baseline's stream at b: sources a's KV_config across domains (no syncd involved). */
 export const NATIVE_SRC = "NATIVE_SRC";
+
+/**
+ * The mesh of the native baseline: hub + sites a, b without services, the hub passing leaf interest
+ * on (a hub that isolates it, 2.12+, keeps b's source from reaching `$JS.a.API` and its deliveries
+ * from crossing: native leaf-to-leaf sourcing needs that interest).
+ */
+export function startNativeMesh(): Promise<BenchMesh> {
+  return startBenchMesh({ services: false, isolate: false });
+}
 
 /** Create the native baseline at b once a's JetStream domain is reachable from b. */
 export async function addNativeSource(b: SiteConn): Promise<void> {
