@@ -11,12 +11,12 @@ import {
   type NatsConnection,
   NoRespondersError,
   RequestError,
-  TimeoutError,
   createInbox,
   nuid,
 } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { connectOptions } from "../lib/connect.ts";
+import { isNoResponders, isTimeout } from "../lib/jserrors.ts";
 import { ServiceReplyError, parseReply } from "../lib/request.ts";
 import {
   CLIENT_REPLY_SITE,
@@ -27,7 +27,7 @@ import {
   relayReplyPrefix,
   relaySubject,
 } from "../lib/subjects.ts";
-import { type Route, isNoResponders } from "../lib/transport.ts";
+import type { Route } from "../lib/transport.ts";
 import { CliError, type ConnOptions } from "./args.ts";
 
 /** Connect once (a CLI does not wait for a server to come back); throws CliError. */
@@ -198,15 +198,6 @@ export async function ask<T>(
 }
 
 const enc = new TextEncoder();
-
-function isTimeout(err: unknown): boolean {
-  let e: unknown = err;
-  for (let i = 0; e instanceof Error && i < 4; i++) {
-    if (e instanceof TimeoutError || /timeout/i.test(e.message)) return true;
-    e = e.cause;
-  }
-  return false;
-}
 
 /** A CliError for any error, with a prefix saying what was being done. */
 export function asCliError(what: string, err: unknown): CliError {

@@ -110,15 +110,24 @@ function* causes(err: unknown): Generator<unknown> {
   }
 }
 
+/** A request that got no reply in time (nats.js TimeoutError, also as a `cause`). */
+export function isTimeout(err: unknown): boolean {
+  for (const e of causes(err)) if (e instanceof TimeoutError) return true;
+  return false;
+}
+
+/** A request nobody was subscribed to answer (nats.js NoRespondersError, also as a `cause`). */
+export function isNoResponders(err: unknown): boolean {
+  for (const e of causes(err)) if (e instanceof NoRespondersError) return true;
+  return false;
+}
+
 /**
  * A failure worth trying again: a request timed out or nobody answered it (a server paused or
  * overloaded, a JetStream still electing its leaders), by the nats.js error classes.
  */
 export function isTransientNatsError(err: unknown): boolean {
-  for (const e of causes(err)) {
-    if (e instanceof TimeoutError || e instanceof NoRespondersError) return true;
-  }
-  return false;
+  return isTimeout(err) || isNoResponders(err);
 }
 
 /**

@@ -19,11 +19,11 @@ import {
   type MsgHdrs,
   type NatsConnection,
   NoRespondersError,
-  RequestError,
   type Subscription,
   TimeoutError,
   nuid,
 } from "@nats-io/nats-core";
+import { isNoResponders } from "./jserrors.ts";
 import { CLIENT_REPLY_SITE, relayReplyPrefix, relaySubject, siteSubjectPrefix } from "./subjects.ts";
 
 /** How long a request tried on the relay after "no responders" on the direct route waits for a reply. */
@@ -73,12 +73,6 @@ export async function requestAnywhere(
   });
 }
 
-/** Whether a request failed for want of any responder (nats.js wraps it in a RequestError). */
-export function isNoResponders(err: unknown): boolean {
-  if (err instanceof NoRespondersError) return true;
-  return err instanceof RequestError && err.isNoResponders();
-}
-
 /** Requests to other sites' endpoints, by whichever route the hub offers. */
 export class MeshTransport {
   /** the route tried first (the one that worked last) */
@@ -108,7 +102,7 @@ export class MeshTransport {
     try {
       return await this.once(first, subject, msg, timeoutMs);
     } catch (err) {
-      if (!(err instanceof NoRespondersError)) throw err;
+      if (!isNoResponders(err)) throw err;
       const other: Route = first === "direct" ? "relay" : "direct";
       // the relay cannot say "no responders" (the hub has the mapping's interest, not the site's):
       // a probe of it gives up sooner, so a site that is nowhere fails fast
