@@ -97,8 +97,8 @@ async function loneOpCpu(
 ): Promise<Pick<SitesRow, "lone_op_cpu_services_ms" | "lone_op_cpu_server_ms" | "host_bound_ms">> {
   const p = pids(mesh, sites);
   const servers = new Set(p.servers);
+  const all = [...p.servers.filter((x) => x !== mesh.topology.hub.pid), ...p.services];
   const window = async (write: string | null) => {
-    const all = [...p.servers.filter((x) => x !== mesh.topology.hub.pid), ...p.services];
     const a = all.map(schedMs);
     if (write) await kv.put(write, value100(write));
     await sleep(1000);
