@@ -10,8 +10,10 @@ import {
   isAlreadyExists,
   isConsumerNotFound,
   isNatsError,
+  isNoResponders,
   isNotFound,
   isStreamNotFound,
+  isTimeout,
   isTooLarge,
   isTransientNatsError,
   isWrongLastSequence,
@@ -109,6 +111,10 @@ test("X jserrors: a request that times out or that nobody answers is transient; 
     assert.ok(isTransientNatsError(err), `${what}: transient`);
     assert.ok(isNatsError(err), `${what}: a NATS error`);
   }
+  // which of the two (the CLI's "no responders" / "timeout after" answers rest on it)
+  assert.ok(isTimeout(slow) && !isNoResponders(slow), "slow: a timeout");
+  assert.ok(isNoResponders(noResponders) && !isTimeout(noResponders), "nobody: no responders");
+  assert.ok(!isTimeout(new Error("timeout")), "a message saying timeout is not a timeout");
   assert.ok(!isTransientNatsError(refused) && isNatsError(refused), "a refusal: a NATS error, not transient");
   for (const err of [new Error("timeout"), new TypeError("x"), undefined, "timeout"])
     assert.ok(!isTransientNatsError(err) && !isNatsError(err), `${String(err)}: not a NATS error`);
