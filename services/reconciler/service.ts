@@ -82,10 +82,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       nodeId: config.nodeId,
     });
-    const ix = new BucketIndex(b, site.metas.get(b)!, log, undefined, {
-      kv: site.buckets.get(b)!,
-      jsm: site.jsm,
-    });
+    const ix = new BucketIndex(b, site.metas.get(b)!, log, { kv: site.buckets.get(b)!, jsm: site.jsm });
     indexes.set(b, ix);
   }
   // a wiring that fails here (it is tried again) leaves no watch running
@@ -209,7 +206,10 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "empty.request.json",
       response: "reconciler/status.response.json",
       description: "index sizes, peers, the run in progress and the last run",
-      handler: async () => ({ ...reconciler.status(), conditions: health.list() }),
+      handler: async () => {
+        await Promise.all(config.buckets.map(verifyQuietly));
+        return { ...reconciler.status(), conditions: health.list() };
+      },
     },
     d,
   );

@@ -219,6 +219,7 @@ export class TombstoneGc {
     const ix = deps.indexes.get(bucket);
     const meta = deps.metas.get(bucket);
     if (!ix || !meta) return;
+    await ix.verify();
     c.total = 0;
     c.young = 0;
     c.blocked = 0;

@@ -1,33 +1,37 @@
 /**
- * The version index of one bucket: `<bucket>_meta` followed into a VersionTree (initial values, then
- * every update; deleted or purged meta keys leave the tree), through the process's one watch of
- * `_meta` (meta-watch.ts: shared with the `_meta` cache in the site agent). Every pass of that watch
- * (a restart, or another follower joining) builds a fresh tree, swapped in once it has caught up.
+ * The version index of one bucket: `<bucket>_meta` read into a VersionTree (deleted or purged meta
+ * keys leave the tree). It is brought up to date on demand — `verify`, before every digest a peer
+ * asks for at the root, every run, every discovery round (5 s), `status` and the tombstone pass —
+ * not per op: a site's reconciler costs nothing while ops flow, and a catch-up applies what
+ * `_meta` and the bucket got since the last one (one message get and one watch resumed at that
+ * revision, for each). The first read of `_meta` goes through the process's one watch of it
+ * (meta-watch.ts: shared with the `_meta` cache in the site agent); a `_meta` stream re-created
+ * builds a fresh tree, swapped in once it has caught up.
  *
- * What the bucket itself holds enters the tree too (#12.2): the data bucket is watched into a
+ * What the bucket itself holds enters the tree too (#12.2): the data bucket is read into a
  * HeldMap (per key: the revision of its latest entry and the hash of the value it holds, "" for a
  * delete marker), and a put whose value the bucket does not hold — nothing there, a marker, or
  * other bytes than the `_meta` version's `vh` — is indexed `lost`. A lost entry hashes differently
  * (tree.ts entryHash), so a peer holding the value sees a differing digest and the run repairs it.
- * Values vanish without a watch event (stream purge, a removed message, max-age expiry, a stream
+ * Values vanish without an entry (stream purge, a removed message, max-age expiry, a stream
  * re-created): `verify` compares the KV stream's state with the map (created time, first sequence,
  * message count) and re-reads the bucket only when they disagree.
  */
-import type { JetStreamManager } from "@nats-io/jetstream";
+import type { JetStreamManager, MsgRequest, StreamInfo } from "@nats-io/jetstream";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
-import type { QueuedIterator } from "@nats-io/nats-core";
 import { Columns, Hash8Column } from "../lib/columns.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
-import { type Following, type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
+import { type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { kvStream } from "../lib/subjects.ts";
+import { kvFilter, kvStream, metaBucket } from "../lib/subjects.ts";
 import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
 const utf8 = new TextDecoder();
-const RESTART_DELAY_MS = 1000;
+/** how long a catch-up waits for the next entry before it reads the whole bucket instead */
+const TAIL_IDLE_MS = 10_000;
 
 /** Parse a meta entry's value; null when it is not a valid version. */
 export function parseVersion(data: Uint8Array): Version | null {
@@ -137,73 +141,101 @@ export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: H
 }
 
 /**
- * Follow a KV bucket (initial values, then updates) into `apply`; resolves with the iterator once
- * the initial values are in. `onEnd` runs when the watch ends (error or not).
+ * Read a KV bucket's current values (initial values of a watch) into `apply`, then stop watching.
+ * Returns the highest revision applied (0 for an empty bucket).
  */
-async function follow(
-  kv: KV,
-  apply: (e: KvWatchEntry) => void,
-  onEnd: (err?: unknown) => void,
-): Promise<QueuedIterator<KvWatchEntry>> {
+async function readAll(kv: KV, apply: (e: KvWatchEntry) => void): Promise<number> {
   const initial = (await kv.status()).values;
   const it = await kv.watch({ key: ">" });
-  let caughtUp: () => void = () => {};
-  const done = new Promise<void>((resolve) => {
-    caughtUp = resolve;
-  });
-  let isCaughtUp = initial === 0;
-  if (isCaughtUp) caughtUp();
-  void (async () => {
-    let failure: unknown;
-    try {
-      for await (const e of it) {
-        apply(e);
-        if (!isCaughtUp && (e.isUpdate || e.delta === 0)) {
-          isCaughtUp = true;
-          caughtUp();
-        }
-      }
-    } catch (err) {
-      failure = err;
+  let max = 0;
+  try {
+    if (initial === 0) return 0;
+    for await (const e of it) {
+      apply(e);
+      if (e.revision > max) max = e.revision;
+      if (e.isUpdate || e.delta === 0) break;
     }
-    if (!isCaughtUp) {
-      isCaughtUp = true;
-      caughtUp();
-    }
-    onEnd(failure);
-  })();
-  await done;
-  return it;
+  } finally {
+    it.stop();
+  }
+  return max;
 }
 
-/** A bucket's live version tree. */
+/**
+ * Bring a follower of a KV bucket from revision `after` to the end of its stream: every entry after
+ * `after`, in order, into `apply`. One message get finds the first entry left (none: nothing to do,
+ * the messages after `after` were removed); then a watch resumed there is read until nothing is
+ * pending. Returns the highest revision accounted for, or undefined when the entries stopped
+ * coming for `idleMs` (removed meanwhile): the caller reads the bucket again.
+ */
+async function tail(
+  data: DataSide,
+  kv: KV,
+  bucket: string,
+  after: number,
+  upTo: number,
+  apply: (e: KvWatchEntry) => void,
+  idleMs = TAIL_IDLE_MS,
+): Promise<number | undefined> {
+  const next = await data.jsm.streams.getMessage(kvStream(bucket), {
+    seq: after + 1,
+    next_by_subj: kvFilter(bucket),
+  } as MsgRequest);
+  if (!next) return upTo;
+  const it = await kv.watch({ key: ">", resumeFromRevision: next.seq });
+  let timer: NodeJS.Timeout | undefined;
+  const idle = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => it.stop(), idleMs);
+  };
+  let max = after;
+  let reached = false;
+  try {
+    idle();
+    for await (const e of it) {
+      apply(e);
+      if (e.revision > max) max = e.revision;
+      if (e.revision >= upTo || e.delta === 0) {
+        reached = true;
+        break;
+      }
+      idle();
+    }
+  } finally {
+    clearTimeout(timer);
+    it.stop();
+  }
+  return reached ? Math.max(max, upTo) : undefined;
+}
+
+/**
+ * A bucket's version tree, brought up to date on demand ({@link BucketIndex.verify}): nothing of it
+ * runs per op. The first pass of `_meta` goes through the process's shared watch (one read of
+ * `_meta` at start-up in a site agent) and leaves it once caught up.
+ */
 export class BucketIndex {
   private current: VersionTree;
   /** the tree a pass of the `_meta` watch is filling, swapped in once it caught up */
   private building: VersionTree | undefined;
-  private watch: Following | undefined;
+  /** the highest `_meta` revision the tree accounts for */
+  private metaRev = 0;
+  private metaCreated: string | undefined;
   private readonly listener: MetaListener = {
     reset: () => {
+      this.metaRev = 0;
       // the first pass fills the empty tree in place; any later one builds a fresh tree
-      if (!this.readyFlag && this.current.size === 0) {
-        this.building = undefined;
-        return;
-      }
-      if (this.readyFlag)
-        this.log.warn({ bucket: this.bucket }, "meta watch restarted, rebuilding the version index");
-      this.building = new VersionTree(this.depth);
+      this.building = !this.readyFlag && this.current.size === 0 ? undefined : new VersionTree(this.depth);
     },
-    entry: (e) => this.apply(this.building ?? this.current, e),
+    entry: (e) => this.metaEntry(this.building ?? this.current, e),
     caughtUp: () => this.swapIn(),
     ended: (err) => {
       if (err) this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
       this.building = undefined;
     },
   };
-  private dataWatcher: QueuedIterator<KvWatchEntry> | undefined;
   private held = new HeldMap();
   private streamCreated: string | undefined;
-  /** the highest revision the data watch delivered */
+  /** the highest data revision the held map accounts for */
   private maxRev = 0;
   private verifying: Promise<boolean> | undefined;
   private readonly lostSince = new Map<string, number>();
@@ -213,21 +245,23 @@ export class BucketIndex {
   invalid = 0;
   /** times the bucket was re-read because values vanished without a watch event */
   rescans = 0;
+  /** times `_meta` was read whole again (its stream re-created, or entries gone while tailing it) */
+  rebuilds = 0;
 
   constructor(
     readonly bucket: string,
     private readonly meta: KV,
     private readonly log: Logger,
+    private readonly data: DataSide,
     private readonly depth: number = TREE_DEPTH,
-    private readonly data?: DataSide,
   ) {
     this.current = new VersionTree(depth);
   }
 
   /**
    * Puts whose value the bucket has not held for at least `graceMs` (a write in flight is lost
-   * for a moment: the bucket and `_meta` are written one after the other). Bounded by the number
-   * of such keys, not by the bucket.
+   * for a moment: the bucket and `_meta` are written one after the other), as of the last
+   * {@link verify}. Bounded by the number of such keys, not by the bucket.
    */
   lostKeys(graceMs: number, now = Date.now()): string[] {
     const out: string[] = [];
@@ -236,11 +270,11 @@ export class BucketIndex {
   }
 
   /**
-   * Check the KV stream's state against what the watch accounts for; re-read the bucket when
-   * values vanished without an event. Returns true when it re-read. One stream info per call.
+   * Bring the tree up to date (`_meta` and the bucket, from where the last call left them), then
+   * check the KV stream's state against it and re-read the bucket when values vanished without
+   * an event. Returns true when it re-read. Concurrent calls share one.
    */
   verify(): Promise<boolean> {
-    if (!this.data) return Promise.resolve(false);
     if (!this.verifying) {
       this.verifying = this.verifyNow().finally(() => {
         this.verifying = undefined;
@@ -250,20 +284,30 @@ export class BucketIndex {
   }
 
   private async verifyNow(): Promise<boolean> {
-    const data = this.data!;
+    if (this.stopped) return false;
+    await this.catchUpMeta();
     let why: string | undefined;
     try {
-      const si = await data.jsm.streams.info(kvStream(this.bucket));
+      const si = await this.data.jsm.streams.info(kvStream(this.bucket));
       const st = si.state;
       if (this.streamCreated === undefined) why = "stream created";
       else if (si.created !== this.streamCreated) why = "stream re-created";
+      else if (st.last_seq < this.maxRev) why = "stream shortened";
       else {
-        // judge only once the watch has seen everything up to the snapshot, and only the entries
-        // that were already the latest then: writes racing the check are no evidence of a loss
-        if (!(await this.seen(st.last_seq))) return false;
-        const { count, minRev } = this.held.countUpTo(st.last_seq);
-        if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
-        else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
+        if (st.last_seq > this.maxRev) {
+          const upTo = await tail(this.data, this.data.kv, this.bucket, this.maxRev, st.last_seq, (e) =>
+            this.applyHeld(e),
+          );
+          if (upTo === undefined) why = "entries gone while reading them";
+          else this.maxRev = upTo;
+        }
+        // judge only the entries that were already the latest at the snapshot: writes racing the
+        // check are no evidence of a loss
+        if (!why) {
+          const { count, minRev } = this.held.countUpTo(st.last_seq);
+          if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
+          else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
+        }
       }
       if (!why) return false;
     } catch (err) {
@@ -276,43 +320,54 @@ export class BucketIndex {
     return true;
   }
 
-  /** Wait (briefly) until the data watch has delivered revision `rev`; false if it has not. */
-  private async seen(rev: number, waitMs = 2000): Promise<boolean> {
-    const end = Date.now() + waitMs;
-    while (this.maxRev < rev) {
-      if (Date.now() > end || this.stopped) return false;
-      await new Promise((r) => setTimeout(r, 20));
+  /** Apply what `_meta` got since the last call; read it whole when its stream is not the one followed. */
+  private async catchUpMeta(): Promise<void> {
+    const name = metaBucket(this.bucket);
+    let si: StreamInfo;
+    try {
+      si = await this.data.jsm.streams.info(kvStream(name));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      return;
     }
-    return true;
+    if (si.created === this.metaCreated && si.state.last_seq >= this.metaRev) {
+      if (si.state.last_seq === this.metaRev) return;
+      const upTo = await tail(this.data, this.meta, name, this.metaRev, si.state.last_seq, (e) =>
+        this.metaEntry(this.current, e),
+      );
+      if (upTo !== undefined) {
+        this.metaRev = upTo;
+        return;
+      }
+    }
+    this.rebuilds++;
+    this.log.warn({ bucket: this.bucket }, "meta stream changed under the version index, rebuilding it");
+    await this.pass();
+  }
+
+  /** One pass of the process's `_meta` watch into a fresh tree (the first one fills the empty tree). */
+  private async pass(): Promise<void> {
+    try {
+      this.metaCreated = (await this.data.jsm.streams.info(kvStream(metaBucket(this.bucket)))).created;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    const f = MetaWatch.follow(this.meta, this.listener, this.log);
+    try {
+      await f.caughtUp;
+    } finally {
+      f.leave();
+    }
   }
 
   /** Read the bucket again into a fresh map, swap it in, and re-mark every key that changed. */
   private async rescan(): Promise<void> {
-    const data = this.data!;
-    this.dataWatcher?.stop();
-    this.dataWatcher = undefined;
     const fresh = new HeldMap();
     let freshMax = 0;
-    let live = false;
     let created: string | undefined;
     try {
-      const si = await data.jsm.streams.info(kvStream(this.bucket));
-      created = si.created;
-      // the initial values cover the stream up to this snapshot, removed messages included
-      freshMax = si.state.last_seq;
-      const holder: { it?: QueuedIterator<KvWatchEntry> } = {};
-      holder.it = await follow(
-        data.kv,
-        (e) => {
-          if (live) this.applyHeld(e);
-          else {
-            heldEntry(fresh, e);
-            if (e.revision > freshMax) freshMax = e.revision;
-          }
-        },
-        (err) => this.dataEnded(holder.it ?? null, err),
-      );
-      this.dataWatcher = holder.it;
+      created = (await this.data.jsm.streams.info(kvStream(this.bucket))).created;
+      freshMax = await readAll(this.data.kv, (e) => heldEntry(fresh, e));
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
@@ -320,21 +375,11 @@ export class BucketIndex {
     this.held = fresh;
     this.maxRev = freshMax;
     this.streamCreated = created;
-    live = true;
     const tree = this.current;
     for (const k of new Set([...old.keys(), ...fresh.keys()])) this.refresh(tree, k);
   }
 
-  private dataEnded(it: QueuedIterator<KvWatchEntry> | null | undefined, err?: unknown): void {
-    if (this.stopped || (it !== undefined && it !== this.dataWatcher)) return;
-    if (err) this.log.warn({ err, bucket: this.bucket }, "data watch failed");
-    setTimeout(() => {
-      if (!this.stopped) this.rescan().catch((e: unknown) => this.dataEnded(undefined, e));
-    }, RESTART_DELAY_MS).unref();
-  }
-
   private applyHeld(e: KvWatchEntry): void {
-    if (e.revision > this.maxRev) this.maxRev = e.revision;
     heldEntry(this.held, e);
     this.refresh(this.current, e.key);
   }
@@ -350,7 +395,7 @@ export class BucketIndex {
   }
 
   private setIndexed(tree: VersionTree, key: string, v: VersionInfo): void {
-    const lost = this.data ? isLost(v, this.held.get(key)) : false;
+    const lost = isLost(v, this.held.get(key));
     const { lost: _l, ...rest } = v;
     tree.set(key, lost ? { ...rest, lost } : rest);
     if (tree !== this.current) return;
@@ -367,41 +412,27 @@ export class BucketIndex {
     if (h && h.h === "") this.held.delete(key);
   }
 
-  /** The tree to read (replaced wholesale after a watch restart). */
+  /** The tree as of the last {@link verify} (replaced wholesale after a rebuild). */
   get tree(): VersionTree {
     return this.current;
   }
 
-  /** True once the initial values of the first watch are in the tree. */
+  /** True once the initial values are in the tree. */
   get ready(): boolean {
     return this.readyFlag;
   }
 
-  /**
-   * Start following `_meta` through the process's shared watch of it (meta-watch.ts); resolves
-   * when the initial values are indexed.
-   */
+  /** Read the bucket and `_meta` (through the process's shared watch of it) into the tree. */
   async start(): Promise<void> {
-    if (this.data) await this.rescan();
-    const f = MetaWatch.follow(this.meta, this.listener, this.log);
-    this.watch = f;
-    try {
-      await f.caughtUp;
-    } catch (err) {
-      if (this.watch === f) this.watch = undefined;
-      throw err;
-    }
+    await this.rescan();
+    await this.pass();
     this.readyFlag = true;
     this.log.info({ bucket: this.bucket, keys: this.current.size }, "version index ready");
   }
 
-  /** Stop watching. */
+  /** Stop: a verify in progress finishes, nothing starts again. */
   stop(): void {
     this.stopped = true;
-    const w = this.watch;
-    this.watch = undefined;
-    w?.leave();
-    this.dataWatcher?.stop();
   }
 
   /** A pass caught up: its tree replaces the current one, with every key's `lost` mark recomputed. */
@@ -416,7 +447,8 @@ export class BucketIndex {
     if (rebuilt) this.log.info({ bucket: this.bucket, keys: fresh.size }, "version index rebuilt");
   }
 
-  private apply(tree: VersionTree, e: KvWatchEntry): void {
+  private metaEntry(tree: VersionTree, e: KvWatchEntry): void {
+    if (e.revision > this.metaRev) this.metaRev = e.revision;
     if (e.operation !== "PUT") {
       tree.delete(e.key);
       if (tree === this.current) this.lostSince.delete(e.key);
