@@ -32,6 +32,9 @@ import { Durables, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "..
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
 
+/** how long a `_meta` purge marker stays: six discovery rounds, in which every index catches up */
+const MARKER_HOLD_MS = 30_000;
+
 /** The settings: SYNCD_TOMBSTONE_MIN_AGE_MS (default 7 days) and SYNCD_TOMBSTONE_GC_MS (between passes, 0 = off). */
 export type GcTuning = { minAgeMs: number; intervalMs: number };
 export const DEFAULT_GC: GcTuning = { minAgeMs: 7 * 24 * 3600_000, intervalMs: 60_000 };
@@ -128,8 +131,8 @@ export class TombstoneGc {
   /** (m_i, L_i) of earlier passes, oldest first */
   private history: Phase[] = [];
   private published: number | undefined;
-  /** `_meta` purge markers to remove in the next pass */
-  private markers: { bucket: string; key: string; seq: number }[] = [];
+  /** `_meta` purge markers to remove once every follower of `_meta` at the site has read them */
+  private markers: { bucket: string; key: string; seq: number; at: number }[] = [];
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failing = false;
@@ -287,15 +290,20 @@ export class TombstoneGc {
     });
     // only our purge marker: a version committed right after it must stay
     if (marker && marker.seq > rev && marker.header?.get("KV-Operation") === "PURGE")
-      this.markers.push({ bucket, key, seq: marker.seq });
+      this.markers.push({ bucket, key, seq: marker.seq, at: Date.now() });
+    ix.forget(key);
     log.debug({ bucket, key }, "tombstone collected");
     return true;
   }
 
-  /** Purge the `_meta` purge markers of the previous pass (every watch has seen them by now). */
-  private async dropMarkers(): Promise<void> {
-    const todo = this.markers;
-    this.markers = [];
+  /**
+   * Purge the `_meta` purge markers written at least MARKER_HOLD_MS ago: every reconciler of the
+   * site has caught up its index past them by then (every discovery round), and every `_meta`
+   * watch has seen them.
+   */
+  private async dropMarkers(now = Date.now()): Promise<void> {
+    const todo = this.markers.filter((m) => now - m.at >= MARKER_HOLD_MS);
+    this.markers = this.markers.filter((m) => now - m.at < MARKER_HOLD_MS);
     for (const mk of todo) {
       const stream = kvStream(metaBucket(mk.bucket));
       await this.deps.jsm.streams.purge(stream, {

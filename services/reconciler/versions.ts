@@ -412,6 +412,13 @@ export class BucketIndex {
     if (h && h.h === "") this.held.delete(key);
   }
 
+  /** A key collected here (its tombstone purged from `_meta` and the bucket): out of the index at once. */
+  forget(key: string): void {
+    this.current.delete(key);
+    this.held.delete(key);
+    this.lostSince.delete(key);
+  }
+
   /** The tree as of the last {@link verify} (replaced wholesale after a rebuild). */
   get tree(): VersionTree {
     return this.current;
