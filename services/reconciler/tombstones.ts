@@ -32,8 +32,11 @@ import { Durables, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "..
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
 
-/** how long a `_meta` purge marker stays: six discovery rounds, in which every index catches up */
-const MARKER_HOLD_MS = 30_000;
+/**
+ * How long a `_meta` purge marker stays: two discovery rounds, in each of which every index of the
+ * site catches up. An index that misses one anyway forgets the key at its next pass (below).
+ */
+const MARKER_HOLD_MS = 10_000;
 
 /** The settings: SYNCD_TOMBSTONE_MIN_AGE_MS (default 7 days) and SYNCD_TOMBSTONE_GC_MS (between passes, 0 = off). */
 export type GcTuning = { minAgeMs: number; intervalMs: number };
@@ -235,7 +238,11 @@ export class TombstoneGc {
         continue;
       }
       const e = await meta.get(t.key);
-      if (!e || e.operation !== "PUT") continue;
+      if (!e || e.operation !== "PUT") {
+        // collected elsewhere at this site, its purge marker gone before this index read it
+        if (!e) ix.forgetTombstone(t.key, t);
+        continue;
+      }
       let v: { ts?: unknown; node_id?: unknown; deleted?: unknown };
       try {
         v = e.json();

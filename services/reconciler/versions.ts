@@ -419,6 +419,12 @@ export class BucketIndex {
     this.lostSince.delete(key);
   }
 
+  /** A tombstone `_meta` no longer holds: out of the index, unless the key changed since. */
+  forgetTombstone(key: string, v: { ts: number; node_id: string }): void {
+    const now = this.current.get(key);
+    if (now?.deleted && now.ts === v.ts && now.node_id === v.node_id) this.forget(key);
+  }
+
   /** The tree as of the last {@link verify} (replaced wholesale after a rebuild). */
   get tree(): VersionTree {
     return this.current;
