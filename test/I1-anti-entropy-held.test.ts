@@ -11,6 +11,7 @@ import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import {
   type DiffResult,
+  Durables,
   type ReconcilerRunResponse,
   type ReconcilerStatusResponse,
   run as cli,
@@ -113,5 +114,29 @@ describe("I1 anti-entropy: what the buckets hold", () => {
     // written again, it is no longer lost
     await kv.a!.put("k.9", "again");
     await until(async () => (await status("a")).lost?.[BUCKET] === 0, { message: "k.9 still lost" });
+  });
+
+  it("I1 the version index catches up on demand: status shows every write at once, and its reads leave no consumer behind", async () => {
+    // the index's own reads, by name (the test's helpers read through watches too)
+    const consumers = async () => {
+      let n = 0;
+      for (const b of [BUCKET, `${BUCKET}_meta`])
+        for await (const c of jsm.b!.consumers.list(kvStream(b)))
+          if (c.name.startsWith(Durables.indexRead)) n++;
+      return n;
+    };
+    for (let i = 0; i < 3; i++) {
+      await kv.b!.put(`lazy.${i}`, `v${i}`);
+      await until(async () => (await versions(nc.b!)).has(`lazy.${i}`), {
+        message: `lazy.${i} never stamped`,
+      });
+      const st = await status("b");
+      assert.equal(st.keys[BUCKET], (await versions(nc.b!)).size, "status counts every key of _meta");
+    }
+    // every catch-up's consumer is deleted once read (a watch's would stay for its 5 min inactivity)
+    await until(async () => (await consumers()) === 0, {
+      timeout: 10_000,
+      message: "the index's reads left consumers on the bucket or _meta",
+    });
   });
 });

@@ -116,7 +116,7 @@ export function versionFromHeaders(h: MsgHdrs | undefined): { ts: number; node_i
  * per-message TTL ran out, `Remove`, `Purge`). Either way the key's value is gone: a delete.
  */
 export function isDeleteMarker(h: MsgHdrs | undefined): boolean {
-  const op = h?.get("KV-Operation");
+  const op = h?.get(Headers.kvOperation);
   return op === "DEL" || op === "PURGE" || !!h?.get("Nats-Marker-Reason");
 }
 
@@ -166,7 +166,7 @@ export function mergerHeaders(
   const h = new MsgHdrsImpl();
   h.set(Headers.ts, String(v.ts));
   h.set(Headers.node, v.node_id);
-  if (v.deleted) h.set("KV-Operation", "DEL");
+  if (v.deleted) h.set(Headers.kvOperation, "DEL");
   if (expectedRev !== undefined) h.set(PubHeaders.ExpectedLastSubjectSequenceHdr, String(expectedRev));
   return h;
 }

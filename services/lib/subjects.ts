@@ -181,6 +181,8 @@ export const Durables = {
   /** the watcher's bridge from the legacy outbound stream into the compacted one (migration) */
   bridge: (site: string) => `syncd-bridge-${site}`,
   merger: "syncd-merger",
+  /** prefix of the short-lived consumers a reconciler reads `_meta` and the bucket with (deleted once read) */
+  indexRead: "syncd-index-read",
 } as const;
 
 /**
@@ -217,6 +219,8 @@ export const Headers = {
   origin: "Syncd-Origin",
   /** an op in the split wire form: its JSON without the value, which is the payload (services/lib/op.ts) */
   op: "Syncd-Op",
+  /** NATS KV's own header: "DEL" or "PURGE" on a delete or purge marker, absent on a put */
+  kvOperation: "KV-Operation",
 } as const;
 
 /**

@@ -82,7 +82,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       data: new BucketStore(b, site.jsm, site.js, info.config.allow_direct === true),
       nodeId: config.nodeId,
     });
-    const ix = new BucketIndex(b, site.metas.get(b)!, log, { kv: site.buckets.get(b)!, jsm: site.jsm });
+    const ix = new BucketIndex(b, log, site.jsm);
     indexes.set(b, ix);
   }
   // a wiring that fails here (it is tried again) leaves no watch running

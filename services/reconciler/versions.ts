@@ -3,10 +3,9 @@
  * keys leave the tree). It is brought up to date on demand — `verify`, before every digest a peer
  * asks for at the root, every run, every discovery round (5 s), `status` and the tombstone pass —
  * not per op: a site's reconciler costs nothing while ops flow, and a catch-up applies what
- * `_meta` and the bucket got since the last one (one message get and one watch resumed at that
- * revision, for each). The first read of `_meta` goes through the process's one watch of it
- * (meta-watch.ts: shared with the `_meta` cache in the site agent); a `_meta` stream re-created
- * builds a fresh tree, swapped in once it has caught up.
+ * `_meta` and the bucket got since the last one (for each, a consumer of its own from that revision,
+ * deleted once read: nothing stays at the server between catch-ups). A `_meta` stream re-created
+ * is read whole into a fresh tree, swapped in once read.
  *
  * What the bucket itself holds enters the tree too (#12.2): the data bucket is read into a
  * HeldMap (per key: the revision of its latest entry and the hash of the value it holds, "" for a
@@ -17,21 +16,29 @@
  * re-created): `verify` compares the KV stream's state with the map (created time, first sequence,
  * message count) and re-reads the bucket only when they disagree.
  */
-import type { JetStreamManager, MsgRequest, StreamInfo } from "@nats-io/jetstream";
-import type { KV, KvWatchEntry } from "@nats-io/kv";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type JetStreamManager,
+  type JsMsg,
+  type StreamInfo,
+} from "@nats-io/jetstream";
+import { nuid } from "@nats-io/nats-core";
 import { Columns, Hash8Column } from "../lib/columns.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
-import { type MetaListener, MetaWatch } from "../lib/meta-watch.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { kvFilter, kvStream, metaBucket } from "../lib/subjects.ts";
+import { Durables, Headers, kvFilter, kvKeyOf, kvStream, metaBucket } from "../lib/subjects.ts";
 import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
 const utf8 = new TextDecoder();
-/** how long a catch-up waits for the next entry before it reads the whole bucket instead */
-const TAIL_IDLE_MS = 10_000;
+/** a read's consumer: messages per pull, how long a pull waits, and when the server drops it if we cannot */
+const READ_BATCH = 1000;
+const READ_EXPIRES_MS = 5000;
+const READ_INACTIVE_MS = 30_000;
+const NANOS_PER_MS = 1_000_000;
 
 /** Parse a meta entry's value; null when it is not a valid version. */
 export function parseVersion(data: Uint8Array): Version | null {
@@ -127,9 +134,6 @@ export class HeldMap {
   }
 }
 
-/** The data bucket of an index, and how to read its stream's state. */
-export type DataSide = { kv: KV; jsm: JetStreamManager };
-
 /**
  * True when `_meta` claims a put whose value the bucket does not hold: no entry, a delete marker,
  * or other bytes than the version's value hash.
@@ -140,99 +144,79 @@ export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: H
   return v.vh !== undefined && held.h !== v.vh;
 }
 
-/**
- * Read a KV bucket's current values (initial values of a watch) into `apply`, then stop watching.
- * Returns the highest revision applied (0 for an empty bucket).
- */
-async function readAll(kv: KV, apply: (e: KvWatchEntry) => void): Promise<number> {
-  const initial = (await kv.status()).values;
-  const it = await kv.watch({ key: ">" });
-  let max = 0;
-  try {
-    if (initial === 0) return 0;
-    for await (const e of it) {
-      apply(e);
-      if (e.revision > max) max = e.revision;
-      if (e.isUpdate || e.delta === 0) break;
-    }
-  } finally {
-    it.stop();
-  }
-  return max;
+/** One entry of a KV stream, as the index reads it. */
+type Entry = { key: string; operation: "PUT" | "DEL" | "PURGE"; value: Uint8Array; revision: number };
+
+function entryOf(bucket: string, m: JsMsg): Entry {
+  const op = m.headers?.get(Headers.kvOperation);
+  return {
+    key: kvKeyOf(bucket, m.subject),
+    operation: op === "DEL" || op === "PURGE" ? op : "PUT",
+    value: m.data,
+    revision: m.seq,
+  };
 }
 
 /**
- * Bring a follower of a KV bucket from revision `after` to the end of its stream: every entry after
- * `after`, in order, into `apply`. One message get finds the first entry left (none: nothing to do,
- * the messages after `after` were removed); then a watch resumed there is read until nothing is
- * pending. Returns the highest revision accounted for, or undefined when the entries stopped
- * coming for `idleMs` (removed meanwhile): the caller reads the bucket again.
+ * Read a KV bucket's stream into `apply`, in order: its latest entry per key (`from: "latest"`), or
+ * every entry after revision `from`. Through a consumer of its own (in memory, no acks), deleted
+ * when done, so nothing stays at the server between reads. Returns the highest revision accounted
+ * for (at least `upTo`, the stream's last sequence seen before the read: when nothing is pending,
+ * everything up to the stream's end is accounted for), or undefined when the entries stopped
+ * coming (removed while being read): the caller reads the whole bucket instead.
  */
-async function tail(
-  data: DataSide,
-  kv: KV,
+async function readKv(
+  jsm: JetStreamManager,
   bucket: string,
-  after: number,
+  from: number | "latest",
   upTo: number,
-  apply: (e: KvWatchEntry) => void,
-  idleMs = TAIL_IDLE_MS,
+  apply: (e: Entry) => void,
 ): Promise<number | undefined> {
-  const next = await data.jsm.streams.getMessage(kvStream(bucket), {
-    seq: after + 1,
-    next_by_subj: kvFilter(bucket),
-  } as MsgRequest);
-  if (!next) return upTo;
-  const it = await kv.watch({ key: ">", resumeFromRevision: next.seq });
-  let timer: NodeJS.Timeout | undefined;
-  const idle = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => it.stop(), idleMs);
-  };
-  let max = after;
-  let reached = false;
+  const stream = kvStream(bucket);
+  const ci = await jsm.consumers.add(stream, {
+    name: `${Durables.indexRead}-${nuid.next()}`,
+    ack_policy: AckPolicy.None,
+    ...(from === "latest"
+      ? { deliver_policy: DeliverPolicy.LastPerSubject }
+      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from + 1 }),
+    filter_subject: kvFilter(bucket),
+    inactive_threshold: READ_INACTIVE_MS * NANOS_PER_MS,
+    mem_storage: true,
+    num_replicas: 1,
+  });
+  let max = from === "latest" ? 0 : from;
   try {
-    idle();
-    for await (const e of it) {
-      apply(e);
-      if (e.revision > max) max = e.revision;
-      if (e.revision >= upTo || e.delta === 0) {
-        reached = true;
-        break;
+    const consumer = await jsm.jetstream().consumers.get(stream, ci.name);
+    let pending = ci.num_pending;
+    while (pending > 0) {
+      const batch = await consumer.fetch({
+        max_messages: Math.min(pending, READ_BATCH),
+        expires: READ_EXPIRES_MS,
+      });
+      let got = 0;
+      for await (const m of batch) {
+        got++;
+        apply(entryOf(bucket, m));
+        if (m.seq > max) max = m.seq;
+        pending = m.info.pending;
       }
-      idle();
+      if (got === 0) return undefined;
     }
+    return Math.max(max, upTo);
   } finally {
-    clearTimeout(timer);
-    it.stop();
+    await jsm.consumers.delete(stream, ci.name).catch(() => {});
   }
-  return reached ? Math.max(max, upTo) : undefined;
 }
 
 /**
  * A bucket's version tree, brought up to date on demand ({@link BucketIndex.verify}): nothing of it
- * runs per op. The first pass of `_meta` goes through the process's shared watch (one read of
- * `_meta` at start-up in a site agent) and leaves it once caught up.
+ * runs per op, and it holds no consumer between reads.
  */
 export class BucketIndex {
   private current: VersionTree;
-  /** the tree a pass of the `_meta` watch is filling, swapped in once it caught up */
-  private building: VersionTree | undefined;
   /** the highest `_meta` revision the tree accounts for */
   private metaRev = 0;
   private metaCreated: string | undefined;
-  private readonly listener: MetaListener = {
-    reset: () => {
-      this.metaRev = 0;
-      // the first pass fills the empty tree in place; any later one builds a fresh tree
-      this.building = !this.readyFlag && this.current.size === 0 ? undefined : new VersionTree(this.depth);
-    },
-    entry: (e) => this.metaEntry(this.building ?? this.current, e),
-    caughtUp: () => this.swapIn(),
-    ended: (err) => {
-      if (err) this.log.warn({ err, bucket: this.bucket }, "meta watch failed");
-      this.building = undefined;
-    },
-  };
   private held = new HeldMap();
   private streamCreated: string | undefined;
   /** the highest data revision the held map accounts for */
@@ -250,9 +234,8 @@ export class BucketIndex {
 
   constructor(
     readonly bucket: string,
-    private readonly meta: KV,
     private readonly log: Logger,
-    private readonly data: DataSide,
+    private readonly jsm: JetStreamManager,
     private readonly depth: number = TREE_DEPTH,
   ) {
     this.current = new VersionTree(depth);
@@ -288,14 +271,14 @@ export class BucketIndex {
     await this.catchUpMeta();
     let why: string | undefined;
     try {
-      const si = await this.data.jsm.streams.info(kvStream(this.bucket));
+      const si = await this.jsm.streams.info(kvStream(this.bucket));
       const st = si.state;
       if (this.streamCreated === undefined) why = "stream created";
       else if (si.created !== this.streamCreated) why = "stream re-created";
       else if (st.last_seq < this.maxRev) why = "stream shortened";
       else {
         if (st.last_seq > this.maxRev) {
-          const upTo = await tail(this.data, this.data.kv, this.bucket, this.maxRev, st.last_seq, (e) =>
+          const upTo = await readKv(this.jsm, this.bucket, this.maxRev, st.last_seq, (e) =>
             this.applyHeld(e),
           );
           if (upTo === undefined) why = "entries gone while reading them";
@@ -325,14 +308,14 @@ export class BucketIndex {
     const name = metaBucket(this.bucket);
     let si: StreamInfo;
     try {
-      si = await this.data.jsm.streams.info(kvStream(name));
+      si = await this.jsm.streams.info(kvStream(name));
     } catch (err) {
       if (!isNotFound(err)) throw err;
       return;
     }
     if (si.created === this.metaCreated && si.state.last_seq >= this.metaRev) {
       if (si.state.last_seq === this.metaRev) return;
-      const upTo = await tail(this.data, this.meta, name, this.metaRev, si.state.last_seq, (e) =>
+      const upTo = await readKv(this.jsm, name, this.metaRev, si.state.last_seq, (e) =>
         this.metaEntry(this.current, e),
       );
       if (upTo !== undefined) {
@@ -345,29 +328,40 @@ export class BucketIndex {
     await this.pass();
   }
 
-  /** One pass of the process's `_meta` watch into a fresh tree (the first one fills the empty tree). */
+  /** Read `_meta` whole (its latest entry per key) into a fresh tree and swap it in. */
   private async pass(): Promise<void> {
-    try {
-      this.metaCreated = (await this.data.jsm.streams.info(kvStream(metaBucket(this.bucket)))).created;
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    const f = MetaWatch.follow(this.meta, this.listener, this.log);
-    try {
-      await f.caughtUp;
-    } finally {
-      f.leave();
+    const name = metaBucket(this.bucket);
+    // entries removed while being read (a purge in progress): read again, a few times at most
+    for (let attempt = 1; ; attempt++) {
+      const si = await this.jsm.streams.info(kvStream(name));
+      const fresh = new VersionTree(this.depth);
+      const read = await readKv(this.jsm, name, "latest", si.state.last_seq, (e) => this.metaEntry(fresh, e));
+      if (read === undefined && attempt < 3) continue;
+      this.metaCreated = si.created;
+      this.metaRev = read ?? si.state.last_seq;
+      this.swapIn(fresh);
+      return;
     }
   }
 
   /** Read the bucket again into a fresh map, swap it in, and re-mark every key that changed. */
   private async rescan(): Promise<void> {
-    const fresh = new HeldMap();
+    let fresh = new HeldMap();
     let freshMax = 0;
     let created: string | undefined;
     try {
-      created = (await this.data.jsm.streams.info(kvStream(this.bucket))).created;
-      freshMax = await readAll(this.data.kv, (e) => heldEntry(fresh, e));
+      // entries removed while being read (a purge in progress): read again, a few times at most
+      for (let attempt = 1; ; attempt++) {
+        const si = await this.jsm.streams.info(kvStream(this.bucket));
+        created = si.created;
+        const into = new HeldMap();
+        const read = await readKv(this.jsm, this.bucket, "latest", si.state.last_seq, (e) =>
+          heldEntry(into, e),
+        );
+        fresh = into;
+        freshMax = read ?? si.state.last_seq;
+        if (read !== undefined || attempt === 3) break;
+      }
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
@@ -379,7 +373,7 @@ export class BucketIndex {
     for (const k of new Set([...old.keys(), ...fresh.keys()])) this.refresh(tree, k);
   }
 
-  private applyHeld(e: KvWatchEntry): void {
+  private applyHeld(e: Entry): void {
     heldEntry(this.held, e);
     this.refresh(this.current, e.key);
   }
@@ -448,11 +442,8 @@ export class BucketIndex {
     this.stopped = true;
   }
 
-  /** A pass caught up: its tree replaces the current one, with every key's `lost` mark recomputed. */
-  private swapIn(): void {
-    const fresh = this.building;
-    if (!fresh) return;
-    this.building = undefined;
+  /** A fresh tree replaces the current one, with every key's `lost` mark recomputed. */
+  private swapIn(fresh: VersionTree): void {
     const rebuilt = this.readyFlag;
     this.current = fresh;
     this.lostSince.clear();
@@ -460,7 +451,7 @@ export class BucketIndex {
     if (rebuilt) this.log.info({ bucket: this.bucket, keys: fresh.size }, "version index rebuilt");
   }
 
-  private metaEntry(tree: VersionTree, e: KvWatchEntry): void {
+  private metaEntry(tree: VersionTree, e: Entry): void {
     if (e.revision > this.metaRev) this.metaRev = e.revision;
     if (e.operation !== "PUT") {
       tree.delete(e.key);
@@ -480,6 +471,6 @@ export class BucketIndex {
 }
 
 /** Fold one data-bucket entry into a HeldMap. */
-function heldEntry(map: HeldMap, e: KvWatchEntry): void {
+function heldEntry(map: HeldMap, e: Entry): void {
   map.set(e.key, { rev: e.revision, h: e.operation === "PUT" ? valueHash(e.value) : "" });
 }
