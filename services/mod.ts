@@ -24,7 +24,7 @@ export {
 export { Columns, Hash8Column, Interner } from "./lib/columns.ts";
 export { ConfigError, loadConfig, usage } from "./lib/config.ts";
 export { connectNats } from "./lib/connect.ts";
-export { Coalescer, KeyedGate, loserDisposition, termTakesReason } from "./lib/consume.ts";
+export { Coalescer, KeyedGate, ensureConsumer, loserDisposition, termTakesReason } from "./lib/consume.ts";
 export { ErrorCode, SyncdError, isSyncdError } from "./lib/errors.ts";
 export {
   type Condition,
@@ -37,6 +37,7 @@ export {
 } from "./lib/health.ts";
 export { type IdleGcOptions, startIdleGc } from "./lib/idle-gc.ts";
 export {
+  apiCode,
   isAlreadyExists,
   isConsumerNotFound,
   isNatsError,

@@ -4,9 +4,11 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { AckPolicy, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import {
+  apiCode,
+  ensureConsumer,
   isAlreadyExists,
   isConsumerNotFound,
   isNatsError,
@@ -118,4 +120,65 @@ test("X jserrors: a request that times out or that nobody answers is transient; 
   assert.ok(!isTransientNatsError(refused) && isNatsError(refused), "a refusal: a NATS error, not transient");
   for (const err of [new Error("timeout"), new TypeError("x"), undefined, "timeout"])
     assert.ok(!isTransientNatsError(err) && !isNatsError(err), `${String(err)}: not a NATS error`);
+});
+
+test("X jserrors: a durable made first by another instance is recognised by its API code (ensureConsumer goes on with it); a message saying so is not enough", async () => {
+  const jsm = await jetstreamManager(nc.a!);
+  const version = nc.a!.info?.version ?? "";
+  await jsm.streams.add({ name: "C", subjects: ["c.>"] });
+  // a push durable bound to a subscribed deliver subject, asked for again with another one: 2.9
+  // answers "consumer name already in use" (10013), 2.10+ "consumer already exists" (10148)
+  const sub = nc.a!.subscribe("deliver.1", { callback: () => {} });
+  const push = (to: string) =>
+    jsm.consumers.add("C", { durable_name: "push", deliver_subject: to, ack_policy: AckPolicy.Explicit });
+  await push("deliver.1");
+  const taken = await thrown(push("deliver.2"));
+  sub.unsubscribe();
+  assert.deepEqual(which(taken), ["isAlreadyExists"], `${version}: ${(taken as Error).message}`);
+
+  // another instance makes the durable (with other limits) between ensureConsumer's info and its
+  // add: 2.10+ refuses the add (already exists), 2.9 applies it as an update; either way it goes on
+  const refused: unknown[] = [];
+  const racing = {
+    consumers: {
+      info: async (s: string, d: string) => {
+        try {
+          return await jsm.consumers.info(s, d);
+        } finally {
+          await jsm.consumers.add("C", {
+            durable_name: "w",
+            ack_policy: AckPolicy.Explicit,
+            max_ack_pending: 7,
+          });
+        }
+      },
+      add: async (s: string, c: Parameters<JetStreamManager["consumers"]["add"]>[1]) => {
+        try {
+          return await jsm.consumers.add(s, c);
+        } catch (err) {
+          refused.push(err);
+          throw err;
+        }
+      },
+    },
+  } as unknown as JetStreamManager;
+  await ensureConsumer(racing, "C", "w", { deliver: "all" });
+  assert.equal((await jsm.consumers.info("C", "w")).name, "w");
+  const [, minor] = /^v?2\.(\d+)\./.exec(version) ?? [];
+  assert.deepEqual(
+    refused.map(apiCode),
+    Number(minor) >= 10 ? [10148] : [],
+    `${version}: the add after the other instance's`,
+  );
+
+  // an error that only says so (no API code) is thrown, not taken as "made elsewhere"
+  const saysSo = {
+    consumers: {
+      info: () => jsm.consumers.info("C", "nope"),
+      add: async () => {
+        throw new Error("consumer already exists");
+      },
+    },
+  } as unknown as JetStreamManager;
+  await assert.rejects(ensureConsumer(saysSo, "C", "x", { deliver: "all" }), /consumer already exists/);
 });

@@ -12,7 +12,7 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
-import { isNotFound } from "./jserrors.ts";
+import { isAlreadyExists, isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 
 /** What a handler decides for a message. */
@@ -31,7 +31,11 @@ export function termTakesReason(version: string | undefined): boolean {
   return major > 2 || (major === 2 && (minor > 10 || (minor === 10 && patch >= 4)));
 }
 
-/** Create the durable consumer unless it exists (its position survives restarts). */
+/**
+ * Create the durable consumer unless it exists (its position survives restarts). Another instance
+ * creating it first is no error: the server's "already exists" / "name already in use" refusal (by
+ * API code) is taken as that, and the durable as it stands is used.
+ */
 export async function ensureConsumer(
   jsm: JetStreamManager,
   stream: string,
@@ -55,7 +59,7 @@ export async function ensureConsumer(
   try {
     await jsm.consumers.add(stream, cfg);
   } catch (err) {
-    if (!/already (exists|in use)/i.test(String((err as Error).message))) throw err;
+    if (!isAlreadyExists(err)) throw err;
   }
 }
 
