@@ -27,6 +27,8 @@ import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/** how old an index may be when it answers a digest request after a run's first */
+const FRESH_MS = 1000;
 
 function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number): number {
   const raw = env[name];
@@ -167,8 +169,14 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       response: "reconciler/digest.response.json",
       description: "the root digest and the digests of the children of some version-tree nodes",
       handler: async (req) => {
-        // a peer's run starts with the root: check first that the bucket still holds what the index says
+        // a peer's run starts with the root: check first that the bucket still holds what the index
+        // says; its later requests may reach another instance, whose index catches up if it is older
         if (req.prefixes.length === 0) await verifyQuietly(req.bucket);
+        else
+          await indexes
+            .get(req.bucket)
+            ?.fresh(FRESH_MS)
+            .catch((err: unknown) => log.warn({ err, bucket: req.bucket }, "could not catch up the index"));
         return digest({ tree: treeOf }, req);
       },
     },

@@ -222,6 +222,7 @@ export class BucketIndex {
   /** the highest data revision the held map accounts for */
   private maxRev = 0;
   private verifying: Promise<boolean> | undefined;
+  private verifiedAt = 0;
   private readonly lostSince = new Map<string, number>();
   private stopped = false;
   private readyFlag = false;
@@ -259,11 +260,21 @@ export class BucketIndex {
    */
   verify(): Promise<boolean> {
     if (!this.verifying) {
+      const started = Date.now();
       this.verifying = this.verifyNow().finally(() => {
         this.verifying = undefined;
+        this.verifiedAt = started;
       });
     }
     return this.verifying;
+  }
+
+  /**
+   * {@link verify} unless one started less than `maxAgeMs` ago: for the requests of a peer's run
+   * after its root digest, which another instance of this site's reconciler may have answered.
+   */
+  async fresh(maxAgeMs: number): Promise<void> {
+    if (Date.now() - this.verifiedAt >= maxAgeMs) await this.verify();
   }
 
   private async verifyNow(): Promise<boolean> {
