@@ -201,6 +201,8 @@ async function readKv(
         pending = m.info.pending;
       }
       if (got === 0) return undefined;
+      // past the snapshot: what came since waits for the next read (no chasing a busy stream)
+      if (max >= upTo) break;
     }
     return Math.max(max, upTo);
   } finally {
