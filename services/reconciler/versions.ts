@@ -30,7 +30,8 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { Durables, Headers, kvFilter, kvKeyOf, kvStream, metaBucket } from "../lib/subjects.ts";
+import { isDeleteMarker } from "../lib/stores.ts";
+import { Durables, kvFilter, kvKeyOf, kvStream, metaBucket } from "../lib/subjects.ts";
 import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
 const utf8 = new TextDecoder();
@@ -144,14 +145,13 @@ export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: H
   return v.vh !== undefined && held.h !== v.vh;
 }
 
-/** One entry of a KV stream, as the index reads it. */
-type Entry = { key: string; operation: "PUT" | "DEL" | "PURGE"; value: Uint8Array; revision: number };
+/** One entry of a KV stream, as the index reads it: a value, or a delete or purge marker. */
+type Entry = { key: string; marker: boolean; value: Uint8Array; revision: number };
 
 function entryOf(bucket: string, m: JsMsg): Entry {
-  const op = m.headers?.get(Headers.kvOperation);
   return {
     key: kvKeyOf(bucket, m.subject),
-    operation: op === "DEL" || op === "PURGE" ? op : "PUT",
+    marker: isDeleteMarker(m.headers),
     value: m.data,
     revision: m.seq,
   };
@@ -466,7 +466,7 @@ export class BucketIndex {
 
   private metaEntry(tree: VersionTree, e: Entry): void {
     if (e.revision > this.metaRev) this.metaRev = e.revision;
-    if (e.operation !== "PUT") {
+    if (e.marker) {
       tree.delete(e.key);
       if (tree === this.current) this.lostSince.delete(e.key);
       return;
@@ -485,5 +485,5 @@ export class BucketIndex {
 
 /** Fold one data-bucket entry into a HeldMap. */
 function heldEntry(map: HeldMap, e: Entry): void {
-  map.set(e.key, { rev: e.revision, h: e.operation === "PUT" ? valueHash(e.value) : "" });
+  map.set(e.key, { rev: e.revision, h: e.marker ? "" : valueHash(e.value) });
 }
