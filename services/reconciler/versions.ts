@@ -210,19 +210,41 @@ async function readKv(
   }
 }
 
+/** Where the index's read of one KV stream stands: the stream read (its created time) and its last revision. */
+type Cursor = { created: string | undefined; rev: number };
+
+/**
+ * Apply what stream `bucket` got since `at` (and advance it), `si` being its info. Returns why it
+ * cannot — the stream created or re-created, shortened, or entries gone while being read — and
+ * then the caller reads the stream whole.
+ */
+async function advance(
+  jsm: JetStreamManager,
+  bucket: string,
+  at: Cursor,
+  si: StreamInfo,
+  apply: (e: Entry) => void,
+): Promise<string | undefined> {
+  if (si.created !== at.created) return at.created === undefined ? "stream created" : "stream re-created";
+  if (si.state.last_seq < at.rev) return "stream shortened";
+  if (si.state.last_seq === at.rev) return undefined;
+  const upTo = await readKv(jsm, bucket, at.rev, si.state.last_seq, apply);
+  if (upTo === undefined) return "entries gone while reading them";
+  at.rev = upTo;
+  return undefined;
+}
+
 /**
  * A bucket's version tree, brought up to date on demand ({@link BucketIndex.verify}): nothing of it
  * runs per op, and it holds no consumer between reads.
  */
 export class BucketIndex {
   private current: VersionTree;
-  /** the highest `_meta` revision the tree accounts for */
-  private metaRev = 0;
-  private metaCreated: string | undefined;
+  /** how far the tree accounts for `_meta` */
+  private metaAt: Cursor = { created: undefined, rev: 0 };
   private held = new HeldMap();
-  private streamCreated: string | undefined;
-  /** the highest data revision the held map accounts for */
-  private maxRev = 0;
+  /** how far the held map accounts for the bucket */
+  private dataAt: Cursor = { created: undefined, rev: 0 };
   private verifying: Promise<boolean> | undefined;
   private verifiedAt = 0;
   private readonly lostSince = new Map<string, number>();
@@ -286,24 +308,13 @@ export class BucketIndex {
     try {
       const si = await this.jsm.streams.info(kvStream(this.bucket));
       const st = si.state;
-      if (this.streamCreated === undefined) why = "stream created";
-      else if (si.created !== this.streamCreated) why = "stream re-created";
-      else if (st.last_seq < this.maxRev) why = "stream shortened";
-      else {
-        if (st.last_seq > this.maxRev) {
-          const upTo = await readKv(this.jsm, this.bucket, this.maxRev, st.last_seq, (e) =>
-            this.applyHeld(e),
-          );
-          if (upTo === undefined) why = "entries gone while reading them";
-          else this.maxRev = upTo;
-        }
-        // judge only the entries that were already the latest at the snapshot: writes racing the
-        // check are no evidence of a loss
-        if (!why) {
-          const { count, minRev } = this.held.countUpTo(st.last_seq);
-          if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
-          else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
-        }
+      why = await advance(this.jsm, this.bucket, this.dataAt, si, (e) => this.applyHeld(e));
+      // judge only the entries that were already the latest at the snapshot: writes racing the
+      // check are no evidence of a loss
+      if (!why) {
+        const { count, minRev } = this.held.countUpTo(st.last_seq);
+        if (count > 0 && st.first_seq > minRev) why = "values removed (purge or expiry)";
+        else if (si.config.max_msgs_per_subject === 1 && st.messages < count) why = "messages removed";
       }
       if (!why) return false;
     } catch (err) {
@@ -326,18 +337,13 @@ export class BucketIndex {
       if (!isNotFound(err)) throw err;
       return;
     }
-    if (si.created === this.metaCreated && si.state.last_seq >= this.metaRev) {
-      if (si.state.last_seq === this.metaRev) return;
-      const upTo = await readKv(this.jsm, name, this.metaRev, si.state.last_seq, (e) =>
-        this.metaEntry(this.current, e),
-      );
-      if (upTo !== undefined) {
-        this.metaRev = upTo;
-        return;
-      }
-    }
+    const why = await advance(this.jsm, name, this.metaAt, si, (e) => this.metaEntry(this.current, e));
+    if (!why) return;
     this.rebuilds++;
-    this.log.warn({ bucket: this.bucket }, "meta stream changed under the version index, rebuilding it");
+    this.log.warn(
+      { bucket: this.bucket, reason: why },
+      "meta stream changed under the version index, rebuilding it",
+    );
     await this.pass();
   }
 
@@ -350,8 +356,7 @@ export class BucketIndex {
       const fresh = new VersionTree(this.depth);
       const read = await readKv(this.jsm, name, "latest", si.state.last_seq, (e) => this.metaEntry(fresh, e));
       if (read === undefined && attempt < 3) continue;
-      this.metaCreated = si.created;
-      this.metaRev = read ?? si.state.last_seq;
+      this.metaAt = { created: si.created, rev: read ?? si.state.last_seq };
       this.swapIn(fresh);
       return;
     }
@@ -380,8 +385,7 @@ export class BucketIndex {
     }
     const old = this.held;
     this.held = fresh;
-    this.maxRev = freshMax;
-    this.streamCreated = created;
+    this.dataAt = { created, rev: freshMax };
     const tree = this.current;
     for (const k of new Set([...old.keys(), ...fresh.keys()])) this.refresh(tree, k);
   }
@@ -465,7 +469,6 @@ export class BucketIndex {
   }
 
   private metaEntry(tree: VersionTree, e: Entry): void {
-    if (e.revision > this.metaRev) this.metaRev = e.revision;
     if (e.marker) {
       tree.delete(e.key);
       if (tree === this.current) this.lostSince.delete(e.key);
