@@ -1,6 +1,6 @@
 /**
  * One watch of a `<bucket>_meta` per process, shared by everything in the process that follows it
- * (the watcher's and the merger's `_meta` cache, the reconciler's version index): the entries are
+ * (the watcher's and the merger's `_meta` cache; the reconciler reads `_meta` on demand instead): the entries are
  * decoded by the server once and delivered to every listener, so a site's agent streams `_meta`
  * once, not once per consumer of it.
  *

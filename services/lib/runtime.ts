@@ -3,8 +3,9 @@
  * with the standard metadata, run until SIGTERM/SIGINT, then drain. `runServices` does the same for
  * several kinds in one process (the site agent): one connection, one set of site handles, one
  * `_meta` cache per bucket, one metrics registry and one http port, shared by every service of the
- * process; still one micro service per kind. The `_meta` cache and the reconciler's version index
- * follow `_meta` through one watch per bucket (meta-watch.ts, keyed by the site's `_meta` handle).
+ * process; still one micro service per kind. The `_meta` cache follows `_meta` through one watch per
+ * bucket (meta-watch.ts, keyed by the site's `_meta` handle); the reconciler's version index reads it
+ * on demand (reconciler/versions.ts).
  */
 import { createRequire } from "node:module";
 import path from "node:path";

@@ -87,7 +87,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     const ix = new BucketIndex(b, log, site.jsm);
     indexes.set(b, ix);
   }
-  // a wiring that fails here (it is tried again) leaves no watch running
+  // a wiring that fails here (it is tried again) leaves nothing running
   await Promise.all([...indexes.values()].map((ix) => ix.start())).catch((err: unknown) => {
     for (const ix of indexes.values()) ix.stop();
     throw err;
