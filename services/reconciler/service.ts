@@ -151,9 +151,10 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     maxPayload: nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD,
     concurrency: 64,
   };
-  const verifyQuietly = async (bucket: string) => {
+  /** Catch a bucket's index up (unless it did less than `maxAgeMs` ago) and check the bucket; failures are logged. */
+  const verifyQuietly = async (bucket: string, maxAgeMs = 0) => {
     try {
-      await indexes.get(bucket)?.verify();
+      await indexes.get(bucket)?.fresh(maxAgeMs);
     } catch (err) {
       log.warn({ err, bucket }, "could not check the bucket's stream state");
     }
@@ -171,12 +172,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       handler: async (req) => {
         // a peer's run starts with the root: check first that the bucket still holds what the index
         // says; its later requests may reach another instance, whose index catches up if it is older
-        if (req.prefixes.length === 0) await verifyQuietly(req.bucket);
-        else
-          await indexes
-            .get(req.bucket)
-            ?.fresh(FRESH_MS)
-            .catch((err: unknown) => log.warn({ err, bucket: req.bucket }, "could not catch up the index"));
+        await verifyQuietly(req.bucket, req.prefixes.length === 0 ? 0 : FRESH_MS);
         return digest({ tree: treeOf }, req);
       },
     },
@@ -215,7 +211,7 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       response: "reconciler/status.response.json",
       description: "index sizes, peers, the run in progress and the last run",
       handler: async () => {
-        await Promise.all(config.buckets.map(verifyQuietly));
+        await Promise.all(config.buckets.map((b) => verifyQuietly(b)));
         return { ...reconciler.status(), conditions: health.list() };
       },
     },

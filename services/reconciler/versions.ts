@@ -294,8 +294,8 @@ export class BucketIndex {
   }
 
   /**
-   * {@link verify} unless one started less than `maxAgeMs` ago: for the requests of a peer's run
-   * after its root digest, which another instance of this site's reconciler may have answered.
+   * {@link verify} unless one started less than `maxAgeMs` ago (0: always) — for the requests of a
+   * peer's run after its root digest, which another instance of this site's reconciler may have answered.
    */
   async fresh(maxAgeMs: number): Promise<void> {
     if (Date.now() - this.verifiedAt >= maxAgeMs) await this.verify();
