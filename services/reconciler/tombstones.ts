@@ -28,7 +28,8 @@ import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { sourcedUpTo } from "../lib/site.ts";
-import { Durables, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
+import { isDeleteMarker } from "../lib/stores.ts";
+import { Durables, Headers, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
 
@@ -280,8 +281,7 @@ export class TombstoneGc {
     const subj = kvSubject(bucket, key);
     const last = await getMsg(jsm, stream, { last_by_subj: subj });
     if (last) {
-      const op = last.header?.get("KV-Operation");
-      if (op !== "DEL" && op !== "PURGE") return false;
+      if (!isDeleteMarker(last.header)) return false;
       // first, so a concurrent check of the stream does not take the removal for a loss
       ix.forgetHeld(key);
       await jsm.streams.purge(stream, { filter: subj, seq: last.seq + 1 });
@@ -296,7 +296,7 @@ export class TombstoneGc {
       last_by_subj: kvSubject(metaBucket(bucket), key),
     });
     // only our purge marker: a version committed right after it must stay
-    if (marker && marker.seq > rev && marker.header?.get("KV-Operation") === "PURGE")
+    if (marker && marker.seq > rev && marker.header?.get(Headers.kvOperation) === "PURGE")
       this.markers.push({ bucket, key, seq: marker.seq, at: Date.now() });
     ix.forget(key);
     log.debug({ bucket, key }, "tombstone collected");
