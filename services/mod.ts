@@ -24,7 +24,14 @@ export {
 export { Columns, Hash8Column, Interner } from "./lib/columns.ts";
 export { ConfigError, loadConfig, usage } from "./lib/config.ts";
 export { connectNats } from "./lib/connect.ts";
-export { Coalescer, KeyedGate, ensureConsumer, loserDisposition, termTakesReason } from "./lib/consume.ts";
+export {
+  Coalescer,
+  KeyedGate,
+  ensureConsumer,
+  loserDisposition,
+  runConsumer,
+  termTakesReason,
+} from "./lib/consume.ts";
 export { ErrorCode, SyncdError, isSyncdError } from "./lib/errors.ts";
 export {
   type Condition,

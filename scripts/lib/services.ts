@@ -184,9 +184,9 @@ export class ServiceInstance {
     this.proc = this.owner.spawnInstance(this);
   }
 
-  /** SIGTERM, SIGKILL after 5 s. */
+  /** SIGTERM, SIGKILL after 10 s (a service gives itself 8, STOP_TIMEOUT_MS). */
   async stop(): Promise<void> {
-    if (this.proc) await stopProc(this.proc);
+    if (this.proc) await stopProc(this.proc, 10_000);
     this.proc = undefined;
     removeFile(this.pidFile);
   }

@@ -5,12 +5,13 @@
 import {
   AckPolicy,
   type ConsumerConfig,
+  type ConsumerMessages,
   DeliverPolicy,
   type JetStreamClient,
   type JetStreamManager,
   type JsMsg,
 } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
+import type { NatsConnection, Subscription } from "@nats-io/nats-core";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
 import { isAlreadyExists, isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
@@ -161,6 +162,47 @@ const MAX_FAILING_KEYS = 10_000;
 export const CONSUMER_CHECK_MS = 2000;
 
 /**
+ * How long a nats-server with leaf nodes or gateways (every site server) keeps serving a pull
+ * request whose reply subject has no interest, counted from when it received the request
+ * (`defaultGatewayRecentSubExpiration` in its consumer.go): interest may still be on its way.
+ */
+export const PULL_INTEREST_GRACE_MS = 2000;
+
+/**
+ * What a graceful stop needs of nats.js's `consume()` beyond its public face (nats.js 3.x,
+ * PullConsumerMessagesImpl): the method it sends pull requests with, and its subscription.
+ */
+type ConsumeInternals = { pull?: unknown; sub?: Subscription };
+
+/**
+ * End a `consume()` so that nothing the server delivers to it waits out the ack wait: send no more
+ * pull requests, let the ones out grow older than {@link PULL_INTEREST_GRACE_MS} (meanwhile what
+ * arrives is handled as usual), then drain its subscription. A request the server holds then has no
+ * interest and is past the grace, so the server drops it instead of delivering into the void, and
+ * what it sent before the unsubscribe reaches the iterator (which ends after it). Falls back to a
+ * plain close when nats.js is not shaped as expected.
+ */
+async function endConsume(
+  messages: ConsumerMessages,
+  nc: NatsConnection | undefined,
+  lastPull: number,
+  onDrain: () => void,
+): Promise<void> {
+  const impl = messages as unknown as ConsumeInternals;
+  if (nc && typeof impl.pull === "function" && impl.sub && !impl.sub.isClosed()) {
+    impl.pull = () => {};
+    if (Date.now() - lastPull < PULL_INTEREST_GRACE_MS + 1000) {
+      // once flushed, the server has received every request sent: each is older than the grace after it
+      await nc.flush().catch(() => {});
+      await new Promise((r) => setTimeout(r, PULL_INTEREST_GRACE_MS + 100));
+    }
+    onDrain();
+    await impl.sub.drain().catch(() => {});
+  }
+  await messages.close().catch(() => {});
+}
+
+/**
  * Consume `durable` on `stream` and apply `handle` to each message (errors → nak after 1 s).
  * Keeps going across reconnects until stopped. With `recreate`, it also survives its durable being
  * deleted, or its stream being deleted or re-created: it notices within `checkMs` (or at once on a
@@ -201,6 +243,8 @@ export async function runConsumer<T = undefined>(args: {
   const { js, stream, durable, log } = args;
   const gate = new KeyedGate(args.concurrency);
   let stopped = false;
+  /** what arrives now is handed back (nak) instead of handled */
+  let handingBack = false;
   let delivered = 0;
   // the client's connection (nats.js keeps it on the JetStream client): the server it is connected to now
   const nc = (js as Partial<{ nc: NatsConnection }>).nc;
@@ -284,8 +328,10 @@ export async function runConsumer<T = undefined>(args: {
     const consumer = await js.consumers.get(stream, durable);
     const { created } = await consumer.info(true);
     const messages = await consumer.consume({ max_messages: Math.max(64, args.concurrency * 2) });
+    const state = { messages, lastPull: Date.now() };
     void (async () => {
       for await (const s of messages.status()) {
+        if (s.type === "next") state.lastPull = Date.now();
         if (s.type === "consumer_deleted" || s.type === "consumer_not_found" || s.type === "stream_not_found")
           poke();
       }
@@ -293,7 +339,7 @@ export async function runConsumer<T = undefined>(args: {
     const loop = (async () => {
       for await (const m of messages) {
         // stopping: hand what is already pulled back at once instead of after the ack wait
-        if (stopped) {
+        if (handingBack) {
           m.nak();
           continue;
         }
@@ -312,13 +358,20 @@ export async function runConsumer<T = undefined>(args: {
       }
     })();
     loop.catch((err) => log.error({ err, stream, durable }, "consumer loop ended"));
-    return { messages, loop, created };
+    return { state, loop, created };
   };
   let current = await start();
-  const close = async () => {
-    await current.messages.close().catch(() => {});
+  /** gracefully: see endConsume; otherwise (the durable is gone) at once */
+  const close = async (graceful = false) => {
+    const { messages, lastPull } = current.state;
+    if (graceful)
+      await endConsume(messages, nc, lastPull, () => {
+        handingBack = true;
+      });
+    else await messages.close().catch(() => {});
     await current.loop.catch(() => {});
     await gate.idle();
+    handingBack = false;
   };
 
   const recover = async () => {
@@ -380,7 +433,7 @@ export async function runConsumer<T = undefined>(args: {
       stopped = true;
       poke();
       await supervisor.catch(() => {});
-      await close();
+      await close(true);
     },
   };
 }

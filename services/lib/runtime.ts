@@ -173,6 +173,12 @@ export async function runService(kind: ServiceKind, opts: Omit<ServiceDef, "kind
 }
 
 /**
+ * How long a stop may take before the process exits anyway: each consumer lets its last pull
+ * requests age past the server's grace (~2 s, see consume.ts) before it drains.
+ */
+export const STOP_TIMEOUT_MS = 8000;
+
+/**
  * Run several kinds of service in this process (`name` labels the process: logs, connection name,
  * usage, the metrics' `service` label), in the order given, sharing one connection, the site
  * handles, the `_meta` caches, the metrics and the http port (/healthz, /readyz over every service).
@@ -323,7 +329,7 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
     if (stopping) return;
     stopping = true;
     log.info({ signal }, "stopping");
-    const timer = setTimeout(() => process.exit(0), 5000);
+    const timer = setTimeout(() => process.exit(0), STOP_TIMEOUT_MS);
     try {
       state.wired = false;
       for (const s of [...started].reverse()) {
