@@ -139,6 +139,7 @@ export {
   mergerHeaderBytes,
   mergerHeaders,
   mergerVersion,
+  parseVersion,
 } from "./lib/stores.ts";
 export {
   AGENT_NAME,

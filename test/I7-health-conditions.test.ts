@@ -10,7 +10,8 @@
  * and is cleared when it is over. On real servers and real service processes:
  * a value too large (watcher), a key stuck (consumer loop), a peer lost (reconciler), values lost
  * and divergence repaired (merger monitor, reconciler), a bucket deleted / re-created and a consumer
- * missing (merger monitor, watcher's consumer loop), the site removed from the mesh (reconciler).
+ * missing (merger monitor, watcher's consumer loop), the site removed from the mesh (reconciler), a
+ * `_meta` entry written by hand that is not a version (watcher, merger).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -28,6 +29,7 @@ import {
   kvStream,
   memberKey,
   metaBucket,
+  parseVersion,
   run,
 } from "../services/mod.ts";
 import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh } from "./helpers.ts";
@@ -207,6 +209,32 @@ describe("I7 every condition of #12 in syncd status", () => {
     });
     await cleared("b", Conditions.keyStuck, "config/op.stuck");
     assert.equal((await healthy("b")).code, 0);
+  });
+
+  it("META_INVALID: _meta entries written by hand that are not versions are raised (warn: --check passes) and replaced by the next op or write of their key", async () => {
+    await m.kv.a!.put("meta.bad", "1");
+    await until(async () => (await textAt("b", "meta.bad")) === "1", T);
+    const meta = await new Kvm(m.nc.b!).open(metaBucket("config"));
+    await meta.put("meta.bad", "not a version");
+    await meta.put("meta.bad2", JSON.stringify({ ts: "soon", node_id: "b" }));
+    const c = await raised("b", Conditions.metaInvalid, "warn", "config_meta/meta.bad");
+    assert.equal(c.code, 0);
+    await raised("b", Conditions.metaInvalid, "warn", "config_meta/meta.bad2");
+    // an op from a replaces the first, a local write at b the second
+    await m.kv.a!.put("meta.bad", "2");
+    await m.kv.b!.put("meta.bad2", "local");
+    await until(async () => (await textAt("b", "meta.bad")) === "2", {
+      ...T,
+      message: "meta.bad applied at b",
+    });
+    await until(async () => (await textAt("a", "meta.bad2")) === "local", {
+      ...T,
+      message: "meta.bad2 replicated from b",
+    });
+    for (const key of ["meta.bad", "meta.bad2"]) {
+      const e = await meta.get(key);
+      assert.ok(e && parseVersion(e.value), `b's _meta holds a version of ${key} again`);
+    }
   });
 
   it("PEER_LOST: a peer whose services stopped is raised by the reconciler after a failed run (warn: --check passes); cleared when it answers again", async () => {

@@ -49,6 +49,8 @@ export const Conditions = {
   storeFilling: "STORE_FILLING",
   /** a peer site stopped answering */
   peerLost: "PEER_LOST",
+  /** a `_meta` entry is not a version (written behind the services' back) */
+  metaInvalid: "META_INVALID",
   /** a durable consumer a service needs is gone */
   consumerMissing: "CONSUMER_MISSING",
   /** values the site's `_meta` says it holds are gone from the bucket and nothing could repair them */

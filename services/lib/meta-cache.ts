@@ -12,9 +12,14 @@ import { Columns, HASH8_RE, Hash8Column, Interner } from "./columns.ts";
 import type { Logger } from "./logger.ts";
 import { type Following, type MetaListener, MetaWatch } from "./meta-watch.ts";
 import type { Version } from "./schemas.gen.ts";
-import { type MetaEntry, MetaStore, type MetaStoreLike, isCasConflict } from "./stores.ts";
-
-const dec = new TextDecoder();
+import {
+  type MetaEntry,
+  MetaStore,
+  type MetaStoreLike,
+  isCasConflict,
+  parseVersion,
+  raiseMetaInvalid,
+} from "./stores.ts";
 
 /** Default of `--meta-cache-max`: keys of `_meta` one cache holds. */
 export const DEFAULT_META_CACHE_MAX = 100_000;
@@ -148,9 +153,10 @@ export class CachedMetaStore implements MetaStoreLike {
       if (cur !== undefined && cur !== null && cur < e.revision) this.put(e.key, null);
       return;
     }
-    try {
-      this.remember(e.key, { version: JSON.parse(dec.decode(e.value)) as Version, revision: e.revision });
-    } catch {
+    const version = parseVersion(e.value);
+    if (version) this.remember(e.key, { version, revision: e.revision });
+    else {
+      raiseMetaInvalid(this.kv, e.key, e.revision);
       this.invalidate(e.key);
     }
   }

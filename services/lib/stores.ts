@@ -6,8 +6,10 @@ import { type JetStreamClient, type JetStreamManager, PubHeaders } from "@nats-i
 import type { KV } from "@nats-io/kv";
 import { type MsgHdrs, MsgHdrsImpl } from "@nats-io/nats-core";
 import { SyncdError } from "./errors.ts";
+import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
 import { ApiCode, apiCode, isTooLarge, isWrongLastSequence } from "./jserrors.ts";
 import { type Versioned, valueHash } from "./lww.ts";
+import { validate } from "./schema-registry.ts";
 import type { Version } from "./schemas.gen.ts";
 import { Headers, kvStream, kvSubject } from "./subjects.ts";
 
@@ -70,24 +72,84 @@ export class CasConflictError extends Error {
   }
 }
 
-/** `<bucket>_meta`: read and compare-and-set versions. */
+/** A `_meta` entry's value as a version (schemas/version.json); null when it is not one. */
+export function parseVersion(data: Uint8Array): Version | null {
+  let v: unknown;
+  try {
+    v = JSON.parse(dec.decode(data));
+  } catch {
+    return null;
+  }
+  return validate("version.json", v) === null ? (v as Version) : null;
+}
+
+/**
+ * Raise `META_INVALID` (a warning for 10 min) for a `_meta` entry that is not a version; subject
+ * `<meta bucket>/<key>`.
+ */
+export function raiseMetaInvalid(kv: KV, key: string, revision: number): void {
+  // nats.js's KV has its bucket's name; its interface does not say so
+  const name = (kv as Partial<{ bucket: string }>).bucket ?? "_meta";
+  health.raise(Conditions.metaInvalid, Severity.warn, {
+    message: `${name} key "${key}" (revision ${revision}) is not a version (written behind the services' back): taken as none; the next op or write of the key replaces it`,
+    subject: `${name}/${key}`,
+    ttlMs: EVENT_TTL_MS,
+  });
+}
+
+/** Keys with an invalid `_meta` entry one store remembers at most (the oldest are forgotten first). */
+const MAX_INVALID = 10_000;
+
+/**
+ * `<bucket>_meta`: read and compare-and-set versions.
+ *
+ * An entry that is not a version (written behind the services' back: `nats kv put <bucket>_meta …`)
+ * reads as "no version" and is raised as `META_INVALID`; the next compare-and-set of that key
+ * replaces it (conditioned on its revision). The key is handled like one whose `_meta` was wiped:
+ * the next op or local write of it commits a version, anti-entropy brings the mesh's one.
+ */
 export class MetaStore implements MetaStoreLike {
+  /** key → revision of its entry that is not a version */
+  private readonly invalid = new Map<string, number>();
+
   constructor(readonly kv: KV) {}
 
-  /** The version of a key, or null when the site never versioned it. */
+  /** The version of a key, or null when the site never versioned it (or its entry is not a version). */
   async get(key: string): Promise<MetaEntry | null> {
     const e = await this.kv.get(key);
-    if (!e || e.operation !== "PUT" || e.value.length === 0) return null;
-    return { version: JSON.parse(dec.decode(e.value)) as Version, revision: e.revision };
+    if (!e || e.operation !== "PUT" || e.value.length === 0) {
+      this.forgetInvalid(key);
+      return null;
+    }
+    const version = parseVersion(e.value);
+    if (version) {
+      this.forgetInvalid(key);
+      return { version, revision: e.revision };
+    }
+    this.invalid.delete(key);
+    this.invalid.set(key, e.revision);
+    if (this.invalid.size > MAX_INVALID) this.invalid.delete(this.invalid.keys().next().value!);
+    raiseMetaInvalid(this.kv, key, e.revision);
+    return null;
   }
 
   /**
-   * Replace the version iff the entry is still at `expected` (null: the key has no version yet).
-   * Throws a CAS conflict (see isCasConflict) when it lost a race. Returns the new meta revision.
+   * Replace the version iff the entry is still at `expected` (null: the key has no version yet, or
+   * only an entry that is not one). Throws a CAS conflict (see isCasConflict) when it lost a race.
+   * Returns the new meta revision.
    */
   async cas(key: string, version: Version, expected: MetaEntry | null): Promise<number> {
     const data = enc.encode(JSON.stringify(version));
-    return expected ? this.kv.update(key, data, expected.revision) : this.kv.create(key, data);
+    if (expected) return this.kv.update(key, data, expected.revision);
+    const bad = this.invalid.get(key);
+    if (bad === undefined) return this.kv.create(key, data);
+    const revision = await this.kv.update(key, data, bad);
+    this.forgetInvalid(key);
+    return revision;
+  }
+
+  private forgetInvalid(key: string): void {
+    this.invalid.delete(key);
   }
 }
 

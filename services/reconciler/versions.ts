@@ -30,7 +30,7 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { isDeleteMarker } from "../lib/stores.ts";
+import { isDeleteMarker, parseVersion } from "../lib/stores.ts";
 import { Durables, kvFilter, kvKeyOf, kvStream, metaBucket } from "../lib/subjects.ts";
 import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
@@ -40,17 +40,6 @@ const READ_BATCH = 1000;
 const READ_EXPIRES_MS = 5000;
 const READ_INACTIVE_MS = 30_000;
 const NANOS_PER_MS = 1_000_000;
-
-/** Parse a meta entry's value; null when it is not a valid version. */
-export function parseVersion(data: Uint8Array): Version | null {
-  let v: unknown;
-  try {
-    v = JSON.parse(utf8.decode(data));
-  } catch {
-    return null;
-  }
-  return validate("version.json", v) === null ? (v as Version) : null;
-}
 
 /** What the data bucket holds for a key: its latest entry's revision and value hash ("" = marker). */
 export type Held = { rev: number; h: string };
