@@ -361,4 +361,31 @@ describe("I1 anti-entropy: reconciler anti-entropy between two leaf sites", () =
       "a and b differ",
     );
   });
+
+  it("I1 a site's _meta purged behind the services' back (nats stream purge) is rebuilt from the mesh by a run; the rebuild shows in status", async () => {
+    const keys = [...[0, 1, 2, 3, 4].map((i) => `mp.a.${i}`), ...[0, 1, 2].map((i) => `mp.b.${i}`)];
+    for (const k of keys) await (k.startsWith("mp.a") ? kv.a : kv.b).put(k, `v-${k}`);
+    await kv.a.delete("mp.a.4");
+    await until(async () => (await kv.b.get("mp.a.4"))?.operation === "DEL", { message: "a's delete at b" });
+    await until(async () => (await kv.a.get("mp.b.2"))?.string() === "v-mp.b.2", { message: "b→a" });
+    await quiet({ a: nc.a, b: nc.b });
+    const before = await call<ReconcilerStatusResponse>("a", "status", {});
+    const jsm = await jetstreamManager(nc.a);
+    await jsm.streams.purge(kvStream(metaBucket(BUCKET)));
+    const after = await call<ReconcilerStatusResponse>("a", "status", {});
+    assert.ok(
+      (after.index?.[BUCKET]?.rebuilds ?? 0) > (before.index?.[BUCKET]?.rebuilds ?? 0),
+      `the rebuild is counted in status: ${JSON.stringify(after.index)}`,
+    );
+    await runAt("a", ["b"]);
+    await runAt("b", ["a"]);
+    await quiet({ a: nc.a, b: nc.b });
+    for (const k of keys) assert.deepEqual(await state("a", k), await state("b", k), k);
+    assert.equal((await state("a", "mp.a.4")).version?.deleted, true, "the tombstone's version is back at a");
+    // and both sites go on replicating those keys both ways
+    await kv.a.put("mp.b.0", "after-a");
+    await kv.b.put("mp.a.0", "after-b");
+    await until(async () => (await kv.b.get("mp.b.0"))?.string() === "after-a", { message: "a→b after" });
+    await until(async () => (await kv.a.get("mp.a.0"))?.string() === "after-b", { message: "b→a after" });
+  });
 });

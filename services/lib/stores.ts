@@ -205,6 +205,18 @@ export function expiryProblem(
  * The `_meta` version a merger commits for `v` over bucket revision `rev` (in incarnation `inc` when
  * known): `merged`, and for a put the value hash `vh` the reconciler's version tree includes.
  */
+/** The version a watcher stamps on a local write at `rev` (no `merged`: the value is the entry's own). */
+export function stampVersion(v: Versioned, rev: number, inc?: number): Version {
+  return {
+    ts: v.ts,
+    node_id: v.node_id,
+    deleted: v.deleted,
+    rev,
+    ...(inc !== undefined ? { inc } : {}),
+    ...(v.deleted ? {} : { vh: valueHash(v.value ?? new Uint8Array()) }),
+  };
+}
+
 export function mergerVersion(v: Versioned, rev: number, inc?: number): Version {
   return {
     ts: v.ts,

@@ -21,6 +21,7 @@ import {
   isCasConflict,
   mergerHeaderBytes,
   mergerVersion,
+  stampVersion,
 } from "../lib/stores.ts";
 
 /** The stores of one bucket. */
@@ -41,6 +42,11 @@ export type MergeDeps = {
   observe: (ts: number) => Promise<void>;
   /** throws SyncdError(SYNCD_ERR_CLOCK_SKEW) when ts is too far ahead */
   checkSkew: (ts: number) => void;
+  /**
+   * this site's node id: an op of its own found unstamped in the bucket while `_meta` has no entry
+   * (`_meta` wiped or purged) is taken as that write's stamp
+   */
+  nodeId?: string;
   /** told about every conflict: an op that lost, or a value of another node that an op replaced */
   onConflict?: (c: Conflict) => void;
 };
@@ -124,6 +130,12 @@ export function pendingLocal(
   inc?: number,
 ): boolean {
   return latest !== null && latest.version === null && latest.rev > covered(metaVersion, latest, inc);
+}
+
+/** Whether a bucket entry shows what an op writes: both tombstones, or both puts of the same bytes. */
+function sameWrite(e: BucketEntry, v: Versioned): boolean {
+  if (e.deleted || v.deleted) return e.deleted === v.deleted;
+  return compareBytes(e.value, v.value ?? new Uint8Array()) === 0;
 }
 
 function sameVersion(a: { ts: number; node_id: string }, b: { ts: number; node_id: string }): boolean {
@@ -269,6 +281,18 @@ export async function applyAdmitted(deps: MergeDeps, b: BucketState, op: Op): Pr
       return reply(done, metaVersion);
     }
     const pending = pendingLocal(metaVersion, latestEntry, inc);
+    if (
+      pending &&
+      !metaVersion &&
+      latestEntry &&
+      incoming.node_id === deps.nodeId &&
+      sameWrite(latestEntry, incoming)
+    ) {
+      // the watcher stamped this local write long ago and `_meta` lost it: the op is that stamp
+      const stamp = stampVersion(incoming, latestEntry.rev, inc);
+      if (await lostRace(() => b.meta.cas(op.key, stamp, metaEntry))) continue;
+      return reply(MergeResult.duplicate, stamp);
+    }
     const cov = covered(metaVersion, latestEntry, inc);
     const version = mergerVersion(incoming, pending ? cov : Math.max(cov, latestEntry?.rev ?? 0), inc);
     if (await lostRace(() => b.meta.cas(op.key, version, metaEntry))) continue;

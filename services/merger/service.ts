@@ -157,6 +157,7 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
   const deps: MergeDeps = {
     onConflict: recordConflict,
     buckets,
+    nodeId: config.nodeId,
     observe: (ts) => observer.observe(ts),
     checkSkew: (ts) => {
       // HLC only: the Lamport jump is checked by the clock service, which knows the site's mark
@@ -457,6 +458,9 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         // journal first: if this process dies half-way, the consumer applies the op again
         const j = encodeOpMessage(op);
         await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
+        // anti-entropy sends what differs: the cached `_meta` view of that key is suspect (a
+        // `_meta` purged behind the services' back leaves the cache's entries in place)
+        bucket.meta.invalidate?.(op.key);
         const r = await applyAdmitted(deps, bucket, op);
         counts[r.result]++;
         return r;

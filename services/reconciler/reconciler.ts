@@ -163,9 +163,11 @@ export class Reconciler {
   status(): ReconcilerStatusResponse {
     const keys: Record<string, number> = {};
     const lost: Record<string, number> = {};
+    const index: NonNullable<ReconcilerStatusResponse["index"]> = {};
     let lostTotal = 0;
     for (const [b, ix] of this.deps.indexes) {
       keys[b] = ix.tree.size;
+      index[b] = { rebuilds: ix.rebuilds, rescans: ix.rescans, invalid: ix.invalid };
       const n = ix.lostKeys(this.deps.tuning.lostGraceMs).length;
       lost[b] = n;
       lostTotal += n;
@@ -178,6 +180,7 @@ export class Reconciler {
       node_id: this.deps.nodeId,
       instance: this.deps.instance,
       keys,
+      index,
       lost,
       severity: lostTotal > 0 || outcast ? "error" : unreachable.length > 0 ? "warn" : "ok",
       ...(m

@@ -149,10 +149,10 @@ function entryOf(bucket: string, m: JsMsg): Entry {
 /**
  * Read a KV bucket's stream into `apply`, in order: its latest entry per key (`from: "latest"`), or
  * every entry after revision `from`. Through a consumer of its own (in memory, no acks), deleted
- * when done, so nothing stays at the server between reads. Returns the highest revision accounted
- * for (at least `upTo`, the stream's last sequence seen before the read: when nothing is pending,
- * everything up to the stream's end is accounted for), or undefined when the entries stopped
- * coming (removed while being read): the caller reads the whole bucket instead.
+ * when done, so nothing stays at the server between reads. Applies the entries up to `upTo` (the
+ * stream's last sequence in the info the caller read; later ones wait for the next read) and
+ * returns it, or undefined when the entries stopped coming (removed while being read): the caller
+ * reads the whole bucket instead.
  */
 async function readKv(
   jsm: JetStreamManager,
@@ -185,7 +185,9 @@ async function readKv(
       let got = 0;
       for await (const m of batch) {
         got++;
-        apply(entryOf(bucket, m));
+        // what came after the snapshot waits for the next read: the index then accounts for the
+        // stream exactly up to the snapshot, whose message count it can be checked against
+        if (m.seq <= upTo) apply(entryOf(bucket, m));
         if (m.seq > max) max = m.seq;
         pending = m.info.pending;
       }
@@ -193,7 +195,7 @@ async function readKv(
       // past the snapshot: what came since waits for the next read (no chasing a busy stream)
       if (max >= upTo) break;
     }
-    return Math.max(max, upTo);
+    return upTo;
   } finally {
     await jsm.consumers.delete(stream, ci.name).catch(() => {});
   }
@@ -243,7 +245,7 @@ export class BucketIndex {
   invalid = 0;
   /** times the bucket was re-read because values vanished without a watch event */
   rescans = 0;
-  /** times `_meta` was read whole again (its stream re-created, or entries gone while tailing it) */
+  /** times `_meta` was read whole again (its stream re-created, purged or shortened, or entries gone while tailing it) */
   rebuilds = 0;
 
   constructor(
@@ -326,7 +328,11 @@ export class BucketIndex {
       if (!isNotFound(err)) throw err;
       return;
     }
-    const why = await advance(this.jsm, name, this.metaAt, si, (e) => this.metaEntry(this.current, e));
+    let why = await advance(this.jsm, name, this.metaAt, si, (e) => this.metaEntry(this.current, e));
+    // one message per key (history 1): fewer messages than versions in the tree means entries were
+    // removed without a marker (`nats stream purge`, a message deleted, a marker this index missed)
+    if (!why && si.config.max_msgs_per_subject === 1 && si.state.messages < this.current.size)
+      why = `entries removed without a marker (${si.state.messages} messages, ${this.current.size} versions)`;
     if (!why) return;
     this.rebuilds++;
     this.log.warn(

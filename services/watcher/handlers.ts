@@ -12,7 +12,7 @@ import { SyncdError } from "../lib/errors.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
 import { type Op, encodeOpMessage, makeOp, opMessageSize } from "../lib/op.ts";
 import { type LastOpReader, publishOrdered } from "../lib/oplog.ts";
-import { type MetaStoreLike, type Version, coveredRev, isCasConflict } from "../lib/stores.ts";
+import { type MetaStoreLike, type Version, coveredRev, isCasConflict, stampVersion } from "../lib/stores.ts";
 import { MsgIds, Streams, opsSubject } from "../lib/subjects.ts";
 
 /** One entry of the bucket's stream, as the watcher sees it. */
@@ -165,14 +165,16 @@ export async function stampEntry(deps: WatcherDeps, e: LocalEntry): Promise<Outc
       }
     }
     if (ts === 0) ts = await deps.tick();
-    const v: Version = {
-      ts: Math.max(ts, (cur?.version.ts ?? 0) + 1),
-      node_id: deps.nodeId,
-      deleted: e.deleted,
-      rev: e.rev,
-      ...(inc !== undefined ? { inc } : {}),
-      ...(e.deleted ? {} : { vh: valueHash(e.value) }),
-    };
+    const v = stampVersion(
+      {
+        ts: Math.max(ts, (cur?.version.ts ?? 0) + 1),
+        node_id: deps.nodeId,
+        deleted: e.deleted,
+        value: e.value,
+      },
+      e.rev,
+      inc,
+    );
     try {
       await deps.meta.cas(e.key, v, cur);
     } catch (err) {
