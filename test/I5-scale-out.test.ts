@@ -3,12 +3,13 @@
  * watchers, two clocks sharing one durable consumer / one queue group / one persisted clock), a
  * write workload of concurrent writers on three sites over an overlapping key set ends with
  * I1–I4 holding — checked against the ops every site actually published — and the instances
- * really shared the work.
+ * really shared the work. And an anti-entropy run against a site with two reconciler instances
+ * moves every difference in one run, whichever instance answers each request of its descent.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { ServiceName } from "../services/mod.ts";
-import { quiet, withLinkedMesh } from "./helpers.ts";
+import { type ReconcilerRunResponse, ServiceName, endpointSubject, requestJson } from "../services/mod.ts";
+import { plantVersion, quiet, withLinkedMesh } from "./helpers.ts";
 import {
   type MicroStats,
   checkOutcome,
@@ -34,11 +35,22 @@ describe("I5 scale-out: several instances of each service per site", () => {
   // anti-entropy off: convergence must come from the op streams alone
   const { nc } = withLinkedMesh({
     sites: SITES,
-    scale: "merger=3,watcher=2,clock=2",
+    scale: "merger=3,watcher=2,clock=2,reconciler=2",
     serviceArgs: ["--reconcile-interval", "0"],
     readyTimeoutMs: 60_000,
     linkTimeoutMs: 30_000,
   });
+
+  /** Digest and entries requests each reconciler instance of a site has answered, in instance id order. */
+  const requestsAt = async (site: string) =>
+    (await collectStats(nc.a!, ServiceName.reconciler))
+      .filter((s) => s.metadata?.site === site)
+      .sort((x, y) => x.id.localeCompare(y.id))
+      .map((s) =>
+        s.endpoints
+          .filter((e) => e.name === "digest" || e.name === "entries")
+          .reduce((n, e) => n + e.num_requests, 0),
+      );
 
   it("I5 concurrent writers on every site, 3 mergers + 2 watchers + 2 clocks per site: converged, nothing lost, no echo, work shared", async () => {
     const seed = seedFromEnv("WORKLOAD_SEED");
@@ -82,5 +94,42 @@ describe("I5 scale-out: several instances of each service per site", () => {
       assert.ok(wt.filter((x) => x > 0).length >= 2, `site ${s}: only one watcher processed entries: ${wt}`);
       assert.ok(ck.filter((x) => x > 0).length >= 2, `site ${s}: only one clock answered: ${ck}`);
     }
+  });
+
+  it("I1 one anti-entropy run against a site with two reconcilers moves every difference: each request of the descent is answered from an index at least as new as the root's", async () => {
+    // NATS spreads a queue group's requests at random: rounds until the requests of one run were
+    // answered by both instances (a round of 3+ requests splits with probability >= 3/4)
+    let split = 0;
+    for (let round = 0; round < 8 && split < 2; round++) {
+      // written at b behind the services' back (no op): only anti-entropy can move them
+      const keys = Array.from({ length: 300 }, (_, i) => `i5.ae.${round}.${i}`);
+      const ts = Date.now() * 1000;
+      await Promise.all(
+        keys.map((key, i) =>
+          plantVersion(nc.b!, { key, ts: ts + i, node_id: "site-b", deleted: false, value: `v${i}` }),
+        ),
+      );
+      const before = await requestsAt("b");
+      const { value } = await requestJson<ReconcilerRunResponse>(
+        nc.a!,
+        endpointSubject("a", "reconciler", "run"),
+        { peers: ["b"] },
+        { timeout: 60_000 },
+      );
+      const run = value.runs.find((r) => r.peer === "b" && r.bucket === "config");
+      assert.ok(run, JSON.stringify(value));
+      assert.equal(
+        run.pulled,
+        keys.length,
+        `round ${round}: one run pulls every planted key: ${JSON.stringify(run)}`,
+      );
+      const answered = (await requestsAt("b")).map((n, i) => n - (before[i] ?? 0));
+      assert.equal(answered.length, 2, "STATS of b's 2 reconcilers");
+      console.log(
+        `# round ${round}: b's reconcilers answered ${answered} digest and entries requests of the run`,
+      );
+      if (answered.every((n) => n > 0)) split++;
+    }
+    assert.ok(split >= 2, "no two runs whose requests both of b's reconcilers answered");
   });
 });

@@ -219,6 +219,11 @@ export const Headers = {
   origin: "Syncd-Origin",
   /** an op in the split wire form: its JSON without the value, which is the payload (services/lib/op.ts) */
   op: "Syncd-Op",
+  /**
+   * on a peer's digest and entries requests after the root: the `_meta` sequence the root's answer
+   * accounted for (its `meta_seq`); an instance whose index is older catches up before answering
+   */
+  minMetaSeq: "Syncd-Min-Meta-Seq",
   /** NATS KV's own header: "DEL" or "PURGE" on a delete or purge marker, absent on a put */
   kvOperation: "KV-Operation",
 } as const;

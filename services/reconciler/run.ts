@@ -8,6 +8,7 @@
  * applying it, so a merge that dies half-way is applied again by that site's consumer). Merges are
  * pipelined (bounded) and rate-limited so a large repair does not starve live replication.
  */
+import { headers } from "@nats-io/nats-core";
 import { pageEntries } from "../lib/entries.ts";
 import type { Logger } from "../lib/logger.ts";
 import { compareVersions, valueHash } from "../lib/lww.ts";
@@ -19,7 +20,7 @@ import type {
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { endpointSubject, siteSubjectPrefix } from "../lib/subjects.ts";
+import { Headers, endpointSubject, siteSubjectPrefix } from "../lib/subjects.ts";
 import type { WireEntry } from "./handlers.ts";
 import { type Caller, type Meter, ServiceReplyError, UnavailableError, call, callMessage } from "./rpc.ts";
 import {
@@ -108,21 +109,48 @@ export type RunDeps = {
 
 const MAX_KEY_WARNINGS = 10;
 
+/**
+ * What one run with a peer learnt from its root digest: the `_meta` sequence the answering index
+ * accounted for. Sent with every later request of the run (header Syncd-Min-Meta-Seq), so whichever
+ * instance of the peer's reconciler answers, it answers from an index at least that new.
+ */
+type PeerView = { metaSeq?: number | undefined };
+
+/** A JSON request of a run after the peer's root digest. */
+function ask<T>(deps: RunDeps, subject: string, body: unknown, meter: Meter, view: PeerView): Promise<T> {
+  if (view.metaSeq === undefined) return call<T>(deps.caller, subject, body, meter);
+  const h = headers();
+  h.set(Headers.minMetaSeq, String(view.metaSeq));
+  return callMessage<T>(
+    deps.caller,
+    subject,
+    { data: new TextEncoder().encode(JSON.stringify(body)), headers: h },
+    meter,
+  );
+}
+
 /** The peer's digests, fetched in batches, every byte counted. */
-function remoteDigests(deps: RunDeps, peer: string, bucket: string, meter: Meter): DigestSource {
+function remoteDigests(
+  deps: RunDeps,
+  peer: string,
+  bucket: string,
+  meter: Meter,
+  view: PeerView,
+): DigestSource {
   const subject = endpointSubject(peer, "reconciler", "digest");
-  const ask = async (prefixes: string[]) => {
-    const r = await call<ReconcilerDigestResponse>(deps.caller, subject, { bucket, prefixes }, meter);
+  const ask1 = async (prefixes: string[]) => {
+    const r = await ask<ReconcilerDigestResponse>(deps, subject, { bucket, prefixes }, meter, view);
     if (r.depth !== deps.tree.depth)
       throw new Error(`peer ${peer} uses tree depth ${r.depth}, this site ${deps.tree.depth}`);
+    if (prefixes.length === 0) view.metaSeq = r.meta_seq;
     return r;
   };
   return {
-    root: async () => (await ask([])).root,
+    root: async () => (await ask1([])).root,
     children: async (prefixes) => {
       const out: NodeDigest[] = [];
       for (let i = 0; i < prefixes.length; i += DIGEST_BATCH)
-        out.push(...(await ask(prefixes.slice(i, i + DIGEST_BATCH))).nodes);
+        out.push(...(await ask1(prefixes.slice(i, i + DIGEST_BATCH))).nodes);
       return out;
     },
   };
@@ -134,10 +162,11 @@ async function* remoteEntries(
   peer: string,
   req: ReconcilerEntriesRequest,
   meter: Meter,
+  view: PeerView,
 ): AsyncGenerator<WireEntry[]> {
   const subject = endpointSubject(peer, "reconciler", "entries");
   yield* pageEntries(
-    (ask) => call<ReconcilerEntriesResponse>(deps.caller, subject, ask, meter),
+    (body) => ask<ReconcilerEntriesResponse>(deps, subject, body, meter, view),
     req,
     () => new Error(`peer ${peer} made no progress listing entries`),
   );
@@ -233,11 +262,12 @@ export async function reconcile(
       return false;
     }
   };
+  const view: PeerView = {};
   const pump = new Pump(deps.concurrency, deps.limiter);
   let peerUnavailable = false;
   try {
     progress.phase = "digest";
-    const d = await descend(deps.tree, remoteDigests(deps, peer, bucket, meter), {
+    const d = await descend(deps.tree, remoteDigests(deps, peer, bucket, meter, view), {
       smallCount: deps.smallCount,
     });
     rec.ranges_descended = d.ranges;
@@ -247,7 +277,7 @@ export async function reconcile(
       const theirs: KeyVersion[] = [];
       for (let i = 0; i < d.list.length; i += LIST_BATCH) {
         const req = { bucket, prefixes: d.list.slice(i, i + LIST_BATCH) };
-        for await (const page of remoteEntries(deps, peer, req, meter)) theirs.push(...page);
+        for await (const page of remoteEntries(deps, peer, req, meter, view)) theirs.push(...page);
       }
       const p = plan(deps.tree.entries(d.list), theirs, deps.absentLike);
       if (p.unhashed.length > 0) {
@@ -264,7 +294,7 @@ export async function reconcile(
       for (let i = 0; i < p.pull.length; i += FETCH_BATCH) {
         const keys = p.pull.slice(i, i + FETCH_BATCH);
         const seen = new Set<string>();
-        for await (const page of remoteEntries(deps, peer, { bucket, keys, values: true }, meter)) {
+        for await (const page of remoteEntries(deps, peer, { bucket, keys, values: true }, meter, view)) {
           for (const e of page) {
             seen.add(e.key);
             if (e.omitted) {

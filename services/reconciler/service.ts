@@ -2,6 +2,7 @@
  * Wiring of syncd-reconciler: one version index per bucket (ready before any endpoint answers),
  * the digest / entries / run / status endpoints, peer discovery and the periodic runs.
  */
+import type { MsgHdrs } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { health } from "../lib/health.ts";
 import { METRIC_NAMES } from "../lib/metrics.ts";
@@ -17,7 +18,7 @@ import type {
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
 import { BucketStore, MetaStore } from "../lib/stores.ts";
-import { endpointSubject, kvStream } from "../lib/subjects.ts";
+import { Headers, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { MeshTransport } from "../lib/transport.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
 import { Membership } from "./members.ts";
@@ -152,12 +153,24 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
     concurrency: 64,
   };
   /** Catch a bucket's index up (unless it did less than `maxAgeMs` ago) and check the bucket; failures are logged. */
-  const verifyQuietly = async (bucket: string, maxAgeMs = 0) => {
+  const verifyQuietly = async (bucket: string, maxAgeMs = 0, minMetaSeq?: number) => {
     try {
-      await indexes.get(bucket)?.fresh(maxAgeMs);
+      const ix = indexes.get(bucket);
+      if (minMetaSeq !== undefined) await ix?.atLeast(minMetaSeq);
+      else await ix?.fresh(maxAgeMs);
     } catch (err) {
       log.warn({ err, bucket }, "could not check the bucket's stream state");
     }
+  };
+  /**
+   * Before answering a request of a peer's run after its root: catch up to what the root's answer
+   * accounted for (header {@link Headers.minMetaSeq}; another instance may have answered it), or,
+   * from a peer that does not send it, when this index is older than FRESH_MS.
+   */
+  const catchUpFor = (bucket: string, msg: { headers?: MsgHdrs | undefined }) => {
+    const raw = msg.headers?.get(Headers.minMetaSeq);
+    const seq = raw ? Number(raw) : Number.NaN;
+    return verifyQuietly(bucket, FRESH_MS, Number.isSafeInteger(seq) && seq >= 0 ? seq : undefined);
   };
   const subject = (e: string) => endpointSubject(config.site, "reconciler", e);
   const d = { log };
@@ -169,11 +182,13 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "reconciler/digest.request.json",
       response: "reconciler/digest.response.json",
       description: "the root digest and the digests of the children of some version-tree nodes",
-      handler: async (req) => {
+      handler: async (req, { msg }) => {
         // a peer's run starts with the root: check first that the bucket still holds what the index
-        // says; its later requests may reach another instance, whose index catches up if it is older
-        await verifyQuietly(req.bucket, req.prefixes.length === 0 ? 0 : FRESH_MS);
-        return digest({ tree: treeOf }, req);
+        // says; its later requests may reach another instance, which catches up to the root's answer
+        if (req.prefixes.length === 0) await verifyQuietly(req.bucket);
+        else await catchUpFor(req.bucket, msg);
+        const ix = indexes.get(req.bucket);
+        return { ...(await digest({ tree: treeOf }, req)), ...(ix ? { meta_seq: ix.metaSeq } : {}) };
       },
     },
     d,
@@ -186,7 +201,10 @@ export async function wireReconciler(ctx: ServiceContext): Promise<Running> {
       request: "reconciler/entries.request.json",
       response: "reconciler/entries.response.json",
       description: "versions (and values) of named keys or of the keys under tree prefixes, paged",
-      handler: (req) => entries(entriesDeps, req),
+      handler: async (req, { msg }) => {
+        await catchUpFor(req.bucket, msg);
+        return entries(entriesDeps, req);
+      },
     },
     d,
   );

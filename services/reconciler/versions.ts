@@ -292,6 +292,20 @@ export class BucketIndex {
     if (Date.now() - this.verifiedAt >= maxAgeMs) await this.verify();
   }
 
+  /** The `_meta` stream sequence the tree accounts for. */
+  get metaSeq(): number {
+    return this.metaAt.rev;
+  }
+
+  /**
+   * {@link verify} unless the tree already accounts for `_meta` up to `seq` (the root of a peer's
+   * run, which another instance of this site's reconciler may have answered).
+   */
+  async atLeast(seq: number): Promise<void> {
+    // a catch-up in flight may have read `_meta` before seq: then one more
+    for (let i = 0; i < 2 && this.metaAt.rev < seq; i++) await this.verify();
+  }
+
   private async verifyNow(): Promise<boolean> {
     if (this.stopped) return false;
     await this.catchUpMeta();
