@@ -12,7 +12,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Durables, Streams, kvStream } from "../services/mod.ts";
-import { call, loseValue, until, withLinkedMesh, withMesh } from "./helpers.ts";
+import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh, withMesh } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
@@ -124,6 +124,51 @@ describe("I6 re-created streams and consumers", () => {
       /SYNCD_FEED_a\/msgs\/\d+\.blk: no such file/,
       "the re-made FEED lost its store",
     );
+  });
+
+  it("I6 a site's op log deleted: made again past what the hub holds from it, the site's writes reach the others again", async () => {
+    // the log's numbering well above what a fresh log's seed takes (one op per key): the hub
+    // resumes after it
+    const jsm = await jetstreamManager(m.nc.a!);
+    const outAt = async () => (await jsm.streams.info(Streams.out("a"))).state.last_seq;
+    for (let i = 0; i < 60; i++) {
+      const was = await outAt();
+      await m.kv.a!.put("before.out", `${i}`);
+      await until(async () => (await outAt()) > was, { ...T, message: `write ${i} published` });
+    }
+    await until(async () => (await textAt("b", "before.out")) === "59", { ...T, message: "before" });
+    const old = await outAt();
+    assert.ok(old >= 60, `a's op log at ${old}`);
+    await jsm.streams.delete(Streams.out("a"));
+    await m.kv.a!.put("after.out", "O");
+    await until(async () => (await textAt("b", "after.out")) === "O", {
+      ...T,
+      message: `a's write after its OUT was deleted\n${m.mesh.logs("a", 20)}`,
+    });
+    // and the next ones, through the hub's source of the re-made log
+    await m.kv.a!.put("after.out.2", "P");
+    await until(async () => (await textAt("b", "after.out.2")) === "P", { ...T, message: "the next write" });
+    const now = await jsm.streams.info(Streams.out("a"));
+    assert.ok(now.state.first_seq > old, `the new log numbers past the old one: ${JSON.stringify(now.state)}`);
+  });
+
+  it("I6 the hub's aggregate stream deleted: made again, writes flow both ways again", async () => {
+    await m.kv.b!.put("before.hub", "1");
+    await until(async () => (await textAt("a", "before.hub")) === "1", { ...T, message: "before" });
+    const hubJsm = await jetstreamManager(m.nc.a!, { domain: HUB_DOMAIN });
+    await hubJsm.streams.delete(Streams.hub);
+    await m.kv.a!.put("after.hub.a", "A");
+    await m.kv.b!.put("after.hub.b", "B");
+    await until(async () => (await textAt("b", "after.hub.a")) === "A", {
+      ...T,
+      timeout: 60_000,
+      message: `a's write after the hub's aggregate was deleted\n${m.mesh.logs("a", 20)}`,
+    });
+    await until(async () => (await textAt("a", "after.hub.b")) === "B", {
+      ...T,
+      timeout: 60_000,
+      message: `b's write after the hub's aggregate was deleted\n${m.mesh.logs("b", 20)}`,
+    });
   });
 
   it("I1 `nats stream purge KV_config` at a: the values come back from a's op streams", async () => {

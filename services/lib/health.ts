@@ -51,6 +51,8 @@ export const Conditions = {
   peerLost: "PEER_LOST",
   /** a `_meta` entry is not a version (written behind the services' back) */
   metaInvalid: "META_INVALID",
+  /** a stream syncd keeps (the site's op log) was deleted and made again */
+  streamRecreated: "STREAM_RECREATED",
   /** a durable consumer a service needs is gone */
   consumerMissing: "CONSUMER_MISSING",
   /** values the site's `_meta` says it holds are gone from the bucket and nothing could repair them */

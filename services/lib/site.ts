@@ -35,6 +35,7 @@ import {
   Streams,
   conflictsSubject,
   dlqSubject,
+  hubSeqOf,
   journalSubject,
   kvStream,
   metaBucket,
@@ -366,6 +367,33 @@ export async function hubManager(nc: NatsConnection, hubDomain: string): Promise
   return jetstreamManager(nc, { domain: hubDomain, timeout: 5000 });
 }
 
+/**
+ * The highest sequence of a site's op log from which the hub's aggregate holds an op (0: none): the
+ * aggregate's last message on the site's ops subjects names it in its `Nats-Stream-Source` header.
+ * The hub's source of that log resumes after it, whatever the log's own numbering says.
+ */
+export async function hubHoldsUpTo(hub: JetStreamManager, site: string): Promise<number> {
+  try {
+    const m = await hub.streams.getMessage(Streams.hub, { last_by_subj: opsFilter(site) });
+    return sourceSeqOf(m?.header, Streams.out(site)) ?? 0;
+  } catch (err) {
+    if (isNoMessageFound(err) || isStreamNotFound(err)) return 0;
+    throw err;
+  }
+}
+
+/** The hub sequence of the last op a site's inbound stream copied from the hub's aggregate (0: none). */
+export async function lastCopied(jsm: JetStreamManager, feed: string): Promise<number> {
+  try {
+    const last = (await jsm.streams.info(feed)).state.last_seq;
+    if (last === 0) return 0;
+    return hubSeqOf((await jsm.streams.getMessage(feed, { seq: last }))?.header) ?? 0;
+  } catch (err) {
+    if (isNoMessageFound(err) || isStreamNotFound(err)) return 0;
+    throw err;
+  }
+}
+
 /** True when the hub's JetStream answers within `timeoutMs` (the site's leaf link is up both ways). */
 export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutMs = 2000): Promise<boolean> {
   try {
@@ -381,13 +409,14 @@ export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutM
  * missing). Stream updates are not compare-and-set: two sites registering at once may each write a
  * source list without the other's entry, so this re-reads after its update until its entry is there.
  * Returns whether it had to add the entry, what the hub reports of that source (when it was there),
- * and the lowest version of the hub's server ({@link versionOfStreamConfig}).
+ * the lowest version of the hub's server ({@link versionOfStreamConfig}) and when the aggregate was
+ * created.
  */
 export async function ensureHubRegistration(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-): Promise<{ added: boolean; source?: StreamSourceInfo; hubVersion: string }> {
+): Promise<{ added: boolean; source?: StreamSourceInfo; hubVersion: string; hubCreated: string }> {
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
   let added = false;
@@ -423,7 +452,8 @@ export async function ensureHubRegistration(
     if (src && src.external?.api === mine.external?.api) {
       const source = info.sources?.find((s) => s.name === mine.name);
       const hubVersion = versionOfStreamConfig(info.config);
-      return source ? { added, source, hubVersion } : { added, hubVersion };
+      const hubCreated = info.created;
+      return source ? { added, source, hubVersion, hubCreated } : { added, hubVersion, hubCreated };
     }
     if (src)
       throw new Error(

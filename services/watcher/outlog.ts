@@ -51,6 +51,11 @@ export function keepRegistered(
     gate?: RearmGate;
     /** when the site's op log last stored an op (ms since the epoch; not a number when empty) */
     outLastMs?: () => Promise<number>;
+    /**
+     * runs in every round once the hub answered, with when its aggregate was created (e.g. make
+     * the site's op log again when it was deleted)
+     */
+    eachRound?: (hubCreated: string) => Promise<void>;
   } = {},
 ): { stop: () => void; registered: () => boolean; rearms: () => number } {
   const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
@@ -80,6 +85,9 @@ export function keepRegistered(
     let next = periodMs;
     try {
       const r = await ensureHubRegistration(nc, config, log);
+      await opts
+        .eachRound?.(r.hubCreated)
+        .catch((err: unknown) => log.warn({ err }, "could not check the site's op log against the hub"));
       if (failures > 0 || r.added)
         log.info(
           { hubDomain: config.hubDomain, stream: Streams.hub },

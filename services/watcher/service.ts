@@ -2,16 +2,18 @@
  * Wiring of syncd-watcher: one shared durable consumer per bucket on the bucket's stream, the
  * stamping handler, and the status endpoint.
  */
+import type { StreamInfo } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
+import { isNoResponders, isStreamNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
 import { currentOwnOp, metaHoldsOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { ensureOutStream } from "../lib/site.ts";
+import { ensureOutStream, hubHoldsUpTo, hubManager, lastCopied } from "../lib/site.ts";
 import {
   BucketStore,
   bucketIncarnation,
@@ -57,8 +59,96 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
   const bridge = await bridgeLegacyOut({ ...logDeps, metas: site.metas, buckets: site.buckets }, log);
   if (bridge) loops.push(bridge);
+  let outCreated = out.created;
+  /** whether the log's numbering still has to be checked against what the hub holds from it */
+  let alignPending = true;
+  let keepingOut: Promise<void> | undefined;
+  /**
+   * Keep the site's op log usable by the hub. Deleted (`nats stream rm SYNCD_OPS_<site>`): made again.
+   * Its numbering below what the hub's aggregate already holds from it (made again here or by
+   * another instance, or lost with the site's store while the watchers were down): the hub's source
+   * resumes after the sequence it last copied and would skip the new log's first ops, so the log is
+   * moved past it (a purge up to that sequence) and seeded again from `_meta`; raised as
+   * STREAM_RECREATED. Runs with each hub registration round, and at once when a publish finds no
+   * stream; the comparison with the hub waits until the hub answers.
+   */
+  const keepOut = () => {
+    keepingOut ??= (async () => {
+      const name = Streams.out(config.site);
+      let si: StreamInfo | undefined;
+      try {
+        si = await site.jsm.streams.info(name);
+      } catch (err) {
+        if (!isStreamNotFound(err)) throw err;
+      }
+      si ??= await ensureOutStream(site.jsm, config, site.replicas, log);
+      const recreated = si.created !== outCreated;
+      if (recreated) {
+        outCreated = si.created;
+        alignPending = true;
+      }
+      if (!alignPending) return;
+      const hubHas = await hubHoldsUpTo(await hubManager(nc, config.hubDomain), config.site);
+      alignPending = false;
+      const behind = si.state.last_seq < hubHas;
+      if (!recreated && !behind) return;
+      if (behind) await site.jsm.streams.purge(name, { seq: hubHas + 1 });
+      log.error(
+        { stream: name, last_seq: si.state.last_seq, hub_has: hubHas, recreated },
+        "the site's op log was made again or restarted its numbering: seeding it again past what the hub holds",
+      );
+      health.raise(Conditions.streamRecreated, Severity.warn, {
+        message: `${name} was deleted or restarted its numbering (at ${si.state.last_seq}, the hub holds up to ${hubHas}): moved past it and seeded again from _meta`,
+        subject: name,
+        ttlMs: EVENT_TTL_MS,
+      });
+      for (const bucket of config.buckets)
+        await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
+    })().finally(() => {
+      keepingOut = undefined;
+    });
+    return keepingOut;
+  };
+  let hubCreated: string | undefined;
+  /**
+   * The hub's aggregate deleted and made again: its numbering restarts, and the site's inbound
+   * stream's source of it would resume after the last sequence it copied, skipping the new
+   * aggregate's first ops (nats-server before 2.10). Seen as the aggregate's creation time changing
+   * between two rounds, or, at start, the inbound stream holding a copy of a later sequence than the
+   * aggregate's last: the inbound stream is then deleted, and the merger makes it again, which
+   * copies the aggregate from its start (one op per key and origin, applied by LWW). Raised as
+   * STREAM_RECREATED.
+   */
+  const keepFeed = async (created: string) => {
+    const was = hubCreated;
+    hubCreated = created;
+    const feed = Streams.in(config.site);
+    let why: string | undefined;
+    if (was !== undefined && was !== created) why = "the hub's aggregate was made again";
+    else if (was === undefined) {
+      const copied = await lastCopied(site.jsm, feed);
+      const hubLast = (await (await hubManager(nc, config.hubDomain)).streams.info(Streams.hub)).state
+        .last_seq;
+      if (copied > hubLast)
+        why = `the hub's aggregate restarted its numbering (at ${hubLast}, copied up to ${copied})`;
+    }
+    if (!why) return;
+    const fi = await site.jsm.streams.info(feed).catch(() => undefined);
+    if (!fi || Date.parse(fi.created) > Date.parse(created)) return;
+    log.error({ stream: feed, reason: why }, "re-making the site's inbound stream from the hub's aggregate");
+    await site.jsm.streams.delete(feed);
+    health.raise(Conditions.streamRecreated, Severity.warn, {
+      message: `${why}: ${feed} deleted for the merger to make again from the aggregate's start`,
+      subject: feed,
+      ttlMs: EVENT_TTL_MS,
+    });
+  };
   const hub = keepRegistered(nc, config, log, {
     outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
+    eachRound: async (created) => {
+      await keepOut();
+      await keepFeed(created);
+    },
   });
   // a wiring that fails half-way (it is tried again) leaves nothing running
   try {
@@ -179,6 +269,8 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
             } catch (err) {
               c.errors++;
               lastError = (err as Error).message;
+              if (isNoResponders(err))
+                void keepOut().catch((e) => blog.warn({ err: e }, "cannot make the op log again"));
               throw err;
             }
           },
