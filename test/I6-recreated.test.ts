@@ -11,7 +11,7 @@ import { before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Durables, Streams, kvStream } from "../services/mod.ts";
+import { CLOCK_BUCKET, Durables, Streams, kvStream } from "../services/mod.ts";
 import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh, withMesh } from "./helpers.ts";
 
 type Status = { counts: Record<string, number>; last_error?: string };
@@ -169,6 +169,19 @@ describe("I6 re-created streams and consumers", () => {
       timeout: 60_000,
       message: `b's write after the hub's aggregate was deleted\n${m.mesh.logs("b", 20)}`,
     });
+  });
+
+  it("I6 the clock bucket deleted: made again, the site's writes go on replicating", async () => {
+    const jsm = await jetstreamManager(m.nc.a!);
+    await jsm.streams.delete(kvStream(CLOCK_BUCKET));
+    // a fresh timestamp block: the watcher's clock client asks the clock service for one
+    await new Promise((r) => setTimeout(r, 100));
+    await m.kv.a!.put("after.clock", "C");
+    await until(async () => (await textAt("b", "after.clock")) === "C", {
+      ...T,
+      message: `a's write after its clock bucket was deleted\n${m.mesh.logs("a", 20)}`,
+    });
+    await jsm.streams.info(kvStream(CLOCK_BUCKET));
   });
 
   it("I1 `nats stream purge KV_config` at a: the values come back from a's op streams", async () => {

@@ -15,6 +15,7 @@ import {
 } from "../lib/clock-rules.ts";
 import { SyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
+import { isNoResponders, isStreamNotFound } from "../lib/jserrors.ts";
 import type { ClockNowResponse, ClockObserveResponse, ClockTickResponse } from "../lib/schemas.gen.ts";
 import { isCasConflict } from "../lib/stores.ts";
 import { CLOCK_KEY } from "../lib/subjects.ts";
@@ -36,6 +37,11 @@ export type ClockDeps = {
   onJump?: (ts: number, hw: number) => void;
   /** serializes this instance's updates, so only instances (not requests) race on the CAS */
   serial: Serial;
+  /**
+   * make the clock bucket again when it was deleted under the service; the mark restarts from what
+   * is handed out or observed next (HLC: physical time)
+   */
+  remake?: () => Promise<KV>;
 };
 
 /** Runs async functions one at a time, in call order. */
@@ -57,8 +63,25 @@ async function load(deps: ClockDeps): Promise<{ hw: number; revision: number } |
   return deps.cache;
 }
 
-/** Move the persisted mark with `next(hw)`; retries on lost races. Returns the value written and the old mark. */
+/**
+ * Move the persisted mark with `next(hw)`; retries on lost races. Returns the value written and the
+ * old mark. The clock bucket deleted: made again (deps.remake), then tried once more.
+ */
 async function advance(
+  deps: ClockDeps,
+  next: (hw: number) => number | null,
+): Promise<{ hw: number; before: number }> {
+  try {
+    return await advanceOnce(deps, next);
+  } catch (err) {
+    if (!deps.remake || !(isStreamNotFound(err) || isNoResponders(err))) throw err;
+    deps.kv = await deps.remake();
+    deps.cache = null;
+    return advanceOnce(deps, next);
+  }
+}
+
+async function advanceOnce(
   deps: ClockDeps,
   next: (hw: number) => number | null,
 ): Promise<{ hw: number; before: number }> {

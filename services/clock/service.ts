@@ -5,7 +5,7 @@
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
-import { type StoreUsage, health, reportStores } from "../lib/health.ts";
+import { Conditions, EVENT_TTL_MS, Severity, type StoreUsage, health, reportStores } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
@@ -27,6 +27,15 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
   const kv = await openOrCreateKv(site.kvm, CLOCK_BUCKET, { replicas: site.replicas, log });
   const deps: ClockDeps = {
     kv,
+    remake: async () => {
+      log.error({ bucket: CLOCK_BUCKET }, "the clock bucket was deleted: making it again");
+      health.raise(Conditions.streamRecreated, Severity.warn, {
+        message: `${kvStream(CLOCK_BUCKET)} was deleted and made again: the clock goes on from the next timestamp handed out or observed (HLC: physical time)`,
+        subject: kvStream(CLOCK_BUCKET),
+        ttlMs: EVENT_TTL_MS,
+      });
+      return openOrCreateKv(site.kvm, CLOCK_BUCKET, { replicas: site.replicas, log });
+    },
     mode: config.clock,
     maxSkewMs: config.maxClockSkewMs,
     maxJump: config.maxClockJump,
