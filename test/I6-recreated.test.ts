@@ -149,7 +149,10 @@ describe("I6 re-created streams and consumers", () => {
     await m.kv.a!.put("after.out.2", "P");
     await until(async () => (await textAt("b", "after.out.2")) === "P", { ...T, message: "the next write" });
     const now = await jsm.streams.info(Streams.out("a"));
-    assert.ok(now.state.first_seq > old, `the new log numbers past the old one: ${JSON.stringify(now.state)}`);
+    assert.ok(
+      now.state.first_seq > old,
+      `the new log numbers past the old one: ${JSON.stringify(now.state)}`,
+    );
   });
 
   it("I6 the hub's aggregate stream deleted: made again, writes flow both ways again", async () => {
