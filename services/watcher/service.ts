@@ -120,8 +120,11 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
    * STREAM_RECREATED.
    */
   const keepFeed = async (created: string) => {
-    const was = hubCreated;
+    await resetFeedIf(hubCreated, created);
+    // only once that went through: a failed reset is tried again next round
     hubCreated = created;
+  };
+  const resetFeedIf = async (was: string | undefined, created: string) => {
     const feed = Streams.in(config.site);
     let why: string | undefined;
     if (was !== undefined && was !== created) why = "the hub's aggregate was made again";
