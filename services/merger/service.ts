@@ -14,6 +14,7 @@ import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.t
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
+import { compareVersions } from "../lib/lww.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
 import {
   type Op,
@@ -458,9 +459,11 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
         // journal first: if this process dies half-way, the consumer applies the op again
         const j = encodeOpMessage(op);
         await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
-        // anti-entropy sends what differs: the cached `_meta` view of that key is suspect (a
-        // `_meta` purged behind the services' back leaves the cache's entries in place)
-        bucket.meta.invalidate?.(op.key);
+        // anti-entropy sends what differs: a cached `_meta` version that makes this op stale or a
+        // duplicate is suspect (a `_meta` purged behind the services' back leaves the cache's
+        // entries in place) and is read again; any other answer is checked by the compare-and-set
+        const cached = await bucket.meta.get(op.key);
+        if (cached && compareVersions(cached.version, op) >= 0) bucket.meta.invalidate?.(op.key);
         const r = await applyAdmitted(deps, bucket, op);
         counts[r.result]++;
         return r;
