@@ -53,6 +53,7 @@ import {
   type Conflict,
   type ConflictSide,
   type MergeDeps,
+  MergeResult,
   admit,
   applyAdmitted,
   greaterOp,
@@ -456,15 +457,21 @@ export async function wireMerger(ctx: ServiceContext): Promise<Running> {
           if (isSyncdError(err) && isSkew(err)) raiseRefused(err, op.ts);
           throw err;
         }
-        // journal first: if this process dies half-way, the consumer applies the op again
-        const j = encodeOpMessage(op);
-        await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
         // anti-entropy sends what differs: a cached `_meta` version that makes this op stale or a
         // duplicate is suspect (a `_meta` purged behind the services' back leaves the cache's
         // entries in place) and is read again; any other answer is checked by the compare-and-set
-        const cached = await bucket.meta.get(op.key);
-        if (cached && compareVersions(cached.version, op) >= 0) bucket.meta.invalidate?.(op.key);
-        const r = await applyAdmitted(deps, bucket, op);
+        let before = await bucket.meta.get(op.key);
+        if (before && compareVersions(before.version, op) >= 0) {
+          bucket.meta.invalidate?.(op.key);
+          before = await bucket.meta.get(op.key);
+        }
+        // journal first: if this process dies half-way, the consumer applies the op again
+        const j = encodeOpMessage(op);
+        await js.publish(journalSubject(config.site), j.data, j.headers ? { headers: j.headers } : {});
+        let r = await applyAdmitted(deps, bucket, op);
+        // the journal's consumer may have applied it first, on this request's behalf
+        if (r.result === MergeResult.duplicate && (!before || compareVersions(before.version, op) < 0))
+          r = { ...r, result: MergeResult.applied };
         counts[r.result]++;
         return r;
       },

@@ -193,6 +193,8 @@ async function* latestEntries(
  * loaded bucket of 100 000 keys took minutes). Each publish takes the ordered fast path
  * (services/lib/oplog.ts): the seed copies `_meta`, so a fresh `_meta` read that still holds the op
  * proves the log ends with it. A key whose requests time out (a busy server) is tried again.
+ * `ownOnly`: only the site's own versions (a log made again while the hub's aggregate still holds
+ * what it copied from the old one: what may be missing there is the site's last own writes).
  */
 export async function seedOutLog(
   deps: LogDeps & { js: JetStreamClient },
@@ -200,8 +202,9 @@ export async function seedOutLog(
   meta: KV,
   data: KV,
   log: Logger,
-  concurrency = SEED_CONCURRENCY,
+  opts: { concurrency?: number; ownOnly?: boolean } = {},
 ): Promise<number> {
+  const concurrency = opts.concurrency ?? SEED_CONCURRENCY;
   let seeded = 0;
   let failure: { err: unknown } | undefined;
   const inFlight = new Set<Promise<void>>();
@@ -213,6 +216,7 @@ export async function seedOutLog(
     } catch {
       return false;
     }
+    if (opts.ownOnly && v.node_id !== deps.nodeId) return false;
     let op: Op;
     if (v.deleted) op = makeOp({ bucket, key, ts: v.ts, nodeId: v.node_id, deleted: true });
     else {

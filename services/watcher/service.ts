@@ -75,20 +75,24 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
   const keepOut = () => {
     keepingOut ??= (async () => {
       const name = Streams.out(config.site);
-      let si: StreamInfo | undefined;
-      try {
-        si = await site.jsm.streams.info(name);
-      } catch (err) {
-        if (!isStreamNotFound(err)) throw err;
-      }
-      si ??= await ensureOutStream(site.jsm, config, site.replicas, log);
+      const info = async () => {
+        try {
+          return await site.jsm.streams.info(name);
+        } catch (err) {
+          if (!isStreamNotFound(err)) throw err;
+          return undefined;
+        }
+      };
+      let si = (await info()) ?? (await ensureOutStream(site.jsm, config, site.replicas, log));
       const recreated = si.created !== outCreated;
       if (recreated) {
         outCreated = si.created;
         alignPending = true;
       }
       if (!alignPending) return;
+      // the hub first, then the log: what the hub copied then, the log held then (or it restarted)
       const hubHas = await hubHoldsUpTo(await hubManager(nc, config.hubDomain), config.site);
+      si = (await info()) ?? si;
       alignPending = false;
       const behind = si.state.last_seq < hubHas;
       if (!recreated && !behind) return;
@@ -103,7 +107,9 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
         ttlMs: EVENT_TTL_MS,
       });
       for (const bucket of config.buckets)
-        await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log);
+        await seedOutLog(logDeps, bucket, site.metas.get(bucket)!, site.buckets.get(bucket)!, log, {
+          ownOnly: true,
+        });
     })().finally(() => {
       keepingOut = undefined;
     });
