@@ -34,7 +34,6 @@ import {
 } from "./lib/services.ts";
 import {
   type SecureOptions,
-  type SiteState,
   Topology,
   type TopologyState,
   certFiles,

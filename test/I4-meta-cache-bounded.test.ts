@@ -65,7 +65,6 @@ describe("I4 / I1 with a bounded _meta cache", () => {
           const cur = await direct.get(`k${i}`);
           await direct.cas(`k${i}`, version(9000 + i, "site-y"), cur);
         }
-        let conflicts = 0;
         for (let i = 0; i < 40; i++) {
           for (;;) {
             const cur = await cache.get(`k${i}`);
@@ -75,7 +74,6 @@ describe("I4 / I1 with a bounded _meta cache", () => {
             }
             // a stale entry: its compare-and-set must fail, and the next read must be fresh
             await assert.rejects(cache.cas(`k${i}`, version(1), cur), (e: unknown) => isCasConflict(e));
-            conflicts++;
           }
         }
         for (let i = 0; i < 40; i++) assert.equal((await direct.get(`k${i}`))?.version.ts, 9001 + i);

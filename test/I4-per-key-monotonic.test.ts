@@ -36,7 +36,7 @@ import type { Call } from "./sim/sched.ts";
 import { SimBucket, SimMeta, simOutLog } from "./sim/stores.ts";
 
 describe("I4 a local overwrite is stamped above the version it replaced (real mesh)", () => {
-  const { mesh, nc, kv } = withLinkedMesh({
+  const { nc, kv } = withLinkedMesh({
     sites: ["a", "b"],
     serviceArgs: ["--reconcile-interval", "0"],
   });

@@ -7,19 +7,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before } from "node:test";
-import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
-import { type NatsConnection, headers as natsHeaders } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { freePort, freePortBlock } from "../scripts/lib/proc.ts";
 import { REPO_ROOT } from "../scripts/lib/topology.ts";
 import {
-  Headers,
   type Planting,
   Streams,
   type Version,
   endpointSubject,
   kvStream,
-  kvSubject,
   metaBucket,
   parseReply,
   plantVersion as plant,
@@ -27,7 +25,6 @@ import {
   requestJson,
   siteLinked,
   siteQuiet,
-  valueHash,
 } from "../services/mod.ts";
 import { type Mesh, type MeshOptions, startMesh, waitFor } from "./harness/mesh.ts";
 

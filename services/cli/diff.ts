@@ -13,7 +13,6 @@ import type {
   ReconcilerEntriesRequest,
   ReconcilerEntriesResponse,
 } from "../lib/schemas.gen.ts";
-import { endpointSubject } from "../lib/subjects.ts";
 import type { DigestSource, NodeDigest } from "../reconciler/tree.ts";
 import { CliError, UsageError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";

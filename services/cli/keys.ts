@@ -10,7 +10,6 @@ import { isStreamNotFound } from "../lib/jserrors.ts";
 import { compare } from "../lib/lww.ts";
 import { ServiceReplyError } from "../lib/request.ts";
 import type { MergerGetResponse } from "../lib/schemas.gen.ts";
-import { endpointSubject } from "../lib/subjects.ts";
 import { CliError, UsageError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
 import { type SiteRef, ask, findSites, messageOf, pickSites } from "./nats.ts";

@@ -5,15 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { JetStreamOptions } from "@nats-io/jetstream";
-import {
-  Empty,
-  type Msg,
-  type NatsConnection,
-  NoRespondersError,
-  RequestError,
-  createInbox,
-  nuid,
-} from "@nats-io/nats-core";
+import { Empty, type Msg, type NatsConnection, createInbox, nuid } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { connectOptions } from "../lib/connect.ts";
 import { isNoResponders, isTimeout } from "../lib/jserrors.ts";

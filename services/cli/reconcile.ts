@@ -4,7 +4,6 @@
  * the runs. A run that stopped early (its `error`) makes the exit code 1.
  */
 import type { ReconcilerRunRequest, ReconcilerRunResponse } from "../lib/schemas.gen.ts";
-import { endpointSubject } from "../lib/subjects.ts";
 import { CliError, expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
 import { asCliError, findSites, pickSites, request } from "./nats.ts";

@@ -1,5 +1,4 @@
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/nats-core";
 import { type Condition, Conditions, Severity, needsPerson } from "../lib/health.ts";
 /**
  * `syncd status`: one table of the mesh. Per site: its services and instance counts (micro PING
@@ -19,7 +18,7 @@ import type {
   WatcherStatusResponse,
 } from "../lib/schemas.gen.ts";
 import { type Sourced, sourcedUpTo } from "../lib/site.ts";
-import { ServiceName, Streams, endpointSubject } from "../lib/subjects.ts";
+import { ServiceName, Streams } from "../lib/subjects.ts";
 import { expectArgs } from "./args.ts";
 import type { Ctx, Output } from "./context.ts";
 import {

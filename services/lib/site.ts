@@ -10,7 +10,6 @@
  */
 import {
   DiscardPolicy,
-  JetStreamApiError,
   type JetStreamClient,
   type JetStreamManager,
   type JetStreamOptions,

@@ -23,7 +23,7 @@
 import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import type { MsgHdrs, NatsConnection } from "@nats-io/nats-core";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";

@@ -28,13 +28,10 @@ import { Columns, Hash8Column } from "../lib/columns.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
-import { validate } from "../lib/schema-registry.ts";
-import type { Version } from "../lib/schemas.gen.ts";
 import { isDeleteMarker, parseVersion } from "../lib/stores.ts";
 import { Durables, kvFilter, kvKeyOf, kvStream, metaBucket } from "../lib/subjects.ts";
 import { TREE_DEPTH, type VersionInfo, VersionTree } from "./tree.ts";
 
-const utf8 = new TextDecoder();
 /** a read's consumer: messages per pull, how long a pull waits, and when the server drops it if we cannot */
 const READ_BATCH = 1000;
 const READ_EXPIRES_MS = 5000;

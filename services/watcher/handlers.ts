@@ -9,7 +9,7 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { SyncdError } from "../lib/errors.ts";
-import { compareVersions, valueHash } from "../lib/lww.ts";
+import { compareVersions } from "../lib/lww.ts";
 import { type Op, encodeOpMessage, makeOp, opMessageSize } from "../lib/op.ts";
 import { type LastOpReader, publishOrdered } from "../lib/oplog.ts";
 import { type MetaStoreLike, type Version, coveredRev, isCasConflict, stampVersion } from "../lib/stores.ts";

@@ -2,7 +2,6 @@
  * Wiring of syncd-watcher: one shared durable consumer per bucket on the bucket's stream, the
  * stamping handler, and the status endpoint.
  */
-import type { StreamInfo } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
