@@ -118,12 +118,12 @@ export class MetaStore implements MetaStoreLike {
   async get(key: string): Promise<MetaEntry | null> {
     const e = await this.kv.get(key);
     if (!e || e.operation !== "PUT" || e.value.length === 0) {
-      this.forgetInvalid(key);
+      this.invalid.delete(key);
       return null;
     }
     const version = parseVersion(e.value);
     if (version) {
-      this.forgetInvalid(key);
+      this.invalid.delete(key);
       return { version, revision: e.revision };
     }
     this.invalid.delete(key);
@@ -144,12 +144,8 @@ export class MetaStore implements MetaStoreLike {
     const bad = this.invalid.get(key);
     if (bad === undefined) return this.kv.create(key, data);
     const revision = await this.kv.update(key, data, bad);
-    this.forgetInvalid(key);
-    return revision;
-  }
-
-  private forgetInvalid(key: string): void {
     this.invalid.delete(key);
+    return revision;
   }
 }
 
@@ -201,10 +197,6 @@ export function expiryProblem(
   return `bucket ${bucket} expires entries (${expires.join(", ")}) without delete markers: the expiries would not replicate and anti-entropy would bring expired keys back; give it subject_delete_marker_ttl (nats-server 2.11+, nats kv add --marker-ttl) or no expiry`;
 }
 
-/**
- * The `_meta` version a merger commits for `v` over bucket revision `rev` (in incarnation `inc` when
- * known): `merged`, and for a put the value hash `vh` the reconciler's version tree includes.
- */
 /** The version a watcher stamps on a local write at `rev` (no `merged`: the value is the entry's own). */
 export function stampVersion(v: Versioned, rev: number, inc?: number): Version {
   return {
@@ -217,6 +209,10 @@ export function stampVersion(v: Versioned, rev: number, inc?: number): Version {
   };
 }
 
+/**
+ * The `_meta` version a merger commits for `v` over bucket revision `rev` (in incarnation `inc` when
+ * known): `merged`, and for a put the value hash `vh` the reconciler's version tree includes.
+ */
 export function mergerVersion(v: Versioned, rev: number, inc?: number): Version {
   return {
     ts: v.ts,
