@@ -214,15 +214,7 @@ export function stampVersion(v: Versioned, rev: number, inc?: number): Version {
  * known): `merged`, and for a put the value hash `vh` the reconciler's version tree includes.
  */
 export function mergerVersion(v: Versioned, rev: number, inc?: number): Version {
-  return {
-    ts: v.ts,
-    node_id: v.node_id,
-    deleted: v.deleted,
-    rev,
-    ...(inc !== undefined ? { inc } : {}),
-    merged: true,
-    ...(v.deleted ? {} : { vh: valueHash(v.value ?? new Uint8Array()) }),
-  };
+  return { ...stampVersion(v, rev, inc), merged: true };
 }
 
 /**
