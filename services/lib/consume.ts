@@ -168,6 +168,9 @@ export const CONSUMER_CHECK_MS = 2000;
  */
 export const PULL_INTEREST_GRACE_MS = 2000;
 
+/** How long a graceful stop waits for the server to confirm the requests it sent (a flush). */
+const FLUSH_WAIT_MS = 1000;
+
 /**
  * What a graceful stop needs of nats.js's `consume()` beyond its public face (nats.js 3.x,
  * PullConsumerMessagesImpl): the method it sends pull requests with, and its subscription.
@@ -192,9 +195,16 @@ async function endConsume(
   if (nc && typeof impl.pull === "function" && impl.sub && !impl.sub.isClosed()) {
     impl.pull = () => {};
     if (Date.now() - lastPull < PULL_INTEREST_GRACE_MS + 1000) {
-      // once flushed, the server has received every request sent: each is older than the grace after it
-      await nc.flush().catch(() => {});
-      await new Promise((r) => setTimeout(r, PULL_INTEREST_GRACE_MS + 100));
+      // once flushed, the server has received every request sent: each is older than the grace
+      // after it. Not connected: nothing reaches this subscription anyway, so no wait
+      const flushed = await Promise.race([
+        nc.flush().then(
+          () => true,
+          () => false,
+        ),
+        new Promise<boolean>((r) => setTimeout(() => r(false), FLUSH_WAIT_MS)),
+      ]);
+      if (flushed) await new Promise((r) => setTimeout(r, PULL_INTEREST_GRACE_MS + 100));
     }
     onDrain();
     await impl.sub.drain().catch(() => {});

@@ -183,7 +183,8 @@ export const STOP_TIMEOUT_MS = 8000;
  * usage, the metrics' `service` label), in the order given, sharing one connection, the site
  * handles, the `_meta` caches, the metrics and the http port (/healthz, /readyz over every service).
  * Each kind is its own micro service with the standard metadata; more instances of any kind can run
- * anywhere else. Stops them in reverse order on SIGTERM/SIGINT, then drains the connection.
+ * anywhere else. On SIGTERM/SIGINT stops all but the first at once, then the first, then drains the
+ * connection.
  */
 export async function runServices(defs: ServiceDef[], name: string, moreUsage = ""): Promise<void> {
   let config: Config;
@@ -332,10 +333,15 @@ export async function runServices(defs: ServiceDef[], name: string, moreUsage = 
     const timer = setTimeout(() => process.exit(0), STOP_TIMEOUT_MS);
     try {
       state.wired = false;
-      for (const s of [...started].reverse()) {
+      // the first kind (the clock, which the others call) stops last; the others at once: each
+      // consumer loop may wait ~2 s for its last pull requests to age (consume.ts)
+      const [first, ...rest] = started;
+      const stopOne = async (s: (typeof started)[number]) => {
         await s.running.stop();
         await s.service.stop();
-      }
+      };
+      await Promise.all(rest.map(stopOne));
+      if (first) await stopOne(first);
       await caches.stop();
       await nc.drain();
       await http?.close();
