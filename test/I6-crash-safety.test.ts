@@ -18,10 +18,11 @@ import {
   createLogger,
   ensureConsumer,
   kvStream,
+  opsSubject,
   runConsumer,
 } from "../services/mod.ts";
 import { type ServiceInstance, eventually } from "./harness/mesh.ts";
-import { quiet, streamCount, withLinkedMesh } from "./helpers.ts";
+import { HUB_DOMAIN, quiet, streamCount, withLinkedMesh } from "./helpers.ts";
 import { prng } from "./sim/sched.ts";
 import {
   type WriteRecord,
@@ -92,6 +93,53 @@ describe("I6 crash safety", () => {
       lines.push(
         `${u.site} rev ${u.rev} issued ${new Date(u.at).toISOString()}: ${await explainKey(nc[u.site]!, u.key)}`,
       );
+    return lines.join("\n");
+  };
+
+  /**
+   * For a failure message: where the op of each distinct-key write that did not arrive at a site
+   * stands on its way (origin's log, the hub's aggregate, the site's inbound stream), and the site's
+   * service log lines that name the key.
+   */
+  const tracePaths = async (): Promise<string> => {
+    const lines: string[] = [];
+    const last = new Map<string, WriteRecord>();
+    for (const x of writes) if (x.key.startsWith("i6.u.")) last.set(x.key, x);
+    const at = async (m: JetStreamManager, stream: string, subj: string) => {
+      try {
+        const msg = await m.streams.getMessage(stream, { last_by_subj: subj });
+        return `${stream}#${msg?.seq} src=${msg?.header?.get("Nats-Stream-Source") ?? "-"} ${msg?.time.toISOString()}`;
+      } catch (err) {
+        return `${stream}: ${(err as Error).message}`;
+      }
+    };
+    for (const s of SITES) {
+      const missing: WriteRecord[] = [];
+      for (const x of last.values())
+        if (x.site !== s && !x.deleted && (await kv[s]!.get(x.key))?.operation !== "PUT") missing.push(x);
+      const m = await jetstreamManager(nc[s]!);
+      for (const x of missing.slice(0, 5)) {
+        const subj = opsSubject(x.site, "config", x.key);
+        const origin = await jetstreamManager(nc[x.site]!);
+        const hub = await jetstreamManager(nc[s]!, { domain: HUB_DOMAIN });
+        lines.push(
+          `${s} lacks ${x.key} (written at ${x.site} ${new Date(x.at).toISOString()}): ${await at(origin, Streams.out(x.site), subj)} | ${await at(hub, Streams.hub, subj)} | ${await at(m, Streams.in(s), subj)}`,
+        );
+        lines.push(
+          ...mesh
+            .logs(s, 100_000)
+            .split("\n")
+            .filter((l) => l.includes(x.key))
+            .slice(0, 10),
+        );
+      }
+      if (missing.length > 0) {
+        const ci = await m.consumers.info(Streams.in(s), Durables.merger);
+        lines.push(
+          `${s} merger consumer on ${Streams.in(s)}: ${JSON.stringify({ d: ci.delivered, a: ci.ack_floor, p: ci.num_pending, ap: ci.num_ack_pending, r: ci.num_redelivered })}`,
+        );
+      }
+    }
     return lines.join("\n");
   };
 
@@ -168,7 +216,8 @@ describe("I6 crash safety", () => {
     console.log(
       `# ${writes.length} writes (${w.writes.length} on the shared keys) in ${w.elapsedMs} ms, ${kills} kills, quiet ${Date.now() - tq} ms after the restarts; ops ${JSON.stringify(report.opsPerSite)}; ${report.unpublishedLast.length} last writes not published`,
     );
-    const diag = report.problems.length > 0 ? await diagnose(report.unpublishedLast) : "";
+    const diag =
+      report.problems.length > 0 ? `${await diagnose(report.unpublishedLast)}\n${await tracePaths()}` : "";
     assert.deepEqual(
       report.problems,
       [],
