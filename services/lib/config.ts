@@ -252,3 +252,13 @@ export function loadConfig(
     httpHost: get("http-host")!,
   };
 }
+
+/** A tunable integer from the environment (`def` when unset); throws a clear error below `min` or not an integer. */
+export function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return def;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new Error(`${name} must be an integer >= ${min}, got ${raw}`);
+  return n;
+}

@@ -34,7 +34,6 @@ import {
   Streams,
   conflictsSubject,
   dlqSubject,
-  hubSeqOf,
   journalSubject,
   kvStream,
   metaBucket,
@@ -367,30 +366,98 @@ export async function hubManager(nc: NatsConnection, hubDomain: string): Promise
 }
 
 /**
- * The highest sequence of a site's op log from which the hub's aggregate holds an op (0: none): the
- * aggregate's last message on the site's ops subjects names it in its `Nats-Stream-Source` header.
- * The hub's source of that log resumes after it, whatever the log's own numbering says.
+ * The origin sequence named by a stream's message (its `Nats-Stream-Source` header): the message at
+ * `seq`, or the last one on subject `subj`. 0 when there is no such message or stream.
  */
-export async function hubHoldsUpTo(hub: JetStreamManager, site: string): Promise<number> {
+async function sourcedSeq(
+  jsm: JetStreamManager,
+  stream: string,
+  at: { seq: number } | { last_by_subj: string },
+  origin: string,
+): Promise<number> {
   try {
-    const m = await hub.streams.getMessage(Streams.hub, { last_by_subj: opsFilter(site) });
-    return sourceSeqOf(m?.header, Streams.out(site)) ?? 0;
+    return sourceSeqOf((await jsm.streams.getMessage(stream, at))?.header, origin) ?? 0;
   } catch (err) {
     if (isNoMessageFound(err) || isStreamNotFound(err)) return 0;
     throw err;
   }
 }
 
+/**
+ * The highest sequence of a site's op log from which the hub's aggregate holds an op (0: none): the
+ * aggregate's last message on the site's ops subjects names it in its `Nats-Stream-Source` header.
+ * The hub's source of that log resumes after it, whatever the log's own numbering says.
+ */
+export async function hubHoldsUpTo(hub: JetStreamManager, site: string): Promise<number> {
+  return sourcedSeq(hub, Streams.hub, { last_by_subj: opsFilter(site) }, Streams.out(site));
+}
+
 /** The hub sequence of the last op a site's inbound stream copied from the hub's aggregate (0: none). */
 export async function lastCopied(jsm: JetStreamManager, feed: string): Promise<number> {
+  let last: number;
   try {
-    const last = (await jsm.streams.info(feed)).state.last_seq;
-    if (last === 0) return 0;
-    return hubSeqOf((await jsm.streams.getMessage(feed, { seq: last }))?.header) ?? 0;
+    last = (await jsm.streams.info(feed)).state.last_seq;
   } catch (err) {
-    if (isNoMessageFound(err) || isStreamNotFound(err)) return 0;
+    if (isStreamNotFound(err)) return 0;
     throw err;
   }
+  return last === 0 ? 0 : sourcedSeq(jsm, feed, { seq: last }, Streams.hub);
+}
+
+/** Ops up to this size are checked at the hub one by one ({@link lastOpAtHub}); a larger one is not fetched every period. */
+export const LAST_OP_CHECK_MAX_BYTES = 8 * 1024;
+
+/** What {@link lastOpAtHub} found. */
+export type LastOpAtHub = {
+  /** the aggregate holds the log's last op (or the log is empty): it holds every op stored before */
+  held: boolean;
+  /** the log's sequence of the aggregate's copy of that op's subject (0: none) */
+  upTo: number;
+  /** the site's inbound stream holds a copy of that subject from a later aggregate sequence than the aggregate's own: the aggregate was made again */
+  restarted: boolean;
+  /** when the log was read (ms since the epoch) */
+  readAt: number;
+};
+
+/**
+ * Whether the hub's aggregate holds the last op of a site's log, read in O(1) at both ends (neither
+ * read grows with the number of sites): the log's last message, the aggregate's last message on that
+ * one subject, and the inbound stream's copy of it. The aggregate copies a source in order, so
+ * holding the log's last op means holding every op stored before it. Undefined when that cannot be
+ * told cheaply: the log or its last message is missing, or the op is over LAST_OP_CHECK_MAX_BYTES.
+ * Throws when the hub does not answer.
+ */
+export async function lastOpAtHub(
+  jsm: JetStreamManager,
+  hub: JetStreamManager,
+  site: string,
+): Promise<LastOpAtHub | undefined> {
+  const readAt = Date.now();
+  const out = Streams.out(site);
+  let m: Awaited<ReturnType<JetStreamManager["streams"]["getMessage"]>>;
+  try {
+    const last = (await jsm.streams.info(out)).state.last_seq;
+    if (last === 0) return { held: true, upTo: 0, restarted: false, readAt };
+    m = await jsm.streams.getMessage(out, { seq: last });
+  } catch (err) {
+    if (isNoMessageFound(err) || isStreamNotFound(err)) return undefined;
+    throw err;
+  }
+  if (!m || m.data.length > LAST_OP_CHECK_MAX_BYTES) return undefined;
+  let atHub: { upTo: number; hubSeq: number } = { upTo: 0, hubSeq: 0 };
+  try {
+    const h = await hub.streams.getMessage(Streams.hub, { last_by_subj: m.subject });
+    atHub = { upTo: sourceSeqOf(h?.header, out) ?? 0, hubSeq: h?.seq ?? 0 };
+  } catch (err) {
+    if (!isNoMessageFound(err) && !isStreamNotFound(err)) throw err;
+  }
+  const copied = await sourcedSeq(jsm, Streams.in(site), { last_by_subj: m.subject }, Streams.hub);
+  return {
+    held: atHub.upTo >= m.seq,
+    upTo: atHub.upTo,
+    restarted: atHub.hubSeq > 0 && copied > atHub.hubSeq,
+    readAt,
+  };
 }
 
 /** True when the hub's JetStream answers within `timeoutMs` (the site's leaf link is up both ways). */
@@ -408,14 +475,21 @@ export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutM
  * missing). Stream updates are not compare-and-set: two sites registering at once may each write a
  * source list without the other's entry, so this re-reads after its update until its entry is there.
  * Returns whether it had to add the entry, what the hub reports of that source (when it was there),
- * the lowest version of the hub's server ({@link versionOfStreamConfig}) and when the aggregate was
- * created.
+ * the lowest version of the hub's server ({@link versionOfStreamConfig}), when the aggregate was
+ * created and how many sources it has. The aggregate's info lists every source: its size grows with
+ * the number of sites, so a registered site reads it seldom ({@link lastOpAtHub} in between).
  */
 export async function ensureHubRegistration(
   nc: NatsConnection,
   config: Config,
   log: Logger,
-): Promise<{ added: boolean; source?: StreamSourceInfo; hubVersion: string; hubCreated: string }> {
+): Promise<{
+  added: boolean;
+  source?: StreamSourceInfo;
+  hubVersion: string;
+  hubCreated: string;
+  sources: number;
+}> {
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
   let added = false;
@@ -451,8 +525,8 @@ export async function ensureHubRegistration(
     if (src && src.external?.api === mine.external?.api) {
       const source = info.sources?.find((s) => s.name === mine.name);
       const hubVersion = versionOfStreamConfig(info.config);
-      const hubCreated = info.created;
-      return source ? { added, source, hubVersion, hubCreated } : { added, hubVersion, hubCreated };
+      const r = { added, hubVersion, hubCreated: info.created, sources: info.config.sources?.length ?? 0 };
+      return source ? { ...r, source } : r;
     }
     if (src)
       throw new Error(

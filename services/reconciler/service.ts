@@ -4,6 +4,7 @@
  */
 import type { MsgHdrs } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
+import { envInt } from "../lib/config.ts";
 import { health } from "../lib/health.ts";
 import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
@@ -30,15 +31,6 @@ import { BucketIndex } from "./versions.ts";
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
 /** how old an index may be when it answers a digest request after a run's first */
 const FRESH_MS = 1000;
-
-function envInt(env: NodeJS.ProcessEnv, name: string, def: number, min: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return def;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < min)
-    throw new Error(`${name} must be an integer >= ${min}, got ${raw}`);
-  return n;
-}
 
 /**
  * The tunables: SYNCD_RECONCILE_RATE (merges/s, 0 = unlimited), SYNCD_RECONCILE_CONCURRENCY

@@ -27,7 +27,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { Conditions, Severity, health } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
-import { sourcedUpTo } from "../lib/site.ts";
+import { lastOpAtHub, sourcedUpTo } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
 import { Durables, Headers, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
@@ -198,14 +198,18 @@ export class TombstoneGc {
     this.hubJsm ??= await jetstreamManager(deps.nc, { domain: deps.hubDomain, timeout: 5000 });
     const applied = await appliedHubSeq(deps.jsm, deps.site);
     if (applied === undefined) return;
-    // published only once the hub holds all of this site's own ops (every op made before `applied`)
-    const hub = await this.hubJsm.streams.info(Streams.hub);
-    const own = await sourcedUpTo(
-      deps.nc,
-      { stream: Streams.hub, domain: deps.hubDomain, info: hub, timeoutMs: 5000 },
-      Streams.out(deps.site),
-    );
-    if (own.caughtUp && applied !== this.published) {
+    // published only once the hub holds all of this site's own ops (every op made before `applied`):
+    // read in O(1) when the log's last op is small, else from the aggregate's info (it lists every site)
+    const held =
+      (await lastOpAtHub(deps.jsm, this.hubJsm, deps.site))?.held ??
+      (
+        await sourcedUpTo(
+          deps.nc,
+          { stream: Streams.hub, domain: deps.hubDomain, timeoutMs: 5000 },
+          Streams.out(deps.site),
+        )
+      ).caughtUp;
+    if (held && applied !== this.published) {
       await m.publishApplied(applied);
       this.published = applied;
     }

@@ -16,7 +16,7 @@ import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, metaHoldsOp, publishOrdered } from "../lib/oplog.ts";
 import { RearmGate, rearmSource, sourcesBackOff } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
-import { ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
+import { type LastOpAtHub, ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
 import { Durables, Streams, kvFilter, kvKeyOf, kvStream, metaBucket, opsSubject } from "../lib/subjects.ts";
 
@@ -30,12 +30,25 @@ const HEARD_NS = 3e9;
 const PENDING_MARGIN_MS = 5_000;
 /** While the hub's source is stalled but the log holds nothing new, re-check this often for new ops. */
 const IDLE_STALLED_RECHECK_MS = 5_000;
+/** After a cheap round found the hub behind the log, look again this soon (a full round if it did not move). */
+const BEHIND_RECHECK_MS = 3_000;
+/**
+ * A registered site whose source is healthy reads the aggregate's info (which lists every source, so
+ * its size grows with the number of sites N) once per FULL_ROUND_EVERY periods, and once per
+ * N / SITES_PER_FULL_ROUND periods at most: the hub then serves O(N) bytes per period for all sites
+ * together. The rounds in between are {@link lastOpAtHub}'s O(1) reads.
+ */
+const FULL_ROUND_EVERY = 4;
+const SITES_PER_FULL_ROUND = 4;
 /** After the connection to the site server is back, the first re-check waits this (for the leaf link). */
 const AFTER_RECONNECT_MS = 1_000;
 
 /**
  * Keep the site's outbound log among the sources of the hub's aggregate: now, then every
- * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled); while the hub is
+ * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled). A round is full
+ * (the aggregate's info: registration, the source's state, re-arm) at start, after a reconnect, while
+ * anything is amiss and every FULL_ROUND_EVERY periods or more; the rounds in between only check
+ * that the hub holds the log's last op (`lastOp`), and turn full when it is not so. While the hub is
  * unreachable, attempts back off to FAILING_RETRY_MS, with an error log at most once per period. A
  * source the hub has not heard from for a while although the hub answers here (so the leaf link is
  * up both ways) is re-armed
@@ -52,12 +65,14 @@ export function keepRegistered(
     /** when the site's op log last stored an op (ms since the epoch; not a number when empty) */
     outLastMs?: () => Promise<number>;
     /**
-     * runs in every round once the hub answered, with when its aggregate was created (e.g. make
-     * the site's op log again when it was deleted)
+     * runs in every full round once the hub answered, with when its aggregate was created (e.g.
+     * make the site's op log again when it was deleted)
      */
     eachRound?: (hubCreated: string) => Promise<void>;
+    /** the cheap check between full rounds ({@link lastOpAtHub}); without it every round is full */
+    lastOp?: () => Promise<LastOpAtHub | undefined>;
   } = {},
-): { stop: () => void; registered: () => boolean; rearms: () => number } {
+): { stop: () => void; registered: () => boolean; rearms: () => number; fullRounds: () => number } {
   const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
   const gate = opts.gate ?? new RearmGate();
   /** when the hub last heard from the source, as far as this instance saw */
@@ -68,6 +83,7 @@ export function keepRegistered(
   let failures = 0;
   let ok = false;
   let rearms = 0;
+  let fullRounds = 0;
   let lastErrorLog = 0;
   const mine = siteSource(config.site, config.domain).name;
   /** when the connection to the site's server came back last (the server restarted, or the link) */
@@ -79,43 +95,75 @@ export function keepRegistered(
     const last = await opts.outLastMs();
     return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
   };
+  /** when the last full round (the aggregate's info) went through, and how long until the next is due */
+  let fullAt = Number.NEGATIVE_INFINITY;
+  let fullEveryMs = periodMs;
+  let needFull = true;
+  /** the log sequence the hub held when the last cheap round found it behind */
+  let behind: number | undefined;
+  /** The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else undefined. */
+  const cheapRound = async (): Promise<number | undefined> => {
+    if (needFull || !opts.lastOp || Date.now() - fullAt >= fullEveryMs) return undefined;
+    const r = await opts.lastOp().catch(() => undefined);
+    if (!r || r.restarted) return undefined;
+    if (r.held) {
+      behind = undefined;
+      heardAt = r.readAt;
+      return periodMs;
+    }
+    // behind while the hub's copy moves on: ops are flowing; no progress since the last look: a full round
+    const stuck = behind !== undefined && r.upTo <= behind;
+    behind = r.upTo;
+    return stuck ? undefined : BEHIND_RECHECK_MS;
+  };
+  const fullRound = async (): Promise<number> => {
+    let next = periodMs;
+    const r = await ensureHubRegistration(nc, config, log);
+    await opts
+      .eachRound?.(r.hubCreated)
+      .catch((err: unknown) => log.warn({ err }, "could not check the site's op log against the hub"));
+    if (failures > 0 || r.added)
+      log.info(
+        { hubDomain: config.hubDomain, stream: Streams.hub },
+        "the site's op log is a source of the hub",
+      );
+    failures = 0;
+    ok = true;
+    const active = r.source?.active ?? -1;
+    // heard from with nothing left to deliver: the hub had every op stored before then
+    if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
+    // the hub's server makes the source's consumer: its version decides (not the site's)
+    const wait = sourcesBackOff(r.hubVersion) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
+    // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
+    // when the log holds ops the hub may lack (the server's own retry takes the others in time)
+    if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);
+    else if (wait === 0) {
+      if (await rearmSource(await hubManager(nc, config.hubDomain), Streams.hub, mine)) {
+        gate.rearmed();
+        rearms++;
+        log.warn(
+          { stream: Streams.hub, source: mine, active_ns: r.source?.active },
+          "the hub's source of the site's op log stalled while the hub answers: re-armed it",
+        );
+      }
+    } else if (Number.isFinite(wait)) next = Math.min(periodMs, Math.max(wait, 500));
+    fullAt = Date.now();
+    fullEveryMs = periodMs * Math.max(FULL_ROUND_EVERY, Math.ceil(r.sources / SITES_PER_FULL_ROUND));
+    needFull = r.added || !r.source || Number.isFinite(wait);
+    behind = undefined;
+    fullRounds++;
+    return next;
+  };
   const run = async () => {
     if (running || stopped) return;
     running = true;
     let next = periodMs;
     try {
-      const r = await ensureHubRegistration(nc, config, log);
-      await opts
-        .eachRound?.(r.hubCreated)
-        .catch((err: unknown) => log.warn({ err }, "could not check the site's op log against the hub"));
-      if (failures > 0 || r.added)
-        log.info(
-          { hubDomain: config.hubDomain, stream: Streams.hub },
-          "the site's op log is a source of the hub",
-        );
-      failures = 0;
-      ok = true;
-      const active = r.source?.active ?? -1;
-      // heard from with nothing left to deliver: the hub had every op stored before then
-      if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
-      // the hub's server makes the source's consumer: its version decides (not the site's)
-      const wait = sourcesBackOff(r.hubVersion) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
-      // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
-      // when the log holds ops the hub may lack (the server's own retry takes the others in time)
-      if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);
-      else if (wait === 0) {
-        if (await rearmSource(await hubManager(nc, config.hubDomain), Streams.hub, mine)) {
-          gate.rearmed();
-          rearms++;
-          log.warn(
-            { stream: Streams.hub, source: mine, active_ns: r.source?.active },
-            "the hub's source of the site's op log stalled while the hub answers: re-armed it",
-          );
-        }
-      } else next = Math.min(periodMs, Math.max(wait, 500));
+      next = (await cheapRound()) ?? (await fullRound());
     } catch (err) {
       failures++;
       ok = false;
+      needFull = true;
       next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
       if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
         lastErrorLog = Date.now();
@@ -132,7 +180,10 @@ export function keepRegistered(
   void (async () => {
     for await (const s of nc.status()) {
       if (stopped) break;
-      if (s.type === "reconnect") reconnectedAt = Date.now();
+      if (s.type === "reconnect") {
+        reconnectedAt = Date.now();
+        needFull = true;
+      }
       if (s.type === "reconnect" && !running) {
         clearTimeout(timer);
         timer = setTimeout(run, AFTER_RECONNECT_MS);
@@ -142,6 +193,7 @@ export function keepRegistered(
   return {
     registered: () => ok,
     rearms: () => rearms,
+    fullRounds: () => fullRounds,
     stop: () => {
       stopped = true;
       clearTimeout(timer);

@@ -2,9 +2,11 @@
  * Wiring of syncd-watcher: one shared durable consumer per bucket on the bucket's stream, the
  * stamping handler, and the status endpoint.
  */
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
+import { envInt } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "../lib/health.ts";
 import { isNoResponders, isStreamNotFound } from "../lib/jserrors.ts";
@@ -12,7 +14,7 @@ import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
 import { currentOwnOp, metaHoldsOp } from "../lib/oplog.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { EmptyRequest, WatcherStatusResponse } from "../lib/schemas.gen.ts";
-import { ensureOutStream, hubHoldsUpTo, hubManager, lastCopied } from "../lib/site.ts";
+import { ensureOutStream, hubHoldsUpTo, hubManager, lastCopied, lastOpAtHub } from "../lib/site.ts";
 import {
   BucketStore,
   bucketIncarnation,
@@ -32,7 +34,7 @@ import {
   kvSubject,
 } from "../lib/subjects.ts";
 import { type LocalEntry, Outcome, type WatcherDeps, newerLocal, stampEntry } from "./handlers.ts";
-import { bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
+import { HUB_RECHECK_MS, bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
 /** Start one consumer loop per bucket and add the status endpoint. */
 export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
@@ -151,7 +153,13 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
       ttlMs: EVENT_TTL_MS,
     });
   };
+  let hubJsm: JetStreamManager | undefined;
   const hub = keepRegistered(nc, config, log, {
+    periodMs: envInt(process.env, "SYNCD_HUB_RECHECK_MS", HUB_RECHECK_MS, 100),
+    lastOp: async () => {
+      hubJsm ??= await hubManager(nc, config.hubDomain);
+      return lastOpAtHub(site.jsm, hubJsm, config.site);
+    },
     outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
     eachRound: async (created) => {
       await keepOut();

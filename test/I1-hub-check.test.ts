@@ -1,0 +1,82 @@
+/**
+ * I1 at a thousand sites (#11.1): a site keeps its op log among the hub aggregate's sources with a
+ * periodic check whose cost at the hub does not grow with the number of sites between full rounds.
+ * The aggregate's info lists every source (its size grows with N); a registered, healthy site reads
+ * it only every few periods, and in between reads one message of the aggregate (the copy of its own
+ * log's last op). A write in between still replicates, and a site whose registration was removed
+ * behind its back registers again at its next write.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { Subscription } from "@nats-io/nats-core";
+import { Streams } from "../services/mod.ts";
+import { HUB_DOMAIN, quiet, until, withLinkedMesh } from "./helpers.ts";
+
+const PERIOD_MS = 500;
+// for the services of this file's mesh: a short check period; no tombstone passes (they read the hub too)
+process.env.SYNCD_HUB_RECHECK_MS = String(PERIOD_MS);
+process.env.SYNCD_TOMBSTONE_GC_MS = "0";
+const SITES = ["a", "b"];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("I1 the check of a site's place at the hub", () => {
+  const { mesh, nc, kv } = withLinkedMesh({ sites: SITES, serviceArgs: ["--reconcile-interval", "0"] });
+
+  /** Requests the hub's JetStream gets on `api` (e.g. STREAM.INFO.<stream>), with or without the domain prefix. */
+  const counter = async (api: string) => {
+    const hub = await mesh.connectHub();
+    let n = 0;
+    const subs: Subscription[] = [`$JS.API.${api}`, `$JS.${HUB_DOMAIN}.API.${api}`].map((s) =>
+      hub.subscribe(s, {
+        callback: () => {
+          n++;
+        },
+      }),
+    );
+    await hub.flush();
+    return {
+      n: () => n,
+      stop: () => {
+        for (const s of subs) s.unsubscribe();
+      },
+    };
+  };
+
+  it("I1 idle sites read the aggregate's info (every source listed) at most every 4th check; the checks between read one message", async () => {
+    for (const s of SITES) await kv[s]!.put(`hubcheck.${s}`, "v");
+    await quiet(nc, { timeout: 60_000 });
+    const infos = await counter(`STREAM.INFO.${Streams.hub}`);
+    const gets = await counter(`STREAM.MSG.GET.${Streams.hub}`);
+    const t0 = Date.now();
+    await sleep(8000);
+    const periods = (Date.now() - t0) / PERIOD_MS;
+    infos.stop();
+    gets.stop();
+    const most = SITES.length * (Math.ceil(periods / 4) + 1);
+    console.log(
+      `# ${periods.toFixed(1)} periods: ${infos.n()} info reads (at most ${most}), ${gets.n()} message reads`,
+    );
+    assert.ok(infos.n() <= most, `${infos.n()} reads of the aggregate's info in ${periods} periods`);
+    assert.ok(gets.n() >= SITES.length * 2, `only ${gets.n()} cheap checks`);
+  });
+
+  it("I1 a site whose source was removed from the aggregate behind its back is registered again at its next write, which replicates", async () => {
+    await quiet(nc, { timeout: 60_000 });
+    const hub = await jetstreamManager(await mesh.connectHub());
+    const info = await hub.streams.info(Streams.hub);
+    // long enough after the last full round for cheap checks to find everything held
+    await sleep(PERIOD_MS * 3);
+    await hub.streams.update(Streams.hub, {
+      ...info.config,
+      sources: (info.config.sources ?? []).filter((s) => s.name !== Streams.out("a")),
+    });
+    await kv.a!.put("hubcheck.k", "after");
+    await until(async () => (await kv.b!.get("hubcheck.k"))?.string() === "after", {
+      timeout: 30_000,
+      message: "the write at a never reached b",
+    });
+    const names = (await hub.streams.info(Streams.hub)).config.sources?.map((s) => s.name) ?? [];
+    assert.ok(names.includes(Streams.out("a")), `a is not a source again: ${names.join(",")}`);
+  });
+});
