@@ -129,6 +129,9 @@ export function barrier(history: Phase[], m: number, l: number): { safe: number;
   return { safe, history: [...(best ? [best] : []), ...waiting].slice(-64) };
 }
 
+/** Sites per interval of the tombstone passes ({@link TombstoneGc.start}). */
+const SITES_PER_PASS = 16;
+
 /** Tombstone collection of one reconciler instance. */
 export class TombstoneGc {
   readonly counts = new Map<string, TombstoneCounts>();
@@ -151,7 +154,11 @@ export class TombstoneGc {
       this.counts.set(b, { total: 0, young: 0, blocked: 0, collectible: 0, collected: 0 });
   }
 
-  /** Run a pass every `intervalMs` (nothing when 0). */
+  /**
+   * Run a pass every `intervalMs` (nothing when 0), and every `intervalMs` × members / 16 in a
+   * larger mesh: a pass reads the hub aggregate's info, whose size grows with the number of sites,
+   * so the hub serves O(N) bytes per interval for all sites together.
+   */
   start(): void {
     const every = this.deps.tuning.intervalMs;
     if (every <= 0) return;
@@ -170,7 +177,8 @@ export class TombstoneGc {
           subject: this.deps.site,
         });
       }
-      if (!this.stopped) this.timer = setTimeout(loop, every);
+      const sites = this.deps.membership?.members.size ?? 0;
+      if (!this.stopped) this.timer = setTimeout(loop, every * Math.max(1, Math.ceil(sites / SITES_PER_PASS)));
     };
     this.timer = setTimeout(loop, Math.min(every, 1000));
   }
