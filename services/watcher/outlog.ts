@@ -111,10 +111,11 @@ export function keepRegistered(
       heardAt = r.readAt;
       return periodMs;
     }
-    // behind while the hub's copy moves on: ops are flowing; no progress since the last look: a full round
-    const stuck = behind !== undefined && r.upTo <= behind;
+    // found behind: look again soon; moved on since: ops are flowing; no progress: a full round
+    const was = behind;
     behind = r.upTo;
-    return stuck ? undefined : BEHIND_RECHECK_MS;
+    if (was === undefined) return BEHIND_RECHECK_MS;
+    return r.upTo > was ? periodMs : undefined;
   };
   const fullRound = async (): Promise<number> => {
     let next = periodMs;
