@@ -28,6 +28,8 @@ export type SitesRow = {
   /** the hub isolates leaf interest */
   isolated?: boolean;
   hub_msgs_s_idle: number;
+  /** bytes in + out of the hub per second while idle (/varz): what grows with N per period, e.g. stream info reads */
+  hub_bytes_s_idle?: number;
   hub_subs: number;
   site_subs_mean: number;
   site_subs_max: number;
@@ -58,7 +60,7 @@ export type SitesRow = {
 
 export type SitesResult = { rows: SitesRow[]; idle_s: number; note: string };
 
-type Varz = { in_msgs: number; out_msgs: number; subscriptions: number };
+type Varz = { in_msgs: number; out_msgs: number; in_bytes: number; out_bytes: number; subscriptions: number };
 type Leafz = { leafs?: { in_bytes: number; out_bytes: number }[] };
 
 async function getJson<T>(url: string): Promise<T> {
@@ -296,6 +298,7 @@ async function measure(n: number, idleS: number, outageS: number, isolated: bool
     const d = cpuDelta(c0, cpuSnapshot([...p.servers, ...p.services]));
     const ms = performance.now() - t0;
     row.hub_msgs_s_idle = round((v1.in_msgs + v1.out_msgs - v0.in_msgs - v0.out_msgs) / (ms / 1000), 1);
+    row.hub_bytes_s_idle = round((v1.in_bytes + v1.out_bytes - v0.in_bytes - v0.out_bytes) / (ms / 1000), 0);
     row.idle_cpu_servers_pct = pctOf(d, p.servers, ms);
     row.idle_cpu_services_pct = pctOf(d, p.services, ms);
     row.idle_cpu_per_site_pct = round(
@@ -433,6 +436,7 @@ export function renderSites(r: SitesResult): string[] {
     "sites",
     "hub isolates leaf interest",
     "hub msgs/s idle",
+    "hub bytes/s idle",
     "hub subs",
     "site subs (mean / max)",
     "idle CPU servers / services / per site (% core)",
@@ -449,7 +453,7 @@ export function renderSites(r: SitesResult): string[] {
     lines.push(
       x.error
         ? `| ${x.sites} | ${x.isolated ? "yes" : "no"} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.write_to_site_alone_ms ?? "–"} | ${x.lone_op_cpu_services_ms ?? "–"} / ${x.lone_op_cpu_server_ms ?? "–"} | ${x.host_bound_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
+        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_bytes_s_idle ?? "–"} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.write_to_site_alone_ms ?? "–"} | ${x.lone_op_cpu_services_ms ?? "–"} / ${x.lone_op_cpu_server_ms ?? "–"} | ${x.host_bound_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
     );
   }
   return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
