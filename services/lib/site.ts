@@ -618,17 +618,11 @@ export async function sourcedUpTo(
   const only = (info.config.sources ?? []).length === 1;
   const subjects = cfg.filter_subject ? [cfg.filter_subject] : (oi.config.subjects ?? []);
   if (!only && subjects.length !== 1) return { lag, originLast, caughtUp: originLast === 0 };
-  let last: { header?: { values(k: string): string[] } } | null = null;
-  try {
-    last = only
-      ? info.state.last_seq > 0
-        ? await jsm.streams.getMessage(where.stream, { seq: info.state.last_seq })
-        : null
-      : await jsm.streams.getMessage(where.stream, { last_by_subj: subjects[0]! });
-  } catch (err) {
-    if (!isNoMessageFound(err)) throw err;
-  }
-  const upTo = sourceSeqOf(last?.header, origin) ?? 0;
+  const upTo = only
+    ? info.state.last_seq > 0
+      ? await sourcedSeq(jsm, where.stream, { seq: info.state.last_seq }, origin)
+      : 0
+    : await sourcedSeq(jsm, where.stream, { last_by_subj: subjects[0]! }, origin);
   return { lag, upTo, originLast, caughtUp: upTo >= originLast };
 }
 
