@@ -14,6 +14,9 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { CLOCK_BUCKET, Durables, Streams, kvStream } from "../services/mod.ts";
 import { HUB_DOMAIN, call, loseValue, until, withLinkedMesh, withMesh } from "./helpers.ts";
 
+// the watchers' hub check every 2 s (not 15): the aggregate's deletion is seen sooner
+process.env.SYNCD_HUB_RECHECK_MS = "2000";
+
 type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
 
