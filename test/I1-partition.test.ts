@@ -12,11 +12,13 @@ import { describe, it } from "node:test";
 import { type StreamSourceInfo, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
+  Conditions,
   type MergerStatusResponse,
   OPS_INGRESS,
   type Op,
   REARM_STALL_MS,
   Streams,
+  run as cli,
   opValue,
   sourcesBackOff,
 } from "../services/mod.ts";
@@ -97,6 +99,12 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
           { timeout: 60_000, message: `site ${s}'s FEED source not silent yet` },
         );
       }
+    // site c's watcher restarted while the hub is down: it starts without the hub (its log's check
+    // against the hub waits for it) and publishes what is written meanwhile
+    for (const i of mesh.services("c").filter((x) => x.kind === "watcher")) await i.stop();
+    await kv.c!.put("p.c.while-stopped", "s");
+    await mesh.startServices("c");
+    await kv.c!.put("p.c.after-restart", "r");
     // two sites write one key while cut off: the greater of the two stamped versions wins (each
     // watcher stamps when it processes the write, so which one that is depends on the machine's load)
     await kv.c!.put("p.later", "from-c");
@@ -130,6 +138,19 @@ describe("I1 convergence after partitions, by store-and-forward", () => {
         assert.equal(src.error, undefined);
       }
     for (const s of SITES) for (let i = 0; i < 20; i++) assert.equal(final.get(`p.${s}.${i}`), `${s}${i}`);
+    assert.equal(final.get("p.c.while-stopped"), "s");
+    assert.equal(final.get("p.c.after-restart"), "r");
+    // nothing took c's log for one made again (its check waited for the hub, then found it in order)
+    const out: string[] = [];
+    await cli(
+      ["status", "--json", "--site", "c", "--server", mesh.sites.c!.url],
+      { out: (x) => void out.push(x), err: () => {} },
+      {},
+    );
+    const conds = (
+      JSON.parse(out.join("\n")) as { sites: { conditions: { code: string }[] }[] }
+    ).sites.flatMap((x) => x.conditions.map((c) => c.code));
+    assert.ok(!conds.includes(Conditions.streamRecreated), `c raised ${conds.join(",")}`);
     assert.equal(final.has("p.doomed"), false, "delete lost");
     const later = (await publishedOps(nc)).filter((p) => p.op.key === "p.later").map((p) => p.op);
     assert.equal(later.length, 2, JSON.stringify(later));
