@@ -21,7 +21,12 @@ type Status = { counts: Record<string, number>; last_error?: string };
 type WatcherStatus = { buckets: { counts: Record<string, number> }[]; last_error?: string };
 
 describe("I6 re-created streams and consumers", () => {
-  const m = withLinkedMesh({ sites: ["a", "b"], serviceArgs: ["--reconcile-interval", "0"] });
+  // two watchers at a: both find its op log deleted, and both make it again
+  const m = withLinkedMesh({
+    sites: ["a", "b"],
+    scale: "watcher=2",
+    serviceArgs: ["--reconcile-interval", "0"],
+  });
   const T = { timeout: 30_000 };
 
   const textAt = async (site: string, key: string) => (await m.kv[site]!.get(key))?.string();
@@ -82,8 +87,13 @@ describe("I6 re-created streams and consumers", () => {
       ...T,
       message: "write during the gap",
     });
-    const st = await call<WatcherStatus>(m.nc.a!, "a", "watcher", "status");
-    assert.ok((st.buckets[0]?.counts.recreated ?? 0) >= 1, JSON.stringify(st));
+    // a's two watchers answer status in turn: one of them re-made the consumer
+    await until(
+      async () =>
+        ((await call<WatcherStatus>(m.nc.a!, "a", "watcher", "status")).buckets[0]?.counts.recreated ?? 0) >=
+        1,
+      { message: "no watcher of a counts the consumer re-made" },
+    );
   });
 
   // nats-server 2.9.10 removes a deleted stream's files after the delete request returned: a FEED
