@@ -211,6 +211,8 @@ type LogDeps = {
 
 /** Keys the seed handles at once: their round trips overlap, and at most this many values are held. */
 export const SEED_CONCURRENCY = 64;
+/** A seed of many keys logs how far it got this often. */
+const SEED_PROGRESS_MS = 5000;
 /** Tries per key when a request of the seed times out (a busy server): the ordered publish is safe to repeat. */
 const SEED_TRIES = 5;
 
@@ -296,8 +298,14 @@ export async function seedOutLog(
       }
     }
   };
+  let seen = 0;
+  let loggedAt = Date.now();
   for await (const { key, m } of latestEntries(deps.js, metaBucket(bucket))) {
     if (failure) break;
+    if (++seen % 1000 === 0 && Date.now() - loggedAt >= SEED_PROGRESS_MS) {
+      loggedAt = Date.now();
+      log.info({ bucket, keys: seen, seeded }, "seeding the outbound op log from _meta");
+    }
     const p: Promise<void> = seedKeyPatiently(key, m).then(
       (published) => {
         if (published) seeded++;
