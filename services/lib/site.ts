@@ -424,7 +424,8 @@ export type LastOpAtHub = {
  * read grows with the number of sites): the log's last message, the aggregate's last message on that
  * one subject, and the inbound stream's copy of it. The aggregate copies a source in order, so
  * holding the log's last op means holding every op stored before it. Undefined when that cannot be
- * told cheaply: the log or its last message is missing, or the op is over LAST_OP_CHECK_MAX_BYTES.
+ * told cheaply: the log, its last message or the aggregate is missing, or the op is over
+ * LAST_OP_CHECK_MAX_BYTES.
  * Throws when the hub does not answer.
  */
 export async function lastOpAtHub(
@@ -449,7 +450,8 @@ export async function lastOpAtHub(
     const h = await hub.streams.getMessage(Streams.hub, { last_by_subj: m.subject });
     atHub = { upTo: sourceSeqOf(h?.header, out) ?? 0, hubSeq: h?.seq ?? 0 };
   } catch (err) {
-    if (!isNoMessageFound(err) && !isStreamNotFound(err)) throw err;
+    if (isStreamNotFound(err)) return undefined;
+    if (!isNoMessageFound(err)) throw err;
   }
   const copied = await sourcedSeq(jsm, Streams.in(site), { last_by_subj: m.subject }, Streams.hub);
   return {

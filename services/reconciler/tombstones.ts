@@ -178,7 +178,8 @@ export class TombstoneGc {
         });
       }
       const sites = this.deps.membership?.members.size ?? 0;
-      if (!this.stopped) this.timer = setTimeout(loop, every * Math.max(1, Math.ceil(sites / SITES_PER_PASS)));
+      if (!this.stopped)
+        this.timer = setTimeout(loop, every * Math.max(1, Math.ceil(sites / SITES_PER_PASS)));
     };
     this.timer = setTimeout(loop, Math.min(every, 1000));
   }

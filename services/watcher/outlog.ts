@@ -101,7 +101,20 @@ export function keepRegistered(
   let needFull = true;
   /** the log sequence the hub held when the last cheap round found it behind */
   let behind: number | undefined;
-  /** The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else undefined. */
+  const recovered = () => {
+    if (failures > 0)
+      log.info(
+        { hubDomain: config.hubDomain, stream: Streams.hub },
+        "the hub answers again; the site's op log is a source of it",
+      );
+    failures = 0;
+    ok = true;
+  };
+  /**
+   * The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else
+   * undefined. Also after the hub was unreachable: a hub back from an outage is not read whole by
+   * every site at once, only by those whose ops it lacks.
+   */
   const cheapRound = async (): Promise<number | undefined> => {
     if (needFull || !opts.lastOp || Date.now() - fullAt >= fullEveryMs) return undefined;
     const r = await opts.lastOp().catch(() => undefined);
@@ -109,8 +122,11 @@ export function keepRegistered(
     if (r.held) {
       behind = undefined;
       heardAt = r.readAt;
+      recovered();
       return periodMs;
     }
+    // behind a hub back from an outage: its source of the log may need a re-arm now
+    if (failures > 0) return undefined;
     // found behind: look again soon; moved on since: ops are flowing; no progress: a full round
     const was = behind;
     behind = r.upTo;
@@ -123,13 +139,12 @@ export function keepRegistered(
     await opts
       .eachRound?.(r.hubCreated)
       .catch((err: unknown) => log.warn({ err }, "could not check the site's op log against the hub"));
-    if (failures > 0 || r.added)
+    if (r.added)
       log.info(
         { hubDomain: config.hubDomain, stream: Streams.hub },
         "the site's op log is a source of the hub",
       );
-    failures = 0;
-    ok = true;
+    recovered();
     const active = r.source?.active ?? -1;
     // heard from with nothing left to deliver: the hub had every op stored before then
     if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
@@ -164,7 +179,6 @@ export function keepRegistered(
     } catch (err) {
       failures++;
       ok = false;
-      needFull = true;
       next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
       if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
         lastErrorLog = Date.now();
