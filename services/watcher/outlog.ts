@@ -99,6 +99,8 @@ export function keepRegistered(
   let fullAt = Number.NEGATIVE_INFINITY;
   let fullEveryMs = periodMs;
   let needFull = true;
+  /** the hub was unreachable since a full round last saw its source of the log heard from */
+  let unconfirmed = false;
   /** the log sequence the hub held when the last cheap round found it behind */
   let behind: number | undefined;
   const recovered = () => {
@@ -123,10 +125,11 @@ export function keepRegistered(
       behind = undefined;
       heardAt = r.readAt;
       recovered();
-      return periodMs;
+      // the hub's source of the log not seen working since an outage: new ops are looked for sooner
+      return unconfirmed ? Math.min(periodMs, IDLE_STALLED_RECHECK_MS) : periodMs;
     }
     // behind a hub back from an outage: its source of the log may need a re-arm now
-    if (failures > 0) return undefined;
+    if (unconfirmed) return undefined;
     // found behind: look again soon; moved on since: ops are flowing; no progress: a full round
     const was = behind;
     behind = r.upTo;
@@ -166,6 +169,7 @@ export function keepRegistered(
     fullAt = Date.now();
     fullEveryMs = periodMs * Math.max(FULL_ROUND_EVERY, Math.ceil(r.sources / SITES_PER_FULL_ROUND));
     needFull = r.added || !r.source || Number.isFinite(wait);
+    if (!needFull) unconfirmed = false;
     behind = undefined;
     fullRounds++;
     return next;
@@ -179,6 +183,7 @@ export function keepRegistered(
     } catch (err) {
       failures++;
       ok = false;
+      unconfirmed = true;
       next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
       if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
         lastErrorLog = Date.now();
