@@ -72,7 +72,7 @@ export function keepRegistered(
     /** the cheap check between full rounds ({@link lastOpAtHub}); without it every round is full */
     lastOp?: () => Promise<LastOpAtHub | undefined>;
   } = {},
-): { stop: () => void; registered: () => boolean; rearms: () => number; fullRounds: () => number } {
+): { stop: () => void; registered: () => boolean; rearms: () => number } {
   const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
   const gate = opts.gate ?? new RearmGate();
   /** when the hub last heard from the source, as far as this instance saw */
@@ -83,7 +83,6 @@ export function keepRegistered(
   let failures = 0;
   let ok = false;
   let rearms = 0;
-  let fullRounds = 0;
   let lastErrorLog = 0;
   const mine = siteSource(config.site, config.domain).name;
   /** when the connection to the site's server came back last (the server restarted, or the link) */
@@ -171,7 +170,6 @@ export function keepRegistered(
     needFull = r.added || !r.source || Number.isFinite(wait);
     if (!needFull) unconfirmed = false;
     behind = undefined;
-    fullRounds++;
     return next;
   };
   const run = async () => {
@@ -213,7 +211,6 @@ export function keepRegistered(
   return {
     registered: () => ok,
     rearms: () => rearms,
-    fullRounds: () => fullRounds,
     stop: () => {
       stopped = true;
       clearTimeout(timer);
