@@ -120,6 +120,8 @@ export {
   ensureHubRegistration,
   ensureMergerStreams,
   ensureOutStream,
+  type LastOpAtHub,
+  lastOpAtHub,
   openOrCreateKv,
   openSite,
   siteLinked,
@@ -220,3 +222,4 @@ export {
   stampEntry,
 } from "./watcher/handlers.ts";
 export { watcherService } from "./watcher/service.ts";
+export { RegistrationRounds } from "./watcher/outlog.ts";

@@ -44,6 +44,69 @@ const SITES_PER_FULL_ROUND = 4;
 const AFTER_RECONNECT_MS = 1_000;
 
 /**
+ * When a registration round must be full and when the next round is due: the pure part of
+ * {@link keepRegistered}. A full round reads the aggregate's info (its size grows with the number of
+ * sites); a cheap one reads the aggregate's copy of the log's last op ({@link lastOpAtHub}).
+ */
+export class RegistrationRounds {
+  private fullAt = Number.NEGATIVE_INFINITY;
+  private fullEveryMs: number;
+  private needFull = true;
+  /** the hub was unreachable since a full round last saw its source of the log heard from */
+  private unconfirmed = false;
+  /** the log sequence the hub held when the last cheap round found it behind */
+  private behind: number | undefined;
+
+  constructor(private readonly periodMs: number) {
+    this.fullEveryMs = periodMs;
+  }
+
+  /** Whether the next round must be full: never settled since the start or a reconnect, or its period is over. */
+  fullDue(now = Date.now()): boolean {
+    return this.needFull || now - this.fullAt >= this.fullEveryMs;
+  }
+
+  /**
+   * After a cheap check: the delay until the next round, or undefined when a full round is needed
+   * now — the check could not tell, the aggregate was made again, the hub is behind after an outage
+   * (its source of the log may need a re-arm) or did not move since it was found behind.
+   */
+  afterCheap(r: LastOpAtHub | undefined): number | undefined {
+    if (!r || r.restarted) return undefined;
+    if (r.held) {
+      this.behind = undefined;
+      // the hub's source not seen working since an outage: new ops are looked for sooner
+      return this.unconfirmed ? Math.min(this.periodMs, IDLE_STALLED_RECHECK_MS) : this.periodMs;
+    }
+    if (this.unconfirmed) return undefined;
+    const was = this.behind;
+    this.behind = r.upTo;
+    if (was === undefined) return BEHIND_RECHECK_MS;
+    return r.upTo > was ? this.periodMs : undefined;
+  }
+
+  /** After a full round; `settled`: the entry was there and the source heard from (nothing to watch closely). */
+  afterFull(o: { sources: number; settled: boolean; now?: number }): void {
+    this.fullAt = o.now ?? Date.now();
+    this.fullEveryMs =
+      this.periodMs * Math.max(FULL_ROUND_EVERY, Math.ceil(o.sources / SITES_PER_FULL_ROUND));
+    this.needFull = !o.settled;
+    if (o.settled) this.unconfirmed = false;
+    this.behind = undefined;
+  }
+
+  /** A round failed (the hub unreachable). */
+  failed(): void {
+    this.unconfirmed = true;
+  }
+
+  /** The connection to the site's server came back. */
+  reconnected(): void {
+    this.needFull = true;
+  }
+}
+
+/**
  * Keep the site's outbound log among the sources of the hub's aggregate: now, then every
  * HUB_RECHECK_MS (sooner after a reconnect, and while the source looks stalled). A round is full
  * (the aggregate's info: registration, the source's state, re-arm) at start, after a reconnect, while
@@ -94,14 +157,7 @@ export function keepRegistered(
     const last = await opts.outLastMs();
     return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
   };
-  /** when the last full round (the aggregate's info) went through, and how long until the next is due */
-  let fullAt = Number.NEGATIVE_INFINITY;
-  let fullEveryMs = periodMs;
-  let needFull = true;
-  /** the hub was unreachable since a full round last saw its source of the log heard from */
-  let unconfirmed = false;
-  /** the log sequence the hub held when the last cheap round found it behind */
-  let behind: number | undefined;
+  const rounds = new RegistrationRounds(periodMs);
   const recovered = () => {
     if (failures > 0)
       log.info(
@@ -111,29 +167,16 @@ export function keepRegistered(
     failures = 0;
     ok = true;
   };
-  /**
-   * The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else
-   * undefined. Also after the hub was unreachable: a hub back from an outage is not read whole by
-   * every site at once, only by those whose ops it lacks.
-   */
+  /** The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else undefined. */
   const cheapRound = async (): Promise<number | undefined> => {
-    if (needFull || !opts.lastOp || Date.now() - fullAt >= fullEveryMs) return undefined;
+    if (!opts.lastOp || rounds.fullDue()) return undefined;
     const r = await opts.lastOp().catch(() => undefined);
-    if (!r || r.restarted) return undefined;
-    if (r.held) {
-      behind = undefined;
+    const next = rounds.afterCheap(r);
+    if (next !== undefined && r?.held) {
       heardAt = r.readAt;
       recovered();
-      // the hub's source of the log not seen working since an outage: new ops are looked for sooner
-      return unconfirmed ? Math.min(periodMs, IDLE_STALLED_RECHECK_MS) : periodMs;
     }
-    // behind a hub back from an outage: its source of the log may need a re-arm now
-    if (unconfirmed) return undefined;
-    // found behind: look again soon; moved on since: ops are flowing; no progress: a full round
-    const was = behind;
-    behind = r.upTo;
-    if (was === undefined) return BEHIND_RECHECK_MS;
-    return r.upTo > was ? periodMs : undefined;
+    return next;
   };
   const fullRound = async (): Promise<number> => {
     let next = periodMs;
@@ -165,11 +208,10 @@ export function keepRegistered(
         );
       }
     } else if (Number.isFinite(wait)) next = Math.min(periodMs, Math.max(wait, 500));
-    fullAt = Date.now();
-    fullEveryMs = periodMs * Math.max(FULL_ROUND_EVERY, Math.ceil(r.sources / SITES_PER_FULL_ROUND));
-    needFull = r.added || !r.source || Number.isFinite(wait);
-    if (!needFull) unconfirmed = false;
-    behind = undefined;
+    rounds.afterFull({
+      sources: r.sources,
+      settled: !r.added && r.source !== undefined && !Number.isFinite(wait),
+    });
     return next;
   };
   const run = async () => {
@@ -181,7 +223,7 @@ export function keepRegistered(
     } catch (err) {
       failures++;
       ok = false;
-      unconfirmed = true;
+      rounds.failed();
       next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
       if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
         lastErrorLog = Date.now();
@@ -200,7 +242,7 @@ export function keepRegistered(
       if (stopped) break;
       if (s.type === "reconnect") {
         reconnectedAt = Date.now();
-        needFull = true;
+        rounds.reconnected();
       }
       if (s.type === "reconnect" && !running) {
         clearTimeout(timer);
