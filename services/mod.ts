@@ -222,4 +222,4 @@ export {
   stampEntry,
 } from "./watcher/handlers.ts";
 export { watcherService } from "./watcher/service.ts";
-export { RegistrationRounds } from "./watcher/outlog.ts";
+export { RegistrationRounds } from "./watcher/rounds.ts";
