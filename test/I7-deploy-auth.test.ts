@@ -55,6 +55,8 @@ describe("I7 deploy: per-site users (site-users.conf.template)", () => {
     // tombstones old enough within moments, a collection pass every 300 ms
     process.env.SYNCD_TOMBSTONE_MIN_AGE_MS = "1000";
     process.env.SYNCD_TOMBSTONE_GC_MS = "300";
+    // hub registration rounds every 500 ms: their reads run under the template's permissions too
+    process.env.SYNCD_HUB_RECHECK_MS = "500";
     mesh = await startMesh({ users, serviceArgs: ["--reconcile-interval", "0"] });
   });
   after(async () => {
@@ -100,6 +102,16 @@ describe("I7 deploy: per-site users (site-users.conf.template)", () => {
     assert.match((await publishError(syncd, "syncd.b.clock.tick")) ?? "no error", /permissions violation/i);
     // its own ones are fine
     assert.equal(await publishError(syncd, "syncd.a.nothing"), undefined);
+  });
+
+  test("the template gives the services all they use: no service logged a permissions violation", async () => {
+    // a few registration rounds (cheap and full), stamps, merges and tombstone passes have run
+    await new Promise((r) => setTimeout(r, 2000));
+    const denied = mesh
+      .logs(undefined, 100_000)
+      .split("\n")
+      .filter((l) => /permissions violation/i.test(l));
+    assert.deepEqual(denied.slice(0, 5), []);
   });
 
   test("an app may not forge a site's op stream nor call merge", async () => {
