@@ -61,6 +61,32 @@ describe("I1 the check of a site's place at the hub", () => {
     assert.ok(gets.n() >= SITES.length * 2, `only ${gets.n()} cheap checks`);
   });
 
+  it("I1 a site's source added to an aggregate that holds nothing of it and has compacted copies the site's whole log, not from the aggregate's last message time", async () => {
+    await quiet(nc, { timeout: 60_000 });
+    const hub = await jetstreamManager(await mesh.connectHub());
+    // b's source dropped (a concurrent source-list write, an operator) while the aggregate holds
+    // nothing of b's log and its first sequence is past 1 (as once it compacted): a purge does both
+    const info = await hub.streams.info(Streams.hub);
+    await hub.streams.update(Streams.hub, {
+      ...info.config,
+      sources: (info.config.sources ?? []).filter((s) => s.name !== Streams.out("b")),
+    });
+    await hub.streams.purge(Streams.hub);
+    assert.ok((await hub.streams.info(Streams.hub)).state.first_seq > 1);
+    // b writes while it is no source; a writes after it (the aggregate's last message is then newer)
+    await kv.b!.put("fresh.b", "from-b");
+    await until(async () =>
+      (await jetstreamManager(nc.b!)).streams.info(Streams.out("b")).then((i) => i.state.messages > 0),
+    );
+    await sleep(50);
+    await kv.a!.put("fresh.a", "after");
+    // b's watcher adds its source again (a cheap check finds the hub behind): b's write arrives
+    await until(async () => (await kv.a!.get("fresh.b"))?.string() === "from-b", {
+      timeout: 30_000,
+      message: "b's write made while its source was missing never reached a",
+    });
+  });
+
   it("I1 a site whose source was removed from the aggregate behind its back is registered again at its next write, which replicates", async () => {
     await quiet(nc, { timeout: 60_000 });
     const hub = await jetstreamManager(await mesh.connectHub());

@@ -133,14 +133,23 @@ function same(a: unknown, b: unknown): boolean {
 /** Thrown when a stream's config differs and the server refuses the update: the service must not start. */
 export class StreamDriftError extends Error {}
 
+/** The sources a stream should have: the wanted ones added, an existing one given the wanted start; others kept. */
 function withSources(
   have: StreamSource[] | undefined,
   want: StreamSource[] | undefined,
 ): StreamSource[] | undefined {
   if (!want) return have;
-  const names = new Set((have ?? []).map((s) => s.name));
+  const wanted = new Map(want.map((s) => [s.name, s]));
+  let changed = false;
+  const kept = (have ?? []).map((s) => {
+    const w = wanted.get(s.name);
+    if (!w || s.opt_start_seq === w.opt_start_seq) return s;
+    changed = true;
+    return { ...s, opt_start_seq: w.opt_start_seq };
+  });
+  const names = new Set(kept.map((s) => s.name));
   const add = want.filter((s) => !names.has(s.name));
-  return add.length === 0 ? have : [...(have ?? []), ...add];
+  return add.length === 0 && !changed ? have : [...kept, ...add];
 }
 
 /**
@@ -314,14 +323,25 @@ export async function ensureOutStream(
   );
 }
 
+/**
+ * Where the sources below start when their stream holds nothing from the origin. Without it, when
+ * the server sets a source up in that state (a site registered again after its entry was dropped, a
+ * new site whose log already holds ops, a purged FEED) and the stream's first sequence is past 1
+ * (it compacted), nats-server 2.10+ starts the source at the stream's last message *time*, skipping
+ * every op of the origin stored before it (server/stream.go, trySetupSourceConsumer). With it the
+ * source copies the origin from its start; once the stream holds messages from the origin, the
+ * server resumes after the last of them whatever this says.
+ */
+const SOURCE_START = { opt_start_seq: 1 } as const;
+
 /** The source by which a site's inbound stream takes the hub's aggregate. */
 export function hubSource(hubDomain: string): StreamSource {
-  return { name: Streams.hub, external: { api: `$JS.${hubDomain}.API`, deliver: "" } };
+  return { name: Streams.hub, ...SOURCE_START, external: { api: `$JS.${hubDomain}.API`, deliver: "" } };
 }
 
 /** The source by which the hub's aggregate takes a site's outbound op log. */
 export function siteSource(site: string, domain: string): StreamSource {
-  return { name: Streams.out(site), external: { api: `$JS.${domain}.API`, deliver: "" } };
+  return { name: Streams.out(site), ...SOURCE_START, external: { api: `$JS.${domain}.API`, deliver: "" } };
 }
 
 /**
@@ -495,6 +515,7 @@ export async function ensureHubRegistration(
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
   let added = false;
+  let upgraded = false;
   for (let attempt = 0; attempt < 50; attempt++) {
     let info: StreamInfo | null = null;
     try {
@@ -524,6 +545,24 @@ export async function ensureHubRegistration(
       continue;
     }
     const src = (info.config.sources ?? []).find((s) => s.name === mine.name);
+    if (
+      src &&
+      !upgraded &&
+      src.external?.api === mine.external?.api &&
+      src.opt_start_seq !== mine.opt_start_seq
+    ) {
+      upgraded = true;
+      // registered by an earlier version: its entry gets the start that copies a log from its beginning
+      await hub.streams.update(Streams.hub, {
+        ...info.config,
+        sources: (info.config.sources ?? []).map((s) => (s.name === mine.name ? mine : s)),
+      });
+      log.info(
+        { stream: Streams.hub, source: mine.name },
+        "the site's entry among the hub's sources now starts at the log's first op",
+      );
+      continue;
+    }
     if (src && src.external?.api === mine.external?.api) {
       const source = info.sources?.find((s) => s.name === mine.name);
       const hubVersion = versionOfStreamConfig(info.config);
