@@ -105,4 +105,22 @@ describe("I1 the check of a site's place at the hub", () => {
     const names = (await hub.streams.info(Streams.hub)).config.sources?.map((s) => s.name) ?? [];
     assert.ok(names.includes(Streams.out("a")), `a is not a source again: ${names.join(",")}`);
   });
+
+  it("I1 a site's entry registered by an earlier version (no start sequence) is given one by its watcher", async () => {
+    const hub = await jetstreamManager(await mesh.connectHub());
+    const info = await hub.streams.info(Streams.hub);
+    await hub.streams.update(Streams.hub, {
+      ...info.config,
+      sources: (info.config.sources ?? []).map((s) => {
+        if (s.name !== Streams.out("a")) return s;
+        const { opt_start_seq: _, ...old } = s;
+        return old;
+      }),
+    });
+    const startOf = async () =>
+      (await hub.streams.info(Streams.hub)).config.sources?.find((s) => s.name === Streams.out("a"))
+        ?.opt_start_seq;
+    assert.equal(await startOf(), undefined);
+    await until(async () => (await startOf()) === 1, { message: "a's entry was not upgraded" });
+  });
 });
