@@ -2,7 +2,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { type Versioned, compare, compareVersions, merge, wins } from "../../services/mod.ts";
+import {
+  type Versioned,
+  compare,
+  compareBytes,
+  compareVersions,
+  merge,
+  valueHash,
+  wins,
+} from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 const enc = new TextEncoder();
@@ -108,5 +116,37 @@ describe("I1 LWW merge laws", () => {
       ),
       fcParams(),
     );
+  });
+
+  it("the merge is the greater of the two (not just any law-abiding choice); wins: strictly greater, or nothing there", () => {
+    fc.assert(
+      fc.property(versioned, versioned, (a, b) => {
+        const m = merge(a, b);
+        return (
+          (m === a || m === b) &&
+          compare(m, a) >= 0 &&
+          compare(m, b) >= 0 &&
+          wins(a, b) === compare(a, b) > 0 &&
+          wins(a, null) &&
+          wins(a, undefined)
+        );
+      }),
+      fcParams(),
+    );
+  });
+
+  it("two tombstones of one version are the same write whatever bytes they carry", () => {
+    const t = (v: string): Versioned => ({ ts: 1, node_id: "a", deleted: true, value: enc.encode(v) });
+    assert.equal(compare(t("x"), t("y")), 0);
+  });
+
+  it("byte order: a proper prefix first; the value hash is SHA-256's first 8 bytes in hex", () => {
+    const b = (...x: number[]) => new Uint8Array(x);
+    assert.equal(compareBytes(b(1), b(1, 2)), -1);
+    assert.equal(compareBytes(b(1, 2), b(1)), 1);
+    assert.equal(compareBytes(b(2), b(1, 5)), 1);
+    assert.equal(compareBytes(b(), b()), 0);
+    assert.equal(valueHash(enc.encode("")), "e3b0c44298fc1c14");
+    assert.equal(valueHash(enc.encode("abc")), "ba7816bf8f01cfea");
   });
 });

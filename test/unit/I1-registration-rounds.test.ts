@@ -21,12 +21,13 @@ const settled = (sources = 2) => {
 describe("I1 registration rounds", () => {
   it("the first round is full; after a settled one, cheap rounds every period until the full period is over", () => {
     const r = new RegistrationRounds(P);
-    assert.equal(r.fullDue(0), true);
-    r.afterFull({ sources: 2, settled: true, now: 0 });
-    assert.equal(r.fullDue(P), false);
+    const t0 = 1_000_000;
+    assert.equal(r.fullDue(t0), true);
+    r.afterFull({ sources: 2, settled: true, now: t0 });
+    assert.equal(r.fullDue(t0 + P), false);
     assert.equal(r.afterCheap(held), P);
-    assert.equal(r.fullDue(4 * P - 1), false);
-    assert.equal(r.fullDue(4 * P), true);
+    assert.equal(r.fullDue(t0 + 4 * P - 1), false);
+    assert.equal(r.fullDue(t0 + 4 * P), true);
   });
 
   it("the full period grows with the sites beyond 16: N/4 periods", () => {
@@ -66,6 +67,9 @@ describe("I1 registration rounds", () => {
     assert.equal(r.fullDue(1), false, "a hub back from an outage is not read whole by every site");
     assert.equal(r.afterCheap(held), 5_000);
     assert.equal(r.afterCheap(behindAt(5)), undefined);
+    // a full round that did not settle leaves it so
+    r.afterFull({ sources: 2, settled: false, now: 0 });
+    assert.equal(r.afterCheap(held), 5_000);
     r.afterFull({ sources: 2, settled: true, now: 0 });
     assert.equal(r.afterCheap(held), P);
     assert.equal(r.afterCheap(behindAt(5)), 3_000);
