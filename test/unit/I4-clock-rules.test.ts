@@ -131,5 +131,11 @@ describe("I4 clock rules", () => {
     });
     assert.equal(far.ok, false);
     assert.equal(catchUp(5, Number.MAX_SAFE_INTEGER, 1e9), 5 + 1e9);
+    // the edges: a jump of exactly maxJump is taken; a step never lands past ts - maxJump
+    const lamport = (ts: number) =>
+      admissible(ClockMode.lamport, ts, { nowMs: 0, hw: 100, maxSkewMs: 0, maxJump: 10 });
+    assert.equal(lamport(110).ok, true);
+    assert.equal(lamport(111).ok, false);
+    assert.equal(catchUp(0, 15, 10), 5);
   });
 });
