@@ -49,7 +49,7 @@ describe("I1 the check of a site's place at the hub", () => {
     const infos = await counter(`STREAM.INFO.${Streams.hub}`);
     const gets = await counter(`STREAM.MSG.GET.${Streams.hub}`);
     const t0 = Date.now();
-    await sleep(8000);
+    await sleep(5000);
     const periods = (Date.now() - t0) / PERIOD_MS;
     infos.stop();
     gets.stop();

@@ -154,11 +154,21 @@ export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
     });
   };
   let hubJsm: JetStreamManager | undefined;
+  /** How long the registration's cheap check may take before the round turns full. */
+  const CHEAP_CHECK_MS = 2000;
   const hub = keepRegistered(nc, config, log, {
     periodMs: envInt(process.env, "SYNCD_HUB_RECHECK_MS", HUB_RECHECK_MS, 100),
+    // a cheap check that cannot answer at once (a leader election at an R3 site, the hub slow)
+    // gives way to the full round rather than wait out each request's timeout
     lastOp: async () => {
       hubJsm ??= await hubManager(nc, config.hubDomain);
-      return lastOpAtHub(site.jsm, hubJsm, config.site);
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((r) => {
+        timer = setTimeout(() => r(undefined), CHEAP_CHECK_MS);
+      });
+      return Promise.race([lastOpAtHub(site.jsm, hubJsm, config.site), late]).finally(() =>
+        clearTimeout(timer),
+      );
     },
     outLastMs: async () => Date.parse((await site.jsm.streams.info(Streams.out(config.site))).state.last_ts),
     eachRound: async (created) => {
