@@ -61,7 +61,7 @@ export function keepRegistered(
     /** the cheap check between full rounds ({@link lastOpAtHub}); without it every round is full */
     lastOp?: () => Promise<LastOpAtHub | undefined>;
   } = {},
-): { stop: () => void; registered: () => boolean; rearms: () => number } {
+): { stop: () => void; rearms: () => number } {
   const periodMs = opts.periodMs ?? HUB_RECHECK_MS;
   const gate = opts.gate ?? new RearmGate();
   /** when the hub last heard from the source, as far as this instance saw */
@@ -70,7 +70,6 @@ export function keepRegistered(
   let stopped = false;
   let running = false;
   let failures = 0;
-  let ok = false;
   let rearms = 0;
   let lastErrorLog = 0;
   const mine = siteSource(config.site, config.domain).name;
@@ -91,7 +90,6 @@ export function keepRegistered(
         "the hub answers again; the site's op log is a source of it",
       );
     failures = 0;
-    ok = true;
   };
   /** The delay until the next round when a cheap round ({@link lastOpAtHub}) is enough, else undefined. */
   const cheapRound = async (): Promise<number | undefined> => {
@@ -148,7 +146,6 @@ export function keepRegistered(
       next = (await cheapRound()) ?? (await fullRound());
     } catch (err) {
       failures++;
-      ok = false;
       rounds.failed();
       next = Math.min(500 * 2 ** failures, FAILING_RETRY_MS);
       if (failures === 1 || Date.now() - lastErrorLog >= periodMs) {
@@ -177,7 +174,6 @@ export function keepRegistered(
     }
   })();
   return {
-    registered: () => ok,
     rearms: () => rearms,
     stop: () => {
       stopped = true;
