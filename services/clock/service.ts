@@ -93,11 +93,19 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
     Streams.dlq(config.site),
     Streams.conflicts(config.site),
   ];
-  const check = () =>
-    checkStores(site.jsm, stores, log).catch((err) => log.warn({ err }, "store check failed"));
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const check = async () => {
+    await checkStores(site.jsm, stores, log).catch((err) => log.warn({ err }, "store check failed"));
+    if (stopped) return;
+    // a full store refuses writes: look again soon, so that the error clears soon after it is mended
+    const full = health
+      .list()
+      .some((c) => c.code === Conditions.storeFilling && c.severity === Severity.error);
+    timer = setTimeout(() => void check(), full ? STORE_RECHECK_MS : STORE_CHECK_MS);
+    timer.unref();
+  };
   void check();
-  const timer = setInterval(check, STORE_CHECK_MS);
-  timer.unref();
   ctx.metrics.counterFrom(METRIC_NAMES.clockTicks, "timestamps given out", [], () => counts.ticks);
   ctx.metrics.counterFrom(
     METRIC_NAMES.clockObserved,
@@ -113,7 +121,8 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
   );
   return {
     stop: async () => {
-      clearInterval(timer);
+      stopped = true;
+      clearTimeout(timer);
     },
     statsData: (ep) => (ep === "tick" ? { ...counts } : null),
   };
@@ -121,6 +130,9 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
 
 /** How often the clock checks the site's JetStream usage. */
 export const STORE_CHECK_MS = 30_000;
+
+/** How often while a store is full (STORE_FILLING error): the error clears within this once it is mended. */
+export const STORE_RECHECK_MS = 5000;
 
 /** Read the account's and the streams' usage and report it to the health model. */
 export async function checkStores(

@@ -12,6 +12,7 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/nats-core";
+import { envInt } from "./config.ts";
 import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
 import { isAlreadyExists, isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
@@ -31,6 +32,12 @@ export function termTakesReason(version: string | undefined): boolean {
   const [major, minor, patch] = [Number(m[1]), Number(m[2]), Number(m[3])];
   return major > 2 || (major === 2 && (minor > 10 || (minor === 10 && patch >= 4)));
 }
+
+/**
+ * How long a message handed to an instance waits for its ack before the server hands it to another
+ * (an instance killed with its messages in hand): `SYNCD_ACK_WAIT_MS` when the durable is created.
+ */
+export const ACK_WAIT_MS = 30_000;
 
 /**
  * Create the durable consumer unless it exists (its position survives restarts). Another instance
@@ -53,7 +60,7 @@ export async function ensureConsumer(
     durable_name: durable,
     ack_policy: AckPolicy.Explicit,
     deliver_policy: opts.deliver === "all" ? DeliverPolicy.All : DeliverPolicy.LastPerSubject,
-    ack_wait: (opts.ackWaitMs ?? 30_000) * NANOS_PER_MS,
+    ack_wait: (opts.ackWaitMs ?? envInt(process.env, "SYNCD_ACK_WAIT_MS", ACK_WAIT_MS, 1000)) * NANOS_PER_MS,
     max_ack_pending: opts.maxAckPending ?? 4096,
     ...(opts.filter ? { filter_subject: opts.filter } : {}),
   };

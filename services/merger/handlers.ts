@@ -368,12 +368,14 @@ export async function findVanished(b: BucketState, keys: AsyncIterable<string> |
  * version (and value hash) is the one `_meta` holds is committed again as a merger write covering
  * nothing of the current incarnation, then written with its version headers — so the watcher sees
  * an echo, not a new write. A local write that slipped in wins as usual (it is stamped above).
- * Returns what was repaired; the keys left in `vanished` had no op to repair from.
+ * Returns what was repaired; the keys left in `vanished` had no op to repair from, or the bucket
+ * refused the write (then `refused`, when given, holds why, per key).
  */
 export async function repairVanished(
   b: BucketState,
   vanished: Map<string, MetaEntry>,
   ops: AsyncIterable<Op>,
+  refused?: Map<string, string>,
 ): Promise<number> {
   let repaired = 0;
   for await (const op of ops) {
@@ -398,8 +400,9 @@ export async function repairVanished(
     } catch (err) {
       // `_meta` or the bucket moved meanwhile: a newer write of the key is under way, nothing to repair
       if (isCasConflict(err)) continue;
-      // any other refusal (e.g. too large): the key stays vanished, raised by the caller
+      // any other refusal (e.g. too large, a full bucket): the key stays vanished, raised by the caller
       vanished.set(op.key, metaEntry);
+      refused?.set(op.key, (err as Error)?.message ?? String(err));
     }
   }
   return repaired;

@@ -99,6 +99,7 @@ export function monitorBucket(args: {
   const lost = new Set<string>();
   const scan = async (ttl: boolean) => {
     const vanished = await findVanished(state, await args.metaKv.keys());
+    const refused = new Map<string, string>();
     for (const k of lost) if (!vanished.has(k)) lost.delete(k);
     let fresh = 0;
     for (const k of vanished.keys()) if (!lost.has(k)) fresh++;
@@ -111,18 +112,21 @@ export function monitorBucket(args: {
         log.warn({ keys: vanished.size }, "values vanished from the bucket without an op: repairing");
       for (const s of args.repairStreams) {
         if (vanished.size === 0) break;
-        counts.repaired += await repairVanished(state, vanished, streamOps(js, jsm, s));
+        counts.repaired += await repairVanished(state, vanished, streamOps(js, jsm, s), refused);
       }
       for (const k of vanished.keys()) lost.add(k);
     }
     counts.unrepaired = ttl ? 0 : lost.size;
     if (lost.size > 0 && !ttl) {
       const keys = [...lost];
+      const why = refused.size > 0 ? [...refused][0] : undefined;
       problem(`${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`);
       health.raise(Conditions.valuesLost, Severity.error, {
-        message: `${keys.length} value(s) vanished from ${bucket} without an op and no op here to repair them from, e.g. "${keys[0]}": anti-entropy may bring them back, else write or restore them`,
+        message: why
+          ? `${keys.length} value(s) missing from ${bucket} although \`_meta\` holds their version, e.g. "${keys[0]}": the bucket refused putting "${why[0]}" back (${why[1]})`
+          : `${keys.length} value(s) vanished from ${bucket} without an op and no op here to repair them from, e.g. "${keys[0]}": anti-entropy may bring them back, else write or restore them`,
         subject: bucket,
-        data: { keys: keys.slice(0, 10), count: keys.length },
+        data: { keys: keys.slice(0, 10), count: keys.length, refused: refused.size },
       });
       if (fresh > 0)
         log.error(

@@ -35,6 +35,10 @@ import {
 } from "../../scripts/lib/topology.ts";
 import { openOrCreateKv } from "../../services/mod.ts";
 
+// A service killed with messages in hand: they go to another instance after 5 s instead of 30
+// (services/lib/consume.ts ACK_WAIT_MS), so that tests that kill services do not wait out the default.
+process.env.SYNCD_ACK_WAIT_MS ??= "5000";
+
 export { parseScale, sleep };
 export type { CertFiles, ServiceInstance, ServiceKind, Scale };
 
