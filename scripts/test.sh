@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Every check and test: type check, lint/format check, then all test/**/*.test.ts one file at a time,
+# Every check and test: type check, lint/format check, then all test/**/*.test.ts, two files at a time
+# (each file its own process, its own servers on free ports and temp dirs; TEST_CONCURRENCY=1 for one
+# at a time: most of a file's time is waiting on servers and timers, so two share 2 cores well),
 # against two nats-servers, each chosen explicitly with NATS_SERVER (never by PATH order):
 #   pass 1, every test file:          Debian's 2.9.10 (/usr/sbin/nats-server, apt-get when missing)
 #   pass 2, the files that start servers (integration): a current nats-server (scripts/lib/go-tools.sh,
@@ -71,7 +73,7 @@ for server in "${passes[@]}"; do
   if [ "$n" = 1 ]; then set -- "${files[@]}"; else set -- "${integration[@]+"${integration[@]}"}"; fi
   [ "$#" -eq 0 ] && continue
   echo "== node --test ($# files) against nats-server $version ($server)"
-  NATS_SERVER=$server node --import tsx --test --test-concurrency=1 \
+  NATS_SERVER=$server node --import tsx --test --test-concurrency="${TEST_CONCURRENCY:-2}" \
     --test-timeout="${TEST_TIMEOUT_MS:-300000}" \
     --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="$summary/$n.tap" "$@" || { fail=1; touch "$summary/$n.failed"; }
