@@ -10,8 +10,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { Subscription } from "@nats-io/nats-core";
-import { Streams } from "../services/mod.ts";
-import { HUB_DOMAIN, quiet, until, withLinkedMesh } from "./helpers.ts";
+import { Conditions, Streams, type WatcherStatusResponse } from "../services/mod.ts";
+import { HUB_DOMAIN, call, quiet, until, withLinkedMesh } from "./helpers.ts";
 
 const PERIOD_MS = 500;
 // for the services of this file's mesh: a short check period; no tombstone passes (they read the hub too)
@@ -122,5 +122,35 @@ describe("I1 the check of a site's place at the hub", () => {
         ?.opt_start_seq;
     assert.equal(await startOf(), undefined);
     await until(async () => (await startOf()) === 1, { message: "a's entry was not upgraded" });
+  });
+
+  it("I1 the hub's aggregate near its byte limit (it would drop keys' only ops) is raised at every site, an error at 95 %; cleared when the limit is raised", async () => {
+    const hub = await jetstreamManager(await mesh.connectHub());
+    const info = await hub.streams.info(Streams.hub);
+    assert.ok(info.state.bytes > 0);
+    const hubFilling = async (site: string) =>
+      (await call<WatcherStatusResponse>(nc[site]!, site, "watcher", "status")).conditions?.find(
+        (c) => c.code === Conditions.storeFilling && c.subject === Streams.hub,
+      );
+    await hub.streams.update(Streams.hub, { ...info.config, max_bytes: Math.ceil(info.state.bytes / 0.97) });
+    try {
+      for (const s of SITES) {
+        const c = await until(
+          async () => {
+            const f = await hubFilling(s);
+            return f?.severity === "error" ? f : null;
+          },
+          { timeout: 30_000, message: `STORE_FILLING of ${Streams.hub} never raised at ${s}` },
+        );
+        assert.match(c.message, /anti-entropy/);
+      }
+    } finally {
+      await hub.streams.update(Streams.hub, info.config);
+    }
+    for (const s of SITES)
+      await until(async () => (await hubFilling(s)) === undefined, {
+        timeout: 30_000,
+        message: `STORE_FILLING of ${Streams.hub} never cleared at ${s}`,
+      });
   });
 });

@@ -131,8 +131,21 @@ describe("I7 every condition of #12 in syncd status", () => {
       discard: "old",
     } as never);
     for (let i = 0; i < 20; i++) await jetstream(m.nc.a!).publish("rotating.log", "m");
-    const usage = await checkStores(jsm, [kvStream("nearly_full"), "ROTATING_LOG", "NO_SUCH_STREAM"], log);
-    assert.equal(usage.filter((u) => u.name !== "account storage" && u.name !== "account memory").length, 2);
+    // an op log: one message per key, the oldest (a key's only op) dropped when full
+    await jsm.streams.add({
+      name: "COMPACTED_LOG",
+      subjects: ["compacted.>"],
+      max_msgs: 10,
+      max_msgs_per_subject: 1,
+      discard: "old",
+    } as never);
+    for (let i = 0; i < 20; i++) await jetstream(m.nc.a!).publish(`compacted.k${i}`, "op");
+    const usage = await checkStores(
+      jsm,
+      [kvStream("nearly_full"), "ROTATING_LOG", "COMPACTED_LOG", "NO_SUCH_STREAM"],
+      log,
+    );
+    assert.equal(usage.filter((u) => u.name !== "account storage" && u.name !== "account memory").length, 3);
     const byName = new Map(
       health
         .list()
@@ -141,6 +154,8 @@ describe("I7 every condition of #12 in syncd status", () => {
     );
     assert.equal(byName.get(kvStream("nearly_full"))?.severity, "error", JSON.stringify([...byName]));
     assert.equal(byName.get("ROTATING_LOG")?.severity, "warn");
+    assert.equal(byName.get("COMPACTED_LOG")?.severity, "error");
+    assert.match(byName.get("COMPACTED_LOG")?.message ?? "", /anti-entropy/);
     // emptied: cleared
     await jsm.streams.purge(kvStream("nearly_full"));
     await checkStores(jsm, [kvStream("nearly_full")], log);
@@ -148,6 +163,9 @@ describe("I7 every condition of #12 in syncd status", () => {
     // the mesh is shared with the cases below
     await jsm.streams.delete(kvStream("nearly_full"));
     await jsm.streams.delete("ROTATING_LOG");
+    await jsm.streams.delete("COMPACTED_LOG");
+    health.clear(Conditions.storeFilling, "COMPACTED_LOG");
+    health.clear(Conditions.storeFilling, "ROTATING_LOG");
   });
 
   it("VALUE_TOO_LARGE: a local write too large to travel is raised by the watcher (error); a later write of the key clears it", async () => {

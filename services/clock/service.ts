@@ -5,7 +5,15 @@
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { addEndpoint } from "../lib/adapter.ts";
-import { Conditions, EVENT_TTL_MS, Severity, type StoreUsage, health, reportStores } from "../lib/health.ts";
+import {
+  Conditions,
+  EVENT_TTL_MS,
+  Severity,
+  type StoreUsage,
+  health,
+  reportStores,
+  streamUsage,
+} from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
@@ -148,15 +156,7 @@ export async function checkStores(
   );
   for (const name of streams) {
     try {
-      const si = await jsm.streams.info(name);
-      usage.push({
-        name,
-        bytes: si.state.bytes,
-        maxBytes: si.config.max_bytes,
-        msgs: si.state.messages,
-        maxMsgs: si.config.max_msgs,
-        refusesWhenFull: si.config.discard === "new",
-      });
+      usage.push(streamUsage(await jsm.streams.info(name)));
     } catch (err) {
       log.debug({ err, stream: name }, "stream not readable for the store check");
     }

@@ -24,6 +24,7 @@
  * - `list()`: the current conditions, worst first. At most {@link MAX_CONDITIONS} are kept (the oldest
  *   `ok`/`warn` ones go first), so a flood of keys cannot grow a process's memory.
  */
+import type { StreamInfo } from "@nats-io/jetstream";
 
 /** Severities, from least to most urgent. `error` means a person must look. */
 export const Severity = { ok: "ok", warn: "warn", error: "error" } as const;
@@ -181,15 +182,35 @@ export type StoreUsage = {
   maxMsgs?: number;
   /** true when a full store refuses writes (discard new: KV buckets, the account); false when it drops the oldest */
   refusesWhenFull: boolean;
+  /**
+   * a log of one message per subject that drops its oldest when full (the op logs): what goes first
+   * is the only op of the key written longest ago, which a site that joins or returns then lacks
+   */
+  compacted?: boolean;
 };
 
-/** Fill ratios at which a store is raised: `warn` at 80 %, `error` at 95 % when a full store refuses writes. */
+/** The usage of one stream from its info ({@link reportStores}). */
+export function streamUsage(si: StreamInfo): StoreUsage {
+  const refusesWhenFull = si.config.discard === "new";
+  return {
+    name: si.config.name,
+    bytes: si.state.bytes,
+    maxBytes: si.config.max_bytes,
+    msgs: si.state.messages,
+    maxMsgs: si.config.max_msgs,
+    refusesWhenFull,
+    ...(!refusesWhenFull && si.config.max_msgs_per_subject === 1 ? { compacted: true } : {}),
+  };
+}
+
+/** Fill ratios at which a store is raised: `warn` at 80 %, `error` at 95 % when a full store refuses writes or is a compacted op log. */
 export const STORE_WARN = 0.8;
 export const STORE_ERROR = 0.95;
 
 /**
  * Raise or clear STORE_FILLING for each store (subject: its name). A store that drops its oldest
- * messages when full (a log with limits) is at most a warning: that is what its limits are for.
+ * messages when full (a log with limits) is at most a warning: that is what its limits are for —
+ * unless it is a compacted op log, whose oldest message is a key's only op there (an error at 95 %).
  */
 export function reportStores(h: Health, stores: StoreUsage[]): void {
   for (const s of stores) {
@@ -202,9 +223,15 @@ export function reportStores(h: Health, stores: StoreUsage[]): void {
       h.clear(Conditions.storeFilling, s.name);
       continue;
     }
-    const severity = s.refusesWhenFull && fill >= STORE_ERROR ? Severity.error : Severity.warn;
+    const severity =
+      (s.refusesWhenFull || s.compacted) && fill >= STORE_ERROR ? Severity.error : Severity.warn;
+    const then = s.refusesWhenFull
+      ? "when full, writes fail"
+      : s.compacted
+        ? "when full, the ops of the keys written longest ago go first, and a site that joins or returns gets those keys by anti-entropy alone: raise its byte limit"
+        : "the oldest messages go first";
     h.raise(Conditions.storeFilling, severity, {
-      message: `${s.name} is ${Math.round(fill * 100)} % full${s.refusesWhenFull ? ": when full, writes fail" : ": the oldest messages go first"}`,
+      message: `${s.name} is ${Math.round(fill * 100)} % full: ${then}`,
       subject: s.name,
       data: { bytes: s.bytes, max_bytes: s.maxBytes, msgs: s.msgs ?? null, max_msgs: s.maxMsgs ?? null },
     });

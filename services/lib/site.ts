@@ -25,6 +25,7 @@ import {
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { Config } from "./config.ts";
+import { type StoreUsage, streamUsage } from "./health.ts";
 import { isAlreadyExists, isInsufficientResources, isNoMessageFound, isStreamNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 import { versionOfStreamConfig } from "./rearm.ts";
@@ -498,7 +499,7 @@ export async function hubAnswers(nc: NatsConnection, hubDomain: string, timeoutM
  * source list without the other's entry, so this re-reads after its update until its entry is there.
  * Returns whether it had to add the entry, what the hub reports of that source (when it was there),
  * the lowest version of the hub's server ({@link versionOfStreamConfig}), when the aggregate was
- * created and how many sources it has. The aggregate's info lists every source: its size grows with
+ * created, how many sources it has and how full it is. The aggregate's info lists every source: its size grows with
  * the number of sites, so a registered site reads it seldom ({@link lastOpAtHub} in between).
  */
 export async function ensureHubRegistration(
@@ -511,6 +512,8 @@ export async function ensureHubRegistration(
   hubVersion: string;
   hubCreated: string;
   sources: number;
+  /** the aggregate's fill, from the info the round read anyway */
+  usage: StoreUsage;
 }> {
   const hub = await hubManager(nc, config.hubDomain);
   const mine = siteSource(config.site, config.domain);
@@ -566,7 +569,13 @@ export async function ensureHubRegistration(
     if (src && src.external?.api === mine.external?.api) {
       const source = info.sources?.find((s) => s.name === mine.name);
       const hubVersion = versionOfStreamConfig(info.config);
-      const r = { added, hubVersion, hubCreated: info.created, sources: info.config.sources?.length ?? 0 };
+      const r = {
+        added,
+        hubVersion,
+        hubCreated: info.created,
+        sources: info.config.sources?.length ?? 0,
+        usage: streamUsage(info),
+      };
       return source ? { ...r, source } : r;
     }
     if (src)

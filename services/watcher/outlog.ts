@@ -9,6 +9,7 @@ import type { KV } from "@nats-io/kv";
 import { type NatsConnection, TimeoutError } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
+import { health, reportStores } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
@@ -105,6 +106,7 @@ export function keepRegistered(
   const fullRound = async (): Promise<number> => {
     let next = periodMs;
     const r = await ensureHubRegistration(nc, config, log);
+    reportStores(health, [r.usage]);
     await opts
       .eachRound?.(r.hubCreated)
       .catch((err: unknown) => log.warn({ err }, "could not check the site's op log against the hub"));
