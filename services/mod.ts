@@ -38,9 +38,14 @@ export {
   Conditions,
   Health,
   MAX_CONDITIONS,
+  STORE_ERROR,
+  STORE_WARN,
   Severity,
+  type StoreUsage,
   health,
   needsPerson,
+  reportStores,
+  streamUsage,
 } from "./lib/health.ts";
 export { type IdleGcOptions, startIdleGc } from "./lib/idle-gc.ts";
 export {

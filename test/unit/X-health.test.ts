@@ -12,9 +12,13 @@ import {
   Conditions,
   Health,
   MAX_CONDITIONS,
+  STORE_ERROR,
+  STORE_WARN,
   Severity,
   conditionsOf,
   needsPerson,
+  reportStores,
+  streamUsage,
 } from "../../services/mod.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -63,6 +67,32 @@ describe("health", () => {
     now = 1500;
     assert.equal(h.list()[0]?.count, 2);
     now = 1901;
+    assert.deepEqual(h.list(), []);
+  });
+
+  it("STORE_FILLING: a store that refuses writes or a compacted op log is an error at 95 %, a rotating log only a warning; cleared below 80 %", () => {
+    const h = new Health(() => 0);
+    const info = (name: string, discard: "old" | "new", perSubject: number, fill: number) =>
+      streamUsage({
+        config: { name, discard, max_msgs_per_subject: perSubject, max_bytes: 1000, max_msgs: -1 },
+        state: { bytes: Math.round(1000 * fill), messages: 10 },
+      } as never);
+    const severityOf = (name: string) =>
+      h.list().find((c) => c.code === Conditions.storeFilling && c.subject === name)?.severity;
+    const at = (fill: number) =>
+      reportStores(h, [
+        info("KV_config", "new", -1, fill),
+        info("SYNCD_HUB", "old", 1, fill),
+        info("ROTATING", "old", -1, fill),
+      ]);
+    at(STORE_ERROR);
+    assert.equal(severityOf("KV_config"), Severity.error);
+    assert.equal(severityOf("SYNCD_HUB"), Severity.error);
+    assert.equal(severityOf("ROTATING"), Severity.warn);
+    assert.match(h.list().find((c) => c.subject === "SYNCD_HUB")?.message ?? "", /anti-entropy/);
+    at(STORE_WARN);
+    for (const s of ["KV_config", "SYNCD_HUB", "ROTATING"]) assert.equal(severityOf(s), Severity.warn, s);
+    at(STORE_WARN - 0.01);
     assert.deepEqual(h.list(), []);
   });
 
