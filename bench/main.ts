@@ -12,6 +12,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { conflictCase } from "./cases/conflict.ts";
 import { footprintCase } from "./cases/footprint.ts";
+import { hubCase } from "./cases/hub.ts";
 import { latencyCase } from "./cases/latency.ts";
 import { profileCase } from "./cases/profile.ts";
 import { reconcileCase } from "./cases/reconcile.ts";
@@ -35,6 +36,7 @@ const CASES: CaseDef[] = [
   footprintCase,
   profileCase,
   sitesCase,
+  hubCase,
 ];
 
 /** A full run: not quick, every case. Only such a run's report is bench/RESULTS.md. */

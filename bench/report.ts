@@ -2,16 +2,17 @@ import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { ConflictResult } from "./cases/conflict.ts";
 import type { FootprintResult } from "./cases/footprint.ts";
-import type { LatencyResult, LatencyRun } from "./cases/latency.ts";
-import type { ProfileResult, ServiceProfile } from "./cases/profile.ts";
-import type { ReconcileResult } from "./cases/reconcile.ts";
-import type { ScaleResult } from "./cases/scaleout.ts";
 /**
  * RESULTS.md from a bench report: tables only — machine and versions, the targets, the numbers derived
  * from the measurements, one section per case, the CPU profile. How each case measures and how to
  * read it is prose in one place, bench/NOTES.md, put under the tables. A block between
  * `<!-- notes:begin -->` and `<!-- notes:end -->` in the existing file is kept (hand-written reading).
  */
+import { type HubResult, renderHub } from "./cases/hub.ts";
+import type { LatencyResult, LatencyRun } from "./cases/latency.ts";
+import type { ProfileResult, ServiceProfile } from "./cases/profile.ts";
+import type { ReconcileResult } from "./cases/reconcile.ts";
+import type { ScaleResult } from "./cases/scaleout.ts";
 import { type SitesResult, renderSites } from "./cases/sites.ts";
 import type { SyncdRun, ThroughputResult } from "./cases/throughput.ts";
 import type { ProcCpu, ProcRss } from "./cases/types.ts";
@@ -658,6 +659,8 @@ export function renderResults(r: BenchReport, existingFile: string, jsonRel: str
 
   const st = r.results.sites as SitesResult | undefined;
   if (st) out.push(...renderSites(st));
+  const hb = r.results.hub as HubResult | undefined;
+  if (hb) out.push(...renderHub(hb));
 
   section(
     "Notes",
