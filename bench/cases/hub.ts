@@ -6,7 +6,8 @@
  * ensureHubRegistration), one op per site is published, then: the hub's msgs/s, bytes/s, CPU and RSS
  * while idle; one op → every site's FEED; and the hub stopped for BENCH_HUB_OUTAGE_S (default 10 s)
  * while every site publishes one op, then started again: time until every FEED holds all N of them
- * (the hub re-creating one source per site and every site's FEED source of it).
+ * (the hub re-creating one source per site and every site's FEED source of it); then again with every
+ * site re-arming both its sources at once as soon as the hub answers, as the services do (the herd).
  */
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
@@ -18,6 +19,7 @@ import {
   ensureOutStream,
   loadConfig,
   opsSubject,
+  rearmSource,
 } from "../../services/mod.ts";
 import { startMesh } from "../../test/harness/mesh.ts";
 import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
@@ -37,6 +39,13 @@ export type HubRow = {
   outage_s: number;
   /** from the hub's start until every FEED holds the op each site published during the outage (ms) */
   catch_up_ms: number;
+  /** the same, every site re-arming its two sources as the services do once the hub answers */
+  catch_up_rearmed_ms?: number;
+  /** the hub's CPU from its start until caught up (ms): without, with the herd */
+  catch_up_hub_cpu_ms?: number;
+  rearm_hub_cpu_ms?: number;
+  /** the aggregate's entries lost to the herd's concurrent edits (added back by the next check) */
+  herd_lost_entries?: number;
   error?: string;
 };
 
@@ -154,15 +163,51 @@ async function measure(n: number, idleS: number, outageS: number): Promise<HubRo
     row.op_to_last_feed_ms = round(Math.max(...arrived) - tw);
 
     if (outageS > 0) {
-      await mesh.stopHub();
-      await eachLimited(sites, 8, async (site) => {
-        await jetstream(ncs.get(site)!).publish(opsSubject(site, "config", "outage"), "{}");
+      /** stop the hub, one op per site, start it; `after` once it runs; ms until every FEED holds them, and the hub's CPU meanwhile */
+      const outage = async (key: string, after: () => Promise<void>) => {
+        await mesh.stopHub();
+        await eachLimited(sites, 8, async (site) => {
+          await jetstream(ncs.get(site)!).publish(opsSubject(site, "config", key), "{}");
+        });
+        await sleep(outageS * 1000);
+        const th = performance.now();
+        await mesh.startHub();
+        const c = cpuSnapshot([mesh.topology.hub.pid!]);
+        await after();
+        await allFeedsHold(ncs, key, n);
+        const cpu = cpuDelta(c, cpuSnapshot([mesh.topology.hub.pid!])).byPid.get(mesh.topology.hub.pid!);
+        return { ms: round(performance.now() - th), cpu: round(cpu ?? 0) };
+      };
+      const plain = await outage("outage", async () => {});
+      row.catch_up_ms = plain.ms;
+      row.catch_up_hub_cpu_ms = plain.cpu;
+      // the services' herd once the hub answers, every site with ops to send: each watcher re-arms
+      // its log's source at the hub (two edits of the aggregate's source list), each merger its
+      // FEED; entries lost to concurrent edits are added back as a watcher's next check does
+      const herd = await outage("outage2", async () => {
+        const hubJsm = await jetstreamManager(await mesh.connectHub());
+        await waitUntil(
+          "the hub's JetStream answers",
+          () => hubJsm.streams.info(Streams.hub).then(() => true),
+          60_000,
+          200,
+        );
+        await Promise.all(
+          sites.map(async (site) => {
+            await rearmSource(hubJsm, Streams.hub, Streams.out(site)).catch(() => false);
+            await rearmSource(await jetstreamManager(ncs.get(site)!), Streams.in(site), Streams.hub).catch(
+              () => false,
+            );
+          }),
+        );
+        const have = new Set((await hubJsm.streams.info(Streams.hub)).config.sources?.map((x) => x.name));
+        const lost = sites.filter((site) => !have.has(Streams.out(site)));
+        row.herd_lost_entries = lost.length;
+        for (const site of lost)
+          await ensureHubRegistration(ncs.get(site)!, loadConfig(["--site", site], {}), quietLog);
       });
-      await sleep(outageS * 1000);
-      const th = performance.now();
-      await mesh.startHub();
-      await allFeedsHold(ncs, "outage", n);
-      row.catch_up_ms = round(performance.now() - th);
+      row.catch_up_rearmed_ms = herd.ms;
+      row.rearm_hub_cpu_ms = herd.cpu;
     }
     log(`hub: ${n} → ${JSON.stringify(row)}`);
   } catch (err) {
@@ -203,13 +248,15 @@ export function renderHub(r: HubResult): string[] {
     "hub subs",
     "one op → last FEED (ms)",
     "catch-up after hub outage (ms)",
+    "the hub's CPU meanwhile (ms)",
+    "the same, every site re-arming at once (ms) / the hub's CPU (ms) / entries lost to the herd",
   ];
   const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
   for (const x of r.rows)
     lines.push(
       x.error
         ? `| ${x.sites} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.setup_s} | ${x.hub_msgs_s_idle} | ${x.hub_bytes_s_idle} | ${x.hub_cpu_pct_idle} | ${x.hub_rss_mb} | ${x.hub_subs} | ${x.op_to_last_feed_ms} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} |`,
+        : `| ${x.sites} | ${x.setup_s} | ${x.hub_msgs_s_idle} | ${x.hub_bytes_s_idle} | ${x.hub_cpu_pct_idle} | ${x.hub_rss_mb} | ${x.hub_subs} | ${x.op_to_last_feed_ms} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.catch_up_hub_cpu_ms ?? "–"} | ${x.catch_up_rearmed_ms ?? "–"} / ${x.rearm_hub_cpu_ms ?? "–"} / ${x.herd_lost_entries ?? "–"} |`,
     );
   return [`## ${hubCase.title}`, "", `idle window ${r.idle_s} s`, "", ...lines, ""];
 }
