@@ -12,6 +12,7 @@ import {
   type StoreUsage,
   health,
   reportStores,
+  storeSeverity,
   streamUsage,
 } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
@@ -104,12 +105,13 @@ export async function wireClock(ctx: ServiceContext): Promise<Running> {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   const check = async () => {
-    await checkStores(site.jsm, stores, log).catch((err) => log.warn({ err }, "store check failed"));
+    const usage = await checkStores(site.jsm, stores, log).catch((err) => {
+      log.warn({ err }, "store check failed");
+      return [];
+    });
     if (stopped) return;
-    // a full store refuses writes: look again soon, so that the error clears soon after it is mended
-    const full = health
-      .list()
-      .some((c) => c.code === Conditions.storeFilling && c.severity === Severity.error);
+    // a store full enough to be an error: look again soon, so that the error clears soon after it is mended
+    const full = usage.some((u) => storeSeverity(u) === Severity.error);
     timer = setTimeout(() => void check(), full ? STORE_RECHECK_MS : STORE_CHECK_MS);
     timer.unref();
   };

@@ -207,6 +207,20 @@ export function streamUsage(si: StreamInfo): StoreUsage {
 export const STORE_WARN = 0.8;
 export const STORE_ERROR = 0.95;
 
+function fillOf(s: StoreUsage): number {
+  return Math.max(
+    s.maxBytes > 0 ? s.bytes / s.maxBytes : 0,
+    s.maxMsgs !== undefined && s.maxMsgs > 0 ? (s.msgs ?? 0) / s.maxMsgs : 0,
+  );
+}
+
+/** The severity of STORE_FILLING for one store ({@link reportStores}); `ok` below {@link STORE_WARN}. */
+export function storeSeverity(s: StoreUsage): Severity {
+  const fill = fillOf(s);
+  if (fill < STORE_WARN) return Severity.ok;
+  return (s.refusesWhenFull || s.compacted) && fill >= STORE_ERROR ? Severity.error : Severity.warn;
+}
+
 /**
  * Raise or clear STORE_FILLING for each store (subject: its name). A store that drops its oldest
  * messages when full (a log with limits) is at most a warning: that is what its limits are for —
@@ -214,17 +228,12 @@ export const STORE_ERROR = 0.95;
  */
 export function reportStores(h: Health, stores: StoreUsage[]): void {
   for (const s of stores) {
-    const ratios = [
-      s.maxBytes > 0 ? s.bytes / s.maxBytes : 0,
-      s.maxMsgs !== undefined && s.maxMsgs > 0 ? (s.msgs ?? 0) / s.maxMsgs : 0,
-    ];
-    const fill = Math.max(...ratios);
-    if (fill < STORE_WARN) {
+    const fill = fillOf(s);
+    const severity = storeSeverity(s);
+    if (severity === Severity.ok) {
       h.clear(Conditions.storeFilling, s.name);
       continue;
     }
-    const severity =
-      (s.refusesWhenFull || s.compacted) && fill >= STORE_ERROR ? Severity.error : Severity.warn;
     const then = s.refusesWhenFull
       ? "when full, writes fail"
       : s.compacted
