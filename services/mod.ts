@@ -90,9 +90,11 @@ export {
 } from "./lib/oplog.ts";
 export { type Planting, plantVersion } from "./lib/plant.ts";
 export {
+  REARM_MAX_HUB_SOURCES,
   REARM_STALL_MS,
   RearmGate,
   rearmSource,
+  rearmsHubSource,
   sourcesBackOff,
   versionOfStreamConfig,
 } from "./lib/rearm.ts";

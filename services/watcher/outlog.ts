@@ -15,7 +15,7 @@ import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
 import { type Op, makeOp, parseOp } from "../lib/op.ts";
 import { OrderedResult, currentOwnOp, metaHoldsOp, publishOrdered } from "../lib/oplog.ts";
-import { RearmGate, rearmSource, sourcesBackOff } from "../lib/rearm.ts";
+import { RearmGate, rearmSource, rearmsHubSource } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { type LastOpAtHub, ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
@@ -120,7 +120,8 @@ export function keepRegistered(
     // heard from with nothing left to deliver: the hub had every op stored before then
     if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
     // the hub's server makes the source's consumer: its version decides (not the site's)
-    const wait = sourcesBackOff(r.hubVersion) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
+    // (and only while the hub's sources are few enough for every site's re-arm to cost it little)
+    const wait = rearmsHubSource(r.hubVersion, r.sources) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
     // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
     // when the log holds ops the hub may lack (the server's own retry takes the others in time)
     if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);

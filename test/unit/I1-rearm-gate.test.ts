@@ -8,7 +8,13 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { StreamSourceInfo } from "@nats-io/jetstream";
 import fc from "fast-check";
-import { RearmGate, sourcesBackOff, versionOfStreamConfig } from "../../services/mod.ts";
+import {
+  REARM_MAX_HUB_SOURCES,
+  RearmGate,
+  rearmsHubSource,
+  sourcesBackOff,
+  versionOfStreamConfig,
+} from "../../services/mod.ts";
 import { fcParams } from "../fc.ts";
 
 const o = { stallMs: 5_000, neverMs: 3_000, maxGapMs: 60_000 };
@@ -141,5 +147,18 @@ describe("I1 the hub's server version, seen from a site", () => {
     assert.equal(versionOfStreamConfig(v210), "2.10.0");
     assert.equal(sourcesBackOff(versionOfStreamConfig(v210)), true);
     assert.equal(versionOfStreamConfig({ ...v210, metadata: { "_nats.ver": "bogus" } }), "2.10.0");
+  });
+});
+
+describe("I1 a hub restart at hundreds of sites: no re-arm herd", () => {
+  it("I1 a watcher re-arms its entry only on a 2.10+ hub whose aggregate has at most REARM_MAX_HUB_SOURCES sources", () => {
+    assert.equal(rearmsHubSource("2.15.2", 2), true);
+    assert.equal(rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES), true);
+    assert.equal(
+      rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES + 1),
+      false,
+      "beyond it: the server's own retry",
+    );
+    assert.equal(rearmsHubSource("2.9.0", 2), false);
   });
 });
