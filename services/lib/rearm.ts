@@ -27,17 +27,26 @@ export function sourcesBackOff(version: string | undefined): boolean {
 }
 
 /**
- * The most sources the hub's aggregate may have for a watcher to re-arm its site's entry. A re-arm
- * is two edits of the whole source list, so after a hub restart N sites with ops to send cost the
- * hub O(N²): measured with every site at once (bench case "hub"), 0.3 s of the hub's CPU and a
- * 4 s catch-up at 50 sites, 1 s and 11 s at 100, 5.7 s and 37 s at 200 — where the server's own
- * retry catches up in ~42 s at any N. Beyond this many sources, the server's retry is left to it.
+ * The most sources the hub's aggregate may have for watchers to re-arm their sites' entries after an
+ * outage on the hub's side. A re-arm is two edits of the whole source list, so after a hub restart
+ * N sites with ops to send cost the hub O(N²): measured with every site at once (bench case "hub"),
+ * 0.3 s of the hub's CPU and a 4 s catch-up at 50 sites, 1 s and 11 s at 100, 5.7 s and 37 s at
+ * 200 — where the server's own retry catches up in ~42 s at any N. Beyond this many sources, that
+ * retry is left to it. A site's own outage (its server restarted, its services reconnected) is one
+ * site's re-arm at any N.
  */
 export const REARM_MAX_HUB_SOURCES = 100;
 
-/** Whether a watcher re-arms its entry among the aggregate's sources ({@link REARM_MAX_HUB_SOURCES}). */
-export function rearmsHubSource(hubVersion: string | undefined, sources: number): boolean {
-  return sourcesBackOff(hubVersion) && sources <= REARM_MAX_HUB_SOURCES;
+/**
+ * Whether a watcher re-arms its entry among the aggregate's sources: on a 2.10+ hub, after its own
+ * site's outage at any N, after one on the hub's side only up to {@link REARM_MAX_HUB_SOURCES}.
+ */
+export function rearmsHubSource(
+  hubVersion: string | undefined,
+  sources: number,
+  ownOutage: boolean,
+): boolean {
+  return sourcesBackOff(hubVersion) && (ownOutage || sources <= REARM_MAX_HUB_SOURCES);
 }
 
 /**

@@ -120,8 +120,12 @@ export function keepRegistered(
     // heard from with nothing left to deliver: the hub had every op stored before then
     if (active >= 0 && active < HEARD_NS && r.source?.lag === 0) heardAt = Date.now() - active / 1e6;
     // the hub's server makes the source's consumer: its version decides (not the site's)
-    // (and only while the hub's sources are few enough for every site's re-arm to cost it little)
-    const wait = rearmsHubSource(r.hubVersion, r.sources) ? gate.wait(r.source) : Number.POSITIVE_INFINITY;
+    // (after an outage on the hub's side, only while its sources are few enough for every site's
+    // re-arm at once to cost it little; this site's own outage is one re-arm at any N)
+    const ownOutage = heardAt === undefined || reconnectedAt > heardAt;
+    const wait = rearmsHubSource(r.hubVersion, r.sources, ownOutage)
+      ? gate.wait(r.source)
+      : Number.POSITIVE_INFINITY;
     // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
     // when the log holds ops the hub may lack (the server's own retry takes the others in time)
     if (wait === 0 && !(await pending())) next = Math.min(periodMs, IDLE_STALLED_RECHECK_MS);

@@ -151,14 +151,15 @@ describe("I1 the hub's server version, seen from a site", () => {
 });
 
 describe("I1 a hub restart at hundreds of sites: no re-arm herd", () => {
-  it("I1 a watcher re-arms its entry only on a 2.10+ hub whose aggregate has at most REARM_MAX_HUB_SOURCES sources", () => {
-    assert.equal(rearmsHubSource("2.15.2", 2), true);
-    assert.equal(rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES), true);
+  it("I1 after an outage on the hub's side a watcher re-arms its entry only on a 2.10+ hub whose aggregate has at most REARM_MAX_HUB_SOURCES sources; after its own site's outage at any N", () => {
+    assert.equal(rearmsHubSource("2.15.2", 2, false), true);
+    assert.equal(rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES, false), true);
     assert.equal(
-      rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES + 1),
+      rearmsHubSource("2.15.2", REARM_MAX_HUB_SOURCES + 1, false),
       false,
       "beyond it: the server's own retry",
     );
-    assert.equal(rearmsHubSource("2.9.0", 2), false);
+    assert.equal(rearmsHubSource("2.15.2", 10 * REARM_MAX_HUB_SOURCES, true), true, "one site's own outage");
+    assert.equal(rearmsHubSource("2.9.0", 2, true), false);
   });
 });
