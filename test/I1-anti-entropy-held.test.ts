@@ -14,9 +14,11 @@ import {
   Durables,
   type ReconcilerRunResponse,
   type ReconcilerStatusResponse,
+  Streams,
   run as cli,
   kvStream,
   kvSubject,
+  opsSubject,
 } from "../services/mod.ts";
 import { call, contents, quiet, until, versions, withLinkedMesh } from "./helpers.ts";
 
@@ -101,6 +103,11 @@ describe("I1 anti-entropy: what the buckets hold", () => {
   });
 
   it("a value lost everywhere is raised: status lost with severity error", async () => {
+    // everywhere: its op too (each merger would put the value back from an op it still holds)
+    const op = { filter: opsSubject("a", BUCKET, "k.9") };
+    await jsm.a!.streams.purge(Streams.out("a"), op);
+    await (await jetstreamManager(await mesh.connectHub())).streams.purge(Streams.hub, op);
+    for (const s of ["a", "b"]) await jsm[s]!.streams.purge(Streams.in(s), op);
     for (const s of ["a", "b"])
       await jsm[s]!.streams.purge(kvStream(BUCKET), { filter: kvSubject(BUCKET, "k.9") });
     await run("a", "b");
