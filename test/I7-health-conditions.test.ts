@@ -218,6 +218,10 @@ describe("I7 every condition of #12 in syncd status", () => {
       const c = await raised("b", Conditions.keyStuck, "error", "config/op.stuck");
       assert.equal(c.code, 1);
       assert.equal(find(c, Conditions.keyStuck, "config/op.stuck")?.service, "syncd-merger");
+      // `_meta` holds the op's version, the bucket not its value: the merger's monitor tries to put
+      // it back, and says the bucket refused it (not "no op to repair from")
+      const lost = await raised("b", Conditions.valuesLost, "error", "config");
+      assert.match(find(lost, Conditions.valuesLost, "config")?.message ?? "", /refused/);
     } finally {
       await jsm.streams.update(kvStream("config"), { ...info.config, max_msgs: -1 });
     }

@@ -120,7 +120,11 @@ export function monitorBucket(args: {
     if (lost.size > 0 && !ttl) {
       const keys = [...lost];
       const why = refused.size > 0 ? [...refused][0] : undefined;
-      problem(`${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`);
+      problem(
+        why
+          ? `${bucket}: ${keys.length} value(s) the bucket refused to take back, e.g. "${why[0]}" (${why[1]})`
+          : `${bucket}: ${keys.length} vanished value(s) with no op to repair from, e.g. "${keys[0]}"`,
+      );
       health.raise(Conditions.valuesLost, Severity.error, {
         message: why
           ? `${keys.length} value(s) missing from ${bucket} although \`_meta\` holds their version, e.g. "${keys[0]}": the bucket refused putting "${why[0]}" back (${why[1]})`
