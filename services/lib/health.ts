@@ -215,8 +215,7 @@ function fillOf(s: StoreUsage): number {
 }
 
 /** The severity of STORE_FILLING for one store ({@link reportStores}); `ok` below {@link STORE_WARN}. */
-export function storeSeverity(s: StoreUsage): Severity {
-  const fill = fillOf(s);
+export function storeSeverity(s: StoreUsage, fill = fillOf(s)): Severity {
   if (fill < STORE_WARN) return Severity.ok;
   return (s.refusesWhenFull || s.compacted) && fill >= STORE_ERROR ? Severity.error : Severity.warn;
 }
@@ -229,7 +228,7 @@ export function storeSeverity(s: StoreUsage): Severity {
 export function reportStores(h: Health, stores: StoreUsage[]): void {
   for (const s of stores) {
     const fill = fillOf(s);
-    const severity = storeSeverity(s);
+    const severity = storeSeverity(s, fill);
     if (severity === Severity.ok) {
       h.clear(Conditions.storeFilling, s.name);
       continue;

@@ -78,10 +78,13 @@ export function keepRegistered(
   let reconnectedAt = 0;
   // a site's own outage: one site re-arms, whatever it holds; the hub's outage: every site at once,
   // so only those with ops to send
+  /** the site's own outage (or this instance's start) since the hub last heard from the source */
+  const ownOutage = () => heardAt === undefined || reconnectedAt > heardAt;
   const pending = async () => {
-    if (heardAt === undefined || reconnectedAt > heardAt || !opts.outLastMs) return true;
+    const heard = heardAt;
+    if (heard === undefined || ownOutage() || !opts.outLastMs) return true;
     const last = await opts.outLastMs();
-    return Number.isFinite(last) && last > heardAt - PENDING_MARGIN_MS;
+    return Number.isFinite(last) && last > heard - PENDING_MARGIN_MS;
   };
   const rounds = new RegistrationRounds(periodMs);
   const recovered = () => {
@@ -122,8 +125,7 @@ export function keepRegistered(
     // the hub's server makes the source's consumer: its version decides (not the site's)
     // (after an outage on the hub's side, only while its sources are few enough for every site's
     // re-arm at once to cost it little; this site's own outage is one re-arm at any N)
-    const ownOutage = heardAt === undefined || reconnectedAt > heardAt;
-    const wait = rearmsHubSource(r.hubVersion, r.sources, ownOutage)
+    const wait = rearmsHubSource(r.hubVersion, r.sources, ownOutage())
       ? gate.wait(r.source)
       : Number.POSITIVE_INFINITY;
     // re-adding costs the hub a backward scan of its aggregate down to this site's last op: only
