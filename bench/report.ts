@@ -17,6 +17,7 @@ import { type SitesResult, renderSites } from "./cases/sites.ts";
 import type { SyncdRun, ThroughputResult } from "./cases/throughput.ts";
 import type { ProcCpu, ProcRss } from "./cases/types.ts";
 import type { MachineInfo } from "./lib/machine.ts";
+import { table } from "./lib/util.ts";
 
 export type BenchReport = {
   started: string;
@@ -42,11 +43,6 @@ const pct = (x: number, d = 0) => `${fmt(x * 100, d)} %`;
 /** Other work on the host, % of one core: the accounting (10 ms ticks, two sources) can dip below 0. */
 const others = (x: number) => `${fmt(Math.max(0, x))} %`;
 const verdict = (ok: boolean | null) => (ok === null ? "not measured" : ok ? "**met**" : "**not met**");
-
-function table(head: string[], rows: (string | number)[][]): string {
-  const line = (r: (string | number)[]) => `| ${r.map((c) => String(c).replace(/\|/g, "\\|")).join(" | ")} |`;
-  return [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n");
-}
 
 function keptNotes(file: string): string {
   const fallback = [

@@ -23,7 +23,7 @@ import {
 } from "../../services/mod.ts";
 import { startMesh } from "../../test/harness/mesh.ts";
 import { cpuDelta, cpuSnapshot, rssMb } from "../lib/procstat.ts";
-import { log, round, sleep, waitUntil } from "../lib/util.ts";
+import { type Varz, getJson, log, pipelined, round, sleep, table, waitUntil } from "../lib/util.ts";
 import type { BenchContext, CaseDef } from "./types.ts";
 
 export type HubRow = {
@@ -51,19 +51,10 @@ export type HubRow = {
 
 export type HubResult = { rows: HubRow[]; idle_s: number };
 
-type Varz = { in_msgs: number; out_msgs: number; in_bytes: number; out_bytes: number; subscriptions: number };
+/** A site's services' config with every default (what the streams and the hub's entry are made from). */
+const configOf = (site: string) => loadConfig(["--site", site], {});
 
 const quietLog = createLogger({ service: "bench", site: "-", instance: "hub", level: "silent" });
-
-/** Run `fn` over `items`, `width` at a time. */
-async function eachLimited<T>(items: T[], width: number, fn: (x: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      for (let x = queue.shift(); x !== undefined; x = queue.shift()) await fn(x);
-    }),
-  );
-}
 
 /** Wait until every site's FEED holds an op of every site on `key`, logging progress every 10 s. */
 async function allFeedsHold(ncs: Map<string, NatsConnection>, key: string, n: number): Promise<void> {
@@ -110,16 +101,17 @@ async function measure(n: number, idleS: number, outageS: number): Promise<HubRo
   try {
     for (const s of sites) ncs.set(s, await mesh.connect(s));
     log(`hub: ${n} sites started; making the streams and the hub's sources`);
-    await eachLimited(sites, 8, async (s) => {
+    await pipelined(sites.length, 8, async (i) => {
+      const s = sites[i]!;
       const nc = ncs.get(s)!;
-      const config = loadConfig(["--site", s], {});
+      const config = configOf(s);
       const jsm = await jetstreamManager(nc);
       await ensureOutStream(jsm, config, 1, quietLog);
       await ensureMergerStreams(jsm, config, 1, quietLog);
       await jetstream(nc).publish(opsSubject(s, "config", "first"), JSON.stringify({ site: s }));
     });
     // one at a time: the services' periodic check restores an entry a concurrent write dropped, this has none
-    for (const s of sites) await ensureHubRegistration(ncs.get(s)!, loadConfig(["--site", s], {}), quietLog);
+    for (const s of sites) await ensureHubRegistration(ncs.get(s)!, configOf(s), quietLog);
     await allFeedsHold(ncs, "first", n);
     row.setup_s = round((performance.now() - t0) / 1000);
     log(`hub: ${n} sites linked in ${row.setup_s} s`);
@@ -127,10 +119,10 @@ async function measure(n: number, idleS: number, outageS: number): Promise<HubRo
     const hubPid = mesh.topology.hub.pid!;
     const hubUrl = mesh.topology.hub.httpUrl;
     await sleep(3000);
-    const v0 = (await (await fetch(`${hubUrl}/varz`)).json()) as Varz;
+    const v0 = await getJson<Varz>(`${hubUrl}/varz`);
     const c0 = cpuSnapshot([hubPid]);
     await sleep(idleS * 1000);
-    const v1 = (await (await fetch(`${hubUrl}/varz`)).json()) as Varz;
+    const v1 = await getJson<Varz>(`${hubUrl}/varz`);
     const d = cpuDelta(c0, cpuSnapshot([hubPid]));
     const s = d.wall_ms / 1000;
     row.hub_msgs_s_idle = round((v1.in_msgs + v1.out_msgs - v0.in_msgs - v0.out_msgs) / s, 1);
@@ -166,9 +158,9 @@ async function measure(n: number, idleS: number, outageS: number): Promise<HubRo
       /** stop the hub, one op per site, start it; `after` once it runs; ms until every FEED holds them, and the hub's CPU meanwhile */
       const outage = async (key: string, after: () => Promise<void>) => {
         await mesh.stopHub();
-        await eachLimited(sites, 8, async (site) => {
-          await jetstream(ncs.get(site)!).publish(opsSubject(site, "config", key), "{}");
-        });
+        await pipelined(sites.length, 8, (i) =>
+          jetstream(ncs.get(sites[i]!)!).publish(opsSubject(sites[i]!, "config", key), "{}"),
+        );
         await sleep(outageS * 1000);
         const th = performance.now();
         await mesh.startHub();
@@ -203,8 +195,7 @@ async function measure(n: number, idleS: number, outageS: number): Promise<HubRo
         const have = new Set((await hubJsm.streams.info(Streams.hub)).config.sources?.map((x) => x.name));
         const lost = sites.filter((site) => !have.has(Streams.out(site)));
         row.herd_lost_entries = lost.length;
-        for (const site of lost)
-          await ensureHubRegistration(ncs.get(site)!, loadConfig(["--site", site], {}), quietLog);
+        for (const site of lost) await ensureHubRegistration(ncs.get(site)!, configOf(site), quietLog);
       });
       row.catch_up_rearmed_ms = herd.ms;
       row.rearm_hub_cpu_ms = herd.cpu;
@@ -251,12 +242,22 @@ export function renderHub(r: HubResult): string[] {
     "the hub's CPU meanwhile (ms)",
     "the same, every site re-arming at once (ms) / the hub's CPU (ms) / entries lost to the herd",
   ];
-  const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
-  for (const x of r.rows)
-    lines.push(
-      x.error
-        ? `| ${x.sites} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.setup_s} | ${x.hub_msgs_s_idle} | ${x.hub_bytes_s_idle} | ${x.hub_cpu_pct_idle} | ${x.hub_rss_mb} | ${x.hub_subs} | ${x.op_to_last_feed_ms} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.catch_up_hub_cpu_ms ?? "–"} | ${x.catch_up_rearmed_ms ?? "–"} / ${x.rearm_hub_cpu_ms ?? "–"} / ${x.herd_lost_entries ?? "–"} |`,
-    );
-  return [`## ${hubCase.title}`, "", `idle window ${r.idle_s} s`, "", ...lines, ""];
+  const rows = r.rows.map((x) =>
+    x.error
+      ? [x.sites, `failed: ${x.error}`]
+      : [
+          x.sites,
+          x.setup_s,
+          x.hub_msgs_s_idle,
+          x.hub_bytes_s_idle,
+          x.hub_cpu_pct_idle,
+          x.hub_rss_mb,
+          x.hub_subs,
+          x.op_to_last_feed_ms,
+          x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run",
+          x.catch_up_hub_cpu_ms ?? "–",
+          `${x.catch_up_rearmed_ms ?? "–"} / ${x.rearm_hub_cpu_ms ?? "–"} / ${x.herd_lost_entries ?? "–"}`,
+        ],
+  );
+  return [`## ${hubCase.title}`, "", `idle window ${r.idle_s} s`, "", table(head, rows), ""];
 }

@@ -19,7 +19,7 @@ import { findNatsServer, supportsLeafIsolation } from "../../scripts/lib/topolog
 import { Streams, opsSubject } from "../../services/mod.ts";
 import { type Mesh, startMesh } from "../../test/harness/mesh.ts";
 import { type CpuSnapshot, cpuDelta, cpuSnapshot, schedMs } from "../lib/procstat.ts";
-import { log, median, round, sleep, value100, waitUntil } from "../lib/util.ts";
+import { type Varz, getJson, log, median, round, sleep, table, value100, waitUntil } from "../lib/util.ts";
 import type { BenchContext, CaseDef } from "./types.ts";
 
 /** One N's figures. */
@@ -60,14 +60,7 @@ export type SitesRow = {
 
 export type SitesResult = { rows: SitesRow[]; idle_s: number; note: string };
 
-type Varz = { in_msgs: number; out_msgs: number; in_bytes: number; out_bytes: number; subscriptions: number };
 type Leafz = { leafs?: { in_bytes: number; out_bytes: number }[] };
-
-async function getJson<T>(url: string): Promise<T> {
-  const r = await fetch(url);
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return (await r.json()) as T;
-}
 
 function siteNames(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `s${String(i + 1).padStart(2, "0")}`);
@@ -448,13 +441,25 @@ export function renderSites(r: SitesResult): string[] {
     "catch-up after hub outage (ms)",
     "anti-entropy run first → last site (ms)",
   ];
-  const lines = [`| ${head.join(" | ")} |`, `| ${head.map(() => "---").join(" | ")} |`];
-  for (const x of r.rows) {
-    lines.push(
-      x.error
-        ? `| ${x.sites} | ${x.isolated ? "yes" : "no"} | failed: ${x.error} |`
-        : `| ${x.sites} | ${x.isolated ? "yes" : "no"} | ${x.hub_msgs_s_idle} | ${x.hub_bytes_s_idle ?? "–"} | ${x.hub_subs} | ${x.site_subs_mean} / ${x.site_subs_max} | ${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct} | ${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"} | ${x.write_to_site_alone_ms ?? "–"} | ${x.lone_op_cpu_services_ms ?? "–"} / ${x.lone_op_cpu_server_ms ?? "–"} | ${x.host_bound_ms ?? "–"} | ${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op} | ${x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run"} | ${x.reconcile_error ? `failed: ${x.reconcile_error}` : x.reconcile_ms} |`,
-    );
-  }
-  return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", ...lines, ""];
+  const rows = r.rows.map((x) =>
+    x.error
+      ? [x.sites, x.isolated ? "yes" : "no", `failed: ${x.error}`]
+      : [
+          x.sites,
+          x.isolated ? "yes" : "no",
+          x.hub_msgs_s_idle,
+          x.hub_bytes_s_idle ?? "–",
+          x.hub_subs,
+          `${x.site_subs_mean} / ${x.site_subs_max}`,
+          `${x.idle_cpu_servers_pct} / ${x.idle_cpu_services_pct} / ${x.idle_cpu_per_site_pct}`,
+          `${x.write_to_last_site_ms} / ${x.write_to_last_feed_ms ?? "–"}`,
+          x.write_to_site_alone_ms ?? "–",
+          `${x.lone_op_cpu_services_ms ?? "–"} / ${x.lone_op_cpu_server_ms ?? "–"}`,
+          x.host_bound_ms ?? "–",
+          `${x.uplink_out_bytes_per_op} / ${x.uplink_in_bytes_per_op}`,
+          x.outage_s > 0 ? `${x.catch_up_ms} (${x.outage_s} s outage)` : "not run",
+          x.reconcile_error ? `failed: ${x.reconcile_error}` : (x.reconcile_ms ?? "–"),
+        ],
+  );
+  return ["## 8. Sites: per-site and hub cost as the mesh grows", "", r.note, "", table(head, rows), ""];
 }

@@ -194,3 +194,25 @@ export function value100(tag: string): Uint8Array {
   v.set(t.subarray(0, 100));
   return v;
 }
+
+/** A JSON document over HTTP (the servers' monitoring endpoints); throws on a non-2xx status. */
+export async function getJson<T>(url: string): Promise<T> {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return (await r.json()) as T;
+}
+
+/** The fields of a server's /varz the cases read. */
+export type Varz = {
+  in_msgs: number;
+  out_msgs: number;
+  in_bytes: number;
+  out_bytes: number;
+  subscriptions: number;
+};
+
+/** A markdown table (cells' `|` escaped). */
+export function table(head: string[], rows: (string | number)[][]): string {
+  const line = (r: (string | number)[]) => `| ${r.map((c) => String(c).replace(/\|/g, "\\|")).join(" | ")} |`;
+  return [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n");
+}
