@@ -72,6 +72,7 @@ describe("I7 flood of bad ops", () => {
       }
     })();
     const perGood = Math.floor(BAD / GOOD);
+    const CHUNK = Math.max(1, Math.ceil(GOOD / 10));
     let good = 0;
     let bad = 0;
     const publish = async (goods: number) => {
@@ -95,10 +96,10 @@ describe("I7 flood of bad ops", () => {
     await publish(GOOD);
     // on a loaded host the flood may drain before a round of PINGs comes back: keep a backlog (up
     // to 4× the flood) until three rounds were answered with ops pending, or give up and fail below
-    for (let more = 0; more < 3 * GOOD && answeredWhilePending.length < 3; more += GOOD / 10) {
-      while ((await pending()) > perGood * (GOOD / 10) && answeredWhilePending.length < 3)
+    for (let more = 0; more < 3 * GOOD && answeredWhilePending.length < 3; more += CHUNK) {
+      while ((await pending()) > perGood * CHUNK && answeredWhilePending.length < 3)
         await new Promise((r) => setTimeout(r, 100));
-      if (answeredWhilePending.length < 3) await publish(GOOD / 10);
+      if (answeredWhilePending.length < 3) await publish(CHUNK);
     }
     const kvb = await mesh.kv("b");
     await until(async () => (await contents(kvb)).size >= good, {
