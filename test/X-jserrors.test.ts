@@ -182,3 +182,23 @@ test("X jserrors: a durable made first by another instance is recognised by its 
   } as unknown as JetStreamManager;
   await assert.rejects(ensureConsumer(saysSo, "C", "x", { deliver: "all" }), /consumer already exists/);
 });
+
+test("X an existing durable takes the configured ack wait when an instance starts (SYNCD_ACK_WAIT_MS), keeping its position", async () => {
+  const jsm = await jetstreamManager(nc.a!);
+  const js = jetstream(nc.a!);
+  await jsm.streams.add({ name: "AW", subjects: ["aw.>"] });
+  await jsm.consumers.add("AW", {
+    durable_name: "d",
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: 30_000 * 1e6,
+  });
+  await js.publish("aw.1", "x");
+  const m = await (await js.consumers.get("AW", "d")).next();
+  m?.ack();
+  await nc.a!.flush();
+  await ensureConsumer(jsm, "AW", "d", { deliver: "all", ackWaitMs: 2000 });
+  const ci = await jsm.consumers.info("AW", "d");
+  assert.equal(ci.config.ack_wait, 2000 * 1e6);
+  assert.equal(ci.delivered.stream_seq, 1, "the durable's position");
+  await jsm.streams.delete("AW");
+});

@@ -35,14 +35,16 @@ export function termTakesReason(version: string | undefined): boolean {
 
 /**
  * How long a message handed to an instance waits for its ack before the server hands it to another
- * (an instance killed with its messages in hand): `SYNCD_ACK_WAIT_MS` when the durable is created.
+ * (an instance killed with its messages in hand): `SYNCD_ACK_WAIT_MS`, set on the durable whenever an
+ * instance starts.
  */
 export const ACK_WAIT_MS = 30_000;
 
 /**
  * Create the durable consumer unless it exists (its position survives restarts). Another instance
  * creating it first is no error: the server's "already exists" / "name already in use" refusal (by
- * API code) is taken as that, and the durable as it stands is used.
+ * API code) is taken as that, and the durable as it stands is used. An existing durable's ack wait is
+ * set to the configured one (the one setting an operator tunes after the fact).
  */
 export async function ensureConsumer(
   jsm: JetStreamManager,
@@ -50,8 +52,11 @@ export async function ensureConsumer(
   durable: string,
   opts: { filter?: string; deliver: "all" | "last_per_subject"; ackWaitMs?: number; maxAckPending?: number },
 ): Promise<void> {
+  const ackWait =
+    (opts.ackWaitMs ?? envInt(process.env, "SYNCD_ACK_WAIT_MS", ACK_WAIT_MS, 1000)) * NANOS_PER_MS;
   try {
-    await jsm.consumers.info(stream, durable);
+    const ci = await jsm.consumers.info(stream, durable);
+    if (ci.config.ack_wait !== ackWait) await jsm.consumers.update(stream, durable, { ack_wait: ackWait });
     return;
   } catch (err) {
     if (!isNotFound(err)) throw err;
@@ -60,7 +65,7 @@ export async function ensureConsumer(
     durable_name: durable,
     ack_policy: AckPolicy.Explicit,
     deliver_policy: opts.deliver === "all" ? DeliverPolicy.All : DeliverPolicy.LastPerSubject,
-    ack_wait: (opts.ackWaitMs ?? envInt(process.env, "SYNCD_ACK_WAIT_MS", ACK_WAIT_MS, 1000)) * NANOS_PER_MS,
+    ack_wait: ackWait,
     max_ack_pending: opts.maxAckPending ?? 4096,
     ...(opts.filter ? { filter_subject: opts.filter } : {}),
   };
