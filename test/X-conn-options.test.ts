@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -277,39 +276,6 @@ describe("connection options: one module, natscli spellings", () => {
         errorsMod.RequestError = Original;
         await nc.close();
       }
-    });
-
-    it("X: a service connection writes a burst of commands in few socket writes, in order, and what it sent before close() arrives", async () => {
-      // nats.js writes once per microtask turn; connectNats makes it once per event-loop turn
-      // (services/lib/writes.ts)
-      const reader = await connect({ servers: url, token: "s3cret" });
-      const got: string[] = [];
-      const sub = reader.subscribe("x.burst.>", { callback: (_e, m) => void got.push(m.string()) });
-      await reader.flush();
-      const nc = await connectNats({ natsUrl: [url], auth: { token: "s3cret" } }, "x-conn-writes");
-      await nc.flush();
-      const write = Socket.prototype.write;
-      let writes = 0;
-      Socket.prototype.write = function (this: Socket, ...args: Parameters<Socket["write"]>) {
-        writes++;
-        return write.apply(this, args);
-      } as Socket["write"];
-      try {
-        for (let i = 0; i < 200; i++) {
-          nc.publish(`x.burst.${i}`, String(i));
-          await Promise.resolve();
-        }
-        await new Promise((r) => setImmediate(r));
-      } finally {
-        Socket.prototype.write = write;
-      }
-      assert.ok(writes <= 5, `${writes} socket writes for 200 publishes`);
-      nc.publish("x.burst.last", "last");
-      await nc.close();
-      for (let i = 0; got.length < 201 && i < 100; i++) await sleep(50);
-      assert.deepEqual(got, [...Array.from({ length: 200 }, (_, i) => String(i)), "last"]);
-      sub.unsubscribe();
-      await reader.close();
     });
   });
 });

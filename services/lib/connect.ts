@@ -13,7 +13,6 @@ import {
 } from "@nats-io/nats-core";
 import { connect } from "@nats-io/transport-node";
 import { quietSettledRequests } from "./request.ts";
-import { coalesceWrites } from "./writes.ts";
 
 export type { NatsConnection };
 
@@ -276,7 +275,6 @@ export type ServiceConnConfig = {
 export async function connectNats(config: ServiceConnConfig, name: string): Promise<NatsConnection> {
   const { nkeySeedFile, ...auth } = config.auth;
   quietSettledRequests();
-  coalesceWrites();
   return connect({
     ...connectOptions({ servers: config.natsUrl, ...auth, ...(nkeySeedFile ? { nkey: nkeySeedFile } : {}) }),
     name,
