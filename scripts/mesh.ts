@@ -39,6 +39,7 @@ import {
   certFiles,
   ensureCerts,
   meshDir,
+  planSitePorts,
   randomPassword,
   renderSiteUsersConf,
 } from "./lib/topology.ts";
@@ -455,7 +456,12 @@ async function up(): Promise<number> {
   };
   const base = intEnv("SITE_BASE_PORT", 4222);
   const step = intEnv("SITE_PORT_STEP", 1000);
-  const sitePorts = (_s: string, i: number) => ({ client: base + step * i, http: base + step * i + 1 });
+  const planned = planSitePorts(sites.length, base, step, Object.values(hubPorts), !env.SITE_PORT_STEP);
+  if (!planned)
+    throw new UsageError(
+      `${sites.length} sites do not fit below port 65535 from SITE_BASE_PORT=${base} in steps of ${step}: set SITE_BASE_PORT/SITE_PORT_STEP`,
+    );
+  const sitePorts = (_s: string, i: number) => planned[i];
   // Refuse a plan where two servers share a port (e.g. a 4th site on the default hub port).
   const used = new Map<number, string>();
   const claim = (p: number, who: string) => {
@@ -470,10 +476,9 @@ async function up(): Promise<number> {
   claim(hubPorts.client, "hub client");
   claim(hubPorts.http, "hub monitor");
   claim(hubPorts.leaf, "hub leaf");
-  sites.forEach((s, i) => {
-    const p = sitePorts(s, i);
-    claim(p.client, `site ${s} client`);
-    claim(p.http, `site ${s} monitor`);
+  planned.forEach((p, i) => {
+    claim(p.client, `site ${sites[i]} client`);
+    claim(p.http, `site ${sites[i]} monitor`);
   });
 
   const secureMode = /^(1|true|yes)$/i.test(env.SECURE ?? "");

@@ -10,6 +10,7 @@
 #                   SCALE adds beyond the first of a kind in processes of their own
 #   HUB_PORT=7222 (monitoring HUB_HTTP_PORT=HUB_PORT+1)   HUB_LEAF_PORT=7422
 #   SITE_BASE_PORT=4222   SITE_PORT_STEP=1000   -> site i: client BASE+STEP*i, monitoring +1
+#                   (slots on the hub's ports skipped; unset STEP and too many sites: steps of 10)
 #   LOG_LEVEL=info   NATS_SERVER=<path of nats-server>   SYNCD_* settings pass through to the services
 #   SECURE=0   1: the secured variant (deploy/SECURITY.md): per-site users with least privilege
 #              (syncd, app, reader, admin; random passwords in $MESH_DIR/secrets/), TLS on every client

@@ -106,6 +106,32 @@ export type TopologyState = { dir: string; host: string; hub: HubState; sites: R
 export type PortSpec = { client?: number; http?: number };
 
 /**
+ * The local mesh's site ports (up.sh): site i's client port at `base + step·slot`, its monitoring
+ * port one above, slots whose ports meet one of `taken` (the hub's) skipped — with the defaults the
+ * fourth site goes to 8222, not onto the hub's 7222. When `shrink` (no step was asked for) and the
+ * sites do not fit below 65535 in steps of `step`, steps of 10. Undefined when they do not fit.
+ */
+export function planSitePorts(
+  n: number,
+  base: number,
+  step: number,
+  taken: number[],
+  shrink: boolean,
+): { client: number; http: number }[] | undefined {
+  const hub = new Set(taken);
+  const layout = (st: number) => {
+    const out: { client: number; http: number }[] = [];
+    for (let slot = 0; out.length < n; slot++) {
+      const client = base + st * slot;
+      if (client + 1 > 65535) return undefined;
+      if (!hub.has(client) && !hub.has(client + 1)) out.push({ client, http: client + 1 });
+    }
+    return out;
+  };
+  return layout(step) ?? (shrink && step > 10 ? layout(10) : undefined);
+}
+
+/**
  * The secured variant of the mesh (deploy/nats/hub-secure.conf.template, site-secure.conf.template):
  * TLS on every client port, mutual TLS on the leaf connections, the hub's client port for `admin`
  * only, its leaf listener for user `leaf` only. The sites' users come from `siteInclude` (required).
