@@ -10,7 +10,7 @@
  * and is cleared when it is over. On real servers and real service processes:
  * a value too large (watcher), a key stuck (consumer loop), a peer lost (reconciler), values lost
  * and divergence repaired (merger monitor, reconciler), a bucket deleted / re-created and a consumer
- * missing (merger monitor, watcher's consumer loop), the site removed from the mesh (reconciler), a
+ * missing (merger monitor, watcher's consumer loop), values purged and put back (merger monitor), the site removed from the mesh (reconciler), a
  * `_meta` entry written by hand that is not a version (watcher, merger).
  */
 import assert from "node:assert/strict";
@@ -295,6 +295,21 @@ describe("I7 every condition of #12 in syncd status", () => {
     assert.equal(find(r, Conditions.divergenceRepaired, "config/b")?.service, "syncd-reconciler");
     // the merger's monitor sees the value back at its next scan
     await cleared("a", Conditions.valuesLost, "config");
+    assert.equal((await healthy("a")).code, 0);
+  });
+
+  it("VALUES_RESTORED: values purged from a bucket come back from the site's op streams, raised as a warning (--check passes)", async () => {
+    for (const k of ["purged.1", "purged.2", "purged.3"]) await m.kv.a!.put(k, k);
+    await until(async () => (await textAt("b", "purged.3")) === "purged.3", T);
+    // a purge of these keys' subjects: the other tests' values stay as they are
+    const gone = await (await jetstreamManager(m.nc.a!)).streams.purge(kvStream("config"), {
+      filter: "$KV.config.purged.>",
+    });
+    assert.equal(gone.purged, 3);
+    const c = await raised("a", Conditions.valuesRestored, "warn", "config");
+    assert.equal(find(c, Conditions.valuesRestored, "config")?.service, "syncd-merger");
+    assert.match(find(c, Conditions.valuesRestored, "config")?.message ?? "", /put back/);
+    for (const k of ["purged.1", "purged.2", "purged.3"]) assert.equal(await textAt("a", k), k);
     assert.equal((await healthy("a")).code, 0);
   });
 

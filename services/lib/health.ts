@@ -58,6 +58,8 @@ export const Conditions = {
   consumerMissing: "CONSUMER_MISSING",
   /** values the site's `_meta` says it holds are gone from the bucket and nothing could repair them */
   valuesLost: "VALUES_LOST",
+  /** values vanished from the bucket without an op (a purge, a removed message) and were put back */
+  valuesRestored: "VALUES_RESTORED",
   /** the mesh refused this site (its name or JetStream domain is another site's) or removed it */
   siteRefused: "SITE_REFUSED",
   /** tombstone collection passes fail (a purge the site's permissions deny, the hub unreachable) */

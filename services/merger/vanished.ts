@@ -110,10 +110,19 @@ export function monitorBucket(args: {
     } else if (vanished.size > 0) {
       if (fresh > 0)
         log.warn({ keys: vanished.size }, "values vanished from the bucket without an op: repairing");
+      let restored = 0;
       for (const s of args.repairStreams) {
         if (vanished.size === 0) break;
-        counts.repaired += await repairVanished(state, vanished, streamOps(js, jsm, s), refused);
+        restored += await repairVanished(state, vanished, streamOps(js, jsm, s), refused);
       }
+      counts.repaired += restored;
+      if (restored > 0)
+        health.raise(Conditions.valuesRestored, Severity.warn, {
+          message: `${restored} value(s) had vanished from ${bucket} without an op (a purge, a removed message, a restore from an older copy) and were put back from this site's op streams`,
+          subject: bucket,
+          ttlMs: EVENT_TTL_MS,
+          data: { count: restored },
+        });
       for (const k of vanished.keys()) lost.add(k);
     }
     counts.unrepaired = ttl ? 0 : lost.size;
