@@ -462,7 +462,8 @@ async function up(): Promise<number> {
       `${sites.length} sites do not fit below port 65535 from SITE_BASE_PORT=${base} in steps of ${step}: set SITE_BASE_PORT/SITE_PORT_STEP`,
     );
   const sitePorts = (_s: string, i: number) => planned[i];
-  // Refuse a plan where two servers share a port (e.g. a 4th site on the default hub port).
+  // Refuse a plan where two servers share a port (e.g. SITE_PORT_STEP=1: a monitor port on the next
+  // site's client port, or HUB_LEAF_PORT on a site's).
   const used = new Map<number, string>();
   const claim = (p: number, who: string) => {
     const prev = used.get(p);

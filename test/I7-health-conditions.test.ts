@@ -10,8 +10,9 @@
  * and is cleared when it is over. On real servers and real service processes:
  * a value too large (watcher), a key stuck (consumer loop), a peer lost (reconciler), values lost
  * and divergence repaired (merger monitor, reconciler), a bucket deleted / re-created and a consumer
- * missing (merger monitor, watcher's consumer loop), values purged and put back (merger monitor), the site removed from the mesh (reconciler), a
- * `_meta` entry written by hand that is not a version (watcher, merger).
+ * missing (merger monitor, watcher's consumer loop), values purged and put back (merger monitor),
+ * the site removed from the mesh (reconciler), a `_meta` entry written by hand that is not a
+ * version (watcher, merger).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
