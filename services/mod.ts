@@ -37,6 +37,7 @@ export {
   type Condition,
   Conditions,
   Health,
+  asService,
   MAX_CONDITIONS,
   STORE_ERROR,
   STORE_WARN,

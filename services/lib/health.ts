@@ -23,7 +23,12 @@
  * - `clear(code, subject?)`: the condition is over (no subject: every condition of that code).
  * - `list()`: the current conditions, worst first. At most {@link MAX_CONDITIONS} are kept (the oldest
  *   `ok`/`warn` ones go first), so a flood of keys cannot grow a process's memory.
+ *
+ * Several services in one process (the agent) share the list: what runs under {@link asService}
+ * (a service's wiring and all it starts, its endpoints' requests) raises and clears as that
+ * service, and `list(name)` shows a service its own conditions and those raised outside any service.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { StreamInfo } from "@nats-io/jetstream";
 
 /** Severities, from least to most urgent. `error` means a person must look. */
@@ -100,19 +105,32 @@ export const MAX_CONDITIONS = 200;
 
 const RANK: Record<Severity, number> = { ok: 0, warn: 1, error: 2 };
 
+const scope = new AsyncLocalStorage<string>();
+
+/**
+ * Run `fn` as the service `name`: the conditions raised in it, and in everything it starts (loops,
+ * timers, awaited continuations), are that service's ({@link Health.list}).
+ */
+export function asService<T>(name: string, fn: () => T): T {
+  return scope.run(name, fn);
+}
+
+type Item = Condition & { expires?: number; by?: string };
+
 /** A list of conditions; {@link health} is the process's own. */
 export class Health {
-  private readonly items = new Map<string, Condition & { expires?: number }>();
+  private readonly items = new Map<string, Item>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
   /** Raise (or raise again) a condition. */
   raise(code: string, severity: Severity, detail: ConditionDetail): void {
     const d = typeof detail === "string" ? { message: detail } : detail;
-    const id = keyOf(code, d.subject);
+    const by = scope.getStore();
+    const id = keyOf(code, d.subject, by);
     const at = this.now();
     const cur = this.items.get(id);
-    const c: Condition & { expires?: number } = {
+    const c: Item = {
       code,
       severity,
       message: d.message,
@@ -122,23 +140,29 @@ export class Health {
       last: new Date(at).toISOString(),
       ...(d.data ? { data: d.data } : {}),
       ...(d.ttlMs !== undefined ? { expires: at + d.ttlMs } : {}),
+      ...(by !== undefined ? { by } : {}),
     };
     this.items.delete(id);
     this.items.set(id, c);
     if (this.items.size > MAX_CONDITIONS) this.evict();
   }
 
-  /** Clear a condition (without subject: every condition with this code). */
+  /**
+   * Clear a condition (without subject: every condition with this code); under {@link asService},
+   * only that service's (and those raised outside any service).
+   */
   clear(code: string, subject?: string): void {
-    if (subject !== undefined) {
-      this.items.delete(keyOf(code, subject));
-      return;
-    }
-    for (const [id, c] of this.items) if (c.code === code) this.items.delete(id);
+    const by = scope.getStore();
+    for (const [id, c] of this.items)
+      if (c.code === code && (subject === undefined || c.subject === subject) && mine(c, by))
+        this.items.delete(id);
   }
 
-  /** The current conditions, worst first, then most recent first. */
-  list(): Condition[] {
+  /**
+   * The current conditions, worst first, then most recent first: of the service `service` (default:
+   * the one running, {@link asService}; none: every condition of the process).
+   */
+  list(service: string | undefined = scope.getStore()): Condition[] {
     const at = this.now();
     const out: Condition[] = [];
     for (const [id, c] of this.items) {
@@ -146,7 +170,8 @@ export class Health {
         this.items.delete(id);
         continue;
       }
-      const { expires: _e, ...shown } = c;
+      if (!mine(c, service)) continue;
+      const { expires: _e, by: _b, ...shown } = c;
       out.push(shown);
     }
     return out.sort((a, b) => RANK[b.severity] - RANK[a.severity] || b.last.localeCompare(a.last));
@@ -163,8 +188,13 @@ export class Health {
   }
 }
 
-function keyOf(code: string, subject: string | undefined): string {
-  return subject === undefined ? code : `${code}\u0000${subject}`;
+function keyOf(code: string, subject: string | undefined, by: string | undefined): string {
+  return `${code}\u0000${subject ?? "\u0001"}\u0000${by ?? ""}`;
+}
+
+/** A condition of `service` (or raised outside any service); with no service, every condition. */
+function mine(c: Item, service: string | undefined): boolean {
+  return service === undefined || c.by === undefined || c.by === service;
 }
 
 /** The conditions of this process: what its status endpoint and STATS data show. */

@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import type { Service, ServiceConfig } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
-import { health } from "./health.ts";
+import { asService, health } from "./health.ts";
 import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { startIdleGc } from "./idle-gc.ts";
 import { isNatsError, isTransientNatsError } from "./jserrors.ts";
@@ -32,11 +32,11 @@ export function maskUrl(url: string): string {
   return url.replace(/^([a-z+]+:\/\/)[^@/]*@/i, "$1[redacted]@");
 }
 
-/** STATS data of an endpoint that has some, with the process's health conditions added. */
-export function withConditions(data: unknown): unknown {
+/** STATS data of an endpoint that has some, with the service's health conditions added. */
+export function withConditions(data: unknown, service?: string): unknown {
   if (data === null || data === undefined || typeof data !== "object" || Array.isArray(data))
     return data ?? null;
-  return { ...data, conditions: health.list() };
+  return { ...data, conditions: health.list(service) };
 }
 
 /** What a service's wiring gets. */
@@ -413,19 +413,25 @@ async function startAll(defs: ServiceDef[], a: StartArgs): Promise<SharedMetaCac
         queue: "syncd",
         statsHandler: async (ep) => {
           const endpoint = (ep as unknown as { name: string }).name;
-          return withConditions((wired.running?.statsData ?? def.statsData)?.(endpoint));
+          return withConditions(
+            (wired.running?.statsData ?? def.statsData)?.(endpoint),
+            ServiceName[def.kind],
+          );
         },
       });
       try {
-        wired.running = await def.wire({
-          config,
-          log: slog,
-          nc,
-          site,
-          service: s.service,
-          metaCache: (bucket) => caches.get(bucket),
-          metrics,
-        });
+        // what the service starts raises its conditions as its own (health.ts asService)
+        wired.running = await asService(ServiceName[def.kind], () =>
+          def.wire({
+            config,
+            log: slog,
+            nc,
+            site,
+            service: s.service,
+            metaCache: (bucket) => caches.get(bucket),
+            metrics,
+          }),
+        );
       } catch (err) {
         refuseOnDrift(err, log);
         await s.service.stop().catch(() => {});

@@ -15,6 +15,7 @@ import {
   STORE_ERROR,
   STORE_WARN,
   Severity,
+  asService,
   conditionsOf,
   needsPerson,
   reportStores,
@@ -55,6 +56,36 @@ describe("health", () => {
       h.list().map((c) => c.code),
       ["DIVERGENCE_REPAIRED"],
     );
+  });
+
+  it("services sharing a process (the agent): each lists and clears its own conditions, and those raised outside any", async () => {
+    const h = new Health();
+    h.raise(Conditions.peerLost, Severity.warn, { message: "no service", subject: "b" });
+    asService("syncd-merger", () =>
+      h.raise(Conditions.bucketRecreated, Severity.warn, { message: "merger", subject: "config" }),
+    );
+    // raised later in something the watcher started: still the watcher's
+    await asService("syncd-watcher", async () => {
+      await new Promise((r) => setTimeout(r, 5));
+      h.raise(Conditions.bucketRecreated, Severity.warn, { message: "watcher", subject: "config" });
+    });
+    const seen = (service?: string) =>
+      h
+        .list(service)
+        .map((c) => `${c.code}:${c.message}`)
+        .sort();
+    assert.deepEqual(seen("syncd-merger"), ["BUCKET_RECREATED:merger", "PEER_LOST:no service"]);
+    assert.deepEqual(seen("syncd-watcher"), ["BUCKET_RECREATED:watcher", "PEER_LOST:no service"]);
+    assert.deepEqual(seen("syncd-clock"), ["PEER_LOST:no service"]);
+    assert.equal(seen().length, 3, "the whole process");
+    assert.deepEqual(
+      asService("syncd-merger", () => h.list().map((c) => c.message)).sort(),
+      ["merger", "no service"],
+      "list() under asService: that service's",
+    );
+    asService("syncd-merger", () => h.clear(Conditions.bucketRecreated, "config"));
+    assert.deepEqual(seen("syncd-watcher"), ["BUCKET_RECREATED:watcher", "PEER_LOST:no service"]);
+    assert.deepEqual(seen("syncd-merger"), ["PEER_LOST:no service"]);
   });
 
   it("a condition raised with ttlMs clears itself unless raised again", () => {
