@@ -37,7 +37,7 @@ export {
   type Condition,
   Conditions,
   Health,
-  asService,
+  type HealthView,
   MAX_CONDITIONS,
   STORE_ERROR,
   STORE_WARN,

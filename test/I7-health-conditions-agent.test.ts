@@ -1,6 +1,6 @@
 /**
  * I7 in the agent (#13.1): every condition of I7-health-conditions again, with each site's four
- * services in one process sharing one health list (services/lib/health.ts `asService`): each
+ * services in one process sharing one health list (services/lib/health.ts `health.as(service)`): each
  * condition is shown once, by the service that raised it, and cleared by it. Runs against
  * $NATS_SERVER like the file it imports.
  */

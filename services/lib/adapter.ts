@@ -7,7 +7,6 @@
 import { nanos } from "@nats-io/nats-core";
 import type { Service, ServiceMsg } from "@nats-io/services";
 import { SyncdError, isSyncdError } from "./errors.ts";
-import { asService } from "./health.ts";
 import type { Logger } from "./logger.ts";
 import { type SchemaId, check } from "./schema-registry.ts";
 import { QUEUE_GROUP } from "./subjects.ts";
@@ -61,7 +60,6 @@ export function addEndpoint<Req, Res>(
   deps: { log: Logger },
 ): void {
   const log = deps.log.child({ endpoint: spec.name });
-  const name = service.info().name;
   const metadata: Record<string, string> = {
     "schema.request": `schemas/${spec.request}`,
     "schema.response": `schemas/${spec.response}`,
@@ -76,8 +74,7 @@ export function addEndpoint<Req, Res>(
         log.error({ err }, "endpoint subscription failed");
         return;
       }
-      // a request raises (and lists) conditions as its service: several share a process in the agent
-      void asService(name, () => serve(msg));
+      void serve(msg);
     },
   });
   const stats = () => statsOf(service, spec.name);

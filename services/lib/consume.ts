@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/nats-core";
 import { envInt } from "./config.ts";
-import { Conditions, EVENT_TTL_MS, Severity, health } from "./health.ts";
+import { Conditions, EVENT_TTL_MS, type HealthView, Severity, health as processHealth } from "./health.ts";
 import { isAlreadyExists, isNotFound } from "./jserrors.ts";
 import type { Logger } from "./logger.ts";
 
@@ -254,6 +254,8 @@ export async function runConsumer<T = undefined>(args: {
    */
   onBatch?: (winner: { m: JsMsg; decoded: T }, losers: { m: JsMsg; decoded: T }[], d: Disposition) => void;
   log: Logger;
+  /** where KEY_STUCK and CONSUMER_MISSING go: the consuming service's view (default: no service's) */
+  health?: HealthView;
   /** re-make the durable (and what it needs) when it is gone; without it the loop does not check */
   recreate?: () => Promise<void>;
   /** runs before `recreate`, once the messages of the old durable are settled */
@@ -263,6 +265,7 @@ export async function runConsumer<T = undefined>(args: {
   subjectOf?: (key: string) => string;
 }): Promise<ConsumerLoop> {
   const { js, stream, durable, log } = args;
+  const health = args.health ?? processHealth;
   const gate = new KeyedGate(args.concurrency);
   let stopped = false;
   /** what arrives now is handed back (nak) instead of handled */

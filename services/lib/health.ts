@@ -24,11 +24,11 @@
  * - `list()`: the current conditions, worst first. At most {@link MAX_CONDITIONS} are kept (the oldest
  *   `ok`/`warn` ones go first), so a flood of keys cannot grow a process's memory.
  *
- * Several services in one process (the agent) share the list: what runs under {@link asService}
- * (a service's wiring and all it starts, its endpoints' requests) raises and clears as that
- * service, and `list(name)` shows a service its own conditions and those raised outside any service.
+ * Several services in one process (the agent) share the list: each service raises and clears
+ * through its own view, `health.as(name)` ({@link HealthView}), and `list(name)` shows it its own
+ * conditions and those raised by shared code (no service). (An AsyncLocalStorage would find the
+ * service by itself, but on Node 20 it makes every await ~2.5× dearer.)
  */
-import { AsyncLocalStorage } from "node:async_hooks";
 import type { StreamInfo } from "@nats-io/jetstream";
 
 /** Severities, from least to most urgent. `error` means a person must look. */
@@ -105,17 +105,14 @@ export const MAX_CONDITIONS = 200;
 
 const RANK: Record<Severity, number> = { ok: 0, warn: 1, error: 2 };
 
-const scope = new AsyncLocalStorage<string>();
-
-/**
- * Run `fn` as the service `name`: the conditions raised in it, and in everything it starts (loops,
- * timers, awaited continuations), are that service's ({@link Health.list}).
- */
-export function asService<T>(name: string, fn: () => T): T {
-  return scope.run(name, fn);
-}
-
 type Item = Condition & { expires?: number; by?: string };
+
+/** The process's list as one service raises, clears and reads it ({@link Health.as}). */
+export type HealthView = {
+  raise(code: string, severity: Severity, detail: ConditionDetail): void;
+  clear(code: string, subject?: string): void;
+  list(): Condition[];
+};
 
 /** A list of conditions; {@link health} is the process's own. */
 export class Health {
@@ -123,10 +120,9 @@ export class Health {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  /** Raise (or raise again) a condition. */
-  raise(code: string, severity: Severity, detail: ConditionDetail): void {
+  /** Raise (or raise again) a condition; `by`: the service raising it (see {@link as}). */
+  raise(code: string, severity: Severity, detail: ConditionDetail, by?: string): void {
     const d = typeof detail === "string" ? { message: detail } : detail;
-    const by = scope.getStore();
     const id = keyOf(code, d.subject, by);
     const at = this.now();
     const cur = this.items.get(id);
@@ -148,21 +144,20 @@ export class Health {
   }
 
   /**
-   * Clear a condition (without subject: every condition with this code); under {@link asService},
-   * only that service's (and those raised outside any service).
+   * Clear a condition (without subject: every condition with this code); with `by`, only that
+   * service's (and those raised by no service).
    */
-  clear(code: string, subject?: string): void {
-    const by = scope.getStore();
+  clear(code: string, subject?: string, by?: string): void {
     for (const [id, c] of this.items)
       if (c.code === code && (subject === undefined || c.subject === subject) && mine(c, by))
         this.items.delete(id);
   }
 
   /**
-   * The current conditions, worst first, then most recent first: of the service `service` (default:
-   * the one running, {@link asService}; none: every condition of the process).
+   * The current conditions, worst first, then most recent first: those of `service` and of no
+   * service (without it: every condition of the process).
    */
-  list(service: string | undefined = scope.getStore()): Condition[] {
+  list(service?: string): Condition[] {
     const at = this.now();
     const out: Condition[] = [];
     for (const [id, c] of this.items) {
@@ -175,6 +170,15 @@ export class Health {
       out.push(shown);
     }
     return out.sort((a, b) => RANK[b.severity] - RANK[a.severity] || b.last.localeCompare(a.last));
+  }
+
+  /** What the service `service` raises and clears is its own; it lists its own and shared ones. */
+  as(service: string): HealthView {
+    return {
+      raise: (code, severity, detail) => this.raise(code, severity, detail, service),
+      clear: (code, subject) => this.clear(code, subject, service),
+      list: () => this.list(service),
+    };
   }
 
   /** The worst severity of the current conditions (`ok` when there are none). */
@@ -257,7 +261,7 @@ export function storeSeverity(s: StoreUsage, fill = fillOf(s)): Severity {
  * messages when full (a log with limits) is at most a warning: that is what its limits are for —
  * unless it is a compacted op log, whose oldest message is a key's only op there (an error at 95 %).
  */
-export function reportStores(h: Health, stores: StoreUsage[]): void {
+export function reportStores(h: HealthView, stores: StoreUsage[]): void {
   for (const s of stores) {
     const fill = fillOf(s);
     const severity = storeSeverity(s, fill);

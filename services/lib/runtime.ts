@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import type { Service, ServiceConfig } from "@nats-io/services";
 import { type Config, ConfigError, loadConfig, usage } from "./config.ts";
 import { connectNats } from "./connect.ts";
-import { asService, health } from "./health.ts";
+import { health } from "./health.ts";
 import { type HttpServer, type ProbeResult, startHttp } from "./http.ts";
 import { startIdleGc } from "./idle-gc.ts";
 import { isNatsError, isTransientNatsError } from "./jserrors.ts";
@@ -420,18 +420,15 @@ async function startAll(defs: ServiceDef[], a: StartArgs): Promise<SharedMetaCac
         },
       });
       try {
-        // what the service starts raises its conditions as its own (health.ts asService)
-        wired.running = await asService(ServiceName[def.kind], () =>
-          def.wire({
-            config,
-            log: slog,
-            nc,
-            site,
-            service: s.service,
-            metaCache: (bucket) => caches.get(bucket),
-            metrics,
-          }),
-        );
+        wired.running = await def.wire({
+          config,
+          log: slog,
+          nc,
+          site,
+          service: s.service,
+          metaCache: (bucket) => caches.get(bucket),
+          metrics,
+        });
       } catch (err) {
         refuseOnDrift(err, log);
         await s.service.stop().catch(() => {});

@@ -9,7 +9,7 @@ import type { KV } from "@nats-io/kv";
 import { type NatsConnection, TimeoutError } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
-import { health, reportStores } from "../lib/health.ts";
+import { health as processHealth, reportStores } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
@@ -19,8 +19,20 @@ import { RearmGate, rearmSource, rearmsHubSource } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { type LastOpAtHub, ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
-import { Durables, Streams, kvFilter, kvKeyOf, kvStream, metaBucket, opsSubject } from "../lib/subjects.ts";
+import {
+  Durables,
+  ServiceName,
+  Streams,
+  kvFilter,
+  kvKeyOf,
+  kvStream,
+  metaBucket,
+  opsSubject,
+} from "../lib/subjects.ts";
 import { IDLE_STALLED_RECHECK_MS, RegistrationRounds } from "./rounds.ts";
+
+/** this service's view of the process's health list (the agent runs several in one process) */
+const health = processHealth.as(ServiceName.watcher);
 
 /** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;
@@ -338,6 +350,7 @@ export async function bridgeLegacyOut(
   const blog = log.child({ stream: legacy });
   blog.info({ durable }, "bridging the full-mesh outbound stream into the compacted op log");
   return runConsumer({
+    health,
     js: deps.js,
     stream: legacy,
     durable,

@@ -15,7 +15,6 @@ import {
   STORE_ERROR,
   STORE_WARN,
   Severity,
-  asService,
   conditionsOf,
   needsPerson,
   reportStores,
@@ -58,17 +57,13 @@ describe("health", () => {
     );
   });
 
-  it("services sharing a process (the agent): each lists and clears its own conditions, and those raised outside any", async () => {
+  it("services sharing a process (the agent): each lists and clears its own conditions, and those raised by no service", () => {
     const h = new Health();
+    const merger = h.as("syncd-merger");
+    const watcher = h.as("syncd-watcher");
     h.raise(Conditions.peerLost, Severity.warn, { message: "no service", subject: "b" });
-    asService("syncd-merger", () =>
-      h.raise(Conditions.bucketRecreated, Severity.warn, { message: "merger", subject: "config" }),
-    );
-    // raised later in something the watcher started: still the watcher's
-    await asService("syncd-watcher", async () => {
-      await new Promise((r) => setTimeout(r, 5));
-      h.raise(Conditions.bucketRecreated, Severity.warn, { message: "watcher", subject: "config" });
-    });
+    merger.raise(Conditions.bucketRecreated, Severity.warn, { message: "merger", subject: "config" });
+    watcher.raise(Conditions.bucketRecreated, Severity.warn, { message: "watcher", subject: "config" });
     const seen = (service?: string) =>
       h
         .list(service)
@@ -79,11 +74,13 @@ describe("health", () => {
     assert.deepEqual(seen("syncd-clock"), ["PEER_LOST:no service"]);
     assert.equal(seen().length, 3, "the whole process");
     assert.deepEqual(
-      asService("syncd-merger", () => h.list().map((c) => c.message)).sort(),
+      merger
+        .list()
+        .map((c) => c.message)
+        .sort(),
       ["merger", "no service"],
-      "list() under asService: that service's",
     );
-    asService("syncd-merger", () => h.clear(Conditions.bucketRecreated, "config"));
+    merger.clear(Conditions.bucketRecreated, "config");
     assert.deepEqual(seen("syncd-watcher"), ["BUCKET_RECREATED:watcher", "PEER_LOST:no service"]);
     assert.deepEqual(seen("syncd-merger"), ["PEER_LOST:no service"]);
   });
