@@ -14,14 +14,13 @@ import {
   skewMs,
 } from "../lib/clock-rules.ts";
 import { SyncdError } from "../lib/errors.ts";
-import { Conditions, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, Severity, healthOf } from "../lib/health.ts";
 import { isNoResponders, isStreamNotFound } from "../lib/jserrors.ts";
 import type { ClockNowResponse, ClockObserveResponse, ClockTickResponse } from "../lib/schemas.gen.ts";
 import { isCasConflict } from "../lib/stores.ts";
-import { CLOCK_KEY, ServiceName } from "../lib/subjects.ts";
+import { CLOCK_KEY } from "../lib/subjects.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.clock);
+const health = healthOf("clock");
 
 /** What the clock handlers need. */
 export type ClockDeps = {

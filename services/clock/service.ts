@@ -10,7 +10,7 @@ import {
   EVENT_TTL_MS,
   Severity,
   type StoreUsage,
-  health as processHealth,
+  healthOf,
   reportStores,
   storeSeverity,
   streamUsage,
@@ -20,18 +20,10 @@ import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type { ClockObserveRequest, ClockTickRequest, EmptyRequest } from "../lib/schemas.gen.ts";
 import { openOrCreateKv } from "../lib/site.ts";
-import {
-  CLOCK_BUCKET,
-  ServiceName,
-  Streams,
-  endpointSubject,
-  kvStream,
-  metaBucket,
-} from "../lib/subjects.ts";
+import { CLOCK_BUCKET, Streams, endpointSubject, kvStream, metaBucket } from "../lib/subjects.ts";
 import { type ClockDeps, Serial, now, observeTs, tick } from "./handlers.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.clock);
+const health = healthOf("clock");
 
 /** Add the endpoints of syncd-clock; its counters (STATS data of `tick`) are this instance's. */
 export async function wireClock(ctx: ServiceContext): Promise<Running> {

@@ -25,11 +25,12 @@
  *   `ok`/`warn` ones go first), so a flood of keys cannot grow a process's memory.
  *
  * Several services in one process (the agent) share the list: each service raises and clears
- * through its own view, `health.as(name)` ({@link HealthView}), and `list(name)` shows it its own
+ * through its own view, {@link healthOf}`(kind)` ({@link HealthView}), and `list(name)` shows it its own
  * conditions and those raised by shared code (no service). (An AsyncLocalStorage would find the
  * service by itself, but on Node 20 it makes every await ~2.5× dearer.)
  */
 import type { StreamInfo } from "@nats-io/jetstream";
+import { type ServiceKind, ServiceName } from "./subjects.ts";
 
 /** Severities, from least to most urgent. `error` means a person must look. */
 export const Severity = { ok: "ok", warn: "warn", error: "error" } as const;
@@ -148,6 +149,12 @@ export class Health {
    * service's (and those raised by no service).
    */
   clear(code: string, subject?: string, by?: string): void {
+    // one key each (the merger clears VALUE_TOO_LARGE for every op it applies)
+    if (subject !== undefined && by !== undefined) {
+      this.items.delete(keyOf(code, subject, by));
+      this.items.delete(keyOf(code, subject, undefined));
+      return;
+    }
     for (const [id, c] of this.items)
       if (c.code === code && (subject === undefined || c.subject === subject) && mine(c, by))
         this.items.delete(id);
@@ -203,6 +210,11 @@ function mine(c: Item, service: string | undefined): boolean {
 
 /** The conditions of this process: what its status endpoint and STATS data show. */
 export const health = new Health();
+
+/** The process's list as the service `kind` raises, clears and reads it (what a service's code uses). */
+export function healthOf(kind: ServiceKind): HealthView {
+  return health.as(ServiceName[kind]);
+}
 
 /** True when a severity needs a person (what `syncd status --check` fails on). */
 export function needsPerson(s: Severity): boolean {

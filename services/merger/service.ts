@@ -12,7 +12,7 @@ import { Observer } from "../lib/clock-client.ts";
 import { ClockMode, LAMPORT_CATCH_UP_MS, admissible } from "../lib/clock-rules.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
 import { type ErrorCodeName, SyncdError, isSyncdError } from "../lib/errors.ts";
-import { Conditions, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, Severity, healthOf } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import { compareVersions } from "../lib/lww.ts";
 import { METRIC_NAMES, byLabel } from "../lib/metrics.ts";
@@ -39,7 +39,6 @@ import {
   Durables,
   Headers,
   OPS_INGRESS,
-  ServiceName,
   Streams,
   conflictsSubject,
   dlqSubject,
@@ -62,8 +61,7 @@ import {
 } from "./handlers.ts";
 import { monitorBucket } from "./vanished.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.merger);
+const health = healthOf("merger");
 
 type Parsed = { op: Op; bucket: BucketState } | { error: SyncdError; ts?: number; refused?: Op };
 

@@ -7,16 +7,15 @@
 import type { JetStreamClient, JetStreamManager, StreamInfo } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { CONSUMER_CHECK_MS } from "../lib/consume.ts";
-import { Conditions, EVENT_TTL_MS, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, EVENT_TTL_MS, Severity, healthOf } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { type Op, decodeOpMessage } from "../lib/op.ts";
 import { incarnationOf } from "../lib/stores.ts";
-import { ServiceName, kvStream, metaBucket } from "../lib/subjects.ts";
+import { kvStream, metaBucket } from "../lib/subjects.ts";
 import { type BucketState, findVanished, repairVanished } from "./handlers.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.merger);
+const health = healthOf("merger");
 
 /** What the monitor counts (merged into the merger's status counts). */
 export type VanishedCounts = {

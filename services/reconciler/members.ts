@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import { type KV, type KvWatchEntry, Kvm } from "@nats-io/kv";
 import { Empty, type NatsConnection, type QueuedIterator } from "@nats-io/nats-core";
-import { Conditions, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, Severity, healthOf } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import { validate } from "../lib/schema-registry.ts";
 import type { ReconcilerMember, ReconcilerRefused } from "../lib/schemas.gen.ts";
@@ -26,14 +26,12 @@ import {
   IDENTITY_KEY,
   MEMBERS_BUCKET,
   SITE_BUCKET,
-  ServiceName,
   domainKey,
   memberKey,
   refusedKey,
 } from "../lib/subjects.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.reconciler);
+const health = healthOf("reconciler");
 
 /** A member record (schemas/reconciler/member.json). */
 export type Member = ReconcilerMember;

@@ -7,14 +7,13 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { SyncdError } from "../lib/errors.ts";
-import { Conditions, EVENT_TTL_MS, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, EVENT_TTL_MS, Severity, healthOf } from "../lib/health.ts";
 import type { Logger } from "../lib/logger.ts";
 import type {
   ReconcilerRunRequest,
   ReconcilerRunResponse,
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
-import { ServiceName } from "../lib/subjects.ts";
 import type { MeshTransport } from "../lib/transport.ts";
 import type { Membership } from "./members.ts";
 import { type DiscoveryResult, PeerBook, ping } from "./peers.ts";
@@ -24,8 +23,7 @@ import type { KeyVersion } from "./tree.ts";
 import type { ValueSource } from "./values.ts";
 import type { BucketIndex } from "./versions.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.reconciler);
+const health = healthOf("reconciler");
 
 /** Tunables, with the defaults main.ts uses. */
 export type ReconcilerTuning = {

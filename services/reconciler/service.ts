@@ -5,7 +5,7 @@
 import type { MsgHdrs } from "@nats-io/nats-core";
 import { addEndpoint } from "../lib/adapter.ts";
 import { envInt } from "../lib/config.ts";
-import { health as processHealth } from "../lib/health.ts";
+import { healthOf } from "../lib/health.ts";
 import { METRIC_NAMES } from "../lib/metrics.ts";
 import type { Running, ServiceContext, ServiceDef } from "../lib/runtime.ts";
 import type {
@@ -19,7 +19,7 @@ import type {
   ReconcilerStatusResponse,
 } from "../lib/schemas.gen.ts";
 import { BucketStore, MetaStore } from "../lib/stores.ts";
-import { Headers, ServiceName, endpointSubject, kvStream } from "../lib/subjects.ts";
+import { Headers, endpointSubject, kvStream } from "../lib/subjects.ts";
 import { MeshTransport } from "../lib/transport.ts";
 import { type EntriesDeps, digest, entries } from "./handlers.ts";
 import { Membership } from "./members.ts";
@@ -28,8 +28,7 @@ import { DEFAULT_GC, type GcTuning, TombstoneGc } from "./tombstones.ts";
 import type { ValueSource } from "./values.ts";
 import { BucketIndex } from "./versions.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.reconciler);
+const health = healthOf("reconciler");
 
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
 /** how old an index may be when it answers a digest request after a run's first */

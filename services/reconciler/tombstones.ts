@@ -24,26 +24,16 @@ import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { Conditions, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, Severity, healthOf } from "../lib/health.ts";
 import { isNoMessageFound, isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { lastOpAtHub, sourcedUpTo } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
-import {
-  Durables,
-  Headers,
-  ServiceName,
-  Streams,
-  hubSeqOf,
-  kvStream,
-  kvSubject,
-  metaBucket,
-} from "../lib/subjects.ts";
+import { Durables, Headers, Streams, hubSeqOf, kvStream, kvSubject, metaBucket } from "../lib/subjects.ts";
 import type { Membership } from "./members.ts";
 import type { BucketIndex } from "./versions.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.reconciler);
+const health = healthOf("reconciler");
 
 /**
  * How long a `_meta` purge marker stays: two discovery rounds, in each of which every index of the

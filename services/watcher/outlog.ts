@@ -9,7 +9,7 @@ import type { KV } from "@nats-io/kv";
 import { type NatsConnection, TimeoutError } from "@nats-io/nats-core";
 import type { Config } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
-import { health as processHealth, reportStores } from "../lib/health.ts";
+import { healthOf, reportStores } from "../lib/health.ts";
 import { isNotFound } from "../lib/jserrors.ts";
 import type { Logger } from "../lib/logger.ts";
 import { valueHash } from "../lib/lww.ts";
@@ -19,20 +19,10 @@ import { RearmGate, rearmSource, rearmsHubSource } from "../lib/rearm.ts";
 import type { Version } from "../lib/schemas.gen.ts";
 import { type LastOpAtHub, ensureHubRegistration, hubManager, siteSource } from "../lib/site.ts";
 import { isDeleteMarker } from "../lib/stores.ts";
-import {
-  Durables,
-  ServiceName,
-  Streams,
-  kvFilter,
-  kvKeyOf,
-  kvStream,
-  metaBucket,
-  opsSubject,
-} from "../lib/subjects.ts";
+import { Durables, Streams, kvFilter, kvKeyOf, kvStream, metaBucket, opsSubject } from "../lib/subjects.ts";
 import { IDLE_STALLED_RECHECK_MS, RegistrationRounds } from "./rounds.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.watcher);
+const health = healthOf("watcher");
 
 /** Milliseconds between re-checks of the hub registration once it is in place. */
 export const HUB_RECHECK_MS = 15_000;

@@ -8,7 +8,7 @@ import { addEndpoint } from "../lib/adapter.ts";
 import { Ticker } from "../lib/clock-client.ts";
 import { envInt } from "../lib/config.ts";
 import { type ConsumerLoop, ensureConsumer, runConsumer } from "../lib/consume.ts";
-import { Conditions, EVENT_TTL_MS, Severity, health as processHealth } from "../lib/health.ts";
+import { Conditions, EVENT_TTL_MS, Severity, healthOf } from "../lib/health.ts";
 import { isNoResponders, isStreamNotFound } from "../lib/jserrors.ts";
 import { METRIC_NAMES, type Sample, byLabel } from "../lib/metrics.ts";
 import { currentOwnOp, metaHoldsOp } from "../lib/oplog.ts";
@@ -25,7 +25,6 @@ import {
 import {
   Durables,
   Headers,
-  ServiceName,
   Streams,
   dlqSubject,
   endpointSubject,
@@ -37,8 +36,7 @@ import {
 import { type LocalEntry, Outcome, type WatcherDeps, newerLocal, stampEntry } from "./handlers.ts";
 import { HUB_RECHECK_MS, bridgeLegacyOut, keepRegistered, seedOutLog } from "./outlog.ts";
 
-/** this service's view of the process's health list (the agent runs several in one process) */
-const health = processHealth.as(ServiceName.watcher);
+const health = healthOf("watcher");
 
 /** Start one consumer loop per bucket and add the status endpoint. */
 export async function wireWatcher(ctx: ServiceContext): Promise<Running> {
