@@ -86,6 +86,11 @@ export async function statusCommand(ctx: Ctx): Promise<Output> {
   };
 }
 
+/** One condition of one process: the same code, subject, message and first time. */
+function conditionKey(instance: string, c: Condition): string {
+  return [instance, c.code, c.subject ?? "", c.message, c.since].join("\u0000");
+}
+
 /** The conditions in the STATS data of a site's instances (once per instance), and a missing service. */
 export function conditionsOf(
   stats: MicroStats[],
@@ -97,12 +102,11 @@ export function conditionsOf(
     for (const e of s.endpoints ?? []) {
       const list = (e.data as { conditions?: unknown } | null | undefined)?.conditions;
       if (!Array.isArray(list)) continue;
+      const instance = s.metadata?.instance ?? s.id;
+      // the services of one agent process each list what shared code raised: one row for it
       for (const c of list as Condition[]) {
-        out.set(`${s.id}\u0000${c.code}\u0000${c.subject ?? ""}`, {
-          ...c,
-          service: s.name,
-          instance: s.metadata?.instance ?? s.id,
-        });
+        const key = conditionKey(instance, c);
+        if (!out.has(key)) out.set(key, { ...c, service: s.name, instance });
       }
     }
   }

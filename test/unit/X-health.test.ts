@@ -173,6 +173,47 @@ describe("health", () => {
     ]);
   });
 
+  it("syncd status: in an agent, a condition that shared code raised is one row; each service's own stay apart", () => {
+    const cond = (code: string, message: string) => ({
+      code,
+      severity: "warn",
+      message,
+      subject: "config",
+      count: 1,
+      since: "t",
+      last: "t",
+    });
+    const shared = cond(Conditions.metaInvalid, "not a version");
+    const service = (name: string, own: object[]) => ({
+      name,
+      id: `${name}-id`,
+      version: "0",
+      metadata: { site: "a", instance: "agent-1" },
+      endpoints: [
+        {
+          name: "status",
+          subject: "x",
+          num_requests: 0,
+          num_errors: 0,
+          processing_time: 0,
+          average_processing_time: 0,
+          data: { conditions: [shared, ...own] },
+        },
+      ],
+    });
+    const stats = [
+      service("syncd-watcher", [cond(Conditions.bucketRecreated, "watcher re-seeded")]),
+      service("syncd-merger", [cond(Conditions.bucketRecreated, "merger restores")]),
+      service("syncd-clock", []),
+    ];
+    const c = conditionsOf(stats, { "syncd-watcher": 1, "syncd-merger": 1, "syncd-clock": 1 });
+    assert.deepEqual(c.map((x) => [x.code, x.service]).sort(), [
+      ["BUCKET_RECREATED", "syncd-merger"],
+      ["BUCKET_RECREATED", "syncd-watcher"],
+      ["META_INVALID", "syncd-watcher"],
+    ]);
+  });
+
   it("every status response holds the condition schema of schemas/health/condition.json", () => {
     const cond = json("schemas/health/condition.json");
     for (const f of [
