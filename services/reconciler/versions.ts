@@ -21,6 +21,9 @@ import {
   DeliverPolicy,
   type JetStreamManager,
   type JsMsg,
+  type MsgRequest,
+  type NextMsgRequest,
+  type StoredMsg,
   type StreamInfo,
 } from "@nats-io/jetstream";
 import { nuid } from "@nats-io/nats-core";
@@ -134,18 +137,49 @@ export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: H
 /** One entry of a KV stream, as the index reads it: a value, or a delete or purge marker. */
 type Entry = { key: string; marker: boolean; value: Uint8Array; revision: number };
 
-function entryOf(bucket: string, m: JsMsg): Entry {
+function entryOf(bucket: string, m: JsMsg | StoredMsg): Entry {
   return {
     key: kvKeyOf(bucket, m.subject),
-    marker: isDeleteMarker(m.headers),
+    marker: isDeleteMarker("headers" in m ? m.headers : m.header),
     value: m.data,
     revision: m.seq,
   };
 }
 
 /**
+ * The widest catch-up (in stream sequences) read by message gets instead of through a consumer of
+ * its own: measured on 2.9.10 and 2.15.2, a consumer created, pulled once and deleted costs the
+ * server 2.1-2.7 ms and the client 1.5-1.9 ms, a message get ~0.2 and ~0.4 ms. So a lone write
+ * anywhere in the mesh costs each site's reconciler two gets (`_meta` and the bucket), not two consumers.
+ */
+export const GET_READ_MAX = 8;
+
+/**
+ * Apply the entries after revision `from` up to `upTo` by message gets: each the next stored entry
+ * at or after a sequence (deleted ones skipped by the server), served by the stream leader like the
+ * info `upTo` came from. At most `upTo - from` gets.
+ */
+async function getKv(
+  jsm: JetStreamManager,
+  bucket: string,
+  from: number,
+  upTo: number,
+  apply: (e: Entry) => void,
+): Promise<number> {
+  for (let at = from; at < upTo; ) {
+    // STREAM.MSG.GET takes next_by_subj (2.9+) although nats.js types it for direct gets only
+    const next: NextMsgRequest = { seq: at + 1, next_by_subj: kvFilter(bucket) };
+    const m = await jsm.streams.getMessage(kvStream(bucket), next as unknown as MsgRequest);
+    if (!m || m.seq > upTo) break;
+    apply(entryOf(bucket, m));
+    at = m.seq;
+  }
+  return upTo;
+}
+
+/**
  * Read a KV bucket's stream into `apply`, in order: its latest entry per key (`from: "latest"`), or
- * every entry after revision `from`. Through a consumer of its own (in memory, no acks), deleted
+ * every entry after revision `from`. A few entries by message gets ({@link GET_READ_MAX}), more through a consumer of its own (in memory, no acks), deleted
  * when done, so nothing stays at the server between reads. Applies the entries up to `upTo` (the
  * stream's last sequence in the info the caller read; later ones wait for the next read) and
  * returns it, or undefined when the entries stopped coming (removed while being read): the caller
@@ -158,6 +192,7 @@ async function readKv(
   upTo: number,
   apply: (e: Entry) => void,
 ): Promise<number | undefined> {
+  if (from !== "latest" && upTo - from <= GET_READ_MAX) return getKv(jsm, bucket, from, upTo, apply);
   const stream = kvStream(bucket);
   const ci = await jsm.consumers.add(stream, {
     name: `${Durables.indexRead}-${nuid.next()}`,
