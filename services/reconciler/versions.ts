@@ -137,12 +137,17 @@ export function isLost(v: { deleted: boolean; vh?: string | undefined }, held: H
 /** One entry of a KV stream, as the index reads it: a value, or a delete or purge marker. */
 type Entry = { key: string; marker: boolean; value: Uint8Array; revision: number };
 
-function entryOf(bucket: string, m: JsMsg | StoredMsg): Entry {
+/** An entry from a consumer's message (`headers`) or a message get's (`header`). */
+function entryOf(
+  bucket: string,
+  m: { kind: "consumed"; msg: JsMsg } | { kind: "got"; msg: StoredMsg },
+): Entry {
+  const headers = m.kind === "consumed" ? m.msg.headers : m.msg.header;
   return {
-    key: kvKeyOf(bucket, m.subject),
-    marker: isDeleteMarker("headers" in m ? m.headers : m.header),
-    value: m.data,
-    revision: m.seq,
+    key: kvKeyOf(bucket, m.msg.subject),
+    marker: isDeleteMarker(headers),
+    value: m.msg.data,
+    revision: m.msg.seq,
   };
 }
 
@@ -171,7 +176,7 @@ async function getKv(
     const next: NextMsgRequest = { seq: at + 1, next_by_subj: kvFilter(bucket) };
     const m = await jsm.streams.getMessage(kvStream(bucket), next as unknown as MsgRequest);
     if (!m || m.seq > upTo) break;
-    apply(entryOf(bucket, m));
+    apply(entryOf(bucket, { kind: "got", msg: m }));
     at = m.seq;
   }
   return upTo;
@@ -219,7 +224,7 @@ async function readKv(
         got++;
         // what came after the snapshot waits for the next read: the index then accounts for the
         // stream exactly up to the snapshot, whose message count it can be checked against
-        if (m.seq <= upTo) apply(entryOf(bucket, m));
+        if (m.seq <= upTo) apply(entryOf(bucket, { kind: "consumed", msg: m }));
         if (m.seq > max) max = m.seq;
         pending = m.info.pending;
       }
