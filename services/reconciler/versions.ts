@@ -157,7 +157,7 @@ function entryOf(
  * server 2.1-2.7 ms and the client 1.5-1.9 ms, a message get ~0.2 and ~0.4 ms. So a lone write
  * anywhere in the mesh costs each site's reconciler two gets (`_meta` and the bucket), not two consumers.
  */
-export const GET_READ_MAX = 8;
+const GET_READ_MAX = 8;
 
 /**
  * Apply the entries after revision `from` up to `upTo` by message gets: each the next stored entry
@@ -184,8 +184,9 @@ async function getKv(
 
 /**
  * Read a KV bucket's stream into `apply`, in order: its latest entry per key (`from: "latest"`), or
- * every entry after revision `from`. A few entries by message gets ({@link GET_READ_MAX}), more through a consumer of its own (in memory, no acks), deleted
- * when done, so nothing stays at the server between reads. Applies the entries up to `upTo` (the
+ * every entry after revision `from`. Up to {@link GET_READ_MAX} sequences by message gets, more
+ * through a consumer of its own (in memory, no acks), deleted when done, so nothing stays at the
+ * server between reads. Applies the entries up to `upTo` (the
  * stream's last sequence in the info the caller read; later ones wait for the next read) and
  * returns it, or undefined when the entries stopped coming (removed while being read): the caller
  * reads the whole bucket instead.
