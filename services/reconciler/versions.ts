@@ -186,10 +186,11 @@ async function getKv(
  * Read a KV bucket's stream into `apply`, in order: its latest entry per key (`from: "latest"`), or
  * every entry after revision `from`. Up to {@link GET_READ_MAX} sequences by message gets, more
  * through a consumer of its own (in memory, no acks), deleted when done, so nothing stays at the
- * server between reads. Applies the entries up to `upTo` (the
- * stream's last sequence in the info the caller read; later ones wait for the next read) and
- * returns it, or undefined when the entries stopped coming (removed while being read): the caller
- * reads the whole bucket instead.
+ * server between reads. Applies the entries up to `upTo` (the stream's last sequence in the info
+ * the caller read; later ones wait for the next read) and returns it, or undefined when a
+ * consumer's entries stopped coming (removed while being read): the caller reads the whole bucket
+ * instead. Gets skip entries removed meanwhile, as a consumer does for single deleted messages; a
+ * purge shows in the caller's checks of the stream state.
  */
 async function readKv(
   jsm: JetStreamManager,
